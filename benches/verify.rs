@@ -1,0 +1,2 @@
+//! Placeholder until the verify bench lands.
+fn main() {}

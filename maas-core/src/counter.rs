@@ -1,0 +1,518 @@
+//! Counters that must be exact: balances (remaining uses, refilled on a
+//! calendar) and windows (rate limits).
+//!
+//! The arithmetic lives here, as pure functions on small state values. Each
+//! storage backend runs them inside its own atomic section (a lock, a
+//! compare-and-swap loop, a transaction) — see
+//! [`CounterStore`](crate::storage::CounterStore) — so every backend counts the
+//! same way and none of them reads, then writes, from the core.
+//!
+//! [`LocalCounters`] is the in-process implementation: the memory backend
+//! stores its counters in one, and `fast` per-key rate limits use one per node.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use time::{Date, Month};
+
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// How often a balance is refilled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefillInterval {
+    /// Every day at 00:00 UTC.
+    Daily,
+    /// Every month at 00:00 UTC of the refill day.
+    Monthly,
+}
+
+impl std::str::FromStr for RefillInterval {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "daily" => Ok(RefillInterval::Daily),
+            "monthly" => Ok(RefillInterval::Monthly),
+            _ => Err(Error::invalid(
+                "refill.interval",
+                "must be \"daily\" or \"monthly\"",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RefillInterval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RefillInterval::Daily => "daily",
+            RefillInterval::Monthly => "monthly",
+        })
+    }
+}
+
+/// A refill policy: at every boundary of `interval`, the balance is reset to
+/// `amount` (not increased by it, as in Unkey).
+///
+/// Refills are applied lazily: the next operation on the balance after a
+/// boundary has passed sees the refilled value. Boundaries are UTC midnights;
+/// monthly ones fall on `day` (default the 1st), or on the last day of months
+/// shorter than that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refill {
+    /// How often.
+    pub interval: RefillInterval,
+    /// The balance after a refill; at least 1.
+    pub amount: u64,
+    /// For monthly refills, the day of the month (1..=31); `None` means the 1st.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<u8>,
+}
+
+impl Refill {
+    /// Checks the policy: `amount` ≥ 1, `day` in 1..=31 and only for monthly.
+    pub fn validate(&self) -> Result<()> {
+        if self.amount == 0 {
+            return Err(Error::invalid("refill.amount", "must be at least 1"));
+        }
+        if self.amount > i64::MAX as u64 {
+            return Err(Error::invalid("refill.amount", "is too large"));
+        }
+        match (self.interval, self.day) {
+            (_, None) => Ok(()),
+            (RefillInterval::Monthly, Some(1..=31)) => Ok(()),
+            (RefillInterval::Monthly, Some(_)) => {
+                Err(Error::invalid("refill.refillDay", "must be between 1 and 31"))
+            }
+            (RefillInterval::Daily, Some(_)) => Err(Error::invalid(
+                "refill.refillDay",
+                "applies only to monthly refills",
+            )),
+        }
+    }
+
+    /// The latest refill boundary at or before `now`.
+    pub fn last_boundary(&self, now: Timestamp) -> Timestamp {
+        let midnight = Timestamp::from_millis(now.as_millis() - now.as_millis().rem_euclid(DAY_MS));
+        match self.interval {
+            RefillInterval::Daily => midnight,
+            RefillInterval::Monthly => {
+                let Some(dt) = now.to_datetime() else {
+                    return midnight;
+                };
+                let day = self.day.unwrap_or(1);
+                let this = month_day(dt.year(), dt.month(), day);
+                if this <= now {
+                    this
+                } else {
+                    let (y, m) = if dt.month() == Month::January {
+                        (dt.year() - 1, Month::December)
+                    } else {
+                        (dt.year(), dt.month().previous())
+                    };
+                    month_day(y, m, day)
+                }
+            }
+        }
+    }
+}
+
+/// Midnight UTC of `day` (clamped to the month's length) in `year`/`month`.
+fn month_day(year: i32, month: Month, day: u8) -> Timestamp {
+    let day = day.clamp(1, month.length(year));
+    match Date::from_calendar_date(year, month, day) {
+        Ok(d) => Timestamp::from_datetime(d.midnight().assume_utc()),
+        Err(_) => Timestamp::EPOCH,
+    }
+}
+
+/// A balance of uses: decremented by verifications, refilled by its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Balance {
+    /// Uses left; never negative.
+    pub remaining: i64,
+    /// When the balance was created or last refilled.
+    pub refilled_at: Timestamp,
+}
+
+impl Balance {
+    /// A balance of `remaining` (clamped at 0) as of `now`.
+    pub fn new(remaining: i64, now: Timestamp) -> Self {
+        Balance {
+            remaining: remaining.max(0),
+            refilled_at: now,
+        }
+    }
+
+    /// The balance with a refill applied if a boundary passed since the last one.
+    pub fn refilled(self, refill: Option<&Refill>, now: Timestamp) -> Balance {
+        match refill {
+            Some(r) if self.refilled_at < r.last_boundary(now) => Balance {
+                remaining: i64::try_from(r.amount).unwrap_or(i64::MAX),
+                refilled_at: now,
+            },
+            _ => self,
+        }
+    }
+
+    /// Decrement-if-enough: spends `cost` if at least that much remains.
+    /// Returns whether it was spent, and the balance after.
+    pub fn spend(self, cost: u64) -> (bool, Balance) {
+        let cost = i64::try_from(cost).unwrap_or(i64::MAX);
+        if self.remaining >= cost {
+            (
+                true,
+                Balance {
+                    remaining: self.remaining - cost,
+                    ..self
+                },
+            )
+        } else {
+            (false, self)
+        }
+    }
+}
+
+/// An administrative change of a balance (`keys.updateRemaining`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceOp {
+    /// Set to this value.
+    Set(i64),
+    /// Add this much (saturating).
+    Increment(i64),
+    /// Subtract this much, stopping at 0.
+    Decrement(i64),
+}
+
+impl BalanceOp {
+    /// The balance after the change; the result stays within `0..=i64::MAX`.
+    pub fn apply(self, b: Balance) -> Balance {
+        let remaining = match self {
+            BalanceOp::Set(v) => v,
+            BalanceOp::Increment(v) => b.remaining.saturating_add(v),
+            BalanceOp::Decrement(v) => b.remaining.saturating_sub(v),
+        }
+        .max(0);
+        Balance { remaining, ..b }
+    }
+}
+
+/// The outcome of [`CounterStore::spend`](crate::storage::CounterStore::spend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spend {
+    /// Whether the cost was taken.
+    pub spent: bool,
+    /// The balance after the operation; `None` if the counter does not exist.
+    pub balance: Option<Balance>,
+}
+
+/// A windowed limit: up to `limit` units, of which `refill` come back at the
+/// start of every window of `window_ms` milliseconds.
+///
+/// Windows are aligned to the epoch (window `n` covers
+/// `[n * window_ms, (n + 1) * window_ms)`), so every node agrees on them. With
+/// `refill == limit` this is a fixed-window counter; with `refill < limit` it is
+/// a token bucket of capacity `limit` refilled in steps, as Unkey's per-key
+/// `ratelimit {limit, refillRate, refillInterval}` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WindowSpec {
+    /// Capacity: the most units available at once; at least 1.
+    pub limit: u64,
+    /// Units given back at each window boundary; at least 1.
+    pub refill: u64,
+    /// Window length in milliseconds; at least 1.
+    pub window_ms: u64,
+}
+
+impl WindowSpec {
+    /// A fixed window of `limit` units per `window_ms`.
+    pub fn fixed(limit: u64, window_ms: u64) -> Self {
+        WindowSpec {
+            limit,
+            refill: limit,
+            window_ms,
+        }
+    }
+
+    fn window_of(&self, now: Timestamp) -> i64 {
+        let w = i64::try_from(self.window_ms.max(1)).unwrap_or(i64::MAX);
+        now.as_millis().div_euclid(w)
+    }
+
+    fn reset_of(&self, window: i64) -> Timestamp {
+        let w = i64::try_from(self.window_ms.max(1)).unwrap_or(i64::MAX);
+        Timestamp::from_millis(window.saturating_add(1).saturating_mul(w))
+    }
+}
+
+/// The stored state of a window counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowState {
+    /// The index of the window this state was last brought up to date in.
+    pub window: i64,
+    /// Units available in that window.
+    pub available: u64,
+}
+
+/// The outcome of taking from a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowTake {
+    /// Whether the units were taken.
+    pub allowed: bool,
+    /// The capacity of the limit.
+    pub limit: u64,
+    /// Units left after this operation.
+    pub remaining: u64,
+    /// When the current window ends (the next refill).
+    pub reset: Timestamp,
+}
+
+impl WindowState {
+    /// Takes `cost` units at `now` from `state` (`None`: a fresh, full counter).
+    /// Returns the new state and the outcome. A `cost` of 0 only reads.
+    pub fn take(
+        state: Option<WindowState>,
+        spec: &WindowSpec,
+        cost: u64,
+        now: Timestamp,
+    ) -> (WindowState, WindowTake) {
+        let window = spec.window_of(now);
+        let mut s = match state {
+            None => WindowState {
+                window,
+                available: spec.limit,
+            },
+            Some(s) if window > s.window => {
+                let windows = u64::try_from(window - s.window).unwrap_or(u64::MAX);
+                WindowState {
+                    window,
+                    available: s
+                        .available
+                        .saturating_add(spec.refill.saturating_mul(windows)),
+                }
+            }
+            // Same window, or the clock stepped back: count against the stored one.
+            Some(s) => s,
+        };
+        s.available = s.available.min(spec.limit);
+        let allowed = s.available >= cost;
+        if allowed {
+            s.available -= cost;
+        }
+        let take = WindowTake {
+            allowed,
+            limit: spec.limit,
+            remaining: s.available,
+            reset: spec.reset_of(s.window.max(window)),
+        };
+        (s, take)
+    }
+}
+
+/// In-process counters: exact within one process, lock-striped, no I/O.
+///
+/// Each operation holds the lock of one map shard for the few nanoseconds of
+/// its arithmetic, so concurrent operations on one counter are serialized and
+/// none is lost.
+#[derive(Debug, Default)]
+pub struct LocalCounters {
+    balances: DashMap<String, Balance>,
+    windows: DashMap<String, WindowState>,
+    ops: AtomicU64,
+}
+
+impl LocalCounters {
+    /// Empty counters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The balance `id`, if it exists.
+    pub fn balance(&self, id: &str) -> Option<Balance> {
+        self.balances.get(id).map(|b| *b)
+    }
+
+    /// Creates, replaces (`Some`) or removes (`None`) the balance `id`.
+    pub fn put_balance(&self, id: &str, balance: Option<Balance>) {
+        match balance {
+            Some(b) => {
+                self.balances.insert(id.to_owned(), b);
+            }
+            None => {
+                self.balances.remove(id);
+            }
+        }
+        self.ops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refills if due, then spends `cost` if enough remains. Atomic.
+    pub fn spend(&self, id: &str, cost: u64, refill: Option<&Refill>, now: Timestamp) -> Spend {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        match self.balances.get_mut(id) {
+            None => Spend {
+                spent: false,
+                balance: None,
+            },
+            Some(mut b) => {
+                let (spent, after) = b.refilled(refill, now).spend(cost);
+                *b = after;
+                Spend {
+                    spent,
+                    balance: Some(after),
+                }
+            }
+        }
+    }
+
+    /// Refills if due, then applies `op`. Atomic. `None` if the balance does not exist.
+    pub fn adjust(
+        &self,
+        id: &str,
+        op: BalanceOp,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Option<Balance> {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        let mut b = self.balances.get_mut(id)?;
+        let after = op.apply(b.refilled(refill, now));
+        *b = after;
+        Some(after)
+    }
+
+    /// Takes `cost` units from the window counter `id`. Atomic.
+    pub fn take(&self, id: &str, spec: &WindowSpec, cost: u64, now: Timestamp) -> WindowTake {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        // Fast path: the counter exists; no key allocation.
+        if let Some(mut s) = self.windows.get_mut(id) {
+            let (next, take) = WindowState::take(Some(*s), spec, cost, now);
+            *s = next;
+            return take;
+        }
+        let mut entry = self.windows.entry(id.to_owned()).or_insert(WindowState {
+            window: spec.window_of(now),
+            available: spec.limit,
+        });
+        let (next, take) = WindowState::take(Some(*entry), spec, cost, now);
+        *entry = next;
+        take
+    }
+
+    /// Removes the window counter `id` (the next take starts full).
+    pub fn reset_window(&self, id: &str) {
+        self.windows.remove(id);
+        self.ops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many operations these counters have served (for tests and stats).
+    pub fn operations(&self) -> u64 {
+        self.ops.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        let dt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+        Timestamp::from_datetime(dt)
+    }
+
+    #[test]
+    fn daily_boundary_is_utc_midnight() {
+        let r = Refill {
+            interval: RefillInterval::Daily,
+            amount: 5,
+            day: None,
+        };
+        assert_eq!(
+            r.last_boundary(ts("2025-03-10T13:45:00Z")),
+            ts("2025-03-10T00:00:00Z")
+        );
+        assert_eq!(
+            r.last_boundary(ts("2025-03-10T00:00:00Z")),
+            ts("2025-03-10T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn monthly_boundary_clamps_to_short_months() {
+        let r = Refill {
+            interval: RefillInterval::Monthly,
+            amount: 5,
+            day: Some(31),
+        };
+        assert_eq!(
+            r.last_boundary(ts("2025-03-10T13:45:00Z")),
+            ts("2025-02-28T00:00:00Z")
+        );
+        assert_eq!(
+            r.last_boundary(ts("2024-03-01T00:00:00Z")),
+            ts("2024-02-29T00:00:00Z")
+        );
+        let first = Refill { day: None, ..r };
+        assert_eq!(
+            first.last_boundary(ts("2025-01-15T00:00:00Z")),
+            ts("2025-01-01T00:00:00Z")
+        );
+        let fifteenth = Refill { day: Some(15), ..r };
+        assert_eq!(
+            fifteenth.last_boundary(ts("2025-01-14T23:59:59Z")),
+            ts("2024-12-15T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn refill_validation_names_fields() {
+        let bad = Refill {
+            interval: RefillInterval::Monthly,
+            amount: 0,
+            day: None,
+        };
+        assert!(matches!(bad.validate(), Err(Error::InvalidInput { field, .. }) if field == "refill.amount"));
+        let bad_day = Refill {
+            interval: RefillInterval::Daily,
+            amount: 1,
+            day: Some(3),
+        };
+        assert!(bad_day.validate().is_err());
+        assert!("weekly".parse::<RefillInterval>().is_err());
+    }
+
+    #[test]
+    fn window_refills_in_steps_and_caps_at_limit() {
+        let spec = WindowSpec {
+            limit: 3,
+            refill: 1,
+            window_ms: 1_000,
+        };
+        let t = Timestamp::from_millis(10_500);
+        let (s, a) = WindowState::take(None, &spec, 3, t);
+        assert!(a.allowed);
+        assert_eq!((a.remaining, a.reset), (0, Timestamp::from_millis(11_000)));
+        let (s, b) = WindowState::take(Some(s), &spec, 1, t);
+        assert!(!b.allowed);
+        let (s, c) = WindowState::take(Some(s), &spec, 1, Timestamp::from_millis(11_000));
+        assert!(c.allowed);
+        assert_eq!(c.remaining, 0);
+        let (_, d) = WindowState::take(Some(s), &spec, 0, Timestamp::from_millis(99_000));
+        assert_eq!(d.remaining, 3);
+    }
+
+    #[test]
+    fn balance_ops_saturate() {
+        let b = Balance::new(5, Timestamp::EPOCH);
+        assert_eq!(BalanceOp::Decrement(9).apply(b).remaining, 0);
+        assert_eq!(BalanceOp::Increment(i64::MAX).apply(b).remaining, i64::MAX);
+        assert_eq!(b.spend(6), (false, b));
+        assert_eq!(b.spend(5).1.remaining, 0);
+    }
+}

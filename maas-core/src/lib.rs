@@ -1,0 +1,43 @@
+//! # maas-core
+//!
+//! The domain of maas, a Model-as-a-Service access layer: who may call which
+//! model, how often, with how many tokens, and what it cost.
+//!
+//! This crate has no HTTP, no storage engine and no global clock:
+//! - storage is a set of object-safe async traits ([`storage`]), implemented
+//!   by backend crates (`maas-store-memory`, ...) and checked by one
+//!   conformance suite ([`testkit`], feature `testkit`);
+//! - time comes from a [`Clock`]; tests use a [`ManualClock`];
+//! - errors are one enum by meaning, [`Error`].
+//!
+//! The `maas` facade crate's documentation shows the whole flow with a backend.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod clock;
+pub mod counter;
+pub mod error;
+pub mod id;
+pub mod key;
+pub mod keyspace;
+pub mod patch;
+pub mod storage;
+pub mod tenant;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod validate;
+
+pub use audit::{Actor, AuditEvent, AuditQuery};
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use counter::{Balance, BalanceOp, LocalCounters, Refill, RefillInterval, WindowSpec};
+pub use error::{Error, Result};
+pub use id::{KeyId, KeyspaceId, TenantId};
+pub use key::{
+    CreatedKey, Key, KeyHasher, KeyRateLimit, KeyRecord, KeyService, KeyServiceConfig, KeyUpdate,
+    NewKey, PermissionQuery, RateLimitKind, RemainingOp, Verification, VerifyCode, VerifyOptions,
+};
+pub use keyspace::{Keyspace, KeyspaceUpdate, NewKeyspace};
+pub use patch::Patch;
+pub use storage::{KeyQuery, Page, PageRequest, Storage};
+pub use tenant::{NewTenant, Tenant, TenantService, TenantUpdate};
