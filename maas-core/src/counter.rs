@@ -87,9 +87,10 @@ impl Refill {
         match (self.interval, self.day) {
             (_, None) => Ok(()),
             (RefillInterval::Monthly, Some(1..=31)) => Ok(()),
-            (RefillInterval::Monthly, Some(_)) => {
-                Err(Error::invalid("refill.refillDay", "must be between 1 and 31"))
-            }
+            (RefillInterval::Monthly, Some(_)) => Err(Error::invalid(
+                "refill.refillDay",
+                "must be between 1 and 31",
+            )),
             (RefillInterval::Daily, Some(_)) => Err(Error::invalid(
                 "refill.refillDay",
                 "applies only to monthly refills",
@@ -421,8 +422,8 @@ mod tests {
     use super::*;
 
     fn ts(s: &str) -> Timestamp {
-        let dt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .unwrap();
+        let dt =
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
         Timestamp::from_datetime(dt)
     }
 
@@ -477,7 +478,9 @@ mod tests {
             amount: 0,
             day: None,
         };
-        assert!(matches!(bad.validate(), Err(Error::InvalidInput { field, .. }) if field == "refill.amount"));
+        assert!(
+            matches!(bad.validate(), Err(Error::InvalidInput { field, .. }) if field == "refill.amount")
+        );
         let bad_day = Refill {
             interval: RefillInterval::Daily,
             amount: 1,

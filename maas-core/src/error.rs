@@ -151,7 +151,10 @@ mod tests {
     #[test]
     fn messages_name_the_field() {
         let e = Error::invalid("ratelimit.limit", "must be at least 1");
-        assert_eq!(e.to_string(), "invalid 'ratelimit.limit': must be at least 1");
+        assert_eq!(
+            e.to_string(),
+            "invalid 'ratelimit.limit': must be at least 1"
+        );
         assert!(!e.is_transient());
         assert!(Error::unavailable("disk", true).is_transient());
         assert!(!Error::unavailable("corrupt", false).is_transient());

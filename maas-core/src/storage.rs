@@ -175,7 +175,9 @@ pub struct KeyQuery {
 impl KeyQuery {
     /// Whether `k` matches the filters of this query (not the page).
     pub fn matches(&self, k: &KeyRecord) -> bool {
-        self.keyspace_id.as_ref().is_none_or(|ks| &k.keyspace_id == ks)
+        self.keyspace_id
+            .as_ref()
+            .is_none_or(|ks| &k.keyspace_id == ks)
             && self
                 .owner_id
                 .as_deref()
@@ -316,5 +318,7 @@ pub fn audit_page_size(q: &AuditQuery) -> usize {
 
 /// [`Error::Conflict`] for a version mismatch on `kind` `id`.
 pub fn version_conflict(kind: &str, id: &str) -> Error {
-    Error::conflict(format!("{kind} '{id}' was changed concurrently; read it again"))
+    Error::conflict(format!(
+        "{kind} '{id}' was changed concurrently; read it again"
+    ))
 }

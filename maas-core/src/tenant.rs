@@ -127,11 +127,11 @@ pub struct TenantService {
 impl TenantService {
     /// A service over `storage` using the system clock.
     pub fn new(storage: Storage) -> Self {
-        Self::with_clock(storage, Arc::new(SystemClock))
+        Self::new_with_clock(storage, Arc::new(SystemClock))
     }
 
     /// A service over `storage` using `clock`.
-    pub fn with_clock(storage: Storage, clock: Arc<dyn Clock>) -> Self {
+    pub fn new_with_clock(storage: Storage, clock: Arc<dyn Clock>) -> Self {
         TenantService { storage, clock }
     }
 
@@ -187,7 +187,12 @@ impl TenantService {
     }
 
     /// Applies `update`; retried on concurrent changes.
-    pub async fn update(&self, actor: &Actor, id: &TenantId, update: TenantUpdate) -> Result<Tenant> {
+    pub async fn update(
+        &self,
+        actor: &Actor,
+        id: &TenantId,
+        update: TenantUpdate,
+    ) -> Result<Tenant> {
         loop {
             // Each round either succeeds, fails for good, or lost to a
             // concurrent writer (which made progress): no livelock.
@@ -203,7 +208,10 @@ impl TenantService {
                 after.group = g.clone();
             }
             update.tier.clone().apply_to(&mut after.tier);
-            update.tokens_per_minute.clone().apply_to(&mut after.tokens_per_minute);
+            update
+                .tokens_per_minute
+                .clone()
+                .apply_to(&mut after.tokens_per_minute);
             after.validate()?;
             let now = self.clock.now();
             after.updated_at = now;

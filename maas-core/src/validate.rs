@@ -10,7 +10,10 @@ pub(crate) fn label(field: &'static str, s: &str, max: usize) -> Result<()> {
         return Err(Error::invalid(field, "must not be empty"));
     }
     if s.len() > max {
-        return Err(Error::invalid(field, format!("must be at most {max} bytes")));
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} bytes"),
+        ));
     }
     if s.chars().any(char::is_control) {
         return Err(Error::invalid(field, "must not contain control characters"));

@@ -20,7 +20,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use maas_core::audit::{AuditEvent, AuditQuery};
-use maas_core::counter::{Balance, BalanceOp, LocalCounters, Refill, Spend, WindowSpec, WindowTake};
+use maas_core::counter::{
+    Balance, BalanceOp, LocalCounters, Refill, Spend, WindowSpec, WindowTake,
+};
 use maas_core::key::{KeyHash, KeyRecord};
 use maas_core::storage::{
     AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Storage,
@@ -81,7 +83,10 @@ impl State {
             .or_default()
             .insert(key.id.clone());
         if let Some(o) = &key.owner_id {
-            self.by_owner.entry(o.clone()).or_default().insert(key.id.clone());
+            self.by_owner
+                .entry(o.clone())
+                .or_default()
+                .insert(key.id.clone());
         }
     }
 
@@ -138,7 +143,8 @@ impl TenantStore for MemoryStore {
                 tenant.name
             )));
         }
-        s.tenant_names.insert(tenant.name.clone(), tenant.id.clone());
+        s.tenant_names
+            .insert(tenant.name.clone(), tenant.id.clone());
         s.tenants.insert(tenant.id.clone(), tenant.clone());
         s.append(audit);
         Ok(())
@@ -150,7 +156,10 @@ impl TenantStore for MemoryStore {
 
     async fn get_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
         let s = self.read();
-        Ok(s.tenant_names.get(name).and_then(|id| s.tenants.get(id)).cloned())
+        Ok(s.tenant_names
+            .get(name)
+            .and_then(|id| s.tenants.get(id))
+            .cloned())
     }
 
     async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
@@ -183,7 +192,8 @@ impl TenantStore for MemoryStore {
             )));
         }
         s.tenant_names.remove(&old_name);
-        s.tenant_names.insert(tenant.name.clone(), tenant.id.clone());
+        s.tenant_names
+            .insert(tenant.name.clone(), tenant.id.clone());
         let mut stored = tenant.clone();
         stored.version = expected_version + 1;
         s.tenants.insert(tenant.id.clone(), stored);
@@ -208,7 +218,10 @@ impl KeyspaceStore for MemoryStore {
     async fn create_keyspace(&self, keyspace: &Keyspace, audit: AuditEvent) -> Result<()> {
         let mut s = self.write();
         if s.keyspaces.contains_key(&keyspace.id) {
-            return Err(Error::conflict(format!("keyspace '{}' exists", keyspace.id)));
+            return Err(Error::conflict(format!(
+                "keyspace '{}' exists",
+                keyspace.id
+            )));
         }
         s.keyspaces.insert(keyspace.id.clone(), keyspace.clone());
         s.append(audit);
@@ -278,7 +291,10 @@ impl KeyStore for MemoryStore {
 
     async fn get_key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
         let s = self.read();
-        Ok(s.key_hashes.get(hash).and_then(|id| s.keys.get(id)).cloned())
+        Ok(s.key_hashes
+            .get(hash)
+            .and_then(|id| s.keys.get(id))
+            .cloned())
     }
 
     async fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {

@@ -13,7 +13,11 @@ mod verify;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use permission::{MAX_DEPTH as MAX_PERMISSION_DEPTH, MAX_TERMS as MAX_PERMISSION_TERMS, PermissionQuery};
+pub use permission::{
+    MAX_DEPTH as MAX_PERMISSION_DEPTH, MAX_TERMS as MAX_PERMISSION_TERMS, PermissionQuery,
+};
+#[cfg(feature = "testkit")]
+pub(crate) use secret::plausible;
 pub use secret::{KeyHash, KeyHasher, MAX_KEY_LEN, START_CHARS};
 pub use service::{KeyService, KeyServiceConfig};
 pub use verify::{RateLimitState, Verification, VerifyCode, VerifyOptions};
@@ -279,7 +283,9 @@ impl Key {
                 .remaining_limited
                 .then(|| balance.map_or(0, |b| b.remaining)),
             refill: r.refill,
-            last_refill_at: balance.filter(|_| r.refill.is_some()).map(|b| b.refilled_at),
+            last_refill_at: balance
+                .filter(|_| r.refill.is_some())
+                .map(|b| b.refilled_at),
             ratelimit: r.ratelimit,
             roles: r.roles.clone(),
             permissions: r.permissions.clone(),
@@ -442,9 +448,6 @@ impl std::fmt::Debug for CreatedKey {
     }
 }
 
-pub(crate) fn check_labels(
-    field: &'static str,
-    items: Vec<String>,
-) -> Result<Vec<String>> {
+pub(crate) fn check_labels(field: &'static str, items: Vec<String>) -> Result<Vec<String>> {
     validate::labels(field, items, MAX_LABEL, MAX_LABELS)
 }

@@ -74,7 +74,11 @@ fn parse(v: &Value, depth: usize, terms: &mut usize) -> Result<PermissionQuery> 
         Value::Object(map) => {
             let (op, items) = match map.iter().next() {
                 Some((op, items)) if map.len() == 1 => (op.as_str(), items),
-                _ => return Err(invalid("an object must have exactly one key, \"and\" or \"or\"")),
+                _ => {
+                    return Err(invalid(
+                        "an object must have exactly one key, \"and\" or \"or\"",
+                    ));
+                }
             };
             let Value::Array(items) = items else {
                 return Err(invalid(format!("\"{op}\" must be an array")));
@@ -89,7 +93,9 @@ fn parse(v: &Value, depth: usize, terms: &mut usize) -> Result<PermissionQuery> 
             match op {
                 "and" => Ok(PermissionQuery::And { and: subs }),
                 "or" => Ok(PermissionQuery::Or { or: subs }),
-                _ => Err(invalid(format!("unknown operator \"{op}\"; use \"and\" or \"or\""))),
+                _ => Err(invalid(format!(
+                    "unknown operator \"{op}\"; use \"and\" or \"or\""
+                ))),
             }
         }
         _ => Err(invalid(
@@ -143,7 +149,10 @@ mod tests {
         assert!(q.is_satisfied_by(&has(&["admin"])));
         assert!(q.is_satisfied_by(&has(&["dns.record.read", "dns.record.update"])));
         assert!(!q.is_satisfied_by(&has(&["dns.record.read"])));
-        assert_eq!(q.to_string(), "((dns.record.read AND dns.record.update) OR admin)");
+        assert_eq!(
+            q.to_string(),
+            "((dns.record.read AND dns.record.update) OR admin)"
+        );
         let single: PermissionQuery = serde_json::from_value(json!("admin")).unwrap();
         assert_eq!(single, PermissionQuery::Permission("admin".into()));
     }
@@ -162,7 +171,10 @@ mod tests {
             json!(""),
         ] {
             let e = PermissionQuery::from_json(&bad).unwrap_err();
-            assert!(matches!(e, Error::InvalidInput { ref field, .. } if field == FIELD), "{bad}");
+            assert!(
+                matches!(e, Error::InvalidInput { ref field, .. } if field == FIELD),
+                "{bad}"
+            );
         }
         let mut deep = json!("a");
         for _ in 0..100 {

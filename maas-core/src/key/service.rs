@@ -1,8 +1,8 @@
 //! [`KeyService`]: keyspaces and keys — issue, manage, verify.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -20,7 +20,7 @@ use crate::counter::{Balance, BalanceOp, LocalCounters};
 use crate::error::{Error, Result};
 use crate::id::{KeyId, KeyspaceId};
 use crate::keyspace::{
-    Keyspace, KeyspaceUpdate, NewKeyspace, check_byte_length, check_prefix, DEFAULT_BYTE_LENGTH,
+    DEFAULT_BYTE_LENGTH, Keyspace, KeyspaceUpdate, NewKeyspace, check_byte_length, check_prefix,
 };
 use crate::patch::Patch;
 use crate::storage::{KeyQuery, Page, PageRequest, Storage};
@@ -157,7 +157,11 @@ impl KeyService {
             None,
             keyspace_audit(&ks),
         );
-        self.inner.storage.keyspaces.create_keyspace(&ks, audit).await?;
+        self.inner
+            .storage
+            .keyspaces
+            .create_keyspace(&ks, audit)
+            .await?;
         Ok(ks)
     }
 
@@ -222,7 +226,9 @@ impl KeyService {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::conflict(format!("keyspace '{id}' keeps changing; try again")))
+        Err(Error::conflict(format!(
+            "keyspace '{id}' keeps changing; try again"
+        )))
     }
 
     /// Deletes a keyspace: soft-deletes each of its live keys (each audited),
@@ -256,7 +262,11 @@ impl KeyService {
             keyspace_audit(&ks),
             None,
         );
-        self.inner.storage.keyspaces.delete_keyspace(id, audit).await
+        self.inner
+            .storage
+            .keyspaces
+            .delete_keyspace(id, audit)
+            .await
     }
 
     // ----- keys: issue and read ---------------------------------------------
@@ -311,7 +321,9 @@ impl KeyService {
         let balance_id = record.remaining_counter();
         if let Some(r) = new.remaining {
             // The balance exists before the key can be verified.
-            counters.put_balance(&balance_id, Some(Balance::new(r, now))).await?;
+            counters
+                .put_balance(&balance_id, Some(Balance::new(r, now)))
+                .await?;
         }
         let audit = AuditEvent::new(
             now,
@@ -438,7 +450,9 @@ impl KeyService {
             {
                 Ok(()) => {
                     let shared = Arc::new(after.clone());
-                    self.inner.cache.upsert(after.hash, Arc::clone(&shared), now);
+                    self.inner
+                        .cache
+                        .upsert(after.hash, Arc::clone(&shared), now);
                     if before.hash != after.hash {
                         // The old hash now resolves to a record it does not match.
                         self.inner.cache.upsert(before.hash, shared, now);
@@ -453,7 +467,9 @@ impl KeyService {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::conflict(format!("key '{id}' keeps changing; try again")))
+        Err(Error::conflict(format!(
+            "key '{id}' keeps changing; try again"
+        )))
     }
 
     /// Applies `update` to the live key `id`. Absent fields are kept, nulls
@@ -465,7 +481,11 @@ impl KeyService {
                 return Err(Error::invalid("remaining", "must not be negative"));
             }
         }
-        let roles = update.roles.clone().map(|r| check_labels("roles", r)).transpose()?;
+        let roles = update
+            .roles
+            .clone()
+            .map(|r| check_labels("roles", r))
+            .transpose()?;
         let permissions = update
             .permissions
             .clone()
@@ -510,7 +530,9 @@ impl KeyService {
         match update.remaining {
             Patch::Set(v) => self.set_balance(&after, v, now).await?,
             Patch::Clear if before.remaining_limited => {
-                counters.put_balance(&after.remaining_counter(), None).await?;
+                counters
+                    .put_balance(&after.remaining_counter(), None)
+                    .await?;
             }
             _ => {}
         }
@@ -526,7 +548,9 @@ impl KeyService {
             .await?
             .is_none()
         {
-            counters.put_balance(&id, Some(Balance::new(v, now))).await?;
+            counters
+                .put_balance(&id, Some(Balance::new(v, now)))
+                .await?;
         }
         Ok(())
     }
@@ -561,7 +585,9 @@ impl KeyService {
                             Ok(())
                         })
                         .await?;
-                    counters.put_balance(&after.remaining_counter(), None).await?;
+                    counters
+                        .put_balance(&after.remaining_counter(), None)
+                        .await?;
                 }
                 Ok(None)
             }
@@ -715,9 +741,8 @@ impl KeyService {
         if opts.keyspace_id.is_some_and(|ks| *ks != rec.keyspace_id) {
             return Ok(Verification::bare(VerifyCode::Forbidden));
         }
-        let with_key = |code, remaining, rl| {
-            Verification::new(code, Some(Arc::clone(rec)), remaining, rl)
-        };
+        let with_key =
+            |code, remaining, rl| Verification::new(code, Some(Arc::clone(rec)), remaining, rl);
         if !rec.enabled {
             return Ok(with_key(VerifyCode::Disabled, None, None));
         }
@@ -735,11 +760,7 @@ impl KeyService {
             Some(rl) => {
                 let state = self.take_ratelimit(&entry, rl, now).await?;
                 if !state.allowed {
-                    return Ok(with_key(
-                        VerifyCode::RateLimited,
-                        None,
-                        Some(state.into()),
-                    ));
+                    return Ok(with_key(VerifyCode::RateLimited, None, Some(state.into())));
                 }
                 Some(RateLimitState::from(state))
             }
@@ -771,7 +792,12 @@ impl KeyService {
     ) -> Result<crate::counter::WindowTake> {
         let spec = rl.spec();
         match rl.kind {
-            RateLimitKind::Fast => Ok(self.inner.fast.take(&entry.ratelimit_counter, &spec, 1, now)),
+            RateLimitKind::Fast => {
+                Ok(self
+                    .inner
+                    .fast
+                    .take(&entry.ratelimit_counter, &spec, 1, now))
+            }
             RateLimitKind::Consistent => {
                 self.inner
                     .storage
@@ -788,7 +814,9 @@ impl KeyService {
             Some(r) => Ok(Some(self.inner.cache.upsert(hash, Arc::new(r), now))),
             None => {
                 if let Some(stale) = self.inner.cache.any(&hash) {
-                    self.inner.cache.remove_if_not_newer(&hash, stale.record.version);
+                    self.inner
+                        .cache
+                        .remove_if_not_newer(&hash, stale.record.version);
                 }
                 Ok(None)
             }
@@ -834,7 +862,11 @@ impl KeyService {
             .collect();
         if let Err(e) = self.inner.storage.keys.touch_keys(&used).await {
             // Keep them for the next call.
-            let mut dirty = self.inner.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut dirty = self
+                .inner
+                .dirty
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             for entry in batch {
                 if !entry.dirty.swap(true, Ordering::AcqRel) {
                     dirty.push(entry);

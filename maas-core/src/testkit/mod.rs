@@ -1,1 +1,181 @@
-//! The storage conformance suite.
+//! The storage conformance suite (feature `testkit`).
+//!
+//! Every storage scenario is a `pub async fn(Storage, ManualClock)` in this
+//! module. A backend runs all of them with one line in its tests:
+//!
+//! ```ignore
+//! maas_core::conformance_suite!(|| async { my_backend::Store::open_temporary().await.storage() });
+//! ```
+//!
+//! The macro expands to one `#[tokio::test]` per scenario (multi-threaded, so
+//! concurrency scenarios really race). The factory is called once per
+//! scenario and must return a fresh, empty [`Storage`]. [`SCENARIOS`] names
+//! them all, so a backend can check it runs the same count as another.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod keys;
+mod probe;
+mod props;
+mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use proptest::strategy::Strategy;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use crate::audit::Actor;
+use crate::clock::ManualClock;
+use crate::key::{KeyHasher, KeyService, KeyServiceConfig};
+use crate::keyspace::{Keyspace, NewKeyspace};
+use crate::storage::Storage;
+
+pub use keys::*;
+pub use probe::{Probe, ProbeCounts};
+pub use props::*;
+pub use store::*;
+
+macro_rules! scenarios {
+    ($d:tt; $($name:ident),* $(,)?) => {
+        /// The names of every scenario of the suite, in order.
+        pub const SCENARIOS: &[&str] = &[$(stringify!($name)),*];
+
+        /// Expands to one `#[tokio::test]` per scenario of the conformance
+        /// suite, each on a fresh storage from `$factory` (a closure returning
+        /// a future of [`Storage`]).
+        #[macro_export]
+        macro_rules! conformance_suite {
+            ($d factory:expr) => {
+                $(
+                    #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $name() {
+                        let clock = $crate::ManualClock::default();
+                        let storage: $crate::Storage = ($d factory)().await;
+                        $crate::testkit::$name(storage, clock).await;
+                    }
+                )*
+            };
+        }
+    };
+}
+
+scenarios!($;
+    tenant_lifecycle,
+    tenant_update_is_optimistic,
+    keyspace_lifecycle,
+    key_create_and_lookup,
+    key_list_pagination_and_totals,
+    key_unique_names,
+    key_update_is_optimistic,
+    key_touch_keeps_latest,
+    audit_every_change_newest_first,
+    counters_balance_operations,
+    counters_window_operations,
+    counters_spend_concurrently_exact,
+    counters_take_concurrently_exact,
+    verify_valid_returns_details,
+    verify_reaches_every_code,
+    verify_check_order_has_no_side_effects,
+    verify_remaining_concurrently_exact,
+    verify_consistent_ratelimit_concurrently_exact,
+    verify_fast_ratelimit_refills,
+    verify_daily_refill_at_utc_midnight,
+    verify_monthly_refill_on_refill_day,
+    verify_sees_own_changes_at_once,
+    verify_other_node_within_ttl,
+    verify_malformed_keys_touch_no_store,
+    reroll_keeps_id_and_balance,
+    update_patch_semantics,
+    update_remaining_rules,
+    restore_conflicts_with_taken_unique_name,
+    create_invalid_input_stores_nothing,
+    update_invalid_input_changes_nothing,
+    last_used_is_written_behind,
+    keyspace_delete_removes_its_keys,
+    prop_verify_never_panics,
+    prop_update_remaining_agrees_with_model,
+    prop_refill_agrees_with_model,
+    prop_balance_never_overspends,
+    prop_window_never_over_admits,
+);
+
+/// What most key scenarios start from: a key service on the storage under
+/// test, an admin actor and one keyspace (prefix `sk`).
+#[derive(Debug)]
+pub struct Fixture {
+    /// The storage under test.
+    pub storage: Storage,
+    /// The clock the service runs on.
+    pub clock: ManualClock,
+    /// A key service on the storage.
+    pub keys: KeyService,
+    /// The actor of changes.
+    pub admin: Actor,
+    /// A keyspace with prefix `sk`.
+    pub ks: Keyspace,
+    /// The hasher (to build a second node with the same secret).
+    pub hasher: KeyHasher,
+}
+
+impl Fixture {
+    /// Builds the fixture.
+    pub async fn new(storage: Storage, clock: ManualClock) -> Self {
+        let hasher = KeyHasher::random();
+        let keys =
+            KeyService::new_with_clock(storage.clone(), hasher.clone(), Arc::new(clock.clone()));
+        let admin = Actor::new("admin");
+        let ks = keys
+            .create_keyspace(
+                &admin,
+                NewKeyspace {
+                    name: "test".into(),
+                    prefix: Some("sk".into()),
+                    default_byte_length: None,
+                },
+            )
+            .await
+            .expect("create keyspace");
+        Fixture {
+            storage,
+            clock,
+            keys,
+            admin,
+            ks,
+            hasher,
+        }
+    }
+
+    /// Another node: a second key service on the same storage and secret,
+    /// with its own cache of `ttl`.
+    pub fn other_node(&self, ttl: std::time::Duration) -> KeyService {
+        KeyService::new_with_config(
+            self.storage.clone(),
+            self.hasher.clone(),
+            KeyServiceConfig { cache_ttl: ttl },
+            Arc::new(self.clock.clone()),
+        )
+    }
+}
+
+/// Runs a proptest from async code: `cases` cases of `strategy`, each checked
+/// by the async `test`, with shrinking. Needs a multi-threaded runtime.
+pub fn run_prop<S, F, Fut>(cases: u32, strategy: S, test: F)
+where
+    S: Strategy,
+    S::Value: Clone + std::fmt::Debug,
+    F: Fn(S::Value) -> Fut,
+    Fut: Future<Output = Result<(), TestCaseError>>,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        if let Err(e) = runner.run(&strategy, |v| handle.block_on(test(v))) {
+            panic!("{e}");
+        }
+    });
+}
