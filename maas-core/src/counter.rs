@@ -11,7 +11,6 @@
 //! stores its counters in one, and `fast` per-key rate limits use one per node.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
@@ -326,7 +325,6 @@ impl WindowState {
 pub struct LocalCounters {
     balances: DashMap<String, Balance>,
     windows: DashMap<String, WindowState>,
-    ops: AtomicU64,
 }
 
 impl LocalCounters {
@@ -350,12 +348,10 @@ impl LocalCounters {
                 self.balances.remove(id);
             }
         }
-        self.ops.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Refills if due, then spends `cost` if enough remains. Atomic.
     pub fn spend(&self, id: &str, cost: u64, refill: Option<&Refill>, now: Timestamp) -> Spend {
-        self.ops.fetch_add(1, Ordering::Relaxed);
         match self.balances.get_mut(id) {
             None => Spend {
                 spent: false,
@@ -380,7 +376,6 @@ impl LocalCounters {
         refill: Option<&Refill>,
         now: Timestamp,
     ) -> Option<Balance> {
-        self.ops.fetch_add(1, Ordering::Relaxed);
         let mut b = self.balances.get_mut(id)?;
         let after = op.apply(b.refilled(refill, now));
         *b = after;
@@ -389,7 +384,6 @@ impl LocalCounters {
 
     /// Takes `cost` units from the window counter `id`. Atomic.
     pub fn take(&self, id: &str, spec: &WindowSpec, cost: u64, now: Timestamp) -> WindowTake {
-        self.ops.fetch_add(1, Ordering::Relaxed);
         // Fast path: the counter exists; no key allocation.
         if let Some(mut s) = self.windows.get_mut(id) {
             let (next, take) = WindowState::take(Some(*s), spec, cost, now);
@@ -408,12 +402,6 @@ impl LocalCounters {
     /// Removes the window counter `id` (the next take starts full).
     pub fn reset_window(&self, id: &str) {
         self.windows.remove(id);
-        self.ops.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// How many operations these counters have served (for tests and stats).
-    pub fn operations(&self) -> u64 {
-        self.ops.load(Ordering::Relaxed)
     }
 }
 
