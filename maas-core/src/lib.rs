@@ -27,6 +27,7 @@ pub mod tenant;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod validate;
+mod versioned;
 
 pub use audit::{Actor, AuditEvent, AuditQuery};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
@@ -41,3 +42,31 @@ pub use keyspace::{Keyspace, KeyspaceUpdate, NewKeyspace};
 pub use patch::Patch;
 pub use storage::{KeyQuery, Page, PageRequest, Storage};
 pub use tenant::{NewTenant, Tenant, TenantService, TenantUpdate};
+
+/// Compile-time check: the services' futures are `Send`, so they can run on
+/// any executor thread (axum handlers, `tokio::spawn`).
+#[cfg(test)]
+#[allow(dead_code)]
+mod send_check {
+    use super::*;
+
+    fn send<T: Send>(_: T) {}
+
+    fn keys(s: &KeyService, a: &Actor, id: &KeyId, ks: &KeyspaceId) {
+        send(s.verify("k", &VerifyOptions::default()));
+        send(s.create(a, NewKey::in_keyspace(ks.clone())));
+        send(s.update(a, id, KeyUpdate::default()));
+        send(s.update_remaining(a, id, RemainingOp::Set, None));
+        send(s.reroll(a, id));
+        send(s.delete(a, id));
+        send(s.restore(a, id));
+        send(s.update_keyspace(a, ks, KeyspaceUpdate::default()));
+        send(s.delete_keyspace(a, ks));
+        send(s.maintain());
+    }
+
+    fn tenants(s: &TenantService, a: &Actor, id: &TenantId) {
+        send(s.update(a, id, TenantUpdate::default()));
+        send(s.create(a, NewTenant::default()));
+    }
+}

@@ -12,6 +12,7 @@ use crate::id::TenantId;
 use crate::patch::Patch;
 use crate::storage::{Page, PageRequest, Storage};
 use crate::validate;
+use crate::versioned;
 
 /// The fair-share group of tenants that name none.
 pub const DEFAULT_GROUP: &str = "default";
@@ -193,54 +194,44 @@ impl TenantService {
         id: &TenantId,
         update: TenantUpdate,
     ) -> Result<Tenant> {
-        loop {
-            // Each round either succeeds, fails for good, or lost to a
-            // concurrent writer (which made progress): no livelock.
-            let before = self.get(id).await?;
-            let mut after = before.clone();
-            if let Some(n) = &update.name {
-                after.name = n.clone();
-            }
-            if let Some(w) = update.weight {
-                after.weight = w;
-            }
-            if let Some(g) = &update.group {
-                after.group = g.clone();
-            }
-            update.tier.clone().apply_to(&mut after.tier);
-            update
-                .tokens_per_minute
-                .clone()
-                .apply_to(&mut after.tokens_per_minute);
-            after.validate()?;
-            let now = self.clock.now();
-            after.updated_at = now;
-            after.version = before.version + 1;
-            let audit = AuditEvent::new(
-                now,
-                actor,
-                "tenant.update",
-                "tenant",
-                id.as_str(),
-                before.audit_value(),
-                after.audit_value(),
-            );
-            match self
-                .storage
-                .tenants
-                .update_tenant(&after, before.version, audit)
-                .await
-            {
-                Ok(()) => return Ok(after),
-                // A stale version: someone else changed it; read again and retry.
-                Err(e @ Error::Conflict { .. }) => {
-                    if self.get(id).await?.version == before.version {
-                        return Err(e);
-                    }
+        let now = self.clock.now();
+        let tenants = &self.storage.tenants;
+        let (_, after) = versioned::update(
+            "tenant",
+            || self.get(id),
+            |t| {
+                if let Some(n) = &update.name {
+                    t.name = n.clone();
                 }
-                Err(e) => return Err(e),
-            }
-        }
+                if let Some(w) = update.weight {
+                    t.weight = w;
+                }
+                if let Some(g) = &update.group {
+                    t.group = g.clone();
+                }
+                update.tier.clone().apply_to(&mut t.tier);
+                update
+                    .tokens_per_minute
+                    .clone()
+                    .apply_to(&mut t.tokens_per_minute);
+                t.updated_at = now;
+                t.validate()
+            },
+            move |before, after| async move {
+                let audit = AuditEvent::new(
+                    now,
+                    actor,
+                    "tenant.update",
+                    "tenant",
+                    id.as_str(),
+                    before.audit_value(),
+                    after.audit_value(),
+                );
+                tenants.update_tenant(&after, before.version, audit).await
+            },
+        )
+        .await?;
+        Ok(after)
     }
 
     /// Removes the tenant `id`.

@@ -24,6 +24,7 @@ use crate::keyspace::{
 };
 use crate::patch::Patch;
 use crate::storage::{KeyQuery, Page, PageRequest, Storage};
+use crate::versioned;
 
 /// Settings of a [`KeyService`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +46,6 @@ impl Default for KeyServiceConfig {
 
 /// A last use is written to the cache at most this often per key (ms).
 const LAST_USED_RESOLUTION_MS: i64 = 1_000;
-/// How many times an update is retried after losing to a concurrent one.
-const MAX_RETRIES: usize = 64;
 
 /// Keyspaces and keys: issue, manage and verify API keys.
 ///
@@ -187,48 +186,39 @@ impl KeyService {
         id: &KeyspaceId,
         update: KeyspaceUpdate,
     ) -> Result<Keyspace> {
-        for _ in 0..MAX_RETRIES {
-            let before = self.get_keyspace(id).await?;
-            let mut after = before.clone();
-            if let Some(n) = &update.name {
-                after.name = n.clone();
-            }
-            update.prefix.clone().apply_to(&mut after.prefix);
-            if let Some(b) = update.default_byte_length {
-                after.default_byte_length = b;
-            }
-            after.validate()?;
-            let now = self.now();
-            after.updated_at = now;
-            after.version = before.version + 1;
-            let audit = AuditEvent::new(
-                now,
-                actor,
-                "keyspace.update",
-                "keyspace",
-                id.as_str(),
-                keyspace_audit(&before),
-                keyspace_audit(&after),
-            );
-            match self
-                .inner
-                .storage
-                .keyspaces
-                .update_keyspace(&after, before.version, audit)
-                .await
-            {
-                Ok(()) => return Ok(after),
-                Err(e @ Error::Conflict { .. }) => {
-                    if self.get_keyspace(id).await?.version == before.version {
-                        return Err(e);
-                    }
+        let now = self.now();
+        let keyspaces = &self.inner.storage.keyspaces;
+        let (_, after) = versioned::update(
+            "keyspace",
+            || self.get_keyspace(id),
+            |k| {
+                if let Some(n) = &update.name {
+                    k.name = n.clone();
                 }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::conflict(format!(
-            "keyspace '{id}' keeps changing; try again"
-        )))
+                update.prefix.clone().apply_to(&mut k.prefix);
+                if let Some(b) = update.default_byte_length {
+                    k.default_byte_length = b;
+                }
+                k.updated_at = now;
+                k.validate()
+            },
+            move |before, after| async move {
+                let audit = AuditEvent::new(
+                    now,
+                    actor,
+                    "keyspace.update",
+                    "keyspace",
+                    id.as_str(),
+                    keyspace_audit(&before),
+                    keyspace_audit(&after),
+                );
+                keyspaces
+                    .update_keyspace(&after, before.version, audit)
+                    .await
+            },
+        )
+        .await?;
+        Ok(after)
     }
 
     /// Deletes a keyspace: soft-deletes each of its live keys (each audited),
@@ -420,56 +410,45 @@ impl KeyService {
         include_deleted: bool,
         mut change: impl FnMut(&mut KeyRecord, Timestamp) -> Result<()>,
     ) -> Result<(KeyRecord, KeyRecord)> {
-        for _ in 0..MAX_RETRIES {
-            let before = if include_deleted {
-                self.record(id).await?
-            } else {
-                self.live_record(id).await?
-            };
-            let now = self.now();
-            let mut after = before.clone();
-            change(&mut after, now)?;
-            after.validate()?;
-            after.updated_at = now;
-            after.version = before.version + 1;
-            let audit = AuditEvent::new(
-                now,
-                actor,
-                action,
-                "key",
-                id.as_str(),
-                audit_value(&before),
-                audit_value(&after),
-            );
-            match self
-                .inner
-                .storage
-                .keys
-                .update_key(&after, before.version, audit)
-                .await
-            {
-                Ok(()) => {
-                    let shared = Arc::new(after.clone());
-                    self.inner
-                        .cache
-                        .upsert(after.hash, Arc::clone(&shared), now);
-                    if before.hash != after.hash {
-                        // The old hash now resolves to a record it does not match.
-                        self.inner.cache.upsert(before.hash, shared, now);
-                    }
-                    return Ok((before, after));
+        let now = self.now();
+        let keys = &self.inner.storage.keys;
+        let (before, after) = versioned::update(
+            "key",
+            || async move {
+                if include_deleted {
+                    self.record(id).await
+                } else {
+                    self.live_record(id).await
                 }
-                Err(e @ Error::Conflict { .. }) => {
-                    if self.record(id).await?.version == before.version {
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+            },
+            |k| {
+                change(k, now)?;
+                k.updated_at = now;
+                k.validate()
+            },
+            move |before, after| async move {
+                let audit = AuditEvent::new(
+                    now,
+                    actor,
+                    action,
+                    "key",
+                    id.as_str(),
+                    audit_value(&before),
+                    audit_value(&after),
+                );
+                keys.update_key(&after, before.version, audit).await
+            },
+        )
+        .await?;
+        let shared = Arc::new(after.clone());
+        self.inner
+            .cache
+            .upsert(after.hash, Arc::clone(&shared), now);
+        if before.hash != after.hash {
+            // The old hash now resolves to a record it does not match.
+            self.inner.cache.upsert(before.hash, shared, now);
         }
-        Err(Error::conflict(format!(
-            "key '{id}' keeps changing; try again"
-        )))
+        Ok((before, after))
     }
 
     /// Applies `update` to the live key `id`. Absent fields are kept, nulls

@@ -3,7 +3,7 @@
 //! Every storage scenario is a `pub async fn(Storage, ManualClock)` in this
 //! module. A backend runs all of them with one line in its tests:
 //!
-//! ```ignore
+//! ```text
 //! maas_core::conformance_suite!(|| async { my_backend::Store::open_temporary().await.storage() });
 //! ```
 //!
@@ -68,6 +68,7 @@ scenarios!($;
     key_list_pagination_and_totals,
     key_unique_names,
     key_update_is_optimistic,
+    key_concurrent_updates_all_land,
     key_touch_keeps_latest,
     audit_every_change_newest_first,
     counters_balance_operations,

@@ -590,6 +590,62 @@ pub async fn key_update_is_optimistic(storage: Storage, clock: ManualClock) {
     );
 }
 
+/// 32 concurrent updates of one key through the service all land (losers of
+/// a race read again and retry), each with its own audit event.
+pub async fn key_concurrent_updates_all_land(storage: Storage, clock: ManualClock) {
+    let f = Fixture::new(storage.clone(), clock).await;
+    let k = f
+        .keys
+        .create(&f.admin, NewKey::in_keyspace(f.ks.id.clone()))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let keys = f.keys.clone();
+        let admin = f.admin.clone();
+        let id = k.key_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut roles = vec![format!("r{i}")];
+            roles.sort();
+            keys.update(
+                &admin,
+                &id,
+                crate::key::KeyUpdate {
+                    roles: Some(roles),
+                    ..Default::default()
+                },
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let rec = storage.keys.get_key(&k.key_id).await.unwrap().unwrap();
+    assert_eq!(rec.version, 33);
+    let audit = storage
+        .audit
+        .list_audit(&AuditQuery {
+            before_seq: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    let updates = audit
+        .items
+        .iter()
+        .filter(|e| e.action == "key.update")
+        .count();
+    assert_eq!(updates, 32);
+    // The last event's "after" is what is stored.
+    let last = audit
+        .items
+        .iter()
+        .find(|e| e.action == "key.update")
+        .unwrap();
+    assert_eq!(last.after.as_ref().unwrap()["roles"], json!(rec.roles));
+}
+
 /// `touch_keys` keeps the latest time, ignores unknown ids and bumps no version.
 pub async fn key_touch_keeps_latest(storage: Storage, clock: ManualClock) {
     let f = Fixture::new(storage.clone(), clock).await;
