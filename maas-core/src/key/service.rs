@@ -470,41 +470,66 @@ impl KeyService {
             .clone()
             .map(|p| check_labels("permissions", p))
             .transpose()?;
-        let counters = &self.inner.storage.counters;
-        let result = self
-            .modify(actor, id, "key.update", false, |k, _now| {
-                let u = update.clone();
-                u.name.apply_to(&mut k.name);
-                u.owner_id.apply_to(&mut k.owner_id);
-                u.meta.apply_to(&mut k.meta);
-                u.expires.apply_to(&mut k.expires);
-                u.refill.apply_to(&mut k.refill);
-                u.ratelimit.apply_to(&mut k.ratelimit);
-                u.environment.apply_to(&mut k.environment);
-                if let Some(r) = &roles {
-                    k.roles = r.clone();
-                }
-                if let Some(p) = &permissions {
-                    k.permissions = p.clone();
-                }
-                if let Some(e) = u.enabled {
-                    k.enabled = e;
-                }
-                match u.remaining {
-                    Patch::Keep => {}
-                    Patch::Clear => {
-                        k.remaining_limited = false;
-                        if update.refill.is_keep() {
-                            // A refill without a balance means nothing.
-                            k.refill = None;
-                        }
+        let apply = |k: &mut KeyRecord| -> Result<()> {
+            let u = update.clone();
+            u.name.apply_to(&mut k.name);
+            u.owner_id.apply_to(&mut k.owner_id);
+            u.meta.apply_to(&mut k.meta);
+            u.expires.apply_to(&mut k.expires);
+            u.refill.apply_to(&mut k.refill);
+            u.ratelimit.apply_to(&mut k.ratelimit);
+            u.environment.apply_to(&mut k.environment);
+            if let Some(r) = &roles {
+                k.roles = r.clone();
+            }
+            if let Some(p) = &permissions {
+                k.permissions = p.clone();
+            }
+            if let Some(e) = u.enabled {
+                k.enabled = e;
+            }
+            match u.remaining {
+                Patch::Keep => {}
+                Patch::Clear => {
+                    k.remaining_limited = false;
+                    if update.refill.is_keep() {
+                        // A refill without a balance means nothing.
+                        k.refill = None;
                     }
-                    Patch::Set(_) => k.remaining_limited = true,
                 }
-                Ok(())
-            })
+                Patch::Set(_) => k.remaining_limited = true,
+            }
+            k.validate()
+        };
+        // Refuse invalid input before anything is written.
+        let current = self.live_record(id).await?;
+        apply(&mut current.clone())?;
+        let counters = &self.inner.storage.counters;
+        // A key that becomes limited gets its balance before the record says
+        // so, as verification treats a limited key without one as spent.
+        let mut opened = None;
+        if let Patch::Set(v) = update.remaining {
+            if !current.remaining_limited {
+                let cid = current.remaining_counter();
+                counters
+                    .put_balance(&cid, Some(Balance::new(v, self.now())))
+                    .await?;
+                opened = Some(cid);
+            }
+        }
+        let result = self
+            .modify(actor, id, "key.update", false, |k, _| apply(k))
             .await;
-        let (before, after) = result?;
+        let (before, after) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(cid) = opened {
+                    // Best effort: the key is still unlimited, the balance unused.
+                    let _ = counters.put_balance(&cid, None).await;
+                }
+                return Err(e);
+            }
+        };
         let now = self.now();
         match update.remaining {
             Patch::Set(v) => self.set_balance(&after, v, now).await?,
