@@ -1193,6 +1193,24 @@ pub async fn update_invalid_input_changes_nothing(storage: Storage, clock: Manua
     }
     assert_eq!(probe.counts().writes, before.writes);
     assert_eq!(f.keys.get(&k.key_id).await.unwrap(), before_view);
+    // An unlimited key that would become limited by an otherwise invalid update.
+    let unlimited = f
+        .keys
+        .create(&f.admin, NewKey::in_keyspace(f.ks.id.clone()))
+        .await
+        .unwrap();
+    let writes = probe.counts().writes;
+    let bad = KeyUpdate {
+        remaining: Patch::Set(5),
+        name: Patch::Set(String::new()),
+        ..Default::default()
+    };
+    assert_eq!(
+        invalid_field(f.keys.update(&f.admin, &unlimited.key_id, bad).await),
+        "name"
+    );
+    assert_eq!(probe.counts().writes, writes);
+    assert_eq!(f.keys.get(&unlimited.key_id).await.unwrap().remaining, None);
 }
 
 /// Last use is recorded on valid verifications, visible at once through
