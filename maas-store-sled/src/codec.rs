@@ -1,0 +1,104 @@
+//! Encodings: JSON for records, fixed 16-byte big-endian for counters, and the
+//! byte layouts of index keys.
+
+use maas_core::counter::{Balance, WindowState};
+use maas_core::{Error, Result, Timestamp};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A record as stored.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::internal(format!("cannot encode a record: {e}")))
+}
+
+/// A record from its stored bytes.
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::internal(format!("stored {what} is unreadable: {e}")))
+}
+
+fn two_i64(bytes: &[u8]) -> Option<(i64, i64)> {
+    let a: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let b: [u8; 8] = bytes.get(8..16)?.try_into().ok()?;
+    Some((i64::from_be_bytes(a), i64::from_be_bytes(b)))
+}
+
+fn pack(a: i64, b: i64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a.to_be_bytes());
+    out[8..].copy_from_slice(&b.to_be_bytes());
+    out
+}
+
+pub(crate) fn encode_balance(b: &Balance) -> [u8; 16] {
+    pack(b.remaining, b.refilled_at.as_millis())
+}
+
+/// A balance; `None` if the bytes are not one (treated as absent).
+pub(crate) fn decode_balance(bytes: &[u8]) -> Option<Balance> {
+    two_i64(bytes).map(|(remaining, at)| Balance {
+        remaining,
+        refilled_at: Timestamp::from_millis(at),
+    })
+}
+
+pub(crate) fn encode_window(w: &WindowState) -> [u8; 16] {
+    pack(w.window, i64::from_be_bytes(w.available.to_be_bytes()))
+}
+
+pub(crate) fn decode_window(bytes: &[u8]) -> Option<WindowState> {
+    two_i64(bytes).map(|(window, available)| WindowState {
+        window,
+        available: u64::from_be_bytes(available.to_be_bytes()),
+    })
+}
+
+/// `a \0 b`: index keys whose parts contain no NUL (ids and labels never
+/// hold control characters), so a prefix scan of `a \0` finds exactly `a`'s
+/// entries, in `b` order.
+pub(crate) fn joined(parts: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(p.as_bytes());
+    }
+    out
+}
+
+/// The part of an index key after its last NUL.
+pub(crate) fn last_part(key: &[u8]) -> &[u8] {
+    match key.iter().rposition(|&b| b == 0) {
+        Some(i) => &key[i + 1..],
+        None => key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_roundtrip() {
+        let b = Balance {
+            remaining: i64::MAX,
+            refilled_at: Timestamp::from_millis(-5),
+        };
+        assert_eq!(decode_balance(&encode_balance(&b)), Some(b));
+        let w = WindowState {
+            window: 42,
+            available: u64::MAX,
+        };
+        assert_eq!(decode_window(&encode_window(&w)), Some(w));
+        assert_eq!(decode_balance(b"short"), None);
+    }
+
+    #[test]
+    fn joined_keys() {
+        let k = joined(&["ks_1", "key_2"]);
+        assert_eq!(k, b"ks_1\0key_2");
+        assert_eq!(last_part(&k), b"key_2");
+        assert_eq!(last_part(b"plain"), b"plain");
+    }
+}

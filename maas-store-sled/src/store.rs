@@ -1,0 +1,813 @@
+//! The storage traits of `maas-core` on sled trees.
+
+use std::fmt;
+use std::ops::Bound;
+use std::path::Path;
+
+use async_trait::async_trait;
+use maas_core::audit::{AuditEvent, AuditQuery};
+use maas_core::counter::{Balance, BalanceOp, Refill, Spend, WindowSpec, WindowState, WindowTake};
+use maas_core::key::{KeyHash, KeyRecord};
+use maas_core::storage::{
+    AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, TenantStore,
+    audit_page_size, version_conflict,
+};
+use maas_core::{Error, KeyId, Keyspace, KeyspaceId, Result, Tenant, TenantId, Timestamp};
+use serde::de::DeserializeOwned;
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree,
+};
+use sled::{Db, Transactional, Tree};
+
+use crate::codec::{
+    decode, decode_balance, decode_window, encode, encode_balance, encode_window, joined,
+    last_part,
+};
+use crate::{FORMAT_VERSION, SledError, SledStore};
+
+const META_FORMAT: &[u8] = b"format_version";
+const META_AUDIT_COUNT: &[u8] = b"audit_count";
+const LIVE: u8 = 0;
+const DELETED: u8 = 1;
+
+/// Maps a sled failure into the core error: I/O may be transient, the rest not.
+pub(crate) fn map_sled(e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io) => Error::unavailable(format!("sled I/O: {io}"), true),
+        sled::Error::Corruption { .. } => Error::unavailable("sled: corruption detected", false),
+        other => Error::internal(format!("sled: {other}")),
+    }
+}
+
+type TxResult<T> = ConflictableTransactionResult<T, Error>;
+
+fn abort<T>(e: Error) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn ab<T>(r: Result<T>) -> TxResult<T> {
+    r.map_err(ConflictableTransactionError::Abort)
+}
+
+fn finish<T>(r: std::result::Result<T, TransactionError<Error>>) -> Result<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(TransactionError::Abort(e)) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(map_sled(e)),
+    }
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// Appends `event` inside a transaction: next sequence number, count + 1.
+fn tx_audit(audit: &TransactionalTree, meta: &TransactionalTree, event: &AuditEvent) -> TxResult<u64> {
+    let seq = audit.generate_id()? + 1;
+    let mut e = event.clone();
+    e.seq = seq;
+    audit.insert(&seq.to_be_bytes(), ab(encode(&e))?)?;
+    let count = meta.get(META_AUDIT_COUNT)?.map_or(0, |v| be_u64(&v));
+    meta.insert(META_AUDIT_COUNT, &(count + 1).to_be_bytes())?;
+    Ok(seq)
+}
+
+/// Every tree of the database.
+pub(crate) struct Trees {
+    db: Db,
+    meta: Tree,
+    tenants: Tree,
+    tenant_names: Tree,
+    keyspaces: Tree,
+    keys: Tree,
+    key_hashes: Tree,
+    key_unique: Tree,
+    by_keyspace: Tree,
+    by_owner: Tree,
+    key_flags: Tree,
+    last_used: Tree,
+    audit: Tree,
+    balances: Tree,
+    windows: Tree,
+}
+
+impl fmt::Debug for Trees {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // sled's own Debug of a tree prints its contents: never do that.
+        f.debug_struct("Trees")
+            .field("was_recovered", &self.db.was_recovered())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The trees a key change writes together.
+struct KeyTx<'a> {
+    keys: &'a TransactionalTree,
+    hashes: &'a TransactionalTree,
+    unique: &'a TransactionalTree,
+    by_keyspace: &'a TransactionalTree,
+    by_owner: &'a TransactionalTree,
+    flags: &'a TransactionalTree,
+}
+
+fn flag(k: &KeyRecord) -> u8 {
+    if k.deleted_at.is_some() { DELETED } else { LIVE }
+}
+
+fn unique_key(k: &KeyRecord) -> Option<Vec<u8>> {
+    k.unique_slot().map(|(ks, owner, name)| joined(&[&ks, &owner, &name]))
+}
+
+fn owner_value(k: &KeyRecord) -> Vec<u8> {
+    let mut v = vec![flag(k)];
+    v.extend_from_slice(k.keyspace_id.as_str().as_bytes());
+    v
+}
+
+impl KeyTx<'_> {
+    /// Refuses a key whose hash or unique name another key holds.
+    fn check_free(&self, k: &KeyRecord) -> TxResult<()> {
+        let id = k.id.as_str().as_bytes();
+        if let Some(holder) = self.hashes.get(k.hash.as_bytes())? {
+            if holder != id {
+                return abort(Error::conflict("the secret collides with another key"));
+            }
+        }
+        if let Some(slot) = unique_key(k) {
+            if let Some(holder) = self.unique.get(&slot)? {
+                if holder != id {
+                    return abort(Error::conflict(format!(
+                        "a key named '{}' already exists for this owner",
+                        k.name.as_deref().unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn index(&self, k: &KeyRecord) -> TxResult<()> {
+        let id = k.id.as_str();
+        self.hashes.insert(k.hash.as_bytes(), id.as_bytes())?;
+        if let Some(slot) = unique_key(k) {
+            self.unique.insert(slot, id.as_bytes())?;
+        }
+        let f = [flag(k)];
+        self.by_keyspace
+            .insert(joined(&[k.keyspace_id.as_str(), id]), &f)?;
+        if let Some(o) = &k.owner_id {
+            self.by_owner.insert(joined(&[o, id]), owner_value(k))?;
+        }
+        self.flags.insert(id.as_bytes(), &f)?;
+        Ok(())
+    }
+
+    fn unindex(&self, k: &KeyRecord) -> TxResult<()> {
+        let id = k.id.as_str();
+        if self.hashes.get(k.hash.as_bytes())?.is_some_and(|h| h == id.as_bytes()) {
+            self.hashes.remove(k.hash.as_bytes())?;
+        }
+        if let Some(slot) = unique_key(k) {
+            if self.unique.get(&slot)?.is_some_and(|h| h == id.as_bytes()) {
+                self.unique.remove(slot)?;
+            }
+        }
+        self.by_keyspace
+            .remove(joined(&[k.keyspace_id.as_str(), id]))?;
+        if let Some(o) = &k.owner_id {
+            self.by_owner.remove(joined(&[o, id]))?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`SledStore::check_integrity`](crate::SledStore::check_integrity) found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IntegrityReport {
+    /// Key records read.
+    pub keys: u64,
+    /// Index entries read.
+    pub index_entries: u64,
+    /// Every disagreement found; empty when the database is consistent.
+    pub problems: Vec<String>,
+}
+
+impl IntegrityReport {
+    /// Whether no problem was found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl Trees {
+    pub(crate) fn open(db: Db) -> std::result::Result<Self, SledError> {
+        Ok(Trees {
+            meta: db.open_tree("meta")?,
+            tenants: db.open_tree("tenants")?,
+            tenant_names: db.open_tree("tenant_names")?,
+            keyspaces: db.open_tree("keyspaces")?,
+            keys: db.open_tree("keys")?,
+            key_hashes: db.open_tree("key_hashes")?,
+            key_unique: db.open_tree("key_unique")?,
+            by_keyspace: db.open_tree("keys_by_keyspace")?,
+            by_owner: db.open_tree("keys_by_owner")?,
+            key_flags: db.open_tree("key_flags")?,
+            last_used: db.open_tree("key_last_used")?,
+            audit: db.open_tree("audit")?,
+            balances: db.open_tree("balances")?,
+            windows: db.open_tree("windows")?,
+            db,
+        })
+    }
+
+    /// Stamps a new database with [`FORMAT_VERSION`]; refuses newer ones.
+    pub(crate) fn check_format(&self, path: &Path) -> std::result::Result<(), SledError> {
+        match self.meta.get(META_FORMAT)? {
+            None => {
+                self.meta.insert(META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| SledError::Corrupt {
+                        path: path.to_path_buf(),
+                        detail: "the format version record is malformed".into(),
+                    })?;
+                if found > FORMAT_VERSION {
+                    return Err(SledError::NewerFormat {
+                        path: path.to_path_buf(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                if found == 0 {
+                    return Err(SledError::Corrupt {
+                        path: path.to_path_buf(),
+                        detail: "format version 0 does not exist".into(),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await.map(|_| ()).map_err(map_sled)
+    }
+
+    fn get<T: DeserializeOwned>(&self, tree: &Tree, what: &str, id: &[u8]) -> Result<Option<T>> {
+        match tree.get(id).map_err(map_sled)? {
+            Some(v) => decode(what, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of a tree keyed by id, after the cursor; total = tree length.
+    fn page<T: DeserializeOwned>(&self, tree: &Tree, what: &str, page: &PageRequest) -> Result<Page<T>> {
+        let size = page.size();
+        let iter = match &page.cursor {
+            Some(c) => tree.range::<&[u8], _>((Bound::Excluded(c.as_bytes()), Bound::Unbounded)),
+            None => tree.iter(),
+        };
+        let mut items = Vec::new();
+        let mut last = None;
+        for kv in iter.take(size + 1) {
+            let (k, v) = kv.map_err(map_sled)?;
+            if items.len() == size {
+                let cursor = last.map(|l: sled::IVec| String::from_utf8_lossy(&l).into_owned());
+                return Ok(Page {
+                    items,
+                    cursor,
+                    total: tree.len() as u64,
+                });
+            }
+            items.push(decode(what, &v)?);
+            last = Some(k);
+        }
+        Ok(Page {
+            items,
+            cursor: None,
+            total: tree.len() as u64,
+        })
+    }
+
+    fn with_last_used(&self, mut k: KeyRecord) -> Result<KeyRecord> {
+        if let Some(v) = self.last_used.get(k.id.as_str()).map_err(map_sled)? {
+            let at = Timestamp::from_millis(i64::from_be_bytes(be_u64(&v).to_be_bytes()));
+            k.last_used_at = k.last_used_at.max(Some(at));
+        }
+        Ok(k)
+    }
+
+    pub(crate) fn check_integrity(&self) -> Result<IntegrityReport> {
+        let mut r = IntegrityReport::default();
+        let has = |tree: &Tree, k: &[u8], want: Option<&[u8]>| -> Result<bool> {
+            Ok(match tree.get(k).map_err(map_sled)? {
+                Some(v) => want.is_none_or(|w| v == w),
+                None => false,
+            })
+        };
+        for kv in self.keys.iter() {
+            let (id, v) = kv.map_err(map_sled)?;
+            let k: KeyRecord = decode("key", &v)?;
+            r.keys += 1;
+            let ids = k.id.as_str();
+            if id != ids.as_bytes() {
+                r.problems.push(format!("key stored under '{}' has id {ids}", String::from_utf8_lossy(&id)));
+            }
+            let f = [flag(&k)];
+            if !has(&self.key_hashes, k.hash.as_bytes(), Some(ids.as_bytes()))? {
+                r.problems.push(format!("key {ids}: hash index missing or wrong"));
+            }
+            if !has(&self.key_flags, ids.as_bytes(), Some(&f))? {
+                r.problems.push(format!("key {ids}: flag index missing or wrong"));
+            }
+            if !has(&self.by_keyspace, &joined(&[k.keyspace_id.as_str(), ids]), Some(&f))? {
+                r.problems.push(format!("key {ids}: keyspace index missing or wrong"));
+            }
+            if let Some(o) = &k.owner_id {
+                if !has(&self.by_owner, &joined(&[o, ids]), Some(&owner_value(&k)))? {
+                    r.problems.push(format!("key {ids}: owner index missing or wrong"));
+                }
+            }
+            if let Some(slot) = unique_key(&k) {
+                if !has(&self.key_unique, &slot, Some(ids.as_bytes()))? {
+                    r.problems.push(format!("key {ids}: unique-name index missing or wrong"));
+                }
+            }
+        }
+        let dangling = |tree: &Tree, name: &str, r: &mut IntegrityReport, id_of: &dyn Fn(&[u8], &[u8]) -> Vec<u8>| -> Result<()> {
+            for kv in tree.iter() {
+                let (k, v) = kv.map_err(map_sled)?;
+                r.index_entries += 1;
+                let id = id_of(&k, &v);
+                if !self.keys.contains_key(&id).map_err(map_sled)? {
+                    r.problems.push(format!(
+                        "{name} entry '{}' points at missing key '{}'",
+                        String::from_utf8_lossy(&k),
+                        String::from_utf8_lossy(&id)
+                    ));
+                }
+            }
+            Ok(())
+        };
+        dangling(&self.key_hashes, "hash index", &mut r, &|_, v| v.to_vec())?;
+        dangling(&self.key_unique, "unique-name index", &mut r, &|_, v| v.to_vec())?;
+        dangling(&self.by_keyspace, "keyspace index", &mut r, &|k, _| last_part(k).to_vec())?;
+        dangling(&self.by_owner, "owner index", &mut r, &|k, _| last_part(k).to_vec())?;
+        dangling(&self.key_flags, "flag index", &mut r, &|k, _| k.to_vec())?;
+        Ok(r)
+    }
+}
+
+#[async_trait]
+impl TenantStore for SledStore {
+    async fn create_tenant(&self, tenant: &Tenant, audit: AuditEvent) -> Result<()> {
+        let t = &self.t;
+        let id = tenant.id.as_str().as_bytes();
+        let bytes = encode(tenant)?;
+        finish((&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
+            |(tenants, names, log, meta)| {
+                if tenants.get(id)?.is_some() {
+                    return abort(Error::conflict(format!("tenant '{}' exists", tenant.id)));
+                }
+                if names.get(tenant.name.as_bytes())?.is_some() {
+                    return abort(Error::conflict(format!("a tenant named '{}' exists", tenant.name)));
+                }
+                tenants.insert(id, bytes.as_slice())?;
+                names.insert(tenant.name.as_bytes(), id)?;
+                tx_audit(log, meta, &audit)?;
+                Ok(())
+            },
+        ))?;
+        t.flush().await
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        self.t.get(&self.t.tenants, "tenant", id.as_str().as_bytes())
+    }
+
+    async fn get_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
+        match self.t.tenant_names.get(name.as_bytes()).map_err(map_sled)? {
+            Some(id) => self.t.get(&self.t.tenants, "tenant", &id),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
+        self.t.page(&self.t.tenants, "tenant", page)
+    }
+
+    async fn update_tenant(&self, tenant: &Tenant, expected_version: u64, audit: AuditEvent) -> Result<()> {
+        let t = &self.t;
+        let id = tenant.id.as_str().as_bytes();
+        let mut stored = tenant.clone();
+        stored.version = expected_version + 1;
+        let bytes = encode(&stored)?;
+        finish((&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
+            |(tenants, names, log, meta)| {
+                let Some(cur) = tenants.get(id)? else {
+                    return abort(Error::not_found("tenant", tenant.id.as_str()));
+                };
+                let cur: Tenant = ab(decode("tenant", &cur))?;
+                if cur.version != expected_version {
+                    return abort(version_conflict("tenant", tenant.id.as_str()));
+                }
+                if cur.name != tenant.name {
+                    if names.get(tenant.name.as_bytes())?.is_some() {
+                        return abort(Error::conflict(format!("a tenant named '{}' exists", tenant.name)));
+                    }
+                    names.remove(cur.name.as_bytes())?;
+                    names.insert(tenant.name.as_bytes(), id)?;
+                }
+                tenants.insert(id, bytes.as_slice())?;
+                tx_audit(log, meta, &audit)?;
+                Ok(())
+            },
+        ))?;
+        t.flush().await
+    }
+
+    async fn delete_tenant(&self, id: &TenantId, audit: AuditEvent) -> Result<()> {
+        let t = &self.t;
+        let key = id.as_str().as_bytes();
+        finish((&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
+            |(tenants, names, log, meta)| {
+                let Some(cur) = tenants.remove(key)? else {
+                    return abort(Error::not_found("tenant", id.as_str()));
+                };
+                let cur: Tenant = ab(decode("tenant", &cur))?;
+                names.remove(cur.name.as_bytes())?;
+                tx_audit(log, meta, &audit)?;
+                Ok(())
+            },
+        ))?;
+        t.flush().await
+    }
+}
+
+#[async_trait]
+impl KeyspaceStore for SledStore {
+    async fn create_keyspace(&self, keyspace: &Keyspace, audit: AuditEvent) -> Result<()> {
+        let t = &self.t;
+        let id = keyspace.id.as_str().as_bytes();
+        let bytes = encode(keyspace)?;
+        finish((&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
+            if spaces.get(id)?.is_some() {
+                return abort(Error::conflict(format!("keyspace '{}' exists", keyspace.id)));
+            }
+            spaces.insert(id, bytes.as_slice())?;
+            tx_audit(log, meta, &audit)?;
+            Ok(())
+        }))?;
+        t.flush().await
+    }
+
+    async fn get_keyspace(&self, id: &KeyspaceId) -> Result<Option<Keyspace>> {
+        self.t.get(&self.t.keyspaces, "keyspace", id.as_str().as_bytes())
+    }
+
+    async fn list_keyspaces(&self, page: &PageRequest) -> Result<Page<Keyspace>> {
+        self.t.page(&self.t.keyspaces, "keyspace", page)
+    }
+
+    async fn update_keyspace(&self, keyspace: &Keyspace, expected_version: u64, audit: AuditEvent) -> Result<()> {
+        let t = &self.t;
+        let id = keyspace.id.as_str().as_bytes();
+        let mut stored = keyspace.clone();
+        stored.version = expected_version + 1;
+        let bytes = encode(&stored)?;
+        finish((&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
+            let Some(cur) = spaces.get(id)? else {
+                return abort(Error::not_found("keyspace", keyspace.id.as_str()));
+            };
+            let cur: Keyspace = ab(decode("keyspace", &cur))?;
+            if cur.version != expected_version {
+                return abort(version_conflict("keyspace", keyspace.id.as_str()));
+            }
+            spaces.insert(id, bytes.as_slice())?;
+            tx_audit(log, meta, &audit)?;
+            Ok(())
+        }))?;
+        t.flush().await
+    }
+
+    async fn delete_keyspace(&self, id: &KeyspaceId, audit: AuditEvent) -> Result<()> {
+        let t = &self.t;
+        finish((&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
+            if spaces.remove(id.as_str().as_bytes())?.is_none() {
+                return abort(Error::not_found("keyspace", id.as_str()));
+            }
+            tx_audit(log, meta, &audit)?;
+            Ok(())
+        }))?;
+        t.flush().await
+    }
+}
+
+impl SledStore {
+    /// Runs `f` in a transaction over every key tree plus the audit log.
+    fn key_transaction(
+        &self,
+        f: impl Fn(&KeyTx<'_>, &TransactionalTree, &TransactionalTree) -> TxResult<()>,
+    ) -> Result<()> {
+        let t = &self.t;
+        finish(
+            (
+                &t.keys,
+                &t.key_hashes,
+                &t.key_unique,
+                &t.by_keyspace,
+                &t.by_owner,
+                &t.key_flags,
+                &t.audit,
+                &t.meta,
+            )
+                .transaction(|(keys, hashes, unique, by_keyspace, by_owner, flags, log, meta)| {
+                    let tx = KeyTx {
+                        keys,
+                        hashes,
+                        unique,
+                        by_keyspace,
+                        by_owner,
+                        flags,
+                    };
+                    f(&tx, log, meta)
+                }),
+        )
+    }
+
+    /// Ids matching `query` from the narrowest index, with the total.
+    fn matching_ids(&self, query: &KeyQuery) -> Result<(Vec<Vec<u8>>, u64)> {
+        let t = &self.t;
+        let size = query.page.size();
+        let cursor = query.page.cursor.as_deref().map(str::as_bytes);
+        let (tree, prefix) = match (&query.owner_id, &query.keyspace_id) {
+            (Some(o), _) => (&t.by_owner, joined(&[o, ""])),
+            (None, Some(ks)) => (&t.by_keyspace, joined(&[ks.as_str(), ""])),
+            (None, None) => (&t.key_flags, Vec::new()),
+        };
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        for kv in tree.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(map_sled)?;
+            let deleted = v.first() == Some(&DELETED);
+            if deleted && !query.include_deleted {
+                continue;
+            }
+            if let (Some(_), Some(ks)) = (&query.owner_id, &query.keyspace_id) {
+                if v.get(1..) != Some(ks.as_str().as_bytes()) {
+                    continue;
+                }
+            }
+            total += 1;
+            let id = last_part(&k);
+            if ids.len() <= size && cursor.is_none_or(|c| id > c) {
+                ids.push(id.to_vec());
+            }
+        }
+        Ok((ids, total))
+    }
+}
+
+#[async_trait]
+impl KeyStore for SledStore {
+    async fn create_key(&self, key: &KeyRecord, audit: AuditEvent) -> Result<()> {
+        let id = key.id.as_str().as_bytes();
+        let bytes = encode(key)?;
+        self.key_transaction(|tx, log, meta| {
+            if tx.keys.get(id)?.is_some() {
+                return abort(Error::conflict(format!("key '{}' exists", key.id)));
+            }
+            tx.check_free(key)?;
+            tx.index(key)?;
+            tx.keys.insert(id, bytes.as_slice())?;
+            tx_audit(log, meta, &audit)?;
+            Ok(())
+        })?;
+        self.t.flush().await
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>> {
+        match self.t.get(&self.t.keys, "key", id.as_str().as_bytes())? {
+            Some(k) => self.t.with_last_used(k).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
+        match self.t.key_hashes.get(hash.as_bytes()).map_err(map_sled)? {
+            Some(id) => match self.t.get::<KeyRecord>(&self.t.keys, "key", &id)? {
+                Some(k) => self.t.with_last_used(k).map(Some),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    async fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
+        let (ids, total) = self.matching_ids(query)?;
+        let mut items = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(k) = self.t.get::<KeyRecord>(&self.t.keys, "key", id)? {
+                items.push(self.t.with_last_used(k)?);
+            }
+        }
+        let size = query.page.size();
+        let more = items.len() > size;
+        items.truncate(size);
+        let cursor = if more {
+            items.last().map(|k| k.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page {
+            items,
+            cursor,
+            total,
+        })
+    }
+
+    async fn update_key(&self, key: &KeyRecord, expected_version: u64, audit: AuditEvent) -> Result<()> {
+        let id = key.id.as_str().as_bytes();
+        let mut stored = key.clone();
+        stored.version = expected_version + 1;
+        let bytes = encode(&stored)?;
+        self.key_transaction(|tx, log, meta| {
+            let Some(cur) = tx.keys.get(id)? else {
+                return abort(Error::not_found("key", key.id.as_str()));
+            };
+            let cur: KeyRecord = ab(decode("key", &cur))?;
+            if cur.version != expected_version {
+                return abort(version_conflict("key", key.id.as_str()));
+            }
+            tx.check_free(&stored)?;
+            tx.unindex(&cur)?;
+            tx.index(&stored)?;
+            tx.keys.insert(id, bytes.as_slice())?;
+            tx_audit(log, meta, &audit)?;
+            Ok(())
+        })?;
+        self.t.flush().await
+    }
+
+    async fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()> {
+        for (id, at) in used {
+            let key = id.as_str().as_bytes();
+            if !self.t.keys.contains_key(key).map_err(map_sled)? {
+                continue;
+            }
+            let at = at.as_millis();
+            self.t
+                .last_used
+                .update_and_fetch(key, |old| {
+                    let prev = old.map_or(i64::MIN, |v| i64::from_be_bytes(be_u64(v).to_be_bytes()));
+                    Some(prev.max(at).to_be_bytes().to_vec())
+                })
+                .map_err(map_sled)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CounterStore for SledStore {
+    async fn balance(&self, id: &str) -> Result<Option<Balance>> {
+        Ok(self
+            .t
+            .balances
+            .get(id.as_bytes())
+            .map_err(map_sled)?
+            .and_then(|v| decode_balance(&v)))
+    }
+
+    async fn put_balance(&self, id: &str, balance: Option<Balance>) -> Result<()> {
+        match balance {
+            Some(b) => self.t.balances.insert(id.as_bytes(), &encode_balance(&b)),
+            None => self.t.balances.remove(id.as_bytes()),
+        }
+        .map_err(map_sled)?;
+        Ok(())
+    }
+
+    async fn spend(&self, id: &str, cost: u64, refill: Option<&Refill>, now: Timestamp) -> Result<Spend> {
+        let mut outcome = Spend {
+            spent: false,
+            balance: None,
+        };
+        self.t
+            .balances
+            .update_and_fetch(id.as_bytes(), |old| {
+                // Runs again if another writer won the compare-and-swap.
+                outcome = Spend {
+                    spent: false,
+                    balance: None,
+                };
+                let bytes = old?;
+                let Some(b) = decode_balance(bytes) else {
+                    return Some(bytes.to_vec());
+                };
+                let (spent, after) = b.refilled(refill, now).spend(cost);
+                outcome = Spend {
+                    spent,
+                    balance: Some(after),
+                };
+                Some(encode_balance(&after).to_vec())
+            })
+            .map_err(map_sled)?;
+        Ok(outcome)
+    }
+
+    async fn adjust(
+        &self,
+        id: &str,
+        op: BalanceOp,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Option<Balance>> {
+        let mut outcome = None;
+        self.t
+            .balances
+            .update_and_fetch(id.as_bytes(), |old| {
+                outcome = None;
+                let bytes = old?;
+                let Some(b) = decode_balance(bytes) else {
+                    return Some(bytes.to_vec());
+                };
+                let after = op.apply(b.refilled(refill, now));
+                outcome = Some(after);
+                Some(encode_balance(&after).to_vec())
+            })
+            .map_err(map_sled)?;
+        Ok(outcome)
+    }
+
+    async fn take(&self, id: &str, spec: &WindowSpec, cost: u64, now: Timestamp) -> Result<WindowTake> {
+        let mut outcome = None;
+        self.t
+            .windows
+            .update_and_fetch(id.as_bytes(), |old| {
+                let state = old.and_then(decode_window);
+                let (next, take) = WindowState::take(state, spec, cost, now);
+                outcome = Some(take);
+                Some(encode_window(&next).to_vec())
+            })
+            .map_err(map_sled)?;
+        outcome.ok_or_else(|| Error::internal("window update ran no step"))
+    }
+
+    async fn reset_window(&self, id: &str) -> Result<()> {
+        self.t.windows.remove(id.as_bytes()).map_err(map_sled)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AuditStore for SledStore {
+    async fn append_audit(&self, event: AuditEvent) -> Result<u64> {
+        let t = &self.t;
+        let seq = finish((&t.audit, &t.meta).transaction(|(log, meta)| tx_audit(log, meta, &event)))?;
+        t.flush().await?;
+        Ok(seq)
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>> {
+        let t = &self.t;
+        let size = audit_page_size(query);
+        let iter = match query.before_seq {
+            Some(seq) => t.audit.range(..seq.to_be_bytes()),
+            None => t.audit.iter(),
+        };
+        let mut items: Vec<AuditEvent> = Vec::new();
+        let mut more = false;
+        for kv in iter.rev() {
+            let (_, v) = kv.map_err(map_sled)?;
+            if items.len() == size {
+                more = true;
+                break;
+            }
+            items.push(decode("audit event", &v)?);
+        }
+        let cursor = if more {
+            items.last().map(|e| e.seq.to_string())
+        } else {
+            None
+        };
+        let total = t
+            .meta
+            .get(META_AUDIT_COUNT)
+            .map_err(map_sled)?
+            .map_or(0, |v| be_u64(&v));
+        Ok(Page {
+            items,
+            cursor,
+            total,
+        })
+    }
+}
