@@ -71,7 +71,9 @@ pub const FORMAT_VERSION: u32 = 1;
 #[non_exhaustive]
 pub enum SledError {
     /// Another process (or another open handle in this one) holds the database.
-    #[error("the database at {path} is locked by another process (is another maas running?): {detail}")]
+    #[error(
+        "the database at {path} is locked by another process (is another maas running?): {detail}"
+    )]
     Locked {
         /// The database directory.
         path: PathBuf,

@@ -21,8 +21,7 @@ use sled::transaction::{
 use sled::{Db, Transactional, Tree};
 
 use crate::codec::{
-    decode, decode_balance, decode_window, encode, encode_balance, encode_window, joined,
-    last_part,
+    decode, decode_balance, decode_window, encode, encode_balance, encode_window, joined, last_part,
 };
 use crate::{FORMAT_VERSION, SledError, SledStore};
 
@@ -58,6 +57,13 @@ fn finish<T>(r: std::result::Result<T, TransactionError<Error>>) -> Result<T> {
     }
 }
 
+fn be_i64(bytes: &[u8]) -> i64 {
+    bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, i64::from_be_bytes)
+}
+
 fn be_u64(bytes: &[u8]) -> u64 {
     bytes
         .get(..8)
@@ -66,7 +72,11 @@ fn be_u64(bytes: &[u8]) -> u64 {
 }
 
 /// Appends `event` inside a transaction: next sequence number, count + 1.
-fn tx_audit(audit: &TransactionalTree, meta: &TransactionalTree, event: &AuditEvent) -> TxResult<u64> {
+fn tx_audit(
+    audit: &TransactionalTree,
+    meta: &TransactionalTree,
+    event: &AuditEvent,
+) -> TxResult<u64> {
     let seq = audit.generate_id()? + 1;
     let mut e = event.clone();
     e.seq = seq;
@@ -115,11 +125,16 @@ struct KeyTx<'a> {
 }
 
 fn flag(k: &KeyRecord) -> u8 {
-    if k.deleted_at.is_some() { DELETED } else { LIVE }
+    if k.deleted_at.is_some() {
+        DELETED
+    } else {
+        LIVE
+    }
 }
 
 fn unique_key(k: &KeyRecord) -> Option<Vec<u8>> {
-    k.unique_slot().map(|(ks, owner, name)| joined(&[&ks, &owner, &name]))
+    k.unique_slot()
+        .map(|(ks, owner, name)| joined(&[&ks, &owner, &name]))
 }
 
 fn owner_value(k: &KeyRecord) -> Vec<u8> {
@@ -168,7 +183,11 @@ impl KeyTx<'_> {
 
     fn unindex(&self, k: &KeyRecord) -> TxResult<()> {
         let id = k.id.as_str();
-        if self.hashes.get(k.hash.as_bytes())?.is_some_and(|h| h == id.as_bytes()) {
+        if self
+            .hashes
+            .get(k.hash.as_bytes())?
+            .is_some_and(|h| h == id.as_bytes())
+        {
             self.hashes.remove(k.hash.as_bytes())?;
         }
         if let Some(slot) = unique_key(k) {
@@ -183,6 +202,14 @@ impl KeyTx<'_> {
         }
         Ok(())
     }
+}
+
+/// Where an index entry holds the key id it points at.
+#[derive(Clone, Copy)]
+enum IdAt {
+    Value,
+    LastPart,
+    Key,
 }
 
 /// What [`SledStore::check_integrity`](crate::SledStore::check_integrity) found.
@@ -228,7 +255,8 @@ impl Trees {
     pub(crate) fn check_format(&self, path: &Path) -> std::result::Result<(), SledError> {
         match self.meta.get(META_FORMAT)? {
             None => {
-                self.meta.insert(META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+                self.meta
+                    .insert(META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
                 self.db.flush()?;
                 Ok(())
             }
@@ -269,7 +297,12 @@ impl Trees {
     }
 
     /// One page of a tree keyed by id, after the cursor; total = tree length.
-    fn page<T: DeserializeOwned>(&self, tree: &Tree, what: &str, page: &PageRequest) -> Result<Page<T>> {
+    fn page<T: DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        what: &str,
+        page: &PageRequest,
+    ) -> Result<Page<T>> {
         let size = page.size();
         let iter = match &page.cursor {
             Some(c) => tree.range::<&[u8], _>((Bound::Excluded(c.as_bytes()), Bound::Unbounded)),
@@ -299,7 +332,7 @@ impl Trees {
 
     fn with_last_used(&self, mut k: KeyRecord) -> Result<KeyRecord> {
         if let Some(v) = self.last_used.get(k.id.as_str()).map_err(map_sled)? {
-            let at = Timestamp::from_millis(i64::from_be_bytes(be_u64(&v).to_be_bytes()));
+            let at = Timestamp::from_millis(be_i64(&v));
             k.last_used_at = k.last_used_at.max(Some(at));
         }
         Ok(k)
@@ -319,49 +352,65 @@ impl Trees {
             r.keys += 1;
             let ids = k.id.as_str();
             if id != ids.as_bytes() {
-                r.problems.push(format!("key stored under '{}' has id {ids}", String::from_utf8_lossy(&id)));
+                r.problems.push(format!(
+                    "key stored under '{}' has id {ids}",
+                    String::from_utf8_lossy(&id)
+                ));
             }
             let f = [flag(&k)];
             if !has(&self.key_hashes, k.hash.as_bytes(), Some(ids.as_bytes()))? {
-                r.problems.push(format!("key {ids}: hash index missing or wrong"));
+                r.problems
+                    .push(format!("key {ids}: hash index missing or wrong"));
             }
             if !has(&self.key_flags, ids.as_bytes(), Some(&f))? {
-                r.problems.push(format!("key {ids}: flag index missing or wrong"));
+                r.problems
+                    .push(format!("key {ids}: flag index missing or wrong"));
             }
-            if !has(&self.by_keyspace, &joined(&[k.keyspace_id.as_str(), ids]), Some(&f))? {
-                r.problems.push(format!("key {ids}: keyspace index missing or wrong"));
+            if !has(
+                &self.by_keyspace,
+                &joined(&[k.keyspace_id.as_str(), ids]),
+                Some(&f),
+            )? {
+                r.problems
+                    .push(format!("key {ids}: keyspace index missing or wrong"));
             }
             if let Some(o) = &k.owner_id {
                 if !has(&self.by_owner, &joined(&[o, ids]), Some(&owner_value(&k)))? {
-                    r.problems.push(format!("key {ids}: owner index missing or wrong"));
+                    r.problems
+                        .push(format!("key {ids}: owner index missing or wrong"));
                 }
             }
             if let Some(slot) = unique_key(&k) {
                 if !has(&self.key_unique, &slot, Some(ids.as_bytes()))? {
-                    r.problems.push(format!("key {ids}: unique-name index missing or wrong"));
+                    r.problems
+                        .push(format!("key {ids}: unique-name index missing or wrong"));
                 }
             }
         }
-        let dangling = |tree: &Tree, name: &str, r: &mut IntegrityReport, id_of: &dyn Fn(&[u8], &[u8]) -> Vec<u8>| -> Result<()> {
+        for (tree, name, id_at) in [
+            (&self.key_hashes, "hash index", IdAt::Value),
+            (&self.key_unique, "unique-name index", IdAt::Value),
+            (&self.by_keyspace, "keyspace index", IdAt::LastPart),
+            (&self.by_owner, "owner index", IdAt::LastPart),
+            (&self.key_flags, "flag index", IdAt::Key),
+        ] {
             for kv in tree.iter() {
                 let (k, v) = kv.map_err(map_sled)?;
                 r.index_entries += 1;
-                let id = id_of(&k, &v);
-                if !self.keys.contains_key(&id).map_err(map_sled)? {
+                let id: &[u8] = match id_at {
+                    IdAt::Value => &v,
+                    IdAt::LastPart => last_part(&k),
+                    IdAt::Key => &k,
+                };
+                if !self.keys.contains_key(id).map_err(map_sled)? {
                     r.problems.push(format!(
                         "{name} entry '{}' points at missing key '{}'",
                         String::from_utf8_lossy(&k),
-                        String::from_utf8_lossy(&id)
+                        String::from_utf8_lossy(id)
                     ));
                 }
             }
-            Ok(())
-        };
-        dangling(&self.key_hashes, "hash index", &mut r, &|_, v| v.to_vec())?;
-        dangling(&self.key_unique, "unique-name index", &mut r, &|_, v| v.to_vec())?;
-        dangling(&self.by_keyspace, "keyspace index", &mut r, &|k, _| last_part(k).to_vec())?;
-        dangling(&self.by_owner, "owner index", &mut r, &|k, _| last_part(k).to_vec())?;
-        dangling(&self.key_flags, "flag index", &mut r, &|k, _| k.to_vec())?;
+        }
         Ok(r)
     }
 }
@@ -372,25 +421,31 @@ impl TenantStore for SledStore {
         let t = &self.t;
         let id = tenant.id.as_str().as_bytes();
         let bytes = encode(tenant)?;
-        finish((&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
-            |(tenants, names, log, meta)| {
-                if tenants.get(id)?.is_some() {
-                    return abort(Error::conflict(format!("tenant '{}' exists", tenant.id)));
-                }
-                if names.get(tenant.name.as_bytes())?.is_some() {
-                    return abort(Error::conflict(format!("a tenant named '{}' exists", tenant.name)));
-                }
-                tenants.insert(id, bytes.as_slice())?;
-                names.insert(tenant.name.as_bytes(), id)?;
-                tx_audit(log, meta, &audit)?;
-                Ok(())
-            },
-        ))?;
+        finish(
+            (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
+                |(tenants, names, log, meta)| {
+                    if tenants.get(id)?.is_some() {
+                        return abort(Error::conflict(format!("tenant '{}' exists", tenant.id)));
+                    }
+                    if names.get(tenant.name.as_bytes())?.is_some() {
+                        return abort(Error::conflict(format!(
+                            "a tenant named '{}' exists",
+                            tenant.name
+                        )));
+                    }
+                    tenants.insert(id, bytes.as_slice())?;
+                    names.insert(tenant.name.as_bytes(), id)?;
+                    tx_audit(log, meta, &audit)?;
+                    Ok(())
+                },
+            ),
+        )?;
         t.flush().await
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
-        self.t.get(&self.t.tenants, "tenant", id.as_str().as_bytes())
+        self.t
+            .get(&self.t.tenants, "tenant", id.as_str().as_bytes())
     }
 
     async fn get_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
@@ -404,50 +459,62 @@ impl TenantStore for SledStore {
         self.t.page(&self.t.tenants, "tenant", page)
     }
 
-    async fn update_tenant(&self, tenant: &Tenant, expected_version: u64, audit: AuditEvent) -> Result<()> {
+    async fn update_tenant(
+        &self,
+        tenant: &Tenant,
+        expected_version: u64,
+        audit: AuditEvent,
+    ) -> Result<()> {
         let t = &self.t;
         let id = tenant.id.as_str().as_bytes();
         let mut stored = tenant.clone();
         stored.version = expected_version + 1;
         let bytes = encode(&stored)?;
-        finish((&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
-            |(tenants, names, log, meta)| {
-                let Some(cur) = tenants.get(id)? else {
-                    return abort(Error::not_found("tenant", tenant.id.as_str()));
-                };
-                let cur: Tenant = ab(decode("tenant", &cur))?;
-                if cur.version != expected_version {
-                    return abort(version_conflict("tenant", tenant.id.as_str()));
-                }
-                if cur.name != tenant.name {
-                    if names.get(tenant.name.as_bytes())?.is_some() {
-                        return abort(Error::conflict(format!("a tenant named '{}' exists", tenant.name)));
+        finish(
+            (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
+                |(tenants, names, log, meta)| {
+                    let Some(cur) = tenants.get(id)? else {
+                        return abort(Error::not_found("tenant", tenant.id.as_str()));
+                    };
+                    let cur: Tenant = ab(decode("tenant", &cur))?;
+                    if cur.version != expected_version {
+                        return abort(version_conflict("tenant", tenant.id.as_str()));
                     }
-                    names.remove(cur.name.as_bytes())?;
-                    names.insert(tenant.name.as_bytes(), id)?;
-                }
-                tenants.insert(id, bytes.as_slice())?;
-                tx_audit(log, meta, &audit)?;
-                Ok(())
-            },
-        ))?;
+                    if cur.name != tenant.name {
+                        if names.get(tenant.name.as_bytes())?.is_some() {
+                            return abort(Error::conflict(format!(
+                                "a tenant named '{}' exists",
+                                tenant.name
+                            )));
+                        }
+                        names.remove(cur.name.as_bytes())?;
+                        names.insert(tenant.name.as_bytes(), id)?;
+                    }
+                    tenants.insert(id, bytes.as_slice())?;
+                    tx_audit(log, meta, &audit)?;
+                    Ok(())
+                },
+            ),
+        )?;
         t.flush().await
     }
 
     async fn delete_tenant(&self, id: &TenantId, audit: AuditEvent) -> Result<()> {
         let t = &self.t;
         let key = id.as_str().as_bytes();
-        finish((&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
-            |(tenants, names, log, meta)| {
-                let Some(cur) = tenants.remove(key)? else {
-                    return abort(Error::not_found("tenant", id.as_str()));
-                };
-                let cur: Tenant = ab(decode("tenant", &cur))?;
-                names.remove(cur.name.as_bytes())?;
-                tx_audit(log, meta, &audit)?;
-                Ok(())
-            },
-        ))?;
+        finish(
+            (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
+                |(tenants, names, log, meta)| {
+                    let Some(cur) = tenants.remove(key)? else {
+                        return abort(Error::not_found("tenant", id.as_str()));
+                    };
+                    let cur: Tenant = ab(decode("tenant", &cur))?;
+                    names.remove(cur.name.as_bytes())?;
+                    tx_audit(log, meta, &audit)?;
+                    Ok(())
+                },
+            ),
+        )?;
         t.flush().await
     }
 }
@@ -458,55 +525,70 @@ impl KeyspaceStore for SledStore {
         let t = &self.t;
         let id = keyspace.id.as_str().as_bytes();
         let bytes = encode(keyspace)?;
-        finish((&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
-            if spaces.get(id)?.is_some() {
-                return abort(Error::conflict(format!("keyspace '{}' exists", keyspace.id)));
-            }
-            spaces.insert(id, bytes.as_slice())?;
-            tx_audit(log, meta, &audit)?;
-            Ok(())
-        }))?;
+        finish(
+            (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
+                if spaces.get(id)?.is_some() {
+                    return abort(Error::conflict(format!(
+                        "keyspace '{}' exists",
+                        keyspace.id
+                    )));
+                }
+                spaces.insert(id, bytes.as_slice())?;
+                tx_audit(log, meta, &audit)?;
+                Ok(())
+            }),
+        )?;
         t.flush().await
     }
 
     async fn get_keyspace(&self, id: &KeyspaceId) -> Result<Option<Keyspace>> {
-        self.t.get(&self.t.keyspaces, "keyspace", id.as_str().as_bytes())
+        self.t
+            .get(&self.t.keyspaces, "keyspace", id.as_str().as_bytes())
     }
 
     async fn list_keyspaces(&self, page: &PageRequest) -> Result<Page<Keyspace>> {
         self.t.page(&self.t.keyspaces, "keyspace", page)
     }
 
-    async fn update_keyspace(&self, keyspace: &Keyspace, expected_version: u64, audit: AuditEvent) -> Result<()> {
+    async fn update_keyspace(
+        &self,
+        keyspace: &Keyspace,
+        expected_version: u64,
+        audit: AuditEvent,
+    ) -> Result<()> {
         let t = &self.t;
         let id = keyspace.id.as_str().as_bytes();
         let mut stored = keyspace.clone();
         stored.version = expected_version + 1;
         let bytes = encode(&stored)?;
-        finish((&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
-            let Some(cur) = spaces.get(id)? else {
-                return abort(Error::not_found("keyspace", keyspace.id.as_str()));
-            };
-            let cur: Keyspace = ab(decode("keyspace", &cur))?;
-            if cur.version != expected_version {
-                return abort(version_conflict("keyspace", keyspace.id.as_str()));
-            }
-            spaces.insert(id, bytes.as_slice())?;
-            tx_audit(log, meta, &audit)?;
-            Ok(())
-        }))?;
+        finish(
+            (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
+                let Some(cur) = spaces.get(id)? else {
+                    return abort(Error::not_found("keyspace", keyspace.id.as_str()));
+                };
+                let cur: Keyspace = ab(decode("keyspace", &cur))?;
+                if cur.version != expected_version {
+                    return abort(version_conflict("keyspace", keyspace.id.as_str()));
+                }
+                spaces.insert(id, bytes.as_slice())?;
+                tx_audit(log, meta, &audit)?;
+                Ok(())
+            }),
+        )?;
         t.flush().await
     }
 
     async fn delete_keyspace(&self, id: &KeyspaceId, audit: AuditEvent) -> Result<()> {
         let t = &self.t;
-        finish((&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
-            if spaces.remove(id.as_str().as_bytes())?.is_none() {
-                return abort(Error::not_found("keyspace", id.as_str()));
-            }
-            tx_audit(log, meta, &audit)?;
-            Ok(())
-        }))?;
+        finish(
+            (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
+                if spaces.remove(id.as_str().as_bytes())?.is_none() {
+                    return abort(Error::not_found("keyspace", id.as_str()));
+                }
+                tx_audit(log, meta, &audit)?;
+                Ok(())
+            }),
+        )?;
         t.flush().await
     }
 }
@@ -529,17 +611,19 @@ impl SledStore {
                 &t.audit,
                 &t.meta,
             )
-                .transaction(|(keys, hashes, unique, by_keyspace, by_owner, flags, log, meta)| {
-                    let tx = KeyTx {
-                        keys,
-                        hashes,
-                        unique,
-                        by_keyspace,
-                        by_owner,
-                        flags,
-                    };
-                    f(&tx, log, meta)
-                }),
+                .transaction(
+                    |(keys, hashes, unique, by_keyspace, by_owner, flags, log, meta)| {
+                        let tx = KeyTx {
+                            keys,
+                            hashes,
+                            unique,
+                            by_keyspace,
+                            by_owner,
+                            flags,
+                        };
+                        f(&tx, log, meta)
+                    },
+                ),
         )
     }
 
@@ -634,7 +718,12 @@ impl KeyStore for SledStore {
         })
     }
 
-    async fn update_key(&self, key: &KeyRecord, expected_version: u64, audit: AuditEvent) -> Result<()> {
+    async fn update_key(
+        &self,
+        key: &KeyRecord,
+        expected_version: u64,
+        audit: AuditEvent,
+    ) -> Result<()> {
         let id = key.id.as_str().as_bytes();
         let mut stored = key.clone();
         stored.version = expected_version + 1;
@@ -667,7 +756,8 @@ impl KeyStore for SledStore {
             self.t
                 .last_used
                 .update_and_fetch(key, |old| {
-                    let prev = old.map_or(i64::MIN, |v| i64::from_be_bytes(be_u64(v).to_be_bytes()));
+                    let prev =
+                        old.map_or(i64::MIN, |v| i64::from_be_bytes(be_u64(v).to_be_bytes()));
                     Some(prev.max(at).to_be_bytes().to_vec())
                 })
                 .map_err(map_sled)?;
@@ -696,7 +786,13 @@ impl CounterStore for SledStore {
         Ok(())
     }
 
-    async fn spend(&self, id: &str, cost: u64, refill: Option<&Refill>, now: Timestamp) -> Result<Spend> {
+    async fn spend(
+        &self,
+        id: &str,
+        cost: u64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend> {
         let mut outcome = Spend {
             spent: false,
             balance: None,
@@ -748,7 +844,13 @@ impl CounterStore for SledStore {
         Ok(outcome)
     }
 
-    async fn take(&self, id: &str, spec: &WindowSpec, cost: u64, now: Timestamp) -> Result<WindowTake> {
+    async fn take(
+        &self,
+        id: &str,
+        spec: &WindowSpec,
+        cost: u64,
+        now: Timestamp,
+    ) -> Result<WindowTake> {
         let mut outcome = None;
         self.t
             .windows
@@ -772,7 +874,8 @@ impl CounterStore for SledStore {
 impl AuditStore for SledStore {
     async fn append_audit(&self, event: AuditEvent) -> Result<u64> {
         let t = &self.t;
-        let seq = finish((&t.audit, &t.meta).transaction(|(log, meta)| tx_audit(log, meta, &event)))?;
+        let seq =
+            finish((&t.audit, &t.meta).transaction(|(log, meta)| tx_audit(log, meta, &event)))?;
         t.flush().await?;
         Ok(seq)
     }
