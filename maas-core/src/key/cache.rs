@@ -6,56 +6,144 @@
 //! nodes are seen when the entry is older than the TTL and is reloaded from
 //! the store: that bounds their delay.
 //!
-//! Entries carry the record's version and are replaced only by an equal or
-//! newer one, so a slow load that read the store before a change cannot put
-//! the old record back. After a reroll the old hash keeps an entry holding the
-//! new record; its hash no longer matches, so the old secret is `NOT_FOUND`.
+//! Slots carry the record's version and are replaced only by a newer one, so a
+//! slow load that read the store before a change cannot put the old record
+//! back. After a reroll the old hash keeps a slot holding the new record; its
+//! hash no longer matches, so the old secret is `NOT_FOUND`.
+//!
+//! Speed: with a million keys, each verification is a chain of cache misses.
+//! A slot holds, inline in the map, everything the checks of an unlimited key
+//! without a rate limit need (the record's hash, flags, expiry), so that path
+//! touches the record itself only to share it with the result.
 
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use dashmap::DashMap;
 
 use super::{KeyHash, KeyRecord};
 use crate::clock::Timestamp;
+use crate::id::KeyId;
 
-/// A cached key.
+/// A last use is written to the cache at most this often per key (ms).
+const LAST_USED_RESOLUTION_MS: i64 = 1_000;
+
+/// A cached record, shared with verifications, with its counter ids.
+///
+/// Small on purpose: sharing it touches its reference count, and a million
+/// small, densely allocated counts stay in cache where a million record-sized
+/// allocations would not. The record itself is read only for details.
 #[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) record: Arc<KeyRecord>,
-    /// When it was (re)loaded from the store or written through (ms).
-    loaded_at: AtomicI64,
-    pub(crate) remaining_counter: String,
-    pub(crate) ratelimit_counter: String,
-    /// Last successful verification seen on this node (ms), 0 if none.
-    pub(crate) last_used: AtomicI64,
-    /// Whether `last_used` waits to be written to the store.
-    pub(crate) dirty: AtomicBool,
+pub(crate) struct Cached {
+    pub(crate) record: Box<KeyRecord>,
+    pub(crate) remaining_counter: Box<str>,
+    pub(crate) ratelimit_counter: Box<str>,
 }
 
-impl Entry {
-    pub(crate) fn new(record: Arc<KeyRecord>, loaded_at: Timestamp) -> Self {
-        Entry {
-            remaining_counter: record.remaining_counter(),
-            ratelimit_counter: record.ratelimit_counter(),
+const DELETED: u8 = 1;
+const ENABLED: u8 = 2;
+const LIMITED: u8 = 4;
+const RATELIMITED: u8 = 8;
+/// The record's hash is not the hash it is filed under (a rerolled key's old hash).
+const REPLACED: u8 = 16;
+
+/// What a lookup returns: the facts the checks need, and the shared record.
+#[derive(Debug, Clone)]
+pub(crate) struct Hit {
+    pub(crate) cached: Arc<Cached>,
+    expires: i64,
+    flags: u8,
+}
+
+impl Hit {
+    /// Whether the hash this was found under is no longer the key's (after a
+    /// reroll). The lookup itself compared hashes in constant time.
+    pub(crate) fn replaced(&self) -> bool {
+        self.flags & REPLACED != 0
+    }
+
+    pub(crate) fn deleted(&self) -> bool {
+        self.flags & DELETED != 0
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.flags & ENABLED != 0
+    }
+
+    pub(crate) fn expired(&self, now: Timestamp) -> bool {
+        self.expires <= now.as_millis()
+    }
+
+    pub(crate) fn limited(&self) -> bool {
+        self.flags & LIMITED != 0
+    }
+
+    pub(crate) fn ratelimited(&self) -> bool {
+        self.flags & RATELIMITED != 0
+    }
+}
+
+/// A map slot: the hit's facts inline (48 bytes: with its 32-byte key, a
+/// bucket spans two cache lines at most), plus last-use bookkeeping.
+#[derive(Debug)]
+struct Slot {
+    cached: Arc<Cached>,
+    expires: i64,
+    flags: u8,
+    version: u64,
+    /// When it was (re)loaded from the store or written through (ms).
+    loaded_at: AtomicI64,
+    /// Last successful verification seen on this node (ms), 0 if none.
+    last_used: AtomicI64,
+    /// Whether `last_used` waits in the dirty list to be written to the store.
+    dirty: AtomicBool,
+}
+
+impl Slot {
+    fn new(filed_under: &KeyHash, record: KeyRecord, now: Timestamp) -> Self {
+        let mut flags = 0;
+        if record.hash != *filed_under {
+            flags |= REPLACED;
+        }
+        if record.deleted_at.is_some() {
+            flags |= DELETED;
+        }
+        if record.enabled {
+            flags |= ENABLED;
+        }
+        if record.remaining_limited {
+            flags |= LIMITED;
+        }
+        if record.ratelimit.is_some() {
+            flags |= RATELIMITED;
+        }
+        Slot {
+            version: record.version,
+            loaded_at: AtomicI64::new(now.as_millis()),
             last_used: AtomicI64::new(record.last_used_at.map_or(0, Timestamp::as_millis)),
             dirty: AtomicBool::new(false),
-            record,
-            loaded_at: AtomicI64::new(loaded_at.as_millis()),
+            expires: record.expires.map_or(i64::MAX, Timestamp::as_millis),
+            flags,
+            cached: Arc::new(Cached {
+                remaining_counter: record.remaining_counter().into(),
+                ratelimit_counter: record.ratelimit_counter().into(),
+                record: Box::new(record),
+            }),
+        }
+    }
+
+    fn hit(&self) -> Hit {
+        Hit {
+            cached: Arc::clone(&self.cached),
+            expires: self.expires,
+            flags: self.flags,
         }
     }
 
     fn age_ms(&self, now: Timestamp) -> i64 {
         now.as_millis()
             .saturating_sub(self.loaded_at.load(Ordering::Relaxed))
-    }
-
-    pub(crate) fn last_used(&self) -> Option<Timestamp> {
-        match self.last_used.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Timestamp::from_millis(ms)),
-        }
     }
 }
 
@@ -80,11 +168,12 @@ impl Hasher for PassThrough {
     }
 }
 
-/// Key records by hash.
+/// Key records by hash, and the last uses waiting to be written.
 #[derive(Debug)]
 pub(crate) struct KeyCache {
-    map: DashMap<KeyHash, Arc<Entry>, BuildHasherDefault<PassThrough>>,
+    map: DashMap<KeyHash, Slot, BuildHasherDefault<PassThrough>>,
     ttl_ms: i64,
+    dirty: Mutex<Vec<KeyHash>>,
 }
 
 impl KeyCache {
@@ -92,63 +181,126 @@ impl KeyCache {
         KeyCache {
             map: DashMap::with_hasher(BuildHasherDefault::default()),
             ttl_ms,
+            dirty: Mutex::new(Vec::new()),
         }
     }
 
-    /// The entry for `hash` if it was loaded less than the TTL ago.
+    /// The hit for `hash` if it was loaded less than the TTL ago.
     #[inline]
-    pub(crate) fn fresh(&self, hash: &KeyHash, now: Timestamp) -> Option<Arc<Entry>> {
-        let e = self.map.get(hash)?;
-        if e.age_ms(now) < self.ttl_ms {
-            Some(Arc::clone(&e))
-        } else {
-            None
-        }
+    pub(crate) fn fresh(&self, hash: &KeyHash, now: Timestamp) -> Option<Hit> {
+        let slot = self.map.get(hash)?;
+        (slot.age_ms(now) < self.ttl_ms).then(|| slot.hit())
     }
 
-    /// Any entry for `hash`, fresh or not.
-    pub(crate) fn any(&self, hash: &KeyHash) -> Option<Arc<Entry>> {
-        self.map.get(hash).map(|e| Arc::clone(&e))
+    /// The last use seen on this node for `hash`, fresh or not.
+    pub(crate) fn last_used(&self, hash: &KeyHash) -> Option<Timestamp> {
+        match self.map.get(hash)?.last_used.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Timestamp::from_millis(ms)),
+        }
     }
 
     /// Puts `record` under `hash` unless a newer version is there; returns
-    /// the entry that is in the cache afterwards.
-    pub(crate) fn upsert(
-        &self,
-        hash: KeyHash,
-        record: Arc<KeyRecord>,
-        now: Timestamp,
-    ) -> Arc<Entry> {
+    /// the hit that is in the cache afterwards.
+    pub(crate) fn upsert(&self, hash: KeyHash, record: KeyRecord, now: Timestamp) -> Hit {
+        let version = record.version;
         let mut slot = self
             .map
             .entry(hash)
-            .or_insert_with(|| Arc::new(Entry::new(Arc::clone(&record), now)));
-        if slot.record.version < record.version {
-            let fresh = Entry::new(record, now);
-            // Keep the freshest last use seen here.
-            let seen = slot.last_used.load(Ordering::Relaxed);
-            fresh.last_used.fetch_max(seen, Ordering::Relaxed);
-            *slot = Arc::new(fresh);
-        } else if slot.record.version == record.version {
+            .or_insert_with(|| Slot::new(&hash, record.clone(), now));
+        if slot.version < version {
+            let fresh = Slot::new(&hash, record, now);
+            // Keep the freshest last use seen here, and its place in the dirty list.
+            fresh
+                .last_used
+                .fetch_max(slot.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
+            fresh
+                .dirty
+                .store(slot.dirty.load(Ordering::Relaxed), Ordering::Relaxed);
+            *slot = fresh;
+        } else if slot.version == version {
             // Reloaded unchanged: it is fresh again.
             slot.loaded_at.fetch_max(now.as_millis(), Ordering::Relaxed);
         }
-        Arc::clone(&slot)
+        slot.hit()
     }
 
-    /// Drops the entry for `hash` if it still holds at most `version`.
+    /// Drops the slot for `hash` if it still holds at most `version`.
     pub(crate) fn remove_if_not_newer(&self, hash: &KeyHash, version: u64) {
-        self.map.remove_if(hash, |_, e| e.record.version <= version);
+        self.map.remove_if(hash, |_, s| s.version <= version);
     }
 
-    /// Drops every entry older than the TTL; returns how many.
+    /// The version cached for `hash`, if any.
+    pub(crate) fn version(&self, hash: &KeyHash) -> Option<u64> {
+        self.map.get(hash).map(|s| s.version)
+    }
+
+    /// Records a successful verification at `now` (at most once per second
+    /// per key, to keep the hot path free of shared writes).
+    pub(crate) fn mark_used(&self, hash: &KeyHash, now: Timestamp) {
+        let Some(slot) = self.map.get(hash) else {
+            return;
+        };
+        let ms = now.as_millis();
+        if ms - slot.last_used.load(Ordering::Relaxed) < LAST_USED_RESOLUTION_MS {
+            return;
+        }
+        slot.last_used.fetch_max(ms, Ordering::Relaxed);
+        if !slot.dirty.load(Ordering::Relaxed) && !slot.dirty.swap(true, Ordering::AcqRel) {
+            drop(slot);
+            self.dirty
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(*hash);
+        }
+    }
+
+    /// Takes the last uses waiting to be written: (hash, key id, time).
+    pub(crate) fn take_dirty(&self) -> Vec<(KeyHash, KeyId, Timestamp)> {
+        let hashes =
+            std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner));
+        hashes
+            .into_iter()
+            .filter_map(|h| {
+                let slot = self.map.get(&h)?;
+                slot.dirty.store(false, Ordering::Release);
+                let ms = slot.last_used.load(Ordering::Relaxed);
+                (ms != 0).then(|| (h, slot.cached.record.id.clone(), Timestamp::from_millis(ms)))
+            })
+            .collect()
+    }
+
+    /// Puts back last uses that could not be written.
+    pub(crate) fn requeue(&self, hashes: impl IntoIterator<Item = KeyHash>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        for h in hashes {
+            if let Some(slot) = self.map.get(&h) {
+                if !slot.dirty.swap(true, Ordering::AcqRel) {
+                    dirty.push(h);
+                }
+            }
+        }
+    }
+
+    /// Drops every slot older than the TTL; returns how many.
     pub(crate) fn purge_stale(&self, now: Timestamp) -> usize {
         let before = self.map.len();
-        self.map.retain(|_, e| e.age_ms(now) < self.ttl_ms);
+        self.map
+            .retain(|_, s| s.age_ms(now) < self.ttl_ms || s.dirty.load(Ordering::Relaxed));
         before.saturating_sub(self.map.len())
     }
 
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_spans_at_most_two_cache_lines() {
+        assert!(std::mem::size_of::<(KeyHash, Slot)>() <= 80);
     }
 }

@@ -15,6 +15,25 @@ pub const MAX_KEY_LEN: usize = 512;
 pub const START_CHARS: usize = 4;
 
 const BASE58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+/// Byte classes for the format check: bit 0 = base58, bit 1 = prefix character.
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < BASE58.len() {
+        t[BASE58[i] as usize] |= 1;
+        i += 1;
+    }
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' {
+            t[b] |= 2;
+        }
+        b += 1;
+    }
+    t
+};
 /// Base58 characters needed for `MAX_BYTE_LENGTH` bytes: ceil(255 * log(256) / log(58)).
 const MAX_RANDOM_CHARS: usize = 349;
 /// The fewest base58 characters a 16-byte secret can encode to.
@@ -170,14 +189,12 @@ pub(crate) fn plausible(key: &[u8]) -> bool {
         None => (&key[..0], key),
     };
     if prefix.len() > crate::keyspace::MAX_PREFIX_LEN
-        || !prefix
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        || !prefix.iter().all(|&b| CLASS[usize::from(b)] & 2 != 0)
     {
         return false;
     }
     (MIN_RANDOM_CHARS..=MAX_RANDOM_CHARS).contains(&random.len())
-        && random.iter().all(|b| BASE58.contains(b))
+        && random.iter().all(|&b| CLASS[usize::from(b)] & 1 != 0)
 }
 
 #[cfg(test)]

@@ -1,13 +1,12 @@
 //! [`KeyService`]: keyspaces and keys — issue, manage, verify.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::cache::{Entry, KeyCache};
+use super::cache::{Hit, KeyCache};
 use super::secret::{self, KeyHasher};
 use super::verify::{RateLimitState, Verification, VerifyCode, VerifyOptions};
 use super::{
@@ -44,9 +43,6 @@ impl Default for KeyServiceConfig {
     }
 }
 
-/// A last use is written to the cache at most this often per key (ms).
-const LAST_USED_RESOLUTION_MS: i64 = 1_000;
-
 /// Keyspaces and keys: issue, manage and verify API keys.
 ///
 /// Cheap to clone (shared state). Verification reads from an in-memory cache
@@ -65,7 +61,6 @@ struct Inner {
     hasher: KeyHasher,
     cache: KeyCache,
     fast: LocalCounters,
-    dirty: Mutex<Vec<Arc<Entry>>>,
 }
 
 impl fmt::Debug for KeyService {
@@ -118,7 +113,6 @@ impl KeyService {
                 hasher,
                 cache: KeyCache::new(ttl_ms),
                 fast: LocalCounters::new(),
-                dirty: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -332,7 +326,7 @@ impl KeyService {
             return Err(e);
         }
         let key_id = record.id.clone();
-        self.inner.cache.upsert(hash, Arc::new(record), now);
+        self.inner.cache.upsert(hash, record, now);
         Ok(CreatedKey {
             key_id,
             key: secret.key,
@@ -371,9 +365,7 @@ impl KeyService {
             None
         };
         let mut key = Key::from_record(r, balance);
-        if let Some(e) = self.inner.cache.any(&r.hash) {
-            key.last_used_at = key.last_used_at.max(e.last_used());
-        }
+        key.last_used_at = key.last_used_at.max(self.inner.cache.last_used(&r.hash));
         Ok(key)
     }
 
@@ -440,13 +432,10 @@ impl KeyService {
             },
         )
         .await?;
-        let shared = Arc::new(after.clone());
-        self.inner
-            .cache
-            .upsert(after.hash, Arc::clone(&shared), now);
+        self.inner.cache.upsert(after.hash, after.clone(), now);
         if before.hash != after.hash {
             // The old hash now resolves to a record it does not match.
-            self.inner.cache.upsert(before.hash, shared, now);
+            self.inner.cache.upsert(before.hash, after.clone(), now);
         }
         Ok((before, after))
     }
@@ -730,115 +719,111 @@ impl KeyService {
         }
         let hash = self.inner.hasher.hash(key);
         let now = self.now();
-        let entry = match self.inner.cache.fresh(&hash, now) {
-            Some(e) => e,
+        let hit = match self.inner.cache.fresh(&hash, now) {
+            Some(h) => h,
             None => match self.load(hash, now).await? {
-                Some(e) => e,
+                Some(h) => h,
                 None => return Ok(Verification::bare(VerifyCode::NotFound)),
             },
         };
-        let rec = &entry.record;
-        // Constant-time: after a reroll the old hash maps to the new record.
-        if rec.hash != hash || rec.deleted_at.is_some() {
+        // After a reroll the old hash maps to the new record, marked replaced.
+        if hit.replaced() || hit.deleted() {
             return Ok(Verification::bare(VerifyCode::NotFound));
         }
-        if opts.keyspace_id.is_some_and(|ks| *ks != rec.keyspace_id) {
-            return Ok(Verification::bare(VerifyCode::Forbidden));
+        // Checks read the slot's facts; the record only where an option or
+        // a limit needs it. The result takes the hit's reference to the record.
+        macro_rules! done {
+            ($code:expr, $remaining:expr, $ratelimit:expr) => {
+                return Ok(Verification::new(
+                    $code,
+                    Some(hit.cached),
+                    $remaining,
+                    $ratelimit,
+                ))
+            };
         }
-        let with_key =
-            |code, remaining, rl| Verification::new(code, Some(Arc::clone(rec)), remaining, rl);
-        if !rec.enabled {
-            return Ok(with_key(VerifyCode::Disabled, None, None));
-        }
-        if rec.is_expired(now) {
-            return Ok(with_key(VerifyCode::Expired, None, None));
-        }
-        if opts
-            .permissions
-            .is_some_and(|q| !q.is_satisfied_by(&rec.permissions))
-        {
-            return Ok(with_key(VerifyCode::InsufficientPermissions, None, None));
-        }
-        let ratelimit = match &rec.ratelimit {
-            None => None,
-            Some(rl) => {
-                let state = self.take_ratelimit(&entry, rl, now).await?;
-                if !state.allowed {
-                    return Ok(with_key(VerifyCode::RateLimited, None, Some(state.into())));
-                }
-                Some(RateLimitState::from(state))
+        if let Some(ks) = opts.keyspace_id {
+            if *ks != hit.cached.record.keyspace_id {
+                return Ok(Verification::bare(VerifyCode::Forbidden));
             }
-        };
-        let remaining = if rec.remaining_limited {
+        }
+        if !hit.enabled() {
+            done!(VerifyCode::Disabled, None, None);
+        }
+        if hit.expired(now) {
+            done!(VerifyCode::Expired, None, None);
+        }
+        if let Some(q) = opts.permissions {
+            if !q.is_satisfied_by(&hit.cached.record.permissions) {
+                done!(VerifyCode::InsufficientPermissions, None, None);
+            }
+        }
+        let mut ratelimit = None;
+        if hit.ratelimited() {
+            if let Some(rl) = &hit.cached.record.ratelimit {
+                let state = self
+                    .take_ratelimit(&hit.cached.ratelimit_counter, rl, now)
+                    .await?;
+                if !state.allowed {
+                    done!(VerifyCode::RateLimited, None, Some(state.into()));
+                }
+                ratelimit = Some(RateLimitState::from(state));
+            }
+        }
+        let mut remaining = None;
+        if hit.limited() {
+            let cached = &hit.cached;
             let spend = self
                 .inner
                 .storage
                 .counters
-                .spend(&entry.remaining_counter, 1, rec.refill.as_ref(), now)
+                .spend(
+                    &cached.remaining_counter,
+                    1,
+                    cached.record.refill.as_ref(),
+                    now,
+                )
                 .await?;
             let left = spend.balance.map_or(0, |b| b.remaining);
             if !spend.spent {
-                return Ok(with_key(VerifyCode::UsageExceeded, Some(left), ratelimit));
+                done!(VerifyCode::UsageExceeded, Some(left), ratelimit);
             }
-            Some(left)
-        } else {
-            None
-        };
-        self.mark_used(&entry, now);
-        Ok(with_key(VerifyCode::Valid, remaining, ratelimit))
+            remaining = Some(left);
+        }
+        self.inner.cache.mark_used(&hash, now);
+        done!(VerifyCode::Valid, remaining, ratelimit);
     }
 
     async fn take_ratelimit(
         &self,
-        entry: &Entry,
+        counter: &str,
         rl: &KeyRateLimit,
         now: Timestamp,
     ) -> Result<crate::counter::WindowTake> {
         let spec = rl.spec();
         match rl.kind {
-            RateLimitKind::Fast => {
-                Ok(self
-                    .inner
-                    .fast
-                    .take(&entry.ratelimit_counter, &spec, 1, now))
-            }
+            RateLimitKind::Fast => Ok(self.inner.fast.take(counter, &spec, 1, now)),
             RateLimitKind::Consistent => {
                 self.inner
                     .storage
                     .counters
-                    .take(&entry.ratelimit_counter, &spec, 1, now)
+                    .take(counter, &spec, 1, now)
                     .await
             }
         }
     }
 
     /// Loads the record for `hash` from the store into the cache.
-    async fn load(&self, hash: super::KeyHash, now: Timestamp) -> Result<Option<Arc<Entry>>> {
+    async fn load(&self, hash: super::KeyHash, now: Timestamp) -> Result<Option<Hit>> {
+        let seen = self.inner.cache.version(&hash);
         match self.inner.storage.keys.get_key_by_hash(&hash).await? {
-            Some(r) => Ok(Some(self.inner.cache.upsert(hash, Arc::new(r), now))),
+            Some(r) => Ok(Some(self.inner.cache.upsert(hash, r, now))),
             None => {
-                if let Some(stale) = self.inner.cache.any(&hash) {
-                    self.inner
-                        .cache
-                        .remove_if_not_newer(&hash, stale.record.version);
+                if let Some(v) = seen {
+                    self.inner.cache.remove_if_not_newer(&hash, v);
                 }
                 Ok(None)
             }
-        }
-    }
-
-    fn mark_used(&self, entry: &Arc<Entry>, now: Timestamp) {
-        let ms = now.as_millis();
-        if ms - entry.last_used.load(Ordering::Relaxed) < LAST_USED_RESOLUTION_MS {
-            return;
-        }
-        entry.last_used.fetch_max(ms, Ordering::Relaxed);
-        if !entry.dirty.load(Ordering::Relaxed) && !entry.dirty.swap(true, Ordering::AcqRel) {
-            self.inner
-                .dirty
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Arc::clone(entry));
         }
     }
 
@@ -847,35 +832,17 @@ impl KeyService {
     /// Writes last-use times seen since the previous call to the store;
     /// returns how many keys were written.
     pub async fn flush_last_used(&self) -> Result<usize> {
-        let batch = std::mem::take(
-            &mut *self
-                .inner
-                .dirty
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let batch = self.inner.cache.take_dirty();
         if batch.is_empty() {
             return Ok(0);
         }
-        let used: Vec<(KeyId, Timestamp)> = batch
-            .iter()
-            .filter_map(|e| {
-                e.dirty.store(false, Ordering::Release);
-                e.last_used().map(|t| (e.record.id.clone(), t))
-            })
-            .collect();
+        let used: Vec<(KeyId, Timestamp)> =
+            batch.iter().map(|(_, id, t)| (id.clone(), *t)).collect();
         if let Err(e) = self.inner.storage.keys.touch_keys(&used).await {
             // Keep them for the next call.
-            let mut dirty = self
-                .inner
-                .dirty
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for entry in batch {
-                if !entry.dirty.swap(true, Ordering::AcqRel) {
-                    dirty.push(entry);
-                }
-            }
+            self.inner
+                .cache
+                .requeue(batch.into_iter().map(|(h, _, _)| h));
             return Err(e);
         }
         Ok(used.len())

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{KeyRecord, PermissionQuery};
+use super::PermissionQuery;
+use super::cache::Cached;
 use crate::clock::Timestamp;
 use crate::counter::WindowTake;
 use crate::id::{KeyId, KeyspaceId};
@@ -123,7 +124,7 @@ pub struct VerifyOptions<'a> {
 #[derive(Debug, Clone)]
 pub struct Verification {
     code: VerifyCode,
-    key: Option<Arc<KeyRecord>>,
+    key: Option<Arc<Cached>>,
     remaining: Option<i64>,
     ratelimit: Option<RateLimitState>,
 }
@@ -131,7 +132,7 @@ pub struct Verification {
 impl Verification {
     pub(crate) fn new(
         code: VerifyCode,
-        key: Option<Arc<KeyRecord>>,
+        key: Option<Arc<Cached>>,
         remaining: Option<i64>,
         ratelimit: Option<RateLimitState>,
     ) -> Self {
@@ -159,32 +160,47 @@ impl Verification {
 
     /// The key's id.
     pub fn key_id(&self) -> Option<&KeyId> {
-        self.key.as_deref().map(|k| &k.id)
+        self.key.as_deref().map(|c| &c.record).map(|k| &k.id)
     }
 
     /// The key's keyspace.
     pub fn keyspace_id(&self) -> Option<&KeyspaceId> {
-        self.key.as_deref().map(|k| &k.keyspace_id)
+        self.key
+            .as_deref()
+            .map(|c| &c.record)
+            .map(|k| &k.keyspace_id)
     }
 
     /// The key's name.
     pub fn name(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| k.name.as_deref())
+        self.key
+            .as_deref()
+            .map(|c| &c.record)
+            .and_then(|k| k.name.as_deref())
     }
 
     /// The key's owner.
     pub fn owner_id(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| k.owner_id.as_deref())
+        self.key
+            .as_deref()
+            .map(|c| &c.record)
+            .and_then(|k| k.owner_id.as_deref())
     }
 
     /// The key's metadata.
     pub fn meta(&self) -> Option<&Map<String, Value>> {
-        self.key.as_deref().and_then(|k| k.meta.as_ref())
+        self.key
+            .as_deref()
+            .map(|c| &c.record)
+            .and_then(|k| k.meta.as_ref())
     }
 
     /// When the key expires.
     pub fn expires(&self) -> Option<Timestamp> {
-        self.key.as_deref().and_then(|k| k.expires)
+        self.key
+            .as_deref()
+            .map(|c| &c.record)
+            .and_then(|k| k.expires)
     }
 
     /// Uses left after this verification; `None` if unlimited (or unknown key).
@@ -200,21 +216,30 @@ impl Verification {
 
     /// Whether the key is enabled.
     pub fn enabled(&self) -> Option<bool> {
-        self.key.as_deref().map(|k| k.enabled)
+        self.key.as_deref().map(|c| &c.record).map(|k| k.enabled)
     }
 
     /// The key's roles.
     pub fn roles(&self) -> &[String] {
-        self.key.as_deref().map_or(&[], |k| &k.roles)
+        self.key
+            .as_deref()
+            .map(|c| &c.record)
+            .map_or(&[], |k| &k.roles)
     }
 
     /// The key's permissions.
     pub fn permissions(&self) -> &[String] {
-        self.key.as_deref().map_or(&[], |k| &k.permissions)
+        self.key
+            .as_deref()
+            .map(|c| &c.record)
+            .map_or(&[], |k| &k.permissions)
     }
 
     /// The key's environment.
     pub fn environment(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| k.environment.as_deref())
+        self.key
+            .as_deref()
+            .map(|c| &c.record)
+            .and_then(|k| k.environment.as_deref())
     }
 }
