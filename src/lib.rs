@@ -5,7 +5,8 @@
 //!
 //! This facade re-exports the crates of the workspace:
 //! - [`core`] (`maas-core`): the domain, storage and clock traits;
-//! - [`memory`] (`maas-store-memory`): the in-memory backend.
+//! - [`memory`] (`maas-store-memory`): the in-memory backend;
+//! - [`sled`] (`maas-store-sled`): the persistent embedded backend.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -32,3 +33,4 @@
 
 pub use maas_core as core;
 pub use maas_store_memory as memory;
+pub use maas_store_sled as sled;

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use maas_core::audit::{AuditEvent, AuditQuery};
@@ -49,6 +50,23 @@ fn ab<T>(r: Result<T>) -> TxResult<T> {
     r.map_err(ConflictableTransactionError::Abort)
 }
 
+/// sled 0.34 guards every operation with one process-wide lock, taken for
+/// writing by transactions. A flush holds it for reading while it waits for
+/// the background flusher, which needs it for reading too: with a
+/// transaction queued for writing in between, all three wait forever
+/// (spacejam/sled#1412 and friends). So transactions (exclusive) and flushes
+/// (shared) of every store in the process pass this gate first, and a
+/// transaction is never queued on sled's lock while a flush holds it.
+static GATE: LazyLock<tokio::sync::RwLock<()>> = LazyLock::new(|| tokio::sync::RwLock::new(()));
+
+/// Runs a transaction through the gate.
+async fn commit<T>(
+    run: impl FnOnce() -> std::result::Result<T, TransactionError<Error>>,
+) -> Result<T> {
+    let _exclusive = GATE.write().await;
+    finish(run())
+}
+
 fn finish<T>(r: std::result::Result<T, TransactionError<Error>>) -> Result<T> {
     match r {
         Ok(v) => Ok(v),
@@ -71,18 +89,22 @@ fn be_u64(bytes: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-/// Appends `event` inside a transaction: next sequence number, count + 1.
+/// Appends `event` inside a transaction: its sequence number is the count of
+/// events so far plus one, so the log is gap-free and ordered by commit.
+///
+/// (Not sled's `generate_id`: inside a transaction it may block on a flush
+/// that needs the background flusher, which waits for the transaction's
+/// lock: a deadlock seen under concurrent tests.)
 fn tx_audit(
     audit: &TransactionalTree,
     meta: &TransactionalTree,
     event: &AuditEvent,
 ) -> TxResult<u64> {
-    let seq = audit.generate_id()? + 1;
+    let seq = meta.get(META_AUDIT_COUNT)?.map_or(0, |v| be_u64(&v)) + 1;
     let mut e = event.clone();
     e.seq = seq;
     audit.insert(&seq.to_be_bytes(), ab(encode(&e))?)?;
-    let count = meta.get(META_AUDIT_COUNT)?.map_or(0, |v| be_u64(&v));
-    meta.insert(META_AUDIT_COUNT, &(count + 1).to_be_bytes())?;
+    meta.insert(META_AUDIT_COUNT, &seq.to_be_bytes())?;
     Ok(seq)
 }
 
@@ -286,6 +308,7 @@ impl Trees {
     }
 
     pub(crate) async fn flush(&self) -> Result<()> {
+        let _shared = GATE.read().await;
         self.db.flush_async().await.map(|_| ()).map_err(map_sled)
     }
 
@@ -421,7 +444,7 @@ impl TenantStore for SledStore {
         let t = &self.t;
         let id = tenant.id.as_str().as_bytes();
         let bytes = encode(tenant)?;
-        finish(
+        commit(|| {
             (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
                 |(tenants, names, log, meta)| {
                     if tenants.get(id)?.is_some() {
@@ -438,8 +461,9 @@ impl TenantStore for SledStore {
                     tx_audit(log, meta, &audit)?;
                     Ok(())
                 },
-            ),
-        )?;
+            )
+        })
+        .await?;
         t.flush().await
     }
 
@@ -470,7 +494,7 @@ impl TenantStore for SledStore {
         let mut stored = tenant.clone();
         stored.version = expected_version + 1;
         let bytes = encode(&stored)?;
-        finish(
+        commit(|| {
             (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
                 |(tenants, names, log, meta)| {
                     let Some(cur) = tenants.get(id)? else {
@@ -494,15 +518,16 @@ impl TenantStore for SledStore {
                     tx_audit(log, meta, &audit)?;
                     Ok(())
                 },
-            ),
-        )?;
+            )
+        })
+        .await?;
         t.flush().await
     }
 
     async fn delete_tenant(&self, id: &TenantId, audit: AuditEvent) -> Result<()> {
         let t = &self.t;
         let key = id.as_str().as_bytes();
-        finish(
+        commit(|| {
             (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
                 |(tenants, names, log, meta)| {
                     let Some(cur) = tenants.remove(key)? else {
@@ -513,8 +538,9 @@ impl TenantStore for SledStore {
                     tx_audit(log, meta, &audit)?;
                     Ok(())
                 },
-            ),
-        )?;
+            )
+        })
+        .await?;
         t.flush().await
     }
 }
@@ -525,7 +551,7 @@ impl KeyspaceStore for SledStore {
         let t = &self.t;
         let id = keyspace.id.as_str().as_bytes();
         let bytes = encode(keyspace)?;
-        finish(
+        commit(|| {
             (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
                 if spaces.get(id)?.is_some() {
                     return abort(Error::conflict(format!(
@@ -536,8 +562,9 @@ impl KeyspaceStore for SledStore {
                 spaces.insert(id, bytes.as_slice())?;
                 tx_audit(log, meta, &audit)?;
                 Ok(())
-            }),
-        )?;
+            })
+        })
+        .await?;
         t.flush().await
     }
 
@@ -561,7 +588,7 @@ impl KeyspaceStore for SledStore {
         let mut stored = keyspace.clone();
         stored.version = expected_version + 1;
         let bytes = encode(&stored)?;
-        finish(
+        commit(|| {
             (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
                 let Some(cur) = spaces.get(id)? else {
                     return abort(Error::not_found("keyspace", keyspace.id.as_str()));
@@ -573,34 +600,36 @@ impl KeyspaceStore for SledStore {
                 spaces.insert(id, bytes.as_slice())?;
                 tx_audit(log, meta, &audit)?;
                 Ok(())
-            }),
-        )?;
+            })
+        })
+        .await?;
         t.flush().await
     }
 
     async fn delete_keyspace(&self, id: &KeyspaceId, audit: AuditEvent) -> Result<()> {
         let t = &self.t;
-        finish(
+        commit(|| {
             (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
                 if spaces.remove(id.as_str().as_bytes())?.is_none() {
                     return abort(Error::not_found("keyspace", id.as_str()));
                 }
                 tx_audit(log, meta, &audit)?;
                 Ok(())
-            }),
-        )?;
+            })
+        })
+        .await?;
         t.flush().await
     }
 }
 
 impl SledStore {
     /// Runs `f` in a transaction over every key tree plus the audit log.
-    fn key_transaction(
+    async fn key_transaction(
         &self,
         f: impl Fn(&KeyTx<'_>, &TransactionalTree, &TransactionalTree) -> TxResult<()>,
     ) -> Result<()> {
         let t = &self.t;
-        finish(
+        commit(|| {
             (
                 &t.keys,
                 &t.key_hashes,
@@ -623,8 +652,9 @@ impl SledStore {
                         };
                         f(&tx, log, meta)
                     },
-                ),
-        )
+                )
+        })
+        .await
     }
 
     /// Ids matching `query` from the narrowest index, with the total.
@@ -674,7 +704,8 @@ impl KeyStore for SledStore {
             tx.keys.insert(id, bytes.as_slice())?;
             tx_audit(log, meta, &audit)?;
             Ok(())
-        })?;
+        })
+        .await?;
         self.t.flush().await
     }
 
@@ -742,7 +773,8 @@ impl KeyStore for SledStore {
             tx.keys.insert(id, bytes.as_slice())?;
             tx_audit(log, meta, &audit)?;
             Ok(())
-        })?;
+        })
+        .await?;
         self.t.flush().await
     }
 
@@ -875,7 +907,8 @@ impl AuditStore for SledStore {
     async fn append_audit(&self, event: AuditEvent) -> Result<u64> {
         let t = &self.t;
         let seq =
-            finish((&t.audit, &t.meta).transaction(|(log, meta)| tx_audit(log, meta, &event)))?;
+            commit(|| (&t.audit, &t.meta).transaction(|(log, meta)| tx_audit(log, meta, &event)))
+                .await?;
         t.flush().await?;
         Ok(seq)
     }

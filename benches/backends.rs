@@ -1,0 +1,241 @@
+//! The memory and sled backends side by side, in one group, with an fsync
+//! floor measured in the same run:
+//!
+//! - `verify_hot_1000` and `verify_random_of_N`: verification on the cache of
+//!   `KeyService` (the same code whichever the backend);
+//! - `verify_reload`: verification with a cache TTL of 0, so each one reads
+//!   the key from the store (the cost a cache miss or an expired entry adds);
+//! - `create_key_durable`: issuing a key, which returns once it is durable
+//!   (an fsync on sled), beside `floor_fsync_4k` (write 4 KiB + `fdatasync`);
+//! - `update_remaining`: `keys.updateRemaining` increment, audited (durable).
+//!
+//! `cargo bench --bench backends` (set `MAAS_BENCH_KEYS` for fewer keys than
+//! 1,000,000). Keys are issued by 32 concurrent tasks during setup.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use maas::core::{
+    Actor, KeyHasher, KeyId, KeyService, KeyServiceConfig, KeyspaceId, NewKey, NewKeyspace,
+    RemainingOp, Storage, SystemClock, VerifyOptions,
+};
+use maas::memory::MemoryStore;
+use maas::sled::SledStore;
+use tokio::runtime::Runtime;
+
+fn key_count() -> usize {
+    std::env::var("MAAS_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+struct Pick(Cell<u64>);
+
+impl Pick {
+    fn new() -> Self {
+        Pick(Cell::new(0x9E37_79B9_7F4A_7C15))
+    }
+
+    fn below(&self, n: usize) -> usize {
+        let mut x = self.0.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0.set(x);
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+    }
+}
+
+struct Backend {
+    name: &'static str,
+    storage: Storage,
+    keys: KeyService,
+    ks: KeyspaceId,
+    secrets: Vec<String>,
+    limited: KeyId,
+}
+
+fn service(storage: &Storage, ttl: Duration) -> KeyService {
+    KeyService::new_with_config(
+        storage.clone(),
+        KeyHasher::from_secret(b"bench"),
+        KeyServiceConfig { cache_ttl: ttl },
+        Arc::new(SystemClock),
+    )
+}
+
+fn backend(rt: &Runtime, name: &'static str, storage: Storage, n: usize) -> Backend {
+    let keys = service(&storage, Duration::from_secs(3_600));
+    let admin = Actor::new("bench");
+    rt.block_on(async {
+        let ks = keys
+            .create_keyspace(
+                &admin,
+                NewKeyspace {
+                    name: "bench".into(),
+                    prefix: Some("sk".into()),
+                    default_byte_length: None,
+                },
+            )
+            .await
+            .unwrap();
+        let tasks = 32;
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let keys = keys.clone();
+            let admin = admin.clone();
+            let ks = ks.id.clone();
+            let count = n / tasks + usize::from(t < n % tasks);
+            handles.push(tokio::spawn(async move {
+                let mut out = Vec::with_capacity(count);
+                for _ in 0..count {
+                    out.push(
+                        keys.create(&admin, NewKey::in_keyspace(ks.clone()))
+                            .await
+                            .unwrap()
+                            .key,
+                    );
+                }
+                out
+            }));
+        }
+        let mut secrets = Vec::with_capacity(n);
+        for h in handles {
+            secrets.extend(h.await.unwrap());
+        }
+        let limited = keys
+            .create(
+                &admin,
+                NewKey {
+                    remaining: Some(0),
+                    ..NewKey::in_keyspace(ks.id.clone())
+                },
+            )
+            .await
+            .unwrap()
+            .key_id;
+        Backend {
+            name,
+            storage,
+            keys,
+            ks: ks.id,
+            secrets,
+            limited,
+        }
+    })
+}
+
+fn bench_backends(c: &mut Criterion) {
+    let n = key_count();
+    let hot = n.min(1_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let setup = std::time::Instant::now();
+    let backends = [
+        backend(&rt, "memory", MemoryStore::new().storage(), n),
+        backend(
+            &rt,
+            "sled",
+            SledStore::open(dir.path().join("bench.db"))
+                .expect("sled")
+                .storage(),
+            n,
+        ),
+    ];
+    eprintln!("setup: {n} keys on each backend in {:?}", setup.elapsed());
+
+    let mut group = c.benchmark_group("backends");
+    group.measurement_time(Duration::from_secs(5));
+    let opts = VerifyOptions::default();
+    let pick = Pick::new();
+
+    for b in &backends {
+        group.bench_function(
+            BenchmarkId::new(format!("verify_hot_{hot}"), b.name),
+            |bench| {
+                bench.to_async(&rt).iter(|| async {
+                    let v = b
+                        .keys
+                        .verify(b.secrets[pick.below(hot)].as_bytes(), &opts)
+                        .await
+                        .unwrap();
+                    assert!(v.valid());
+                    v
+                })
+            },
+        );
+    }
+    for b in &backends {
+        group.bench_function(
+            BenchmarkId::new(format!("verify_random_of_{n}"), b.name),
+            |bench| {
+                bench.to_async(&rt).iter(|| async {
+                    let v = b
+                        .keys
+                        .verify(b.secrets[pick.below(n)].as_bytes(), &opts)
+                        .await
+                        .unwrap();
+                    assert!(v.valid());
+                    v
+                })
+            },
+        );
+    }
+    for b in &backends {
+        let uncached = service(&b.storage, Duration::ZERO);
+        group.bench_function(BenchmarkId::new("verify_reload", b.name), |bench| {
+            bench.to_async(&rt).iter(|| async {
+                let v = uncached
+                    .verify(b.secrets[pick.below(hot)].as_bytes(), &opts)
+                    .await
+                    .unwrap();
+                assert!(v.valid());
+                v
+            })
+        });
+    }
+
+    let mut file = tempfile::tempfile_in(dir.path()).expect("temp file");
+    let page = [0x5Au8; 4096];
+    group.bench_function("floor_fsync_4k", |bench| {
+        bench.iter(|| {
+            file.write_all(black_box(&page)).unwrap();
+            file.sync_data().unwrap();
+        })
+    });
+    let admin = Actor::new("bench");
+    for b in &backends {
+        group.bench_function(BenchmarkId::new("create_key_durable", b.name), |bench| {
+            bench.to_async(&rt).iter(|| async {
+                b.keys
+                    .create(&admin, NewKey::in_keyspace(b.ks.clone()))
+                    .await
+                    .unwrap()
+            })
+        });
+    }
+    for b in &backends {
+        group.bench_function(BenchmarkId::new("update_remaining", b.name), |bench| {
+            bench.to_async(&rt).iter(|| async {
+                b.keys
+                    .update_remaining(&admin, &b.limited, RemainingOp::Increment, Some(1))
+                    .await
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_backends);
+criterion_main!(benches);
