@@ -226,7 +226,7 @@ impl SledStore {
 
     /// Writes everything pending (counters, last-used times) to disk.
     pub async fn flush(&self) -> maas_core::Result<()> {
-        self.t.flush().await
+        self.t.flush_now().await
     }
 
     /// The on-disk format version of the open database.

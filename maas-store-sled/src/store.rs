@@ -4,6 +4,7 @@ use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use maas_core::audit::{AuditEvent, AuditQuery};
@@ -59,13 +60,11 @@ fn ab<T>(r: Result<T>) -> TxResult<T> {
 /// transaction is never queued on sled's lock while a flush holds it.
 static GATE: LazyLock<tokio::sync::RwLock<()>> = LazyLock::new(|| tokio::sync::RwLock::new(()));
 
-/// Runs a transaction through the gate.
-async fn commit<T>(
-    run: impl FnOnce() -> std::result::Result<T, TransactionError<Error>>,
-) -> Result<T> {
-    let _exclusive = GATE.write().await;
-    finish(run())
-}
+/// sled 0.34 runs `flush_async` on its global I/O thread pool, which also
+/// writes the log buffers a flush waits for: with as many flushes in flight as
+/// pool threads, none can finish. One flush at a time in the process, each
+/// covering every change committed before it started (group commit).
+static FLUSHING: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
 
 fn finish<T>(r: std::result::Result<T, TransactionError<Error>>) -> Result<T> {
     match r {
@@ -111,6 +110,10 @@ fn tx_audit(
 /// Every tree of the database.
 pub(crate) struct Trees {
     db: Db,
+    /// Transactions committed so far.
+    committed: AtomicU64,
+    /// Every transaction up to this count is durable.
+    durable: AtomicU64,
     meta: Tree,
     tenants: Tree,
     tenant_names: Tree,
@@ -255,6 +258,8 @@ impl IntegrityReport {
 impl Trees {
     pub(crate) fn open(db: Db) -> std::result::Result<Self, SledError> {
         Ok(Trees {
+            committed: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
             meta: db.open_tree("meta")?,
             tenants: db.open_tree("tenants")?,
             tenant_names: db.open_tree("tenant_names")?,
@@ -307,9 +312,35 @@ impl Trees {
         }
     }
 
-    pub(crate) async fn flush(&self) -> Result<()> {
+    /// Runs a transaction through the gate.
+    async fn commit<T>(
+        &self,
+        run: impl FnOnce() -> std::result::Result<T, TransactionError<Error>>,
+    ) -> Result<T> {
+        let _exclusive = GATE.write().await;
+        let out = finish(run())?;
+        self.committed.fetch_add(1, Ordering::SeqCst);
+        Ok(out)
+    }
+
+    /// Makes every transaction committed so far durable; returns at once if
+    /// a flush that started after them has finished.
+    pub(crate) async fn flush_committed(&self) -> Result<()> {
+        let target = self.committed.load(Ordering::SeqCst);
+        let _one = FLUSHING.lock().await;
+        if self.durable.load(Ordering::SeqCst) >= target {
+            return Ok(());
+        }
+        self.flush_now().await
+    }
+
+    /// Writes everything pending to disk.
+    pub(crate) async fn flush_now(&self) -> Result<()> {
+        let upto = self.committed.load(Ordering::SeqCst);
         let _shared = GATE.read().await;
-        self.db.flush_async().await.map(|_| ()).map_err(map_sled)
+        self.db.flush_async().await.map_err(map_sled)?;
+        self.durable.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
     }
 
     fn get<T: DeserializeOwned>(&self, tree: &Tree, what: &str, id: &[u8]) -> Result<Option<T>> {
@@ -444,7 +475,7 @@ impl TenantStore for SledStore {
         let t = &self.t;
         let id = tenant.id.as_str().as_bytes();
         let bytes = encode(tenant)?;
-        commit(|| {
+        t.commit(|| {
             (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
                 |(tenants, names, log, meta)| {
                     if tenants.get(id)?.is_some() {
@@ -464,7 +495,7 @@ impl TenantStore for SledStore {
             )
         })
         .await?;
-        t.flush().await
+        t.flush_committed().await
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
@@ -494,7 +525,7 @@ impl TenantStore for SledStore {
         let mut stored = tenant.clone();
         stored.version = expected_version + 1;
         let bytes = encode(&stored)?;
-        commit(|| {
+        t.commit(|| {
             (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
                 |(tenants, names, log, meta)| {
                     let Some(cur) = tenants.get(id)? else {
@@ -521,13 +552,13 @@ impl TenantStore for SledStore {
             )
         })
         .await?;
-        t.flush().await
+        t.flush_committed().await
     }
 
     async fn delete_tenant(&self, id: &TenantId, audit: AuditEvent) -> Result<()> {
         let t = &self.t;
         let key = id.as_str().as_bytes();
-        commit(|| {
+        t.commit(|| {
             (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
                 |(tenants, names, log, meta)| {
                     let Some(cur) = tenants.remove(key)? else {
@@ -541,7 +572,7 @@ impl TenantStore for SledStore {
             )
         })
         .await?;
-        t.flush().await
+        t.flush_committed().await
     }
 }
 
@@ -551,7 +582,7 @@ impl KeyspaceStore for SledStore {
         let t = &self.t;
         let id = keyspace.id.as_str().as_bytes();
         let bytes = encode(keyspace)?;
-        commit(|| {
+        t.commit(|| {
             (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
                 if spaces.get(id)?.is_some() {
                     return abort(Error::conflict(format!(
@@ -565,7 +596,7 @@ impl KeyspaceStore for SledStore {
             })
         })
         .await?;
-        t.flush().await
+        t.flush_committed().await
     }
 
     async fn get_keyspace(&self, id: &KeyspaceId) -> Result<Option<Keyspace>> {
@@ -588,7 +619,7 @@ impl KeyspaceStore for SledStore {
         let mut stored = keyspace.clone();
         stored.version = expected_version + 1;
         let bytes = encode(&stored)?;
-        commit(|| {
+        t.commit(|| {
             (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
                 let Some(cur) = spaces.get(id)? else {
                     return abort(Error::not_found("keyspace", keyspace.id.as_str()));
@@ -603,12 +634,12 @@ impl KeyspaceStore for SledStore {
             })
         })
         .await?;
-        t.flush().await
+        t.flush_committed().await
     }
 
     async fn delete_keyspace(&self, id: &KeyspaceId, audit: AuditEvent) -> Result<()> {
         let t = &self.t;
-        commit(|| {
+        t.commit(|| {
             (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
                 if spaces.remove(id.as_str().as_bytes())?.is_none() {
                     return abort(Error::not_found("keyspace", id.as_str()));
@@ -618,7 +649,7 @@ impl KeyspaceStore for SledStore {
             })
         })
         .await?;
-        t.flush().await
+        t.flush_committed().await
     }
 }
 
@@ -629,7 +660,7 @@ impl SledStore {
         f: impl Fn(&KeyTx<'_>, &TransactionalTree, &TransactionalTree) -> TxResult<()>,
     ) -> Result<()> {
         let t = &self.t;
-        commit(|| {
+        t.commit(|| {
             (
                 &t.keys,
                 &t.key_hashes,
@@ -706,7 +737,7 @@ impl KeyStore for SledStore {
             Ok(())
         })
         .await?;
-        self.t.flush().await
+        self.t.flush_committed().await
     }
 
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>> {
@@ -775,7 +806,7 @@ impl KeyStore for SledStore {
             Ok(())
         })
         .await?;
-        self.t.flush().await
+        self.t.flush_committed().await
     }
 
     async fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()> {
@@ -906,10 +937,10 @@ impl CounterStore for SledStore {
 impl AuditStore for SledStore {
     async fn append_audit(&self, event: AuditEvent) -> Result<u64> {
         let t = &self.t;
-        let seq =
-            commit(|| (&t.audit, &t.meta).transaction(|(log, meta)| tx_audit(log, meta, &event)))
-                .await?;
-        t.flush().await?;
+        let seq = t
+            .commit(|| (&t.audit, &t.meta).transaction(|(log, meta)| tx_audit(log, meta, &event)))
+            .await?;
+        t.flush_committed().await?;
         Ok(seq)
     }
 
