@@ -6,7 +6,9 @@
 //! - `verify_reload`: verification with a cache TTL of 0, so each one reads
 //!   the key from the store (the cost a cache miss or an expired entry adds);
 //! - `create_key_durable`: issuing a key, which returns once it is durable
-//!   (an fsync on sled), beside `floor_fsync_4k` (write 4 KiB + `fdatasync`);
+//!   (an fsync on sled), beside two floors: `floor_fsync_4k` (append 4 KiB to
+//!   a file + `fdatasync`) and `floor_sled_insert_flush` (one raw sled insert
+//!   of 1 KiB + `flush_async`, on a database of its own);
 //! - `update_remaining`: `keys.updateRemaining` increment, audited (durable).
 //!
 //! `cargo bench --bench backends` (set `MAAS_BENCH_KEYS` for fewer keys than
@@ -211,6 +213,17 @@ fn bench_backends(c: &mut Criterion) {
         bench.iter(|| {
             file.write_all(black_box(&page)).unwrap();
             file.sync_data().unwrap();
+        })
+    });
+    // Floor: what sled itself takes to make one small write durable.
+    let raw = sled::open(dir.path().join("raw.db")).expect("raw sled");
+    let value = [0xA5u8; 1024];
+    let counter = Cell::new(0u64);
+    group.bench_function("floor_sled_insert_flush", |bench| {
+        bench.to_async(&rt).iter(|| async {
+            counter.set(counter.get() + 1);
+            raw.insert(counter.get().to_be_bytes(), &value[..]).unwrap();
+            raw.flush_async().await.unwrap()
         })
     });
     let admin = Actor::new("bench");
