@@ -31,29 +31,8 @@ use maas::memory::MemoryStore;
 use maas::sled::SledStore;
 use tokio::runtime::Runtime;
 
-fn key_count() -> usize {
-    std::env::var("MAAS_BENCH_KEYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
-}
-
-struct Pick(Cell<u64>);
-
-impl Pick {
-    fn new() -> Self {
-        Pick(Cell::new(0x9E37_79B9_7F4A_7C15))
-    }
-
-    fn below(&self, n: usize) -> usize {
-        let mut x = self.0.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0.set(x);
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
-    }
-}
+mod common;
+use common::{Pick, key_count};
 
 struct Backend {
     name: &'static str,

@@ -29,7 +29,6 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -43,43 +42,8 @@ use maas::memory::MemoryStore;
 use rand::Rng;
 use tokio::runtime::Runtime;
 
-/// How many keys to issue: `MAAS_BENCH_KEYS`, else 1,000,000.
-fn key_count() -> usize {
-    std::env::var("MAAS_BENCH_KEYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(1_000_000)
-}
-
-/// `1m`, `1k`, or the number itself.
-fn label(n: usize) -> String {
-    match n {
-        _ if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}m", n / 1_000_000),
-        _ if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
-        _ => n.to_string(),
-    }
-}
-
-/// A cheap random index per iteration (xorshift64*), so that the pick costs
-/// a few cycles and no call into a RNG.
-struct Pick(Cell<u64>);
-
-impl Pick {
-    fn new() -> Self {
-        Pick(Cell::new(0x9E37_79B9_7F4A_7C15))
-    }
-
-    #[inline]
-    fn below(&self, n: usize) -> usize {
-        let mut x = self.0.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0.set(x);
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
-    }
-}
+mod common;
+use common::{Pick, key_count, label};
 
 /// A key service over a memory store holding `n` unlimited keys of one
 /// keyspace (prefix `sk`), each verified once; their secrets.
