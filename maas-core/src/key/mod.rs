@@ -169,11 +169,6 @@ impl KeyRecord {
         }
     }
 
-    /// Whether it is past its expiry at `now`.
-    pub fn is_expired(&self, now: Timestamp) -> bool {
-        self.expires.is_some_and(|e| e <= now)
-    }
-
     fn validate(&self) -> Result<()> {
         if let Some(n) = &self.name {
             validate::label("name", n, MAX_NAME)?;
