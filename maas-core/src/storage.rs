@@ -20,6 +20,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::clock::Timestamp;
@@ -255,6 +256,48 @@ pub trait CounterStore: Send + Sync + fmt::Debug {
     async fn reset_window(&self, id: &str) -> Result<()>;
 }
 
+/// A configuration record of the catalog: one typed value (a tier, a model,
+/// a signing key, a revocation, ...) stored as JSON under `(kind, id)`.
+///
+/// Services own the typing and the validation; a backend stores records
+/// opaquely, so a new kind of configuration needs no backend change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// What the record is, e.g. `"tier"`; one namespace of ids per kind.
+    pub kind: String,
+    /// The id within the kind.
+    pub id: String,
+    /// The value.
+    pub body: serde_json::Value,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it was last changed.
+    pub updated_at: Timestamp,
+    /// Incremented by the store on every update (1 when created).
+    pub version: u64,
+}
+
+/// Catalog records (see [`Record`]): tiers, models, signing keys, revocations
+/// and the other configuration services keep, each change audited.
+#[async_trait]
+pub trait RecordStore: Send + Sync + fmt::Debug {
+    /// Stores a new record. [`Error::Conflict`] if `(kind, id)` is taken.
+    async fn create_record(&self, record: &Record, audit: AuditEvent) -> Result<()>;
+    /// The record `id` of `kind`.
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Record>>;
+    /// Records of `kind`, by id; the total counts records of that kind only.
+    async fn list_records(&self, kind: &str, page: &PageRequest) -> Result<Page<Record>>;
+    /// Replaces the record (optimistic, as [`TenantStore::update_tenant`]).
+    async fn update_record(
+        &self,
+        record: &Record,
+        expected_version: u64,
+        audit: AuditEvent,
+    ) -> Result<()>;
+    /// Removes the record. [`Error::NotFound`] if it does not exist.
+    async fn delete_record(&self, kind: &str, id: &str, audit: AuditEvent) -> Result<()>;
+}
+
 /// The audit log.
 #[async_trait]
 pub trait AuditStore: Send + Sync + fmt::Debug {
@@ -277,6 +320,8 @@ pub struct Storage {
     pub counters: Arc<dyn CounterStore>,
     /// Audit log.
     pub audit: Arc<dyn AuditStore>,
+    /// Catalog records.
+    pub records: Arc<dyn RecordStore>,
 }
 
 impl fmt::Debug for Storage {
@@ -289,12 +334,12 @@ impl fmt::Debug for Storage {
 
 /// A backend that implements every storage trait on one type.
 pub trait Backend:
-    TenantStore + KeyspaceStore + KeyStore + CounterStore + AuditStore + 'static
+    TenantStore + KeyspaceStore + KeyStore + CounterStore + AuditStore + RecordStore + 'static
 {
 }
 
 impl<T> Backend for T where
-    T: TenantStore + KeyspaceStore + KeyStore + CounterStore + AuditStore + 'static
+    T: TenantStore + KeyspaceStore + KeyStore + CounterStore + AuditStore + RecordStore + 'static
 {
 }
 
@@ -306,7 +351,8 @@ impl Storage {
             keyspaces: backend.clone(),
             keys: backend.clone(),
             counters: backend.clone(),
-            audit: backend,
+            audit: backend.clone(),
+            records: backend,
         }
     }
 }

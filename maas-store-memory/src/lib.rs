@@ -3,7 +3,7 @@
 //! The in-memory storage backend of maas: for tests, single-process
 //! deployments and embedding. Nothing survives the process.
 //!
-//! All configuration (tenants, keyspaces, keys, audit) lives under one
+//! All configuration (tenants, keyspaces, keys, catalog records, audit) lives under one
 //! read-write lock, so a change and its audit event are applied together and
 //! indexes never disagree with records. Counters live in a lock-striped
 //! [`LocalCounters`], whose operations are atomic per counter.
@@ -25,8 +25,8 @@ use maas_core::counter::{
 };
 use maas_core::key::{KeyHash, KeyRecord};
 use maas_core::storage::{
-    AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Storage,
-    TenantStore, audit_page_size, version_conflict,
+    AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Record,
+    RecordStore, Storage, TenantStore, audit_page_size, version_conflict,
 };
 use maas_core::{Error, KeyId, Keyspace, KeyspaceId, Result, Tenant, TenantId, Timestamp};
 
@@ -47,6 +47,7 @@ struct State {
     unique_names: HashMap<(String, String, String), KeyId>,
     by_keyspace: HashMap<KeyspaceId, BTreeSet<KeyId>>,
     by_owner: HashMap<String, BTreeSet<KeyId>>,
+    records: BTreeMap<String, BTreeMap<String, Record>>,
     audit: Vec<AuditEvent>,
 }
 
@@ -435,5 +436,69 @@ impl AuditStore for MemoryStore {
             cursor,
             total: s.audit.len() as u64,
         })
+    }
+}
+
+#[async_trait]
+impl RecordStore for MemoryStore {
+    async fn create_record(&self, record: &Record, audit: AuditEvent) -> Result<()> {
+        let mut s = self.write();
+        let kind = s.records.entry(record.kind.clone()).or_default();
+        if kind.contains_key(&record.id) {
+            return Err(Error::conflict(format!(
+                "{} '{}' exists",
+                record.kind, record.id
+            )));
+        }
+        kind.insert(record.id.clone(), record.clone());
+        s.append(audit);
+        Ok(())
+    }
+
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Record>> {
+        Ok(self
+            .read()
+            .records
+            .get(kind)
+            .and_then(|k| k.get(id))
+            .cloned())
+    }
+
+    async fn list_records(&self, kind: &str, page: &PageRequest) -> Result<Page<Record>> {
+        let s = self.read();
+        let Some(records) = s.records.get(kind) else {
+            return Ok(page.paginate(Vec::<Record>::new(), |r| &r.id, 0));
+        };
+        Ok(page.paginate(records.values().cloned(), |r| &r.id, records.len() as u64))
+    }
+
+    async fn update_record(
+        &self,
+        record: &Record,
+        expected_version: u64,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let mut s = self.write();
+        let current = s
+            .records
+            .get_mut(&record.kind)
+            .and_then(|k| k.get_mut(&record.id))
+            .ok_or_else(|| Error::not_found("record", format!("{}/{}", record.kind, record.id)))?;
+        if current.version != expected_version {
+            return Err(version_conflict(&record.kind, &record.id));
+        }
+        *current = record.clone();
+        current.version = expected_version + 1;
+        s.append(audit);
+        Ok(())
+    }
+
+    async fn delete_record(&self, kind: &str, id: &str, audit: AuditEvent) -> Result<()> {
+        let mut s = self.write();
+        if s.records.get_mut(kind).and_then(|k| k.remove(id)).is_none() {
+            return Err(Error::not_found("record", format!("{kind}/{id}")));
+        }
+        s.append(audit);
+        Ok(())
     }
 }

@@ -11,8 +11,8 @@ use maas_core::audit::{AuditEvent, AuditQuery};
 use maas_core::counter::{Balance, BalanceOp, Refill, Spend, WindowSpec, WindowState, WindowTake};
 use maas_core::key::{KeyHash, KeyRecord};
 use maas_core::storage::{
-    AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, TenantStore,
-    audit_page_size, version_conflict,
+    AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Record,
+    RecordStore, TenantStore, audit_page_size, version_conflict,
 };
 use maas_core::{Error, KeyId, Keyspace, KeyspaceId, Result, Tenant, TenantId, Timestamp};
 use serde::de::DeserializeOwned;
@@ -128,6 +128,8 @@ pub(crate) struct Trees {
     audit: Tree,
     balances: Tree,
     windows: Tree,
+    /// Catalog records under `kind \0 id`.
+    records: Tree,
 }
 
 impl fmt::Debug for Trees {
@@ -274,6 +276,7 @@ impl Trees {
             audit: db.open_tree("audit")?,
             balances: db.open_tree("balances")?,
             windows: db.open_tree("windows")?,
+            records: db.open_tree("records")?,
             db,
         })
     }
@@ -976,5 +979,98 @@ impl AuditStore for SledStore {
             cursor,
             total,
         })
+    }
+}
+
+#[async_trait]
+impl RecordStore for SledStore {
+    async fn create_record(&self, record: &Record, audit: AuditEvent) -> Result<()> {
+        let t = &self.t;
+        let key = joined(&[&record.kind, &record.id]);
+        let bytes = encode(record)?;
+        t.commit(|| {
+            (&t.records, &t.audit, &t.meta).transaction(|(records, log, meta)| {
+                if records.get(&key)?.is_some() {
+                    return abort(Error::conflict(format!(
+                        "{} '{}' exists",
+                        record.kind, record.id
+                    )));
+                }
+                records.insert(key.as_slice(), bytes.as_slice())?;
+                tx_audit(log, meta, &audit)?;
+                Ok(())
+            })
+        })
+        .await?;
+        t.flush_committed().await
+    }
+
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Record>> {
+        self.t.get(&self.t.records, "record", &joined(&[kind, id]))
+    }
+
+    async fn list_records(&self, kind: &str, page: &PageRequest) -> Result<Page<Record>> {
+        let mut prefix = kind.as_bytes().to_vec();
+        prefix.push(0);
+        let mut total = 0u64;
+        let mut all = Vec::new();
+        for kv in self.t.records.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(map_sled)?;
+            total += 1;
+            let id = &k[prefix.len()..];
+            let after_cursor = page.cursor.as_deref().is_none_or(|c| id > c.as_bytes());
+            if after_cursor && all.len() <= page.size() {
+                all.push(decode::<Record>("record", &v)?);
+            }
+        }
+        Ok(page.paginate(all, |r| &r.id, total))
+    }
+
+    async fn update_record(
+        &self,
+        record: &Record,
+        expected_version: u64,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let t = &self.t;
+        let key = joined(&[&record.kind, &record.id]);
+        let mut stored = record.clone();
+        stored.version = expected_version + 1;
+        let bytes = encode(&stored)?;
+        t.commit(|| {
+            (&t.records, &t.audit, &t.meta).transaction(|(records, log, meta)| {
+                let Some(cur) = records.get(&key)? else {
+                    return abort(Error::not_found(
+                        "record",
+                        format!("{}/{}", record.kind, record.id),
+                    ));
+                };
+                let cur: Record = ab(decode("record", &cur))?;
+                if cur.version != expected_version {
+                    return abort(version_conflict(&record.kind, &record.id));
+                }
+                records.insert(key.as_slice(), bytes.as_slice())?;
+                tx_audit(log, meta, &audit)?;
+                Ok(())
+            })
+        })
+        .await?;
+        t.flush_committed().await
+    }
+
+    async fn delete_record(&self, kind: &str, id: &str, audit: AuditEvent) -> Result<()> {
+        let t = &self.t;
+        let key = joined(&[kind, id]);
+        t.commit(|| {
+            (&t.records, &t.audit, &t.meta).transaction(|(records, log, meta)| {
+                if records.remove(key.as_slice())?.is_none() {
+                    return abort(Error::not_found("record", format!("{kind}/{id}")));
+                }
+                tx_audit(log, meta, &audit)?;
+                Ok(())
+            })
+        })
+        .await?;
+        t.flush_committed().await
     }
 }

@@ -75,6 +75,8 @@ scenarios!($;
     counters_window_operations,
     counters_spend_concurrently_exact,
     counters_take_concurrently_exact,
+    records_lifecycle,
+    records_update_is_optimistic,
     verify_valid_returns_details,
     verify_reaches_every_code,
     verify_check_order_has_no_side_effects,

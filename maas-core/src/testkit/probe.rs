@@ -14,8 +14,8 @@ use crate::id::{KeyId, KeyspaceId, TenantId};
 use crate::key::{KeyHash, KeyRecord};
 use crate::keyspace::Keyspace;
 use crate::storage::{
-    AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Storage,
-    TenantStore,
+    AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Record,
+    RecordStore, Storage, TenantStore,
 };
 use crate::tenant::Tenant;
 
@@ -188,5 +188,29 @@ impl AuditStore for Probe {
     async fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditEvent>> {
         self.r();
         self.inner.audit.list_audit(q).await
+    }
+}
+
+#[async_trait]
+impl RecordStore for Probe {
+    async fn create_record(&self, r: &Record, a: AuditEvent) -> Result<()> {
+        self.w();
+        self.inner.records.create_record(r, a).await
+    }
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Record>> {
+        self.r();
+        self.inner.records.get_record(kind, id).await
+    }
+    async fn list_records(&self, kind: &str, p: &PageRequest) -> Result<Page<Record>> {
+        self.r();
+        self.inner.records.list_records(kind, p).await
+    }
+    async fn update_record(&self, r: &Record, v: u64, a: AuditEvent) -> Result<()> {
+        self.w();
+        self.inner.records.update_record(r, v, a).await
+    }
+    async fn delete_record(&self, kind: &str, id: &str, a: AuditEvent) -> Result<()> {
+        self.w();
+        self.inner.records.delete_record(kind, id, a).await
     }
 }
