@@ -19,6 +19,7 @@ pub mod clock;
 pub mod counter;
 pub mod error;
 pub mod id;
+pub mod identity;
 pub mod key;
 pub mod keyspace;
 pub mod patch;
@@ -34,6 +35,7 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use counter::{Balance, BalanceOp, LocalCounters, Refill, RefillInterval, WindowSpec};
 pub use error::{Error, Result};
 pub use id::{KeyId, KeyspaceId, TenantId};
+pub use identity::{Authenticator, Chain, Identity, StaticTokens};
 pub use key::{
     CreatedKey, Key, KeyHasher, KeyRateLimit, KeyRecord, KeyService, KeyServiceConfig, KeyUpdate,
     NewKey, PermissionQuery, RateLimitKind, RemainingOp, Verification, VerifyCode, VerifyOptions,
