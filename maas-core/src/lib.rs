@@ -27,6 +27,7 @@ pub mod storage;
 pub mod tenant;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod token;
 mod validate;
 mod versioned;
 
@@ -44,6 +45,9 @@ pub use keyspace::{Keyspace, KeyspaceUpdate, NewKeyspace};
 pub use patch::Patch;
 pub use storage::{KeyQuery, Page, PageRequest, Storage};
 pub use tenant::{NewTenant, Tenant, TenantService, TenantUpdate};
+pub use token::{
+    MintedToken, SigningAlgorithm, TokenConfig, TokenRejection, TokenService, VerifiedToken,
+};
 
 /// Compile-time check: the services' futures are `Send`, so they can run on
 /// any executor thread (axum handlers, `tokio::spawn`).

@@ -3,10 +3,12 @@
 //!
 //! Implementations:
 //! - [`StaticTokens`]: tokens from configuration (the example server, tests);
-//! - `JwksAuthenticator`: JWTs of an external OIDC issuer, checked against
+//! - [`JwksAuthenticator`]: JWTs of an external OIDC issuer, checked against
 //!   its JWKS document (RS256, ES256, EdDSA), issuer and audience;
 //! - [`TokenService`](crate::token::TokenService): maas' own tokens;
 //! - [`Chain`]: several of these, tried in order.
+
+mod jwks;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::key::KeyHash;
+
+pub use jwks::{JwksAuthenticator, JwksConfig, JwksSource};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
