@@ -18,6 +18,7 @@ mod keys;
 mod probe;
 mod props;
 mod store;
+mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub use keys::*;
 pub use probe::{Probe, ProbeCounts};
 pub use props::*;
 pub use store::*;
+pub use tokens::*;
 
 macro_rules! scenarios {
     ($d:tt; $($name:ident),* $(,)?) => {
@@ -77,6 +79,9 @@ scenarios!($;
     counters_take_concurrently_exact,
     records_lifecycle,
     records_update_is_optimistic,
+    tokens_key_ring_is_persisted_and_shared,
+    tokens_rotation_keeps_live_tokens,
+    tokens_revoke_all_applies_to_cached_tokens,
     verify_valid_returns_details,
     verify_reaches_every_code,
     verify_check_order_has_no_side_effects,
