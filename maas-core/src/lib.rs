@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+mod catalog;
 pub mod clock;
 pub mod counter;
 pub mod error;
@@ -22,11 +23,14 @@ pub mod id;
 pub mod identity;
 pub mod key;
 pub mod keyspace;
+pub mod model;
 pub mod patch;
 pub mod storage;
 pub mod tenant;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tier;
+pub mod userkeys;
 mod validate;
 mod versioned;
 
@@ -41,9 +45,18 @@ pub use key::{
     NewKey, PermissionQuery, RateLimitKind, RemainingOp, Verification, VerifyCode, VerifyOptions,
 };
 pub use keyspace::{Keyspace, KeyspaceUpdate, NewKeyspace};
+pub use model::{
+    CacheSettings, Model, ModelEntry, ModelIndex, ModelList, ModelService, ModelServiceConfig,
+    ModelUpdate, NewModel, Pricing,
+};
 pub use patch::Patch;
 pub use storage::{KeyQuery, Page, PageRequest, Storage};
 pub use tenant::{NewTenant, Tenant, TenantService, TenantUpdate};
+pub use tier::{
+    ModelAccess, NewTier, Tier, TierIndex, TierService, TierServiceConfig, TierUpdate,
+    default_tiers, select_tier,
+};
+pub use userkeys::{CreatedUserKey, UserKey, UserKeyList, UserKeys};
 
 /// Compile-time check: the services' futures are `Send`, so they can run on
 /// any executor thread (axum handlers, `tokio::spawn`).
