@@ -80,6 +80,22 @@ mod send_check {
         send(s.maintain());
     }
 
+    fn catalog(t: &TierService, m: &ModelService, u: &UserKeys, a: &Actor, tier: &Tier) {
+        send(t.lookup(&[]));
+        send(t.create(a, default_tiers().remove(0)));
+        send(t.update(a, "t", TierUpdate::default()));
+        send(t.delete(a, "t"));
+        send(t.ensure_defaults(a));
+        send(m.create(a, NewModel::new("m", "http://m")));
+        send(m.update(a, "m", ModelUpdate::default()));
+        send(m.set_cache(a, "m", CacheSettings::default()));
+        send(m.check_access(tier, "m"));
+        send(m.openai_list(tier, "http://gw"));
+        send(u.create("u", "k"));
+        send(u.list("u"));
+        send(u.delete("u", "k"));
+    }
+
     fn tenants(s: &TenantService, a: &Actor, id: &TenantId) {
         send(s.update(a, id, TenantUpdate::default()));
         send(s.create(a, NewTenant::default()));

@@ -67,10 +67,13 @@ pub(crate) fn check_url(field: &'static str, url: &str) -> Result<()> {
     }
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     let rest = if lower.starts_with("https://") {
-        &url[8..]
+        url.get(8..)
     } else if lower.starts_with("http://") {
-        &url[7..]
+        url.get(7..)
     } else {
+        None
+    };
+    let Some(rest) = rest else {
         return bad("must be an http:// or https:// URL");
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();

@@ -250,26 +250,25 @@ pub fn format_groups(groups: &[String]) -> String {
     out
 }
 
-/// The groups of a lookup request, cleaned: empty strings dropped,
-/// duplicates dropped (first occurrence kept). [`Error::InvalidInput`]
-/// (`groups`) if nothing is left.
-fn lookup_groups(groups: &[String]) -> Result<Vec<&str>> {
-    let mut out: Vec<&str> = Vec::with_capacity(groups.len());
-    for g in groups {
-        if !g.is_empty() && !out.contains(&g.as_str()) {
-            out.push(g);
-        }
-    }
-    if out.is_empty() {
+/// [`Error::InvalidInput`] (`groups`) unless some group is not empty.
+fn check_lookup_groups(groups: &[String]) -> Result<()> {
+    if groups.iter().all(|g| g.is_empty()) {
         return Err(Error::invalid("groups", "must name at least one group"));
     }
-    Ok(out)
+    Ok(())
 }
 
-fn no_mapping(groups: &[&str]) -> Error {
-    Error::NoTierMapping {
-        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+/// [`Error::NoTierMapping`] for `groups`: empty strings and duplicates
+/// dropped (first occurrence kept).
+fn no_mapping<S: AsRef<str>>(groups: &[S]) -> Error {
+    let mut out: Vec<String> = Vec::with_capacity(groups.len());
+    for g in groups {
+        let g = g.as_ref();
+        if !g.is_empty() && !out.iter().any(|o| o == g) {
+            out.push(g.to_owned());
+        }
     }
+    Error::NoTierMapping { groups: out }
 }
 
 /// The tier `groups` map to: among `tiers` listing any of the groups, the
@@ -589,12 +588,13 @@ impl TierService {
     /// group is left. [`Error::NoTierMapping`] if no tier lists any of them.
     /// Reads the snapshot: no I/O unless it is older than the TTL.
     pub async fn lookup(&self, groups: &[String]) -> Result<Arc<Tier>> {
-        let groups = lookup_groups(groups)?;
+        check_lookup_groups(groups)?;
+        // Empty strings never match: tier groups are non-empty labels.
         let index = self.snapshot().await?;
         index
-            .select(&groups)
+            .select(groups)
             .cloned()
-            .ok_or_else(|| no_mapping(&groups))
+            .ok_or_else(|| no_mapping(groups))
     }
 
     /// Creates the [`default_tiers`] if there is no tier at all; returns the
@@ -712,18 +712,21 @@ mod tests {
     }
 
     #[test]
-    fn lookup_groups_are_cleaned() {
+    fn lookup_groups_are_checked_and_cleaned() {
         assert!(matches!(
-            lookup_groups(&[]),
+            check_lookup_groups(&[]),
             Err(Error::InvalidInput { field, .. }) if field == "groups"
         ));
         assert!(matches!(
-            lookup_groups(&strings(&["", ""])),
+            check_lookup_groups(&strings(&["", ""])),
             Err(Error::InvalidInput { field, .. }) if field == "groups"
         ));
+        assert!(check_lookup_groups(&strings(&["", "a"])).is_ok());
         assert_eq!(
-            lookup_groups(&strings(&["a", "", "b", "a"])).unwrap(),
-            ["a", "b"]
+            no_mapping(&strings(&["a", "", "b", "a"])),
+            Error::NoTierMapping {
+                groups: strings(&["a", "b"])
+            }
         );
     }
 
