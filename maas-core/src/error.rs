@@ -24,6 +24,23 @@ pub enum Error {
         id: String,
     },
 
+    /// No tier maps any of the caller's groups (`POST /tiers/lookup`,
+    /// [`TierService::lookup`](crate::tier::TierService::lookup)).
+    ///
+    /// A not-found error ([`Error::is_not_found`]); HTTP adapters answer it
+    /// as 404 `not_found` with this error's `Display`, which is the MaaS
+    /// API's message: `No tier mapping found for groups: ['a' 'b']` (see
+    /// [`format_groups`](crate::tier::format_groups)).
+    #[error(
+        "No tier mapping found for groups: {}",
+        crate::tier::format_groups(groups)
+    )]
+    NoTierMapping {
+        /// The groups that were looked up (non-empty ones, first occurrence
+        /// order).
+        groups: Vec<String>,
+    },
+
     /// The request conflicts with the current state: a duplicate name, or a
     /// concurrent change that won (optimistic concurrency).
     #[error("conflict: {message}")]
@@ -130,6 +147,12 @@ impl Error {
         Error::Internal {
             message: message.into(),
         }
+    }
+
+    /// Whether the error says something does not exist: [`Error::NotFound`]
+    /// or [`Error::NoTierMapping`] (both are 404s).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. } | Error::NoTierMapping { .. })
     }
 
     /// Whether retrying the same request later may succeed.

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+mod catalog;
 pub mod clock;
 pub mod counter;
 pub mod error;
@@ -22,12 +23,15 @@ pub mod id;
 pub mod identity;
 pub mod key;
 pub mod keyspace;
+pub mod model;
 pub mod patch;
 pub mod storage;
 pub mod tenant;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tier;
 pub mod token;
+pub mod userkeys;
 mod validate;
 mod versioned;
 
@@ -42,12 +46,21 @@ pub use key::{
     NewKey, PermissionQuery, RateLimitKind, RemainingOp, Verification, VerifyCode, VerifyOptions,
 };
 pub use keyspace::{Keyspace, KeyspaceUpdate, NewKeyspace};
+pub use model::{
+    CacheSettings, Model, ModelEntry, ModelIndex, ModelList, ModelService, ModelServiceConfig,
+    ModelUpdate, NewModel, Pricing,
+};
 pub use patch::Patch;
 pub use storage::{KeyQuery, Page, PageRequest, Storage};
 pub use tenant::{NewTenant, Tenant, TenantService, TenantUpdate};
+pub use tier::{
+    ModelAccess, NewTier, Tier, TierIndex, TierService, TierServiceConfig, TierUpdate,
+    default_tiers, select_tier,
+};
 pub use token::{
     MintedToken, SigningAlgorithm, TokenConfig, TokenRejection, TokenService, VerifiedToken,
 };
+pub use userkeys::{CreatedUserKey, UserKey, UserKeyList, UserKeys};
 
 /// Compile-time check: the services' futures are `Send`, so they can run on
 /// any executor thread (axum handlers, `tokio::spawn`).
@@ -69,6 +82,22 @@ mod send_check {
         send(s.update_keyspace(a, ks, KeyspaceUpdate::default()));
         send(s.delete_keyspace(a, ks));
         send(s.maintain());
+    }
+
+    fn catalog(t: &TierService, m: &ModelService, u: &UserKeys, a: &Actor, tier: &Tier) {
+        send(t.lookup(&[]));
+        send(t.create(a, default_tiers().remove(0)));
+        send(t.update(a, "t", TierUpdate::default()));
+        send(t.delete(a, "t"));
+        send(t.ensure_defaults(a));
+        send(m.create(a, NewModel::new("m", "http://m")));
+        send(m.update(a, "m", ModelUpdate::default()));
+        send(m.set_cache(a, "m", CacheSettings::default()));
+        send(m.check_access(tier, "m"));
+        send(m.openai_list(tier, "http://gw"));
+        send(u.create("u", "k"));
+        send(u.list("u"));
+        send(u.delete("u", "k"));
     }
 
     fn tenants(s: &TenantService, a: &Actor, id: &TenantId) {

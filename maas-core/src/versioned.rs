@@ -69,5 +69,7 @@ macro_rules! versioned {
 versioned!(
     crate::tenant::Tenant,
     crate::keyspace::Keyspace,
-    crate::key::KeyRecord
+    crate::key::KeyRecord,
+    crate::tier::Tier,
+    crate::model::Model
 );

@@ -14,6 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod catalog;
 mod keys;
 mod probe;
 mod props;
@@ -32,6 +33,7 @@ use crate::key::{KeyHasher, KeyService, KeyServiceConfig};
 use crate::keyspace::{Keyspace, NewKeyspace};
 use crate::storage::Storage;
 
+pub use catalog::*;
 pub use keys::*;
 pub use probe::{Probe, ProbeCounts};
 pub use props::*;
@@ -101,6 +103,16 @@ scenarios!($;
     update_invalid_input_changes_nothing,
     last_used_is_written_behind,
     keyspace_delete_removes_its_keys,
+    tier_lifecycle,
+    tier_lookup_sees_other_nodes_after_ttl,
+    tier_ensure_defaults_is_idempotent,
+    tier_invalid_input_writes_nothing,
+    model_lifecycle,
+    model_cache_sees_other_nodes_after_ttl,
+    model_invalid_input_writes_nothing,
+    user_keys_lifecycle,
+    user_keys_nodes_share_one_keyspace,
+    user_keys_invalid_input_writes_nothing,
     prop_verify_never_panics,
     prop_update_remaining_agrees_with_model,
     prop_refill_agrees_with_model,
