@@ -29,6 +29,8 @@ const REVOCATION_KIND: &str = "token_revocation";
 /// A kid unknown to this node reloads the ring at most this often.
 const UNKNOWN_KID_RELOAD_MS: i64 = 1_000;
 const MAX_GROUPS: usize = 256;
+/// Revocation states kept even when the token cache is small or off.
+const MIN_SUBJECTS: usize = 1024;
 const MAX_LABEL: usize = 256;
 
 /// How [`TokenService`] mints and verifies.
@@ -48,7 +50,8 @@ pub struct TokenConfig {
     /// [`TokenService::rotate`] without one. Default EdDSA.
     pub algorithm: SigningAlgorithm,
     /// At most this many verified tokens are cached (and as many subjects'
-    /// revocation times). Default 100 000.
+    /// revocation states, at least 1024). 0 turns the token cache off.
+    /// Default 100 000.
     pub cache_capacity: usize,
     /// How long what this node knows of the store (revocations, the key
     /// ring) is trusted before it is read again: the bound on how late a
@@ -394,6 +397,9 @@ impl TokenService {
             return Ok(Err(TokenRejection::Revoked));
         }
         let verified = Arc::new(verified);
+        if self.inner.config.cache_capacity == 0 {
+            return Ok(Ok(verified));
+        }
         self.make_room();
         self.inner.cache.insert(
             hash,
@@ -531,10 +537,11 @@ impl TokenService {
 
     fn remember(&self, subject: &str, s: SubjectState) {
         let subjects = &self.inner.subjects;
-        if subjects.len() >= self.inner.config.cache_capacity && !subjects.contains_key(subject) {
+        let cap = self.inner.config.cache_capacity.max(MIN_SUBJECTS);
+        if subjects.len() >= cap && !subjects.contains_key(subject) {
             // Forgetting is safe: a forgotten subject is read again.
             subjects.retain(|_, v| v.revoked_at.is_some());
-            if subjects.len() >= self.inner.config.cache_capacity {
+            if subjects.len() >= cap {
                 subjects.clear();
             }
         }
