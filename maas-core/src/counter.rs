@@ -10,6 +10,10 @@
 //! [`LocalCounters`] is the in-process implementation: the memory backend
 //! stores its counters in one, and `fast` per-key rate limits use one per node.
 
+mod sliding;
+
+pub use sliding::{SlidingSpec, SlidingState, SlidingTake};
+
 use std::fmt;
 
 use dashmap::DashMap;
