@@ -378,3 +378,58 @@ async fn authenticates_in_a_chain() {
     // A maas token's kid unknown here is "not mine" to the chain.
     assert_eq!(tokens.authenticate("a.b.c").await, Ok(None));
 }
+
+/// Arbitrary input, and well-formed tokens carrying arbitrary headers and
+/// claims under a real kid, are refused without a panic.
+#[test]
+fn hostile_tokens_never_panic_nor_pass() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let clock = ManualClock::default();
+    let s = rt.block_on(service(
+        &MemoryStore::new().storage(),
+        &clock,
+        TokenConfig::default(),
+    ));
+    let kid = s.mint(&alice(), None, Duration::from_secs(60)).unwrap().kid;
+    let json = prop_oneof![
+        Just(json!(null)),
+        any::<i64>().prop_map(|n| json!(n)),
+        ".{0,20}".prop_map(|t| json!(t)),
+        prop::collection::vec(".{0,8}", 0..4).prop_map(|v| json!(v)),
+    ];
+    let fields = prop::collection::hash_map(
+        prop_oneof![
+            Just("alg".to_string()),
+            Just("kid".to_string()),
+            Just("crit".to_string()),
+            Just("exp".to_string()),
+            Just("sub".to_string()),
+            ".{0,6}".prop_map(String::from)
+        ],
+        json,
+        0..6,
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 256,
+        ..Default::default()
+    });
+    runner
+        .run(
+            &(".{0,200}", fields.clone(), fields, ".{0,90}"),
+            |(raw, mut header, payload, sig)| {
+                assert!(rt.block_on(s.check(&raw)).unwrap().is_err());
+                if header.get("kid").is_none() {
+                    header.insert("kid".into(), json!(kid));
+                }
+                let h = serde_json::to_value(&header).unwrap();
+                let p = serde_json::to_value(&payload).unwrap();
+                let token = format!("{}.{}.{sig}", b64(&h), b64(&p));
+                assert!(rt.block_on(s.check(&token)).unwrap().is_err());
+                Ok(())
+            },
+        )
+        .unwrap();
+}

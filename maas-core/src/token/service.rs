@@ -318,7 +318,7 @@ impl TokenService {
             .get(&identity.user)
             .and_then(|s| s.revoked_at);
         let iat_ms = match revoked {
-            Some(r) if r >= now => r + 1,
+            Some(r) if r >= now => r.saturating_add(1),
             _ => now,
         };
         let exp_ms = now.saturating_add(ms(ttl));
@@ -333,7 +333,7 @@ impl TokenService {
             iat: now.div_euclid(1000),
             nbf: now.div_euclid(1000),
             // Rounded up: a token never expires before its TTL.
-            exp: (exp_ms + 999).div_euclid(1000),
+            exp: exp_ms.saturating_add(999).div_euclid(1000),
             jti: URL_SAFE_NO_PAD.encode(jti),
             iat_ms,
         };
@@ -344,7 +344,7 @@ impl TokenService {
             .map_err(|e| Error::internal(format!("signing a token: {e}")))?;
         Ok(MintedToken {
             token,
-            expires_at: Timestamp::from_millis(claims.exp * 1000),
+            expires_at: Timestamp::from_millis(claims.exp.saturating_mul(1000)),
             jti: claims.jti,
             kid: ring.signer.kid.clone(),
         })
@@ -370,6 +370,9 @@ impl TokenService {
     ) -> Result<std::result::Result<Arc<VerifiedToken>, TokenRejection>> {
         let now = self.now().as_millis();
         let leeway = ms(self.inner.config.leeway);
+        if token.len() > jwt::MAX_TOKEN_LEN {
+            return Ok(Err(TokenRejection::Malformed));
+        }
         let Some(dot) = token.rfind('.') else {
             return Ok(Err(TokenRejection::Malformed));
         };
