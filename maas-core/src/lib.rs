@@ -19,6 +19,7 @@ mod catalog;
 pub mod clock;
 pub mod counter;
 pub mod error;
+pub mod fairshare;
 pub mod id;
 pub mod identity;
 pub mod key;
@@ -39,6 +40,10 @@ pub use audit::{Actor, AuditEvent, AuditQuery};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use counter::{Balance, BalanceOp, LocalCounters, Refill, RefillInterval, WindowSpec};
 pub use error::{Error, Result};
+pub use fairshare::{
+    Admission, FairShare, FairShareConfig, GroupSnapshot, OutputCharging, Permit, RejectReason,
+    Rejected, Request, Snapshot, TenantSnapshot, Waiting,
+};
 pub use id::{KeyId, KeyspaceId, TenantId};
 pub use identity::{Authenticator, Chain, Identity, StaticTokens};
 pub use key::{
