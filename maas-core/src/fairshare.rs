@@ -186,10 +186,7 @@ impl Rejected {
                 self.tenant, self.limit
             ),
         };
-        format!(
-            "{what}; retry after {} ms",
-            self.retry_after.as_millis()
-        )
+        format!("{what}; retry after {} ms", self.retry_after.as_millis())
     }
 }
 
@@ -448,10 +445,7 @@ impl State {
         }
         let seq = self.seq();
         let grp = &mut self.groups[g];
-        let floor = grp
-            .backlogged
-            .first()
-            .map_or(grp.last_departed, |e| e.0.0);
+        let floor = grp.backlogged.first().map_or(grp.last_departed, |e| e.0.0);
         let ten = &mut self.tenants[t];
         ten.counter = ten.counter.max(floor);
         ten.backlog_seq = Some(seq);
@@ -524,13 +518,19 @@ impl State {
         }
         let &(_, _, g) = self.backlogged.first()?;
         let &(_, _, t) = self.groups[g].backlogged.first()?;
-        let id = *self.tenants[t].queue.first()?;
-        self.unqueue(t, id);
+        let id = self.tenants[t].queue.pop_first()?;
+        self.queued = self.queued.saturating_sub(1);
+        self.groups[g].queued = self.groups[g].queued.saturating_sub(1);
         let (input, estimate) = match self.waiters.get(&id) {
             Some(w) => (w.input, w.estimate),
             None => (0, 0),
         };
+        // Charge while still backlogged, so a tenant (group) that leaves the
+        // backlog now leaves its charged counter as the last departed one.
         self.start(t, input, estimate);
+        if self.tenants[t].queue.is_empty() {
+            self.leave_backlog(t);
+        }
         let w = self.waiters.get_mut(&id)?;
         match std::mem::replace(
             &mut w.state,
@@ -989,7 +989,10 @@ impl Permit {
         let mut st = self.shared.lock();
         let delta = actual as f64 - self.input as f64;
         let ten = &mut st.tenants[self.tenant];
-        ten.served_in = ten.served_in.saturating_sub(self.input).saturating_add(actual);
+        ten.served_in = ten
+            .served_in
+            .saturating_sub(self.input)
+            .saturating_add(actual);
         let s = st.cfg.input_weight * delta;
         st.charge(self.tenant, s);
         self.input = actual;
