@@ -53,6 +53,24 @@
 //! Unknown tenants are admitted with [`DEFAULT_WEIGHT`] in
 //! [`DEFAULT_GROUP`]. Its one lock is a std mutex that is never held across
 //! an await.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! use maas_core::fairshare::{FairShare, FairShareConfig, Request};
+//!
+//! let fair = FairShare::new(FairShareConfig { max_in_flight: 1, ..Default::default() })?;
+//! fair.set_group_weight("research", 300)?;
+//! fair.set_tenant("acme", 200, "research")?;
+//! let mut permit = fair.acquire(Request::new("acme", 812, 256)).await?;
+//! permit.record_output(1); // per streamed token, or permit.finish(total)
+//! let live = fair.snapshot();
+//! assert_eq!((live.in_flight, live.queued, live.max_in_flight), (1, 0, 1));
+//! drop(permit); // releases the slot (also on disconnect)
+//! fair.set_max_in_flight(16); // live
+//! assert_eq!(fair.snapshot().in_flight, 0);
+//! # Ok::<(), maas_core::Error>(())
+//! # }).unwrap();
+//! ```
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;

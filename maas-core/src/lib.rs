@@ -105,6 +105,10 @@ mod send_check {
         send(u.delete("u", "k"));
     }
 
+    fn fairshare(f: &FairShare) {
+        send(f.acquire(Request::new("t", 1, 1)));
+    }
+
     fn tenants(s: &TenantService, a: &Actor, id: &TenantId) {
         send(s.update(a, id, TenantUpdate::default()));
         send(s.create(a, NewTenant::default()));

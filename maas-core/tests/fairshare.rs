@@ -435,3 +435,109 @@ fn bad_settings_are_refused() {
     };
     assert!(FairShare::new(bad).is_err());
 }
+
+/// Random operations (arrivals of several tenants in two groups, releases,
+/// cancellations, output reports, capacity and weight changes); after each:
+/// the totals match the per-tenant and per-group views, a free slot never
+/// idles while something waits, and nothing is lost.
+#[test]
+fn random_operations_keep_the_invariants() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let s = sched_with(FairShareConfig {
+        max_in_flight: 3,
+        max_queue_per_tenant: 5,
+        queue_timeout: None,
+        output_charging: OutputCharging::Predicted,
+        ..FairShareConfig::default()
+    });
+    s.set_group_weight("g1", 1).unwrap();
+    s.set_group_weight("g2", 3).unwrap();
+    let names = ["t0", "t1", "t2", "t3", "t4"];
+    for (i, n) in names.iter().enumerate() {
+        s.set_tenant(n, 1 + i as u32, if i % 2 == 0 { "g1" } else { "g2" })
+            .unwrap();
+    }
+    let mut running: Vec<Permit> = Vec::new();
+    let mut waiting: Vec<Waiting> = Vec::new();
+    let (mut arrived, mut rejected, mut cancelled, mut finished) = (0u64, 0u64, 0u64, 0u64);
+    for step in 0..5_000 {
+        match rnd(10) {
+            0..=3 => {
+                arrived += 1;
+                let r = Request::new(names[rnd(5) as usize], rnd(500), rnd(300));
+                match s.try_acquire(r) {
+                    Ok(Admission::Admitted(p)) => running.push(p),
+                    Ok(Admission::Queued(w)) => waiting.push(w),
+                    Err(e) => {
+                        assert_eq!(e.reason, RejectReason::QueueFull);
+                        rejected += 1;
+                    }
+                }
+            }
+            4..=5 if !running.is_empty() => {
+                let p = running.swap_remove(rnd(running.len() as u64) as usize);
+                p.finish(rnd(400));
+                finished += 1;
+            }
+            6 if !waiting.is_empty() => {
+                drop(waiting.swap_remove(rnd(waiting.len() as u64) as usize));
+                cancelled += 1;
+            }
+            7 if !running.is_empty() => {
+                let i = rnd(running.len() as u64) as usize;
+                running[i].record_output(1 + rnd(20));
+            }
+            8 => s.set_max_in_flight(rnd(6) as usize),
+            9 => {
+                let n = names[rnd(5) as usize];
+                let g = if rnd(2) == 0 { "g1" } else { "g2" };
+                s.set_tenant(n, 1 + rnd(10) as u32, g).unwrap();
+            }
+            _ => {}
+        }
+        // Collect grants.
+        let mut i = 0;
+        while i < waiting.len() {
+            if let Some(p) = poll(&mut waiting[i]) {
+                running.push(p);
+                waiting.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.in_flight, running.len(), "step {step}");
+        assert_eq!(snap.queued, waiting.len(), "step {step}");
+        if snap.queued > 0 {
+            assert!(
+                snap.in_flight >= snap.max_in_flight,
+                "idle slot at step {step}"
+            );
+        }
+        let (gi, gq): (usize, usize) = snap
+            .groups
+            .iter()
+            .fold((0, 0), |a, g| (a.0 + g.in_flight, a.1 + g.queued));
+        assert_eq!((gi, gq), (snap.in_flight, snap.queued));
+        for g in &snap.groups {
+            let ti: usize = g.tenants.iter().map(|t| t.in_flight).sum();
+            let tq: usize = g.tenants.iter().map(|t| t.queued).sum();
+            assert_eq!((ti, tq), (g.in_flight, g.queued), "group {}", g.name);
+            assert!(g.counter.is_finite());
+        }
+    }
+    assert_eq!(
+        arrived,
+        rejected + cancelled + finished + running.len() as u64 + waiting.len() as u64
+    );
+    drop(waiting);
+    drop(running);
+    let snap = s.snapshot();
+    assert_eq!((snap.in_flight, snap.queued), (0, 0));
+}
