@@ -19,6 +19,7 @@ mod catalog;
 pub mod clock;
 pub mod counter;
 pub mod error;
+pub mod fairshare;
 pub mod id;
 pub mod identity;
 pub mod key;
@@ -39,6 +40,10 @@ pub use audit::{Actor, AuditEvent, AuditQuery};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use counter::{Balance, BalanceOp, LocalCounters, Refill, RefillInterval, WindowSpec};
 pub use error::{Error, Result};
+pub use fairshare::{
+    Admission, FairShare, FairShareConfig, GroupSnapshot, OutputCharging, Permit, RejectReason,
+    Rejected, Request, Snapshot, TenantSnapshot, Waiting,
+};
 pub use id::{KeyId, KeyspaceId, TenantId};
 pub use identity::{Authenticator, Chain, Identity, StaticTokens};
 pub use key::{
@@ -98,6 +103,10 @@ mod send_check {
         send(u.create("u", "k"));
         send(u.list("u"));
         send(u.delete("u", "k"));
+    }
+
+    fn fairshare(f: &FairShare) {
+        send(f.acquire(Request::new("t", 1, 1)));
     }
 
     fn tenants(s: &TenantService, a: &Actor, id: &TenantId) {
