@@ -8,9 +8,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::audit::{Actor, AuditEvent};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::storage::{MAX_PAGE_SIZE, PageRequest, Record, RecordStore};
+use crate::versioned::{self, Versioned};
 
 /// How long a snapshot is used before it is read from the store again,
 /// unless configured otherwise.
@@ -25,16 +27,20 @@ pub(crate) fn to_record<T: Serialize>(
     updated_at: Timestamp,
     version: u64,
 ) -> Result<Record> {
-    let body = serde_json::to_value(value)
-        .map_err(|e| Error::internal(format!("cannot serialize {kind} '{id}': {e}")))?;
     Ok(Record {
         kind: kind.to_owned(),
         id: id.to_owned(),
-        body,
+        body: to_body(kind, id, value)?,
         created_at,
         updated_at,
         version,
     })
+}
+
+/// `value` as the body of the record `id` of `kind`.
+pub(crate) fn to_body<T: Serialize>(kind: &str, id: &str, value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value)
+        .map_err(|e| Error::internal(format!("cannot serialize {kind} '{id}': {e}")))
 }
 
 /// The value stored in `record`. A body that does not parse is
@@ -59,6 +65,130 @@ pub(crate) async fn load_all(records: &dyn RecordStore, kind: &str) -> Result<Ve
             Some(c) => page.cursor = Some(c),
             None => return Ok(out),
         }
+    }
+}
+
+/// A typed catalog entry: one record of kind [`Entry::KIND`] per value,
+/// every change audited with the value before and after.
+pub(crate) trait Entry: Versioned + Serialize + DeserializeOwned {
+    /// The record kind, also the audit target kind, the not-found kind and
+    /// the prefix of the audit actions (`tier.create`, ...).
+    const KIND: &'static str;
+    /// The record id.
+    fn id(&self) -> &str;
+    /// When it was created.
+    fn created_at(&self) -> Timestamp;
+    /// The value as the audit log shows it.
+    fn audit_value(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self).ok()
+    }
+}
+
+/// The entry `id`, with the stored version. [`Error::NotFound`] if absent.
+pub(crate) async fn get_entry<T: Entry>(records: &dyn RecordStore, id: &str) -> Result<T> {
+    let record = records
+        .get_record(T::KIND, id)
+        .await?
+        .ok_or_else(|| Error::not_found(T::KIND, id))?;
+    let mut value: T = from_record(&record)?;
+    value.set_version(record.version);
+    Ok(value)
+}
+
+/// Every entry of the kind, by id, with their stored versions.
+pub(crate) async fn list_entries<T: Entry>(records: &dyn RecordStore) -> Result<Vec<T>> {
+    load_all(records, T::KIND)
+        .await?
+        .iter()
+        .map(|r| {
+            let mut value: T = from_record(r)?;
+            value.set_version(r.version);
+            Ok(value)
+        })
+        .collect()
+}
+
+/// Stores a new entry (`KIND.create`). [`Error::Conflict`] if the id is taken.
+pub(crate) async fn create_entry<T: Entry>(
+    records: &dyn RecordStore,
+    actor: &Actor,
+    entry: &T,
+    now: Timestamp,
+) -> Result<()> {
+    let record = to_record(T::KIND, entry.id(), entry, now, now, 1)?;
+    let audit = AuditEvent::new(
+        now,
+        actor,
+        &format!("{}.create", T::KIND),
+        T::KIND,
+        entry.id(),
+        None,
+        entry.audit_value(),
+    );
+    records.create_record(&record, audit).await
+}
+
+/// Reads the entry `id`, applies `change` and stores it as `action`,
+/// retrying when a concurrent change won. Returns the entry after.
+pub(crate) async fn update_entry<T: Entry>(
+    records: &dyn RecordStore,
+    actor: &Actor,
+    id: &str,
+    action: &str,
+    now: Timestamp,
+    change: impl FnMut(&mut T) -> Result<()>,
+) -> Result<T> {
+    let (_, after) = versioned::update(
+        T::KIND,
+        || get_entry::<T>(records, id),
+        change,
+        move |before: T, after: T| async move {
+            let record = to_record(
+                T::KIND,
+                after.id(),
+                &after,
+                after.created_at(),
+                now,
+                after.version(),
+            )?;
+            let audit = AuditEvent::new(
+                now,
+                actor,
+                action,
+                T::KIND,
+                after.id(),
+                before.audit_value(),
+                after.audit_value(),
+            );
+            records
+                .update_record(&record, before.version(), audit)
+                .await
+        },
+    )
+    .await?;
+    Ok(after)
+}
+
+/// Removes the entry `id` (`KIND.delete`, with the value before).
+pub(crate) async fn delete_entry<T: Entry>(
+    records: &dyn RecordStore,
+    actor: &Actor,
+    id: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let before: T = get_entry(records, id).await?;
+    let audit = AuditEvent::new(
+        now,
+        actor,
+        &format!("{}.delete", T::KIND),
+        T::KIND,
+        id,
+        before.audit_value(),
+        None,
+    );
+    match records.delete_record(T::KIND, id, audit).await {
+        Err(Error::NotFound { .. }) => Err(Error::not_found(T::KIND, id)),
+        other => other,
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::Actor;
 use crate::catalog::{self, SnapshotCell};
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
@@ -27,7 +27,6 @@ use crate::patch::Patch;
 use crate::storage::Storage;
 use crate::tier::{MAX_TIER_NAME, ModelAccess, Tier};
 use crate::validate;
-use crate::versioned;
 
 /// The record kind of models.
 pub const MODEL_KIND: &str = "model";
@@ -279,10 +278,6 @@ impl Model {
             p.validate()?;
         }
         self.cache.validate()
-    }
-
-    fn audit_value(&self) -> Option<serde_json::Value> {
-        serde_json::to_value(self).ok()
     }
 }
 
@@ -567,37 +562,14 @@ impl ModelService {
             version: 1,
         };
         model.validate()?;
-        let record = catalog::to_record(MODEL_KIND, &model.id, &model, now, now, 1)?;
-        let audit = AuditEvent::new(
-            now,
-            actor,
-            "model.create",
-            MODEL_KIND,
-            &model.id,
-            None,
-            model.audit_value(),
-        );
-        self.inner
-            .storage
-            .records
-            .create_record(&record, audit)
-            .await?;
+        catalog::create_entry(&*self.inner.storage.records, actor, &model, now).await?;
         self.refresh().await;
         Ok(model)
     }
 
     /// The model `id`, read from the store.
     pub async fn get(&self, id: &str) -> Result<Model> {
-        let record = self
-            .inner
-            .storage
-            .records
-            .get_record(MODEL_KIND, id)
-            .await?
-            .ok_or_else(|| Error::not_found("model", id))?;
-        let mut model: Model = catalog::from_record(&record)?;
-        model.version = record.version;
-        Ok(model)
+        catalog::get_entry(&*self.inner.storage.records, id).await
     }
 
     /// The model `id` from the snapshot (no I/O unless it is stale).
@@ -625,15 +597,7 @@ impl ModelService {
 
     /// Every model, by id, read from the store.
     pub async fn list(&self) -> Result<Vec<Model>> {
-        let records = catalog::load_all(&*self.inner.storage.records, MODEL_KIND).await?;
-        records
-            .iter()
-            .map(|r| {
-                let mut m: Model = catalog::from_record(r)?;
-                m.version = r.version;
-                Ok(m)
-            })
-            .collect()
+        catalog::list_entries(&*self.inner.storage.records).await
     }
 
     /// The models `tier` may use, by id, from the snapshot.
@@ -656,36 +620,12 @@ impl ModelService {
         mut change: impl FnMut(&mut Model),
     ) -> Result<Model> {
         let now = self.now();
-        let records = &self.inner.storage.records;
-        let (_, after) = versioned::update(
-            "model",
-            || self.get(id),
-            |m| {
-                change(m);
-                m.updated_at = now;
-                m.validate()
-            },
-            move |before, after| async move {
-                let record = catalog::to_record(
-                    MODEL_KIND,
-                    id,
-                    &after,
-                    after.created_at,
-                    now,
-                    after.version,
-                )?;
-                let audit = AuditEvent::new(
-                    now,
-                    actor,
-                    action,
-                    MODEL_KIND,
-                    id,
-                    before.audit_value(),
-                    after.audit_value(),
-                );
-                records.update_record(&record, before.version, audit).await
-            },
-        )
+        let records = &*self.inner.storage.records;
+        let after = catalog::update_entry(records, actor, id, action, now, |m: &mut Model| {
+            change(m);
+            m.updated_at = now;
+            m.validate()
+        })
         .await?;
         self.refresh().await;
         Ok(after)
@@ -725,29 +665,19 @@ impl ModelService {
 
     /// Removes the model `id`.
     pub async fn delete(&self, actor: &Actor, id: &str) -> Result<()> {
-        let before = self.get(id).await?;
-        let audit = AuditEvent::new(
-            self.now(),
-            actor,
-            "model.delete",
-            MODEL_KIND,
-            id,
-            before.audit_value(),
-            None,
-        );
-        match self
-            .inner
-            .storage
-            .records
-            .delete_record(MODEL_KIND, id, audit)
-            .await
-        {
-            Ok(()) => {}
-            Err(Error::NotFound { .. }) => return Err(Error::not_found("model", id)),
-            Err(e) => return Err(e),
-        }
+        catalog::delete_entry::<Model>(&*self.inner.storage.records, actor, id, self.now()).await?;
         self.refresh().await;
         Ok(())
+    }
+}
+
+impl catalog::Entry for Model {
+    const KIND: &'static str = MODEL_KIND;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn created_at(&self) -> Timestamp {
+        self.created_at
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::Actor;
 use crate::catalog::{self, SnapshotCell};
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
@@ -28,7 +28,6 @@ use crate::model::check_model_id;
 use crate::patch::Patch;
 use crate::storage::{PageRequest, Storage};
 use crate::validate;
-use crate::versioned;
 
 /// The record kind of tiers.
 pub const TIER_KIND: &str = "tier";
@@ -223,10 +222,6 @@ impl Tier {
             });
         }
         Ok(())
-    }
-
-    fn audit_value(&self) -> Option<serde_json::Value> {
-        serde_json::to_value(self).ok()
     }
 
     /// Whether `self` wins over `other` by the lookup rule (higher level,
@@ -443,37 +438,14 @@ impl TierService {
             version: 1,
         };
         tier.validate()?;
-        let record = catalog::to_record(TIER_KIND, &tier.name, &tier, now, now, 1)?;
-        let audit = AuditEvent::new(
-            now,
-            actor,
-            "tier.create",
-            TIER_KIND,
-            &tier.name,
-            None,
-            tier.audit_value(),
-        );
-        self.inner
-            .storage
-            .records
-            .create_record(&record, audit)
-            .await?;
+        catalog::create_entry(&*self.inner.storage.records, actor, &tier, now).await?;
         self.refresh().await;
         Ok(tier)
     }
 
     /// The tier `name`, read from the store.
     pub async fn get(&self, name: &str) -> Result<Tier> {
-        let record = self
-            .inner
-            .storage
-            .records
-            .get_record(TIER_KIND, name)
-            .await?
-            .ok_or_else(|| Error::not_found("tier", name))?;
-        let mut tier: Tier = catalog::from_record(&record)?;
-        tier.version = record.version;
-        Ok(tier)
+        catalog::get_entry(&*self.inner.storage.records, name).await
     }
 
     /// The tier `name` from the snapshot (no I/O unless it is stale).
@@ -487,25 +459,15 @@ impl TierService {
 
     /// Every tier, by name, read from the store.
     pub async fn list(&self) -> Result<Vec<Tier>> {
-        let records = catalog::load_all(&*self.inner.storage.records, TIER_KIND).await?;
-        records
-            .iter()
-            .map(|r| {
-                let mut t: Tier = catalog::from_record(r)?;
-                t.version = r.version;
-                Ok(t)
-            })
-            .collect()
+        catalog::list_entries(&*self.inner.storage.records).await
     }
 
     /// Applies `update` to the tier `name`; retried on concurrent changes.
     pub async fn update(&self, actor: &Actor, name: &str, update: TierUpdate) -> Result<Tier> {
         let now = self.now();
-        let records = &self.inner.storage.records;
-        let (_, after) = versioned::update(
-            "tier",
-            || self.get(name),
-            |t| {
+        let records = &*self.inner.storage.records;
+        let after =
+            catalog::update_entry(records, actor, name, "tier.update", now, |t: &mut Tier| {
                 if let Some(l) = update.level {
                     t.level = l;
                 }
@@ -527,56 +489,16 @@ impl TierService {
                 }
                 t.updated_at = now;
                 t.validate()
-            },
-            move |before, after| async move {
-                let record = catalog::to_record(
-                    TIER_KIND,
-                    &after.name,
-                    &after,
-                    after.created_at,
-                    now,
-                    after.version,
-                )?;
-                let audit = AuditEvent::new(
-                    now,
-                    actor,
-                    "tier.update",
-                    TIER_KIND,
-                    &after.name,
-                    before.audit_value(),
-                    after.audit_value(),
-                );
-                records.update_record(&record, before.version, audit).await
-            },
-        )
-        .await?;
+            })
+            .await?;
         self.refresh().await;
         Ok(after)
     }
 
     /// Removes the tier `name`.
     pub async fn delete(&self, actor: &Actor, name: &str) -> Result<()> {
-        let before = self.get(name).await?;
-        let audit = AuditEvent::new(
-            self.now(),
-            actor,
-            "tier.delete",
-            TIER_KIND,
-            name,
-            before.audit_value(),
-            None,
-        );
-        match self
-            .inner
-            .storage
-            .records
-            .delete_record(TIER_KIND, name, audit)
-            .await
-        {
-            Ok(()) => {}
-            Err(Error::NotFound { .. }) => return Err(Error::not_found("tier", name)),
-            Err(e) => return Err(e),
-        }
+        catalog::delete_entry::<Tier>(&*self.inner.storage.records, actor, name, self.now())
+            .await?;
         self.refresh().await;
         Ok(())
     }
@@ -619,6 +541,16 @@ impl TierService {
             }
         }
         Ok(created)
+    }
+}
+
+impl catalog::Entry for Tier {
+    const KIND: &'static str = TIER_KIND;
+    fn id(&self) -> &str {
+        &self.name
+    }
+    fn created_at(&self) -> Timestamp {
+        self.created_at
     }
 }
 

@@ -16,6 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
 use super::{Authenticator, Identity};
+use crate::catalog::millis;
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
 use crate::token::TokenRejection;
@@ -104,10 +105,6 @@ impl fmt::Debug for JwksAuthenticator {
             .field("keys", &self.keys().len())
             .finish()
     }
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl JwksAuthenticator {
@@ -229,8 +226,8 @@ impl JwksAuthenticator {
         let keys = self.keys();
         let since = now.saturating_sub(self.inner.fetched_at.load(Ordering::Relaxed));
         let cfg = &self.inner.config;
-        let due =
-            since >= ms(cfg.refresh) || (!keys.contains_key(kid) && since >= ms(cfg.min_refresh));
+        let due = since >= millis(cfg.refresh)
+            || (!keys.contains_key(kid) && since >= millis(cfg.min_refresh));
         if due && self.refresh().await.is_ok() {
             return self.keys();
         }
@@ -261,7 +258,7 @@ impl JwksAuthenticator {
                 issuer: &cfg.issuer,
                 audience: Some(&cfg.audience),
                 now_ms: now,
-                leeway_ms: ms(cfg.leeway),
+                leeway_ms: millis(cfg.leeway),
             },
         )?;
         let user = claims

@@ -18,11 +18,12 @@ use super::keys::{
 use super::ttl::parse_ttl;
 use super::{TokenRejection, VerifiedToken};
 use crate::audit::{Actor, AuditEvent};
+use crate::catalog::{self, millis};
 use crate::clock::{SharedClock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
 use crate::identity::{Authenticator, Identity};
 use crate::key::{KeyHash, KeyHasher};
-use crate::storage::{Record, Storage};
+use crate::storage::Storage;
 use crate::validate;
 
 const REVOCATION_KIND: &str = "token_revocation";
@@ -213,10 +214,6 @@ impl std::fmt::Debug for TokenService {
     }
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl TokenService {
     /// Opens the service on `storage` with the system clock: loads the key
     /// ring, generating it on first start.
@@ -321,7 +318,7 @@ impl TokenService {
             Some(r) if r >= now => r.saturating_add(1),
             _ => now,
         };
-        let exp_ms = now.saturating_add(ms(ttl));
+        let exp_ms = now.saturating_add(millis(ttl));
         let mut jti = [0u8; 16];
         rand::rng().fill_bytes(&mut jti);
         let claims = Claims {
@@ -369,7 +366,7 @@ impl TokenService {
         token: &str,
     ) -> Result<std::result::Result<Arc<VerifiedToken>, TokenRejection>> {
         let now = self.now().as_millis();
-        let leeway = ms(self.inner.config.leeway);
+        let leeway = millis(self.inner.config.leeway);
         if token.len() > jwt::MAX_TOKEN_LEN {
             return Ok(Err(TokenRejection::Malformed));
         }
@@ -427,7 +424,7 @@ impl TokenService {
             return;
         }
         let now = self.now().as_millis();
-        let leeway = ms(self.inner.config.leeway);
+        let leeway = millis(self.inner.config.leeway);
         self.inner
             .cache
             .retain(|_, c| now < c.exp_ms.saturating_add(leeway));
@@ -452,7 +449,7 @@ impl TokenService {
             return Ok(Err(TokenRejection::UnknownKey));
         };
         let mut ring = self.ring();
-        let refresh = ms(self.inner.config.refresh);
+        let refresh = millis(self.inner.config.refresh);
         let loaded = self.inner.ring_loaded_at.load(Ordering::Relaxed);
         let stale = now.saturating_sub(loaded) >= refresh;
         let unknown =
@@ -511,7 +508,7 @@ impl TokenService {
     /// Whether `subject`'s tokens issued at `iat_ms` are revoked, reading the
     /// store when what this node knows is older than the refresh interval.
     async fn revoked(&self, subject: &str, iat_ms: i64, now: i64) -> Result<bool> {
-        let refresh = ms(self.inner.config.refresh);
+        let refresh = millis(self.inner.config.refresh);
         let known = self.inner.subjects.get(subject).map(|s| *s);
         let state = match known {
             Some(s) if now.saturating_sub(s.checked_at) < refresh => s,
@@ -522,7 +519,7 @@ impl TokenService {
                     .records
                     .get_record(REVOCATION_KIND, subject)
                     .await?
-                    .map(|r| revocation_of(&r))
+                    .map(|r| catalog::from_record::<Revocation>(&r))
                     .transpose()?
                     .map(|r| r.revoked_at.as_millis());
                 // Never forget a newer revocation made here meanwhile.
@@ -564,8 +561,7 @@ impl TokenService {
         let records = &self.inner.storage.records;
         loop {
             let now = self.now();
-            let body = serde_json::to_value(Revocation { revoked_at: now })
-                .map_err(|e| Error::internal(e.to_string()))?;
+            let body = catalog::to_body(REVOCATION_KIND, subject, &Revocation { revoked_at: now })?;
             let audit = |before: Option<serde_json::Value>| {
                 AuditEvent::new(
                     now,
@@ -579,18 +575,13 @@ impl TokenService {
             };
             let outcome = match records.get_record(REVOCATION_KIND, subject).await? {
                 None => {
-                    let rec = Record {
-                        kind: REVOCATION_KIND.into(),
-                        id: subject.into(),
-                        body: body.clone(),
-                        created_at: now,
-                        updated_at: now,
-                        version: 1,
-                    };
-                    records.create_record(&rec, audit(None)).await
+                    let revocation = Revocation { revoked_at: now };
+                    let fresh =
+                        catalog::to_record(REVOCATION_KIND, subject, &revocation, now, now, 1)?;
+                    records.create_record(&fresh, audit(None)).await
                 }
                 Some(cur) => {
-                    let old = revocation_of(&cur)?;
+                    let old = catalog::from_record::<Revocation>(&cur)?;
                     if old.revoked_at >= now {
                         // Already revoked at or after now (another node's
                         // clock ran ahead): nothing newer to store.
@@ -699,12 +690,12 @@ impl TokenService {
                     "the token key ring is missing from the store",
                 ));
             };
-            let before: StoredRing = ring_of(&cur)?;
+            let before: StoredRing = catalog::from_record::<StoredRing>(&cur)?;
             let mut after = before.clone();
             change(&mut after)?;
             let now = self.now();
             let mut next = cur.clone();
-            next.body = serde_json::to_value(&after).map_err(|e| Error::internal(e.to_string()))?;
+            next.body = catalog::to_body(KEYRING_KIND, KEYRING_ID, &after)?;
             next.updated_at = now;
             let audit = AuditEvent::new(
                 now,
@@ -762,19 +753,9 @@ impl TokenService {
     }
 }
 
-fn ring_of(r: &Record) -> Result<StoredRing> {
-    serde_json::from_value(r.body.clone())
-        .map_err(|e| Error::internal(format!("the token key ring is malformed: {e}")))
-}
-
-fn revocation_of(r: &Record) -> Result<Revocation> {
-    serde_json::from_value(r.body.clone())
-        .map_err(|e| Error::internal(format!("revocation of '{}' is malformed: {e}", r.id)))
-}
-
 async fn read_ring(storage: &Storage) -> Result<Option<(StoredRing, u64)>> {
     match storage.records.get_record(KEYRING_KIND, KEYRING_ID).await? {
-        Some(r) => Ok(Some((ring_of(&r)?, r.version))),
+        Some(r) => Ok(Some((catalog::from_record::<StoredRing>(&r)?, r.version))),
         None => Ok(None),
     }
 }
@@ -795,14 +776,7 @@ async fn load_or_create_ring(
             active: key.kid.clone(),
             keys: vec![key],
         };
-        let record = Record {
-            kind: KEYRING_KIND.into(),
-            id: KEYRING_ID.into(),
-            body: serde_json::to_value(&ring).map_err(|e| Error::internal(e.to_string()))?,
-            created_at: now,
-            updated_at: now,
-            version: 1,
-        };
+        let record = catalog::to_record(KEYRING_KIND, KEYRING_ID, &ring, now, now, 1)?;
         let audit = AuditEvent::new(
             now,
             &Actor::system(),
