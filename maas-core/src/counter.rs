@@ -10,11 +10,19 @@
 //! [`LocalCounters`] is the in-process implementation: the memory backend
 //! stores its counters in one, and `fast` per-key rate limits use one per node.
 
+mod limit;
 mod sliding;
 
-pub use sliding::{SlidingSpec, SlidingState, SlidingTake};
+pub use limit::{
+    Decision, LimitOp, LimitSpec, LimitState, Period, PeriodSpec, PeriodState, Reserved, SettleOp,
+    reserve_all,
+};
+pub use sliding::{SlidingSpec, SlidingState};
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
@@ -322,19 +330,90 @@ impl WindowState {
 
 /// In-process counters: exact within one process, lock-striped, no I/O.
 ///
-/// Each operation holds the lock of one map shard for the few nanoseconds of
-/// its arithmetic, so concurrent operations on one counter are serialized and
-/// none is lost.
-#[derive(Debug, Default)]
+/// Each operation holds the lock of its counter's stripe (several stripes,
+/// taken in index order, for a multi-counter reservation) for the few
+/// nanoseconds of its arithmetic, so concurrent operations on one counter are
+/// serialized and none is lost, and a reservation is all or none.
+#[derive(Debug)]
 pub struct LocalCounters {
     balances: DashMap<String, Balance>,
-    windows: DashMap<String, WindowState>,
+    limits: Stripes,
+}
+
+impl Default for LocalCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const STRIPES: usize = 64;
+
+type Stripe = HashMap<Box<str>, LimitState>;
+
+#[derive(Debug)]
+struct Stripes {
+    hasher: RandomState,
+    stripes: Box<[Mutex<Stripe>]>,
+}
+
+impl Stripes {
+    fn new() -> Self {
+        Stripes {
+            hasher: RandomState::new(),
+            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn index(&self, id: &str) -> usize {
+        (self.hasher.hash_one(id) as usize) % STRIPES
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Stripe> {
+        // The sections hold no invariant a panic could break halfway.
+        match self.stripes[i % STRIPES].lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn with<R>(&self, id: &str, f: impl FnOnce(&mut Stripe) -> R) -> R {
+        f(&mut self.lock(self.index(id)))
+    }
+
+    /// Locks the stripes of `ids` in index order (no deadlock between two
+    /// reservations) and runs `f` with a lookup from id to its stripe.
+    fn with_all<R>(
+        &self,
+        ids: &[&str],
+        f: impl FnOnce(&mut [(usize, MutexGuard<'_, Stripe>)], &[usize]) -> R,
+    ) -> R {
+        let idx: Vec<usize> = ids.iter().map(|id| self.index(id)).collect();
+        let mut order = idx.clone();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Stripe>)> =
+            order.iter().map(|&i| (i, self.lock(i))).collect();
+        f(&mut guards, &idx)
+    }
+}
+
+fn stripe_of<'a, 'g>(
+    guards: &'a mut [(usize, MutexGuard<'g, Stripe>)],
+    i: usize,
+) -> Option<&'a mut Stripe> {
+    guards
+        .iter_mut()
+        .find(|(j, _)| *j == i)
+        .map(|(_, g)| &mut **g)
 }
 
 impl LocalCounters {
     /// Empty counters.
     pub fn new() -> Self {
-        Self::default()
+        LocalCounters {
+            balances: DashMap::new(),
+            limits: Stripes::new(),
+        }
     }
 
     /// The balance `id`, if it exists.
@@ -388,24 +467,91 @@ impl LocalCounters {
 
     /// Takes `cost` units from the window counter `id`. Atomic.
     pub fn take(&self, id: &str, spec: &WindowSpec, cost: u64, now: Timestamp) -> WindowTake {
-        // Fast path: the counter exists; no key allocation.
-        if let Some(mut s) = self.windows.get_mut(id) {
-            let (next, take) = WindowState::take(Some(*s), spec, cost, now);
-            *s = next;
-            return take;
+        self.take_limit(id, &LimitSpec::Bucket(*spec), cost, now)
+    }
+
+    /// Takes `cost` units from the limit counter `id` ([`LimitSpec::take`]). Atomic.
+    pub fn take_limit(&self, id: &str, spec: &LimitSpec, cost: u64, now: Timestamp) -> Decision {
+        self.limits.with(id, |m| {
+            let slot = m.get_mut(id);
+            let before = slot.as_deref().copied();
+            let (next, d) = spec.take(before, cost, now);
+            match slot {
+                Some(s) => *s = next,
+                None => {
+                    m.insert(id.into(), next);
+                }
+            }
+            d
+        })
+    }
+
+    /// Takes every op or none ([`reserve_all`]). Atomic over all of them.
+    pub fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Reserved {
+        if let [op] = ops {
+            let d = self.take_limit(&op.id, &op.spec, op.cost, now);
+            return Reserved {
+                admitted: d.allowed,
+                decisions: vec![d],
+            };
         }
-        let mut entry = self.windows.entry(id.to_owned()).or_insert(WindowState {
-            window: spec.window_of(now),
-            available: spec.limit,
-        });
-        let (next, take) = WindowState::take(Some(*entry), spec, cost, now);
-        *entry = next;
-        take
+        let ids: Vec<&str> = ops.iter().map(|o| o.id.as_str()).collect();
+        self.limits.with_all(&ids, |guards, idx| {
+            let (out, states) = reserve_all(ops, now, |id| {
+                let i = ids.iter().position(|x| *x == id)?;
+                stripe_of(guards, idx[i])?.get(id).copied()
+            });
+            for ((op, state), &i) in ops.iter().zip(states).zip(idx) {
+                if let Some(m) = stripe_of(guards, i) {
+                    m.insert(op.id.as_str().into(), state);
+                }
+            }
+            out
+        })
+    }
+
+    /// Settles each op ([`LimitSpec::settle`]), each atomically; returns the
+    /// state after each.
+    pub fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Vec<LimitState> {
+        ops.iter()
+            .map(|op| {
+                self.limits.with(&op.id, |m| {
+                    let before = m.get(op.id.as_str()).copied();
+                    let (next, _) = op
+                        .spec
+                        .settle(before, op.taken_at, op.reserved, op.used, now);
+                    m.insert(op.id.as_str().into(), next);
+                    next
+                })
+            })
+            .collect()
+    }
+
+    /// The stored state of limit counter `id`.
+    pub fn limit_state(&self, id: &str) -> Option<LimitState> {
+        self.limits.with(id, |m| m.get(id).copied())
+    }
+
+    /// Replaces (`Some`) or removes (`None`) the state of limit counter `id`.
+    pub fn put_limit_state(&self, id: &str, state: Option<LimitState>) {
+        self.limits.with(id, |m| match state {
+            Some(s) => {
+                m.insert(id.into(), s);
+            }
+            None => {
+                m.remove(id);
+            }
+        })
     }
 
     /// Removes the window counter `id` (the next take starts full).
     pub fn reset_window(&self, id: &str) {
-        self.windows.remove(id);
+        self.put_limit_state(id, None);
+    }
+
+    /// How many limit counters are held.
+    pub fn limit_count(&self) -> usize {
+        (0..STRIPES).map(|i| self.limits.lock(i).len()).sum()
     }
 }
 

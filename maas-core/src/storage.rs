@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::clock::Timestamp;
-use crate::counter::{Balance, BalanceOp, Refill, Spend, WindowSpec, WindowTake};
+use crate::counter::{
+    Balance, BalanceOp, LimitOp, LimitState, Refill, Reserved, SettleOp, Spend, WindowSpec,
+    WindowTake,
+};
 use crate::error::{Error, Result};
 use crate::id::{KeyId, KeyspaceId, TenantId};
 use crate::key::{KeyHash, KeyRecord};
@@ -254,6 +257,14 @@ pub trait CounterStore: Send + Sync + fmt::Debug {
     ) -> Result<WindowTake>;
     /// Removes the window counter `id`.
     async fn reset_window(&self, id: &str) -> Result<()>;
+    /// Reserves against several limit counters at once, all or none
+    /// ([`reserve_all`](crate::counter::reserve_all)): either every op's
+    /// cost is taken, or nothing is written. Missing counters start fresh.
+    /// Window counters and limit counters share one id space.
+    async fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Result<Reserved>;
+    /// Settles reservations ([`LimitSpec::settle`](crate::counter::LimitSpec::settle)),
+    /// each op atomically; returns the state of each counter after its op.
+    async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>>;
 }
 
 /// A configuration record of the catalog: one typed value (a tier, a model,

@@ -21,7 +21,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use maas_core::audit::{AuditEvent, AuditQuery};
 use maas_core::counter::{
-    Balance, BalanceOp, LocalCounters, Refill, Spend, WindowSpec, WindowTake,
+    Balance, BalanceOp, LimitOp, LimitState, LocalCounters, Refill, Reserved, SettleOp, Spend,
+    WindowSpec, WindowTake,
 };
 use maas_core::key::{KeyHash, KeyRecord};
 use maas_core::storage::{
@@ -405,6 +406,14 @@ impl CounterStore for MemoryStore {
     async fn reset_window(&self, id: &str) -> Result<()> {
         self.counters.reset_window(id);
         Ok(())
+    }
+
+    async fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Result<Reserved> {
+        Ok(self.counters.reserve(ops, now))
+    }
+
+    async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
+        Ok(self.counters.settle(ops, now))
     }
 }
 

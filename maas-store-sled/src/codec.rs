@@ -1,7 +1,7 @@
 //! Encodings: JSON for records, fixed 16-byte big-endian for counters, and the
 //! byte layouts of index keys.
 
-use maas_core::counter::{Balance, WindowState};
+use maas_core::counter::{Balance, LimitState, PeriodState, SlidingState, WindowState};
 use maas_core::{Error, Result, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,6 +53,63 @@ pub(crate) fn decode_window(bytes: &[u8]) -> Option<WindowState> {
     })
 }
 
+const SLIDING: u8 = b'S';
+const PERIOD: u8 = b'P';
+
+fn u(v: i64) -> u64 {
+    u64::from_be_bytes(v.to_be_bytes())
+}
+
+fn i(v: u64) -> i64 {
+    i64::from_be_bytes(v.to_be_bytes())
+}
+
+/// A limit counter's state. Buckets keep the 16-byte window layout of
+/// earlier versions; the other shapes carry a tag byte first.
+pub(crate) fn encode_limit(s: &LimitState) -> Vec<u8> {
+    match s {
+        LimitState::Bucket(w) => encode_window(w).to_vec(),
+        LimitState::Sliding(s) => {
+            let mut out = Vec::with_capacity(25);
+            out.push(SLIDING);
+            out.extend_from_slice(&pack(s.window, i(s.current)));
+            out.extend_from_slice(&s.previous.to_be_bytes());
+            out
+        }
+        LimitState::Period(p) => {
+            let mut out = Vec::with_capacity(17);
+            out.push(PERIOD);
+            out.extend_from_slice(&pack(p.start, i(p.used)));
+            out
+        }
+    }
+}
+
+/// A limit counter's state; `None` if the bytes are not one (treated as a
+/// fresh counter).
+pub(crate) fn decode_limit(bytes: &[u8]) -> Option<LimitState> {
+    match (bytes.len(), bytes.first()) {
+        (16, _) => decode_window(bytes).map(LimitState::Bucket),
+        (25, Some(&SLIDING)) => {
+            let (window, current) = two_i64(&bytes[1..17])?;
+            let previous: [u8; 8] = bytes.get(17..25)?.try_into().ok()?;
+            Some(LimitState::Sliding(SlidingState {
+                window,
+                current: u(current),
+                previous: u64::from_be_bytes(previous),
+            }))
+        }
+        (17, Some(&PERIOD)) => {
+            let (start, used) = two_i64(&bytes[1..])?;
+            Some(LimitState::Period(PeriodState {
+                start,
+                used: u(used),
+            }))
+        }
+        _ => None,
+    }
+}
+
 /// `a \0 b`: index keys whose parts contain no NUL (ids and labels never
 /// hold control characters), so a prefix scan of `a \0` finds exactly `a`'s
 /// entries, in `b` order.
@@ -92,6 +149,21 @@ mod tests {
         };
         assert_eq!(decode_window(&encode_window(&w)), Some(w));
         assert_eq!(decode_balance(b"short"), None);
+        for l in [
+            LimitState::Bucket(w),
+            LimitState::Sliding(SlidingState {
+                window: -3,
+                current: u64::MAX,
+                previous: 7,
+            }),
+            LimitState::Period(PeriodState {
+                start: 1_700_000_000_000,
+                used: 12,
+            }),
+        ] {
+            assert_eq!(decode_limit(&encode_limit(&l)), Some(l));
+        }
+        assert_eq!(decode_limit(b"S123"), None);
     }
 
     #[test]

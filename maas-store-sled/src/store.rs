@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use maas_core::audit::{AuditEvent, AuditQuery};
-use maas_core::counter::{Balance, BalanceOp, Refill, Spend, WindowSpec, WindowState, WindowTake};
+use maas_core::counter::{
+    Balance, BalanceOp, LimitOp, LimitSpec, LimitState, Refill, Reserved, SettleOp, Spend,
+    WindowSpec, WindowTake, reserve_all,
+};
 use maas_core::key::{KeyHash, KeyRecord};
 use maas_core::storage::{
     AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Record,
@@ -23,7 +26,7 @@ use sled::transaction::{
 use sled::{Db, Transactional, Tree};
 
 use crate::codec::{
-    decode, decode_balance, decode_window, encode, encode_balance, encode_window, joined, last_part,
+    decode, decode_balance, decode_limit, encode, encode_balance, encode_limit, joined, last_part,
 };
 use crate::{FORMAT_VERSION, SledError, SledStore};
 
@@ -917,22 +920,83 @@ impl CounterStore for SledStore {
         cost: u64,
         now: Timestamp,
     ) -> Result<WindowTake> {
-        let mut outcome = None;
-        self.t
-            .windows
-            .update_and_fetch(id.as_bytes(), |old| {
-                let state = old.and_then(decode_window);
-                let (next, take) = WindowState::take(state, spec, cost, now);
-                outcome = Some(take);
-                Some(encode_window(&next).to_vec())
-            })
-            .map_err(map_sled)?;
-        outcome.ok_or_else(|| Error::internal("window update ran no step"))
+        self.take_limit(id, &LimitSpec::Bucket(*spec), cost, now)
     }
 
     async fn reset_window(&self, id: &str) -> Result<()> {
         self.t.windows.remove(id.as_bytes()).map_err(map_sled)?;
         Ok(())
+    }
+
+    async fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Result<Reserved> {
+        if let [op] = ops {
+            let d = self.take_limit(&op.id, &op.spec, op.cost, now)?;
+            return Ok(Reserved {
+                admitted: d.allowed,
+                decisions: vec![d],
+            });
+        }
+        let t = &self.t;
+        t.commit(|| {
+            t.windows.transaction(|tx| {
+                let mut before: Vec<(&str, Option<LimitState>)> = Vec::with_capacity(ops.len());
+                for op in ops {
+                    let s = tx.get(op.id.as_bytes())?.and_then(|v| decode_limit(&v));
+                    before.push((op.id.as_str(), s));
+                }
+                let (out, states) = reserve_all(ops, now, |id| {
+                    before.iter().find(|(i, _)| *i == id).and_then(|(_, s)| *s)
+                });
+                for (op, state) in ops.iter().zip(&states) {
+                    tx.insert(op.id.as_bytes(), encode_limit(state))?;
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let mut after = None;
+            self.t
+                .windows
+                .update_and_fetch(op.id.as_bytes(), |old| {
+                    let state = old.and_then(decode_limit);
+                    let (next, _) = op
+                        .spec
+                        .settle(state, op.taken_at, op.reserved, op.used, now);
+                    after = Some(next);
+                    Some(encode_limit(&next))
+                })
+                .map_err(map_sled)?;
+            out.push(after.ok_or_else(|| Error::internal("limit settle ran no step"))?);
+        }
+        Ok(out)
+    }
+}
+
+impl SledStore {
+    /// One limit op, atomically (sled's compare-and-swap loop).
+    fn take_limit(
+        &self,
+        id: &str,
+        spec: &LimitSpec,
+        cost: u64,
+        now: Timestamp,
+    ) -> Result<WindowTake> {
+        let mut outcome = None;
+        self.t
+            .windows
+            .update_and_fetch(id.as_bytes(), |old| {
+                let state = old.and_then(decode_limit);
+                let (next, take) = spec.take(state, cost, now);
+                outcome = Some(take);
+                Some(encode_limit(&next))
+            })
+            .map_err(map_sled)?;
+        outcome.ok_or_else(|| Error::internal("window update ran no step"))
     }
 }
 

@@ -20,6 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::WindowTake;
 use crate::clock::Timestamp;
 
 /// A sliding window: at most `limit` units in any `window_ms`.
@@ -42,20 +43,6 @@ pub struct SlidingState {
     pub previous: u64,
 }
 
-/// The outcome of a sliding-window operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlidingTake {
-    /// Whether the units were taken.
-    pub allowed: bool,
-    /// The limit.
-    pub limit: u64,
-    /// Units that could still be taken now.
-    pub remaining: u64,
-    /// When the current fixed window ends: by then at least the units taken
-    /// before it have started to slide out.
-    pub reset: Timestamp,
-}
-
 impl SlidingSpec {
     fn width(&self) -> i64 {
         i64::try_from(self.window_ms.max(1)).unwrap_or(i64::MAX)
@@ -68,7 +55,11 @@ impl SlidingSpec {
 
 impl SlidingState {
     /// The state brought forward to the window of `now`.
-    fn at(state: Option<SlidingState>, spec: &SlidingSpec, now: Timestamp) -> SlidingState {
+    pub(crate) fn at(
+        state: Option<SlidingState>,
+        spec: &SlidingSpec,
+        now: Timestamp,
+    ) -> SlidingState {
         let window = spec.window_of(now);
         match state {
             None => SlidingState {
@@ -105,8 +96,8 @@ impl SlidingState {
         share.saturating_add(self.current)
     }
 
-    fn outcome(&self, spec: &SlidingSpec, now: Timestamp, allowed: bool) -> SlidingTake {
-        SlidingTake {
+    fn outcome(&self, spec: &SlidingSpec, now: Timestamp, allowed: bool) -> WindowTake {
+        WindowTake {
             allowed,
             limit: spec.limit,
             remaining: spec.limit.saturating_sub(self.used(spec, now)),
@@ -124,7 +115,7 @@ impl SlidingState {
         spec: &SlidingSpec,
         cost: u64,
         now: Timestamp,
-    ) -> (SlidingState, SlidingTake) {
+    ) -> (SlidingState, WindowTake) {
         let mut s = Self::at(state, spec, now);
         let allowed = s
             .used(spec, now)
@@ -146,7 +137,7 @@ impl SlidingState {
         units: u64,
         taken_at: Timestamp,
         now: Timestamp,
-    ) -> (SlidingState, SlidingTake) {
+    ) -> (SlidingState, WindowTake) {
         let mut s = Self::at(state, spec, now);
         let w = spec.window_of(taken_at);
         if w == s.window {

@@ -16,6 +16,7 @@
 
 mod catalog;
 mod keys;
+mod limits;
 mod probe;
 mod props;
 mod store;
@@ -35,6 +36,7 @@ use crate::storage::Storage;
 
 pub use catalog::*;
 pub use keys::*;
+pub use limits::*;
 pub use probe::{Probe, ProbeCounts};
 pub use props::*;
 pub use store::*;
@@ -79,6 +81,8 @@ scenarios!($;
     counters_window_operations,
     counters_spend_concurrently_exact,
     counters_take_concurrently_exact,
+    counters_reserve_all_or_none,
+    counters_reserve_concurrently_exact,
     records_lifecycle,
     records_update_is_optimistic,
     tokens_key_ring_is_persisted_and_shared,
@@ -118,6 +122,7 @@ scenarios!($;
     prop_refill_agrees_with_model,
     prop_balance_never_overspends,
     prop_window_never_over_admits,
+    prop_reserve_never_over_admits,
 );
 
 /// What most key scenarios start from: a key service on the storage under

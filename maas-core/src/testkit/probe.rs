@@ -8,7 +8,10 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::clock::Timestamp;
-use crate::counter::{Balance, BalanceOp, Refill, Spend, WindowSpec, WindowTake};
+use crate::counter::{
+    Balance, BalanceOp, LimitOp, LimitState, Refill, Reserved, SettleOp, Spend, WindowSpec,
+    WindowTake,
+};
 use crate::error::Result;
 use crate::id::{KeyId, KeyspaceId, TenantId};
 use crate::key::{KeyHash, KeyRecord};
@@ -176,6 +179,14 @@ impl CounterStore for Probe {
     async fn reset_window(&self, id: &str) -> Result<()> {
         self.w();
         self.inner.counters.reset_window(id).await
+    }
+    async fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Result<Reserved> {
+        self.w();
+        self.inner.counters.reserve(ops, now).await
+    }
+    async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
+        self.w();
+        self.inner.counters.settle(ops, now).await
     }
 }
 

@@ -231,7 +231,7 @@ pub async fn prop_refill_agrees_with_model(storage: Storage, clock: ManualClock)
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-fn fresh_id(kind: &str) -> String {
+pub(super) fn fresh_id(kind: &str) -> String {
     format!("prop:{kind}:{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
