@@ -348,7 +348,39 @@ impl Default for LocalCounters {
 
 const STRIPES: usize = 64;
 
-type Stripe = HashMap<Box<str>, LimitState>;
+/// A limit counter held in process: its state, and what was taken here
+/// since it was last synced with the store (fast mode).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    state: LimitState,
+    spec: Option<LimitSpec>,
+    unsynced: u64,
+    touched: bool,
+}
+
+impl Slot {
+    fn new(state: LimitState) -> Self {
+        Slot {
+            state,
+            spec: None,
+            unsynced: 0,
+            touched: false,
+        }
+    }
+}
+
+type Stripe = HashMap<Box<str>, Slot>;
+
+/// A limit counter to sync with the store ([`LocalCounters::drain_unsynced`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsynced {
+    /// The counter's id.
+    pub id: String,
+    /// Its limit.
+    pub spec: LimitSpec,
+    /// Units taken in process since the last sync.
+    pub units: u64,
+}
 
 #[derive(Debug)]
 struct Stripes {
@@ -381,7 +413,7 @@ impl Stripes {
     }
 
     /// Locks the stripes of `ids` in index order (no deadlock between two
-    /// reservations) and runs `f` with a lookup from id to its stripe.
+    /// reservations) and runs `f` with the guards and each id's stripe index.
     fn with_all<R>(
         &self,
         ids: &[&str],
@@ -405,6 +437,15 @@ fn stripe_of<'a, 'g>(
         .iter_mut()
         .find(|(j, _)| *j == i)
         .map(|(_, g)| &mut **g)
+}
+
+fn put(m: &mut Stripe, id: &str, state: LimitState) {
+    match m.get_mut(id) {
+        Some(slot) => slot.state = state,
+        None => {
+            m.insert(id.into(), Slot::new(state));
+        }
+    }
 }
 
 impl LocalCounters {
@@ -473,16 +514,101 @@ impl LocalCounters {
     /// Takes `cost` units from the limit counter `id` ([`LimitSpec::take`]). Atomic.
     pub fn take_limit(&self, id: &str, spec: &LimitSpec, cost: u64, now: Timestamp) -> Decision {
         self.limits.with(id, |m| {
-            let slot = m.get_mut(id);
-            let before = slot.as_deref().copied();
+            let before = m.get(id).map(|s| s.state);
             let (next, d) = spec.take(before, cost, now);
-            match slot {
-                Some(s) => *s = next,
-                None => {
-                    m.insert(id.into(), next);
-                }
+            put(m, id, next);
+            d
+        })
+    }
+
+    /// Like [`Self::take_limit`], and remembers what was taken for the next
+    /// [`Self::drain_unsynced`] (fast mode: decided here, synced later).
+    pub fn take_unsynced(&self, id: &str, spec: &LimitSpec, cost: u64, now: Timestamp) -> Decision {
+        self.limits.with(id, |m| {
+            let slot = match m.get_mut(id) {
+                Some(slot) => slot,
+                None => m
+                    .entry(id.into())
+                    .or_insert(Slot::new(spec.take(None, 0, now).0)),
+            };
+            let (next, d) = spec.take(Some(slot.state), cost, now);
+            slot.state = next;
+            slot.spec = Some(*spec);
+            slot.touched = true;
+            if d.allowed {
+                slot.unsynced = slot.unsynced.saturating_add(cost);
             }
             d
+        })
+    }
+
+    /// Installs `state` for `id` unless the counter is already held (a
+    /// concurrent first use seeded it first). Returns whether it was held.
+    pub fn seed_limit(&self, id: &str, state: LimitState) -> bool {
+        self.limits.with(id, |m| {
+            if m.contains_key(id) {
+                true
+            } else {
+                m.insert(id.into(), Slot::new(state));
+                false
+            }
+        })
+    }
+
+    /// Takes what every counter used through [`Self::take_unsynced`] took
+    /// since the last drain (counters used but with nothing taken come with
+    /// 0 units, to be refreshed). Counters not used since the last drain are
+    /// dropped: the store holds all they know, and their next use seeds them
+    /// again with what other nodes did meanwhile.
+    pub fn drain_unsynced(&self) -> Vec<Unsynced> {
+        let mut out = Vec::new();
+        for i in 0..STRIPES {
+            let mut m = self.limits.lock(i);
+            m.retain(|id, slot| {
+                let Some(spec) = slot.spec else {
+                    return true;
+                };
+                if slot.touched {
+                    out.push(Unsynced {
+                        id: id.to_string(),
+                        spec,
+                        units: slot.unsynced,
+                    });
+                    slot.unsynced = 0;
+                    slot.touched = false;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        out
+    }
+
+    /// Puts `units` back as unsynced after a failed sync.
+    pub fn restore_unsynced(&self, u: &Unsynced) {
+        self.limits.with(&u.id, |m| {
+            if let Some(slot) = m.get_mut(u.id.as_str()) {
+                slot.unsynced = slot.unsynced.saturating_add(u.units);
+                slot.touched = true;
+            }
+        })
+    }
+
+    /// Replaces the state of `id` by the store's `synced` state plus what was
+    /// taken here since the drain that produced it.
+    pub fn merge_synced(&self, id: &str, spec: &LimitSpec, synced: LimitState, now: Timestamp) {
+        self.limits.with(id, |m| match m.get_mut(id) {
+            Some(slot) => {
+                slot.state = if slot.unsynced > 0 {
+                    spec.settle(Some(synced), now, 0, slot.unsynced, now).0
+                } else {
+                    synced
+                };
+            }
+            None => {
+                m.insert(id.into(), Slot::new(synced));
+            }
         })
     }
 
@@ -499,11 +625,11 @@ impl LocalCounters {
         self.limits.with_all(&ids, |guards, idx| {
             let (out, states) = reserve_all(ops, now, |id| {
                 let i = ids.iter().position(|x| *x == id)?;
-                stripe_of(guards, idx[i])?.get(id).copied()
+                stripe_of(guards, idx[i])?.get(id).map(|s| s.state)
             });
             for ((op, state), &i) in ops.iter().zip(states).zip(idx) {
                 if let Some(m) = stripe_of(guards, i) {
-                    m.insert(op.id.as_str().into(), state);
+                    put(m, &op.id, state);
                 }
             }
             out
@@ -516,11 +642,11 @@ impl LocalCounters {
         ops.iter()
             .map(|op| {
                 self.limits.with(&op.id, |m| {
-                    let before = m.get(op.id.as_str()).copied();
+                    let before = m.get(op.id.as_str()).map(|s| s.state);
                     let (next, _) = op
                         .spec
                         .settle(before, op.taken_at, op.reserved, op.used, now);
-                    m.insert(op.id.as_str().into(), next);
+                    put(m, &op.id, next);
                     next
                 })
             })
@@ -529,15 +655,13 @@ impl LocalCounters {
 
     /// The stored state of limit counter `id`.
     pub fn limit_state(&self, id: &str) -> Option<LimitState> {
-        self.limits.with(id, |m| m.get(id).copied())
+        self.limits.with(id, |m| m.get(id).map(|s| s.state))
     }
 
     /// Replaces (`Some`) or removes (`None`) the state of limit counter `id`.
     pub fn put_limit_state(&self, id: &str, state: Option<LimitState>) {
         self.limits.with(id, |m| match state {
-            Some(s) => {
-                m.insert(id.into(), s);
-            }
+            Some(s) => put(m, id, s),
             None => {
                 m.remove(id);
             }

@@ -26,6 +26,7 @@ pub mod key;
 pub mod keyspace;
 pub mod model;
 pub mod patch;
+pub mod ratelimit;
 pub mod storage;
 pub mod tenant;
 #[cfg(feature = "testkit")]
@@ -56,6 +57,9 @@ pub use model::{
     ModelUpdate, NewModel, Pricing,
 };
 pub use patch::Patch;
+pub use ratelimit::{
+    LimitRequest, LimitResponse, OverrideLimit, RateLimitConfig, RateLimitOverride, RateLimiter,
+};
 pub use storage::{KeyQuery, Page, PageRequest, Storage};
 pub use tenant::{NewTenant, Tenant, TenantService, TenantUpdate};
 pub use tier::{
@@ -103,6 +107,21 @@ mod send_check {
         send(u.create("u", "k"));
         send(u.list("u"));
         send(u.delete("u", "k"));
+    }
+
+    fn ratelimit(r: &RateLimiter, req: &LimitRequest, a: &Actor) {
+        send(r.limit(req));
+        send(r.sync());
+        send(r.set_override(
+            a,
+            "ns",
+            "id",
+            OverrideLimit {
+                limit: 1,
+                duration: 1000,
+                fast: None,
+            },
+        ));
     }
 
     fn fairshare(f: &FairShare) {

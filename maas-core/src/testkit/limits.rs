@@ -2,12 +2,15 @@
 //! and their exactness under concurrency.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use proptest::prelude::*;
 
 use super::run_prop;
 use crate::clock::{Clock, ManualClock, Timestamp};
 use crate::counter::{LimitOp, LimitSpec, Period, PeriodSpec, SettleOp, SlidingSpec, WindowSpec};
+use crate::error::Error;
+use crate::ratelimit::{LimitRequest, OverrideLimit, RateLimitConfig, RateLimiter};
 use crate::storage::Storage;
 
 fn bucket(limit: u64) -> LimitSpec {
@@ -245,4 +248,305 @@ pub async fn prop_reserve_never_over_admits(storage: Storage, clock: ManualClock
             Ok(())
         }
     });
+}
+
+fn rl(identifier: &str, limit: i64, duration: i64, cost: Option<i64>, fast: bool) -> LimitRequest {
+    LimitRequest {
+        namespace: Some("email.outbound".into()),
+        identifier: identifier.into(),
+        limit,
+        duration,
+        cost,
+        fast,
+    }
+}
+
+fn limiter(storage: &Storage, clock: &ManualClock) -> RateLimiter {
+    RateLimiter::with_config(
+        storage.clone(),
+        RateLimitConfig {
+            sync_interval: Duration::from_millis(100),
+            override_ttl: Duration::from_secs(10),
+        },
+        Arc::new(clock.clone()),
+    )
+}
+
+/// Consistent namespace limits: a sliding window with limit, remaining and
+/// reset; a cost larger than what is left is refused and spends nothing;
+/// the window slides; identifiers and namespaces are apart; invalid input
+/// names its field and takes nothing.
+pub async fn ratelimit_consistent_window(storage: Storage, clock: ManualClock) {
+    clock.set(Timestamp::from_millis(1_700_000_000_000));
+    let l = limiter(&storage, &clock);
+    let first = l
+        .limit(&rl("user_1", 10, 60_000, Some(4), false))
+        .await
+        .unwrap();
+    assert!(first.success);
+    assert_eq!((first.limit, first.remaining), (10, 6));
+    assert_eq!(first.reset.as_millis() % 60_000, 0);
+    assert!(first.reset > clock.now());
+    let too_much = l
+        .limit(&rl("user_1", 10, 60_000, Some(7), false))
+        .await
+        .unwrap();
+    assert!(!too_much.success);
+    assert_eq!(too_much.remaining, 6, "a refusal spends nothing");
+    let rest = l
+        .limit(&rl("user_1", 10, 60_000, Some(6), false))
+        .await
+        .unwrap();
+    assert!(rest.success);
+    assert_eq!(rest.remaining, 0);
+    assert!(
+        !l.limit(&rl("user_1", 10, 60_000, None, false))
+            .await
+            .unwrap()
+            .success
+    );
+    // Another identifier, or the same one in another namespace, is apart.
+    assert!(
+        l.limit(&rl("user_2", 10, 60_000, None, false))
+            .await
+            .unwrap()
+            .success
+    );
+    let mut other_ns = rl("user_1", 10, 60_000, None, false);
+    other_ns.namespace = None;
+    assert!(l.limit(&other_ns).await.unwrap().success);
+
+    // Two windows later all of it has slid out.
+    clock.advance(Duration::from_secs(120));
+    let later = l
+        .limit(&rl("user_1", 10, 60_000, None, false))
+        .await
+        .unwrap();
+    assert!(later.success);
+    assert_eq!(later.remaining, 9);
+
+    for (req, field) in [
+        (rl("u", 0, 60_000, None, false), "limit"),
+        (rl("u", -3, 60_000, None, false), "limit"),
+        (rl("u", 10, 999, None, false), "duration"),
+        (rl("u", 10, 0, None, false), "duration"),
+        (rl("u", 10, 60_000, Some(0), false), "cost"),
+        (rl("u", 10, 60_000, Some(-1), true), "cost"),
+        (rl("", 10, 60_000, None, false), "identifier"),
+        (rl("a\nb", 10, 60_000, None, false), "identifier"),
+        (
+            LimitRequest {
+                namespace: Some(" ".into()),
+                ..rl("u", 10, 60_000, None, false)
+            },
+            "namespace",
+        ),
+    ] {
+        match l.limit(&req).await {
+            Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field, "{req:?}"),
+            other => panic!("{req:?}: {other:?}"),
+        }
+    }
+    let untouched = l
+        .limit(&rl("u", 10, 60_000, Some(10), false))
+        .await
+        .unwrap();
+    assert!(untouched.success, "invalid requests took nothing");
+}
+
+/// 32 tasks on one identifier, in either mode on one node: exactly the
+/// limit is admitted.
+pub async fn ratelimit_concurrently_exact(storage: Storage, clock: ManualClock) {
+    for fast in [false, true] {
+        let l = limiter(&storage, &clock);
+        let identifier = format!("hot-{fast}");
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let l = l.clone();
+            let identifier = identifier.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ok = 0u64;
+                for _ in 0..10 {
+                    let r = l
+                        .limit(&rl(&identifier, 100, 3_600_000, Some(1), fast))
+                        .await
+                        .unwrap();
+                    ok += u64::from(r.success);
+                }
+                ok
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        assert_eq!(total, 100, "fast = {fast}");
+    }
+}
+
+/// Fast mode decides in process and syncs: one node is exact; a second node
+/// sees the first's admissions once both have synced; unsynced counts reach
+/// the store on shutdown.
+pub async fn ratelimit_fast_syncs_between_nodes(storage: Storage, clock: ManualClock) {
+    clock.set(Timestamp::from_millis(1_700_000_000_000));
+    let a = limiter(&storage, &clock);
+    let b = limiter(&storage, &clock);
+    let req = |cost| rl("shared", 10, 3_600_000, Some(cost), true);
+    assert!(a.limit(&req(6)).await.unwrap().success);
+    assert!(
+        !a.limit(&req(5)).await.unwrap().success,
+        "exact on one node"
+    );
+    a.sync().await.unwrap();
+    // B's first use starts from the store: 6 of 10 are used.
+    let seen = b.limit(&req(4)).await.unwrap();
+    assert!(seen.success);
+    assert_eq!(seen.remaining, 0);
+    assert!(!b.limit(&req(1)).await.unwrap().success);
+    b.sync().await.unwrap();
+    // A's counter was used since its last sync: the next sync refreshes it;
+    // one more sync without use drops it, and the next use seeds it again.
+    a.sync().await.unwrap();
+    assert!(!a.limit(&req(1)).await.unwrap().success, "A learned B's 4");
+    a.sync().await.unwrap();
+    a.sync().await.unwrap();
+    assert_eq!(a.local_counters(), 0);
+    assert!(!a.limit(&req(1)).await.unwrap().success, "seeded again");
+
+    // A handle's shutdown syncs what is pending.
+    let c = limiter(&storage, &clock);
+    let handle = c.spawn_sync();
+    assert!(
+        c.limit(&rl("other", 5, 3_600_000, Some(5), true))
+            .await
+            .unwrap()
+            .success
+    );
+    handle.shutdown().await.unwrap();
+    let d = limiter(&storage, &clock);
+    assert!(
+        !d.limit(&rl("other", 5, 3_600_000, Some(1), true))
+            .await
+            .unwrap()
+            .success
+    );
+
+    // Windows slide for fast counters as for consistent ones.
+    clock.advance(Duration::from_secs(3 * 3600));
+    assert!(a.limit(&req(10)).await.unwrap().success);
+}
+
+/// An override replaces the limit and window of one identifier; others keep
+/// the request's; deleting it restores them; another node sees it within
+/// its snapshot TTL.
+pub async fn ratelimit_overrides(storage: Storage, clock: ManualClock) {
+    let admin = crate::audit::Actor::new("admin");
+    let l = limiter(&storage, &clock);
+    let other = limiter(&storage, &clock);
+    // The other node loads its (empty) snapshot first.
+    assert!(
+        other
+            .limit(&rl("vip", 1, 60_000, None, false))
+            .await
+            .unwrap()
+            .success
+    );
+    let o = l
+        .set_override(
+            &admin,
+            "email.outbound",
+            "vip",
+            OverrideLimit {
+                limit: 100,
+                duration: 60_000,
+                fast: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((o.limit, o.duration, o.version), (100, 60_000, 1));
+    let r = l
+        .limit(&rl("vip", 1, 60_000, Some(50), false))
+        .await
+        .unwrap();
+    assert!(r.success);
+    assert_eq!(r.limit, 100);
+    assert!(
+        !l.limit(&rl("plain", 1, 60_000, Some(2), false))
+            .await
+            .unwrap()
+            .success
+    );
+    assert!(
+        !other
+            .limit(&rl("vip", 1, 60_000, Some(2), false))
+            .await
+            .unwrap()
+            .success,
+        "stale snapshot"
+    );
+    clock.advance(Duration::from_secs(11));
+    assert!(
+        other
+            .limit(&rl("vip", 1, 60_000, Some(2), false))
+            .await
+            .unwrap()
+            .success
+    );
+
+    let again = l
+        .set_override(
+            &admin,
+            "email.outbound",
+            "vip",
+            OverrideLimit {
+                limit: 5,
+                duration: 1000,
+                fast: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.limit, again.version), (5, 2));
+    assert_eq!(l.list_overrides("email.outbound").await.unwrap().len(), 1);
+    assert!(l.list_overrides("default").await.unwrap().is_empty());
+    assert!(matches!(
+        l.set_override(
+            &admin,
+            "email.outbound",
+            "vip",
+            OverrideLimit {
+                limit: 0,
+                duration: 1000,
+                fast: None
+            }
+        )
+        .await,
+        Err(Error::InvalidInput { .. })
+    ));
+    l.delete_override(&admin, "email.outbound", "vip")
+        .await
+        .unwrap();
+    assert!(
+        l.get_override("email.outbound", "vip")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    let r = l
+        .limit(&rl("vip", 3, 60_000, Some(3), false))
+        .await
+        .unwrap();
+    assert_eq!(r.limit, 3);
+    let audit = storage
+        .audit
+        .list_audit(&crate::audit::AuditQuery::default())
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    assert!(actions.starts_with(&[
+        "ratelimit_override.delete",
+        "ratelimit_override.update",
+        "ratelimit_override.create"
+    ]));
 }
