@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod audit;
 mod catalog;
 pub mod clock;
@@ -37,6 +38,10 @@ pub mod userkeys;
 mod validate;
 mod versioned;
 
+pub use admission::{
+    ActualUsage, AdmissionConfig, AdmissionLimits, AdmissionRequest, Budget, BudgetScope,
+    BudgetStatus, BudgetWarning, Denied, LimitKind, NewBudget, RateHeaders, Reservation,
+};
 pub use audit::{Actor, AuditEvent, AuditQuery};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use counter::{Balance, BalanceOp, LocalCounters, Refill, RefillInterval, WindowSpec};
@@ -122,6 +127,11 @@ mod send_check {
                 fast: None,
             },
         ));
+    }
+
+    fn admission(l: &AdmissionLimits, r: &AdmissionRequest<'_>, res: Reservation) {
+        send(l.reserve(r));
+        send(res.reconcile(ActualUsage::default()));
     }
 
     fn fairshare(f: &FairShare) {

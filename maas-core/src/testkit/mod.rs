@@ -14,6 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admission;
 mod catalog;
 mod keys;
 mod limits;
@@ -34,6 +35,7 @@ use crate::key::{KeyHasher, KeyService, KeyServiceConfig};
 use crate::keyspace::{Keyspace, NewKeyspace};
 use crate::storage::Storage;
 
+pub use admission::*;
 pub use catalog::*;
 pub use keys::*;
 pub use limits::*;
@@ -87,6 +89,10 @@ scenarios!($;
     ratelimit_concurrently_exact,
     ratelimit_fast_syncs_between_nodes,
     ratelimit_overrides,
+    admission_reserve_reconcile_release,
+    admission_denials_name_the_limit,
+    admission_budgets,
+    admission_concurrent_holds_are_exact,
     records_lifecycle,
     records_update_is_optimistic,
     tokens_key_ring_is_persisted_and_shared,

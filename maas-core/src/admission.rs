@@ -1,0 +1,825 @@
+//! Admission limits for inference: before a request is forwarded, its
+//! estimated tokens (and cost) are reserved against every limit that applies,
+//! all or none; when it completes the reservation is reconciled with what it
+//! actually used; when it fails or is cancelled, released.
+//!
+//! The limits of one request:
+//! - the tier's requests per minute, per identity;
+//! - the tier's tokens per minute, per identity;
+//! - the tenant's tokens-per-minute quota ([`Tenant::tokens_per_minute`]);
+//! - the tenant's and the key's money [`Budget`]s, per calendar period.
+//!
+//! Minute limits are sliding windows of 60 s; budgets count nano-units of
+//! their currency per UTC day, week or month. Because every limit takes the
+//! request's whole estimate before the request runs, the sum of admitted
+//! reservations never exceeds a limit, whatever the concurrency and however
+//! many nodes share the store. A request's output is bounded by the
+//! estimate ([`Reservation::max_output_tokens`]; the gateway passes it
+//! upstream as `max_tokens`), so only a prompt estimated too low can make a
+//! request use more than it reserved; the excess is then charged (and delays
+//! later requests) rather than forgotten.
+//!
+//! [`Tenant::tokens_per_minute`]: crate::tenant::Tenant::tokens_per_minute
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::Actor;
+use crate::catalog::{self, SnapshotCell};
+use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
+use crate::counter::{Decision, LimitOp, LimitSpec, Period, PeriodSpec, SettleOp, SlidingSpec};
+use crate::error::{Error, Result};
+use crate::model::Pricing;
+use crate::storage::Storage;
+use crate::tier::Tier;
+use crate::validate;
+
+/// The record kind of [`Budget`]s.
+pub const BUDGET_KIND: &str = "budget";
+const MINUTE_MS: u64 = 60_000;
+const NANOS: f64 = 1e9;
+
+/// Which limit a request counted against (and, when denied, which refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    /// The tier's requests per minute.
+    Requests,
+    /// The tier's tokens per minute.
+    Tokens,
+    /// The tenant's tokens-per-minute quota.
+    TenantTokens,
+    /// The tenant's budget.
+    TenantBudget,
+    /// The key's budget.
+    KeyBudget,
+}
+
+impl LimitKind {
+    /// A short name, e.g. `tokens_per_minute`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "requests_per_minute",
+            LimitKind::Tokens => "tokens_per_minute",
+            LimitKind::TenantTokens => "tenant_tokens_per_minute",
+            LimitKind::TenantBudget => "tenant_budget",
+            LimitKind::KeyBudget => "key_budget",
+        }
+    }
+}
+
+/// Who a budget applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "scope", content = "subject", rename_all = "lowercase")]
+pub enum BudgetScope {
+    /// A tenant, by name.
+    Tenant(String),
+    /// An API key, by id.
+    Key(String),
+}
+
+impl BudgetScope {
+    /// The record id: `tenant:<name>` or `key:<id>`.
+    pub fn record_id(&self) -> String {
+        match self {
+            BudgetScope::Tenant(n) => format!("tenant:{n}"),
+            BudgetScope::Key(k) => format!("key:{k}"),
+        }
+    }
+
+    fn counter_id(&self) -> String {
+        match self {
+            BudgetScope::Tenant(n) => format!("budget\x1ftenant\x1f{n}"),
+            BudgetScope::Key(k) => format!("budget\x1fkey\x1f{k}"),
+        }
+    }
+
+    fn kind(&self) -> LimitKind {
+        match self {
+            BudgetScope::Tenant(_) => LimitKind::TenantBudget,
+            BudgetScope::Key(_) => LimitKind::KeyBudget,
+        }
+    }
+}
+
+/// A money budget per calendar period, for a tenant or a key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    /// `tenant:<name>` or `key:<id>`.
+    pub id: String,
+    /// Who it applies to.
+    #[serde(flatten)]
+    pub scope: BudgetScope,
+    /// The most that may be spent per period, in `currency`.
+    pub amount: f64,
+    /// ISO 4217 code; only models priced in it count against the budget.
+    pub currency: String,
+    /// When the budget starts over.
+    pub period: Period,
+    /// The fraction of `amount` (0 < f ≤ 1) past which admissions carry a
+    /// [`BudgetWarning`]; `None` for no warning.
+    #[serde(default)]
+    pub soft_threshold: Option<f64>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it was last changed.
+    pub updated_at: Timestamp,
+    /// Optimistic-concurrency version.
+    pub version: u64,
+}
+
+impl crate::versioned::Versioned for Budget {
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn set_version(&mut self, v: u64) {
+        self.version = v;
+    }
+}
+
+impl catalog::Entry for Budget {
+    const KIND: &'static str = BUDGET_KIND;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+}
+
+/// What to set a budget to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewBudget {
+    /// The most that may be spent per period (> 0).
+    pub amount: f64,
+    /// ISO 4217 code; default `USD`.
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// When the budget starts over.
+    pub period: Period,
+    /// Warn past this fraction of the amount (0 < f ≤ 1).
+    #[serde(default)]
+    pub soft_threshold: Option<f64>,
+}
+
+impl Budget {
+    fn limit_nanos(&self) -> u64 {
+        to_nanos(self.amount).max(1)
+    }
+
+    fn spec(&self) -> LimitSpec {
+        LimitSpec::Period(PeriodSpec {
+            limit: self.limit_nanos(),
+            period: self.period,
+        })
+    }
+}
+
+fn to_nanos(amount: f64) -> u64 {
+    let n = (amount * NANOS).round();
+    if n.is_finite() && n > 0.0 {
+        // Saturating float-to-int conversion.
+        n as u64
+    } else {
+        0
+    }
+}
+
+fn check_new_budget(new: &NewBudget) -> Result<String> {
+    if !new.amount.is_finite() || new.amount <= 0.0 || new.amount > 1e9 {
+        return Err(Error::invalid(
+            "amount",
+            "must be a number greater than 0 (at most 1e9)",
+        ));
+    }
+    if let Some(f) = new.soft_threshold
+        && !(f.is_finite() && f > 0.0 && f <= 1.0)
+    {
+        return Err(Error::invalid(
+            "soft_threshold",
+            "must be greater than 0 and at most 1",
+        ));
+    }
+    let currency = new.currency.clone().unwrap_or_else(|| "USD".to_owned());
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Error::invalid(
+            "currency",
+            "must be a 3-letter upper-case currency code",
+        ));
+    }
+    Ok(currency)
+}
+
+/// A request to admit.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionRequest<'a> {
+    /// The tenant served (the identity's user, or the key's owner).
+    pub tenant: &'a str,
+    /// The API key used, if any (for its budget).
+    pub key_id: Option<&'a str>,
+    /// The caller's tier.
+    pub tier: &'a Tier,
+    /// The model's price, if it has one (for budgets).
+    pub pricing: Option<&'a Pricing>,
+    /// Estimated prompt tokens.
+    pub prompt_tokens: u64,
+    /// The `max_tokens` the client asked for, if any.
+    pub max_tokens: Option<u64>,
+}
+
+/// Estimated prompt tokens of a prompt of `bytes` bytes of text: one token per
+/// 4 bytes, rounded up (OpenAI's rule of thumb for English), at least 1.
+pub fn estimate_prompt_tokens(bytes: usize) -> u64 {
+    u64::try_from(bytes.div_ceil(4)).unwrap_or(u64::MAX).max(1)
+}
+
+/// The x-ratelimit values of a request: its requests limit and its tightest
+/// tokens limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// Requests per minute: limit, remaining, reset.
+    pub requests: Decision,
+    /// Tokens per minute (the tier's or the tenant's, whichever has less left).
+    pub tokens: Decision,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// The limit that refused.
+    pub kind: LimitKind,
+    /// That limit's capacity.
+    pub limit: u64,
+    /// What it has left.
+    pub remaining: u64,
+    /// What the request needed of it.
+    pub requested: u64,
+    /// When it resets (for `Retry-After`).
+    pub reset: Timestamp,
+    /// Seconds until `reset`, rounded up (at least 1).
+    pub retry_after_secs: u64,
+    /// False when the request can never fit (it needs more than the whole
+    /// limit): retrying is pointless, ask for fewer tokens.
+    pub retryable: bool,
+    /// The x-ratelimit values at refusal.
+    pub headers: RateHeaders,
+}
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.retryable {
+            write!(
+                f,
+                "{} exceeded: {} of {} left, {} needed; resets in {} s",
+                self.kind.as_str(),
+                self.remaining,
+                self.limit,
+                self.requested,
+                self.retry_after_secs
+            )
+        } else {
+            write!(
+                f,
+                "request needs {} but {} is {}",
+                self.requested,
+                self.kind.as_str(),
+                self.limit
+            )
+        }
+    }
+}
+
+impl From<Denied> for Error {
+    fn from(d: Denied) -> Self {
+        match d.kind {
+            LimitKind::TenantBudget | LimitKind::KeyBudget => Error::QuotaExceeded {
+                message: d.to_string(),
+            },
+            _ => Error::RateLimited {
+                limit: d.limit,
+                remaining: d.remaining,
+                reset: d.reset,
+            },
+        }
+    }
+}
+
+/// A budget past its soft threshold after an admission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetWarning {
+    /// Whose budget.
+    pub scope: BudgetScope,
+    /// The fraction of the budget used or reserved, 0..=1.
+    pub used_fraction: f64,
+}
+
+/// What a request actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ActualUsage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+/// The state of a budget in its current period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetStatus {
+    /// The budget.
+    pub budget: Budget,
+    /// Spent or reserved in this period, in its currency.
+    pub used: f64,
+    /// Left in this period.
+    pub remaining: f64,
+    /// When the period ends.
+    pub reset: Timestamp,
+}
+
+/// Settings of [`AdmissionLimits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// Output tokens reserved when neither the client nor the tier caps
+    /// them. Default 4096.
+    pub default_max_tokens: u64,
+    /// How long a tenant's quota is used before it is read again. Default 10 s.
+    pub tenant_ttl: Duration,
+    /// How long the snapshot of budgets is used before it is read again.
+    /// Default 30 s.
+    pub budget_ttl: Duration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            default_max_tokens: 4096,
+            tenant_ttl: Duration::from_secs(10),
+            budget_ttl: catalog::DEFAULT_SNAPSHOT_TTL,
+        }
+    }
+}
+
+/// Budgets by record id.
+#[derive(Debug, Default)]
+struct BudgetIndex {
+    by_id: std::collections::HashMap<String, Budget>,
+}
+
+/// Reserves, reconciles and releases the limits of inference requests.
+/// Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct AdmissionLimits {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    storage: Storage,
+    clock: SharedClock,
+    config: AdmissionConfig,
+    quotas: DashMap<String, (Timestamp, Option<u64>)>,
+    budgets: SnapshotCell<BudgetIndex>,
+}
+
+/// One counter a reservation holds.
+#[derive(Debug, Clone)]
+struct Held {
+    kind: LimitKind,
+    op: LimitOp,
+}
+
+/// An admitted request's hold on its limits. Reconcile it with what the
+/// request used ([`Self::reconcile`]) or release it ([`Self::release`]); if
+/// it is dropped unsettled (a client went away, a task was cancelled), it is
+/// released in the background on the current tokio runtime.
+#[derive(Debug)]
+pub struct Reservation {
+    limits: AdmissionLimits,
+    held: Vec<Held>,
+    taken_at: Timestamp,
+    pricing: Option<Pricing>,
+    prompt_tokens: u64,
+    max_output_tokens: u64,
+    headers: RateHeaders,
+    warnings: Vec<BudgetWarning>,
+    settled: bool,
+}
+
+impl Reservation {
+    /// The x-ratelimit values after this admission.
+    pub fn headers(&self) -> &RateHeaders {
+        &self.headers
+    }
+
+    /// The most output tokens the request may produce: what was reserved
+    /// for output. Forward it upstream as `max_tokens`.
+    pub fn max_output_tokens(&self) -> u64 {
+        self.max_output_tokens
+    }
+
+    /// Tokens reserved (prompt estimate + output).
+    pub fn reserved_tokens(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.max_output_tokens)
+    }
+
+    /// Budgets past their soft threshold.
+    pub fn warnings(&self) -> &[BudgetWarning] {
+        &self.warnings
+    }
+
+    /// When the reservation was taken.
+    pub fn taken_at(&self) -> Timestamp {
+        self.taken_at
+    }
+
+    fn settle_ops(&self, usage: Option<ActualUsage>) -> Vec<SettleOp> {
+        let tokens = usage.map(|u| u.input_tokens.saturating_add(u.output_tokens));
+        self.held
+            .iter()
+            .map(|h| {
+                let used = match (usage, h.kind) {
+                    (None, _) => 0,
+                    (Some(_), LimitKind::Requests) => h.op.cost,
+                    (Some(_), LimitKind::Tokens | LimitKind::TenantTokens) => tokens.unwrap_or(0),
+                    (Some(u), LimitKind::TenantBudget | LimitKind::KeyBudget) => self
+                        .pricing
+                        .as_ref()
+                        .map_or(0, |p| cost_nanos(p, u.input_tokens, u.output_tokens)),
+                };
+                SettleOp {
+                    id: h.op.id.clone(),
+                    spec: h.op.spec,
+                    taken_at: self.taken_at,
+                    reserved: h.op.cost,
+                    used,
+                }
+            })
+            .collect()
+    }
+
+    /// The request completed having used `usage`: what it reserved beyond
+    /// that is given back, what it used beyond its reservation is charged.
+    pub async fn reconcile(mut self, usage: ActualUsage) -> Result<()> {
+        self.settled = true;
+        let ops = self.settle_ops(Some(usage));
+        self.limits.settle(&ops).await
+    }
+
+    /// The request failed or was cancelled before using anything: everything
+    /// it reserved, the request included, is given back.
+    pub async fn release(mut self) -> Result<()> {
+        self.settled = true;
+        let ops = self.settle_ops(None);
+        self.limits.settle(&ops).await
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let ops = self.settle_ops(None);
+        let limits = self.limits.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                // Nothing to report to: the caller is gone. A failure leaves
+                // the units counted until their window passes.
+                let _ = limits.settle(&ops).await;
+            });
+        }
+    }
+}
+
+/// The cost in nano-units of `input` and `output` tokens at `p`.
+fn cost_nanos(p: &Pricing, input: u64, output: u64) -> u64 {
+    to_nanos(p.cost(input, output))
+}
+
+impl AdmissionLimits {
+    /// Admission limits over `storage`, with the system clock and defaults.
+    pub fn new(storage: Storage) -> Self {
+        Self::with_config(storage, AdmissionConfig::default(), Arc::new(SystemClock))
+    }
+
+    /// Admission limits with `config` and `clock`.
+    pub fn with_config(storage: Storage, config: AdmissionConfig, clock: Arc<dyn Clock>) -> Self {
+        AdmissionLimits {
+            inner: Arc::new(Inner {
+                storage,
+                clock,
+                config,
+                quotas: DashMap::new(),
+                budgets: SnapshotCell::new(config.budget_ttl),
+            }),
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    async fn settle(&self, ops: &[SettleOp]) -> Result<()> {
+        self.inner.storage.counters.settle(ops, self.now()).await?;
+        Ok(())
+    }
+
+    /// The tenant's tokens-per-minute quota, cached for `tenant_ttl`.
+    async fn tenant_quota(&self, tenant: &str, now: Timestamp) -> Result<Option<u64>> {
+        let ttl = catalog::millis(self.inner.config.tenant_ttl);
+        if let Some(e) = self.inner.quotas.get(tenant) {
+            let (at, quota) = *e;
+            if at <= now && now.as_millis() - at.as_millis() < ttl {
+                return Ok(quota);
+            }
+        }
+        let quota = self
+            .inner
+            .storage
+            .tenants
+            .get_tenant_by_name(tenant)
+            .await?
+            .and_then(|t| t.tokens_per_minute);
+        self.inner.quotas.insert(tenant.to_owned(), (now, quota));
+        Ok(quota)
+    }
+
+    async fn load_budgets(&self) -> Result<BudgetIndex> {
+        let all: Vec<Budget> = catalog::list_entries(&*self.inner.storage.records).await?;
+        Ok(BudgetIndex {
+            by_id: all.into_iter().map(|b| (b.id.clone(), b)).collect(),
+        })
+    }
+
+    async fn budgets(&self, now: Timestamp) -> Result<Arc<BudgetIndex>> {
+        match self.inner.budgets.fresh(now) {
+            Some(b) => Ok(b),
+            None => self.inner.budgets.get(now, || self.load_budgets()).await,
+        }
+    }
+
+    /// Reserves the request's estimate against every limit that applies,
+    /// all or none. `Ok(Err(denied))` names the limit that refused; nothing
+    /// was taken then. Store failures are `Err`.
+    pub async fn reserve(&self, req: &AdmissionRequest<'_>) -> Result<Result<Reservation, Denied>> {
+        let now = self.now();
+        let tier = req.tier;
+        let mut output = req
+            .max_tokens
+            .unwrap_or(self.inner.config.default_max_tokens);
+        if let Some(cap) = tier.max_tokens_per_request {
+            output = output.min(cap);
+        }
+        let output = output.max(1);
+        let tokens = req.prompt_tokens.saturating_add(output);
+        let minute = |limit: u64| {
+            LimitSpec::Sliding(SlidingSpec {
+                limit,
+                window_ms: MINUTE_MS,
+            })
+        };
+        let mut held = Vec::with_capacity(5);
+        held.push(Held {
+            kind: LimitKind::Requests,
+            op: LimitOp {
+                id: format!("rpm\x1f{}", req.tenant),
+                spec: minute(tier.requests_per_minute.max(1)),
+                cost: 1,
+            },
+        });
+        held.push(Held {
+            kind: LimitKind::Tokens,
+            op: LimitOp {
+                id: format!("tpm\x1f{}", req.tenant),
+                spec: minute(tier.tokens_per_minute.max(1)),
+                cost: tokens,
+            },
+        });
+        if let Some(quota) = self.tenant_quota(req.tenant, now).await? {
+            held.push(Held {
+                kind: LimitKind::TenantTokens,
+                op: LimitOp {
+                    id: format!("quota\x1f{}", req.tenant),
+                    spec: minute(quota.max(1)),
+                    cost: tokens,
+                },
+            });
+        }
+        let budgets = self.budgets(now).await?;
+        let mut budget_of = Vec::new();
+        if !budgets.by_id.is_empty() {
+            let scopes = std::iter::once(BudgetScope::Tenant(req.tenant.to_owned()))
+                .chain(req.key_id.map(|k| BudgetScope::Key(k.to_owned())));
+            for scope in scopes {
+                let Some(b) = budgets.by_id.get(&scope.record_id()) else {
+                    continue;
+                };
+                let cost = match req.pricing {
+                    Some(p) if p.currency == b.currency => cost_nanos(p, req.prompt_tokens, output),
+                    // Free, or priced in another currency: not counted.
+                    _ => continue,
+                };
+                budget_of.push((held.len(), b.clone()));
+                held.push(Held {
+                    kind: scope.kind(),
+                    op: LimitOp {
+                        id: scope.counter_id(),
+                        spec: b.spec(),
+                        cost,
+                    },
+                });
+            }
+        }
+        let ops: Vec<LimitOp> = held.iter().map(|h| h.op.clone()).collect();
+        let r = self.inner.storage.counters.reserve(&ops, now).await?;
+        let headers = headers_of(&held, &r.decisions, now);
+        if let Some(i) = r.first_denied() {
+            let (Some(h), Some(d)) = (held.get(i), r.decisions.get(i)) else {
+                return Err(Error::internal("reserve returned too few decisions"));
+            };
+            let wait = (d.reset.as_millis() - now.as_millis()).max(0);
+            return Ok(Err(Denied {
+                kind: h.kind,
+                limit: d.limit,
+                remaining: d.remaining,
+                requested: h.op.cost,
+                reset: d.reset,
+                retry_after_secs: u64::try_from(wait).unwrap_or(0).div_ceil(1000).max(1),
+                retryable: h.op.cost <= d.limit,
+                headers,
+            }));
+        }
+        let warnings = budget_of
+            .into_iter()
+            .filter_map(|(i, b)| {
+                let d = r.decisions.get(i)?;
+                let threshold = b.soft_threshold?;
+                let used = d.limit.saturating_sub(d.remaining) as f64 / d.limit.max(1) as f64;
+                (used >= threshold).then(|| BudgetWarning {
+                    scope: b.scope.clone(),
+                    used_fraction: used.min(1.0),
+                })
+            })
+            .collect();
+        Ok(Ok(Reservation {
+            limits: self.clone(),
+            held,
+            taken_at: now,
+            pricing: req.pricing.cloned(),
+            prompt_tokens: req.prompt_tokens,
+            max_output_tokens: output,
+            headers,
+            warnings,
+            settled: false,
+        }))
+    }
+
+    // ----- budgets ----------------------------------------------------------
+
+    /// Sets (creates or replaces) the budget of `scope`.
+    pub async fn set_budget(
+        &self,
+        actor: &Actor,
+        scope: BudgetScope,
+        new: NewBudget,
+    ) -> Result<Budget> {
+        match &scope {
+            BudgetScope::Tenant(n) => validate::label("tenant", n, 128)?,
+            BudgetScope::Key(k) => validate::label("key_id", k, 128)?,
+        }
+        let currency = check_new_budget(&new)?;
+        let now = self.now();
+        let id = scope.record_id();
+        let records = &*self.inner.storage.records;
+        let out = match catalog::get_entry::<Budget>(records, &id).await {
+            Ok(_) => {
+                catalog::update_entry(
+                    records,
+                    actor,
+                    &id,
+                    "budget.update",
+                    now,
+                    |b: &mut Budget| {
+                        b.amount = new.amount;
+                        b.currency = currency.clone();
+                        b.period = new.period;
+                        b.soft_threshold = new.soft_threshold;
+                        b.updated_at = now;
+                        Ok(())
+                    },
+                )
+                .await?
+            }
+            Err(e) if e.is_not_found() => {
+                let b = Budget {
+                    id,
+                    scope,
+                    amount: new.amount,
+                    currency,
+                    period: new.period,
+                    soft_threshold: new.soft_threshold,
+                    created_at: now,
+                    updated_at: now,
+                    version: 1,
+                };
+                catalog::create_entry(records, actor, &b, now).await?;
+                b
+            }
+            Err(e) => return Err(e),
+        };
+        self.refresh_budgets().await;
+        Ok(out)
+    }
+
+    /// The budget of `scope`, with what is used of it in this period.
+    pub async fn budget_status(&self, scope: &BudgetScope) -> Result<BudgetStatus> {
+        let budget: Budget =
+            catalog::get_entry(&*self.inner.storage.records, &scope.record_id()).await?;
+        let now = self.now();
+        let r = self
+            .inner
+            .storage
+            .counters
+            .reserve(
+                &[LimitOp {
+                    id: scope.counter_id(),
+                    spec: budget.spec(),
+                    cost: 0,
+                }],
+                now,
+            )
+            .await?;
+        let d = r
+            .decisions
+            .first()
+            .copied()
+            .ok_or_else(|| Error::internal("reserve returned no decision"))?;
+        let used = d.limit.saturating_sub(d.remaining);
+        Ok(BudgetStatus {
+            used: used as f64 / NANOS,
+            remaining: d.remaining as f64 / NANOS,
+            reset: d.reset,
+            budget,
+        })
+    }
+
+    /// Every budget, by id.
+    pub async fn list_budgets(&self) -> Result<Vec<Budget>> {
+        let mut all: Vec<Budget> = catalog::list_entries(&*self.inner.storage.records).await?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
+    }
+
+    /// Removes the budget of `scope`.
+    pub async fn delete_budget(&self, actor: &Actor, scope: &BudgetScope) -> Result<()> {
+        catalog::delete_entry::<Budget>(
+            &*self.inner.storage.records,
+            actor,
+            &scope.record_id(),
+            self.now(),
+        )
+        .await?;
+        self.refresh_budgets().await;
+        Ok(())
+    }
+
+    async fn refresh_budgets(&self) {
+        self.inner
+            .budgets
+            .refresh(self.now(), || self.load_budgets())
+            .await;
+    }
+
+    /// Forgets cached tenant quotas (after a quota change through this node).
+    pub fn forget_quota(&self, tenant: &str) {
+        self.inner.quotas.remove(tenant);
+    }
+}
+
+fn headers_of(held: &[Held], decisions: &[Decision], now: Timestamp) -> RateHeaders {
+    let unlimited = Decision {
+        allowed: true,
+        limit: 0,
+        remaining: 0,
+        reset: now,
+    };
+    let mut requests = None;
+    let mut tokens: Option<Decision> = None;
+    for (h, d) in held.iter().zip(decisions) {
+        match h.kind {
+            LimitKind::Requests => requests = Some(*d),
+            LimitKind::Tokens | LimitKind::TenantTokens
+                if tokens.is_none_or(|t| d.remaining < t.remaining) =>
+            {
+                tokens = Some(*d);
+            }
+            _ => {}
+        }
+    }
+    RateHeaders {
+        requests: requests.unwrap_or(unlimited),
+        tokens: tokens.unwrap_or(unlimited),
+    }
+}
