@@ -383,13 +383,6 @@ struct Inner {
     budgets: SnapshotCell<BudgetIndex>,
 }
 
-/// One counter a reservation holds.
-#[derive(Debug, Clone)]
-struct Held {
-    kind: LimitKind,
-    op: LimitOp,
-}
-
 /// An admitted request's hold on its limits. Reconcile it with what the
 /// request used ([`Self::reconcile`]) or release it ([`Self::release`]); if
 /// it is dropped unsettled (a client went away, a task was cancelled), it is
@@ -397,7 +390,8 @@ struct Held {
 #[derive(Debug)]
 pub struct Reservation {
     limits: AdmissionLimits,
-    held: Vec<Held>,
+    kinds: Vec<LimitKind>,
+    ops: Vec<LimitOp>,
     taken_at: Timestamp,
     pricing: Option<Pricing>,
     prompt_tokens: u64,
@@ -434,14 +428,17 @@ impl Reservation {
         self.taken_at
     }
 
-    fn settle_ops(&self, usage: Option<ActualUsage>) -> Vec<SettleOp> {
+    /// The settlement of every counter held (taken out of the reservation).
+    fn settle_ops(&mut self, usage: Option<ActualUsage>) -> Vec<SettleOp> {
+        self.settled = true;
         let tokens = usage.map(|u| u.input_tokens.saturating_add(u.output_tokens));
-        self.held
-            .iter()
-            .map(|h| {
-                let used = match (usage, h.kind) {
+        let ops = std::mem::take(&mut self.ops);
+        ops.into_iter()
+            .zip(&self.kinds)
+            .map(|(op, kind)| {
+                let used = match (usage, *kind) {
                     (None, _) => 0,
-                    (Some(_), LimitKind::Requests) => h.op.cost,
+                    (Some(_), LimitKind::Requests) => op.cost,
                     (Some(_), LimitKind::Tokens | LimitKind::TenantTokens) => tokens.unwrap_or(0),
                     (Some(u), LimitKind::TenantBudget | LimitKind::KeyBudget) => self
                         .pricing
@@ -449,10 +446,10 @@ impl Reservation {
                         .map_or(0, |p| cost_nanos(p, u.input_tokens, u.output_tokens)),
                 };
                 SettleOp {
-                    id: h.op.id.clone(),
-                    spec: h.op.spec,
+                    id: op.id,
+                    spec: op.spec,
                     taken_at: self.taken_at,
-                    reserved: h.op.cost,
+                    reserved: op.cost,
                     used,
                 }
             })
@@ -462,7 +459,6 @@ impl Reservation {
     /// The request completed having used `usage`: what it reserved beyond
     /// that is given back, what it used beyond its reservation is charged.
     pub async fn reconcile(mut self, usage: ActualUsage) -> Result<()> {
-        self.settled = true;
         let ops = self.settle_ops(Some(usage));
         self.limits.settle(&ops).await
     }
@@ -470,7 +466,6 @@ impl Reservation {
     /// The request failed or was cancelled before using anything: everything
     /// it reserved, the request included, is given back.
     pub async fn release(mut self) -> Result<()> {
-        self.settled = true;
         let ops = self.settle_ops(None);
         self.limits.settle(&ops).await
     }
@@ -580,31 +575,26 @@ impl AdmissionLimits {
                 window_ms: MINUTE_MS,
             })
         };
-        let mut held = Vec::with_capacity(5);
-        held.push(Held {
-            kind: LimitKind::Requests,
-            op: LimitOp {
-                id: format!("rpm\x1f{}", req.tenant),
-                spec: minute(tier.requests_per_minute.max(1)),
-                cost: 1,
-            },
+        let mut kinds = Vec::with_capacity(5);
+        let mut ops = Vec::with_capacity(5);
+        kinds.push(LimitKind::Requests);
+        ops.push(LimitOp {
+            id: format!("rpm\x1f{}", req.tenant),
+            spec: minute(tier.requests_per_minute.max(1)),
+            cost: 1,
         });
-        held.push(Held {
-            kind: LimitKind::Tokens,
-            op: LimitOp {
-                id: format!("tpm\x1f{}", req.tenant),
-                spec: minute(tier.tokens_per_minute.max(1)),
-                cost: tokens,
-            },
+        kinds.push(LimitKind::Tokens);
+        ops.push(LimitOp {
+            id: format!("tpm\x1f{}", req.tenant),
+            spec: minute(tier.tokens_per_minute.max(1)),
+            cost: tokens,
         });
         if let Some(quota) = self.tenant_quota(req.tenant, now).await? {
-            held.push(Held {
-                kind: LimitKind::TenantTokens,
-                op: LimitOp {
-                    id: format!("quota\x1f{}", req.tenant),
-                    spec: minute(quota.max(1)),
-                    cost: tokens,
-                },
+            kinds.push(LimitKind::TenantTokens);
+            ops.push(LimitOp {
+                id: format!("quota\x1f{}", req.tenant),
+                spec: minute(quota.max(1)),
+                cost: tokens,
             });
         }
         let budgets = self.budgets(now).await?;
@@ -621,33 +611,31 @@ impl AdmissionLimits {
                     // Free, or priced in another currency: not counted.
                     _ => continue,
                 };
-                budget_of.push((held.len(), b.clone()));
-                held.push(Held {
-                    kind: scope.kind(),
-                    op: LimitOp {
-                        id: scope.counter_id(),
-                        spec: b.spec(),
-                        cost,
-                    },
+                budget_of.push((ops.len(), b.clone()));
+                kinds.push(scope.kind());
+                ops.push(LimitOp {
+                    id: scope.counter_id(),
+                    spec: b.spec(),
+                    cost,
                 });
             }
         }
-        let ops: Vec<LimitOp> = held.iter().map(|h| h.op.clone()).collect();
         let r = self.inner.storage.counters.reserve(&ops, now).await?;
-        let headers = headers_of(&held, &r.decisions, now);
+        let headers = headers_of(&kinds, &r.decisions, now);
         if let Some(i) = r.first_denied() {
-            let (Some(h), Some(d)) = (held.get(i), r.decisions.get(i)) else {
+            let (Some(kind), Some(op), Some(d)) = (kinds.get(i), ops.get(i), r.decisions.get(i))
+            else {
                 return Err(Error::internal("reserve returned too few decisions"));
             };
             let wait = (d.reset.as_millis() - now.as_millis()).max(0);
             return Ok(Err(Denied {
-                kind: h.kind,
+                kind: *kind,
                 limit: d.limit,
                 remaining: d.remaining,
-                requested: h.op.cost,
+                requested: op.cost,
                 reset: d.reset,
                 retry_after_secs: u64::try_from(wait).unwrap_or(0).div_ceil(1000).max(1),
-                retryable: h.op.cost <= d.limit,
+                retryable: op.cost <= d.limit,
                 headers,
             }));
         }
@@ -665,7 +653,8 @@ impl AdmissionLimits {
             .collect();
         Ok(Ok(Reservation {
             limits: self.clone(),
-            held,
+            kinds,
+            ops,
             taken_at: now,
             pricing: req.pricing.cloned(),
             prompt_tokens: req.prompt_tokens,
@@ -798,7 +787,7 @@ impl AdmissionLimits {
     }
 }
 
-fn headers_of(held: &[Held], decisions: &[Decision], now: Timestamp) -> RateHeaders {
+fn headers_of(kinds: &[LimitKind], decisions: &[Decision], now: Timestamp) -> RateHeaders {
     let unlimited = Decision {
         allowed: true,
         limit: 0,
@@ -807,8 +796,8 @@ fn headers_of(held: &[Held], decisions: &[Decision], now: Timestamp) -> RateHead
     };
     let mut requests = None;
     let mut tokens: Option<Decision> = None;
-    for (h, d) in held.iter().zip(decisions) {
-        match h.kind {
+    for (kind, d) in kinds.iter().zip(decisions) {
+        match kind {
             LimitKind::Requests => requests = Some(*d),
             LimitKind::Tokens | LimitKind::TenantTokens
                 if tokens.is_none_or(|t| d.remaining < t.remaining) =>

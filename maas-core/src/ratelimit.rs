@@ -322,16 +322,16 @@ impl RateLimiter {
             limit,
             window_ms: duration,
         });
-        let id = counter_id(ns, duration, &req.identifier);
         let d = if fast {
-            self.take_fast(&id, &spec, cost, now).await?
+            self.take_fast(ns, duration, &req.identifier, &spec, cost, now)
+                .await?
         } else {
-            let r = self
-                .inner
-                .storage
-                .counters
-                .reserve(&[LimitOp { id, spec, cost }], now)
-                .await?;
+            let op = LimitOp {
+                id: counter_id(ns, duration, &req.identifier),
+                spec,
+                cost,
+            };
+            let r = self.inner.storage.counters.reserve(&[op], now).await?;
             r.decisions
                 .first()
                 .copied()
@@ -347,34 +347,44 @@ impl RateLimiter {
 
     async fn take_fast(
         &self,
-        id: &str,
+        ns: &str,
+        duration: u64,
+        identifier: &str,
         spec: &LimitSpec,
         cost: u64,
         now: Timestamp,
     ) -> Result<crate::counter::Decision> {
         let local = &self.inner.local;
-        if local.limit_state(id).is_none() {
-            // First use on this node: start from what the store knows.
-            let seeded = self
-                .inner
-                .storage
-                .counters
-                .settle(
-                    &[SettleOp {
-                        id: id.to_owned(),
-                        spec: *spec,
-                        taken_at: now,
-                        reserved: 0,
-                        used: 0,
-                    }],
-                    now,
-                )
-                .await?;
-            if let Some(state) = seeded.first() {
-                local.seed_limit(id, *state);
-            }
+        // Hashing the parts saves building the id on the hot path.
+        let key = local.key_of(&(ns, duration, identifier));
+        if let Some(d) = local.take_unsynced(key, spec, cost, now) {
+            return Ok(d);
         }
-        Ok(local.take_unsynced(id, spec, cost, now))
+        // First use on this node: start from what the store knows.
+        let id = counter_id(ns, duration, identifier);
+        let seeded = self
+            .inner
+            .storage
+            .counters
+            .settle(
+                &[SettleOp {
+                    id: id.clone(),
+                    spec: *spec,
+                    taken_at: now,
+                    reserved: 0,
+                    used: 0,
+                }],
+                now,
+            )
+            .await?;
+        let state = seeded
+            .first()
+            .copied()
+            .ok_or_else(|| Error::internal("settle returned no state"))?;
+        local.seed_limit(key, &id, state);
+        local
+            .take_unsynced(key, spec, cost, now)
+            .ok_or_else(|| Error::internal("a seeded counter is not held"))
     }
 
     /// Adds what fast mode admitted on this node since the last sync to the
@@ -395,7 +405,7 @@ impl RateLimiter {
             match self.inner.storage.counters.settle(&[op], now).await {
                 Ok(states) => {
                     if let Some(s) = states.first() {
-                        local.merge_synced(&u.id, &u.spec, *s, now);
+                        local.merge_synced(u, *s, now);
                     }
                 }
                 Err(e) => {
@@ -550,13 +560,13 @@ impl RateLimiter {
 /// The counter of `identifier` in `ns` for windows of `duration`: a new
 /// duration starts a new counter (its windows do not line up with the old).
 fn counter_id(ns: &str, duration: u64, identifier: &str) -> String {
+    use std::fmt::Write as _;
     // Namespaces and identifiers hold no control characters: \x1f separates.
-    let mut id = String::with_capacity(ns.len() + identifier.len() + 24);
+    let mut id = String::with_capacity(ns.len() + identifier.len() + 26);
     id.push_str("rl\x1f");
     id.push_str(ns);
-    id.push('\x1f');
-    id.push_str(&duration.to_string());
-    id.push('\x1f');
+    // Writing to a String cannot fail.
+    let _ = write!(id, "\x1f{duration}\x1f");
     id.push_str(identifier);
     id
 }
