@@ -609,11 +609,12 @@ impl LocalCounters {
     /// first). Returns whether it was held.
     pub fn seed_limit(&self, key: CounterKey, id: &str, state: LimitState) -> bool {
         self.limits.with_key(key.0, |m| {
-            if m.contains_key(&key.0) {
-                true
-            } else {
-                m.insert(key.0, Slot::new(id, state));
-                false
+            match m.entry(key.0) {
+                std::collections::hash_map::Entry::Occupied(_) => true,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Slot::new(id, state));
+                    false
+                }
             }
         })
     }
