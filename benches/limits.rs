@@ -175,8 +175,7 @@ fn admission(c: &mut Criterion) {
     let mut g = c.benchmark_group("admission");
     let pick = Pick::new();
     g.bench_function("reserve_reconcile_3_limits", |b| {
-        b.to_async(&rt)
-            .iter(|| request(&names[pick.below(TENANTS)]))
+        b.to_async(&rt).iter(|| request(names[pick.below(TENANTS)]))
     });
 
     let floor: DashMap<String, u64> = DashMap::new();

@@ -608,13 +608,11 @@ impl LocalCounters {
     /// `id`, unless it is already held (a concurrent first use seeded it
     /// first). Returns whether it was held.
     pub fn seed_limit(&self, key: CounterKey, id: &str, state: LimitState) -> bool {
-        self.limits.with_key(key.0, |m| {
-            match m.entry(key.0) {
-                std::collections::hash_map::Entry::Occupied(_) => true,
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(Slot::new(id, state));
-                    false
-                }
+        self.limits.with_key(key.0, |m| match m.entry(key.0) {
+            std::collections::hash_map::Entry::Occupied(_) => true,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Slot::new(id, state));
+                false
             }
         })
     }
