@@ -219,6 +219,92 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// Fast-mode counters: decided in process on counters seeded from the
+/// store, with what they admit added to the store by [`Self::sync`] (which
+/// also brings in other nodes' counts). Shared by namespace limits and the
+/// keys' `fast` rate limits; see the module docs for the error bound.
+#[derive(Debug, Default)]
+pub(crate) struct SyncedCounters {
+    local: LocalCounters,
+}
+
+impl SyncedCounters {
+    /// Takes `cost` from the counter whose in-process key hashes `parts` and
+    /// whose store id `id()` builds (called only on this node's first use).
+    pub(crate) async fn take<H: std::hash::Hash + ?Sized>(
+        &self,
+        storage: &Storage,
+        parts: &H,
+        id: impl FnOnce() -> String,
+        spec: &LimitSpec,
+        cost: u64,
+        now: Timestamp,
+    ) -> Result<crate::counter::Decision> {
+        let key = self.local.key_of(parts);
+        if let Some(d) = self.local.take_unsynced(key, spec, cost, now) {
+            return Ok(d);
+        }
+        // First use on this node: start from what the store knows.
+        let id = id();
+        let seeded = storage
+            .counters
+            .settle(
+                &[SettleOp {
+                    id: id.clone(),
+                    spec: *spec,
+                    taken_at: now,
+                    reserved: 0,
+                    used: 0,
+                }],
+                now,
+            )
+            .await?;
+        let state = seeded
+            .first()
+            .copied()
+            .ok_or_else(|| Error::internal("settle returned no state"))?;
+        self.local.seed_limit(key, &id, state);
+        self.local
+            .take_unsynced(key, spec, cost, now)
+            .ok_or_else(|| Error::internal("a seeded counter is not held"))
+    }
+
+    /// Adds what was admitted here since the last sync to the store and
+    /// brings in what other nodes admitted. On a store error the unsynced
+    /// units are kept for the next sync and the error returned.
+    pub(crate) async fn sync(&self, storage: &Storage, now: Timestamp) -> Result<()> {
+        let drained = self.local.drain_unsynced();
+        for (i, u) in drained.iter().enumerate() {
+            let op = SettleOp {
+                id: u.id.clone(),
+                spec: u.spec,
+                taken_at: now,
+                reserved: 0,
+                used: u.units,
+            };
+            match storage.counters.settle(&[op], now).await {
+                Ok(states) => {
+                    if let Some(s) = states.first() {
+                        self.local.merge_synced(u, *s, now);
+                    }
+                }
+                Err(e) => {
+                    for rest in &drained[i..] {
+                        self.local.restore_unsynced(rest);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many counters are held in process.
+    pub(crate) fn len(&self) -> usize {
+        self.local.limit_count()
+    }
+}
+
 /// Namespace rate limits. Cheap to clone (shared state).
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
@@ -230,7 +316,7 @@ struct Inner {
     storage: Storage,
     clock: SharedClock,
     config: RateLimitConfig,
-    local: LocalCounters,
+    fast: SyncedCounters,
     overrides: SnapshotCell<OverrideIndex>,
 }
 
@@ -263,7 +349,7 @@ impl RateLimiter {
                 storage,
                 clock,
                 config,
-                local: LocalCounters::new(),
+                fast: SyncedCounters::default(),
                 overrides: SnapshotCell::new(config.override_ttl),
             }),
         }
@@ -323,7 +409,18 @@ impl RateLimiter {
             window_ms: duration,
         });
         let d = if fast {
-            self.take_fast(ns, duration, &req.identifier, &spec, cost, now)
+            let identifier = req.identifier.as_str();
+            // Hashing the parts saves building the id on the hot path.
+            self.inner
+                .fast
+                .take(
+                    &self.inner.storage,
+                    &(ns, duration, identifier),
+                    || counter_id(ns, duration, identifier),
+                    &spec,
+                    cost,
+                    now,
+                )
                 .await?
         } else {
             let op = LimitOp {
@@ -345,78 +442,11 @@ impl RateLimiter {
         })
     }
 
-    async fn take_fast(
-        &self,
-        ns: &str,
-        duration: u64,
-        identifier: &str,
-        spec: &LimitSpec,
-        cost: u64,
-        now: Timestamp,
-    ) -> Result<crate::counter::Decision> {
-        let local = &self.inner.local;
-        // Hashing the parts saves building the id on the hot path.
-        let key = local.key_of(&(ns, duration, identifier));
-        if let Some(d) = local.take_unsynced(key, spec, cost, now) {
-            return Ok(d);
-        }
-        // First use on this node: start from what the store knows.
-        let id = counter_id(ns, duration, identifier);
-        let seeded = self
-            .inner
-            .storage
-            .counters
-            .settle(
-                &[SettleOp {
-                    id: id.clone(),
-                    spec: *spec,
-                    taken_at: now,
-                    reserved: 0,
-                    used: 0,
-                }],
-                now,
-            )
-            .await?;
-        let state = seeded
-            .first()
-            .copied()
-            .ok_or_else(|| Error::internal("settle returned no state"))?;
-        local.seed_limit(key, &id, state);
-        local
-            .take_unsynced(key, spec, cost, now)
-            .ok_or_else(|| Error::internal("a seeded counter is not held"))
-    }
-
     /// Adds what fast mode admitted on this node since the last sync to the
     /// store, and brings in what other nodes admitted. On a store error the
     /// unsynced units are kept for the next sync and the error returned.
     pub async fn sync(&self) -> Result<()> {
-        let now = self.now();
-        let local = &self.inner.local;
-        let drained = local.drain_unsynced();
-        for (i, u) in drained.iter().enumerate() {
-            let op = SettleOp {
-                id: u.id.clone(),
-                spec: u.spec,
-                taken_at: now,
-                reserved: 0,
-                used: u.units,
-            };
-            match self.inner.storage.counters.settle(&[op], now).await {
-                Ok(states) => {
-                    if let Some(s) = states.first() {
-                        local.merge_synced(u, *s, now);
-                    }
-                }
-                Err(e) => {
-                    for rest in &drained[i..] {
-                        local.restore_unsynced(rest);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
+        self.inner.fast.sync(&self.inner.storage, self.now()).await
     }
 
     /// Runs [`Self::sync`] every [`RateLimitConfig::sync_interval`] on the
@@ -446,7 +476,7 @@ impl RateLimiter {
 
     /// How many fast-mode counters this node holds.
     pub fn local_counters(&self) -> usize {
-        self.inner.local.limit_count()
+        self.inner.fast.len()
     }
 
     // ----- overrides --------------------------------------------------------

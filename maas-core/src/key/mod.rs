@@ -41,8 +41,14 @@ const MAX_LABELS: usize = 1000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitKind {
-    /// Counted in each process, with no I/O: adds no latency, but each node
-    /// counts on its own, so `n` nodes together admit up to `n` times the limit.
+    /// Decided in process with no I/O (after a node's first use of the key,
+    /// which reads the store's count); [`KeyService::maintain`] adds what
+    /// the node admitted to the store and brings in the other nodes' counts.
+    /// Exact on one node; with `n` nodes a window can admit the limit plus
+    /// what the other nodes admitted since their last sync (never more than
+    /// `n` times the limit).
+    ///
+    /// [`KeyService::maintain`]: crate::key::KeyService::maintain
     #[default]
     Fast,
     /// Counted by the [`CounterStore`](crate::storage::CounterStore)'s atomic

@@ -15,13 +15,14 @@ use super::{
 };
 use crate::audit::{Actor, AuditEvent};
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
-use crate::counter::{Balance, BalanceOp, LocalCounters};
+use crate::counter::{Balance, BalanceOp, LimitSpec};
 use crate::error::{Error, Result};
 use crate::id::{KeyId, KeyspaceId};
 use crate::keyspace::{
     DEFAULT_BYTE_LENGTH, Keyspace, KeyspaceUpdate, NewKeyspace, check_byte_length, check_prefix,
 };
 use crate::patch::Patch;
+use crate::ratelimit::SyncedCounters;
 use crate::storage::{KeyQuery, Page, PageRequest, Storage};
 use crate::versioned;
 
@@ -60,7 +61,7 @@ struct Inner {
     clock: SharedClock,
     hasher: KeyHasher,
     cache: KeyCache,
-    fast: LocalCounters,
+    fast: SyncedCounters,
 }
 
 impl fmt::Debug for KeyService {
@@ -112,7 +113,7 @@ impl KeyService {
                 clock,
                 hasher,
                 cache: KeyCache::new(ttl_ms),
-                fast: LocalCounters::new(),
+                fast: SyncedCounters::default(),
             }),
         }
     }
@@ -802,7 +803,20 @@ impl KeyService {
     ) -> Result<crate::counter::WindowTake> {
         let spec = rl.spec();
         match rl.kind {
-            RateLimitKind::Fast => Ok(self.inner.fast.take(counter, &spec, 1, now)),
+            RateLimitKind::Fast => {
+                let spec = LimitSpec::Bucket(spec);
+                self.inner
+                    .fast
+                    .take(
+                        &self.inner.storage,
+                        counter,
+                        || counter.to_owned(),
+                        &spec,
+                        1,
+                        now,
+                    )
+                    .await
+            }
             RateLimitKind::Consistent => {
                 self.inner
                     .storage
@@ -848,12 +862,16 @@ impl KeyService {
         Ok(used.len())
     }
 
-    /// Periodic upkeep: writes last-use times behind and drops cache entries
-    /// older than the TTL. Call every few seconds.
+    /// Periodic upkeep: writes last-use times behind, syncs `fast` rate
+    /// limits with the store (what this node admitted goes in, what other
+    /// nodes admitted comes back) and drops cache entries older than the
+    /// TTL. Call every second or so: the error bound of `fast` rate limits
+    /// across nodes grows with the interval.
     pub async fn maintain(&self) -> Result<()> {
+        let synced = self.inner.fast.sync(&self.inner.storage, self.now()).await;
         self.flush_last_used().await?;
         self.inner.cache.purge_stale(self.now());
-        Ok(())
+        synced
     }
 
     /// How many keys the verification cache holds.
