@@ -41,6 +41,7 @@ mod versioned;
 pub use admission::{
     ActualUsage, AdmissionConfig, AdmissionLimits, AdmissionRequest, Budget, BudgetScope,
     BudgetStatus, BudgetWarning, Denied, LimitKind, NewBudget, RateHeaders, Reservation,
+    estimate_prompt_tokens,
 };
 pub use audit::{Actor, AuditEvent, AuditQuery};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
