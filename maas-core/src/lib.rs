@@ -32,6 +32,7 @@ pub mod tenant;
 pub mod testkit;
 pub mod tier;
 pub mod token;
+pub mod usage;
 pub mod userkeys;
 mod validate;
 mod versioned;
@@ -64,6 +65,10 @@ pub use tier::{
 };
 pub use token::{
     MintedToken, SigningAlgorithm, TokenConfig, TokenRejection, TokenService, VerifiedToken,
+};
+pub use usage::{
+    Granularity, RequestOutcome, TimeRange, UsageConfig, UsageLedger, UsageRecord,
+    VerificationRecord,
 };
 pub use userkeys::{CreatedUserKey, UserKey, UserKeyList, UserKeys};
 
