@@ -198,10 +198,16 @@ pub fn cost_nanos(pricing: &Pricing, input: u64, output: u64) -> u64 {
     nanos.round() as u64
 }
 
-/// Nanos (10⁻⁹ units) as an amount of currency.
+/// Nanos (10⁻⁹ units) as an amount of currency: the nearest `f64` up to
+/// 2⁵³ nanos (about 9 million units), within one rounding beyond.
 pub fn nanos_to_amount(nanos: u64) -> f64 {
-    // Split so that amounts above 2⁵³ nanos keep their fractional digits.
-    (nanos / 1_000_000_000) as f64 + (nanos % 1_000_000_000) as f64 / 1e9
+    const EXACT: u64 = 1 << 53;
+    if nanos <= EXACT {
+        // One correctly rounded division of exact values.
+        nanos as f64 / 1e9
+    } else {
+        (nanos / 1_000_000_000) as f64 + (nanos % 1_000_000_000) as f64 / 1e9
+    }
 }
 
 /// One key verification's outcome.
