@@ -114,6 +114,18 @@ mod send_check {
         send(f.acquire(Request::new("t", 1, 1)));
     }
 
+    fn usage(l: &UsageLedger, r: TimeRange) {
+        use crate::usage::{GroupBy, UsageScope, VerificationScope};
+        send(l.flush());
+        send(l.totals(r, GroupBy::Tenant, &UsageScope::default()));
+        send(l.series(r, Granularity::Hour, None));
+        send(l.series_by_tenant(r, Granularity::Day));
+        send(l.verifications(r, &VerificationScope::default()));
+        send(l.cache(r));
+        send(l.costs(r, GroupBy::Model));
+        send(l.spawn_flusher().shutdown());
+    }
+
     fn tenants(s: &TenantService, a: &Actor, id: &TenantId) {
         send(s.update(a, id, TenantUpdate::default()));
         send(s.create(a, NewTenant::default()));
