@@ -12,8 +12,12 @@
 //! - `dashmap_update_of_10k` and `record_of_10k_tenants`: the same, each
 //!   iteration into a random one of 10,000 existing buckets (one per
 //!   tenant), so the map no longer sits in the L1 cache;
-//! - `record_verification_warm`: the key service's verification record into
-//!   its existing bucket.
+//! - `record_verification_warm`: a verification record into its existing
+//!   bucket;
+//! - `verify_hot_1k` and `verify_hot_1k_with_usage`: `KeyService::verify`
+//!   of a random key among 1,000 (memory backend, cached), without and with
+//!   a ledger attached: what recording every verification's outcome adds to
+//!   the verify hot path.
 //!
 //! Nothing is flushed while measuring (the flush interval is an hour), as in
 //! production between two flushes: recording does no I/O.
@@ -29,7 +33,10 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use dashmap::DashMap;
 use maas::core::usage::{CacheOutcome, UsageConfig, UsageLedger, UsageRecord, VerificationRecord};
-use maas::core::{Pricing, SystemClock, Timestamp, VerifyCode};
+use maas::core::{
+    Actor, KeyHasher, KeyService, KeyServiceConfig, NewKey, NewKeyspace, Pricing, SystemClock,
+    Timestamp, VerifyCode, VerifyOptions,
+};
 use maas::memory::MemoryStore;
 
 mod common;
@@ -113,9 +120,6 @@ fn bench_usage(c: &mut Criterion) {
     let pick = Pick::new();
 
     let mut group = c.benchmark_group("usage");
-    group
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(5));
 
     let hot = &records[0];
     let hot_key = joined_keys[0].as_str();
@@ -149,8 +153,76 @@ fn bench_usage(c: &mut Criterion) {
                 .unwrap()
         })
     });
+
+    // The verify hot path, without and with a ledger attached.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let hasher = KeyHasher::from_secret(b"bench");
+    let service = || {
+        KeyService::new_with_config(
+            storage.clone(),
+            hasher.clone(),
+            KeyServiceConfig {
+                cache_ttl: Duration::from_secs(3_600),
+            },
+            Arc::new(SystemClock),
+        )
+    };
+    let (plain, with_usage) = (service(), service());
+    with_usage.attach_usage(ledger.clone()).unwrap();
+    let opts = VerifyOptions::default();
+    let secrets: Vec<String> = rt.block_on(async {
+        let admin = Actor::new("bench");
+        let ks = plain
+            .create_keyspace(
+                &admin,
+                NewKeyspace {
+                    name: "bench".into(),
+                    prefix: Some("sk".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut secrets = Vec::new();
+        for i in 0..1_000 {
+            let k = plain
+                .create(
+                    &admin,
+                    NewKey {
+                        owner_id: Some(format!("user-{i}")),
+                        ..NewKey::in_keyspace(ks.id.clone())
+                    },
+                )
+                .await
+                .unwrap();
+            secrets.push(k.key);
+        }
+        for s in &secrets {
+            assert!(plain.verify(s, &opts).await.unwrap().valid());
+            assert!(with_usage.verify(s, &opts).await.unwrap().valid());
+        }
+        secrets
+    });
+    for (name, keys) in [
+        ("verify_hot_1k", &plain),
+        ("verify_hot_1k_with_usage", &with_usage),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let v = keys
+                    .verify(secrets[pick.below(1_000)].as_bytes(), &opts)
+                    .await
+                    .unwrap();
+                assert!(v.valid());
+                v
+            })
+        });
+    }
     group.finish();
-    // Every record landed in an existing bucket: nothing new is pending.
+    // Every record landed in an existing bucket (10,000 usage buckets; the
+    // verifications all fall in the minutes of the setup and the run).
     assert_eq!(ledger.status().pending_usage, TENANTS);
 }
 
