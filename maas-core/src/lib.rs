@@ -34,6 +34,7 @@ pub mod tenant;
 pub mod testkit;
 pub mod tier;
 pub mod token;
+pub mod usage;
 pub mod userkeys;
 mod validate;
 mod versioned;
@@ -74,6 +75,10 @@ pub use tier::{
 };
 pub use token::{
     MintedToken, SigningAlgorithm, TokenConfig, TokenRejection, TokenService, VerifiedToken,
+};
+pub use usage::{
+    Granularity, RequestOutcome, TimeRange, UsageConfig, UsageLedger, UsageRecord,
+    VerificationRecord,
 };
 pub use userkeys::{CreatedUserKey, UserKey, UserKeyList, UserKeys};
 
@@ -137,6 +142,18 @@ mod send_check {
 
     fn fairshare(f: &FairShare) {
         send(f.acquire(Request::new("t", 1, 1)));
+    }
+
+    fn usage(l: &UsageLedger, r: TimeRange) {
+        use crate::usage::{GroupBy, UsageScope, VerificationScope};
+        send(l.flush());
+        send(l.totals(r, GroupBy::Tenant, &UsageScope::default()));
+        send(l.series(r, Granularity::Hour, None));
+        send(l.series_by_tenant(r, Granularity::Day));
+        send(l.verifications(r, &VerificationScope::default()));
+        send(l.cache(r));
+        send(l.costs(r, GroupBy::Model));
+        send(l.spawn_flusher().shutdown());
     }
 
     fn tenants(s: &TenantService, a: &Actor, id: &TenantId) {

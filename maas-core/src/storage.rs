@@ -33,6 +33,7 @@ use crate::id::{KeyId, KeyspaceId, TenantId};
 use crate::key::{KeyHash, KeyRecord};
 use crate::keyspace::Keyspace;
 use crate::tenant::Tenant;
+use crate::usage::{UsageBucket, UsageFilter, VerificationBucket, VerificationFilter};
 
 /// One page of a list, with the total over all pages.
 #[derive(Debug, Clone, PartialEq)]
@@ -318,6 +319,33 @@ pub trait AuditStore: Send + Sync + fmt::Debug {
     async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>>;
 }
 
+/// Usage aggregates: per-minute buckets of requests, tokens and costs, and
+/// of key verification outcomes, written by the
+/// [`UsageLedger`](crate::usage::UsageLedger).
+///
+/// Every add is an increment: each bucket is added into the stored bucket
+/// with the same key (created if missing), field by field, saturating. A
+/// call is atomic: on error nothing of it was added, so the ledger can send
+/// a refused batch again without counting anything twice. Concurrent adds
+/// (from many tasks or nodes) all land.
+///
+/// Minutes are not negative (the ledger refuses records before the epoch);
+/// key parts hold no control characters.
+#[async_trait]
+pub trait UsageStore: Send + Sync + fmt::Debug {
+    /// Adds each usage bucket into the stored one with its key.
+    async fn add_usage(&self, buckets: &[UsageBucket]) -> Result<()>;
+    /// Adds each verification bucket into the stored one with its key.
+    async fn add_verifications(&self, buckets: &[VerificationBucket]) -> Result<()>;
+    /// The stored usage buckets `filter` selects, sorted by key.
+    async fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>>;
+    /// The stored verification buckets `filter` selects, sorted by key.
+    async fn verification_buckets(
+        &self,
+        filter: &VerificationFilter,
+    ) -> Result<Vec<VerificationBucket>>;
+}
+
 /// Everything a backend provides, as trait objects: what services are built on.
 #[derive(Clone)]
 pub struct Storage {
@@ -333,6 +361,8 @@ pub struct Storage {
     pub audit: Arc<dyn AuditStore>,
     /// Catalog records.
     pub records: Arc<dyn RecordStore>,
+    /// Usage aggregates.
+    pub usage: Arc<dyn UsageStore>,
 }
 
 impl fmt::Debug for Storage {
@@ -345,12 +375,26 @@ impl fmt::Debug for Storage {
 
 /// A backend that implements every storage trait on one type.
 pub trait Backend:
-    TenantStore + KeyspaceStore + KeyStore + CounterStore + AuditStore + RecordStore + 'static
+    TenantStore
+    + KeyspaceStore
+    + KeyStore
+    + CounterStore
+    + AuditStore
+    + RecordStore
+    + UsageStore
+    + 'static
 {
 }
 
 impl<T> Backend for T where
-    T: TenantStore + KeyspaceStore + KeyStore + CounterStore + AuditStore + RecordStore + 'static
+    T: TenantStore
+        + KeyspaceStore
+        + KeyStore
+        + CounterStore
+        + AuditStore
+        + RecordStore
+        + UsageStore
+        + 'static
 {
 }
 
@@ -363,7 +407,8 @@ impl Storage {
             keys: backend.clone(),
             counters: backend.clone(),
             audit: backend.clone(),
-            records: backend,
+            records: backend.clone(),
+            usage: backend,
         }
     }
 }

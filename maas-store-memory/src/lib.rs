@@ -6,7 +6,9 @@
 //! All configuration (tenants, keyspaces, keys, catalog records, audit) lives under one
 //! read-write lock, so a change and its audit event are applied together and
 //! indexes never disagree with records. Counters live in a lock-striped
-//! [`LocalCounters`], whose operations are atomic per counter.
+//! [`LocalCounters`], whose operations are atomic per counter. Usage
+//! aggregates live in a [`MemoryUsageStore`] (two ordered maps, each batch
+//! added under one lock).
 //!
 //! ```
 //! let storage = maas_store_memory::MemoryStore::new().storage();
@@ -29,6 +31,9 @@ use maas_core::storage::{
     AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Record,
     RecordStore, Storage, TenantStore, audit_page_size, version_conflict,
 };
+use maas_core::usage::{
+    MemoryUsageStore, UsageBucket, UsageFilter, UsageStore, VerificationBucket, VerificationFilter,
+};
 use maas_core::{Error, KeyId, Keyspace, KeyspaceId, Result, Tenant, TenantId, Timestamp};
 
 /// The in-memory backend. Implements every storage trait of `maas-core`.
@@ -36,6 +41,7 @@ use maas_core::{Error, KeyId, Keyspace, KeyspaceId, Result, Tenant, TenantId, Ti
 pub struct MemoryStore {
     state: RwLock<State>,
     counters: LocalCounters,
+    usage: MemoryUsageStore,
 }
 
 #[derive(Debug, Default)]
@@ -509,5 +515,27 @@ impl RecordStore for MemoryStore {
         }
         s.append(audit);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl UsageStore for MemoryStore {
+    async fn add_usage(&self, buckets: &[UsageBucket]) -> Result<()> {
+        self.usage.add_usage(buckets).await
+    }
+
+    async fn add_verifications(&self, buckets: &[VerificationBucket]) -> Result<()> {
+        self.usage.add_verifications(buckets).await
+    }
+
+    async fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>> {
+        self.usage.usage_buckets(filter).await
+    }
+
+    async fn verification_buckets(
+        &self,
+        filter: &VerificationFilter,
+    ) -> Result<Vec<VerificationBucket>> {
+        self.usage.verification_buckets(filter).await
     }
 }

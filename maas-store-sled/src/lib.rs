@@ -15,11 +15,12 @@
 //! ## Layout
 //!
 //! One sled tree per aggregate (`tenants`, `keyspaces`, `keys`, `audit`,
-//! `balances`, `windows`) plus index trees (`tenant_names`, `key_hashes`,
-//! `key_unique`, `keys_by_keyspace`, `keys_by_owner`, `key_flags`) and `meta`
-//! (format version, audit count). A record and every index entry that points
-//! at it are written in one sled transaction, so an index never points at
-//! nothing and a crash never leaves half a write.
+//! `balances`, `windows`, `records`, `usage`, `verifications`) plus index
+//! trees (`tenant_names`, `key_hashes`, `key_unique`, `keys_by_keyspace`,
+//! `keys_by_owner`, `key_flags`) and `meta` (format version, audit count).
+//! A record and every index entry that points at it are written in one sled
+//! transaction, so an index never points at nothing and a crash never
+//! leaves half a write.
 //!
 //! Records are JSON (serde_json): they carry free-form JSON (`meta`, audit
 //! before/after) that compact binary formats such as bincode or postcard
@@ -41,6 +42,13 @@
 //!   admit again what they admitted just before the crash) — and last-used
 //!   times. These are written behind by sled's background flusher, because
 //!   an fsync per verification would make the hot path disk-bound.
+//! - **May be lost, up to `flush_every_ms` more:** usage and verification
+//!   buckets. The usage ledger of `maas-core` already writes them behind
+//!   (its own flush interval, see `maas_core::usage`); the buckets it flushes
+//!   are then on disk within `flush_every_ms`, so a crash can lose both
+//!   windows' worth of usage. Usage buckets are fixed-width binary (ten
+//!   big-endian `u64`), keyed by big-endian minute first so a time range is
+//!   one range scan.
 //! - Everything is atomic: after a crash each transaction is either wholly
 //!   there or wholly absent.
 //!
@@ -54,6 +62,7 @@
 
 mod codec;
 mod store;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -133,6 +133,10 @@ pub(crate) struct Trees {
     windows: Tree,
     /// Catalog records under `kind \0 id`.
     records: Tree,
+    /// Usage buckets (see `crate::usage`).
+    pub(crate) usage: Tree,
+    /// Verification buckets (see `crate::usage`).
+    pub(crate) verifications: Tree,
 }
 
 impl fmt::Debug for Trees {
@@ -280,6 +284,8 @@ impl Trees {
             balances: db.open_tree("balances")?,
             windows: db.open_tree("windows")?,
             records: db.open_tree("records")?,
+            usage: db.open_tree("usage")?,
+            verifications: db.open_tree("verifications")?,
             db,
         })
     }
@@ -319,7 +325,7 @@ impl Trees {
     }
 
     /// Runs a transaction through the gate.
-    async fn commit<T>(
+    pub(crate) async fn commit<T>(
         &self,
         run: impl FnOnce() -> std::result::Result<T, TransactionError<Error>>,
     ) -> Result<T> {

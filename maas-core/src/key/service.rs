@@ -1,7 +1,7 @@
 //! [`KeyService`]: keyspaces and keys — issue, manage, verify.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -24,6 +24,7 @@ use crate::keyspace::{
 use crate::patch::Patch;
 use crate::ratelimit::SyncedCounters;
 use crate::storage::{KeyQuery, Page, PageRequest, Storage};
+use crate::usage::UsageLedger;
 use crate::versioned;
 
 /// Settings of a [`KeyService`].
@@ -62,6 +63,7 @@ struct Inner {
     hasher: KeyHasher,
     cache: KeyCache,
     fast: SyncedCounters,
+    usage: OnceLock<UsageLedger>,
 }
 
 impl fmt::Debug for KeyService {
@@ -114,7 +116,42 @@ impl KeyService {
                 hasher,
                 cache: KeyCache::new(ttl_ms),
                 fast: SyncedCounters::default(),
+                usage: OnceLock::new(),
             }),
+        }
+    }
+
+    /// Records every verification's outcome into `ledger` from now on (this
+    /// service and its clones): each verification of an existing key counts
+    /// in [`UsageLedger::verifications`] under the key, its keyspace and
+    /// owner, at the service's clock. Unknown and malformed keys
+    /// (`NOT_FOUND`) have no key to count against and are not recorded.
+    ///
+    /// A service takes one ledger: [`Error::Conflict`] if one is attached.
+    pub fn attach_usage(&self, ledger: UsageLedger) -> Result<()> {
+        self.inner
+            .usage
+            .set(ledger)
+            .map_err(|_| Error::conflict("a usage ledger is already attached"))
+    }
+
+    /// The usage ledger verifications are recorded into, if any.
+    pub fn usage(&self) -> Option<&UsageLedger> {
+        self.inner.usage.get()
+    }
+
+    /// Records a verification of `key` with `code`, if a ledger is attached.
+    fn note(&self, now: Timestamp, key: &KeyRecord, code: VerifyCode) {
+        if let Some(ledger) = self.inner.usage.get() {
+            // Stored keys' ids hold no control characters and the clock is
+            // after the epoch: the ledger refuses nothing it is given here.
+            let _ = ledger.verification(
+                now,
+                key.keyspace_id.as_str(),
+                key.id.as_str(),
+                key.owner_id.as_deref(),
+                code,
+            );
         }
     }
 
@@ -734,17 +771,19 @@ impl KeyService {
         // Checks read the slot's facts; the record only where an option or
         // a limit needs it. The result takes the hit's reference to the record.
         macro_rules! done {
-            ($code:expr, $remaining:expr, $ratelimit:expr) => {
+            ($code:expr, $remaining:expr, $ratelimit:expr) => {{
+                self.note(now, &hit.cached.record, $code);
                 return Ok(Verification::new(
                     $code,
                     Some(hit.cached),
                     $remaining,
                     $ratelimit,
-                ))
-            };
+                ));
+            }};
         }
         if let Some(ks) = opts.keyspace_id {
             if *ks != hit.cached.record.keyspace_id {
+                self.note(now, &hit.cached.record, VerifyCode::Forbidden);
                 return Ok(Verification::bare(VerifyCode::Forbidden));
             }
         }

@@ -22,6 +22,7 @@ mod probe;
 mod props;
 mod store;
 mod tokens;
+mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub use probe::{Probe, ProbeCounts};
 pub use props::*;
 pub use store::*;
 pub use tokens::*;
+pub use usage::*;
 
 macro_rules! scenarios {
     ($d:tt; $($name:ident),* $(,)?) => {
@@ -127,12 +129,20 @@ scenarios!($;
     user_keys_lifecycle,
     user_keys_nodes_share_one_keyspace,
     user_keys_invalid_input_writes_nothing,
+    usage_adds_merge_into_buckets,
+    usage_filters_and_half_open_ranges,
+    usage_concurrent_adds_all_land,
+    usage_verification_buckets,
+    usage_ledger_writes_behind,
+    usage_costs_with_a_price_change,
+    usage_records_key_verifications,
     prop_verify_never_panics,
     prop_update_remaining_agrees_with_model,
     prop_refill_agrees_with_model,
     prop_balance_never_overspends,
     prop_window_never_over_admits,
     prop_reserve_never_over_admits,
+    prop_usage_totals_equal_sum_of_records,
 );
 
 /// What most key scenarios start from: a key service on the storage under

@@ -18,9 +18,10 @@ use crate::key::{KeyHash, KeyRecord};
 use crate::keyspace::Keyspace;
 use crate::storage::{
     AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Record,
-    RecordStore, Storage, TenantStore,
+    RecordStore, Storage, TenantStore, UsageStore,
 };
 use crate::tenant::Tenant;
+use crate::usage::{UsageBucket, UsageFilter, VerificationBucket, VerificationFilter};
 
 /// Counts of store calls seen by a [`Probe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -223,5 +224,28 @@ impl RecordStore for Probe {
     async fn delete_record(&self, kind: &str, id: &str, a: AuditEvent) -> Result<()> {
         self.w();
         self.inner.records.delete_record(kind, id, a).await
+    }
+}
+
+#[async_trait]
+impl UsageStore for Probe {
+    async fn add_usage(&self, b: &[UsageBucket]) -> Result<()> {
+        self.w();
+        self.inner.usage.add_usage(b).await
+    }
+    async fn add_verifications(&self, b: &[VerificationBucket]) -> Result<()> {
+        self.w();
+        self.inner.usage.add_verifications(b).await
+    }
+    async fn usage_buckets(&self, f: &UsageFilter) -> Result<Vec<UsageBucket>> {
+        self.r();
+        self.inner.usage.usage_buckets(f).await
+    }
+    async fn verification_buckets(
+        &self,
+        f: &VerificationFilter,
+    ) -> Result<Vec<VerificationBucket>> {
+        self.r();
+        self.inner.usage.verification_buckets(f).await
     }
 }

@@ -1,0 +1,210 @@
+//! The usage store on two sled trees.
+//!
+//! - `usage`: key = minute start (8 bytes, big-endian unsigned ms) followed
+//!   by `tenant \0 key_id \0 model \0 currency`; value = the ten sums of
+//!   [`UsageSums::to_array`], 8 bytes big-endian each.
+//! - `verifications`: key = minute, then `keyspace_id \0 key_id \0
+//!   owner_id`; value = the four sums of [`VerificationSums::to_array`].
+//!
+//! Big-endian minutes first make a time range one range scan, in the order of
+//! [`UsageKey`]/[`VerificationKey`] (parts hold no NUL, and NUL sorts before
+//! every other byte, so `a \0 …` sorts like the tuple). Each batch is added
+//! in one transaction: all of it or none.
+
+use async_trait::async_trait;
+use maas_core::storage::UsageStore;
+use maas_core::usage::{
+    UsageBucket, UsageFilter, UsageKey, UsageSums, VerificationBucket, VerificationFilter,
+    VerificationKey, VerificationSums,
+};
+use maas_core::{Error, Result, Timestamp};
+use sled::Tree;
+use sled::transaction::ConflictableTransactionError;
+
+use crate::SledStore;
+use crate::codec::joined;
+use crate::store::map_sled;
+
+/// The big-endian minute of a stored key; negative minutes cannot be stored.
+fn minute_bytes(minute: Timestamp) -> Result<[u8; 8]> {
+    u64::try_from(minute.as_millis())
+        .map(u64::to_be_bytes)
+        .map_err(|_| Error::invalid("minute", "must not be before 1970-01-01"))
+}
+
+fn key_bytes(minute: Timestamp, parts: &[&str]) -> Result<Vec<u8>> {
+    let mut k = minute_bytes(minute)?.to_vec();
+    k.extend_from_slice(&joined(parts));
+    Ok(k)
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::internal(format!("a stored {what} bucket is unreadable"))
+}
+
+/// The minute and the `N` parts of a stored key.
+fn split_key<const N: usize>(what: &str, k: &[u8]) -> Result<(Timestamp, [String; N])> {
+    let (m, rest) = k.split_at_checked(8).ok_or_else(|| corrupt(what))?;
+    let m = <[u8; 8]>::try_from(m).map_err(|_| corrupt(what))?;
+    let m = i64::try_from(u64::from_be_bytes(m)).map_err(|_| corrupt(what))?;
+    let mut parts: [String; N] = std::array::from_fn(|_| String::new());
+    let mut it = rest.split(|&b| b == 0);
+    for p in &mut parts {
+        let bytes = it.next().ok_or_else(|| corrupt(what))?;
+        *p = std::str::from_utf8(bytes)
+            .map_err(|_| corrupt(what))?
+            .to_owned();
+    }
+    if it.next().is_some() {
+        return Err(corrupt(what));
+    }
+    Ok((Timestamp::from_millis(m), parts))
+}
+
+fn decode_sums<const N: usize>(what: &str, v: &[u8]) -> Result<[u64; N]> {
+    if v.len() != N * 8 {
+        return Err(corrupt(what));
+    }
+    let mut out = [0u64; N];
+    for (o, c) in out.iter_mut().zip(v.chunks_exact(8)) {
+        *o = u64::from_be_bytes(<[u8; 8]>::try_from(c).map_err(|_| corrupt(what))?);
+    }
+    Ok(out)
+}
+
+fn encode_sums<const N: usize>(a: [u64; N]) -> Vec<u8> {
+    a.iter().flat_map(|x| x.to_be_bytes()).collect()
+}
+
+/// Adds each `(key, sums)` into `tree` in one transaction.
+async fn add<const N: usize>(
+    store: &SledStore,
+    tree: &Tree,
+    what: &'static str,
+    entries: Vec<(Vec<u8>, [u64; N])>,
+) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    store
+        .t
+        .commit(|| {
+            tree.transaction(|tx| {
+                for (k, add) in &entries {
+                    let mut cur = match tx.get(k)? {
+                        Some(v) => decode_sums::<N>(what, &v)
+                            .map_err(ConflictableTransactionError::Abort)?,
+                        None => [0; N],
+                    };
+                    for (c, a) in cur.iter_mut().zip(add) {
+                        *c = c.saturating_add(*a);
+                    }
+                    tx.insert(k.as_slice(), encode_sums(cur))?;
+                }
+                Ok(())
+            })
+        })
+        .await
+}
+
+/// The stored entries of minutes in `[from, to)`.
+fn scan(tree: &Tree, from: Timestamp, to: Timestamp) -> Result<Vec<(sled::IVec, sled::IVec)>> {
+    let from = Timestamp::from_millis(from.as_millis().max(0));
+    if to <= from {
+        return Ok(Vec::new());
+    }
+    let (lo, hi) = (minute_bytes(from)?, minute_bytes(to)?);
+    tree.range(lo..hi).map(|kv| kv.map_err(map_sled)).collect()
+}
+
+#[async_trait]
+impl UsageStore for SledStore {
+    async fn add_usage(&self, buckets: &[UsageBucket]) -> Result<()> {
+        let entries = buckets
+            .iter()
+            .map(|b| {
+                let k = &b.key;
+                let key = key_bytes(k.minute, &[&k.tenant, &k.key_id, &k.model, &k.currency])?;
+                Ok((key, b.sums.to_array()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        add(self, &self.t.usage, "usage", entries).await
+    }
+
+    async fn add_verifications(&self, buckets: &[VerificationBucket]) -> Result<()> {
+        let entries = buckets
+            .iter()
+            .map(|b| {
+                let k = &b.key;
+                let key = key_bytes(k.minute, &[&k.keyspace_id, &k.key_id, &k.owner_id])?;
+                Ok((key, b.sums.to_array()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        add(self, &self.t.verifications, "verification", entries).await
+    }
+
+    async fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>> {
+        let mut out = Vec::new();
+        for (k, v) in scan(&self.t.usage, filter.from, filter.to)? {
+            let (minute, [tenant, key_id, model, currency]) = split_key::<4>("usage", &k)?;
+            let key = UsageKey {
+                minute,
+                tenant,
+                key_id,
+                model,
+                currency,
+            };
+            if filter.matches(&key) {
+                let sums = UsageSums::from_array(decode_sums("usage", &v)?);
+                out.push(UsageBucket { key, sums });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn verification_buckets(
+        &self,
+        filter: &VerificationFilter,
+    ) -> Result<Vec<VerificationBucket>> {
+        let mut out = Vec::new();
+        for (k, v) in scan(&self.t.verifications, filter.from, filter.to)? {
+            let (minute, [keyspace_id, key_id, owner_id]) = split_key::<3>("verification", &k)?;
+            let key = VerificationKey {
+                minute,
+                keyspace_id,
+                key_id,
+                owner_id,
+            };
+            if filter.matches(&key) {
+                let sums = VerificationSums::from_array(decode_sums("verification", &v)?);
+                out.push(VerificationBucket { key, sums });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_roundtrip_and_sort_like_tuples() {
+        let m = Timestamp::from_millis(1_735_689_600_000);
+        let k = key_bytes(m, &["acme", "", "llama", "USD"]).unwrap();
+        let (minute, parts) = split_key::<4>("usage", &k).unwrap();
+        assert_eq!(minute, m);
+        assert_eq!(parts, ["acme", "", "llama", "USD"].map(String::from));
+        let a = key_bytes(m, &["a", "", "m", ""]).unwrap();
+        let b = key_bytes(m, &["ab", "", "m", ""]).unwrap();
+        assert!(a < b);
+        let later = key_bytes(m.add_millis(60_000), &["a", "", "m", ""]).unwrap();
+        assert!(b < later);
+        assert!(key_bytes(Timestamp::from_millis(-60_000), &["a"]).is_err());
+        assert!(split_key::<4>("usage", b"short").is_err());
+        assert!(split_key::<2>("usage", &k).is_err());
+        let sums = [1, 2, 3, u64::MAX];
+        assert_eq!(decode_sums::<4>("x", &encode_sums(sums)).unwrap(), sums);
+        assert!(decode_sums::<4>("x", &[0; 31]).is_err());
+    }
+}
