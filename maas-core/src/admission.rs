@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::model::Pricing;
 use crate::storage::Storage;
 use crate::tier::Tier;
+use crate::usage::{cost_nanos, nanos_to_amount};
 use crate::validate;
 
 /// The record kind of [`Budget`]s.
@@ -488,11 +489,6 @@ impl Drop for Reservation {
     }
 }
 
-/// The cost in nano-units of `input` and `output` tokens at `p`.
-fn cost_nanos(p: &Pricing, input: u64, output: u64) -> u64 {
-    to_nanos(p.cost(input, output))
-}
-
 impl AdmissionLimits {
     /// Admission limits over `storage`, with the system clock and defaults.
     pub fn new(storage: Storage) -> Self {
@@ -747,8 +743,8 @@ impl AdmissionLimits {
             .ok_or_else(|| Error::internal("reserve returned no decision"))?;
         let used = d.limit.saturating_sub(d.remaining);
         Ok(BudgetStatus {
-            used: used as f64 / NANOS,
-            remaining: d.remaining as f64 / NANOS,
+            used: nanos_to_amount(used),
+            remaining: nanos_to_amount(d.remaining),
             reset: d.reset,
             budget,
         })
