@@ -1,0 +1,276 @@
+//! What every API of this crate shares: request ids, body limits, tracing,
+//! and JSON bodies whose problems are answered in each API's own error
+//! dialect.
+
+use std::marker::PhantomData;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Router, middleware};
+use maas_core::Error;
+use serde::de::DeserializeOwned;
+use tower_http::trace::TraceLayer;
+
+/// The request id header: taken from the request when it is a sensible
+/// one, generated otherwise, echoed on every response and used in error
+/// bodies.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The default limit of request bodies: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+/// Settings shared by the routers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// The largest request body accepted, in bytes; larger ones get 413 in
+    /// the API's error shape. Default [`DEFAULT_BODY_LIMIT`].
+    pub body_limit: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+/// The id of the request being served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// A fresh id: `req_` and 16 random bytes in base58.
+    pub fn generate() -> Self {
+        let bytes: [u8; 16] = rand::random();
+        RequestId(format!("req_{}", bs58::encode(bytes).into_string()))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A client-sent id worth keeping: 1..=128 visible ASCII characters.
+    fn from_header(v: &HeaderValue) -> Option<Self> {
+        let s = v.to_str().ok()?;
+        let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+        ok.then(|| RequestId(s.to_owned()))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate))
+    }
+}
+
+/// Middleware: assigns the request id and echoes it on the response.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(RequestId::from_header)
+        .unwrap_or_else(RequestId::generate);
+    req.extensions_mut().insert(id.clone());
+    let mut res = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        res.headers_mut().insert(REQUEST_ID, v);
+    }
+    res
+}
+
+/// Wraps `router` in the layers every API uses: the request id, a tracing
+/// span per request and the body limit.
+pub fn with_common_layers(router: Router, config: &HttpConfig) -> Router {
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(config.body_limit))
+        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(request_id))
+}
+
+/// How an API renders a problem with a request, in its own error shape.
+pub trait Dialect: Send + Sync + 'static {
+    /// The response for `err` while serving request `id`.
+    fn render(err: &Error, id: &RequestId) -> Response;
+
+    /// The response for a body larger than the limit (413).
+    fn too_large(limit_message: &str, id: &RequestId) -> Response;
+
+    /// The response for a body that is not JSON (415).
+    fn unsupported_media_type(id: &RequestId) -> Response;
+}
+
+/// A JSON request body of `T`, whose problems (not JSON, too large,
+/// malformed, a field of the wrong type or missing) are answered in dialect
+/// `D` naming the field, before any handler code runs.
+#[derive(Debug)]
+pub struct ApiJson<T, D>(pub T, PhantomData<D>);
+
+impl<T, D> ApiJson<T, D> {
+    /// The body.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+/// Deserializes `bytes` as JSON `T`; a failure is invalid input naming the
+/// field (a JSON pointer-like dotted path) or `body`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid("body", "a JSON body is required"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = match path.as_str() {
+            "" | "." | "?" => None,
+            p => Some(p.to_owned()),
+        };
+        let message = e.into_inner().to_string();
+        // serde reports a missing field at its parent: name the field.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned);
+        let field = match (path, missing) {
+            (Some(p), Some(m)) => format!("{p}.{m}"),
+            (None, Some(m)) => m,
+            (Some(p), None) => p,
+            (None, None) => "body".to_owned(),
+        };
+        Error::invalid(field, message)
+    })
+}
+
+fn is_json(req: &Request) -> bool {
+    let Some(ct) = req.headers().get(CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(ct) = ct.to_str() else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+impl<S, T, D> FromRequest<S> for ApiJson<T, D>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+    D: Dialect,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let id = req
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate);
+        if !is_json(&req) {
+            return Err(D::unsupported_media_type(&id));
+        }
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rejection) => {
+                let status = rejection.status();
+                return Err(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    D::too_large(&rejection.body_text(), &id)
+                } else {
+                    D::render(&Error::invalid("body", rejection.body_text()), &id)
+                });
+            }
+        };
+        match parse_json(&bytes) {
+            Ok(v) => Ok(ApiJson(v, PhantomData)),
+            Err(e) => Err(D::render(&e, &id)),
+        }
+    }
+}
+
+/// A bearer credential from the `Authorization` header, if there is one.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// A response of `status` with a JSON body and the given content type.
+pub fn json_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: &serde_json::Value,
+) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        bytes,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        inner: Inner,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u8,
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let field = |b: &[u8]| match parse_json::<Body>(b) {
+            Err(Error::InvalidInput { field, .. }) => field.into_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(br#"{"name": 1, "inner": {"n": 1}}"#), "name");
+        assert_eq!(field(br#"{"name": "a", "inner": {"n": 300}}"#), "inner.n");
+        assert_eq!(field(br#"{"name": "a"}"#), "inner");
+        assert_eq!(field(br#"{"name": "a", "inner": {}}"#), "inner.n");
+        assert_eq!(field(b"{"), "body");
+        assert_eq!(field(b"  "), "body");
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_only_when_sane() {
+        let ok = HeaderValue::from_static("abc-123");
+        assert_eq!(RequestId::from_header(&ok).unwrap().as_str(), "abc-123");
+        let spaced = HeaderValue::from_static("a b");
+        assert!(RequestId::from_header(&spaced).is_none());
+        assert!(RequestId::generate().as_str().starts_with("req_"));
+    }
+}

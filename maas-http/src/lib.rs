@@ -1,0 +1,21 @@
+//! # maas-http
+//!
+//! The axum adapter of maas. Each API is a function returning a [`Router`]
+//! over its state, so an embedder mounts the ones it wants and tests drive
+//! them with `tower::ServiceExt::oneshot`:
+//!
+//! - [`maas_api::router`]: the MaaS user API (seed 000: `/health`, `/keys`,
+//!   `/tiers/lookup`, `/tokens`, `/v1/models`), errors in Goa's shape;
+//!
+//! Handlers only parse, call `maas-core` and render: no rule lives here.
+//! Every router answers with an `x-request-id`, limits request bodies
+//! ([`HttpConfig::body_limit`]) and opens a tracing span per request.
+//!
+//! [`Router`]: axum::Router
+
+#![forbid(unsafe_code)]
+
+pub mod common;
+pub mod maas_api;
+
+pub use common::{ApiJson, Dialect, HttpConfig, RequestId};
