@@ -12,6 +12,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, AuditEvent};
@@ -19,7 +20,8 @@ use crate::catalog;
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
 use crate::id::{KeyId, KeyspaceId};
-use crate::key::{KeyService, NewKey};
+use crate::identity::{Authenticator, Identity};
+use crate::key::{KeyService, NewKey, VerifyCode, VerifyOptions};
 use crate::keyspace::NewKeyspace;
 use crate::storage::{KeyQuery, MAX_PAGE_SIZE, PageRequest};
 use crate::validate;
@@ -32,6 +34,8 @@ pub const USER_KEYSPACE_SETTING: &str = "user_keyspace";
 pub const USER_KEY_PREFIX: &str = "maas";
 /// The name of the user keyspace.
 pub const USER_KEYSPACE_NAME: &str = "user keys";
+/// The key meta field holding the groups of the user who created the key.
+pub const GROUPS_META: &str = "groups";
 /// The longest user name and key name, in bytes.
 pub const MAX_USER_KEY_NAME: usize = 256;
 
@@ -226,13 +230,25 @@ impl UserKeys {
     /// and nowhere else. [`Error::Conflict`] if the user has a live key of
     /// that name; [`Error::InvalidInput`] (`user`, `name`) before any write.
     pub async fn create(&self, user: &str, name: &str) -> Result<CreatedUserKey> {
+        self.create_for(&Identity::new(user, Vec::<String>::new()), name)
+            .await
+    }
+
+    /// Creates a key named `name` for `identity`, remembering its groups:
+    /// the key authenticates as that identity ([`Self::authenticate`]), so
+    /// it gets the tier those groups map to. As [`Self::create`] otherwise.
+    pub async fn create_for(&self, identity: &Identity, name: &str) -> Result<CreatedUserKey> {
+        let user = identity.user.as_str();
         check_user(user)?;
         check_name(name)?;
         let keyspace = self.keyspace().await?;
+        let mut meta = serde_json::Map::new();
+        meta.insert(GROUPS_META.to_owned(), serde_json::json!(identity.groups));
         let new = NewKey {
             name: Some(name.to_owned()),
             unique_name: true,
             owner_id: Some(user.to_owned()),
+            meta: Some(meta),
             ..NewKey::in_keyspace(keyspace)
         };
         let created = match self.keys.create(&actor_of(user), new).await {
@@ -304,6 +320,83 @@ impl UserKeys {
             Err(Error::NotFound { .. }) => Err(not_found()),
             other => other,
         }
+    }
+}
+
+impl UserKeys {
+    /// The identity of a user key: its owner, with the groups remembered at
+    /// creation. `Ok(None)` for credentials that are not user keys (no
+    /// `maas_` prefix); a user key that does not verify (unknown, deleted,
+    /// disabled, expired) is [`Error::Unauthenticated`].
+    pub async fn authenticate(&self, credential: &str) -> Result<Option<Identity>> {
+        let Some(rest) = credential.strip_prefix(USER_KEY_PREFIX) else {
+            return Ok(None);
+        };
+        if !rest.starts_with('_') {
+            return Ok(None);
+        }
+        let invalid = || Error::Unauthenticated {
+            reason: "invalid API key".into(),
+        };
+        let Some(keyspace) = self.existing_keyspace().await? else {
+            return Err(invalid());
+        };
+        let v = self
+            .keys
+            .verify(
+                credential,
+                &VerifyOptions {
+                    keyspace_id: Some(&keyspace),
+                    permissions: None,
+                },
+            )
+            .await?;
+        match v.code() {
+            VerifyCode::Valid => {}
+            VerifyCode::RateLimited => {
+                let rl = v.ratelimit();
+                return Err(Error::RateLimited {
+                    limit: rl.map_or(0, |r| r.limit),
+                    remaining: 0,
+                    reset: rl.map_or(Timestamp::EPOCH, |r| r.reset),
+                });
+            }
+            VerifyCode::UsageExceeded => {
+                return Err(Error::QuotaExceeded {
+                    message: "the API key has no uses left".into(),
+                });
+            }
+            VerifyCode::Disabled => {
+                return Err(Error::Unauthenticated {
+                    reason: "API key is disabled".into(),
+                });
+            }
+            VerifyCode::Expired => {
+                return Err(Error::Unauthenticated {
+                    reason: "API key has expired".into(),
+                });
+            }
+            _ => return Err(invalid()),
+        }
+        let user = v.owner_id().ok_or_else(invalid)?.to_owned();
+        let groups = v
+            .meta()
+            .and_then(|m| m.get(GROUPS_META))
+            .and_then(|g| g.as_array())
+            .map(|g| {
+                g.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(Identity { user, groups }))
+    }
+}
+
+#[async_trait]
+impl Authenticator for UserKeys {
+    async fn authenticate(&self, credential: &str) -> Result<Option<Identity>> {
+        UserKeys::authenticate(self, credential).await
     }
 }
 

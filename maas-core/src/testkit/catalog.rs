@@ -782,3 +782,51 @@ pub async fn user_keys_invalid_input_writes_nothing(storage: Storage, clock: Man
     ));
     assert_eq!(probe.counts().writes, 0, "no write");
 }
+
+/// A user key authenticates as its owner with the groups remembered at
+/// creation; other credentials are not recognised; a deleted or disabled
+/// key is refused.
+pub async fn user_keys_authenticate_as_their_owner(storage: Storage, clock: ManualClock) {
+    use crate::identity::Identity;
+    let hasher = KeyHasher::random();
+    let svc = user_keys(&storage, &clock, &hasher);
+    // Before any user key exists.
+    assert!(matches!(
+        svc.authenticate("maas_unknown").await,
+        Err(Error::Unauthenticated { .. })
+    ));
+    assert_eq!(svc.authenticate("eyJhbGciOi.x.y").await.unwrap(), None);
+    assert_eq!(svc.authenticate("maasive").await.unwrap(), None);
+    let alice = Identity::new("alice", ["premium-users", "system:authenticated"]);
+    let k = svc.create_for(&alice, "ci").await.unwrap();
+    assert_eq!(
+        svc.authenticate(&k.api_key).await.unwrap(),
+        Some(alice.clone())
+    );
+    let plain = svc.create("bob", "old").await.unwrap();
+    assert_eq!(
+        svc.authenticate(&plain.api_key).await.unwrap(),
+        Some(Identity::new("bob", Vec::<String>::new()))
+    );
+    // Disabled, then deleted: refused.
+    svc.key_service()
+        .update(
+            &crate::audit::Actor::new("admin"),
+            &k.key_id,
+            crate::key::KeyUpdate {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        svc.authenticate(&k.api_key).await,
+        Err(Error::Unauthenticated { reason }) if reason.contains("disabled")
+    ));
+    svc.delete("bob", "old").await.unwrap();
+    assert!(matches!(
+        svc.authenticate(&plain.api_key).await,
+        Err(Error::Unauthenticated { .. })
+    ));
+}

@@ -127,6 +127,7 @@ scenarios!($;
     model_cache_sees_other_nodes_after_ttl,
     model_invalid_input_writes_nothing,
     user_keys_lifecycle,
+    user_keys_authenticate_as_their_owner,
     user_keys_nodes_share_one_keyspace,
     user_keys_invalid_input_writes_nothing,
     usage_adds_merge_into_buckets,
