@@ -144,13 +144,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             .strip_prefix("missing field `")
             .and_then(|rest| rest.split('`').next())
             .map(str::to_owned);
-        let field = match (path, missing) {
-            (Some(p), Some(m)) => format!("{p}.{m}"),
-            (None, Some(m)) => m,
-            (Some(p), None) => p,
-            (None, None) => "body".to_owned(),
-        };
-        Error::invalid(field, message)
+        match (path, missing) {
+            (Some(p), Some(m)) => Error::invalid(format!("{p}.{m}"), "is required"),
+            (None, Some(m)) => Error::invalid(m, "is required"),
+            (Some(p), None) => Error::invalid(p, format!("is invalid: {message}")),
+            (None, None) => Error::invalid("body", format!("is not valid JSON: {message}")),
+        }
     })
 }
 

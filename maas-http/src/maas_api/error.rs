@@ -42,7 +42,11 @@ impl GoaError {
             Error::InvalidInput { field, reason } => (
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                format!("parameter '{field}' {reason}"),
+                if reason.starts_with("parameter '") {
+                    reason.to_string()
+                } else {
+                    format!("parameter '{field}' {reason}")
+                },
                 false,
                 false,
             ),
