@@ -28,6 +28,7 @@ pub mod keyspace;
 pub mod model;
 pub mod patch;
 pub mod ratelimit;
+pub mod scheduling;
 pub mod storage;
 pub mod tenant;
 #[cfg(feature = "testkit")]

@@ -471,3 +471,159 @@ pub async fn admission_concurrent_holds_are_exact(storage: Storage, clock: Manua
         }
     }
 }
+
+/// Fair-share configuration is stored, audited and applied live: groups
+/// (the default one built in), capacity within bounds, tenants only in
+/// existing groups; another node's scheduler gets all of it from `load`.
+pub async fn scheduling_groups_capacity_tenants(storage: Storage, clock: ManualClock) {
+    use crate::fairshare::{FairShare, FairShareConfig};
+    use crate::scheduling::Scheduling;
+    use crate::tenant::TenantUpdate;
+
+    let admin = Actor::new("admin");
+    let clock: Arc<dyn Clock> = Arc::new(clock);
+    let fs = FairShare::with_clock(FairShareConfig::default(), clock.clone()).unwrap();
+    let s = Scheduling::new(storage.clone(), fs.clone(), clock.clone());
+    let gold = s.create_group(&admin, "gold", 300).await.unwrap();
+    assert_eq!((gold.weight, gold.version), (300, 1));
+    assert!(matches!(
+        s.create_group(&admin, "gold", 1).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        s.create_group(&admin, "default", 1).await,
+        Err(Error::Conflict { .. })
+    ));
+    for w in [0, -1, 1_000_001] {
+        assert!(matches!(
+            s.create_group(&admin, "silver", w).await,
+            Err(Error::InvalidInput { field, .. }) if field == "weight"
+        ));
+    }
+    let names: Vec<String> = s
+        .list_groups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(names, ["default", "gold"]);
+    let d = s.set_group_weight(&admin, "default", 50).await.unwrap();
+    assert_eq!((d.weight, d.version), (50, 1));
+    let d = s.set_group_weight(&admin, "default", 60).await.unwrap();
+    assert_eq!((d.weight, d.version), (60, 2));
+    assert!(
+        s.set_group_weight(&admin, "nope", 5)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+
+    assert_eq!(s.set_capacity(&admin, 8).await.unwrap(), 8);
+    assert_eq!((s.capacity(), fs.max_in_flight()), (8, 8));
+    for bad in [0, -5, 100_001] {
+        assert!(matches!(
+            s.set_capacity(&admin, bad).await,
+            Err(Error::InvalidInput { field, .. }) if field == "max_in_flight"
+        ));
+    }
+    assert_eq!(s.capacity(), 8, "a refused change changes nothing");
+    s.set_capacity(&admin, 12).await.unwrap();
+
+    let refused = s
+        .create_tenant(
+            &admin,
+            NewTenant {
+                name: "acme".into(),
+                group: Some("nope".into()),
+                ..NewTenant::default()
+            },
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::InvalidInput { field, .. }) if field == "group"));
+    assert_eq!(
+        s.tenants().list(&Default::default()).await.unwrap().total,
+        0
+    );
+    let acme = s
+        .create_tenant(
+            &admin,
+            NewTenant {
+                name: "acme".into(),
+                weight: Some(200),
+                group: Some("gold".into()),
+                ..NewTenant::default()
+            },
+        )
+        .await
+        .unwrap();
+    let live = s.live();
+    let g = live.groups.iter().find(|g| g.name == "gold").unwrap();
+    assert_eq!(g.weight, 300);
+    assert_eq!(g.tenants[0].name, "acme");
+    assert_eq!(g.tenants[0].weight, 200);
+    let moved = s
+        .update_tenant(
+            &admin,
+            &acme.id,
+            TenantUpdate {
+                weight: Some(500),
+                group: Some("default".into()),
+                ..TenantUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((moved.weight, moved.group.as_str()), (500, "default"));
+    let live = s.live();
+    let d = live.groups.iter().find(|g| g.name == "default").unwrap();
+    assert_eq!((d.weight, d.tenants[0].weight), (60, 500));
+    assert!(matches!(
+        s.update_tenant(
+            &admin,
+            &acme.id,
+            TenantUpdate {
+                group: Some("nope".into()),
+                ..TenantUpdate::default()
+            }
+        )
+        .await,
+        Err(Error::InvalidInput { .. })
+    ));
+
+    // Another node's scheduler learns everything from the store.
+    let other = FairShare::with_clock(FairShareConfig::default(), clock.clone()).unwrap();
+    Scheduling::new(storage.clone(), other.clone(), clock)
+        .load()
+        .await
+        .unwrap();
+    assert_eq!(other.max_in_flight(), 12);
+    let live = other.snapshot();
+    let d = live.groups.iter().find(|g| g.name == "default").unwrap();
+    assert_eq!(
+        (d.weight, d.tenants[0].name.as_str(), d.tenants[0].weight),
+        (60, "acme", 500)
+    );
+    assert!(
+        live.groups
+            .iter()
+            .any(|g| g.name == "gold" && g.weight == 300)
+    );
+
+    let audit = storage
+        .audit
+        .list_audit(&crate::audit::AuditQuery::default())
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    for a in [
+        "fairshare_group.create",
+        "fairshare_group.update",
+        "capacity.create",
+        "capacity.update",
+        "tenant.create",
+        "tenant.update",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+}

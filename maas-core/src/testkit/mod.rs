@@ -95,6 +95,7 @@ scenarios!($;
     admission_denials_name_the_limit,
     admission_budgets,
     admission_concurrent_holds_are_exact,
+    scheduling_groups_capacity_tenants,
     records_lifecycle,
     records_update_is_optimistic,
     tokens_key_ring_is_persisted_and_shared,
