@@ -289,7 +289,8 @@ pub struct NewModel {
     /// Display name; default the id.
     #[serde(default)]
     pub name: Option<String>,
-    /// Upstream URL (http or https).
+    /// Upstream URL (http or https); `url` in the management API.
+    #[serde(alias = "url")]
     pub upstream_url: String,
     /// Owner; default [`DEFAULT_OWNER`].
     #[serde(default)]
@@ -341,7 +342,7 @@ pub struct ModelUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// New upstream URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, alias = "url", skip_serializing_if = "Option::is_none")]
     pub upstream_url: Option<String>,
     /// New owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]

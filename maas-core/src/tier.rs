@@ -40,7 +40,8 @@ pub const MAX_TIER_MODELS: usize = 1000;
 
 /// Which models a tier may use.
 ///
-/// In JSON: the string `"all"`, or a list of model ids.
+/// In JSON: `["*"]` for all (the string `"all"` is read too), or a list of
+/// model ids.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ModelAccess {
     /// Every model of the catalog.
@@ -63,7 +64,7 @@ impl ModelAccess {
 impl Serialize for ModelAccess {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            ModelAccess::All => s.serialize_str("all"),
+            ModelAccess::All => ["*"].serialize(s),
             ModelAccess::List(ids) => ids.serialize(s),
         }
     }
@@ -80,8 +81,12 @@ impl<'de> Deserialize<'de> for ModelAccess {
         match Repr::deserialize(d)? {
             Repr::Word(w) if w == "all" => Ok(ModelAccess::All),
             Repr::Word(w) => Err(serde::de::Error::custom(format!(
-                "expected \"all\" or a list of model ids, got \"{w}\""
+                "expected [\"*\"] or a list of model ids, got \"{w}\""
             ))),
+            Repr::List(ids) if ids.len() == 1 && ids[0] == "*" => Ok(ModelAccess::All),
+            Repr::List(ids) if ids.iter().any(|i| i == "*") => Err(serde::de::Error::custom(
+                "\"*\" (all models) cannot be combined with model ids",
+            )),
             Repr::List(ids) => Ok(ModelAccess::List(ids)),
         }
     }
@@ -681,8 +686,11 @@ mod tests {
     fn model_access_json() {
         assert_eq!(
             serde_json::to_string(&ModelAccess::All).unwrap(),
-            r#""all""#
+            r#"["*"]"#
         );
+        let star: ModelAccess = serde_json::from_str(r#"["*"]"#).unwrap();
+        assert_eq!(star, ModelAccess::All);
+        assert!(serde_json::from_str::<ModelAccess>(r#"["*","a"]"#).is_err());
         let list = ModelAccess::List(strings(&["a", "b"]));
         assert_eq!(serde_json::to_string(&list).unwrap(), r#"["a","b"]"#);
         let back: ModelAccess = serde_json::from_str(r#"["a","b"]"#).unwrap();
