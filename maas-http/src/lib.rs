@@ -17,5 +17,6 @@
 
 pub mod common;
 pub mod maas_api;
+pub mod management;
 
 pub use common::{ApiJson, Dialect, HttpConfig, RequestId};

@@ -1,0 +1,574 @@
+//! The management API (seed 003) under `/api/v1`, for operators: tenants,
+//! fair share, capacity, tiers, models, audit. Every route, and every path
+//! that is not a route, requires `Authorization: Bearer <admin token>`:
+//! without it the answer is 401, with no hint whether the path exists.
+//! Errors are RFC 9457 problem details ([`Problem`]).
+//!
+//! Lists answer `{"data": [...], "cursor": ...}` (`cursor` is `null` on the
+//! last page, and for lists that are never paginated).
+//!
+//! Still to come (issue 8): keys, usage and costs, MCP servers, projects,
+//! root keys and the OpenAPI document.
+
+// `Result<Response, Response>` is axum's handler idiom; the error is a
+// response about to be sent, not worth boxing.
+#![allow(clippy::result_large_err)]
+
+mod problem;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, put};
+use axum::{Json, Router};
+use maas_core::audit::AuditQuery;
+use maas_core::identity::{Authenticator, Identity, StaticTokens};
+use maas_core::scheduling::Scheduling;
+use maas_core::tier::{NewTier, TierService, TierUpdate};
+use maas_core::{
+    Actor, CacheSettings, Error, ModelService, ModelUpdate, NewModel, NewTenant, PageRequest,
+    Patch, Storage, TenantId, TenantUpdate,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::common::{ApiJson, HttpConfig, RequestId, bearer, with_common_layers};
+pub use problem::{PROBLEM_JSON, Problem};
+
+/// What the management API serves from.
+#[derive(Debug, Clone)]
+pub struct ManagementState {
+    /// The admin token's check (constant-time, over keyed hashes).
+    admin: Arc<StaticTokens>,
+    /// Fair share, capacity and tenants.
+    pub scheduling: Scheduling,
+    /// Tiers.
+    pub tiers: TierService,
+    /// Models.
+    pub models: ModelService,
+    /// The store (health, audit).
+    pub storage: Storage,
+}
+
+impl ManagementState {
+    /// The state, accepting `admin_token` as the bearer of every route.
+    pub fn new(
+        admin_token: &str,
+        scheduling: Scheduling,
+        tiers: TierService,
+        models: ModelService,
+        storage: Storage,
+    ) -> maas_core::Result<Self> {
+        if admin_token.len() < 16 {
+            return Err(Error::invalid(
+                "admin_token",
+                "must be at least 16 characters",
+            ));
+        }
+        let admin = StaticTokens::new([(
+            admin_token.to_owned(),
+            Identity::new("admin", ["maas:admin"]),
+        )])?;
+        Ok(ManagementState {
+            admin: Arc::new(admin),
+            scheduling,
+            tiers,
+            models,
+            storage,
+        })
+    }
+}
+
+/// The management API under `/api/v1`, behind the admin token, with
+/// request ids, tracing and the body limit of `config`.
+pub fn router(state: ManagementState, config: &HttpConfig) -> Router {
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/tenants", get(list_tenants).post(create_tenant))
+        .route("/tenants/{id}", get(get_tenant))
+        .route("/tenants/{id}/weight", patch(set_tenant_weight))
+        .route("/tenants/{id}/quota", put(set_tenant_quota))
+        .route("/tenants/{id}/group", patch(set_tenant_group))
+        .route("/fairshare/live", get(fairshare_live))
+        .route("/fairshare/groups", get(list_groups).post(create_group))
+        .route("/fairshare/groups/{name}/weight", patch(set_group_weight))
+        .route("/stats", get(stats))
+        .route("/capacity", get(get_capacity).put(set_capacity))
+        .route("/audit", get(audit))
+        .route("/tiers", get(list_tiers).post(create_tier))
+        .route(
+            "/tiers/{name}",
+            get(get_tier).put(update_tier).delete(delete_tier),
+        )
+        .route("/models", get(list_models).post(create_model))
+        .route(
+            "/models/{id}",
+            get(get_model).put(update_model).delete(delete_model),
+        )
+        .route("/models/{id}/cache", put(set_model_cache));
+    let app = Router::new()
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .with_state(state);
+    with_common_layers(app, config)
+}
+
+type Body<T> = ApiJson<T, Problem>;
+type Reply = Result<Response, Response>;
+
+fn fail(id: &RequestId) -> impl Fn(Error) -> Response + '_ {
+    move |e| problem::render(&e, id)
+}
+
+fn ok<T: serde::Serialize>(v: T) -> Reply {
+    Ok(Json(v).into_response())
+}
+
+fn created<T: serde::Serialize>(v: T) -> Reply {
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+fn list<T: serde::Serialize>(items: T, cursor: Option<String>) -> Reply {
+    ok(json!({"data": items, "cursor": cursor}))
+}
+
+fn admin_actor() -> Actor {
+    Actor::new("admin")
+}
+
+/// Every request, routed or not, needs the admin token first.
+async fn require_admin(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let allowed = match bearer(&parts) {
+        Some(token) => matches!(s.admin.authenticate(token).await, Ok(Some(_))),
+        None => false,
+    };
+    if !allowed {
+        return problem::render(
+            &Error::Unauthenticated {
+                reason: "admin token required".into(),
+            },
+            &id,
+        );
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+async fn not_found(id: RequestId) -> Response {
+    problem::render(&Error::not_found("route", "this path"), &id)
+}
+
+async fn health(State(s): State<ManagementState>, id: RequestId) -> Reply {
+    s.storage
+        .records
+        .get_record("setting", "health")
+        .await
+        .map_err(fail(&id))?;
+    ok(json!({"status": "ok"}))
+}
+
+// ----- tenants --------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct PageParams {
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+fn page_of(p: &PageParams) -> Result<PageRequest, Error> {
+    match p.limit {
+        Some(0) => Err(Error::invalid("limit", "must be at least 1")),
+        Some(l) if l > maas_core::storage::MAX_PAGE_SIZE => Err(Error::invalid(
+            "limit",
+            format!("must be at most {}", maas_core::storage::MAX_PAGE_SIZE),
+        )),
+        l => Ok(PageRequest {
+            cursor: p.cursor.clone(),
+            limit: l.unwrap_or(0),
+        }),
+    }
+}
+
+fn params<T: serde::de::DeserializeOwned>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+    id: &RequestId,
+) -> Result<T, Response> {
+    q.map(|Query(v)| v)
+        .map_err(|e| problem::render(&Error::invalid("query", e.body_text()), id))
+}
+
+fn tenant_id(raw: &str, id: &RequestId) -> Result<TenantId, Response> {
+    TenantId::parse(raw).map_err(|_| problem::render(&Error::not_found("tenant", raw), id))
+}
+
+async fn list_tenants(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    q: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    let p = params(q, &id)?;
+    let page = page_of(&p).map_err(fail(&id))?;
+    let got = s
+        .scheduling
+        .tenants()
+        .list(&page)
+        .await
+        .map_err(fail(&id))?;
+    list(got.items, got.cursor)
+}
+
+async fn create_tenant(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    body: Body<NewTenant>,
+) -> Reply {
+    let t = s
+        .scheduling
+        .create_tenant(&admin_actor(), body.0)
+        .await
+        .map_err(fail(&id))?;
+    created(t)
+}
+
+async fn get_tenant(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let tid = tenant_id(&raw, &id)?;
+    ok(s.scheduling.tenants().get(&tid).await.map_err(fail(&id))?)
+}
+
+async fn update_tenant(
+    s: &ManagementState,
+    id: &RequestId,
+    raw: &str,
+    update: TenantUpdate,
+) -> Reply {
+    let tid = tenant_id(raw, id)?;
+    ok(s.scheduling
+        .update_tenant(&admin_actor(), &tid, update)
+        .await
+        .map_err(fail(id))?)
+}
+
+#[derive(Debug, Deserialize)]
+struct Weight {
+    weight: i64,
+}
+
+fn weight_of(w: i64) -> Result<u32, Error> {
+    u32::try_from(w)
+        .ok()
+        .filter(|w| (1..=1_000_000).contains(w))
+        .ok_or_else(|| Error::invalid("weight", "must be between 1 and 1000000"))
+}
+
+async fn set_tenant_weight(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: Body<Weight>,
+) -> Reply {
+    let weight = weight_of(body.0.weight).map_err(fail(&id))?;
+    let update = TenantUpdate {
+        weight: Some(weight),
+        ..TenantUpdate::default()
+    };
+    update_tenant(&s, &id, &raw, update).await
+}
+
+#[derive(Debug, Deserialize)]
+struct Quota {
+    tokens_per_minute: Option<i64>,
+}
+
+async fn set_tenant_quota(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: Body<Quota>,
+) -> Reply {
+    let quota = match body.0.tokens_per_minute {
+        None => Patch::Clear,
+        Some(n) => Patch::Set(
+            u64::try_from(n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "tokens_per_minute",
+                        "must be at least 1 (null for unlimited)",
+                    )
+                })
+                .map_err(fail(&id))?,
+        ),
+    };
+    let update = TenantUpdate {
+        tokens_per_minute: quota,
+        ..TenantUpdate::default()
+    };
+    update_tenant(&s, &id, &raw, update).await
+}
+
+#[derive(Debug, Deserialize)]
+struct Group {
+    group: String,
+}
+
+async fn set_tenant_group(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: Body<Group>,
+) -> Reply {
+    let update = TenantUpdate {
+        group: Some(body.0.group),
+        ..TenantUpdate::default()
+    };
+    update_tenant(&s, &id, &raw, update).await
+}
+
+// ----- fair share, capacity -------------------------------------------------
+
+async fn fairshare_live(State(s): State<ManagementState>) -> Reply {
+    ok(s.scheduling.live())
+}
+
+#[derive(Debug, Deserialize)]
+struct NewGroup {
+    name: String,
+    weight: i64,
+}
+
+async fn create_group(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    body: Body<NewGroup>,
+) -> Reply {
+    let g = s
+        .scheduling
+        .create_group(&admin_actor(), &body.0.name, body.0.weight)
+        .await
+        .map_err(fail(&id))?;
+    created(g)
+}
+
+async fn list_groups(State(s): State<ManagementState>, id: RequestId) -> Reply {
+    list(s.scheduling.list_groups().await.map_err(fail(&id))?, None)
+}
+
+async fn set_group_weight(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(name): Path<String>,
+    body: Body<Weight>,
+) -> Reply {
+    ok(s.scheduling
+        .set_group_weight(&admin_actor(), &name, body.0.weight)
+        .await
+        .map_err(fail(&id))?)
+}
+
+async fn stats(State(s): State<ManagementState>) -> Reply {
+    let live = s.scheduling.live();
+    ok(json!({
+        "in_flight": live.in_flight,
+        "queued": live.queued,
+        "max_in_flight": live.max_in_flight,
+    }))
+}
+
+async fn get_capacity(State(s): State<ManagementState>) -> Reply {
+    ok(json!({"max_in_flight": s.scheduling.capacity()}))
+}
+
+#[derive(Debug, Deserialize)]
+struct Capacity {
+    max_in_flight: i64,
+}
+
+async fn set_capacity(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    body: Body<Capacity>,
+) -> Reply {
+    let max = s
+        .scheduling
+        .set_capacity(&admin_actor(), body.0.max_in_flight)
+        .await
+        .map_err(fail(&id))?;
+    ok(json!({"max_in_flight": max}))
+}
+
+// ----- audit ----------------------------------------------------------------
+
+async fn audit(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    q: Result<Query<PageParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    let p = params(q, &id)?;
+    let page = page_of(&p).map_err(fail(&id))?;
+    let before_seq = match &page.cursor {
+        None => None,
+        Some(c) => Some(c.parse::<u64>().map_err(|_| {
+            problem::render(
+                &Error::invalid("cursor", "is not a cursor of this list"),
+                &id,
+            )
+        })?),
+    };
+    let got = s
+        .storage
+        .audit
+        .list_audit(&AuditQuery {
+            before_seq,
+            limit: page.limit,
+        })
+        .await
+        .map_err(fail(&id))?;
+    list(got.items, got.cursor)
+}
+
+// ----- tiers ----------------------------------------------------------------
+
+async fn list_tiers(State(s): State<ManagementState>, id: RequestId) -> Reply {
+    list(s.tiers.list().await.map_err(fail(&id))?, None)
+}
+
+async fn create_tier(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    body: Body<NewTier>,
+) -> Reply {
+    created(
+        s.tiers
+            .create(&admin_actor(), body.0)
+            .await
+            .map_err(fail(&id))?,
+    )
+}
+
+async fn get_tier(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(name): Path<String>,
+) -> Reply {
+    ok(s.tiers.get(&name).await.map_err(fail(&id))?)
+}
+
+async fn update_tier(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(name): Path<String>,
+    body: Body<TierUpdate>,
+) -> Reply {
+    ok(s.tiers
+        .update(&admin_actor(), &name, body.0)
+        .await
+        .map_err(fail(&id))?)
+}
+
+async fn delete_tier(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(name): Path<String>,
+) -> Reply {
+    s.tiers
+        .delete(&admin_actor(), &name)
+        .await
+        .map_err(fail(&id))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ----- models ---------------------------------------------------------------
+
+/// A model as the management API shows it (`url` for the upstream).
+fn model_json(m: &maas_core::Model) -> Value {
+    let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut()
+        && let Some(url) = o.remove("upstream_url")
+    {
+        o.insert("url".into(), url);
+    }
+    v
+}
+
+async fn list_models(State(s): State<ManagementState>, id: RequestId) -> Reply {
+    let models = s.models.list().await.map_err(fail(&id))?;
+    let data: Vec<Value> = models.iter().map(model_json).collect();
+    list(data, None)
+}
+
+async fn create_model(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    body: Body<NewModel>,
+) -> Reply {
+    let m = s
+        .models
+        .create(&admin_actor(), body.0)
+        .await
+        .map_err(fail(&id))?;
+    created(model_json(&m))
+}
+
+async fn get_model(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(mid): Path<String>,
+) -> Reply {
+    ok(model_json(&s.models.get(&mid).await.map_err(fail(&id))?))
+}
+
+async fn update_model(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(mid): Path<String>,
+    body: Body<ModelUpdate>,
+) -> Reply {
+    let m = s
+        .models
+        .update(&admin_actor(), &mid, body.0)
+        .await
+        .map_err(fail(&id))?;
+    ok(model_json(&m))
+}
+
+async fn delete_model(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(mid): Path<String>,
+) -> Reply {
+    s.models
+        .delete(&admin_actor(), &mid)
+        .await
+        .map_err(fail(&id))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn set_model_cache(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(mid): Path<String>,
+    body: Body<CacheSettings>,
+) -> Reply {
+    let m = s
+        .models
+        .set_cache(&admin_actor(), &mid, body.0)
+        .await
+        .map_err(fail(&id))?;
+    ok(model_json(&m))
+}

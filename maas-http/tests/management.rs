@@ -1,0 +1,517 @@
+//! The management API through `oneshot`: admin auth on every path, the
+//! problem+json shape, tenants, fair share, capacity, audit, tiers, models.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use maas_core::fairshare::{FairShare, FairShareConfig};
+use maas_core::scheduling::Scheduling;
+use maas_core::{ManualClock, ModelService, TierService};
+use maas_http::HttpConfig;
+use maas_http::management::{ManagementState, router};
+use maas_store_memory::MemoryStore;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-token-0123456789";
+
+fn app() -> Router {
+    let storage = MemoryStore::new().storage();
+    let clock = Arc::new(ManualClock::default());
+    let fs = FairShare::with_clock(FairShareConfig::default(), clock.clone()).unwrap();
+    let state = ManagementState::new(
+        ADMIN,
+        Scheduling::new(storage.clone(), fs, clock.clone()),
+        TierService::new_with_clock(storage.clone(), clock.clone()),
+        ModelService::new_with_clock(storage.clone(), clock),
+        storage,
+    )
+    .unwrap();
+    router(state, &HttpConfig::default())
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: Value,
+}
+
+async fn call_as(
+    r: &Router,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap();
+    let res = r.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    Reply {
+        status,
+        content_type,
+        body,
+    }
+}
+
+async fn call(r: &Router, method: &str, path: &str, body: Option<Value>) -> Reply {
+    call_as(r, Some(ADMIN), method, path, body).await
+}
+
+fn assert_problem(r: &Reply, status: StatusCode) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.content_type, "application/problem+json");
+    assert_eq!(r.body["status"], status.as_u16());
+    for f in ["type", "title", "detail", "instance"] {
+        assert!(r.body[f].is_string(), "{f}: {}", r.body);
+    }
+}
+
+fn assert_invalid(r: &Reply, location: &str) {
+    assert_problem(r, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["errors"][0]["location"], location, "{}", r.body);
+    assert_eq!(r.body["errors"][0]["code"], "invalid");
+}
+
+#[tokio::test]
+async fn every_path_needs_the_admin_token() {
+    let a = app();
+    for path in [
+        "/api/v1/tenants",
+        "/api/v1/health",
+        "/api/v1/no-such-route",
+        "/elsewhere",
+    ] {
+        for token in [None, Some("wrong-token-0123456789")] {
+            let r = call_as(&a, token, "GET", path, None).await;
+            assert_problem(&r, StatusCode::UNAUTHORIZED);
+            assert_eq!(
+                r.body["detail"], "a valid admin token is required",
+                "no hint about {path}"
+            );
+        }
+    }
+    let r = call(&a, "GET", "/api/v1/health", None).await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    assert_problem(
+        &call(&a, "GET", "/api/v1/no-such-route", None).await,
+        StatusCode::NOT_FOUND,
+    );
+    assert!(
+        ManagementState::new(
+            "short",
+            Scheduling::new(
+                MemoryStore::new().storage(),
+                FairShare::new(FairShareConfig::default()).unwrap(),
+                Arc::new(ManualClock::default())
+            ),
+            TierService::new(MemoryStore::new().storage()),
+            ModelService::new(MemoryStore::new().storage()),
+            MemoryStore::new().storage(),
+        )
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn tenants_and_fair_share() {
+    let a = app();
+    let r = call(
+        &a,
+        "POST",
+        "/api/v1/tenants",
+        Some(json!({"name": "acme", "weight": 200, "tokens_per_minute": 100000})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (r.body["weight"].clone(), r.body["group"].clone()),
+        (json!(200), json!("default"))
+    );
+    assert_problem(
+        &call(&a, "POST", "/api/v1/tenants", Some(json!({"name": "acme"}))).await,
+        StatusCode::CONFLICT,
+    );
+
+    let r = call(&a, "GET", "/api/v1/tenants", None).await;
+    assert_eq!(r.body["data"][0]["name"], "acme");
+    assert_eq!(r.body["cursor"], Value::Null);
+    let r = call(&a, "GET", &format!("/api/v1/tenants/{id}"), None).await;
+    assert_eq!(r.body["tokens_per_minute"], 100000);
+    assert_problem(
+        &call(&a, "GET", "/api/v1/tenants/not-an-id", None).await,
+        StatusCode::NOT_FOUND,
+    );
+
+    let r = call(
+        &a,
+        "PATCH",
+        &format!("/api/v1/tenants/{id}/weight"),
+        Some(json!({"weight": 500})),
+    )
+    .await;
+    assert_eq!(r.body["weight"], 500);
+    for bad in [
+        json!({"weight": 0}),
+        json!({"weight": -3}),
+        json!({"weight": 2_000_000}),
+    ] {
+        let r = call(
+            &a,
+            "PATCH",
+            &format!("/api/v1/tenants/{id}/weight"),
+            Some(bad),
+        )
+        .await;
+        assert_invalid(&r, "/weight");
+    }
+    let r = call(
+        &a,
+        "PATCH",
+        &format!("/api/v1/tenants/{id}/weight"),
+        Some(json!({"weight": "x"})),
+    )
+    .await;
+    assert_invalid(&r, "/weight");
+    let r = call(
+        &a,
+        "PUT",
+        &format!("/api/v1/tenants/{id}/quota"),
+        Some(json!({"tokens_per_minute": null})),
+    )
+    .await;
+    assert_eq!(r.body["tokens_per_minute"], Value::Null);
+    let r = call(
+        &a,
+        "PUT",
+        &format!("/api/v1/tenants/{id}/quota"),
+        Some(json!({"tokens_per_minute": -1})),
+    )
+    .await;
+    assert_invalid(&r, "/tokens_per_minute");
+    let r = call(
+        &a,
+        "PATCH",
+        &format!("/api/v1/tenants/{id}/group"),
+        Some(json!({"group": "gold"})),
+    )
+    .await;
+    assert_invalid(&r, "/group");
+
+    let r = call(
+        &a,
+        "POST",
+        "/api/v1/fairshare/groups",
+        Some(json!({"name": "gold", "weight": 300})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_problem(
+        &call(
+            &a,
+            "POST",
+            "/api/v1/fairshare/groups",
+            Some(json!({"name": "gold", "weight": 1})),
+        )
+        .await,
+        StatusCode::CONFLICT,
+    );
+    let r = call(
+        &a,
+        "PATCH",
+        &format!("/api/v1/tenants/{id}/group"),
+        Some(json!({"group": "gold"})),
+    )
+    .await;
+    assert_eq!(r.body["group"], "gold");
+    let r = call(
+        &a,
+        "PATCH",
+        "/api/v1/fairshare/groups/gold/weight",
+        Some(json!({"weight": 400})),
+    )
+    .await;
+    assert_eq!(r.body["weight"], 400);
+    assert_problem(
+        &call(
+            &a,
+            "PATCH",
+            "/api/v1/fairshare/groups/nope/weight",
+            Some(json!({"weight": 4})),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    );
+    let r = call(&a, "GET", "/api/v1/fairshare/groups", None).await;
+    let names: Vec<&str> = r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "gold"]);
+    let r = call(&a, "GET", "/api/v1/fairshare/live", None).await;
+    let gold = r.body["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "gold")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            gold["weight"].clone(),
+            gold["tenants"][0]["name"].clone(),
+            gold["tenants"][0]["weight"].clone()
+        ),
+        (json!(400), json!("acme"), json!(500))
+    );
+}
+
+#[tokio::test]
+async fn capacity_is_live_and_bounded() {
+    let a = app();
+    let r = call(&a, "GET", "/api/v1/capacity", None).await;
+    assert_eq!(r.body, json!({"max_in_flight": 64}));
+    let r = call(
+        &a,
+        "PUT",
+        "/api/v1/capacity",
+        Some(json!({"max_in_flight": 8})),
+    )
+    .await;
+    assert_eq!(r.body, json!({"max_in_flight": 8}));
+    let r = call(&a, "GET", "/api/v1/stats", None).await;
+    assert_eq!(
+        r.body,
+        json!({"in_flight": 0, "queued": 0, "max_in_flight": 8})
+    );
+    for bad in [
+        json!({"max_in_flight": 0}),
+        json!({"max_in_flight": 10_000_000}),
+        json!({"max_in_flight": -1}),
+    ] {
+        assert_invalid(
+            &call(&a, "PUT", "/api/v1/capacity", Some(bad)).await,
+            "/max_in_flight",
+        );
+    }
+    assert_invalid(
+        &call(&a, "PUT", "/api/v1/capacity", Some(json!({}))).await,
+        "/max_in_flight",
+    );
+    assert_eq!(
+        call(&a, "GET", "/api/v1/capacity", None).await.body,
+        json!({"max_in_flight": 8})
+    );
+}
+
+#[tokio::test]
+async fn tiers_and_models() {
+    let a = app();
+    let tier = json!({"name": "gold", "level": 3, "groups": ["gold-users"], "requests_per_minute": 100, "tokens_per_minute": 100000, "max_tokens_per_request": 4096, "models": ["*"]});
+    let r = call(&a, "POST", "/api/v1/tiers", Some(tier)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["models"], json!(["*"]));
+    let r = call(
+        &a,
+        "PUT",
+        "/api/v1/tiers/gold",
+        Some(json!({"models": ["m1"], "requests_per_minute": 5})),
+    )
+    .await;
+    assert_eq!(
+        (
+            r.body["models"].clone(),
+            r.body["requests_per_minute"].clone()
+        ),
+        (json!(["m1"]), json!(5))
+    );
+    assert_invalid(
+        &call(
+            &a,
+            "PUT",
+            "/api/v1/tiers/gold",
+            Some(json!({"requests_per_minute": 0})),
+        )
+        .await,
+        "/requests_per_minute",
+    );
+    assert_eq!(
+        call(&a, "GET", "/api/v1/tiers", None).await.body["data"][0]["name"],
+        "gold"
+    );
+    assert_eq!(
+        call(&a, "DELETE", "/api/v1/tiers/gold", None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &call(&a, "GET", "/api/v1/tiers/gold", None).await,
+        StatusCode::NOT_FOUND,
+    );
+
+    let model = json!({"id": "llama", "name": "Llama", "url": "http://127.0.0.1:8000", "owned_by": "ops", "tiers": [], "pricing": {"input_per_million": 0.5, "output_per_million": 1.5, "currency": "USD"}});
+    let r = call(&a, "POST", "/api/v1/models", Some(model.clone())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["url"], "http://127.0.0.1:8000");
+    assert_problem(
+        &call(&a, "POST", "/api/v1/models", Some(model)).await,
+        StatusCode::CONFLICT,
+    );
+    let r = call(
+        &a,
+        "PUT",
+        "/api/v1/models/llama",
+        Some(json!({"url": "http://127.0.0.1:9000"})),
+    )
+    .await;
+    assert_eq!(r.body["url"], "http://127.0.0.1:9000");
+    let r = call(
+        &a,
+        "PUT",
+        "/api/v1/models/llama/cache",
+        Some(json!({"enabled": true, "ttl_seconds": 60, "max_entries": 100})),
+    )
+    .await;
+    assert_eq!(r.body["cache"]["enabled"], true, "{}", r.body);
+    let bad = json!({"id": "x", "url": "http://a", "pricing": {"input_per_million": -1, "output_per_million": 1}});
+    assert_invalid(
+        &call(&a, "POST", "/api/v1/models", Some(bad)).await,
+        "/pricing/input_per_million",
+    );
+    assert_eq!(
+        call(&a, "GET", "/api/v1/models", None).await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        call(&a, "DELETE", "/api/v1/models/llama", None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &call(&a, "GET", "/api/v1/models/llama", None).await,
+        StatusCode::NOT_FOUND,
+    );
+}
+
+#[tokio::test]
+async fn every_mutation_is_in_the_audit_log_by_pages() {
+    let a = app();
+    call(&a, "POST", "/api/v1/tenants", Some(json!({"name": "t1"}))).await;
+    call(
+        &a,
+        "POST",
+        "/api/v1/fairshare/groups",
+        Some(json!({"name": "g", "weight": 5})),
+    )
+    .await;
+    call(
+        &a,
+        "PUT",
+        "/api/v1/capacity",
+        Some(json!({"max_in_flight": 3})),
+    )
+    .await;
+    let first = call(&a, "GET", "/api/v1/audit?limit=2", None).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let items = first.body["data"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["action"], "capacity.create");
+    assert_eq!(items[0]["actor"], "admin");
+    assert_eq!(items[0]["target_kind"], "capacity");
+    assert!(items[0]["after"].is_object());
+    let cursor = first.body["cursor"].as_str().unwrap();
+    let rest = call(
+        &a,
+        "GET",
+        &format!("/api/v1/audit?limit=2&cursor={cursor}"),
+        None,
+    )
+    .await;
+    let items = rest.body["data"].as_array().unwrap();
+    assert_eq!(items[0]["action"], "tenant.create");
+    assert_eq!(rest.body["cursor"], Value::Null);
+    assert_invalid(
+        &call(&a, "GET", "/api/v1/audit?cursor=zzz", None).await,
+        "/cursor",
+    );
+    assert_invalid(
+        &call(&a, "GET", "/api/v1/audit?limit=0", None).await,
+        "/limit",
+    );
+    assert_invalid(
+        &call(&a, "GET", "/api/v1/audit?limit=x", None).await,
+        "/query",
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_change_nothing() {
+    let a = app();
+    let req = Request::post("/api/v1/tenants")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(r#"{"name":"x"}"#))
+        .unwrap();
+    let res = a.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_invalid(
+        &call(&a, "POST", "/api/v1/tenants", Some(json!({"name": 3}))).await,
+        "/name",
+    );
+    assert_invalid(
+        &call(&a, "POST", "/api/v1/tenants", Some(json!({}))).await,
+        "/name",
+    );
+    assert_invalid(
+        &call(
+            &a,
+            "POST",
+            "/api/v1/tenants",
+            Some(json!({"name": "a", "weight": 0})),
+        )
+        .await,
+        "/weight",
+    );
+    assert_eq!(
+        call(&a, "GET", "/api/v1/tenants", None).await.body["data"],
+        json!([])
+    );
+    assert_eq!(
+        call(&a, "GET", "/api/v1/audit", None).await.body["data"],
+        json!([])
+    );
+}
