@@ -9,30 +9,58 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
+use maas_core::Clock as _;
 use maas_core::fairshare::{FairShare, FairShareConfig};
 use maas_core::scheduling::Scheduling;
-use maas_core::{ManualClock, ModelService, TierService};
+use maas_core::usage::{UsageConfig, UsageLedger, UsageRecord};
+use maas_core::{
+    KeyHasher, KeyService, ManualClock, ModelService, Pricing, TierService, Timestamp, UserKeys,
+};
 use maas_http::HttpConfig;
-use maas_http::management::{ManagementState, router};
+use maas_http::management::{ManagementServices, ManagementState, router};
 use maas_store_memory::MemoryStore;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const ADMIN: &str = "admin-token-0123456789";
+/// 2025-11-25T00:00:00Z.
+const T0: i64 = 1_764_028_800_000;
+
+struct Parts {
+    router: Router,
+    usage: UsageLedger,
+    clock: Arc<ManualClock>,
+}
+
+fn services(clock: Arc<ManualClock>) -> ManagementServices {
+    let storage = MemoryStore::new().storage();
+    let fs = FairShare::with_clock(FairShareConfig::default(), clock.clone()).unwrap();
+    let keys = KeyService::new_with_clock(storage.clone(), KeyHasher::random(), clock.clone());
+    ManagementServices {
+        scheduling: Scheduling::new(storage.clone(), fs, clock.clone()),
+        tiers: TierService::new_with_clock(storage.clone(), clock.clone()),
+        models: ModelService::new_with_clock(storage.clone(), clock.clone()),
+        user_keys: UserKeys::new_with_clock(keys, clock.clone()),
+        usage: UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock),
+        storage,
+    }
+}
+
+fn parts() -> Parts {
+    let clock = Arc::new(ManualClock::default());
+    clock.set(Timestamp::from_millis(T0));
+    let services = services(clock.clone());
+    let usage = services.usage.clone();
+    let state = ManagementState::new(ADMIN, services).unwrap();
+    Parts {
+        router: router(state, &HttpConfig::default()),
+        usage,
+        clock,
+    }
+}
 
 fn app() -> Router {
-    let storage = MemoryStore::new().storage();
-    let clock = Arc::new(ManualClock::default());
-    let fs = FairShare::with_clock(FairShareConfig::default(), clock.clone()).unwrap();
-    let state = ManagementState::new(
-        ADMIN,
-        Scheduling::new(storage.clone(), fs, clock.clone()),
-        TierService::new_with_clock(storage.clone(), clock.clone()),
-        ModelService::new_with_clock(storage.clone(), clock),
-        storage,
-    )
-    .unwrap();
-    router(state, &HttpConfig::default())
+    parts().router
 }
 
 struct Reply {
@@ -125,20 +153,8 @@ async fn every_path_needs_the_admin_token() {
         &call(&a, "GET", "/api/v1/no-such-route", None).await,
         StatusCode::NOT_FOUND,
     );
-    assert!(
-        ManagementState::new(
-            "short",
-            Scheduling::new(
-                MemoryStore::new().storage(),
-                FairShare::new(FairShareConfig::default()).unwrap(),
-                Arc::new(ManualClock::default())
-            ),
-            TierService::new(MemoryStore::new().storage()),
-            ModelService::new(MemoryStore::new().storage()),
-            MemoryStore::new().storage(),
-        )
-        .is_err()
-    );
+    let short = ManagementState::new("short", services(Arc::new(ManualClock::default())));
+    assert!(short.is_err(), "admin tokens are at least 16 characters");
 }
 
 #[tokio::test]
@@ -513,5 +529,163 @@ async fn bad_bodies_change_nothing() {
     assert_eq!(
         call(&a, "GET", "/api/v1/audit", None).await.body["data"],
         json!([])
+    );
+}
+
+#[tokio::test]
+async fn tenant_keys() {
+    let a = app();
+    let r = call(&a, "POST", "/api/v1/tenants", Some(json!({"name": "acme"}))).await;
+    let tenant = r.body["id"].as_str().unwrap().to_owned();
+    let r = call(
+        &a,
+        "POST",
+        &format!("/api/v1/tenants/{tenant}/keys"),
+        Some(json!({"name": "prod-key"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let secret = r.body["secret"].as_str().unwrap().to_owned();
+    let key_id = r.body["key"]["id"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with(r.body["key"]["key_prefix"].as_str().unwrap()));
+    assert_eq!(r.body["key"]["tenant"], "acme");
+    assert_problem(
+        &call(
+            &a,
+            "POST",
+            &format!("/api/v1/tenants/{tenant}/keys"),
+            Some(json!({"name": "prod-key"})),
+        )
+        .await,
+        StatusCode::CONFLICT,
+    );
+    assert_problem(
+        &call(
+            &a,
+            "POST",
+            "/api/v1/tenants/nope/keys",
+            Some(json!({"name": "k"})),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    );
+
+    let r = call(&a, "GET", "/api/v1/keys?tenant=acme", None).await;
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 1);
+    assert!(!r.body.to_string().contains(&secret), "no secrets in lists");
+    assert_eq!(
+        call(&a, "GET", "/api/v1/keys?tenant=other", None)
+            .await
+            .body["data"],
+        json!([])
+    );
+
+    let r = call(
+        &a,
+        "PUT",
+        &format!("/api/v1/keys/{key_id}/disabled"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(r.body["enabled"], false, "{}", r.body);
+    let r = call(
+        &a,
+        "PUT",
+        &format!("/api/v1/keys/{key_id}/disabled"),
+        Some(json!({"disabled": "yes"})),
+    )
+    .await;
+    assert_invalid(&r, "/disabled");
+    assert_eq!(
+        call(&a, "DELETE", &format!("/api/v1/keys/{key_id}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &call(&a, "DELETE", &format!("/api/v1/keys/{key_id}"), None).await,
+        StatusCode::NOT_FOUND,
+    );
+    assert_problem(
+        &call(&a, "DELETE", "/api/v1/keys/garbage", None).await,
+        StatusCode::NOT_FOUND,
+    );
+}
+
+#[tokio::test]
+async fn usage_and_costs() {
+    let p = parts();
+    let a = &p.router;
+    let price = Pricing::usd(1.0, 2.0);
+    for (tenant, model, input, output) in [
+        ("acme", "llama", 1_000_000, 0),
+        ("acme", "qwen", 0, 500_000),
+        ("beta", "llama", 2_000, 1_000),
+    ] {
+        p.usage
+            .record(&UsageRecord {
+                input_tokens: input,
+                output_tokens: output,
+                pricing: Some(price.clone()),
+                ..UsageRecord::new(p.clock.now(), tenant, model)
+            })
+            .unwrap();
+    }
+    p.clock.advance(std::time::Duration::from_secs(60));
+    let r = call(a, "GET", "/api/v1/usage", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let rows = r.body["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{}", r.body);
+    let r = call(a, "GET", "/api/v1/usage/models", None).await;
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
+    let r = call(a, "GET", "/api/v1/usage/series?granularity=day", None).await;
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 1, "{}", r.body);
+    let r = call(
+        a,
+        "GET",
+        "/api/v1/usage/series/tenants?granularity=minute",
+        None,
+    )
+    .await;
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
+    let r = call(a, "GET", "/api/v1/costs?group_by=model", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.to_string().contains("USD"), "{}", r.body);
+    assert_eq!(
+        call(a, "GET", "/api/v1/usage/cache", None).await.body["data"],
+        json!([])
+    );
+    let from = T0 - 1000;
+    let r = call(
+        a,
+        "GET",
+        &format!("/api/v1/usage?from={from}&to=2025-11-25T00:10:00Z"),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 2, "{}", r.body);
+
+    assert_invalid(
+        &call(a, "GET", "/api/v1/usage/series?granularity=week", None).await,
+        "/granularity",
+    );
+    assert_invalid(
+        &call(a, "GET", "/api/v1/usage?from=yesterday", None).await,
+        "/from",
+    );
+    assert_invalid(
+        &call(
+            a,
+            "GET",
+            &format!("/api/v1/usage?from={}&to={}", T0, T0 - 1),
+            None,
+        )
+        .await,
+        "/from",
+    );
+    assert_invalid(&call(a, "GET", "/api/v1/usage?from=0", None).await, "/to");
+    assert_invalid(
+        &call(a, "GET", "/api/v1/costs?group_by=planet", None).await,
+        "/group_by",
     );
 }

@@ -7,8 +7,8 @@
 //! Lists answer `{"data": [...], "cursor": ...}` (`cursor` is `null` on the
 //! last page, and for lists that are never paginated).
 //!
-//! Still to come (issue 8): keys, usage and costs, MCP servers, projects,
-//! root keys and the OpenAPI document.
+//! Still to come (issue 8): MCP servers, projects, root keys and the
+//! OpenAPI document.
 
 // `Result<Response, Response>` is axum's handler idiom; the error is a
 // response about to be sent, not worth boxing.
@@ -22,15 +22,16 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use maas_core::audit::AuditQuery;
 use maas_core::identity::{Authenticator, Identity, StaticTokens};
 use maas_core::scheduling::Scheduling;
 use maas_core::tier::{NewTier, TierService, TierUpdate};
+use maas_core::usage::{Granularity, GroupBy, TimeRange, UsageLedger, UsageScope};
 use maas_core::{
-    Actor, CacheSettings, Error, ModelService, ModelUpdate, NewModel, NewTenant, PageRequest,
-    Patch, Storage, TenantId, TenantUpdate,
+    Actor, CacheSettings, Error, KeyId, KeyQuery, KeyUpdate, ModelService, ModelUpdate, NewModel,
+    NewTenant, PageRequest, Patch, Storage, TenantId, TenantUpdate, Timestamp, UserKeys,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -49,19 +50,35 @@ pub struct ManagementState {
     pub tiers: TierService,
     /// Models.
     pub models: ModelService,
+    /// API keys of tenants (the user keyspace: a tenant's key is served as
+    /// that tenant).
+    pub user_keys: UserKeys,
+    /// Usage and costs.
+    pub usage: UsageLedger,
     /// The store (health, audit).
+    pub storage: Storage,
+}
+
+/// The services the management API drives.
+#[derive(Debug, Clone)]
+pub struct ManagementServices {
+    /// Fair share, capacity and tenants.
+    pub scheduling: Scheduling,
+    /// Tiers.
+    pub tiers: TierService,
+    /// Models.
+    pub models: ModelService,
+    /// API keys of tenants.
+    pub user_keys: UserKeys,
+    /// Usage and costs.
+    pub usage: UsageLedger,
+    /// The store.
     pub storage: Storage,
 }
 
 impl ManagementState {
     /// The state, accepting `admin_token` as the bearer of every route.
-    pub fn new(
-        admin_token: &str,
-        scheduling: Scheduling,
-        tiers: TierService,
-        models: ModelService,
-        storage: Storage,
-    ) -> maas_core::Result<Self> {
+    pub fn new(admin_token: &str, services: ManagementServices) -> maas_core::Result<Self> {
         if admin_token.len() < 16 {
             return Err(Error::invalid(
                 "admin_token",
@@ -72,11 +89,21 @@ impl ManagementState {
             admin_token.to_owned(),
             Identity::new("admin", ["maas:admin"]),
         )])?;
+        let ManagementServices {
+            scheduling,
+            tiers,
+            models,
+            user_keys,
+            usage,
+            storage,
+        } = services;
         Ok(ManagementState {
             admin: Arc::new(admin),
             scheduling,
             tiers,
             models,
+            user_keys,
+            usage,
             storage,
         })
     }
@@ -108,7 +135,18 @@ pub fn router(state: ManagementState, config: &HttpConfig) -> Router {
             "/models/{id}",
             get(get_model).put(update_model).delete(delete_model),
         )
-        .route("/models/{id}/cache", put(set_model_cache));
+        .route("/models/{id}/cache", put(set_model_cache))
+        .route("/tenants/{id}/keys", post(create_tenant_key))
+        .route("/keys", get(list_keys))
+        .route("/keys/{id}", delete(delete_key))
+        .route("/keys/{id}/disabled", put(set_key_disabled))
+        .route("/usage", get(usage_totals))
+        .route("/usage/keys", get(usage_keys))
+        .route("/usage/models", get(usage_models))
+        .route("/usage/series", get(usage_series))
+        .route("/usage/series/tenants", get(usage_series_tenants))
+        .route("/usage/cache", get(usage_cache))
+        .route("/costs", get(costs));
     let app = Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)
@@ -571,4 +609,279 @@ async fn set_model_cache(
         .await
         .map_err(fail(&id))?;
     ok(model_json(&m))
+}
+
+// ----- keys -----------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct NewTenantKey {
+    name: String,
+}
+
+/// A key as listed: never the secret.
+fn key_json(k: &maas_core::Key) -> Value {
+    json!({
+        "id": k.id,
+        "key_prefix": k.start,
+        "name": k.name,
+        "tenant": k.owner_id,
+        "enabled": k.enabled,
+        "created_at": k.created_at,
+        "last_used_at": k.last_used_at,
+        "expires_at": k.expires,
+    })
+}
+
+async fn create_tenant_key(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: Body<NewTenantKey>,
+) -> Reply {
+    let tid = tenant_id(&raw, &id)?;
+    let tenant = s.scheduling.tenants().get(&tid).await.map_err(fail(&id))?;
+    let k = s
+        .user_keys
+        .create(&tenant.name, &body.0.name)
+        .await
+        .map_err(fail(&id))?;
+    let record = s
+        .user_keys
+        .key_service()
+        .get(&k.key_id)
+        .await
+        .map_err(fail(&id))?;
+    created(json!({"key": key_json(&record), "secret": k.api_key}))
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyParams {
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list_keys(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    q: Result<Query<KeyParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    let p = params(q, &id)?;
+    let page = page_of(&PageParams {
+        cursor: p.cursor,
+        limit: p.limit,
+    })
+    .map_err(fail(&id))?;
+    let keyspace = s.user_keys.keyspace().await.map_err(fail(&id))?;
+    let got = s
+        .user_keys
+        .key_service()
+        .list(&KeyQuery {
+            keyspace_id: Some(keyspace),
+            owner_id: p.tenant,
+            include_deleted: false,
+            page,
+        })
+        .await
+        .map_err(fail(&id))?;
+    let data: Vec<Value> = got.items.iter().map(key_json).collect();
+    list(data, got.cursor)
+}
+
+/// A key of the tenant keyspace (others are not the management API's).
+async fn tenant_key(s: &ManagementState, raw: &str, id: &RequestId) -> Result<KeyId, Response> {
+    let not_found = || problem::render(&Error::not_found("key", raw), id);
+    let key_id = KeyId::parse(raw).map_err(|_| not_found())?;
+    let keyspace = s.user_keys.keyspace().await.map_err(fail(id))?;
+    let k = s
+        .user_keys
+        .key_service()
+        .get(&key_id)
+        .await
+        .map_err(fail(id))?;
+    if k.keyspace_id != keyspace || k.deleted_at.is_some() {
+        return Err(not_found());
+    }
+    Ok(key_id)
+}
+
+async fn delete_key(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let key_id = tenant_key(&s, &raw, &id).await?;
+    s.user_keys
+        .key_service()
+        .delete(&admin_actor(), &key_id)
+        .await
+        .map_err(fail(&id))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct Disabled {
+    disabled: bool,
+}
+
+async fn set_key_disabled(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: Body<Disabled>,
+) -> Reply {
+    let key_id = tenant_key(&s, &raw, &id).await?;
+    let keys = s.user_keys.key_service();
+    keys.update(
+        &admin_actor(),
+        &key_id,
+        KeyUpdate {
+            enabled: Some(!body.0.disabled),
+            ..KeyUpdate::default()
+        },
+    )
+    .await
+    .map_err(fail(&id))?;
+    let record = keys.get(&key_id).await.map_err(fail(&id))?;
+    ok(key_json(&record))
+}
+
+// ----- usage and costs ------------------------------------------------------
+
+/// `from`, `to` (unix ms or RFC 3339; default: the last 24 hours up to now),
+/// `granularity` (`minute`, `hour`, `day`; default `hour`), `group_by`, and
+/// the filters `tenant`, `key`, `model`.
+#[derive(Debug, Deserialize)]
+struct UsageParams {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    granularity: Option<String>,
+    #[serde(default)]
+    group_by: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+fn instant(field: &'static str, raw: &str) -> Result<Timestamp, Error> {
+    if let Ok(ms) = raw.parse::<i64>() {
+        return Ok(Timestamp::from_millis(ms));
+    }
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map(Timestamp::from_datetime)
+        .map_err(|_| Error::invalid(field, "must be unix milliseconds or an RFC 3339 time"))
+}
+
+impl UsageParams {
+    fn range(&self, now: Timestamp) -> Result<TimeRange, Error> {
+        let to = match &self.to {
+            Some(t) => instant("to", t)?,
+            None => now,
+        };
+        let from = match &self.from {
+            Some(f) => instant("from", f)?,
+            None => Timestamp::from_millis(to.as_millis().saturating_sub(DAY_MS)),
+        };
+        Ok(TimeRange::new(from, to))
+    }
+
+    fn granularity(&self) -> Result<Granularity, Error> {
+        self.granularity.as_deref().unwrap_or("hour").parse()
+    }
+
+    fn group_by(&self, default: GroupBy) -> Result<GroupBy, Error> {
+        match &self.group_by {
+            Some(g) => g.parse(),
+            None => Ok(default),
+        }
+    }
+
+    fn scope(&self) -> UsageScope {
+        UsageScope {
+            tenant: self.tenant.clone(),
+            key_id: self.key.clone(),
+            model: self.model.clone(),
+        }
+    }
+}
+
+type UsageQuery = Result<Query<UsageParams>, axum::extract::rejection::QueryRejection>;
+
+async fn totals_by(s: &ManagementState, id: &RequestId, q: UsageQuery, default: GroupBy) -> Reply {
+    let p = params(q, id)?;
+    let range = p.range(s.usage.now()).map_err(fail(id))?;
+    let group_by = p.group_by(default).map_err(fail(id))?;
+    let rows = s
+        .usage
+        .totals(range, group_by, &p.scope())
+        .await
+        .map_err(fail(id))?;
+    list(rows, None)
+}
+
+async fn usage_totals(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
+    totals_by(&s, &id, q, GroupBy::Tenant).await
+}
+
+async fn usage_keys(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
+    totals_by(&s, &id, q, GroupBy::Key).await
+}
+
+async fn usage_models(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
+    totals_by(&s, &id, q, GroupBy::Model).await
+}
+
+async fn usage_series(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
+    let p = params(q, &id)?;
+    let range = p.range(s.usage.now()).map_err(fail(&id))?;
+    let g = p.granularity().map_err(fail(&id))?;
+    let points = s
+        .usage
+        .series(range, g, p.tenant.as_deref())
+        .await
+        .map_err(fail(&id))?;
+    list(points, None)
+}
+
+async fn usage_series_tenants(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    q: UsageQuery,
+) -> Reply {
+    let p = params(q, &id)?;
+    let range = p.range(s.usage.now()).map_err(fail(&id))?;
+    let g = p.granularity().map_err(fail(&id))?;
+    let series = s
+        .usage
+        .series_by_tenant(range, g)
+        .await
+        .map_err(fail(&id))?;
+    list(series, None)
+}
+
+async fn usage_cache(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
+    let p = params(q, &id)?;
+    let range = p.range(s.usage.now()).map_err(fail(&id))?;
+    list(s.usage.cache(range).await.map_err(fail(&id))?, None)
+}
+
+async fn costs(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
+    let p = params(q, &id)?;
+    let range = p.range(s.usage.now()).map_err(fail(&id))?;
+    let group_by = p.group_by(GroupBy::Tenant).map_err(fail(&id))?;
+    list(
+        s.usage.costs(range, group_by).await.map_err(fail(&id))?,
+        None,
+    )
 }
