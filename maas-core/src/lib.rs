@@ -25,6 +25,7 @@ pub mod id;
 pub mod identity;
 pub mod key;
 pub mod keyspace;
+pub mod mcp;
 pub mod model;
 pub mod patch;
 pub mod ratelimit;

@@ -11,6 +11,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use maas_core::Clock as _;
 use maas_core::fairshare::{FairShare, FairShareConfig};
+use maas_core::mcp::McpServers;
 use maas_core::scheduling::Scheduling;
 use maas_core::usage::{UsageConfig, UsageLedger, UsageRecord};
 use maas_core::{
@@ -41,7 +42,8 @@ fn services(clock: Arc<ManualClock>) -> ManagementServices {
         tiers: TierService::new_with_clock(storage.clone(), clock.clone()),
         models: ModelService::new_with_clock(storage.clone(), clock.clone()),
         user_keys: UserKeys::new_with_clock(keys, clock.clone()),
-        usage: UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock),
+        usage: UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone()),
+        mcp: McpServers::new_with_clock(storage.clone(), clock),
         storage,
     }
 }
@@ -687,5 +689,94 @@ async fn usage_and_costs() {
     assert_invalid(
         &call(a, "GET", "/api/v1/costs?group_by=planet", None).await,
         "/group_by",
+    );
+}
+
+#[tokio::test]
+async fn mcp_servers() {
+    let a = app();
+    let body = json!({"name": "search", "url": "https://mcp.example/search", "transport": "sse", "description": "web search", "tiers": ["premium"], "enabled": true});
+    let r = call(&a, "POST", "/api/v1/mcp-servers", Some(body.clone())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["transport"], "sse");
+    assert_problem(
+        &call(&a, "POST", "/api/v1/mcp-servers", Some(body)).await,
+        StatusCode::CONFLICT,
+    );
+    assert_invalid(
+        &call(
+            &a,
+            "POST",
+            "/api/v1/mcp-servers",
+            Some(json!({"name": "x", "url": "ftp://x"})),
+        )
+        .await,
+        "/url",
+    );
+    assert_invalid(
+        &call(
+            &a,
+            "POST",
+            "/api/v1/mcp-servers",
+            Some(json!({"name": "x", "url": "http://x", "transport": "pigeon"})),
+        )
+        .await,
+        "/transport",
+    );
+    let r = call(
+        &a,
+        "PUT",
+        &format!("/api/v1/mcp-servers/{id}"),
+        Some(json!({"name": "search", "url": "http://127.0.0.1:7000", "enabled": false})),
+    )
+    .await;
+    assert_eq!(
+        (
+            r.body["enabled"].clone(),
+            r.body["transport"].clone(),
+            r.body["version"].clone()
+        ),
+        (json!(false), json!("streamable-http"), json!(2)),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        call(&a, "GET", &format!("/api/v1/mcp-servers/{id}"), None)
+            .await
+            .body["url"],
+        "http://127.0.0.1:7000"
+    );
+    assert_eq!(
+        call(&a, "GET", "/api/v1/mcp-servers", None).await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        call(&a, "DELETE", &format!("/api/v1/mcp-servers/{id}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &call(&a, "GET", &format!("/api/v1/mcp-servers/{id}"), None).await,
+        StatusCode::NOT_FOUND,
+    );
+    let audit = call(&a, "GET", "/api/v1/audit", None).await;
+    let actions: Vec<&str> = audit.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "mcp_server.delete",
+            "mcp_server.update",
+            "mcp_server.create"
+        ]
     );
 }

@@ -7,8 +7,7 @@
 //! Lists answer `{"data": [...], "cursor": ...}` (`cursor` is `null` on the
 //! last page, and for lists that are never paginated).
 //!
-//! Still to come (issue 8): MCP servers, projects, root keys and the
-//! OpenAPI document.
+//! Still to come (issue 8): projects, root keys and the OpenAPI document.
 
 // `Result<Response, Response>` is axum's handler idiom; the error is a
 // response about to be sent, not worth boxing.
@@ -26,6 +25,7 @@ use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use maas_core::audit::AuditQuery;
 use maas_core::identity::{Authenticator, Identity, StaticTokens};
+use maas_core::mcp::{McpServers, NewMcpServer};
 use maas_core::scheduling::Scheduling;
 use maas_core::tier::{NewTier, TierService, TierUpdate};
 use maas_core::usage::{Granularity, GroupBy, TimeRange, UsageLedger, UsageScope};
@@ -55,6 +55,8 @@ pub struct ManagementState {
     pub user_keys: UserKeys,
     /// Usage and costs.
     pub usage: UsageLedger,
+    /// MCP servers.
+    pub mcp: McpServers,
     /// The store (health, audit).
     pub storage: Storage,
 }
@@ -72,6 +74,8 @@ pub struct ManagementServices {
     pub user_keys: UserKeys,
     /// Usage and costs.
     pub usage: UsageLedger,
+    /// MCP servers.
+    pub mcp: McpServers,
     /// The store.
     pub storage: Storage,
 }
@@ -95,6 +99,7 @@ impl ManagementState {
             models,
             user_keys,
             usage,
+            mcp,
             storage,
         } = services;
         Ok(ManagementState {
@@ -104,6 +109,7 @@ impl ManagementState {
             models,
             user_keys,
             usage,
+            mcp,
             storage,
         })
     }
@@ -146,7 +152,12 @@ pub fn router(state: ManagementState, config: &HttpConfig) -> Router {
         .route("/usage/series", get(usage_series))
         .route("/usage/series/tenants", get(usage_series_tenants))
         .route("/usage/cache", get(usage_cache))
-        .route("/costs", get(costs));
+        .route("/costs", get(costs))
+        .route("/mcp-servers", get(list_mcp).post(create_mcp))
+        .route(
+            "/mcp-servers/{id}",
+            get(get_mcp).put(update_mcp).delete(delete_mcp),
+        );
     let app = Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)
@@ -884,4 +895,55 @@ async fn costs(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -
         s.usage.costs(range, group_by).await.map_err(fail(&id))?,
         None,
     )
+}
+
+// ----- MCP servers ----------------------------------------------------------
+
+async fn list_mcp(State(s): State<ManagementState>, id: RequestId) -> Reply {
+    list(s.mcp.list().await.map_err(fail(&id))?, None)
+}
+
+async fn create_mcp(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    body: Body<NewMcpServer>,
+) -> Reply {
+    created(
+        s.mcp
+            .create(&admin_actor(), body.0)
+            .await
+            .map_err(fail(&id))?,
+    )
+}
+
+async fn get_mcp(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(sid): Path<String>,
+) -> Reply {
+    ok(s.mcp.get(&sid).await.map_err(fail(&id))?)
+}
+
+async fn update_mcp(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(sid): Path<String>,
+    body: Body<NewMcpServer>,
+) -> Reply {
+    ok(s.mcp
+        .update(&admin_actor(), &sid, body.0)
+        .await
+        .map_err(fail(&id))?)
+}
+
+async fn delete_mcp(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(sid): Path<String>,
+) -> Reply {
+    s.mcp
+        .delete(&admin_actor(), &sid)
+        .await
+        .map_err(fail(&id))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
