@@ -44,6 +44,7 @@ use crate::key::{
     VerifyOptions,
 };
 use crate::keyspace::{Keyspace, NewKeyspace};
+use crate::ratelimit::{DEFAULT_NAMESPACE, LimitRequest, LimitResponse, RateLimiter};
 use crate::storage::{KeyQuery, MAX_PAGE_SIZE, Page, PageRequest};
 use crate::usage::{TimeRange, UsageLedger, VerificationDay, VerificationScope};
 use crate::validate;
@@ -727,6 +728,19 @@ impl RootKeys {
     pub async fn delete_key(&self, auth: &RootAuth, id: &KeyId) -> Result<()> {
         self.authorize_key(auth, RootAction::DeleteKey, id).await?;
         self.inner.keys.delete(&auth.actor(), id).await
+    }
+
+    /// `ratelimits.limit` ([`RateLimiter::limit`]). Needs `limit` on the
+    /// request's namespace (`default` when it names none).
+    pub async fn limit(
+        &self,
+        auth: &RootAuth,
+        limiter: &RateLimiter,
+        req: &LimitRequest,
+    ) -> Result<LimitResponse> {
+        let ns = req.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+        auth.require(RootAction::Limit, Some(ns))?;
+        limiter.limit(req).await
     }
 
     /// `keys.getVerifications`: verification outcomes per UTC day from
