@@ -17,5 +17,7 @@
 
 pub mod common;
 pub mod maas_api;
+pub mod unkey;
 
 pub use common::{ApiJson, Dialect, HttpConfig, RequestId};
+pub use unkey::{Unkey, UnkeyState};
