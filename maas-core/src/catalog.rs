@@ -11,6 +11,9 @@ use serde::de::DeserializeOwned;
 use crate::audit::{Actor, AuditEvent};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
+use crate::id::KeyspaceId;
+use crate::key::KeyService;
+use crate::keyspace::NewKeyspace;
 use crate::storage::{MAX_PAGE_SIZE, PageRequest, Record, RecordStore};
 use crate::versioned::{self, Versioned};
 
@@ -189,6 +192,74 @@ pub(crate) async fn delete_entry<T: Entry>(
     match records.delete_record(T::KIND, id, audit).await {
         Err(Error::NotFound { .. }) => Err(Error::not_found(T::KIND, id)),
         other => other,
+    }
+}
+
+/// The body of a setting record that names a keyspace: `{"keyspace_id": …}`
+/// (the shape of the user keyspace's setting, [`crate::userkeys`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct KeyspaceSetting {
+    keyspace_id: KeyspaceId,
+}
+
+/// The keyspace the setting record `setting` (kind
+/// [`SETTING_KIND`](crate::userkeys::SETTING_KIND)) names, if it exists.
+pub(crate) async fn setting_keyspace(
+    records: &dyn RecordStore,
+    setting: &str,
+) -> Result<Option<KeyspaceId>> {
+    match records
+        .get_record(crate::userkeys::SETTING_KIND, setting)
+        .await?
+    {
+        Some(r) => Ok(Some(from_record::<KeyspaceSetting>(&r)?.keyspace_id)),
+        None => Ok(None),
+    }
+}
+
+/// The keyspace of a deployment-wide setting, created on first need: reads
+/// the setting `setting`; if absent, creates the keyspace `new` and then the
+/// setting naming it with create-if-absent, so every node agrees on one
+/// keyspace (a node that loses the race removes the keyspace it made and
+/// returns the winner's). Changes are made as [`Actor::system`].
+pub(crate) async fn ensure_setting_keyspace(
+    keys: &KeyService,
+    setting: &str,
+    new: NewKeyspace,
+    now: Timestamp,
+) -> Result<KeyspaceId> {
+    let records = &*keys.storage().records;
+    if let Some(id) = setting_keyspace(records, setting).await? {
+        return Ok(id);
+    }
+    let actor = Actor::system();
+    let ks = keys.create_keyspace(&actor, new).await?;
+    let kind = crate::userkeys::SETTING_KIND;
+    let body = KeyspaceSetting {
+        keyspace_id: ks.id.clone(),
+    };
+    let record = to_record(kind, setting, &body, now, now, 1)?;
+    let audit = AuditEvent::new(
+        now,
+        &actor,
+        &format!("{kind}.create"),
+        kind,
+        setting,
+        None,
+        Some(record.body.clone()),
+    );
+    match records.create_record(&record, audit).await {
+        Ok(()) => Ok(ks.id),
+        Err(e) => {
+            // Ours is unused: another node won the race, or the write failed.
+            let _ = keys.delete_keyspace(&actor, &ks.id).await;
+            match e {
+                Error::Conflict { .. } => setting_keyspace(records, setting)
+                    .await?
+                    .ok_or_else(|| Error::internal(format!("the setting '{setting}' vanished"))),
+                e => Err(e),
+            }
+        }
     }
 }
 

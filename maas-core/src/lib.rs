@@ -29,6 +29,7 @@ pub mod mcp;
 pub mod model;
 pub mod patch;
 pub mod ratelimit;
+pub mod rootkeys;
 pub mod scheduling;
 pub mod storage;
 pub mod tenant;
@@ -69,6 +70,7 @@ pub use patch::Patch;
 pub use ratelimit::{
     LimitRequest, LimitResponse, OverrideLimit, RateLimitConfig, RateLimitOverride, RateLimiter,
 };
+pub use rootkeys::{CreatedRootKey, RootAction, RootAuth, RootKey, RootKeys};
 pub use storage::{KeyQuery, Page, PageRequest, Storage};
 pub use tenant::{NewTenant, Tenant, TenantService, TenantUpdate};
 pub use tier::{
@@ -120,6 +122,17 @@ mod send_check {
         send(u.create("u", "k"));
         send(u.list("u"));
         send(u.delete("u", "k"));
+    }
+
+    fn rootkeys(r: &RootKeys, a: &Actor, auth: &RootAuth, id: &KeyId, ks: &KeyspaceId) {
+        send(r.create(a, "ci", Vec::new()));
+        send(r.list());
+        send(r.delete(a, id));
+        send(r.authenticate(Some("k"), None));
+        send(r.verify("k", &VerifyOptions::default()));
+        send(r.create_key(auth, NewKey::in_keyspace(ks.clone())));
+        send(r.update_key(auth, id, KeyUpdate::default()));
+        send(r.list_api_keys(auth, ks, None, rootkeys::ListFrom::Offset(1), 1));
     }
 
     fn ratelimit(r: &RateLimiter, req: &LimitRequest, a: &Actor) {

@@ -6,6 +6,10 @@
 //!
 //! - [`maas_api::router`]: the MaaS user API (seed 000: `/health`, `/keys`,
 //!   `/tiers/lookup`, `/tokens`, `/v1/models`), errors in Goa's shape;
+//! - [`unkey::router`]: the Unkey v1-compatible key API (seed 004), errors
+//!   in Unkey's envelope;
+//! - [`management::router`]: the management API under `/api/v1` (seed
+//!   003), behind the admin token, errors as RFC 9457 problem details.
 //!
 //! Handlers only parse, call `maas-core` and render: no rule lives here.
 //! Every router answers with an `x-request-id`, limits request bodies
@@ -18,5 +22,7 @@
 pub mod common;
 pub mod maas_api;
 pub mod management;
+pub mod unkey;
 
 pub use common::{ApiJson, Dialect, HttpConfig, RequestId};
+pub use unkey::{Unkey, UnkeyState};

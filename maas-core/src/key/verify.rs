@@ -195,6 +195,11 @@ impl Verification {
             .and_then(|k| k.meta.as_ref())
     }
 
+    /// When the key was created.
+    pub fn created_at(&self) -> Option<Timestamp> {
+        self.key.as_deref().map(|c| &c.record).map(|k| k.created_at)
+    }
+
     /// When the key expires.
     pub fn expires(&self) -> Option<Timestamp> {
         self.key

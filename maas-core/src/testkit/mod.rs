@@ -20,6 +20,7 @@ mod keys;
 mod limits;
 mod probe;
 mod props;
+mod rootkeys;
 mod store;
 mod tokens;
 mod usage;
@@ -42,6 +43,7 @@ pub use keys::*;
 pub use limits::*;
 pub use probe::{Probe, ProbeCounts};
 pub use props::*;
+pub use rootkeys::*;
 pub use store::*;
 pub use tokens::*;
 pub use usage::*;
@@ -131,6 +133,10 @@ scenarios!($;
     user_keys_authenticate_as_their_owner,
     user_keys_nodes_share_one_keyspace,
     user_keys_invalid_input_writes_nothing,
+    root_keys_lifecycle,
+    root_keys_nodes_share_one_keyspace,
+    root_keys_invalid_input_writes_nothing,
+    root_keys_guard_the_key_api,
     usage_adds_merge_into_buckets,
     usage_filters_and_half_open_ranges,
     usage_concurrent_adds_all_land,
