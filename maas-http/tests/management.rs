@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use maas_core::Clock as _;
 use maas_core::fairshare::{FairShare, FairShareConfig};
 use maas_core::mcp::McpServers;
+use maas_core::rootkeys::RootKeys;
 use maas_core::scheduling::Scheduling;
 use maas_core::usage::{UsageConfig, UsageLedger, UsageRecord};
 use maas_core::{
@@ -37,6 +38,7 @@ fn services(clock: Arc<ManualClock>) -> ManagementServices {
     let storage = MemoryStore::new().storage();
     let fs = FairShare::with_clock(FairShareConfig::default(), clock.clone()).unwrap();
     let keys = KeyService::new_with_clock(storage.clone(), KeyHasher::random(), clock.clone());
+    let root_keys = RootKeys::new_with_clock(keys.clone(), clock.clone());
     ManagementServices {
         scheduling: Scheduling::new(storage.clone(), fs, clock.clone()),
         tiers: TierService::new_with_clock(storage.clone(), clock.clone()),
@@ -44,6 +46,7 @@ fn services(clock: Arc<ManualClock>) -> ManagementServices {
         user_keys: UserKeys::new_with_clock(keys, clock.clone()),
         usage: UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone()),
         mcp: McpServers::new_with_clock(storage.clone(), clock),
+        root_keys,
         storage,
     }
 }
@@ -778,5 +781,52 @@ async fn mcp_servers() {
             "mcp_server.update",
             "mcp_server.create"
         ]
+    );
+}
+
+#[tokio::test]
+async fn root_keys() {
+    let a = app();
+    let r = call(
+        &a,
+        "POST",
+        "/api/v1/root-keys",
+        Some(json!({"name": "ci", "permissions": ["api.*.create_key", "api.*.read_key"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let secret = r.body["key"].as_str().unwrap().to_owned();
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with(r.body["start"].as_str().unwrap()));
+    assert_invalid(
+        &call(
+            &a,
+            "POST",
+            "/api/v1/root-keys",
+            Some(json!({"name": "bad", "permissions": ["fly.to.moon"]})),
+        )
+        .await,
+        "/permissions",
+    );
+    let r = call(&a, "GET", "/api/v1/root-keys", None).await;
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        r.body["data"][0]["permissions"],
+        json!(["api.*.create_key", "api.*.read_key"])
+    );
+    assert!(!r.body.to_string().contains(&secret));
+    assert_eq!(
+        call(&a, "DELETE", &format!("/api/v1/root-keys/{id}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &call(&a, "DELETE", &format!("/api/v1/root-keys/{id}"), None).await,
+        StatusCode::NOT_FOUND,
+    );
+    assert_eq!(
+        call(&a, "GET", "/api/v1/root-keys", None).await.body["data"],
+        json!([])
     );
 }

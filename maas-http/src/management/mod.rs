@@ -7,7 +7,7 @@
 //! Lists answer `{"data": [...], "cursor": ...}` (`cursor` is `null` on the
 //! last page, and for lists that are never paginated).
 //!
-//! Still to come (issue 8): projects, root keys and the OpenAPI document.
+//! Still to come (issue 8): projects and the OpenAPI document.
 
 // `Result<Response, Response>` is axum's handler idiom; the error is a
 // response about to be sent, not worth boxing.
@@ -26,6 +26,7 @@ use axum::{Json, Router};
 use maas_core::audit::AuditQuery;
 use maas_core::identity::{Authenticator, Identity, StaticTokens};
 use maas_core::mcp::{McpServers, NewMcpServer};
+use maas_core::rootkeys::RootKeys;
 use maas_core::scheduling::Scheduling;
 use maas_core::tier::{NewTier, TierService, TierUpdate};
 use maas_core::usage::{Granularity, GroupBy, TimeRange, UsageLedger, UsageScope};
@@ -55,6 +56,8 @@ pub struct ManagementState {
     pub user_keys: UserKeys,
     /// Usage and costs.
     pub usage: UsageLedger,
+    /// Root keys of the Unkey-compatible API.
+    pub root_keys: RootKeys,
     /// MCP servers.
     pub mcp: McpServers,
     /// The store (health, audit).
@@ -74,6 +77,8 @@ pub struct ManagementServices {
     pub user_keys: UserKeys,
     /// Usage and costs.
     pub usage: UsageLedger,
+    /// Root keys of the Unkey-compatible API.
+    pub root_keys: RootKeys,
     /// MCP servers.
     pub mcp: McpServers,
     /// The store.
@@ -100,6 +105,7 @@ impl ManagementState {
             user_keys,
             usage,
             mcp,
+            root_keys,
             storage,
         } = services;
         Ok(ManagementState {
@@ -110,6 +116,7 @@ impl ManagementState {
             user_keys,
             usage,
             mcp,
+            root_keys,
             storage,
         })
     }
@@ -153,6 +160,8 @@ pub fn router(state: ManagementState, config: &HttpConfig) -> Router {
         .route("/usage/series/tenants", get(usage_series_tenants))
         .route("/usage/cache", get(usage_cache))
         .route("/costs", get(costs))
+        .route("/root-keys", get(list_root_keys).post(create_root_key))
+        .route("/root-keys/{id}", delete(delete_root_key))
         .route("/mcp-servers", get(list_mcp).post(create_mcp))
         .route(
             "/mcp-servers/{id}",
@@ -943,6 +952,47 @@ async fn delete_mcp(
 ) -> Reply {
     s.mcp
         .delete(&admin_actor(), &sid)
+        .await
+        .map_err(fail(&id))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ----- root keys ------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct NewRootKey {
+    name: String,
+    #[serde(default)]
+    permissions: Vec<String>,
+}
+
+async fn create_root_key(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    body: Body<NewRootKey>,
+) -> Reply {
+    let NewRootKey { name, permissions } = body.0;
+    let k = s
+        .root_keys
+        .create(&admin_actor(), &name, permissions)
+        .await
+        .map_err(fail(&id))?;
+    created(json!({"id": k.key_id, "name": k.name, "start": k.start, "key": k.key}))
+}
+
+async fn list_root_keys(State(s): State<ManagementState>, id: RequestId) -> Reply {
+    list(s.root_keys.list().await.map_err(fail(&id))?, None)
+}
+
+async fn delete_root_key(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let key_id = KeyId::parse(&raw)
+        .map_err(|_| problem::render(&Error::not_found("root key", &raw), &id))?;
+    s.root_keys
+        .delete(&admin_actor(), &key_id)
         .await
         .map_err(fail(&id))?;
     Ok(StatusCode::NO_CONTENT.into_response())
