@@ -95,7 +95,9 @@ impl catalog::Entry for Capacity {
     }
 }
 
-fn check_weight(w: i64) -> Result<u32> {
+/// A fair-share weight as a caller sent it: 1..=1,000,000, else invalid
+/// input naming `weight`.
+pub fn check_weight(w: i64) -> Result<u32> {
     u32::try_from(w)
         .ok()
         .filter(|w| (1..=crate::tenant::MAX_WEIGHT).contains(w))

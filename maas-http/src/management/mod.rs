@@ -326,20 +326,13 @@ struct Weight {
     weight: i64,
 }
 
-fn weight_of(w: i64) -> Result<u32, Error> {
-    u32::try_from(w)
-        .ok()
-        .filter(|w| (1..=1_000_000).contains(w))
-        .ok_or_else(|| Error::invalid("weight", "must be between 1 and 1000000"))
-}
-
 async fn set_tenant_weight(
     State(s): State<ManagementState>,
     id: RequestId,
     Path(raw): Path<String>,
     body: Body<Weight>,
 ) -> Reply {
-    let weight = weight_of(body.0.weight).map_err(fail(&id))?;
+    let weight = maas_core::scheduling::check_weight(body.0.weight).map_err(fail(&id))?;
     let update = TenantUpdate {
         weight: Some(weight),
         ..TenantUpdate::default()
