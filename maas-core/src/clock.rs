@@ -170,3 +170,50 @@ mod tests {
         assert!(SystemClock.now() > Timestamp::from_millis(1_704_067_200_000));
     }
 }
+
+/// Serde of a [`Timestamp`] as an RFC 3339 string (`2025-03-12T10:00:00Z`)
+/// instead of unix milliseconds: `#[serde(with = "maas_core::clock::rfc3339")]`.
+pub mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Timestamp;
+
+    /// Writes the time as RFC 3339.
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(t)
+    }
+
+    /// Reads an RFC 3339 time.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let s = String::deserialize(d)?;
+        time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+            .map(Timestamp::from_datetime)
+            .map_err(serde::de::Error::custom)
+    }
+
+    /// The same for `Option<Timestamp>` (`null` for none).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use super::Timestamp;
+
+        /// Writes the time as RFC 3339, or `null`.
+        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.collect_str(t),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads an RFC 3339 time or `null`.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|s| {
+                    time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                        .map(Timestamp::from_datetime)
+                        .map_err(serde::de::Error::custom)
+                })
+                .transpose()
+        }
+    }
+}

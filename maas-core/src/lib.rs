@@ -28,6 +28,7 @@ pub mod keyspace;
 pub mod mcp;
 pub mod model;
 pub mod patch;
+pub mod projects;
 pub mod ratelimit;
 pub mod rootkeys;
 pub mod scheduling;

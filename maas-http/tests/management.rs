@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use maas_core::Clock as _;
 use maas_core::fairshare::{FairShare, FairShareConfig};
 use maas_core::mcp::McpServers;
+use maas_core::projects::Projects;
 use maas_core::rootkeys::RootKeys;
 use maas_core::scheduling::Scheduling;
 use maas_core::usage::{UsageConfig, UsageLedger, UsageRecord};
@@ -39,6 +40,7 @@ fn services(clock: Arc<ManualClock>) -> ManagementServices {
     let fs = FairShare::with_clock(FairShareConfig::default(), clock.clone()).unwrap();
     let keys = KeyService::new_with_clock(storage.clone(), KeyHasher::random(), clock.clone());
     let root_keys = RootKeys::new_with_clock(keys.clone(), clock.clone());
+    let projects = Projects::new_with_clock(keys.clone(), clock.clone());
     ManagementServices {
         scheduling: Scheduling::new(storage.clone(), fs, clock.clone()),
         tiers: TierService::new_with_clock(storage.clone(), clock.clone()),
@@ -47,6 +49,7 @@ fn services(clock: Arc<ManualClock>) -> ManagementServices {
         usage: UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone()),
         mcp: McpServers::new_with_clock(storage.clone(), clock),
         root_keys,
+        projects,
         storage,
     }
 }
@@ -293,7 +296,8 @@ async fn tenants_and_fair_share() {
         StatusCode::NOT_FOUND,
     );
     let r = call(&a, "GET", "/api/v1/fairshare/groups", None).await;
-    let names: Vec<&str> = r.body["data"]
+    let names: Vec<&str> = r
+        .body
         .as_array()
         .unwrap()
         .iter()
@@ -388,7 +392,7 @@ async fn tiers_and_models() {
         "/requests_per_minute",
     );
     assert_eq!(
-        call(&a, "GET", "/api/v1/tiers", None).await.body["data"][0]["name"],
+        call(&a, "GET", "/api/v1/tiers", None).await.body[0]["name"],
         "gold"
     );
     assert_eq!(
@@ -430,7 +434,9 @@ async fn tiers_and_models() {
         "/pricing/input_per_million",
     );
     assert_eq!(
-        call(&a, "GET", "/api/v1/models", None).await.body["data"]
+        call(&a, "GET", "/api/v1/models", None)
+            .await
+            .body
             .as_array()
             .unwrap()
             .len(),
@@ -639,12 +645,12 @@ async fn usage_and_costs() {
     p.clock.advance(std::time::Duration::from_secs(60));
     let r = call(a, "GET", "/api/v1/usage", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let rows = r.body["data"].as_array().unwrap();
+    let rows = r.body.as_array().unwrap();
     assert_eq!(rows.len(), 2, "{}", r.body);
     let r = call(a, "GET", "/api/v1/usage/models", None).await;
-    assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(r.body.as_array().unwrap().len(), 2);
     let r = call(a, "GET", "/api/v1/usage/series?granularity=day", None).await;
-    assert_eq!(r.body["data"].as_array().unwrap().len(), 1, "{}", r.body);
+    assert_eq!(r.body.as_array().unwrap().len(), 1, "{}", r.body);
     let r = call(
         a,
         "GET",
@@ -652,12 +658,12 @@ async fn usage_and_costs() {
         None,
     )
     .await;
-    assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(r.body.as_array().unwrap().len(), 2);
     let r = call(a, "GET", "/api/v1/costs?group_by=model", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.to_string().contains("USD"), "{}", r.body);
     assert_eq!(
-        call(a, "GET", "/api/v1/usage/cache", None).await.body["data"],
+        call(a, "GET", "/api/v1/usage/cache", None).await.body,
         json!([])
     );
     let from = T0 - 1000;
@@ -668,7 +674,7 @@ async fn usage_and_costs() {
         None,
     )
     .await;
-    assert_eq!(r.body["data"].as_array().unwrap().len(), 2, "{}", r.body);
+    assert_eq!(r.body.as_array().unwrap().len(), 2, "{}", r.body);
 
     assert_invalid(
         &call(a, "GET", "/api/v1/usage/series?granularity=week", None).await,
@@ -751,7 +757,9 @@ async fn mcp_servers() {
         "http://127.0.0.1:7000"
     );
     assert_eq!(
-        call(&a, "GET", "/api/v1/mcp-servers", None).await.body["data"]
+        call(&a, "GET", "/api/v1/mcp-servers", None)
+            .await
+            .body
             .as_array()
             .unwrap()
             .len(),
@@ -809,9 +817,9 @@ async fn root_keys() {
         "/permissions",
     );
     let r = call(&a, "GET", "/api/v1/root-keys", None).await;
-    assert_eq!(r.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body.as_array().unwrap().len(), 1);
     assert_eq!(
-        r.body["data"][0]["permissions"],
+        r.body[0]["permissions"],
         json!(["api.*.create_key", "api.*.read_key"])
     );
     assert!(!r.body.to_string().contains(&secret));
@@ -826,7 +834,138 @@ async fn root_keys() {
         StatusCode::NOT_FOUND,
     );
     assert_eq!(
-        call(&a, "GET", "/api/v1/root-keys", None).await.body["data"],
+        call(&a, "GET", "/api/v1/root-keys", None).await.body,
         json!([])
     );
+}
+
+#[tokio::test]
+async fn projects_and_their_keys() {
+    let a = app();
+    assert_eq!(
+        call(&a, "GET", "/api/v1/projects", None).await.body,
+        json!([])
+    );
+    let r = call(
+        &a,
+        "POST",
+        "/api/v1/projects",
+        Some(json!({"name": "edge", "description": "edge data planes"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let pid = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["description"], "edge data planes");
+    assert_invalid(
+        &call(
+            &a,
+            "POST",
+            "/api/v1/projects",
+            Some(json!({"description": "no name"})),
+        )
+        .await,
+        "/name",
+    );
+    let r = call(
+        &a,
+        "PUT",
+        &format!("/api/v1/projects/{pid}"),
+        Some(json!({"name": "edge-2", "description": null})),
+    )
+    .await;
+    assert_eq!(
+        (r.body["name"].clone(), r.body["description"].clone()),
+        (json!("edge-2"), Value::Null),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        call(&a, "GET", "/api/v1/projects", None).await.body[0]["name"],
+        "edge-2"
+    );
+    assert_problem(
+        &call(&a, "GET", "/api/v1/projects/ks_nope", None).await,
+        StatusCode::NOT_FOUND,
+    );
+
+    let keys = format!("/api/v1/projects/{pid}/api-keys");
+    let r = call(&a, "POST", &keys, Some(json!({"name": "dp-1"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let secret = r.body["key"].as_str().unwrap().to_owned();
+    let kid = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["scopes"], json!(["data-plane:connect"]));
+    assert!(secret.starts_with(r.body["key_prefix"].as_str().unwrap()));
+    assert_problem(
+        &call(&a, "POST", &keys, Some(json!({"name": "dp-1"}))).await,
+        StatusCode::CONFLICT,
+    );
+    assert_invalid(
+        &call(
+            &a,
+            "POST",
+            &keys,
+            Some(json!({"name": "dp-2", "expires_at": "2000-01-01T00:00:00Z"})),
+        )
+        .await,
+        "/expires_at",
+    );
+    assert_invalid(
+        &call(
+            &a,
+            "POST",
+            &keys,
+            Some(json!({"name": "dp-2", "expires_at": "soon"})),
+        )
+        .await,
+        "/expires_at",
+    );
+    let r = call(
+        &a,
+        "POST",
+        &keys,
+        Some(json!({"name": "dp-2", "scopes": ["a", "b"], "expires_at": "2030-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(r.body["scopes"], json!(["a", "b"]), "{}", r.body);
+    let listed = call(&a, "GET", &keys, None).await.body;
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(!listed.to_string().contains(&secret));
+    assert_eq!(
+        call(&a, "DELETE", &format!("{keys}/{kid}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &call(&a, "DELETE", &format!("{keys}/{kid}"), None).await,
+        StatusCode::NOT_FOUND,
+    );
+    let listed = call(&a, "GET", &keys, None).await.body;
+    let revoked = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == kid.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        revoked["revoked_at"].as_str().unwrap().ends_with('Z'),
+        "{revoked}"
+    );
+    assert!(
+        revoked["created_at"].as_str().unwrap().starts_with("20"),
+        "{revoked}"
+    );
+
+    assert_eq!(
+        call(&a, "DELETE", &format!("/api/v1/projects/{pid}"), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        &call(&a, "GET", &format!("/api/v1/projects/{pid}"), None).await,
+        StatusCode::NOT_FOUND,
+    );
+    assert_problem(&call(&a, "GET", &keys, None).await, StatusCode::NOT_FOUND);
 }

@@ -83,11 +83,9 @@ fn goa(err: &Error, id: &RequestId) -> Response {
     Goa::render(err, id)
 }
 
-fn rfc3339(t: Timestamp) -> Option<String> {
-    t.to_datetime().and_then(|d| {
-        d.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
+/// RFC 3339, as the MaaS API writes times.
+fn rfc3339(t: Timestamp) -> String {
+    t.to_string()
 }
 
 async fn not_found(id: RequestId) -> Response {
@@ -155,7 +153,7 @@ async fn list_keys(State(s): State<MaasApiState>, id: RequestId, Caller(who): Ca
                         "name": k.name,
                         "start": k.start,
                         "created_at": rfc3339(k.created_at),
-                        "last_used_at": k.last_used_at.and_then(rfc3339),
+                        "last_used_at": k.last_used_at.map(rfc3339),
                     })
                 })
                 .collect();

@@ -4,10 +4,10 @@
 //! without it the answer is 401, with no hint whether the path exists.
 //! Errors are RFC 9457 problem details ([`Problem`]).
 //!
-//! Lists answer `{"data": [...], "cursor": ...}` (`cursor` is `null` on the
-//! last page, and for lists that are never paginated).
+//! Lists are JSON arrays; paginated ones (tenants, keys, audit) answer
+//! `{"data": [...], "cursor": ...}` (`cursor` is `null` on the last page).
 //!
-//! Still to come (issue 8): projects and the OpenAPI document.
+//! Still to come (issue 8): the served OpenAPI document.
 
 // `Result<Response, Response>` is axum's handler idiom; the error is a
 // response about to be sent, not worth boxing.
@@ -26,13 +26,14 @@ use axum::{Json, Router};
 use maas_core::audit::AuditQuery;
 use maas_core::identity::{Authenticator, Identity, StaticTokens};
 use maas_core::mcp::{McpServers, NewMcpServer};
+use maas_core::projects::Projects;
 use maas_core::rootkeys::RootKeys;
 use maas_core::scheduling::Scheduling;
 use maas_core::tier::{NewTier, TierService, TierUpdate};
 use maas_core::usage::{Granularity, GroupBy, TimeRange, UsageLedger, UsageScope};
 use maas_core::{
-    Actor, CacheSettings, Error, KeyId, KeyQuery, KeyUpdate, ModelService, ModelUpdate, NewModel,
-    NewTenant, PageRequest, Patch, Storage, TenantId, TenantUpdate, Timestamp, UserKeys,
+    Actor, CacheSettings, Error, KeyId, KeyQuery, KeyUpdate, KeyspaceId, ModelService, ModelUpdate,
+    NewModel, NewTenant, PageRequest, Patch, Storage, TenantId, TenantUpdate, Timestamp, UserKeys,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -58,6 +59,8 @@ pub struct ManagementState {
     pub usage: UsageLedger,
     /// Root keys of the Unkey-compatible API.
     pub root_keys: RootKeys,
+    /// Projects (seed 001).
+    pub projects: Projects,
     /// MCP servers.
     pub mcp: McpServers,
     /// The store (health, audit).
@@ -79,6 +82,8 @@ pub struct ManagementServices {
     pub usage: UsageLedger,
     /// Root keys of the Unkey-compatible API.
     pub root_keys: RootKeys,
+    /// Projects (seed 001).
+    pub projects: Projects,
     /// MCP servers.
     pub mcp: McpServers,
     /// The store.
@@ -106,6 +111,7 @@ impl ManagementState {
             usage,
             mcp,
             root_keys,
+            projects,
             storage,
         } = services;
         Ok(ManagementState {
@@ -117,6 +123,7 @@ impl ManagementState {
             usage,
             mcp,
             root_keys,
+            projects,
             storage,
         })
     }
@@ -160,6 +167,16 @@ pub fn router(state: ManagementState, config: &HttpConfig) -> Router {
         .route("/usage/series/tenants", get(usage_series_tenants))
         .route("/usage/cache", get(usage_cache))
         .route("/costs", get(costs))
+        .route("/projects", get(list_projects).post(create_project))
+        .route(
+            "/projects/{id}",
+            get(get_project).put(update_project).delete(delete_project),
+        )
+        .route(
+            "/projects/{id}/api-keys",
+            get(list_project_keys).post(create_project_key),
+        )
+        .route("/projects/{id}/api-keys/{key}", delete(revoke_project_key))
         .route("/root-keys", get(list_root_keys).post(create_root_key))
         .route("/root-keys/{id}", delete(delete_root_key))
         .route("/mcp-servers", get(list_mcp).post(create_mcp))
@@ -190,7 +207,8 @@ fn created<T: serde::Serialize>(v: T) -> Reply {
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-fn list<T: serde::Serialize>(items: T, cursor: Option<String>) -> Reply {
+/// A paginated list: `{"data": [...], "cursor": ...}`.
+fn paged<T: serde::Serialize>(items: T, cursor: Option<String>) -> Reply {
     ok(json!({"data": items, "cursor": cursor}))
 }
 
@@ -283,7 +301,7 @@ async fn list_tenants(
         .list(&page)
         .await
         .map_err(fail(&id))?;
-    list(got.items, got.cursor)
+    paged(got.items, got.cursor)
 }
 
 async fn create_tenant(
@@ -417,7 +435,7 @@ async fn create_group(
 }
 
 async fn list_groups(State(s): State<ManagementState>, id: RequestId) -> Reply {
-    list(s.scheduling.list_groups().await.map_err(fail(&id))?, None)
+    ok(s.scheduling.list_groups().await.map_err(fail(&id))?)
 }
 
 async fn set_group_weight(
@@ -490,13 +508,13 @@ async fn audit(
         })
         .await
         .map_err(fail(&id))?;
-    list(got.items, got.cursor)
+    paged(got.items, got.cursor)
 }
 
 // ----- tiers ----------------------------------------------------------------
 
 async fn list_tiers(State(s): State<ManagementState>, id: RequestId) -> Reply {
-    list(s.tiers.list().await.map_err(fail(&id))?, None)
+    ok(s.tiers.list().await.map_err(fail(&id))?)
 }
 
 async fn create_tier(
@@ -560,7 +578,7 @@ fn model_json(m: &maas_core::Model) -> Value {
 async fn list_models(State(s): State<ManagementState>, id: RequestId) -> Reply {
     let models = s.models.list().await.map_err(fail(&id))?;
     let data: Vec<Value> = models.iter().map(model_json).collect();
-    list(data, None)
+    ok(data)
 }
 
 async fn create_model(
@@ -701,7 +719,7 @@ async fn list_keys(
         .await
         .map_err(fail(&id))?;
     let data: Vec<Value> = got.items.iter().map(key_json).collect();
-    list(data, got.cursor)
+    paged(data, got.cursor)
 }
 
 /// A key of the tenant keyspace (others are not the management API's).
@@ -840,7 +858,7 @@ async fn totals_by(s: &ManagementState, id: &RequestId, q: UsageQuery, default: 
         .totals(range, group_by, &p.scope())
         .await
         .map_err(fail(id))?;
-    list(rows, None)
+    ok(rows)
 }
 
 async fn usage_totals(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
@@ -864,7 +882,7 @@ async fn usage_series(State(s): State<ManagementState>, id: RequestId, q: UsageQ
         .series(range, g, p.tenant.as_deref())
         .await
         .map_err(fail(&id))?;
-    list(points, None)
+    ok(points)
 }
 
 async fn usage_series_tenants(
@@ -880,29 +898,26 @@ async fn usage_series_tenants(
         .series_by_tenant(range, g)
         .await
         .map_err(fail(&id))?;
-    list(series, None)
+    ok(series)
 }
 
 async fn usage_cache(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
     let p = params(q, &id)?;
     let range = p.range(s.usage.now()).map_err(fail(&id))?;
-    list(s.usage.cache(range).await.map_err(fail(&id))?, None)
+    ok(s.usage.cache(range).await.map_err(fail(&id))?)
 }
 
 async fn costs(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
     let p = params(q, &id)?;
     let range = p.range(s.usage.now()).map_err(fail(&id))?;
     let group_by = p.group_by(GroupBy::Tenant).map_err(fail(&id))?;
-    list(
-        s.usage.costs(range, group_by).await.map_err(fail(&id))?,
-        None,
-    )
+    ok(s.usage.costs(range, group_by).await.map_err(fail(&id))?)
 }
 
 // ----- MCP servers ----------------------------------------------------------
 
 async fn list_mcp(State(s): State<ManagementState>, id: RequestId) -> Reply {
-    list(s.mcp.list().await.map_err(fail(&id))?, None)
+    ok(s.mcp.list().await.map_err(fail(&id))?)
 }
 
 async fn create_mcp(
@@ -974,7 +989,7 @@ async fn create_root_key(
 }
 
 async fn list_root_keys(State(s): State<ManagementState>, id: RequestId) -> Reply {
-    list(s.root_keys.list().await.map_err(fail(&id))?, None)
+    ok(s.root_keys.list().await.map_err(fail(&id))?)
 }
 
 async fn delete_root_key(
@@ -986,6 +1001,141 @@ async fn delete_root_key(
         .map_err(|_| problem::render(&Error::not_found("root key", &raw), &id))?;
     s.root_keys
         .delete(&admin_actor(), &key_id)
+        .await
+        .map_err(fail(&id))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ----- projects (seed 001) --------------------------------------------------
+
+fn project_id(raw: &str, id: &RequestId) -> Result<KeyspaceId, Response> {
+    KeyspaceId::parse(raw).map_err(|_| problem::render(&Error::not_found("project", raw), id))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProject {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectChange {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Patch<String>,
+}
+
+async fn list_projects(State(s): State<ManagementState>, id: RequestId) -> Reply {
+    ok(s.projects.list().await.map_err(fail(&id))?)
+}
+
+async fn create_project(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    body: Body<NewProject>,
+) -> Reply {
+    let NewProject { name, description } = body.0;
+    created(
+        s.projects
+            .create(&admin_actor(), &name, description)
+            .await
+            .map_err(fail(&id))?,
+    )
+}
+
+async fn get_project(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let pid = project_id(&raw, &id)?;
+    ok(s.projects.get(&pid).await.map_err(fail(&id))?)
+}
+
+async fn update_project(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: Body<ProjectChange>,
+) -> Reply {
+    let pid = project_id(&raw, &id)?;
+    let ProjectChange { name, description } = body.0;
+    ok(s.projects
+        .update(&admin_actor(), &pid, name, description)
+        .await
+        .map_err(fail(&id))?)
+}
+
+async fn delete_project(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let pid = project_id(&raw, &id)?;
+    s.projects
+        .delete(&admin_actor(), &pid)
+        .await
+        .map_err(fail(&id))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_project_keys(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let pid = project_id(&raw, &id)?;
+    ok(s.projects.list_keys(&pid).await.map_err(fail(&id))?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProjectKey {
+    name: String,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+async fn create_project_key(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: Body<NewProjectKey>,
+) -> Reply {
+    let pid = project_id(&raw, &id)?;
+    let NewProjectKey {
+        name,
+        scopes,
+        expires_at,
+    } = body.0;
+    let expires_at = match expires_at {
+        Some(t) => Some(instant("expires_at", &t).map_err(fail(&id))?),
+        None => None,
+    };
+    created(
+        s.projects
+            .create_key(&admin_actor(), &pid, &name, scopes, expires_at)
+            .await
+            .map_err(fail(&id))?,
+    )
+}
+
+async fn revoke_project_key(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path((raw, key)): Path<(String, String)>,
+) -> Reply {
+    let pid = project_id(&raw, &id)?;
+    let key_id =
+        KeyId::parse(&key).map_err(|_| problem::render(&Error::not_found("API key", &key), &id))?;
+    s.projects
+        .revoke_key(&admin_actor(), &pid, &key_id)
         .await
         .map_err(fail(&id))?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -1,0 +1,370 @@
+//! Projects (seed 001's `/projects`): a project is a maas keyspace, with a
+//! description, whose API keys carry scopes (permissions), an optional
+//! expiry and a unique name; revoking one soft-deletes it.
+//!
+//! The keyspace holds the name and the keys; a `project` catalog record
+//! (id = the keyspace id) marks the keyspace as a project and holds the
+//! description, so other keyspaces (Unkey apis, the user and root
+//! keyspaces) are not projects.
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::Actor;
+use crate::catalog;
+use std::sync::Arc;
+
+use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
+use crate::error::{Error, Result};
+use crate::id::{KeyId, KeyspaceId};
+use crate::key::{Key, KeyService, NewKey};
+use crate::keyspace::{KeyspaceUpdate, NewKeyspace};
+use crate::patch::Patch;
+use crate::storage::{KeyQuery, MAX_PAGE_SIZE, PageRequest};
+
+/// The record kind of projects.
+pub const PROJECT_KIND: &str = "project";
+/// The prefix of project API keys.
+pub const PROJECT_KEY_PREFIX: &str = "mp";
+/// The scope of project keys created without scopes.
+pub const DEFAULT_SCOPE: &str = "data-plane:connect";
+const MAX_DESCRIPTION: usize = 4096;
+
+/// A project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    /// Its keyspace's id.
+    pub id: KeyspaceId,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// When it was created (RFC 3339).
+    #[serde(with = "crate::clock::rfc3339")]
+    pub created_at: Timestamp,
+    /// When it was last changed (RFC 3339).
+    #[serde(with = "crate::clock::rfc3339")]
+    pub updated_at: Timestamp,
+}
+
+/// The project record: what the keyspace does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ProjectRecord {
+    id: String,
+    description: Option<String>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    version: u64,
+}
+
+impl crate::versioned::Versioned for ProjectRecord {
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn set_version(&mut self, v: u64) {
+        self.version = v;
+    }
+}
+
+impl catalog::Entry for ProjectRecord {
+    const KIND: &'static str = PROJECT_KIND;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+}
+
+/// A project API key as listed: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectKey {
+    /// The key's id.
+    pub id: KeyId,
+    /// The project.
+    pub project_id: KeyspaceId,
+    /// Its name (unique among the project's live keys).
+    pub name: String,
+    /// The prefix and first characters of the secret.
+    pub key_prefix: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// When it expires (RFC 3339).
+    #[serde(with = "crate::clock::rfc3339::option")]
+    pub expires_at: Option<Timestamp>,
+    /// When it last verified (RFC 3339).
+    #[serde(with = "crate::clock::rfc3339::option")]
+    pub last_used_at: Option<Timestamp>,
+    /// When it was created (RFC 3339).
+    #[serde(with = "crate::clock::rfc3339")]
+    pub created_at: Timestamp,
+    /// When it was revoked (RFC 3339).
+    #[serde(with = "crate::clock::rfc3339::option")]
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl ProjectKey {
+    fn of(k: &Key) -> Self {
+        ProjectKey {
+            id: k.id.clone(),
+            project_id: k.keyspace_id.clone(),
+            name: k.name.clone().unwrap_or_default(),
+            key_prefix: k.start.clone(),
+            scopes: k.permissions.clone(),
+            expires_at: k.expires,
+            last_used_at: k.last_used_at,
+            created_at: k.created_at,
+            revoked_at: k.deleted_at,
+        }
+    }
+}
+
+/// A new project key, with its secret shown this once.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct CreatedProjectKey {
+    /// The key as listed.
+    #[serde(flatten)]
+    pub key: ProjectKey,
+    /// The secret.
+    #[serde(rename = "key")]
+    pub secret: String,
+}
+
+impl std::fmt::Debug for CreatedProjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedProjectKey")
+            .field("key", &self.key)
+            .field("secret", &"<secret>")
+            .finish()
+    }
+}
+
+fn check_description(d: Option<&str>) -> Result<()> {
+    match d {
+        Some(d) if d.len() > MAX_DESCRIPTION => Err(Error::invalid(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Projects and their API keys. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Projects {
+    keys: KeyService,
+    clock: SharedClock,
+}
+
+impl Projects {
+    /// Projects over `keys` (and its storage), on the system clock.
+    pub fn new(keys: KeyService) -> Self {
+        Self::new_with_clock(keys, Arc::new(SystemClock))
+    }
+
+    /// Projects over `keys`, on `clock`.
+    pub fn new_with_clock(keys: KeyService, clock: Arc<dyn Clock>) -> Self {
+        Projects { keys, clock }
+    }
+
+    fn records(&self) -> &dyn crate::storage::RecordStore {
+        &*self.keys.storage().records
+    }
+
+    /// Creates a project.
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        name: &str,
+        description: Option<String>,
+    ) -> Result<Project> {
+        check_description(description.as_deref())?;
+        let ks = self
+            .keys
+            .create_keyspace(
+                actor,
+                NewKeyspace {
+                    name: name.to_owned(),
+                    prefix: Some(PROJECT_KEY_PREFIX.to_owned()),
+                    default_byte_length: None,
+                },
+            )
+            .await?;
+        let record = ProjectRecord {
+            id: ks.id.as_str().to_owned(),
+            description,
+            created_at: ks.created_at,
+            updated_at: ks.created_at,
+            version: 1,
+        };
+        if let Err(e) = catalog::create_entry(self.records(), actor, &record, ks.created_at).await {
+            let _ = self.keys.delete_keyspace(actor, &ks.id).await;
+            return Err(e);
+        }
+        Ok(Project {
+            id: ks.id,
+            name: ks.name,
+            description: record.description,
+            created_at: ks.created_at,
+            updated_at: ks.updated_at,
+        })
+    }
+
+    async fn record(&self, id: &KeyspaceId) -> Result<ProjectRecord> {
+        match catalog::get_entry::<ProjectRecord>(self.records(), id.as_str()).await {
+            Err(e) if e.is_not_found() => Err(Error::not_found("project", id.as_str())),
+            other => other,
+        }
+    }
+
+    /// The project `id`.
+    pub async fn get(&self, id: &KeyspaceId) -> Result<Project> {
+        let r = self.record(id).await?;
+        let ks = self.keys.get_keyspace(id).await?;
+        Ok(Project {
+            id: ks.id,
+            name: ks.name,
+            description: r.description,
+            created_at: ks.created_at,
+            updated_at: ks.updated_at.max(r.updated_at),
+        })
+    }
+
+    /// Every project, by id.
+    pub async fn list(&self) -> Result<Vec<Project>> {
+        let records: Vec<ProjectRecord> = catalog::list_entries(self.records()).await?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let id = KeyspaceId::parse(&r.id)?;
+            match self.get(&id).await {
+                Ok(p) => out.push(p),
+                // Deleted between the two reads.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Renames the project and/or changes its description (`Clear`: none).
+    pub async fn update(
+        &self,
+        actor: &Actor,
+        id: &KeyspaceId,
+        name: Option<String>,
+        description: Patch<String>,
+    ) -> Result<Project> {
+        if let Patch::Set(d) = &description {
+            check_description(Some(d))?;
+        }
+        self.record(id).await?;
+        if let Some(name) = name {
+            self.keys
+                .update_keyspace(
+                    actor,
+                    id,
+                    KeyspaceUpdate {
+                        name: Some(name),
+                        ..KeyspaceUpdate::default()
+                    },
+                )
+                .await?;
+        }
+        if !description.is_keep() {
+            let now = self.clock.now();
+            catalog::update_entry(
+                self.records(),
+                actor,
+                id.as_str(),
+                "project.update",
+                now,
+                |r: &mut ProjectRecord| {
+                    description.clone().apply_to(&mut r.description);
+                    r.updated_at = now;
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        self.get(id).await
+    }
+
+    /// Deletes the project, its keyspace and every key in it.
+    pub async fn delete(&self, actor: &Actor, id: &KeyspaceId) -> Result<()> {
+        self.record(id).await?;
+        self.keys.delete_keyspace(actor, id).await?;
+        catalog::delete_entry::<ProjectRecord>(self.records(), actor, id.as_str(), self.clock.now())
+            .await
+    }
+
+    /// The project's keys, live and revoked, by id.
+    pub async fn list_keys(&self, id: &KeyspaceId) -> Result<Vec<ProjectKey>> {
+        self.record(id).await?;
+        let mut query = KeyQuery {
+            keyspace_id: Some(id.clone()),
+            owner_id: None,
+            include_deleted: true,
+            page: PageRequest::first(MAX_PAGE_SIZE),
+        };
+        let mut out = Vec::new();
+        loop {
+            let page = self.keys.list(&query).await?;
+            out.extend(page.items.iter().map(ProjectKey::of));
+            match page.cursor {
+                Some(c) => query.page.cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Creates a key named `name` (unique among the project's live keys)
+    /// with `scopes` (default [`DEFAULT_SCOPE`]), expiring at `expires_at`
+    /// (in the future) if given.
+    pub async fn create_key(
+        &self,
+        actor: &Actor,
+        id: &KeyspaceId,
+        name: &str,
+        scopes: Option<Vec<String>>,
+        expires_at: Option<Timestamp>,
+    ) -> Result<CreatedProjectKey> {
+        self.record(id).await?;
+        if expires_at.is_some_and(|e| e <= self.clock.now()) {
+            return Err(Error::invalid("expires_at", "must be in the future"));
+        }
+        let new = NewKey {
+            name: Some(name.to_owned()),
+            unique_name: true,
+            permissions: scopes.unwrap_or_else(|| vec![DEFAULT_SCOPE.to_owned()]),
+            expires: expires_at,
+            ..NewKey::in_keyspace(id.clone())
+        };
+        let created = match self.keys.create(actor, new).await {
+            Err(Error::Conflict { .. }) => {
+                return Err(Error::conflict(format!(
+                    "an API key named '{name}' exists in this project"
+                )));
+            }
+            other => other?,
+        };
+        let key = self.keys.get(&created.key_id).await?;
+        Ok(CreatedProjectKey {
+            key: ProjectKey::of(&key),
+            secret: created.key,
+        })
+    }
+
+    /// Revokes key `key_id` of the project (a soft delete: it stops
+    /// verifying at once).
+    pub async fn revoke_key(&self, actor: &Actor, id: &KeyspaceId, key_id: &KeyId) -> Result<()> {
+        self.record(id).await?;
+        let not_found = || Error::not_found("API key", key_id.as_str());
+        let key = match self.keys.get(key_id).await {
+            Err(e) if e.is_not_found() => return Err(not_found()),
+            other => other?,
+        };
+        if &key.keyspace_id != id || key.deleted_at.is_some() {
+            return Err(not_found());
+        }
+        self.keys.delete(actor, key_id).await
+    }
+}
