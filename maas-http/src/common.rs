@@ -13,8 +13,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Router, middleware};
 use maas_core::Error;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
+use utoipa::ToSchema;
 
 /// The request id header: taken from the request when it is a sensible
 /// one, generated otherwise, echoed on every response and used in error
@@ -98,6 +100,19 @@ pub fn with_common_layers(router: Router, config: &HttpConfig) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(config.body_limit))
         .layer(TraceLayer::new_for_http())
         .layer(middleware::from_fn(request_id))
+}
+
+/// The body of a health check that passed: `{"status": "ok"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+impl Health {
+    /// `{"status": "ok"}`.
+    pub const OK: Health = Health { status: "ok" };
 }
 
 /// How an API renders a problem with a request, in its own error shape.

@@ -22,6 +22,7 @@
 pub mod common;
 pub mod maas_api;
 pub mod management;
+pub mod openapi;
 pub mod unkey;
 
 pub use common::{ApiJson, Dialect, HttpConfig, RequestId};
