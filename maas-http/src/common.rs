@@ -127,9 +127,9 @@ pub trait Dialect: Send + Sync + 'static {
     fn unsupported_media_type(id: &RequestId) -> Response;
 }
 
-/// A JSON request body of `T`, whose problems (not JSON, too large,
-/// malformed, a field of the wrong type or missing) are answered in dialect
-/// `D` naming the field, before any handler code runs.
+/// A JSON object request body of `T`, whose problems (not JSON, too large,
+/// not an object, malformed, a field of the wrong type or missing) are
+/// answered in dialect `D` naming the field, before any handler code runs.
 #[derive(Debug)]
 pub struct ApiJson<T, D>(pub T, PhantomData<D>);
 
@@ -213,6 +213,15 @@ where
                 });
             }
         };
+        // serde reads a struct from a JSON array too (`[]` would be a body
+        // of defaults): every body of these APIs is an object.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(D::render(
+                &Error::invalid("body", "must be a JSON object"),
+                &id,
+            ));
+        }
         match parse_json(&bytes) {
             Ok(v) => Ok(ApiJson(v, PhantomData)),
             Err(e) => Err(D::render(&e, &id)),

@@ -428,9 +428,11 @@ async fn set_tenant_weight(
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(as = QuotaChange)]
 struct Quota {
-    /// Tokens per minute (at least 1), `null` for unlimited.
-    #[schema(minimum = 1, required = true)]
-    tokens_per_minute: Option<i64>,
+    /// Tokens per minute (at least 1), `null` for unlimited. Required: a
+    /// body without it (a misspelt field) must not lift the quota.
+    #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 1, required = true)]
+    tokens_per_minute: Patch<i64>,
 }
 
 /// Sets a tenant's tokens-per-minute quota (`null`: unlimited).
@@ -445,8 +447,14 @@ async fn set_tenant_quota(
     body: Body<Quota>,
 ) -> Reply {
     let quota = match body.0.tokens_per_minute {
-        None => Patch::Clear,
-        Some(n) => Patch::Set(
+        Patch::Keep => {
+            return Err(problem::render(
+                &Error::invalid("tokens_per_minute", "is required (null for unlimited)"),
+                &id,
+            ));
+        }
+        Patch::Clear => Patch::Clear,
+        Patch::Set(n) => Patch::Set(
             u64::try_from(n)
                 .ok()
                 .filter(|n| *n >= 1)
@@ -1169,8 +1177,17 @@ impl UsageParams {
 
 type UsageQuery = Result<Query<UsageParams>, axum::extract::rejection::QueryRejection>;
 
-async fn totals_by(s: &ManagementState, id: &RequestId, q: UsageQuery, default: GroupBy) -> Reply {
+/// The usage parameters, `granularity` and `group_by` checked on every
+/// route (a route that does not use one still refuses a bad one).
+fn usage_params(q: UsageQuery, id: &RequestId) -> Result<UsageParams, Response> {
     let p = params(q, id)?;
+    p.granularity().map_err(fail(id))?;
+    p.group_by(GroupBy::Tenant).map_err(fail(id))?;
+    Ok(p)
+}
+
+async fn totals_by(s: &ManagementState, id: &RequestId, q: UsageQuery, default: GroupBy) -> Reply {
+    let p = usage_params(q, id)?;
     let range = p.range(s.usage.now()).map_err(fail(id))?;
     let group_by = p.group_by(default).map_err(fail(id))?;
     let rows = s
@@ -1210,7 +1227,7 @@ async fn usage_models(State(s): State<ManagementState>, id: RequestId, q: UsageQ
     (status = 200, description = "The usage", body = Vec<maas_core::usage::SeriesPoint>),
 ))]
 async fn usage_series(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
-    let p = params(q, &id)?;
+    let p = usage_params(q, &id)?;
     let range = p.range(s.usage.now()).map_err(fail(&id))?;
     let g = p.granularity().map_err(fail(&id))?;
     let points = s
@@ -1230,7 +1247,7 @@ async fn usage_series_tenants(
     id: RequestId,
     q: UsageQuery,
 ) -> Reply {
-    let p = params(q, &id)?;
+    let p = usage_params(q, &id)?;
     let range = p.range(s.usage.now()).map_err(fail(&id))?;
     let g = p.granularity().map_err(fail(&id))?;
     let series = s
@@ -1246,7 +1263,7 @@ async fn usage_series_tenants(
     (status = 200, description = "The usage", body = Vec<maas_core::usage::CacheRow>),
 ))]
 async fn usage_cache(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
-    let p = params(q, &id)?;
+    let p = usage_params(q, &id)?;
     let range = p.range(s.usage.now()).map_err(fail(&id))?;
     ok(s.usage.cache(range).await.map_err(fail(&id))?)
 }
@@ -1256,7 +1273,7 @@ async fn usage_cache(State(s): State<ManagementState>, id: RequestId, q: UsageQu
     (status = 200, description = "The usage", body = Vec<maas_core::usage::CostRow>),
 ))]
 async fn costs(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
-    let p = params(q, &id)?;
+    let p = usage_params(q, &id)?;
     let range = p.range(s.usage.now()).map_err(fail(&id))?;
     let group_by = p.group_by(GroupBy::Tenant).map_err(fail(&id))?;
     ok(s.usage.costs(range, group_by).await.map_err(fail(&id))?)

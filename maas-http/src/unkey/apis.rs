@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::UnkeyErrorBody;
 use super::auth::Root;
-use super::params::Params;
+use super::params::{EmptyOrInteger, Params};
 use super::wire::{KeyOut, api_id, key_id};
 use super::{Json, UnkeyState, empty, fail, ok, reply};
 use crate::common::RequestId;
@@ -210,7 +210,7 @@ pub(crate) async fn list_keys(
     params(
         ("apiId" = String, Path, description = "The api"),
         ("limit" = Option<i64>, Query, description = "Keys per page (1..=100, default 100)", minimum = 1, maximum = 100),
-        ("offset" = Option<i64>, Query, description = "Keys to skip", minimum = 0),
+        ("offset" = inline(Option<EmptyOrInteger>), Query, description = "Keys to skip (at least 0)"),
         ("ownerId" = Option<String>, Query, description = "Only the keys of this owner"),
     ),
     responses((status = 200, description = "A page of keys", body = KeyList), (status = 404, description = "No such api", body = UnkeyErrorBody))

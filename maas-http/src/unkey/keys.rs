@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::UnkeyErrorBody;
 use super::auth::Root;
-use super::params::Params;
+use super::params::{EmptyOrInteger, Params};
 use super::wire::{
     KeyOut, RateLimitIn, RateLimitUpdate, RefillIn, VerifyOut, VerifyShape, api_id, key_id, present,
 };
@@ -519,8 +519,8 @@ struct Verifications {
     params(
         ("keyId" = Option<String>, Query, description = "The key (or `ownerId`)"),
         ("ownerId" = Option<String>, Query, description = "Every key of this owner (or `keyId`)"),
-        ("start" = Option<i64>, Query, description = "From (unix ms); default 30 days before `end`"),
-        ("end" = Option<i64>, Query, description = "To (unix ms, inclusive); default now"),
+        ("start" = inline(Option<EmptyOrInteger>), Query, description = "From (unix ms); default 30 days before `end`"),
+        ("end" = inline(Option<EmptyOrInteger>), Query, description = "To (unix ms, inclusive); default now"),
         ("granularity" = Option<String>, Query, description = "`day`, the only granularity", pattern = "^day$"),
     ),
     responses((status = 200, description = "Outcomes per day", body = Verifications), (status = 404, description = "No such key, or not visible to the root key", body = UnkeyErrorBody))
