@@ -141,13 +141,14 @@ impl<T, D> ApiJson<T, D> {
 }
 
 /// Deserializes `bytes` as JSON `T`; a failure is invalid input naming the
-/// field (a JSON pointer-like dotted path) or `body`.
+/// field (a JSON pointer-like dotted path) or `body`. Structs are read from
+/// JSON objects only (serde alone also reads them from arrays).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::invalid("body", "a JSON body is required"));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(crate::strict::Strict(de)).map_err(|e| {
         let path = e.path().to_string();
         let path = match path.as_str() {
             "" | "." | "?" => None,

@@ -23,6 +23,7 @@ pub mod common;
 pub mod maas_api;
 pub mod management;
 pub mod openapi;
+mod strict;
 pub mod unkey;
 
 pub use common::{ApiJson, Dialect, HttpConfig, RequestId};
