@@ -77,7 +77,7 @@ echo "== openapi-spec-validator"
 "$VALIDATOR" "$OUT_DIR/openapi.json"
 
 echo "== schemathesis (max ${MAX_EXAMPLES} examples per operation, ${MAX_TIME} s)"
-"$ST" run "$DOC_URL" \
+SCHEMATHESIS_HOOKS="$PWD/scripts/schemathesis_hooks.py" "$ST" run "$DOC_URL" \
     --header "Authorization: Bearer ${TOKEN}" \
     --checks all \
     --exclude-checks positive_data_acceptance \
