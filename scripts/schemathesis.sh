@@ -12,7 +12,10 @@
 # positive_data_acceptance (the schemas cannot say what the domain refuses
 # on purpose: labels with control characters, URLs that are not http(s),
 # groups and tiers that do not exist, ...: such schema-valid requests are
-# rightly answered 400). It exits non-zero when the document is invalid or
+# rightly answered 400). The `/maas-api/...` twins of the MaaS user API
+# are left out: they are the same handlers as their unprefixed routes, and
+# stateful tests that create through one and delete through the other
+# report the resource as vanished. It exits non-zero when the document is invalid or
 # schemathesis reports a failure. Reports land in $OUT_DIR.
 #
 # Needs python3 (a venv with schemathesis is made under /tmp when
@@ -81,6 +84,7 @@ SCHEMATHESIS_HOOKS="$PWD/scripts/schemathesis_hooks.py" "$ST" run "$DOC_URL" \
     --header "Authorization: Bearer ${TOKEN}" \
     --checks all \
     --exclude-checks positive_data_acceptance \
+    --exclude-path-regex '^/maas-api/' \
     --max-examples "$MAX_EXAMPLES" \
     --max-time "$MAX_TIME" \
     --request-timeout 10 \
