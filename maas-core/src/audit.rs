@@ -15,6 +15,7 @@ use crate::clock::Timestamp;
 /// Who made a change: an administrator, a user, a key, or the system itself.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Actor(String);
 
 impl Actor {
@@ -42,6 +43,7 @@ impl fmt::Display for Actor {
 
 /// One configuration change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
     /// Position in the log, assigned by the store on append (strictly
     /// increasing); the value passed to the store is ignored.

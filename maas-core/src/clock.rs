@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 /// and fine enough for rate-limit windows. Serialized as a plain integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Timestamp(i64);
 
 impl Timestamp {

@@ -36,6 +36,7 @@ const DAY_MS: i64 = 86_400_000;
 /// How often a balance is refilled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RefillInterval {
     /// Every day at 00:00 UTC.
     Daily,

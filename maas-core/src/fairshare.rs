@@ -219,6 +219,7 @@ impl From<Rejected> for Error {
 /// A live view of the scheduler (seed 003 `/fairshare/live`; its totals are
 /// `/stats` and `/capacity`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Snapshot {
     /// Slots (`max_in_flight`).
     pub max_in_flight: usize,
@@ -232,6 +233,7 @@ pub struct Snapshot {
 
 /// A group in a [`Snapshot`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupSnapshot {
     /// Name.
     pub name: String,
@@ -251,6 +253,7 @@ pub struct GroupSnapshot {
 
 /// A tenant in a [`Snapshot`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantSnapshot {
     /// Name.
     pub name: String,

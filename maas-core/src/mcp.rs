@@ -21,6 +21,7 @@ const MAX_URL: usize = 2048;
 /// How the gateway talks to an MCP server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Transport {
     /// MCP's streamable HTTP transport.
     StreamableHttp,
@@ -30,6 +31,7 @@ pub enum Transport {
 
 /// A registered MCP server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct McpServer {
     /// Identifier (`mcp_…`).
     pub id: String,
@@ -76,6 +78,7 @@ impl catalog::Entry for McpServer {
 /// replace it with: every field, as `PUT` does).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewMcpServer {
     /// Unique display name.
     pub name: String,

@@ -129,6 +129,7 @@ pub(crate) fn check_url(field: &'static str, url: &str) -> Result<()> {
 /// Prices are `f64` as they travel in JSON; they must be finite and not
 /// negative. Cost reports should round once, at the end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Pricing {
     /// Price of one million input (prompt) tokens.
     pub input_per_million: f64,
@@ -181,6 +182,7 @@ impl Pricing {
 
 /// Response-cache settings of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CacheSettings {
     /// Whether responses are cached.
     #[serde(default)]
@@ -283,6 +285,7 @@ impl Model {
 
 /// What to create a model with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewModel {
     /// Unique id (see [`Model::id`]; no `/` or whitespace).
     pub id: String,
@@ -291,6 +294,7 @@ pub struct NewModel {
     pub name: Option<String>,
     /// Upstream URL (http or https); `url` in the management API.
     #[serde(alias = "url")]
+    #[cfg_attr(feature = "openapi", schema(rename = "url"))]
     pub upstream_url: String,
     /// Owner; default [`DEFAULT_OWNER`].
     #[serde(default)]
@@ -337,12 +341,14 @@ impl NewModel {
 /// A partial update of a model; absent fields are kept. The id cannot
 /// change.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelUpdate {
     /// New display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// New upstream URL.
     #[serde(default, alias = "url", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(rename = "url"))]
     pub upstream_url: Option<String>,
     /// New owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -355,6 +361,7 @@ pub struct ModelUpdate {
     pub tiers: Option<Vec<String>>,
     /// New price, or `null` for none.
     #[serde(default, skip_serializing_if = "Patch::is_keep")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Pricing>))]
     pub pricing: Patch<Pricing>,
     /// New cache settings (replaced as a whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -363,6 +370,7 @@ pub struct ModelUpdate {
 
 /// One model in the OpenAI-compatible list (`GET /v1/models`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelEntry {
     /// Model id.
     pub id: String,
@@ -380,6 +388,7 @@ pub struct ModelEntry {
 
 /// The OpenAI-compatible model list (`GET /v1/models`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelList {
     /// Always `"list"`.
     pub object: String,

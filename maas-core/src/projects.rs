@@ -31,6 +31,7 @@ const MAX_DESCRIPTION: usize = 4096;
 
 /// A project.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Project {
     /// Its keyspace's id.
     pub id: KeyspaceId,
@@ -40,9 +41,11 @@ pub struct Project {
     pub description: Option<String>,
     /// When it was created (RFC 3339).
     #[serde(with = "crate::clock::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
     /// When it was last changed (RFC 3339).
     #[serde(with = "crate::clock::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: Timestamp,
 }
 
@@ -77,6 +80,7 @@ impl catalog::Entry for ProjectRecord {
 
 /// A project API key as listed: never the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectKey {
     /// The key's id.
     pub id: KeyId,
@@ -90,15 +94,28 @@ pub struct ProjectKey {
     pub scopes: Vec<String>,
     /// When it expires (RFC 3339).
     #[serde(with = "crate::clock::rfc3339::option")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime)
+    )]
     pub expires_at: Option<Timestamp>,
     /// When it last verified (RFC 3339).
     #[serde(with = "crate::clock::rfc3339::option")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime)
+    )]
     pub last_used_at: Option<Timestamp>,
     /// When it was created (RFC 3339).
     #[serde(with = "crate::clock::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
     /// When it was revoked (RFC 3339).
     #[serde(with = "crate::clock::rfc3339::option")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime)
+    )]
     pub revoked_at: Option<Timestamp>,
 }
 
@@ -120,6 +137,7 @@ impl ProjectKey {
 
 /// A new project key, with its secret shown this once.
 #[derive(Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedProjectKey {
     /// The key as listed.
     #[serde(flatten)]

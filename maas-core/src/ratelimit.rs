@@ -67,6 +67,7 @@ pub struct LimitRequest {
 
 /// The decision (the response of Unkey's `ratelimits.limit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LimitResponse {
     /// Whether the request may proceed; if not, nothing was taken.
     pub success: bool,

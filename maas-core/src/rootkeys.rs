@@ -258,6 +258,7 @@ fn unauthenticated(reason: &'static str) -> Error {
 
 /// A root key as listed: never the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RootKey {
     /// The key's id.
     pub key_id: KeyId,

@@ -33,6 +33,7 @@ const MAX_GROUP_NAME: usize = 128;
 
 /// A fair-share group: tenants in it share its weight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FairShareGroup {
     /// Unique name; the group's id.
     pub name: String,

@@ -24,6 +24,7 @@ const MAX_NAME: usize = 128;
 
 /// A consumer of models.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tenant {
     /// Identifier.
     pub id: TenantId,
@@ -47,6 +48,7 @@ pub struct Tenant {
 
 /// What to create a tenant with.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewTenant {
     /// Unique name (1..=128 bytes).
     pub name: String,

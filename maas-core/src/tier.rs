@@ -92,9 +92,32 @@ impl<'de> Deserialize<'de> for ModelAccess {
     }
 }
 
+/// `["*"]` (every model) or a list of model ids; requests may also send
+/// the string `"all"`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ModelAccess {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let ids = ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(Type::String))
+            .description(Some(
+                "[\"*\"] for every model of the catalog, or a list of model ids",
+            ));
+        let all = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["all"]))
+            .description(Some("every model (read in requests; answers use [\"*\"])"));
+        OneOfBuilder::new().item(ids).item(all).into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ModelAccess {}
+
 /// A tier: who belongs to it (groups), what they may do (limits) and use
 /// (models).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tier {
     /// Unique name; the id of the tier (immutable).
     pub name: String,
@@ -120,6 +143,7 @@ pub struct Tier {
 
 /// What to create a tier with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewTier {
     /// Unique name (a label of at most [`MAX_TIER_NAME`] bytes).
     pub name: String,
@@ -144,6 +168,7 @@ pub struct NewTier {
 /// A partial update of a tier; absent fields are kept. The name cannot
 /// change (it is the tier's id): create the new tier and delete the old one.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TierUpdate {
     /// New level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +184,7 @@ pub struct TierUpdate {
     pub tokens_per_minute: Option<u64>,
     /// New per-request token cap, or `null` for none.
     #[serde(default, skip_serializing_if = "Patch::is_keep")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub max_tokens_per_request: Patch<u64>,
     /// New model access.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,8 +13,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Router, middleware};
 use maas_core::Error;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
+use utoipa::ToSchema;
 
 /// The request id header: taken from the request when it is a sensible
 /// one, generated otherwise, echoed on every response and used in error
@@ -100,6 +102,19 @@ pub fn with_common_layers(router: Router, config: &HttpConfig) -> Router {
         .layer(middleware::from_fn(request_id))
 }
 
+/// The body of a health check that passed: `{"status": "ok"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+impl Health {
+    /// `{"status": "ok"}`.
+    pub const OK: Health = Health { status: "ok" };
+}
+
 /// How an API renders a problem with a request, in its own error shape.
 pub trait Dialect: Send + Sync + 'static {
     /// The response for `err` while serving request `id`.
@@ -112,9 +127,9 @@ pub trait Dialect: Send + Sync + 'static {
     fn unsupported_media_type(id: &RequestId) -> Response;
 }
 
-/// A JSON request body of `T`, whose problems (not JSON, too large,
-/// malformed, a field of the wrong type or missing) are answered in dialect
-/// `D` naming the field, before any handler code runs.
+/// A JSON object request body of `T`, whose problems (not JSON, too large,
+/// not an object, malformed, a field of the wrong type or missing) are
+/// answered in dialect `D` naming the field, before any handler code runs.
 #[derive(Debug)]
 pub struct ApiJson<T, D>(pub T, PhantomData<D>);
 
@@ -126,13 +141,14 @@ impl<T, D> ApiJson<T, D> {
 }
 
 /// Deserializes `bytes` as JSON `T`; a failure is invalid input naming the
-/// field (a JSON pointer-like dotted path) or `body`.
+/// field (a JSON pointer-like dotted path) or `body`. Structs are read from
+/// JSON objects only (serde alone also reads them from arrays).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::invalid("body", "a JSON body is required"));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(crate::strict::Strict(de)).map_err(|e| {
         let path = e.path().to_string();
         let path = match path.as_str() {
             "" | "." | "?" => None,
@@ -198,6 +214,15 @@ where
                 });
             }
         };
+        // serde reads a struct from a JSON array too (`[]` would be a body
+        // of defaults): every body of these APIs is an object.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(D::render(
+                &Error::invalid("body", "must be a JSON object"),
+                &id,
+            ));
+        }
         match parse_json(&bytes) {
             Ok(v) => Ok(ApiJson(v, PhantomData)),
             Err(e) => Err(D::render(&e, &id)),

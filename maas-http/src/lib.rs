@@ -22,6 +22,8 @@
 pub mod common;
 pub mod maas_api;
 pub mod management;
+pub mod openapi;
+mod strict;
 pub mod unkey;
 
 pub use common::{ApiJson, Dialect, HttpConfig, RequestId};

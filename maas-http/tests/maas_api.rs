@@ -508,3 +508,21 @@ async fn unknown_routes_are_goa_404s() {
     let r = call(&a.router, "GET", "/nope", Some(ALICE), None).await;
     assert_goa(&r, StatusCode::NOT_FOUND, "not_found");
 }
+
+/// Found by schemathesis: serde reads a struct from a JSON array, so `[]`
+/// minted a token with the default TTL.
+#[tokio::test]
+async fn bodies_must_be_json_objects() {
+    let a = app().await;
+    for path in ["/tokens", "/v1/tokens", "/maas-api/tokens"] {
+        for body in ["[]", "[null]", "null", "1"] {
+            let r = call(&a.router, "POST", path, Some(ALICE), Some(body)).await;
+            assert_goa(&r, StatusCode::BAD_REQUEST, "bad_request");
+            assert!(
+                r.body["message"].as_str().unwrap().contains("'body'"),
+                "{path} {body}: {}",
+                r.body
+            );
+        }
+    }
+}

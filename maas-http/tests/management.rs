@@ -969,3 +969,51 @@ async fn projects_and_their_keys() {
     );
     assert_problem(&call(&a, "GET", &keys, None).await, StatusCode::NOT_FOUND);
 }
+
+/// Found by schemathesis: a JSON array was read as a body of defaults, a
+/// quota body without its field lifted the quota, and usage routes that do
+/// not use `granularity` or `group_by` ignored bad ones.
+#[tokio::test]
+async fn bodies_quota_and_usage_parameters_are_checked() {
+    let a = app();
+    let r = call(&a, "POST", "/api/v1/tenants", Some(json!({"name": "acme"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let quota = format!("/api/v1/tenants/{id}/quota");
+    let r = call(&a, "PUT", &quota, Some(json!({"tokens_per_minute": 500}))).await;
+    assert_eq!(r.body["tokens_per_minute"], 500, "{}", r.body);
+
+    for body in [json!([]), json!([null, null]), json!(null), json!(1)] {
+        let r = call(&a, "PUT", &quota, Some(body.clone())).await;
+        assert_invalid(&r, "/body");
+        let r = call(&a, "PUT", "/api/v1/tiers/free", Some(body)).await;
+        assert_invalid(&r, "/body");
+    }
+    let r = call(&a, "PUT", &quota, Some(json!({"tokens_per_min": 5}))).await;
+    assert_invalid(&r, "/tokens_per_minute");
+    let r = call(&a, "GET", &format!("/api/v1/tenants/{id}"), None).await;
+    assert_eq!(r.body["tokens_per_minute"], 500, "unchanged: {}", r.body);
+
+    for path in [
+        "/api/v1/usage",
+        "/api/v1/usage/keys",
+        "/api/v1/usage/models",
+        "/api/v1/usage/series",
+        "/api/v1/usage/series/tenants",
+        "/api/v1/usage/cache",
+        "/api/v1/costs",
+    ] {
+        let r = call(&a, "GET", &format!("{path}?granularity=week"), None).await;
+        assert_invalid(&r, "/granularity");
+        let r = call(&a, "GET", &format!("{path}?group_by=planet"), None).await;
+        assert_invalid(&r, "/group_by");
+        let r = call(
+            &a,
+            "GET",
+            &format!("{path}?granularity=day&group_by=model"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+    }
+}

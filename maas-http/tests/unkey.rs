@@ -803,6 +803,11 @@ async fn create_key_refuses_bad_fields() {
         ),
         (json!({"apiId": api, "enabled": "yes"}), "enabled"),
         (
+            json!({"apiId": api, "ratelimit": ["fast", 1, 1, 1]}),
+            "ratelimit",
+        ),
+        (json!({"apiId": api, "refill": ["daily", 5]}), "refill"),
+        (
             json!({"apiId": api, "environment": "e".repeat(257)}),
             "environment",
         ),
@@ -938,6 +943,8 @@ async fn verify_key_answers_200_with_a_code() {
             json!({"key": "k", "authorization": {"permissions": 5}}),
             "authorization.permissions",
         ),
+        // Found by schemathesis: serde reads a struct from an array too.
+        (json!({"key": "k", "authorization": ["p"]}), "authorization"),
     ] {
         app.post("/v1/keys.verifyKey", None, body)
             .await

@@ -40,6 +40,7 @@ const MAX_LABELS: usize = 1000;
 /// How a per-key rate limit is enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RateLimitKind {
     /// Decided in process with no I/O (after a node's first use of the key,
     /// which reads the store's count); [`KeyService::maintain`] adds what
@@ -418,6 +419,7 @@ pub struct KeyUpdate {
 /// The operation of [`KeyService::update_remaining`] (`keys.updateRemaining`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RemainingOp {
     /// Add `value` to the balance.
     Increment,

@@ -18,6 +18,7 @@ const FIELD: &str = "authorization.permissions";
 /// A query over a key's permissions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(no_recursion))]
 pub enum PermissionQuery {
     /// The key must have this permission.
     Permission(String),

@@ -36,6 +36,7 @@ use crate::id::{KeyId, KeyspaceId};
 /// taken one request from the rate-limit window, as it was an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum VerifyCode {
     /// The key is valid.
     Valid,

@@ -135,6 +135,7 @@ impl VerificationScope {
 
 /// An amount of money.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Cost {
     /// ISO 4217 code.
     pub currency: String,
@@ -156,6 +157,7 @@ impl Cost {
 
 /// Sums of usage over a group or a time step.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageSummary {
     /// Requests, whatever their outcome.
     pub requests: u64,
@@ -280,6 +282,7 @@ impl Series {
 
 /// The usage of one group ([`UsageLedger::totals`](super::UsageLedger::totals)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageRow {
     /// The tenant, key or model.
     pub group: String,
@@ -289,6 +292,7 @@ pub struct UsageRow {
 
 /// One step of a time series ([`UsageLedger::series`](super::UsageLedger::series)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SeriesPoint {
     /// The start of the step (UTC minute, hour or day).
     pub time: Timestamp,
@@ -299,6 +303,7 @@ pub struct SeriesPoint {
 /// The time series of one tenant
 /// ([`UsageLedger::series_by_tenant`](super::UsageLedger::series_by_tenant)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantSeries {
     /// The tenant.
     pub tenant: String,
@@ -311,6 +316,7 @@ pub struct TenantSeries {
 /// `usageExceeded`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VerificationDay {
     /// The start of the day (Unix ms, UTC).
     pub time: Timestamp,
@@ -327,6 +333,7 @@ pub struct VerificationDay {
 
 /// Response-cache outcomes of one model ([`UsageLedger::cache`](super::UsageLedger::cache)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CacheRow {
     /// The model.
     pub model: String,
@@ -338,6 +345,7 @@ pub struct CacheRow {
 
 /// The cost of one group in one currency ([`UsageLedger::costs`](super::UsageLedger::costs)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CostRow {
     /// The tenant, key or model.
     pub group: String,

@@ -5,7 +5,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maas_core::Error;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::common::{Dialect, RequestId, json_response};
 
@@ -114,21 +115,43 @@ impl GoaError {
         }
     }
 
-    fn body(&self) -> serde_json::Value {
-        json!({
-            "name": self.name,
-            "id": self.id,
-            "message": self.message,
-            "temporary": self.temporary,
-            "timeout": self.timeout,
-            "fault": self.fault,
-        })
+    fn body(&self) -> GoaErrorBody<'_> {
+        GoaErrorBody {
+            name: self.name,
+            id: &self.id,
+            message: &self.message,
+            temporary: self.temporary,
+            timeout: self.timeout,
+            fault: self.fault,
+        }
     }
+}
+
+/// The body of a Goa error (seed 000's `Error` schema).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = GoaError)]
+pub struct GoaErrorBody<'a> {
+    /// The class of error: `bad_request`, `unauthorized`, `not_found`,
+    /// `conflict`, `forbidden`, `rate_limited`, `unavailable`, `internal`,
+    /// `request_too_large`, `unsupported_media_type`.
+    #[schema(example = "bad_request")]
+    pub name: &'a str,
+    /// The request id (also in the `x-request-id` header).
+    pub id: &'a str,
+    /// What happened.
+    pub message: &'a str,
+    /// Whether retrying may help.
+    pub temporary: bool,
+    /// Whether it was a timeout.
+    pub timeout: bool,
+    /// Whether it is the server's fault.
+    pub fault: bool,
 }
 
 impl IntoResponse for GoaError {
     fn into_response(self) -> Response {
-        json_response(self.status, GOA_ERROR, &self.body())
+        let body = serde_json::to_value(self.body()).unwrap_or_default();
+        json_response(self.status, GOA_ERROR, &body)
     }
 }
 

@@ -25,17 +25,19 @@ use axum::extract::{FromRef, FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use maas_core::identity::{Authenticator, Chain, Identity};
 use maas_core::{
     Actor, Error, ModelService, Storage, TierService, Timestamp, TokenService, UserKeys,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::OpenApi;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::common::{ApiJson, Dialect, HttpConfig, RequestId, bearer, with_common_layers};
-pub use error::{GOA_ERROR, Goa, GoaError};
+use crate::common::{ApiJson, Dialect, Health, HttpConfig, RequestId, bearer, with_common_layers};
+pub use error::{GOA_ERROR, Goa, GoaError, GoaErrorBody};
 
 /// What the MaaS API serves from.
 #[derive(Debug, Clone)]
@@ -58,23 +60,42 @@ pub struct MaasApiState {
     pub gateway_url: String,
 }
 
+/// The prefix under which every route is served a second time (seed 002's
+/// paths).
+pub const SEED_002_PREFIX: &str = "/maas-api";
+
+/// The routes and their OpenAPI operations, from the same `#[utoipa::path]`
+/// attributes: a route cannot be served undocumented, nor documented
+/// unserved.
+fn api() -> OpenApiRouter<MaasApiState> {
+    let routes = || {
+        OpenApiRouter::new()
+            .routes(routes!(health))
+            .routes(routes!(list_keys, create_key))
+            .routes(routes!(delete_key))
+            .routes(routes!(tier_lookup))
+            .routes(routes!(issue_token, revoke_tokens))
+            .routes(routes!(issue_token_v1))
+            .routes(routes!(list_models))
+    };
+    // The second copy's operations need ids of their own.
+    let mut again = routes();
+    crate::openapi::suffix_operation_ids(again.get_openapi_mut(), ".maas-api");
+    routes().nest(SEED_002_PREFIX, again)
+}
+
 /// The MaaS API, with request ids, tracing and the body limit of `config`.
 pub fn router(state: MaasApiState, config: &HttpConfig) -> Router {
-    let routes = || {
-        Router::new()
-            .route("/health", get(health))
-            .route("/keys", get(list_keys).post(create_key))
-            .route("/keys/{name}", delete(delete_key))
-            .route("/tiers/lookup", post(tier_lookup))
-            .route("/tokens", post(issue_token).delete(revoke_tokens))
-            .route("/v1/tokens", post(issue_token_v1))
-            .route("/v1/models", get(list_models))
-    };
-    let app = routes()
-        .nest("/maas-api", routes())
-        .fallback(not_found)
-        .with_state(state);
+    let (routes, _) = api().split_for_parts();
+    let app = routes.fallback(not_found).with_state(state);
     with_common_layers(app, config)
+}
+
+/// The OpenAPI operations of [`router`]'s routes (tag `maas-api`).
+pub fn openapi() -> OpenApi {
+    let mut doc = api().into_openapi();
+    crate::openapi::finish_api(&mut doc, crate::openapi::MAAS_API);
+    doc
 }
 
 type Body<T> = ApiJson<T, Goa>;
@@ -135,39 +156,113 @@ where
     }
 }
 
+/// Checks that the service and its store are up.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health#healthcheck",
+    responses(
+        (status = 200, description = "The service is up", body = Health),
+        (status = 503, description = "The store is unavailable", body = GoaErrorBody, content_type = GOA_ERROR),
+    )
+)]
 async fn health(State(s): State<MaasApiState>, id: RequestId) -> Response {
     match s.storage.records.get_record("setting", "health").await {
-        Ok(_) => Json(json!({"status": "ok"})).into_response(),
+        Ok(_) => Json(Health::OK).into_response(),
         Err(e) => goa(&e, &id),
     }
 }
 
+/// A user key as listed: never the secret.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = UserKeySummary)]
+struct UserKeyOut {
+    /// Its name.
+    name: String,
+    /// The prefix and first characters of the secret.
+    start: String,
+    /// When it was created (RFC 3339).
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// When it last verified (RFC 3339), or `null`.
+    #[schema(format = DateTime)]
+    last_used_at: Option<String>,
+}
+
+/// The caller's keys.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = UserKeys)]
+struct UserKeysOut {
+    /// The keys, oldest first.
+    keys: Vec<UserKeyOut>,
+    /// How many keys the caller has.
+    total_keys: u64,
+}
+
+/// Lists the caller's API keys (never their secrets).
+#[utoipa::path(
+    get,
+    path = "/keys",
+    operation_id = "keys#list_user_keys",
+    security(("maasIdentity" = [])),
+    responses((status = 200, description = "The caller's keys", body = UserKeysOut))
+)]
 async fn list_keys(State(s): State<MaasApiState>, id: RequestId, Caller(who): Caller) -> Response {
     match s.user_keys.list(&who.user).await {
         Ok(list) => {
-            let keys: Vec<serde_json::Value> = list
+            let keys = list
                 .keys
                 .iter()
-                .map(|k| {
-                    json!({
-                        "name": k.name,
-                        "start": k.start,
-                        "created_at": rfc3339(k.created_at),
-                        "last_used_at": k.last_used_at.map(rfc3339),
-                    })
+                .map(|k| UserKeyOut {
+                    name: k.name.clone(),
+                    start: k.start.clone(),
+                    created_at: rfc3339(k.created_at),
+                    last_used_at: k.last_used_at.map(rfc3339),
                 })
                 .collect();
-            Json(json!({"keys": keys, "total_keys": list.total_keys})).into_response()
+            Json(UserKeysOut {
+                keys,
+                total_keys: list.total_keys,
+            })
+            .into_response()
         }
         Err(e) => goa(&e, &id),
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = CreateUserKey)]
 struct CreateKey {
+    /// The key's name, unique among the caller's keys.
     name: String,
 }
 
+/// A new user key, with its secret shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = CreatedUserKey)]
+struct CreatedKeyOut {
+    /// The secret. It is not stored: keep it.
+    api_key: String,
+    /// Its name.
+    name: String,
+    /// When it was created (RFC 3339).
+    #[schema(format = DateTime)]
+    created_at: String,
+}
+
+/// Creates an API key for the caller; the secret is in this answer only.
+#[utoipa::path(
+    post,
+    path = "/keys",
+    operation_id = "keys#create_user_key",
+    security(("maasIdentity" = [])),
+    request_body = CreateKey,
+    responses(
+        (status = 200, description = "The key, with its secret", body = CreatedKeyOut),
+        (status = 409, description = "The caller has a key of that name", body = GoaErrorBody, content_type = GOA_ERROR),
+    )
+)]
 async fn create_key(
     State(s): State<MaasApiState>,
     id: RequestId,
@@ -175,16 +270,37 @@ async fn create_key(
     body: Body<CreateKey>,
 ) -> Response {
     match s.user_keys.create_for(&who, &body.0.name).await {
-        Ok(k) => Json(json!({
-            "api_key": k.api_key,
-            "name": k.name,
-            "created_at": rfc3339(k.created_at),
-        }))
+        Ok(k) => Json(CreatedKeyOut {
+            api_key: k.api_key,
+            name: k.name,
+            created_at: rfc3339(k.created_at),
+        })
         .into_response(),
         Err(e) => goa(&e, &id),
     }
 }
 
+/// The key of `DELETE /keys/{name}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct KeyName {
+    /// The key's name.
+    name: String,
+}
+
+/// Deletes one of the caller's keys.
+#[utoipa::path(
+    delete,
+    path = "/keys/{name}",
+    operation_id = "keys#delete_user_key",
+    security(("maasIdentity" = [])),
+    params(KeyName),
+    responses(
+        (status = 200, description = "Deleted (no body)"),
+        (status = 404, description = "The caller has no key of that name", body = GoaErrorBody, content_type = GOA_ERROR),
+    )
+)]
 async fn delete_key(
     State(s): State<MaasApiState>,
     id: RequestId,
@@ -197,11 +313,34 @@ async fn delete_key(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /tiers/lookup`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = TierLookup)]
 struct Lookup {
+    /// The groups to map (not empty).
     groups: Vec<String>,
 }
 
+/// The tier of a set of groups.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TierLookupResult)]
+struct LookupOut {
+    /// The highest tier the groups map to.
+    tier: String,
+}
+
+/// The highest tier that a set of groups maps to.
+#[utoipa::path(
+    post,
+    path = "/tiers/lookup",
+    operation_id = "tiers#lookup",
+    security(("maasIdentity" = [])),
+    request_body = Lookup,
+    responses(
+        (status = 200, description = "The tier", body = LookupOut),
+        (status = 404, description = "No tier maps the groups", body = GoaErrorBody, content_type = GOA_ERROR),
+    )
+)]
 async fn tier_lookup(
     State(s): State<MaasApiState>,
     id: RequestId,
@@ -213,21 +352,44 @@ async fn tier_lookup(
         return goa(&Error::invalid("groups", "must not be empty"), &id);
     }
     match s.tiers.lookup(&groups).await {
-        Ok(tier) => Json(json!({"tier": tier.name})).into_response(),
+        Ok(tier) => Json(LookupOut {
+            tier: tier.name.clone(),
+        })
+        .into_response(),
         Err(e) => goa(&e, &id),
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /tokens`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = TokenRequest)]
 struct TokenRequest {
+    /// The token's lifetime as a Go duration (`4h`, `30m`, `1h30m`);
+    /// default the configured one.
     #[serde(default)]
+    #[schema(example = "4h")]
     ttl: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/tokens` (seed 002).
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = TokenRequestV1)]
 struct TokenRequestV1 {
+    /// The token's lifetime as a Go duration; default the configured one.
     #[serde(default)]
+    #[schema(example = "4h")]
     expiration: Option<String>,
+}
+
+/// A minted maas token.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = MintedToken)]
+struct TokenOut {
+    /// The token (a bearer secret).
+    token: String,
+    /// When it expires (RFC 3339).
+    #[schema(format = DateTime)]
+    expires_at: String,
 }
 
 /// Mints a token for `who`, with the TTL named `field` in the request.
@@ -263,13 +425,31 @@ async fn mint(
     {
         Ok(t) => (
             StatusCode::CREATED,
-            Json(json!({"token": t.token, "expires_at": rfc3339(t.expires_at)})),
+            Json(TokenOut {
+                token: t.token,
+                expires_at: rfc3339(t.expires_at),
+            }),
         )
             .into_response(),
         Err(e) => goa(&e, id),
     }
 }
 
+/// Mints a maas token for the caller, with the tier of its groups.
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    operation_id = "tokens#issue",
+    security(("maasIdentity" = [])),
+    request_body = TokenRequest,
+    responses(
+        (status = 201, description = "The token", body = TokenOut),
+        (status = 400, description = "The TTL is not a valid Go duration within the limits (`TTLValidationError`, as `application/json`) or the body is invalid", content(
+            (GoaErrorBody = "application/json"),
+            (GoaErrorBody = "application/vnd.goa.error"),
+        )),
+    )
+)]
 async fn issue_token(
     State(s): State<MaasApiState>,
     id: RequestId,
@@ -279,6 +459,21 @@ async fn issue_token(
     mint(&s, &id, &who, body.0.ttl.as_deref(), "ttl").await
 }
 
+/// Mints a maas token for the caller (seed 002's body: `expiration`).
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    operation_id = "tokens#issue_v1",
+    security(("maasIdentity" = [])),
+    request_body = TokenRequestV1,
+    responses(
+        (status = 201, description = "The token", body = TokenOut),
+        (status = 400, description = "The expiration is not a valid Go duration within the limits, or the body is invalid", content(
+            (GoaErrorBody = "application/json"),
+            (GoaErrorBody = "application/vnd.goa.error"),
+        )),
+    )
+)]
 async fn issue_token_v1(
     State(s): State<MaasApiState>,
     id: RequestId,
@@ -288,6 +483,14 @@ async fn issue_token_v1(
     mint(&s, &id, &who, body.0.expiration.as_deref(), "expiration").await
 }
 
+/// Revokes every maas token of the caller.
+#[utoipa::path(
+    delete,
+    path = "/tokens",
+    operation_id = "tokens#revoke_all",
+    security(("maasIdentity" = [])),
+    responses((status = 204, description = "Every token of the caller is revoked"))
+)]
 async fn revoke_tokens(
     State(s): State<MaasApiState>,
     id: RequestId,
@@ -300,6 +503,17 @@ async fn revoke_tokens(
     }
 }
 
+/// The models the caller's tier may use, as an OpenAI model list.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    operation_id = "models#list",
+    security(("maasToken" = []), ("userApiKey" = [])),
+    responses(
+        (status = 200, description = "The models", body = maas_core::ModelList),
+        (status = 403, description = "The caller's groups map to no tier", body = GoaErrorBody, content_type = GOA_ERROR),
+    )
+)]
 async fn list_models(State(s): State<MaasApiState>, id: RequestId, parts: Parts) -> Response {
     // A maas token or a user API key.
     let chain = Chain::new()

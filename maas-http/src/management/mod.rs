@@ -7,7 +7,8 @@
 //! Lists are JSON arrays; paginated ones (tenants, keys, audit) answer
 //! `{"data": [...], "cursor": ...}` (`cursor` is `null` on the last page).
 //!
-//! Still to come (issue 8): the served OpenAPI document.
+//! `GET /api/v1/openapi.json` serves the OpenAPI 3.1 document of every
+//! router of this crate ([`crate::openapi::document`]).
 
 // `Result<Response, Response>` is axum's handler idiom; the error is a
 // response about to be sent, not worth boxing.
@@ -21,7 +22,6 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use maas_core::audit::AuditQuery;
 use maas_core::identity::{Authenticator, Identity, StaticTokens};
@@ -35,11 +35,14 @@ use maas_core::{
     Actor, CacheSettings, Error, KeyId, KeyQuery, KeyUpdate, KeyspaceId, ModelService, ModelUpdate,
     NewModel, NewTenant, PageRequest, Patch, Storage, TenantId, TenantUpdate, Timestamp, UserKeys,
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::OpenApi;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::common::{ApiJson, HttpConfig, RequestId, bearer, with_common_layers};
-pub use problem::{PROBLEM_JSON, Problem};
+use crate::common::{ApiJson, Health, HttpConfig, RequestId, bearer, with_common_layers};
+pub use problem::{FieldProblem, PROBLEM_JSON, Problem, ProblemDetails};
 
 /// What the management API serves from.
 #[derive(Debug, Clone)]
@@ -129,67 +132,71 @@ impl ManagementState {
     }
 }
 
+/// Where the management API is served.
+pub const BASE: &str = "/api/v1";
+
+/// The routes and their OpenAPI operations, from the same `#[utoipa::path]`
+/// attributes: a route cannot be served undocumented, nor documented
+/// unserved.
+fn api() -> OpenApiRouter<ManagementState> {
+    let api = OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi_json))
+        .routes(routes!(list_tenants, create_tenant))
+        .routes(routes!(get_tenant))
+        .routes(routes!(set_tenant_weight))
+        .routes(routes!(set_tenant_quota))
+        .routes(routes!(set_tenant_group))
+        .routes(routes!(fairshare_live))
+        .routes(routes!(list_groups, create_group))
+        .routes(routes!(set_group_weight))
+        .routes(routes!(stats))
+        .routes(routes!(get_capacity, set_capacity))
+        .routes(routes!(audit))
+        .routes(routes!(list_tiers, create_tier))
+        .routes(routes!(get_tier, update_tier, delete_tier))
+        .routes(routes!(list_models, create_model))
+        .routes(routes!(get_model, update_model, delete_model))
+        .routes(routes!(set_model_cache))
+        .routes(routes!(create_tenant_key))
+        .routes(routes!(list_keys))
+        .routes(routes!(delete_key))
+        .routes(routes!(set_key_disabled))
+        .routes(routes!(usage_totals))
+        .routes(routes!(usage_keys))
+        .routes(routes!(usage_models))
+        .routes(routes!(usage_series))
+        .routes(routes!(usage_series_tenants))
+        .routes(routes!(usage_cache))
+        .routes(routes!(costs))
+        .routes(routes!(list_projects, create_project))
+        .routes(routes!(get_project, update_project, delete_project))
+        .routes(routes!(list_project_keys, create_project_key))
+        .routes(routes!(revoke_project_key))
+        .routes(routes!(list_root_keys, create_root_key))
+        .routes(routes!(delete_root_key))
+        .routes(routes!(list_mcp, create_mcp))
+        .routes(routes!(get_mcp, update_mcp, delete_mcp));
+    OpenApiRouter::new().nest(BASE, api)
+}
+
 /// The management API under `/api/v1`, behind the admin token, with
 /// request ids, tracing and the body limit of `config`.
 pub fn router(state: ManagementState, config: &HttpConfig) -> Router {
-    let api = Router::new()
-        .route("/health", get(health))
-        .route("/tenants", get(list_tenants).post(create_tenant))
-        .route("/tenants/{id}", get(get_tenant))
-        .route("/tenants/{id}/weight", patch(set_tenant_weight))
-        .route("/tenants/{id}/quota", put(set_tenant_quota))
-        .route("/tenants/{id}/group", patch(set_tenant_group))
-        .route("/fairshare/live", get(fairshare_live))
-        .route("/fairshare/groups", get(list_groups).post(create_group))
-        .route("/fairshare/groups/{name}/weight", patch(set_group_weight))
-        .route("/stats", get(stats))
-        .route("/capacity", get(get_capacity).put(set_capacity))
-        .route("/audit", get(audit))
-        .route("/tiers", get(list_tiers).post(create_tier))
-        .route(
-            "/tiers/{name}",
-            get(get_tier).put(update_tier).delete(delete_tier),
-        )
-        .route("/models", get(list_models).post(create_model))
-        .route(
-            "/models/{id}",
-            get(get_model).put(update_model).delete(delete_model),
-        )
-        .route("/models/{id}/cache", put(set_model_cache))
-        .route("/tenants/{id}/keys", post(create_tenant_key))
-        .route("/keys", get(list_keys))
-        .route("/keys/{id}", delete(delete_key))
-        .route("/keys/{id}/disabled", put(set_key_disabled))
-        .route("/usage", get(usage_totals))
-        .route("/usage/keys", get(usage_keys))
-        .route("/usage/models", get(usage_models))
-        .route("/usage/series", get(usage_series))
-        .route("/usage/series/tenants", get(usage_series_tenants))
-        .route("/usage/cache", get(usage_cache))
-        .route("/costs", get(costs))
-        .route("/projects", get(list_projects).post(create_project))
-        .route(
-            "/projects/{id}",
-            get(get_project).put(update_project).delete(delete_project),
-        )
-        .route(
-            "/projects/{id}/api-keys",
-            get(list_project_keys).post(create_project_key),
-        )
-        .route("/projects/{id}/api-keys/{key}", delete(revoke_project_key))
-        .route("/root-keys", get(list_root_keys).post(create_root_key))
-        .route("/root-keys/{id}", delete(delete_root_key))
-        .route("/mcp-servers", get(list_mcp).post(create_mcp))
-        .route(
-            "/mcp-servers/{id}",
-            get(get_mcp).put(update_mcp).delete(delete_mcp),
-        );
-    let app = Router::new()
-        .nest("/api/v1", api)
+    let (routes, _) = api().split_for_parts();
+    let app = routes
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .with_state(state);
     with_common_layers(app, config)
+}
+
+/// The OpenAPI operations of [`router`]'s routes (tag `management`, the
+/// admin token on each).
+pub fn openapi() -> OpenApi {
+    let mut doc = api().into_openapi();
+    crate::openapi::finish_api(&mut doc, crate::openapi::MANAGEMENT);
+    doc
 }
 
 type Body<T> = ApiJson<T, Problem>;
@@ -207,9 +214,18 @@ fn created<T: serde::Serialize>(v: T) -> Reply {
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+/// A page of a paginated list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Paged<T> {
+    /// The items of this page.
+    pub data: Vec<T>,
+    /// The cursor of the next page (`cursor=`), `null` on the last page.
+    pub cursor: Option<String>,
+}
+
 /// A paginated list: `{"data": [...], "cursor": ...}`.
-fn paged<T: serde::Serialize>(items: T, cursor: Option<String>) -> Reply {
-    ok(json!({"data": items, "cursor": cursor}))
+fn paged<T: serde::Serialize>(data: Vec<T>, cursor: Option<String>) -> Reply {
+    ok(Paged { data, cursor })
 }
 
 fn admin_actor() -> Actor {
@@ -239,26 +255,53 @@ async fn require_admin(
     next.run(Request::from_parts(parts, body)).await
 }
 
+/// The OpenAPI 3.1 document of every API of maas-http (this one, the MaaS
+/// user API and the Unkey-compatible API), one tag each.
+#[utoipa::path(get, path = "/openapi.json", responses(
+    (status = 200, description = "The document", content_type = "application/json", body = Object),
+))]
+async fn openapi_json() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        crate::openapi::document_json(),
+    )
+        .into_response()
+}
+
 async fn not_found(id: RequestId) -> Response {
     problem::render(&Error::not_found("route", "this path"), &id)
 }
 
+/// Checks that the service and its store are up.
+#[utoipa::path(get, path = "/health", responses(
+    (status = 200, description = "Up", body = Health),
+    (status = 503, description = "The store is unavailable", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn health(State(s): State<ManagementState>, id: RequestId) -> Reply {
     s.storage
         .records
         .get_record("setting", "health")
         .await
         .map_err(fail(&id))?;
-    ok(json!({"status": "ok"}))
+    ok(Health::OK)
 }
 
 // ----- tenants --------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+/// Pagination: `cursor` from the previous page, `limit` items (default
+/// and most 1000).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PageParams {
+    /// The previous page's `cursor`.
     #[serde(default)]
     cursor: Option<String>,
+    /// How many items (1..=1000).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -288,6 +331,10 @@ fn tenant_id(raw: &str, id: &RequestId) -> Result<TenantId, Response> {
     TenantId::parse(raw).map_err(|_| problem::render(&Error::not_found("tenant", raw), id))
 }
 
+/// Lists tenants, a page at a time.
+#[utoipa::path(get, path = "/tenants", params(PageParams), responses(
+    (status = 200, description = "A page of tenants", body = Paged<maas_core::Tenant>),
+))]
 async fn list_tenants(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -304,6 +351,11 @@ async fn list_tenants(
     paged(got.items, got.cursor)
 }
 
+/// Creates a tenant.
+#[utoipa::path(post, path = "/tenants", request_body = NewTenant, responses(
+    (status = 201, description = "The tenant", body = maas_core::Tenant),
+    (status = 409, description = "A tenant of that name exists", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn create_tenant(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -317,6 +369,11 @@ async fn create_tenant(
     created(t)
 }
 
+/// A tenant.
+#[utoipa::path(get, path = "/tenants/{id}", params(("id" = String, Path, description = "The tenant id")), responses(
+    (status = 200, description = "The tenant", body = maas_core::Tenant),
+    (status = 404, description = "No such tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn get_tenant(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -339,11 +396,20 @@ async fn update_tenant(
         .map_err(fail(id))?)
 }
 
-#[derive(Debug, Deserialize)]
+/// A weight: `{"weight": 1..=1000000}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = WeightChange)]
 struct Weight {
+    /// The new weight.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     weight: i64,
 }
 
+/// Sets a tenant's fair-share weight.
+#[utoipa::path(patch, path = "/tenants/{id}/weight", params(("id" = String, Path, description = "The tenant id")), request_body = Weight, responses(
+    (status = 200, description = "The tenant", body = maas_core::Tenant),
+    (status = 404, description = "No such tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn set_tenant_weight(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -358,11 +424,22 @@ async fn set_tenant_weight(
     update_tenant(&s, &id, &raw, update).await
 }
 
-#[derive(Debug, Deserialize)]
+/// A tenant's quota: `{"tokens_per_minute": n}`, `null` for unlimited.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = QuotaChange)]
 struct Quota {
-    tokens_per_minute: Option<i64>,
+    /// Tokens per minute (at least 1), `null` for unlimited. Required: a
+    /// body without it (a misspelt field) must not lift the quota.
+    #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 1, required = true)]
+    tokens_per_minute: Patch<i64>,
 }
 
+/// Sets a tenant's tokens-per-minute quota (`null`: unlimited).
+#[utoipa::path(put, path = "/tenants/{id}/quota", params(("id" = String, Path, description = "The tenant id")), request_body = Quota, responses(
+    (status = 200, description = "The tenant", body = maas_core::Tenant),
+    (status = 404, description = "No such tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn set_tenant_quota(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -370,8 +447,14 @@ async fn set_tenant_quota(
     body: Body<Quota>,
 ) -> Reply {
     let quota = match body.0.tokens_per_minute {
-        None => Patch::Clear,
-        Some(n) => Patch::Set(
+        Patch::Keep => {
+            return Err(problem::render(
+                &Error::invalid("tokens_per_minute", "is required (null for unlimited)"),
+                &id,
+            ));
+        }
+        Patch::Clear => Patch::Clear,
+        Patch::Set(n) => Patch::Set(
             u64::try_from(n)
                 .ok()
                 .filter(|n| *n >= 1)
@@ -391,11 +474,19 @@ async fn set_tenant_quota(
     update_tenant(&s, &id, &raw, update).await
 }
 
-#[derive(Debug, Deserialize)]
+/// A tenant's fair-share group: `{"group": name}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = GroupChange)]
 struct Group {
+    /// An existing group's name.
     group: String,
 }
 
+/// Moves a tenant to another fair-share group.
+#[utoipa::path(patch, path = "/tenants/{id}/group", params(("id" = String, Path, description = "The tenant id")), request_body = Group, responses(
+    (status = 200, description = "The tenant", body = maas_core::Tenant),
+    (status = 404, description = "No such tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn set_tenant_group(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -411,16 +502,30 @@ async fn set_tenant_group(
 
 // ----- fair share, capacity -------------------------------------------------
 
+/// The live state of fair share: slots, requests in flight and queued, per group and tenant.
+#[utoipa::path(get, path = "/fairshare/live", responses(
+    (status = 200, description = "The snapshot", body = maas_core::Snapshot),
+))]
 async fn fairshare_live(State(s): State<ManagementState>) -> Reply {
     ok(s.scheduling.live())
 }
 
-#[derive(Debug, Deserialize)]
+/// A new fair-share group.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = NewFairShareGroup)]
 struct NewGroup {
+    /// Unique name.
     name: String,
+    /// Weight among groups.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     weight: i64,
 }
 
+/// Creates a fair-share group.
+#[utoipa::path(post, path = "/fairshare/groups", request_body = NewGroup, responses(
+    (status = 201, description = "The group", body = maas_core::scheduling::FairShareGroup),
+    (status = 409, description = "A group of that name exists", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn create_group(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -434,10 +539,19 @@ async fn create_group(
     created(g)
 }
 
+/// Lists the fair-share groups.
+#[utoipa::path(get, path = "/fairshare/groups", responses(
+    (status = 200, description = "The groups", body = Vec<maas_core::scheduling::FairShareGroup>),
+))]
 async fn list_groups(State(s): State<ManagementState>, id: RequestId) -> Reply {
     ok(s.scheduling.list_groups().await.map_err(fail(&id))?)
 }
 
+/// Sets a fair-share group's weight.
+#[utoipa::path(patch, path = "/fairshare/groups/{name}/weight", params(("name" = String, Path, description = "The group's name")), request_body = Weight, responses(
+    (status = 200, description = "The group", body = maas_core::scheduling::FairShareGroup),
+    (status = 404, description = "No such group", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn set_group_weight(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -450,24 +564,57 @@ async fn set_group_weight(
         .map_err(fail(&id))?)
 }
 
+/// The scheduler's totals.
+#[derive(Debug, Serialize, ToSchema)]
+struct Stats {
+    /// Requests holding a slot.
+    in_flight: usize,
+    /// Requests waiting for one.
+    queued: usize,
+    /// Slots.
+    max_in_flight: usize,
+}
+
+/// Live scheduler totals: requests in flight and queued, and the slots.
+#[utoipa::path(get, path = "/stats", responses((status = 200, description = "The totals", body = Stats)))]
 async fn stats(State(s): State<ManagementState>) -> Reply {
     let live = s.scheduling.live();
-    ok(json!({
-        "in_flight": live.in_flight,
-        "queued": live.queued,
-        "max_in_flight": live.max_in_flight,
-    }))
+    ok(Stats {
+        in_flight: live.in_flight,
+        queued: live.queued,
+        max_in_flight: live.max_in_flight,
+    })
 }
 
+/// The number of requests that may run at once.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = CapacitySetting)]
+struct CapacityOut {
+    /// Slots.
+    max_in_flight: usize,
+}
+
+/// The scheduler's capacity.
+#[utoipa::path(get, path = "/capacity", responses((status = 200, description = "The capacity", body = CapacityOut)))]
 async fn get_capacity(State(s): State<ManagementState>) -> Reply {
-    ok(json!({"max_in_flight": s.scheduling.capacity()}))
+    ok(CapacityOut {
+        max_in_flight: s.scheduling.capacity(),
+    })
 }
 
-#[derive(Debug, Deserialize)]
+/// A new capacity: `{"max_in_flight": 1..=100000}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = CapacityChange)]
 struct Capacity {
+    /// Slots.
+    #[schema(minimum = 1, maximum = 100_000)]
     max_in_flight: i64,
 }
 
+/// Sets the scheduler's capacity, applied at once.
+#[utoipa::path(put, path = "/capacity", request_body = Capacity, responses(
+    (status = 200, description = "The capacity", body = CapacityOut),
+))]
 async fn set_capacity(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -478,11 +625,15 @@ async fn set_capacity(
         .set_capacity(&admin_actor(), body.0.max_in_flight)
         .await
         .map_err(fail(&id))?;
-    ok(json!({"max_in_flight": max}))
+    ok(CapacityOut { max_in_flight: max })
 }
 
 // ----- audit ----------------------------------------------------------------
 
+/// The audit log, newest first, a page at a time.
+#[utoipa::path(get, path = "/audit", params(PageParams), responses(
+    (status = 200, description = "A page of audit events", body = Paged<maas_core::AuditEvent>),
+))]
 async fn audit(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -513,10 +664,19 @@ async fn audit(
 
 // ----- tiers ----------------------------------------------------------------
 
+/// Lists tiers.
+#[utoipa::path(get, path = "/tiers", responses(
+    (status = 200, description = "The tiers", body = Vec<maas_core::Tier>),
+))]
 async fn list_tiers(State(s): State<ManagementState>, id: RequestId) -> Reply {
     ok(s.tiers.list().await.map_err(fail(&id))?)
 }
 
+/// Creates a tier.
+#[utoipa::path(post, path = "/tiers", request_body = NewTier, responses(
+    (status = 201, description = "The tier", body = maas_core::Tier),
+    (status = 409, description = "A tier of that name exists", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn create_tier(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -530,6 +690,11 @@ async fn create_tier(
     )
 }
 
+/// A tier.
+#[utoipa::path(get, path = "/tiers/{name}", params(("name" = String, Path, description = "The tier's name")), responses(
+    (status = 200, description = "The tier", body = maas_core::Tier),
+    (status = 404, description = "No such tier", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn get_tier(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -538,6 +703,11 @@ async fn get_tier(
     ok(s.tiers.get(&name).await.map_err(fail(&id))?)
 }
 
+/// Changes a tier; absent fields are kept.
+#[utoipa::path(put, path = "/tiers/{name}", params(("name" = String, Path, description = "The tier's name")), request_body = TierUpdate, responses(
+    (status = 200, description = "The tier", body = maas_core::Tier),
+    (status = 404, description = "No such tier", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn update_tier(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -550,6 +720,11 @@ async fn update_tier(
         .map_err(fail(&id))?)
 }
 
+/// Deletes a tier.
+#[utoipa::path(delete, path = "/tiers/{name}", params(("name" = String, Path, description = "The tier's name")), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "No such tier", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn delete_tier(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -565,22 +740,81 @@ async fn delete_tier(
 // ----- models ---------------------------------------------------------------
 
 /// A model as the management API shows it (`url` for the upstream).
-fn model_json(m: &maas_core::Model) -> Value {
-    let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
-    if let Some(o) = v.as_object_mut()
-        && let Some(url) = o.remove("upstream_url")
-    {
-        o.insert("url".into(), url);
-    }
-    v
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Model)]
+struct ModelOut<'a> {
+    /// Unique id.
+    id: &'a str,
+    /// Display name.
+    name: &'a str,
+    /// Where requests for it are sent.
+    url: &'a str,
+    /// Who owns it.
+    owned_by: &'a str,
+    /// When it was published.
+    created: Timestamp,
+    /// Whether it is ready to serve.
+    ready: bool,
+    /// The tiers allowed to use it; empty for every tier that allows it.
+    tiers: &'a [String],
+    /// Its price, if it has one.
+    pricing: Option<&'a maas_core::Pricing>,
+    /// Response-cache settings.
+    cache: CacheSettings,
+    /// When it was registered.
+    created_at: Timestamp,
+    /// When it was last changed.
+    updated_at: Timestamp,
+    /// Optimistic-concurrency version.
+    version: u64,
 }
 
+fn model_json(m: &maas_core::Model) -> ModelOut<'_> {
+    let maas_core::Model {
+        id,
+        name,
+        upstream_url,
+        owned_by,
+        created,
+        ready,
+        tiers,
+        pricing,
+        cache,
+        created_at,
+        updated_at,
+        version,
+    } = m;
+    ModelOut {
+        id,
+        name,
+        url: upstream_url,
+        owned_by,
+        created: *created,
+        ready: *ready,
+        tiers,
+        pricing: pricing.as_ref(),
+        cache: *cache,
+        created_at: *created_at,
+        updated_at: *updated_at,
+        version: *version,
+    }
+}
+
+/// Lists the model catalog.
+#[utoipa::path(get, path = "/models", responses(
+    (status = 200, description = "The models", body = Vec<ModelOut>),
+))]
 async fn list_models(State(s): State<ManagementState>, id: RequestId) -> Reply {
     let models = s.models.list().await.map_err(fail(&id))?;
-    let data: Vec<Value> = models.iter().map(model_json).collect();
+    let data: Vec<ModelOut<'_>> = models.iter().map(model_json).collect();
     ok(data)
 }
 
+/// Registers a model.
+#[utoipa::path(post, path = "/models", request_body = NewModel, responses(
+    (status = 201, description = "The model", body = ModelOut),
+    (status = 409, description = "A model of that id exists", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn create_model(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -594,6 +828,11 @@ async fn create_model(
     created(model_json(&m))
 }
 
+/// A model.
+#[utoipa::path(get, path = "/models/{id}", params(("id" = String, Path, description = "The model id")), responses(
+    (status = 200, description = "The model", body = ModelOut),
+    (status = 404, description = "No such model", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn get_model(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -602,6 +841,11 @@ async fn get_model(
     ok(model_json(&s.models.get(&mid).await.map_err(fail(&id))?))
 }
 
+/// Changes a model; absent fields are kept.
+#[utoipa::path(put, path = "/models/{id}", params(("id" = String, Path, description = "The model id")), request_body = ModelUpdate, responses(
+    (status = 200, description = "The model", body = ModelOut),
+    (status = 404, description = "No such model", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn update_model(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -616,6 +860,11 @@ async fn update_model(
     ok(model_json(&m))
 }
 
+/// Deletes a model.
+#[utoipa::path(delete, path = "/models/{id}", params(("id" = String, Path, description = "The model id")), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "No such model", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn delete_model(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -628,6 +877,11 @@ async fn delete_model(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Sets a model's response-cache settings.
+#[utoipa::path(put, path = "/models/{id}/cache", params(("id" = String, Path, description = "The model id")), request_body = CacheSettings, responses(
+    (status = 200, description = "The model", body = ModelOut),
+    (status = 404, description = "No such model", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn set_model_cache(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -644,25 +898,63 @@ async fn set_model_cache(
 
 // ----- keys -----------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+/// A new tenant key.
+#[derive(Debug, Deserialize, ToSchema)]
 struct NewTenantKey {
+    /// Its name, unique among the tenant's keys.
     name: String,
 }
 
-/// A key as listed: never the secret.
-fn key_json(k: &maas_core::Key) -> Value {
-    json!({
-        "id": k.id,
-        "key_prefix": k.start,
-        "name": k.name,
-        "tenant": k.owner_id,
-        "enabled": k.enabled,
-        "created_at": k.created_at,
-        "last_used_at": k.last_used_at,
-        "expires_at": k.expires,
-    })
+/// A tenant's key as listed: never the secret.
+#[derive(Debug, Serialize, ToSchema)]
+struct TenantKey<'a> {
+    /// The key's id.
+    id: &'a KeyId,
+    /// The prefix and first characters of the secret.
+    key_prefix: &'a str,
+    /// Its name.
+    name: Option<&'a str>,
+    /// The tenant's name.
+    tenant: Option<&'a str>,
+    /// Whether it verifies.
+    enabled: bool,
+    /// When it was created.
+    created_at: Timestamp,
+    /// When it last verified.
+    last_used_at: Option<Timestamp>,
+    /// When it expires.
+    expires_at: Option<Timestamp>,
 }
 
+/// A key as listed: never the secret.
+fn key_json(k: &maas_core::Key) -> TenantKey<'_> {
+    TenantKey {
+        id: &k.id,
+        key_prefix: &k.start,
+        name: k.name.as_deref(),
+        tenant: k.owner_id.as_deref(),
+        enabled: k.enabled,
+        created_at: k.created_at,
+        last_used_at: k.last_used_at,
+        expires_at: k.expires,
+    }
+}
+
+/// A new tenant key, with its secret shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+struct CreatedTenantKey<'a> {
+    /// The key as listed.
+    key: TenantKey<'a>,
+    /// The secret. It is not stored: keep it.
+    secret: &'a str,
+}
+
+/// Creates an API key for a tenant; the secret is in this answer only.
+#[utoipa::path(post, path = "/tenants/{id}/keys", params(("id" = String, Path, description = "The tenant id")), request_body = NewTenantKey, responses(
+    (status = 201, description = "The key, with its secret", body = CreatedTenantKey),
+    (status = 404, description = "No such tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 409, description = "The tenant has a key of that name", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn create_tenant_key(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -682,19 +974,32 @@ async fn create_tenant_key(
         .get(&k.key_id)
         .await
         .map_err(fail(&id))?;
-    created(json!({"key": key_json(&record), "secret": k.api_key}))
+    created(CreatedTenantKey {
+        key: key_json(&record),
+        secret: &k.api_key,
+    })
 }
 
-#[derive(Debug, Deserialize)]
+/// The filter and page of `GET /keys`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct KeyParams {
+    /// Only the keys of this tenant (its name).
     #[serde(default)]
     tenant: Option<String>,
+    /// The previous page's `cursor`.
     #[serde(default)]
     cursor: Option<String>,
+    /// How many items (1..=1000).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
+/// Lists tenants' keys (never their secrets), a page at a time.
+#[utoipa::path(get, path = "/keys", params(KeyParams), responses(
+    (status = 200, description = "A page of keys", body = Paged<TenantKey>),
+))]
 async fn list_keys(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -718,7 +1023,7 @@ async fn list_keys(
         })
         .await
         .map_err(fail(&id))?;
-    let data: Vec<Value> = got.items.iter().map(key_json).collect();
+    let data: Vec<TenantKey<'_>> = got.items.iter().map(key_json).collect();
     paged(data, got.cursor)
 }
 
@@ -739,6 +1044,11 @@ async fn tenant_key(s: &ManagementState, raw: &str, id: &RequestId) -> Result<Ke
     Ok(key_id)
 }
 
+/// Deletes a tenant's key.
+#[utoipa::path(delete, path = "/keys/{id}", params(("id" = String, Path, description = "The key id")), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "No such key", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn delete_key(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -753,11 +1063,19 @@ async fn delete_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// Whether a key is disabled: `{"disabled": bool}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = KeyDisabled)]
 struct Disabled {
+    /// `true` stops the key verifying; `false` lets it verify again.
     disabled: bool,
 }
 
+/// Disables or enables a tenant's key.
+#[utoipa::path(put, path = "/keys/{id}/disabled", params(("id" = String, Path, description = "The key id")), request_body = Disabled, responses(
+    (status = 200, description = "The key", body = TenantKey),
+    (status = 404, description = "No such key", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn set_key_disabled(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -785,20 +1103,30 @@ async fn set_key_disabled(
 /// `from`, `to` (unix ms or RFC 3339; default: the last 24 hours up to now),
 /// `granularity` (`minute`, `hour`, `day`; default `hour`), `group_by`, and
 /// the filters `tenant`, `key`, `model`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UsageParams {
+    /// Start, unix milliseconds or RFC 3339; default 24 hours before `to`.
     #[serde(default)]
     from: Option<String>,
+    /// End, unix milliseconds or RFC 3339; default now.
     #[serde(default)]
     to: Option<String>,
+    /// Step of series: `minute`, `hour` (default) or `day`.
     #[serde(default)]
+    #[param(pattern = "^(minute|hour|day)$")]
     granularity: Option<String>,
+    /// What to total by: `tenant`, `key` or `model` (default per route).
     #[serde(default)]
+    #[param(pattern = "^(tenant|key|model)$")]
     group_by: Option<String>,
+    /// Only this tenant.
     #[serde(default)]
     tenant: Option<String>,
+    /// Only this key id (empty: requests without a key).
     #[serde(default)]
     key: Option<String>,
+    /// Only this model.
     #[serde(default)]
     model: Option<String>,
 }
@@ -849,8 +1177,17 @@ impl UsageParams {
 
 type UsageQuery = Result<Query<UsageParams>, axum::extract::rejection::QueryRejection>;
 
-async fn totals_by(s: &ManagementState, id: &RequestId, q: UsageQuery, default: GroupBy) -> Reply {
+/// The usage parameters, `granularity` and `group_by` checked on every
+/// route (a route that does not use one still refuses a bad one).
+fn usage_params(q: UsageQuery, id: &RequestId) -> Result<UsageParams, Response> {
     let p = params(q, id)?;
+    p.granularity().map_err(fail(id))?;
+    p.group_by(GroupBy::Tenant).map_err(fail(id))?;
+    Ok(p)
+}
+
+async fn totals_by(s: &ManagementState, id: &RequestId, q: UsageQuery, default: GroupBy) -> Reply {
+    let p = usage_params(q, id)?;
     let range = p.range(s.usage.now()).map_err(fail(id))?;
     let group_by = p.group_by(default).map_err(fail(id))?;
     let rows = s
@@ -861,20 +1198,36 @@ async fn totals_by(s: &ManagementState, id: &RequestId, q: UsageQuery, default: 
     ok(rows)
 }
 
+/// Usage totals, by tenant unless `group_by` says otherwise.
+#[utoipa::path(get, path = "/usage", params(UsageParams), responses(
+    (status = 200, description = "The usage", body = Vec<maas_core::usage::UsageRow>),
+))]
 async fn usage_totals(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
     totals_by(&s, &id, q, GroupBy::Tenant).await
 }
 
+/// Usage totals, by key unless `group_by` says otherwise.
+#[utoipa::path(get, path = "/usage/keys", params(UsageParams), responses(
+    (status = 200, description = "The usage", body = Vec<maas_core::usage::UsageRow>),
+))]
 async fn usage_keys(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
     totals_by(&s, &id, q, GroupBy::Key).await
 }
 
+/// Usage totals, by model unless `group_by` says otherwise.
+#[utoipa::path(get, path = "/usage/models", params(UsageParams), responses(
+    (status = 200, description = "The usage", body = Vec<maas_core::usage::UsageRow>),
+))]
 async fn usage_models(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
     totals_by(&s, &id, q, GroupBy::Model).await
 }
 
+/// Usage as a time series (of `tenant` if given).
+#[utoipa::path(get, path = "/usage/series", params(UsageParams), responses(
+    (status = 200, description = "The usage", body = Vec<maas_core::usage::SeriesPoint>),
+))]
 async fn usage_series(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
-    let p = params(q, &id)?;
+    let p = usage_params(q, &id)?;
     let range = p.range(s.usage.now()).map_err(fail(&id))?;
     let g = p.granularity().map_err(fail(&id))?;
     let points = s
@@ -885,12 +1238,16 @@ async fn usage_series(State(s): State<ManagementState>, id: RequestId, q: UsageQ
     ok(points)
 }
 
+/// Usage as one time series per tenant.
+#[utoipa::path(get, path = "/usage/series/tenants", params(UsageParams), responses(
+    (status = 200, description = "The usage", body = Vec<maas_core::usage::TenantSeries>),
+))]
 async fn usage_series_tenants(
     State(s): State<ManagementState>,
     id: RequestId,
     q: UsageQuery,
 ) -> Reply {
-    let p = params(q, &id)?;
+    let p = usage_params(q, &id)?;
     let range = p.range(s.usage.now()).map_err(fail(&id))?;
     let g = p.granularity().map_err(fail(&id))?;
     let series = s
@@ -901,14 +1258,22 @@ async fn usage_series_tenants(
     ok(series)
 }
 
+/// Response-cache hits and misses per model.
+#[utoipa::path(get, path = "/usage/cache", params(UsageParams), responses(
+    (status = 200, description = "The usage", body = Vec<maas_core::usage::CacheRow>),
+))]
 async fn usage_cache(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
-    let p = params(q, &id)?;
+    let p = usage_params(q, &id)?;
     let range = p.range(s.usage.now()).map_err(fail(&id))?;
     ok(s.usage.cache(range).await.map_err(fail(&id))?)
 }
 
+/// Costs, by tenant unless `group_by` says otherwise, per currency.
+#[utoipa::path(get, path = "/costs", params(UsageParams), responses(
+    (status = 200, description = "The usage", body = Vec<maas_core::usage::CostRow>),
+))]
 async fn costs(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -> Reply {
-    let p = params(q, &id)?;
+    let p = usage_params(q, &id)?;
     let range = p.range(s.usage.now()).map_err(fail(&id))?;
     let group_by = p.group_by(GroupBy::Tenant).map_err(fail(&id))?;
     ok(s.usage.costs(range, group_by).await.map_err(fail(&id))?)
@@ -916,10 +1281,19 @@ async fn costs(State(s): State<ManagementState>, id: RequestId, q: UsageQuery) -
 
 // ----- MCP servers ----------------------------------------------------------
 
+/// Lists MCP servers.
+#[utoipa::path(get, path = "/mcp-servers", responses(
+    (status = 200, description = "The servers", body = Vec<maas_core::mcp::McpServer>),
+))]
 async fn list_mcp(State(s): State<ManagementState>, id: RequestId) -> Reply {
     ok(s.mcp.list().await.map_err(fail(&id))?)
 }
 
+/// Registers an MCP server.
+#[utoipa::path(post, path = "/mcp-servers", request_body = NewMcpServer, responses(
+    (status = 201, description = "The server", body = maas_core::mcp::McpServer),
+    (status = 409, description = "A server of that name exists", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn create_mcp(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -933,6 +1307,11 @@ async fn create_mcp(
     )
 }
 
+/// An MCP server.
+#[utoipa::path(get, path = "/mcp-servers/{id}", params(("id" = String, Path, description = "The MCP server id")), responses(
+    (status = 200, description = "The server", body = maas_core::mcp::McpServer),
+    (status = 404, description = "No such server", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn get_mcp(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -941,6 +1320,11 @@ async fn get_mcp(
     ok(s.mcp.get(&sid).await.map_err(fail(&id))?)
 }
 
+/// Replaces an MCP server's settings (every field, as `PUT` does).
+#[utoipa::path(put, path = "/mcp-servers/{id}", params(("id" = String, Path, description = "The MCP server id")), request_body = NewMcpServer, responses(
+    (status = 200, description = "The server", body = maas_core::mcp::McpServer),
+    (status = 404, description = "No such server", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn update_mcp(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -953,6 +1337,11 @@ async fn update_mcp(
         .map_err(fail(&id))?)
 }
 
+/// Deletes an MCP server.
+#[utoipa::path(delete, path = "/mcp-servers/{id}", params(("id" = String, Path, description = "The MCP server id")), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "No such server", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn delete_mcp(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -967,13 +1356,34 @@ async fn delete_mcp(
 
 // ----- root keys ------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+/// A new root key of the Unkey-compatible API.
+#[derive(Debug, Deserialize, ToSchema)]
 struct NewRootKey {
+    /// Its name.
     name: String,
+    /// Unkey-style permissions: `api.*.create_key`, `api.<apiId>.read_key`,
+    /// `ratelimit.<namespace>.limit`, ...
     #[serde(default)]
     permissions: Vec<String>,
 }
 
+/// A new root key, with its secret shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+struct CreatedRootKeyOut<'a> {
+    /// The key's id.
+    id: &'a KeyId,
+    /// Its name.
+    name: &'a str,
+    /// The prefix and first characters of the secret.
+    start: &'a str,
+    /// The secret (`root_…`). It is not stored: keep it.
+    key: &'a str,
+}
+
+/// Creates a root key of the Unkey-compatible API; the secret is in this answer only.
+#[utoipa::path(post, path = "/root-keys", request_body = NewRootKey, responses(
+    (status = 201, description = "The root key, with its secret", body = CreatedRootKeyOut),
+))]
 async fn create_root_key(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -985,13 +1395,27 @@ async fn create_root_key(
         .create(&admin_actor(), &name, permissions)
         .await
         .map_err(fail(&id))?;
-    created(json!({"id": k.key_id, "name": k.name, "start": k.start, "key": k.key}))
+    created(CreatedRootKeyOut {
+        id: &k.key_id,
+        name: &k.name,
+        start: &k.start,
+        key: &k.key,
+    })
 }
 
+/// Lists root keys (never their secrets).
+#[utoipa::path(get, path = "/root-keys", responses(
+    (status = 200, description = "The root keys", body = Vec<maas_core::RootKey>),
+))]
 async fn list_root_keys(State(s): State<ManagementState>, id: RequestId) -> Reply {
     ok(s.root_keys.list().await.map_err(fail(&id))?)
 }
 
+/// Deletes a root key.
+#[utoipa::path(delete, path = "/root-keys/{id}", params(("id" = String, Path, description = "The root key id")), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "No such root key", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn delete_root_key(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -1012,27 +1436,43 @@ fn project_id(raw: &str, id: &RequestId) -> Result<KeyspaceId, Response> {
     KeyspaceId::parse(raw).map_err(|_| problem::render(&Error::not_found("project", raw), id))
 }
 
-#[derive(Debug, Deserialize)]
+/// A new project.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewProject {
+    /// Its name.
     name: String,
+    /// What it is for.
     #[serde(default)]
     description: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A change of a project: absent fields are kept.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProjectChange {
+    /// A new name.
     #[serde(default)]
     name: Option<String>,
+    /// A new description, or `null` to clear it.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     description: Patch<String>,
 }
 
+/// Lists projects.
+#[utoipa::path(get, path = "/projects", responses(
+    (status = 200, description = "The projects", body = Vec<maas_core::projects::Project>),
+))]
 async fn list_projects(State(s): State<ManagementState>, id: RequestId) -> Reply {
     ok(s.projects.list().await.map_err(fail(&id))?)
 }
 
+/// Creates a project.
+#[utoipa::path(post, path = "/projects", request_body = NewProject, responses(
+    (status = 201, description = "The project", body = maas_core::projects::Project),
+    (status = 409, description = "A project of that name exists", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn create_project(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -1047,6 +1487,11 @@ async fn create_project(
     )
 }
 
+/// A project.
+#[utoipa::path(get, path = "/projects/{id}", params(("id" = String, Path, description = "The project id")), responses(
+    (status = 200, description = "The project", body = maas_core::projects::Project),
+    (status = 404, description = "No such project", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn get_project(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -1056,6 +1501,11 @@ async fn get_project(
     ok(s.projects.get(&pid).await.map_err(fail(&id))?)
 }
 
+/// Changes a project; absent fields are kept.
+#[utoipa::path(put, path = "/projects/{id}", params(("id" = String, Path, description = "The project id")), request_body = ProjectChange, responses(
+    (status = 200, description = "The project", body = maas_core::projects::Project),
+    (status = 404, description = "No such project", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn update_project(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -1070,6 +1520,11 @@ async fn update_project(
         .map_err(fail(&id))?)
 }
 
+/// Deletes a project and its keys.
+#[utoipa::path(delete, path = "/projects/{id}", params(("id" = String, Path, description = "The project id")), responses(
+    (status = 204, description = "Deleted"),
+    (status = 404, description = "No such project", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn delete_project(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -1083,6 +1538,11 @@ async fn delete_project(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Lists a project's API keys (prefixes only, never the secrets).
+#[utoipa::path(get, path = "/projects/{id}/api-keys", params(("id" = String, Path, description = "The project id")), responses(
+    (status = 200, description = "The keys", body = Vec<maas_core::projects::ProjectKey>),
+    (status = 404, description = "No such project", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn list_project_keys(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -1092,16 +1552,27 @@ async fn list_project_keys(
     ok(s.projects.list_keys(&pid).await.map_err(fail(&id))?)
 }
 
-#[derive(Debug, Deserialize)]
+/// A new project API key.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewProjectKey {
+    /// Its name, unique among the project's live keys.
     name: String,
+    /// Granted scopes; default `["data-plane:connect"]`.
     #[serde(default)]
     scopes: Option<Vec<String>>,
+    /// When it expires (RFC 3339 or unix milliseconds, in the future).
     #[serde(default)]
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 
+/// Creates a project API key; the full key is in this answer only.
+#[utoipa::path(post, path = "/projects/{id}/api-keys", params(("id" = String, Path, description = "The project id")), request_body = NewProjectKey, responses(
+    (status = 201, description = "The key, with its secret", body = maas_core::projects::CreatedProjectKey),
+    (status = 404, description = "No such project", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 409, description = "The project has a live key of that name", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn create_project_key(
     State(s): State<ManagementState>,
     id: RequestId,
@@ -1126,6 +1597,11 @@ async fn create_project_key(
     )
 }
 
+/// Revokes a project API key.
+#[utoipa::path(delete, path = "/projects/{id}/api-keys/{key}", params(("id" = String, Path, description = "The project id"), ("key" = String, Path, description = "The key id")), responses(
+    (status = 204, description = "Revoked"),
+    (status = 404, description = "No such project or key", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 async fn revoke_project_key(
     State(s): State<ManagementState>,
     id: RequestId,

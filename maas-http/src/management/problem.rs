@@ -6,7 +6,8 @@
 use axum::http::StatusCode;
 use axum::response::Response;
 use maas_core::Error;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::common::{Dialect, RequestId, json_response};
 
@@ -26,24 +27,60 @@ fn pointer(field: &str) -> String {
     out
 }
 
+/// An RFC 9457 problem.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ProblemDetails {
+    /// A URI naming the kind of problem
+    /// (`https://maas.dev/problems/{slug}`).
+    #[serde(rename = "type")]
+    #[schema(example = "https://maas.dev/problems/invalid-input")]
+    pub kind: String,
+    /// The HTTP status' reason phrase.
+    #[schema(example = "Bad Request")]
+    pub title: String,
+    /// The HTTP status.
+    #[schema(example = 400)]
+    pub status: u16,
+    /// What happened.
+    pub detail: String,
+    /// The request (`urn:maas:request:{x-request-id}`).
+    pub instance: String,
+    /// The fields at fault, for validation problems.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
+    pub errors: Vec<FieldProblem>,
+}
+
+/// A field at fault in a validation problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// `invalid`.
+    pub code: String,
+    /// What is wrong with it.
+    pub message: String,
+    /// A JSON pointer to the field (`/pricing/currency`), or the
+    /// parameter's name (`/limit`).
+    #[schema(example = "/weight")]
+    pub location: String,
+}
+
 /// The problem response of `status` (with `slug` naming its type).
 pub(super) fn problem(
     status: StatusCode,
     slug: &str,
     detail: &str,
     id: &RequestId,
-    errors: Vec<serde_json::Value>,
+    errors: Vec<FieldProblem>,
 ) -> Response {
-    let mut body = json!({
-        "type": format!("https://maas.dev/problems/{slug}"),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-        "instance": format!("urn:maas:request:{}", id.as_str()),
-    });
-    if !errors.is_empty() {
-        body["errors"] = json!(errors);
-    }
+    let body = ProblemDetails {
+        kind: format!("https://maas.dev/problems/{slug}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: detail.to_owned(),
+        instance: format!("urn:maas:request:{}", id.as_str()),
+        errors,
+    };
+    let body = serde_json::to_value(body).unwrap_or_default();
     json_response(status, PROBLEM_JSON, &body)
 }
 
@@ -55,11 +92,11 @@ impl Dialect for Problem {
                 "invalid-input",
                 &format!("{field} {reason}"),
                 id,
-                vec![json!({
-                    "code": "invalid",
-                    "message": reason,
-                    "location": pointer(field),
-                })],
+                vec![FieldProblem {
+                    code: "invalid".to_owned(),
+                    message: reason.to_string(),
+                    location: pointer(field),
+                }],
             ),
             e if e.is_not_found() => problem(
                 StatusCode::NOT_FOUND,

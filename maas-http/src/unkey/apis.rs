@@ -8,9 +8,11 @@ use axum::response::Response;
 use maas_core::rootkeys::ListFrom;
 use maas_core::{Error, Key, KeyspaceId, Page, RootAuth};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::UnkeyErrorBody;
 use super::auth::Root;
-use super::params::Params;
+use super::params::{EmptyOrInteger, Params};
 use super::wire::{KeyOut, api_id, key_id};
 use super::{Json, UnkeyState, empty, fail, ok, reply};
 use crate::common::RequestId;
@@ -19,17 +21,26 @@ use crate::common::RequestId;
 pub const MAX_LIST_LIMIT: i64 = 100;
 
 /// The body of `apis.createApi`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = UnkeyCreateApi)]
 pub(crate) struct CreateApi {
+    /// The api's name.
     name: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A new api.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyCreatedApi)]
 struct Created {
+    /// Its id.
     api_id: String,
 }
 
+#[utoipa::path(post, path = "/v1/apis.createApi", operation_id = "apis.createApi", security(("rootKey" = [])),
+    request_body = CreateApi,
+    responses((status = 200, description = "The api's id", body = Created))
+)]
 /// `POST /v1/apis.createApi`.
 pub(crate) async fn create_api(
     id: RequestId,
@@ -47,14 +58,23 @@ pub(crate) async fn create_api(
     )
 }
 
-#[derive(Debug, Serialize)]
+/// An api (a maas keyspace).
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyApi)]
 struct Api<'a> {
+    /// Its id.
     id: &'a str,
+    /// The workspace.
     workspace_id: &'a str,
+    /// Its name.
     name: &'a str,
 }
 
+#[utoipa::path(get, path = "/v1/apis.getApi", operation_id = "apis.getApi", security(("rootKey" = [])),
+    params(("apiId" = String, Query, description = "The api")),
+    responses((status = 200, description = "The api", body = Api), (status = 404, description = "No such api", body = UnkeyErrorBody))
+)]
 /// `GET /v1/apis.getApi?apiId=`.
 pub(crate) async fn get_api(
     id: RequestId,
@@ -80,12 +100,18 @@ pub(crate) async fn get_api(
 }
 
 /// The body of `apis.deleteApi`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyDeleteApi)]
 pub(crate) struct DeleteApi {
+    /// The api.
     api_id: String,
 }
 
+#[utoipa::path(post, path = "/v1/apis.deleteApi", operation_id = "apis.deleteApi", security(("rootKey" = [])),
+    request_body = DeleteApi,
+    responses((status = 200, description = "Deleted, with its keys", body = super::Empty), (status = 404, description = "No such api", body = UnkeyErrorBody))
+)]
 /// `POST /v1/apis.deleteApi`: the api and its keys.
 pub(crate) async fn delete_api(
     id: RequestId,
@@ -101,11 +127,18 @@ pub(crate) async fn delete_api(
     reply(&id, run.await)
 }
 
-#[derive(Debug, Serialize)]
+/// A page of an api's keys.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = UnkeyKeyList)]
 struct KeyList<'a> {
+    /// The keys.
     keys: Vec<KeyOut<'a>>,
+    /// The next page's cursor (`apis.listKeys` only; absent on the last
+    /// page).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     cursor: Option<&'a str>,
+    /// How many live keys the api has.
     total: u64,
 }
 
@@ -150,6 +183,15 @@ async fn list(
         .await
 }
 
+#[utoipa::path(get, path = "/v1/apis.listKeys", operation_id = "apis.listKeys", security(("rootKey" = [])),
+    params(
+        ("apiId" = String, Query, description = "The api"),
+        ("limit" = Option<i64>, Query, description = "Keys per page (1..=100, default 100)", minimum = 1, maximum = 100),
+        ("cursor" = Option<String>, Query, description = "The previous page's `cursor`"),
+        ("ownerId" = Option<String>, Query, description = "Only the keys of this owner"),
+    ),
+    responses((status = 200, description = "A page of keys", body = KeyList), (status = 404, description = "No such api", body = UnkeyErrorBody))
+)]
 /// `GET /v1/apis.listKeys?apiId=&limit=&cursor=&ownerId=`.
 pub(crate) async fn list_keys(
     id: RequestId,
@@ -164,6 +206,15 @@ pub(crate) async fn list_keys(
     }
 }
 
+#[utoipa::path(get, path = "/v1/apis/{apiId}/keys", operation_id = "legacy.apis.listKeys", security(("rootKey" = [])),
+    params(
+        ("apiId" = String, Path, description = "The api"),
+        ("limit" = Option<i64>, Query, description = "Keys per page (1..=100, default 100)", minimum = 1, maximum = 100),
+        ("offset" = inline(Option<EmptyOrInteger>), Query, description = "Keys to skip (at least 0)"),
+        ("ownerId" = Option<String>, Query, description = "Only the keys of this owner"),
+    ),
+    responses((status = 200, description = "A page of keys", body = KeyList), (status = 404, description = "No such api", body = UnkeyErrorBody))
+)]
 /// `GET /v1/apis/{apiId}/keys?limit=&offset=&ownerId=` (the older list).
 pub(crate) async fn legacy_list_keys(
     id: RequestId,

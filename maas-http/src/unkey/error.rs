@@ -7,6 +7,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use maas_core::Error;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::common::{Dialect, RequestId};
 
@@ -18,7 +19,8 @@ pub const DOCS_BASE: &str = "https://unkey.dev/docs/api-reference/errors/code/";
 pub struct Unkey;
 
 /// Unkey's error codes (seed 004's `Err*` schemas).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UnkeyCode {
     /// 400, and 413/415 (the closest code).
     BadRequest,
@@ -64,17 +66,26 @@ pub struct UnkeyError {
     pub request_id: String,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: Body<'a>,
+/// Unkey's error envelope (seed 004's `Err*` schemas).
+#[derive(Serialize, ToSchema)]
+#[schema(as = UnkeyError)]
+pub(crate) struct UnkeyErrorBody<'a> {
+    /// The error.
+    error: UnkeyErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
+/// The error in Unkey's envelope.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Body<'a> {
+struct UnkeyErrorDetail<'a> {
+    /// The error code.
+    #[schema(value_type = UnkeyCode)]
     code: &'static str,
+    /// A link to the code's documentation.
     docs: String,
+    /// What happened.
     message: &'a str,
+    /// The request id (also in the `x-request-id` header).
     request_id: &'a str,
 }
 
@@ -149,8 +160,8 @@ impl UnkeyError {
 impl IntoResponse for UnkeyError {
     fn into_response(self) -> Response {
         let code = self.code.as_str();
-        let envelope = Envelope {
-            error: Body {
+        let envelope = UnkeyErrorBody {
+            error: UnkeyErrorDetail {
                 code,
                 docs: format!("{DOCS_BASE}{code}"),
                 message: &self.message,
@@ -185,5 +196,25 @@ impl Dialect for Unkey {
             id,
         )
         .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_wire_names() {
+        for code in [
+            UnkeyCode::BadRequest,
+            UnkeyCode::Unauthorized,
+            UnkeyCode::Forbidden,
+            UnkeyCode::NotFound,
+            UnkeyCode::Conflict,
+            UnkeyCode::TooManyRequests,
+            UnkeyCode::InternalServerError,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 }

@@ -9,9 +9,11 @@ use maas_core::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
+use super::UnkeyErrorBody;
 use super::auth::Root;
-use super::params::Params;
+use super::params::{EmptyOrInteger, Params};
 use super::wire::{
     KeyOut, RateLimitIn, RateLimitUpdate, RefillIn, VerifyOut, VerifyShape, api_id, key_id, present,
 };
@@ -21,35 +23,49 @@ use crate::common::RequestId;
 /// The body of `keys.createKey`. `permissions` is accepted beside the
 /// seed's fields (the `Key` schema has them, and `keys.verifyKey` checks
 /// them).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyCreateKey)]
 pub(crate) struct CreateKey {
     api_id: String,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     prefix: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     name: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     byte_length: Option<u16>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     owner_id: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Object, nullable = false)]
     meta: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     roles: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     permissions: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     expires: Option<i64>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     remaining: Option<i64>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     refill: Option<RefillIn>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     ratelimit: Option<RateLimitIn>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     environment: Option<String>,
 }
 
@@ -76,25 +92,34 @@ impl CreateKey {
 }
 
 /// The body of the older `POST /v1/keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyLegacyCreateKey)]
 pub(crate) struct LegacyCreateKey {
     api_id: String,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     prefix: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     name: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     byte_length: Option<u16>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     owner_id: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Object, nullable = false)]
     meta: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     expires: Option<i64>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     remaining: Option<i64>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     ratelimit: Option<RateLimitIn>,
 }
 
@@ -119,10 +144,14 @@ impl From<LegacyCreateKey> for CreateKey {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A new key: its id and the secret, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyCreatedKey)]
 struct Created {
+    /// The key's id.
     key_id: String,
+    /// The secret. It is not stored: keep it.
     key: String,
 }
 
@@ -139,6 +168,13 @@ async fn create(
     })
 }
 
+#[utoipa::path(post, path = "/v1/keys.createKey", operation_id = "keys.createKey", security(("rootKey" = [])),
+    request_body = CreateKey,
+    responses(
+        (status = 200, description = "The key's id and secret (shown once)", body = Created),
+        (status = 404, description = "No such api", body = UnkeyErrorBody),
+    )
+)]
 /// `POST /v1/keys.createKey`.
 pub(crate) async fn create_key(
     id: RequestId,
@@ -150,6 +186,13 @@ pub(crate) async fn create_key(
     reply(&id, create(&s, &auth, body).await)
 }
 
+#[utoipa::path(post, path = "/v1/keys", operation_id = "legacy.keys.create", security(("rootKey" = [])),
+    request_body = LegacyCreateKey,
+    responses(
+        (status = 200, description = "The key's id and secret (shown once)", body = Created),
+        (status = 404, description = "No such api", body = UnkeyErrorBody),
+    )
+)]
 /// `POST /v1/keys` (the older create).
 pub(crate) async fn legacy_create_key(
     id: RequestId,
@@ -163,28 +206,36 @@ pub(crate) async fn legacy_create_key(
 
 /// `authorization` of `keys.verifyKey`: the permission query is parsed by
 /// [`PermissionQuery::from_json`], whose errors name the field.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = UnkeyAuthorization)]
 pub(crate) struct Authorization {
+    /// A permission, or `{"and": [...]}` / `{"or": [...]}` of queries.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = PermissionQuery, nullable = false)]
     permissions: Option<Value>,
 }
 
 /// The body of `keys.verifyKey`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyVerifyKey)]
 pub(crate) struct VerifyKey {
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     api_id: Option<String>,
     key: String,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     authorization: Option<Authorization>,
 }
 
 /// The body of the older `POST /v1/keys/verify`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyLegacyVerifyKey)]
 pub(crate) struct LegacyVerifyKey {
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     api_id: Option<String>,
     key: String,
 }
@@ -214,6 +265,10 @@ async fn verify(
     }
 }
 
+#[utoipa::path(post, path = "/v1/keys.verifyKey", operation_id = "keys.verifyKey",
+    request_body = VerifyKey,
+    responses((status = 200, description = "The verification; `valid` says whether the key may be used, `code` why not", body = VerifyOut))
+)]
 /// `POST /v1/keys.verifyKey` (no root key needed).
 pub(crate) async fn verify_key(
     id: RequestId,
@@ -236,6 +291,10 @@ pub(crate) async fn verify_key(
     }
 }
 
+#[utoipa::path(post, path = "/v1/keys/verify", operation_id = "legacy.keys.verify",
+    request_body = LegacyVerifyKey,
+    responses((status = 200, description = "The verification", body = VerifyOut))
+)]
 /// `POST /v1/keys/verify` (the older verify; no root key needed).
 pub(crate) async fn legacy_verify_key(
     id: RequestId,
@@ -254,6 +313,10 @@ pub(crate) async fn legacy_verify_key(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/keys.getKey", operation_id = "keys.getKey", security(("rootKey" = [])),
+    params(("keyId" = String, Query, description = "The key")),
+    responses((status = 200, description = "The key", body = KeyOut), (status = 404, description = "No such key, or not visible to the root key", body = UnkeyErrorBody))
+)]
 /// `GET /v1/keys.getKey?keyId=`.
 pub(crate) async fn get_key(
     id: RequestId,
@@ -274,34 +337,59 @@ pub(crate) async fn get_key(
 /// The body of `keys.updateKey`: absent fields are kept, `null` clears the
 /// nullable ones. `roles`, `permissions` and `environment` are accepted
 /// beside the seed's fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyUpdateKey)]
 pub(crate) struct UpdateKey {
+    /// The key.
     key_id: String,
+    /// A new name, or `null` to clear it.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     name: Patch<String>,
+    /// A new owner, or `null` to clear it.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     owner_id: Patch<String>,
+    /// New metadata, or `null` to clear it.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     meta: Patch<Map<String, Value>>,
+    /// A new expiry (unix ms), or `null` for none.
     #[serde(default)]
+    #[schema(value_type = Option<i64>)]
     expires: Patch<i64>,
+    /// A new rate limit, or `null` for none.
     #[serde(default)]
+    #[schema(value_type = Option<RateLimitUpdate>)]
     ratelimit: Patch<RateLimitUpdate>,
+    /// New uses left, or `null` for unlimited.
     #[serde(default)]
+    #[schema(value_type = Option<i64>)]
     remaining: Patch<i64>,
+    /// A new refill policy, or `null` for none.
     #[serde(default)]
+    #[schema(value_type = Option<RefillIn>)]
     refill: Patch<RefillIn>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     roles: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     permissions: Option<Vec<String>>,
+    /// A new environment, or `null` to clear it.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     environment: Patch<String>,
 }
 
+#[utoipa::path(post, path = "/v1/keys.updateKey", operation_id = "keys.updateKey", security(("rootKey" = [])),
+    request_body = UpdateKey,
+    responses((status = 200, description = "Updated", body = super::Empty), (status = 404, description = "No such key, or not visible to the root key", body = UnkeyErrorBody))
+)]
 /// `POST /v1/keys.updateKey`.
 pub(crate) async fn update_key(
     id: RequestId,
@@ -335,20 +423,33 @@ pub(crate) async fn update_key(
 
 /// The body of `keys.updateRemaining`: `value` is required and nullable
 /// (`set` with `null` makes the key unlimited).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyUpdateRemaining)]
 pub(crate) struct UpdateRemaining {
+    /// The key.
     key_id: String,
+    /// `increment`, `decrement` or `set`.
     op: RemainingOp,
+    /// The amount, or `null` with `set` for unlimited.
     #[serde(default)]
+    #[schema(value_type = Option<i64>, required = true)]
     value: Patch<i64>,
 }
 
-#[derive(Debug, Serialize)]
+/// Uses left after `keys.updateRemaining`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = UnkeyRemaining)]
 struct Remaining {
+    /// Uses left, `null` for unlimited.
+    #[schema(required = true)]
     remaining: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/v1/keys.updateRemaining", operation_id = "keys.updateRemaining", security(("rootKey" = [])),
+    request_body = UpdateRemaining,
+    responses((status = 200, description = "The uses left", body = Remaining), (status = 404, description = "No such key, or not visible to the root key", body = UnkeyErrorBody))
+)]
 /// `POST /v1/keys.updateRemaining`.
 pub(crate) async fn update_remaining(
     id: RequestId,
@@ -379,12 +480,18 @@ pub(crate) async fn update_remaining(
 }
 
 /// The body of `keys.deleteKey`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyDeleteKey)]
 pub(crate) struct DeleteKey {
+    /// The key.
     key_id: String,
 }
 
+#[utoipa::path(post, path = "/v1/keys.deleteKey", operation_id = "keys.deleteKey", security(("rootKey" = [])),
+    request_body = DeleteKey,
+    responses((status = 200, description = "Deleted", body = super::Empty), (status = 404, description = "No such key, or not visible to the root key", body = UnkeyErrorBody))
+)]
 /// `POST /v1/keys.deleteKey`.
 pub(crate) async fn delete_key(
     id: RequestId,
@@ -400,11 +507,24 @@ pub(crate) async fn delete_key(
     reply(&id, run.await)
 }
 
-#[derive(Debug, Serialize)]
+/// Verification outcomes per day.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = UnkeyVerifications)]
 struct Verifications {
+    /// One entry per UTC day with verifications.
     verifications: Vec<maas_core::usage::VerificationDay>,
 }
 
+#[utoipa::path(get, path = "/v1/keys.getVerifications", operation_id = "keys.getVerifications", security(("rootKey" = [])),
+    params(
+        ("keyId" = Option<String>, Query, description = "The key (or `ownerId`)"),
+        ("ownerId" = Option<String>, Query, description = "Every key of this owner (or `keyId`)"),
+        ("start" = inline(Option<EmptyOrInteger>), Query, description = "From (unix ms); default 30 days before `end`"),
+        ("end" = inline(Option<EmptyOrInteger>), Query, description = "To (unix ms, inclusive); default now"),
+        ("granularity" = Option<String>, Query, description = "`day`, the only granularity", pattern = "^day$"),
+    ),
+    responses((status = 200, description = "Outcomes per day", body = Verifications), (status = 404, description = "No such key, or not visible to the root key", body = UnkeyErrorBody))
+)]
 /// `GET /v1/keys.getVerifications?keyId=&ownerId=&start=&end=&granularity=day`.
 pub(crate) async fn get_verifications(
     id: RequestId,

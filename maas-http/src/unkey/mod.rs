@@ -63,12 +63,16 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use maas_core::{Error, RateLimiter, RootKeys, UsageLedger};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use apis::MAX_LIST_LIMIT;
 pub use auth::Root;
+pub(crate) use error::UnkeyErrorBody;
 pub use error::{DOCS_BASE, Unkey, UnkeyCode, UnkeyError};
 
 use crate::common::{Dialect, HttpConfig, RequestId, with_common_layers};
@@ -148,28 +152,42 @@ impl UnkeyState {
 /// A JSON body whose problems are answered in Unkey's envelope.
 type Json<T> = crate::common::ApiJson<T, Unkey>;
 
+/// The routes and their OpenAPI operations, from the same `#[utoipa::path]`
+/// attributes: a route cannot be served undocumented, nor documented
+/// unserved.
+fn api() -> OpenApiRouter<Arc<UnkeyState>> {
+    OpenApiRouter::new()
+        .routes(routes!(liveness))
+        .routes(routes!(keys::create_key))
+        .routes(routes!(keys::verify_key))
+        .routes(routes!(keys::get_key))
+        .routes(routes!(keys::update_key))
+        .routes(routes!(keys::update_remaining))
+        .routes(routes!(keys::delete_key))
+        .routes(routes!(keys::get_verifications))
+        .routes(routes!(apis::create_api))
+        .routes(routes!(apis::get_api))
+        .routes(routes!(apis::list_keys))
+        .routes(routes!(apis::delete_api))
+        .routes(routes!(ratelimits::limit))
+        .routes(routes!(keys::legacy_create_key))
+        .routes(routes!(keys::legacy_verify_key))
+        .routes(routes!(apis::legacy_list_keys))
+}
+
 /// The key API over `state`, with the common layers applied.
 pub fn router(state: UnkeyState) -> Router {
     let config = state.config;
-    let routes = Router::new()
-        .route("/v1/liveness", get(liveness))
-        .route("/v1/keys.createKey", post(keys::create_key))
-        .route("/v1/keys.verifyKey", post(keys::verify_key))
-        .route("/v1/keys.getKey", get(keys::get_key))
-        .route("/v1/keys.updateKey", post(keys::update_key))
-        .route("/v1/keys.updateRemaining", post(keys::update_remaining))
-        .route("/v1/keys.deleteKey", post(keys::delete_key))
-        .route("/v1/keys.getVerifications", get(keys::get_verifications))
-        .route("/v1/apis.createApi", post(apis::create_api))
-        .route("/v1/apis.getApi", get(apis::get_api))
-        .route("/v1/apis.listKeys", get(apis::list_keys))
-        .route("/v1/apis.deleteApi", post(apis::delete_api))
-        .route("/v1/ratelimits.limit", post(ratelimits::limit))
-        .route("/v1/keys", post(keys::legacy_create_key))
-        .route("/v1/keys/verify", post(keys::legacy_verify_key))
-        .route("/v1/apis/{apiId}/keys", get(apis::legacy_list_keys))
-        .with_state(Arc::new(state));
+    let (routes, _) = api().split_for_parts();
+    let routes = routes.with_state(Arc::new(state));
     with_common_layers(routes, &config)
+}
+
+/// The OpenAPI operations of [`router`]'s routes (tag `unkey`).
+pub fn openapi() -> OpenApi {
+    let mut doc = api().into_openapi();
+    crate::openapi::finish_api(&mut doc, crate::openapi::UNKEY);
+    doc
 }
 
 /// A 404 `NOT_FOUND` in Unkey's envelope, for an embedder's fallback.
@@ -183,21 +201,35 @@ pub async fn fallback(id: RequestId) -> Response {
     .into_response()
 }
 
-#[derive(Serialize)]
+/// The service is up, and what serves each of Unkey's services.
+#[derive(Serialize, ToSchema)]
+#[schema(as = UnkeyLiveness)]
 struct Liveness {
+    /// `ok`.
     status: &'static str,
+    /// What serves each service.
     services: Services,
 }
 
-#[derive(Serialize)]
+/// What serves each of Unkey's services.
+#[derive(Serialize, ToSchema)]
+#[schema(as = UnkeyServices)]
 struct Services {
+    /// Metrics.
     metrics: &'static str,
+    /// Logging.
     logger: &'static str,
+    /// Rate limits.
     ratelimit: &'static str,
+    /// Usage limits.
     usagelimit: &'static str,
+    /// Analytics.
     analytics: &'static str,
 }
 
+#[utoipa::path(get, path = "/v1/liveness", operation_id = "liveness",
+    responses((status = 200, description = "The service is up", body = Liveness))
+)]
 /// `GET /v1/liveness`.
 async fn liveness(id: RequestId) -> Response {
     let body = Liveness {
@@ -237,7 +269,8 @@ fn reply<T: Serialize>(id: &RequestId, r: Result<T, Error>) -> Response {
 }
 
 /// The empty object of the routes that answer `{}`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = UnkeyEmpty)]
 struct Empty {}
 
 fn empty() -> Empty {

@@ -9,6 +9,33 @@ use maas_core::Error;
 use super::error::Unkey;
 use crate::common::{Dialect, RequestId};
 
+/// The schema of an integer query parameter that may be given empty, which
+/// is taken as absent (seed 004's nullable numbers: `offset`, `start`,
+/// `end`).
+#[derive(Debug)]
+pub(crate) struct EmptyOrInteger;
+
+impl utoipa::PartialSchema for EmptyOrInteger {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::KnownFormat;
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+        let integer = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)));
+        let empty = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(0))
+            .description(Some("empty: the same as absent"));
+        OneOfBuilder::new().item(integer).item(empty).into()
+    }
+}
+
+impl utoipa::ToSchema for EmptyOrInteger {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "UnkeyEmptyOrInteger".into()
+    }
+}
+
 /// The decoded query string of a request.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Params {

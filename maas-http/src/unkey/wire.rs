@@ -8,6 +8,7 @@ use maas_core::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 /// For optional fields that are not nullable: absent is `None` (with
 /// `#[serde(default)]`), `null` is refused as the wrong type.
@@ -46,10 +47,13 @@ pub(crate) fn key_id(s: &str) -> Result<KeyId, Error> {
 }
 
 /// A refill policy in a request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyRefill)]
 pub(crate) struct RefillIn {
+    /// How often.
     interval: RefillInterval,
+    /// The uses it sets `remaining` back to.
     amount: u64,
 }
 
@@ -65,13 +69,18 @@ impl From<RefillIn> for Refill {
 
 /// A per-key rate limit in `keys.createKey` and `POST /v1/keys`: `type`
 /// defaults to `fast`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyNewRateLimit)]
 pub(crate) struct RateLimitIn {
+    /// `fast` (default) or `consistent`.
     #[serde(rename = "type", default, deserialize_with = "present")]
     kind: Option<RateLimitKind>,
+    /// Burst capacity (at least 1).
     limit: u64,
+    /// Requests given back per interval (at least 1).
     refill_rate: u64,
+    /// The interval, in milliseconds.
     refill_interval: u64,
 }
 
@@ -87,13 +96,18 @@ impl From<RateLimitIn> for KeyRateLimit {
 }
 
 /// A per-key rate limit in `keys.updateKey`: `type` is required.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyRateLimitUpdate)]
 pub(crate) struct RateLimitUpdate {
+    /// `fast` or `consistent`.
     #[serde(rename = "type")]
     kind: RateLimitKind,
+    /// Burst capacity (at least 1).
     limit: u64,
+    /// Requests given back per interval (at least 1).
     refill_rate: u64,
+    /// The interval, in milliseconds.
     refill_interval: u64,
 }
 
@@ -108,52 +122,89 @@ impl From<RateLimitUpdate> for KeyRateLimit {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A key's refill policy.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyKeyRefill)]
 struct RefillOut {
+    /// How often.
     interval: RefillInterval,
+    /// The uses it sets `remaining` back to.
     amount: u64,
+    /// When it last refilled (unix ms).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     last_refill_at: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+/// A key's rate limit.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyKeyRateLimit)]
 struct KeyRateLimitOut {
+    /// `fast` or `consistent`.
     #[serde(rename = "type")]
     kind: RateLimitKind,
+    /// Burst capacity.
     limit: u64,
+    /// Requests given back per interval.
     refill_rate: u64,
+    /// The interval, in milliseconds.
     refill_interval: u64,
 }
 
 /// Seed 004's `Key`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyKey)]
 pub(crate) struct KeyOut<'a> {
+    /// The key's id.
     id: &'a str,
+    /// The prefix and first characters of the secret.
     start: &'a str,
+    /// The workspace.
     workspace_id: &'a str,
+    /// The api (keyspace) it belongs to.
     api_id: &'a str,
+    /// Its name.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     name: Option<&'a str>,
+    /// Its owner.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     owner_id: Option<&'a str>,
+    /// Free-form metadata.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, nullable = false)]
     meta: Option<&'a Map<String, Value>>,
+    /// When it was created (unix ms).
     created_at: i64,
+    /// When it was deleted (unix ms).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     deleted_at: Option<i64>,
+    /// When it expires (unix ms).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     expires: Option<i64>,
+    /// Uses left; absent for unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     remaining: Option<i64>,
+    /// Its refill policy.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     refill: Option<RefillOut>,
+    /// Its rate limit.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     ratelimit: Option<KeyRateLimitOut>,
+    /// Its roles.
     roles: &'a [String],
+    /// Its permissions.
     permissions: &'a [String],
+    /// Whether it verifies.
     enabled: bool,
 }
 
@@ -190,10 +241,15 @@ impl<'a> KeyOut<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// The state of a key's rate limit after a verification.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = UnkeyRateLimitState)]
 struct RateLimitStateOut {
+    /// Burst capacity.
     limit: u64,
+    /// Requests left.
     remaining: u64,
+    /// When the next requests come back (unix ms).
     reset: i64,
 }
 
@@ -217,33 +273,59 @@ pub(crate) enum VerifyShape {
 }
 
 /// Seed 004's `V1KeysVerifyKeyResponse` (and the older verify response).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = UnkeyVerification)]
 pub(crate) struct VerifyOut<'a> {
+    /// The key's id (absent for `NOT_FOUND` and `FORBIDDEN`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     key_id: Option<&'a str>,
+    /// Whether the key is valid.
     valid: bool,
+    /// The key's name.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     name: Option<&'a str>,
+    /// The key's owner.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     owner_id: Option<&'a str>,
+    /// The key's metadata.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, nullable = false)]
     meta: Option<&'a Map<String, Value>>,
+    /// When the key was created (unix ms; the older verify only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     created_at: Option<i64>,
+    /// When the key expires (unix ms).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     expires: Option<i64>,
+    /// The key's rate limit after this verification.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     ratelimit: Option<RateLimitStateOut>,
+    /// Uses left; absent for unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     remaining: Option<i64>,
+    /// Why the key is not valid (absent when it is).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = VerifyCode, nullable = false)]
     code: Option<&'static str>,
+    /// Whether the key is enabled (`keys.verifyKey` only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     enabled: Option<bool>,
+    /// The key's permissions (`keys.verifyKey` only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     permissions: Option<&'a [String]>,
+    /// The key's environment (`keys.verifyKey` only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     environment: Option<&'a str>,
 }
 
