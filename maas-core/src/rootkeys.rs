@@ -343,6 +343,8 @@ struct Inner {
     keyspace: tokio::sync::OnceCell<KeyspaceId>,
     /// The setting as last read while no root keyspace was known.
     absent: SnapshotCell<Option<KeyspaceId>>,
+    /// The user keyspace (`userkeys`), once known (it never changes).
+    user_keyspace: tokio::sync::OnceCell<KeyspaceId>,
 }
 
 impl RootKeys {
@@ -359,6 +361,7 @@ impl RootKeys {
                 clock,
                 keyspace: tokio::sync::OnceCell::new(),
                 absent: SnapshotCell::new(ABSENT_TTL),
+                user_keyspace: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -419,6 +422,28 @@ impl RootKeys {
     /// Whether `id` is the root keyspace.
     pub async fn is_root_keyspace(&self, id: &KeyspaceId) -> Result<bool> {
         Ok(self.existing_keyspace().await?.is_some_and(|r| r == id))
+    }
+
+    /// Whether `id` is a keyspace the Unkey API must not reach: the root
+    /// keyspace, or the user keyspace holding users' and tenants' keys
+    /// (managed through the MaaS and management APIs; deleting it through
+    /// `apis.deleteApi` would break both).
+    async fn is_internal_keyspace(&self, id: &KeyspaceId) -> Result<bool> {
+        if self.is_root_keyspace(id).await? {
+            return Ok(true);
+        }
+        if let Some(user) = self.inner.user_keyspace.get() {
+            return Ok(user == id);
+        }
+        let records = &*self.inner.keys.storage().records;
+        match catalog::setting_keyspace(records, crate::userkeys::USER_KEYSPACE_SETTING).await? {
+            Some(user) => {
+                let hidden = &user == id;
+                let _ = self.inner.user_keyspace.set(user);
+                Ok(hidden)
+            }
+            None => Ok(false),
+        }
     }
 
     // ----- root keys --------------------------------------------------------
@@ -568,7 +593,7 @@ impl RootKeys {
         id: &KeyspaceId,
     ) -> Result<Keyspace> {
         auth.require(action, Some(id.as_str()))?;
-        if self.is_root_keyspace(id).await? {
+        if self.is_internal_keyspace(id).await? {
             return Err(Error::not_found("keyspace", id.as_str()));
         }
         self.inner.keys.get_keyspace(id).await
@@ -583,7 +608,7 @@ impl RootKeys {
             return Err(forbidden(action, None));
         }
         let key = self.inner.keys.get(id).await?;
-        if self.is_root_keyspace(&key.keyspace_id).await? {
+        if self.is_internal_keyspace(&key.keyspace_id).await? {
             return Err(Error::not_found("key", id.as_str()));
         }
         auth.require(action, Some(key.keyspace_id.as_str()))?;

@@ -31,6 +31,7 @@ const ADMIN: &str = "admin-token-0123456789";
 struct Deployment {
     management: Router,
     unkey: Router,
+    user_keys: UserKeys,
 }
 
 fn deployment() -> Deployment {
@@ -39,6 +40,7 @@ fn deployment() -> Deployment {
     let keys = KeyService::new_with_clock(storage.clone(), KeyHasher::random(), clock.clone());
     let usage = UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone());
     let root_keys = RootKeys::new_with_clock(keys.clone(), clock.clone());
+    let user_keys = UserKeys::new_with_clock(keys.clone(), clock.clone());
     let services = ManagementServices {
         scheduling: Scheduling::new(
             storage.clone(),
@@ -47,7 +49,7 @@ fn deployment() -> Deployment {
         ),
         tiers: TierService::new_with_clock(storage.clone(), clock.clone()),
         models: ModelService::new_with_clock(storage.clone(), clock.clone()),
-        user_keys: UserKeys::new_with_clock(keys.clone(), clock.clone()),
+        user_keys: user_keys.clone(),
         usage: usage.clone(),
         mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
         root_keys: root_keys.clone(),
@@ -61,7 +63,11 @@ fn deployment() -> Deployment {
     let unkey = unkey::router(
         UnkeyState::new(root_keys, RateLimiter::new(storage), usage).with_admin_token(ADMIN),
     );
-    Deployment { management, unkey }
+    Deployment {
+        management,
+        unkey,
+        user_keys,
+    }
 }
 
 async fn post(r: &Router, path: &str, bearer: &str, body: Value) -> (StatusCode, Value) {
@@ -141,4 +147,55 @@ async fn a_root_key_from_the_management_api_drives_the_unkey_api() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// The keyspace of users' and tenants' keys is not an Unkey api: even the
+/// admin token cannot read its keys or delete it through the Unkey API
+/// (found by schemathesis: deleting it broke `/keys` and tenant keys).
+#[tokio::test]
+async fn the_user_keyspace_is_out_of_the_unkey_apis_reach() {
+    let d = deployment();
+    let (_, tenant) = post(
+        &d.management,
+        "/api/v1/tenants",
+        ADMIN,
+        json!({"name": "acme"}),
+    )
+    .await;
+    let tid = tenant["id"].as_str().unwrap();
+    let (status, key) = post(
+        &d.management,
+        &format!("/api/v1/tenants/{tid}/keys"),
+        ADMIN,
+        json!({"name": "k"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let ks = d.user_keys.keyspace().await.unwrap();
+
+    let (status, body) = post(
+        &d.unkey,
+        "/v1/apis.deleteApi",
+        ADMIN,
+        json!({"apiId": ks.as_str()}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = post(
+        &d.unkey,
+        "/v1/keys.deleteKey",
+        ADMIN,
+        json!({"keyId": key["key"]["id"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // Still there: the tenant can get another key.
+    let (status, _) = post(
+        &d.management,
+        &format!("/api/v1/tenants/{tid}/keys"),
+        ADMIN,
+        json!({"name": "k2"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
 }
