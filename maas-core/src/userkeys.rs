@@ -238,6 +238,18 @@ impl UserKeys {
     /// the key authenticates as that identity ([`Self::authenticate`]), so
     /// it gets the tier those groups map to. As [`Self::create`] otherwise.
     pub async fn create_for(&self, identity: &Identity, name: &str) -> Result<CreatedUserKey> {
+        self.create_by(&actor_of(&identity.user), identity, name)
+            .await
+    }
+
+    /// As [`Self::create_for`], audited as `actor` (an operator creating a
+    /// key for a tenant through the management API).
+    pub async fn create_by(
+        &self,
+        actor: &Actor,
+        identity: &Identity,
+        name: &str,
+    ) -> Result<CreatedUserKey> {
         let user = identity.user.as_str();
         check_user(user)?;
         check_name(name)?;
@@ -251,7 +263,7 @@ impl UserKeys {
             meta: Some(meta),
             ..NewKey::in_keyspace(keyspace)
         };
-        let created = match self.keys.create(&actor_of(user), new).await {
+        let created = match self.keys.create(actor, new).await {
             Ok(c) => c,
             Err(Error::Conflict { .. }) => {
                 return Err(Error::conflict(format!(

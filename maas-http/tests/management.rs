@@ -1017,3 +1017,124 @@ async fn bodies_quota_and_usage_parameters_are_checked() {
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
     }
 }
+
+/// Every mutating route leaves at least one audit event naming the admin.
+#[tokio::test]
+async fn every_mutation_route_is_audited() {
+    let a = app();
+    let audited = |a: &Router| {
+        let a = a.clone();
+        async move {
+            let r = call(&a, "GET", "/api/v1/audit?limit=1000", None).await;
+            r.body["data"].as_array().unwrap().len()
+        }
+    };
+    let tenant = call(&a, "POST", "/api/v1/tenants", Some(json!({"name": "t"})))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(audited(&a).await, 1);
+    let project = call(&a, "POST", "/api/v1/projects", Some(json!({"name": "p"})))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let steps: Vec<(&str, String, Value)> = vec![
+        (
+            "PATCH",
+            format!("/api/v1/tenants/{tenant}/weight"),
+            json!({"weight": 7}),
+        ),
+        (
+            "PUT",
+            format!("/api/v1/tenants/{tenant}/quota"),
+            json!({"tokens_per_minute": 9}),
+        ),
+        (
+            "POST",
+            "/api/v1/fairshare/groups".into(),
+            json!({"name": "g", "weight": 2}),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/tenants/{tenant}/group"),
+            json!({"group": "g"}),
+        ),
+        (
+            "PATCH",
+            "/api/v1/fairshare/groups/g/weight".into(),
+            json!({"weight": 3}),
+        ),
+        (
+            "PUT",
+            "/api/v1/capacity".into(),
+            json!({"max_in_flight": 5}),
+        ),
+        (
+            "POST",
+            format!("/api/v1/tenants/{tenant}/keys"),
+            json!({"name": "k"}),
+        ),
+        (
+            "POST",
+            "/api/v1/tiers".into(),
+            json!({"name": "x", "level": 1, "groups": ["x"], "requests_per_minute": 1, "tokens_per_minute": 1, "models": ["*"]}),
+        ),
+        ("PUT", "/api/v1/tiers/x".into(), json!({"level": 2})),
+        (
+            "POST",
+            "/api/v1/models".into(),
+            json!({"id": "m", "url": "http://127.0.0.1:1"}),
+        ),
+        ("PUT", "/api/v1/models/m".into(), json!({"name": "M"})),
+        (
+            "PUT",
+            "/api/v1/models/m/cache".into(),
+            json!({"enabled": true}),
+        ),
+        (
+            "POST",
+            "/api/v1/mcp-servers".into(),
+            json!({"name": "s", "url": "http://127.0.0.1:2"}),
+        ),
+        (
+            "POST",
+            "/api/v1/root-keys".into(),
+            json!({"name": "r", "permissions": ["api.*.read_key"]}),
+        ),
+        (
+            "PUT",
+            format!("/api/v1/projects/{project}"),
+            json!({"description": "d"}),
+        ),
+        (
+            "POST",
+            format!("/api/v1/projects/{project}/api-keys"),
+            json!({"name": "pk"}),
+        ),
+        ("DELETE", "/api/v1/tiers/x".into(), Value::Null),
+        ("DELETE", "/api/v1/models/m".into(), Value::Null),
+        ("DELETE", format!("/api/v1/projects/{project}"), Value::Null),
+    ];
+    for (method, path, body) in steps {
+        let before = audited(&a).await;
+        let body = (!body.is_null()).then_some(body);
+        let r = call(&a, method, &path, body).await;
+        assert!(r.status.is_success(), "{method} {path}: {}", r.body);
+        assert!(
+            audited(&a).await > before,
+            "{method} {path} left no audit event"
+        );
+    }
+    let r = call(&a, "GET", "/api/v1/audit?limit=1000", None).await;
+    for e in r.body["data"].as_array().unwrap() {
+        assert!(e["actor"] == "admin" || e["actor"] == "system", "{e}");
+        assert!(
+            e["action"].is_string() && e["target_kind"].is_string() && e["target_id"].is_string()
+        );
+        assert!(e["at"].is_number(), "{e}");
+    }
+}

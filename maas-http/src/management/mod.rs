@@ -965,7 +965,11 @@ async fn create_tenant_key(
     let tenant = s.scheduling.tenants().get(&tid).await.map_err(fail(&id))?;
     let k = s
         .user_keys
-        .create(&tenant.name, &body.0.name)
+        .create_by(
+            &admin_actor(),
+            &maas_core::identity::Identity::new(tenant.name.as_str(), Vec::<String>::new()),
+            &body.0.name,
+        )
         .await
         .map_err(fail(&id))?;
     let record = s
