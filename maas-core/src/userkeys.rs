@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Actor, AuditEvent};
+use crate::audit::Actor;
 use crate::catalog;
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
@@ -38,12 +38,6 @@ pub const USER_KEYSPACE_NAME: &str = "user keys";
 pub const GROUPS_META: &str = "groups";
 /// The longest user name and key name, in bytes.
 pub const MAX_USER_KEY_NAME: usize = 256;
-
-/// The body of the `user_keyspace` setting.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct UserKeyspaceSetting {
-    keyspace_id: KeyspaceId,
-}
 
 /// A user's key as listed: never the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,16 +134,7 @@ impl UserKeys {
     }
 
     async fn stored_keyspace(&self) -> Result<Option<KeyspaceId>> {
-        let records = &self.keys.storage().records;
-        match records
-            .get_record(SETTING_KIND, USER_KEYSPACE_SETTING)
-            .await?
-        {
-            Some(r) => Ok(Some(
-                catalog::from_record::<UserKeyspaceSetting>(&r)?.keyspace_id,
-            )),
-            None => Ok(None),
-        }
+        catalog::setting_keyspace(&*self.keys.storage().records, USER_KEYSPACE_SETTING).await
     }
 
     /// The user keyspace if it exists (never creates it).
@@ -175,55 +160,17 @@ impl UserKeys {
     }
 
     async fn resolve_keyspace(&self) -> Result<KeyspaceId> {
-        if let Some(id) = self.stored_keyspace().await? {
-            return Ok(id);
-        }
-        let actor = Actor::system();
-        let ks = self
-            .keys
-            .create_keyspace(
-                &actor,
-                NewKeyspace {
-                    name: USER_KEYSPACE_NAME.to_owned(),
-                    prefix: Some(USER_KEY_PREFIX.to_owned()),
-                    default_byte_length: None,
-                },
-            )
-            .await?;
-        let now = self.clock.now();
-        let setting = UserKeyspaceSetting {
-            keyspace_id: ks.id.clone(),
-        };
-        let record =
-            catalog::to_record(SETTING_KIND, USER_KEYSPACE_SETTING, &setting, now, now, 1)?;
-        let audit = AuditEvent::new(
-            now,
-            &actor,
-            "setting.create",
-            SETTING_KIND,
+        catalog::ensure_setting_keyspace(
+            &self.keys,
             USER_KEYSPACE_SETTING,
-            None,
-            Some(record.body.clone()),
-        );
-        match self
-            .keys
-            .storage()
-            .records
-            .create_record(&record, audit)
-            .await
-        {
-            Ok(()) => Ok(ks.id),
-            Err(e) => {
-                // Ours is unused: another node won the race, or the write failed.
-                let _ = self.keys.delete_keyspace(&actor, &ks.id).await;
-                match e {
-                    Error::Conflict { .. } => self.stored_keyspace().await?.ok_or_else(|| {
-                        Error::internal("the user keyspace setting vanished while created")
-                    }),
-                    e => Err(e),
-                }
-            }
-        }
+            NewKeyspace {
+                name: USER_KEYSPACE_NAME.to_owned(),
+                prefix: Some(USER_KEY_PREFIX.to_owned()),
+                default_byte_length: None,
+            },
+            self.clock.now(),
+        )
+        .await
     }
 
     /// Creates a key named `name` for `user`. The secret is in the result
