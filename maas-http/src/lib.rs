@@ -23,6 +23,7 @@ pub mod common;
 pub mod maas_api;
 pub mod management;
 pub mod openapi;
+pub mod openai;
 mod strict;
 pub mod unkey;
 
