@@ -563,6 +563,17 @@ impl AdmissionLimits {
         if let Some(cap) = tier.max_tokens_per_request {
             output = output.min(cap);
         }
+        let quota = self.tenant_quota(req.tenant, now).await?;
+        // Never reserve more output than a whole minute of the tightest
+        // tokens limit leaves after the prompt: the request is served with
+        // that as its `max_tokens` (the free tier's 100 tokens/min would
+        // otherwise refuse every request asking for 100 tokens). A prompt
+        // that alone exceeds the limit is refused as never fitting.
+        for limit in std::iter::once(tier.tokens_per_minute).chain(quota) {
+            if req.prompt_tokens < limit {
+                output = output.min(limit - req.prompt_tokens);
+            }
+        }
         let output = output.max(1);
         let tokens = req.prompt_tokens.saturating_add(output);
         let minute = |limit: u64| {
@@ -585,7 +596,7 @@ impl AdmissionLimits {
             spec: minute(tier.tokens_per_minute.max(1)),
             cost: tokens,
         });
-        if let Some(quota) = self.tenant_quota(req.tenant, now).await? {
+        if let Some(quota) = quota {
             kinds.push(LimitKind::TenantTokens);
             ops.push(LimitOp {
                 id: format!("quota\x1f{}", req.tenant),

@@ -288,6 +288,12 @@ impl UserKeys {
     /// `maas_` prefix); a user key that does not verify (unknown, deleted,
     /// disabled, expired) is [`Error::Unauthenticated`].
     pub async fn authenticate(&self, credential: &str) -> Result<Option<Identity>> {
+        Ok(self.authenticate_key(credential).await?.map(|(i, _)| i))
+    }
+
+    /// As [`Self::authenticate`], with the id of the key that authenticated
+    /// (usage and key budgets are counted by it).
+    pub async fn authenticate_key(&self, credential: &str) -> Result<Option<(Identity, KeyId)>> {
         let Some(rest) = credential.strip_prefix(USER_KEY_PREFIX) else {
             return Ok(None);
         };
@@ -338,6 +344,7 @@ impl UserKeys {
             _ => return Err(invalid()),
         }
         let user = v.owner_id().ok_or_else(invalid)?.to_owned();
+        let key_id = v.key_id().ok_or_else(invalid)?.clone();
         let groups = v
             .meta()
             .and_then(|m| m.get(GROUPS_META))
@@ -348,7 +355,7 @@ impl UserKeys {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Some(Identity { user, groups }))
+        Ok(Some((Identity { user, groups }, key_id)))
     }
 }
 

@@ -210,6 +210,24 @@ pub async fn admission_denials_name_the_limit(storage: Storage, clock: ManualClo
     assert_eq!(d.kind, LimitKind::Tokens);
     assert!(!d.retryable);
 
+    // Output asked beyond what a whole minute leaves after the prompt is
+    // capped to it (and forwarded upstream as max_tokens), not refused.
+    let r = l
+        .reserve(&req("erin", &t, 900, Some(500)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.max_output_tokens(), 100);
+    assert_eq!(r.reserved_tokens(), 1000);
+    r.release().await.unwrap();
+    let r = l
+        .reserve(&req("erin", &t, 950, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.max_output_tokens(), 50, "the default is capped too");
+    r.release().await.unwrap();
+
     // The tenant's own quota, read from its record.
     let tenants = TenantService::new_with_clock(storage.clone(), Arc::new(clock.clone()));
     tenants
