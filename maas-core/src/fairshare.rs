@@ -804,6 +804,13 @@ impl FairShare {
         }
     }
 
+    /// Requests holding a slot and requests waiting, without the per-tenant
+    /// detail of [`Self::snapshot`] (cheap enough for every request).
+    pub fn counts(&self) -> (usize, usize) {
+        let st = self.shared.lock();
+        (st.in_flight, st.queued)
+    }
+
     /// A live view: totals, and every group and tenant (sorted by name).
     pub fn snapshot(&self) -> Snapshot {
         let st = self.shared.lock();

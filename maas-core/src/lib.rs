@@ -21,6 +21,7 @@ pub mod clock;
 pub mod counter;
 pub mod error;
 pub mod fairshare;
+pub mod gateway;
 pub mod id;
 pub mod identity;
 pub mod key;
@@ -55,6 +56,9 @@ pub use error::{Error, Result};
 pub use fairshare::{
     Admission, FairShare, FairShareConfig, GroupSnapshot, OutputCharging, Permit, RejectReason,
     Rejected, Request, Snapshot, TenantSnapshot, Waiting,
+};
+pub use gateway::{
+    Admitted, CachedAnswer, Caller, Completion, Gateway, GatewayServices, InferenceRequest, Refused,
 };
 pub use id::{KeyId, KeyspaceId, TenantId};
 pub use identity::{Authenticator, Chain, Identity, StaticTokens};

@@ -22,8 +22,8 @@
 pub mod common;
 pub mod maas_api;
 pub mod management;
-pub mod openapi;
 pub mod openai;
+pub mod openapi;
 mod strict;
 pub mod unkey;
 

@@ -16,6 +16,7 @@
 
 mod admission;
 mod catalog;
+mod gateway;
 mod keys;
 mod limits;
 mod probe;
@@ -39,6 +40,7 @@ use crate::storage::Storage;
 
 pub use admission::*;
 pub use catalog::*;
+pub use gateway::*;
 pub use keys::*;
 pub use limits::*;
 pub use probe::{Probe, ProbeCounts};
@@ -98,6 +100,10 @@ scenarios!($;
     admission_budgets,
     admission_concurrent_holds_are_exact,
     scheduling_groups_capacity_tenants,
+    gateway_authenticate_admit_complete,
+    gateway_drop_and_failure_leak_nothing,
+    gateway_queue_refusals_release,
+    gateway_response_cache,
     records_lifecycle,
     records_update_is_optimistic,
     tokens_key_ring_is_persisted_and_shared,

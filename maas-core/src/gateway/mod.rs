@@ -1,0 +1,583 @@
+//! The per-request path of an inference gateway, in three calls:
+//!
+//! 1. [`Gateway::authenticate`]: a bearer credential (a maas token, an
+//!    identity token or a user's API key) becomes a [`Caller`]: who, at which
+//!    tier, with which key. The caller is served as the tenant of its user
+//!    name, created on first use (default weight, default group) so
+//!    operators can set its weight, group and quota later.
+//! 2. [`Gateway::admit`]: the model must exist and be in the caller's tier;
+//!    the request's tokens are reserved against every limit (all or none);
+//!    a repeated non-streaming request may be answered from the response
+//!    cache; otherwise the request waits (bounded) for a fair-share slot.
+//! 3. [`Admitted::complete`]: the actual usage reconciles the reservation,
+//!    charges fair share, frees the slot and is recorded in the usage
+//!    ledger. An [`Admitted`] dropped without completing (the client went
+//!    away, the task was cancelled) does the same with the output counted
+//!    so far, marked estimated and cancelled: nothing leaks.
+//!
+//! `maas-http`'s tower layer and gateway router are built on these calls;
+//! a gateway that is not tower-based (Pingora, hyper directly) calls them
+//! itself (see `examples/embed_core.rs`).
+
+mod cache;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+pub use cache::{CacheKey, MAX_CACHED_BODY, ResponseCache};
+
+use crate::admission::{
+    ActualUsage, AdmissionLimits, AdmissionRequest, Denied, RateHeaders, Reservation,
+};
+use crate::audit::Actor;
+use crate::clock::{SharedClock, Timestamp};
+use crate::error::{Error, Result};
+use crate::fairshare::{FairShare, Permit, Rejected, Request};
+use crate::id::KeyId;
+use crate::identity::{Authenticator, Identity};
+use crate::model::{Model, ModelService};
+use crate::scheduling::Scheduling;
+use crate::tenant::NewTenant;
+use crate::tier::{Tier, TierService};
+use crate::usage::{CacheOutcome, RequestOutcome, UsageLedger, UsageRecord};
+use crate::userkeys::UserKeys;
+
+/// The message of a 403 for a model outside the caller's tier (seed 002).
+pub const ACCESS_DENIED: &str = "Insufficient permissions for this model";
+
+/// What a [`Gateway`] is made of.
+#[derive(Debug, Clone)]
+pub struct GatewayServices {
+    /// Identity credentials: maas tokens, OIDC tokens, configured tokens.
+    pub identity: Arc<dyn Authenticator>,
+    /// Users' API keys (`maas_…`), tried first; `None` accepts none.
+    pub user_keys: Option<UserKeys>,
+    /// Tiers, resolved from the caller's groups.
+    pub tiers: TierService,
+    /// The model catalog.
+    pub models: ModelService,
+    /// Rate limits, quotas and budgets.
+    pub admission: AdmissionLimits,
+    /// Fair share, and the tenants created on first use.
+    pub scheduling: Scheduling,
+    /// Where usage is recorded; `None` records nothing.
+    pub usage: Option<UsageLedger>,
+}
+
+/// The per-request path (see the [module](self) docs). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    services: GatewayServices,
+    clock: SharedClock,
+    cache: ResponseCache,
+    /// Tenants known to exist in the store (so first use is checked once).
+    known_tenants: Mutex<HashSet<String>>,
+    /// Settlements of dropped requests still running in the background.
+    settling: AtomicUsize,
+    settled: Notify,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller {
+    /// Who (for an API key: its owner, with the groups of its creation).
+    pub identity: Identity,
+    /// The tier their groups resolve to.
+    pub tier: Arc<Tier>,
+    /// The API key used, if the credential was one.
+    pub key_id: Option<KeyId>,
+}
+
+impl Caller {
+    /// The tenant served: the identity's user name.
+    pub fn tenant(&self) -> &str {
+        &self.identity.user
+    }
+}
+
+/// An inference request, as admission needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferenceRequest<'a> {
+    /// The model id asked for.
+    pub model: &'a str,
+    /// Estimated prompt tokens (see
+    /// [`estimate_prompt_tokens`](crate::admission::estimate_prompt_tokens)).
+    pub prompt_tokens: u64,
+    /// The client's `max_tokens`, if any.
+    pub max_tokens: Option<u64>,
+    /// The response-cache key, for requests that may be answered from the
+    /// cache (non-streaming ones); `None` bypasses the cache.
+    pub cache_key: Option<CacheKey>,
+}
+
+/// Why a request was not admitted, in a way worth telling the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// A rate limit, quota or budget (429 with `Retry-After`).
+    Limit(Denied),
+    /// The fair-share queue was full or the wait timed out (429 or 503).
+    Queue {
+        /// The scheduler's answer.
+        rejected: Rejected,
+        /// The caller's x-ratelimit values (its reservation was released).
+        headers: RateHeaders,
+    },
+}
+
+/// An admitted request: answered from the cache, or holding a slot.
+#[derive(Debug)]
+pub enum Admission {
+    /// Run it upstream, then [`Admitted::complete`].
+    Admitted(Box<Admitted>),
+    /// The response cache had the answer; it is already accounted for.
+    Cached(CachedAnswer),
+}
+
+/// An answer from the response cache.
+#[derive(Debug, Clone)]
+pub struct CachedAnswer {
+    /// The cached response body.
+    pub body: Arc<[u8]>,
+    /// The x-ratelimit values.
+    pub headers: RateHeaders,
+    /// The model.
+    pub model: Arc<Model>,
+}
+
+/// What a request used, when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Prompt tokens served from the upstream's prompt cache.
+    pub cached_tokens: u64,
+    /// Whether the counts are estimates (the upstream reported none).
+    pub estimated: bool,
+    /// How it ended. [`RequestOutcome::Error`] gives the whole reservation
+    /// back (the upstream failed: the caller is not charged).
+    pub outcome: RequestOutcome,
+}
+
+impl Completion {
+    /// A successful request that used these tokens, as the upstream reported.
+    pub fn success(input_tokens: u64, output_tokens: u64) -> Self {
+        Completion {
+            input_tokens,
+            output_tokens,
+            cached_tokens: 0,
+            estimated: false,
+            outcome: RequestOutcome::Success,
+        }
+    }
+
+    /// A request that failed upstream before producing anything.
+    pub fn failed() -> Self {
+        Completion {
+            input_tokens: 0,
+            output_tokens: 0,
+            cached_tokens: 0,
+            estimated: false,
+            outcome: RequestOutcome::Error,
+        }
+    }
+}
+
+impl Gateway {
+    /// A gateway over `services`, timing with `clock`.
+    pub fn new(services: GatewayServices, clock: SharedClock) -> Self {
+        Gateway {
+            inner: Arc::new(Inner {
+                services,
+                clock,
+                cache: ResponseCache::new(),
+                known_tenants: Mutex::new(HashSet::new()),
+                settling: AtomicUsize::new(0),
+                settled: Notify::new(),
+            }),
+        }
+    }
+
+    /// The services it runs on.
+    pub fn services(&self) -> &GatewayServices {
+        &self.inner.services
+    }
+
+    /// The fair-share scheduler.
+    pub fn fair_share(&self) -> &FairShare {
+        self.inner.services.scheduling.fairshare()
+    }
+
+    /// The response cache.
+    pub fn cache(&self) -> &ResponseCache {
+        &self.inner.cache
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// Authenticates `credential` (the bearer token) and resolves the
+    /// caller's tier. Invalid credentials are [`Error::Unauthenticated`]; a
+    /// caller whose groups map to no tier is [`Error::Forbidden`]; an API
+    /// key out of uses or rate-limited is [`Error::QuotaExceeded`] or
+    /// [`Error::RateLimited`].
+    pub async fn authenticate(&self, credential: &str) -> Result<Caller> {
+        let s = &self.inner.services;
+        let mut found = None;
+        if let Some(keys) = &s.user_keys {
+            found = keys.authenticate_key(credential).await?;
+        }
+        let (identity, key_id) = match found {
+            Some((identity, key)) => (identity, Some(key)),
+            None => match s.identity.authenticate(credential).await? {
+                Some(identity) => (identity, None),
+                None => {
+                    return Err(Error::Unauthenticated {
+                        reason: "credential not recognized".into(),
+                    });
+                }
+            },
+        };
+        let tier = match s.tiers.lookup(&identity.groups).await {
+            Ok(t) => t,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::Forbidden {
+                    reason: "no tier is mapped to your groups".into(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        self.ensure_tenant(&identity.user).await?;
+        Ok(Caller {
+            identity,
+            tier,
+            key_id,
+        })
+    }
+
+    /// Creates tenant `name` on its first use (default weight and group).
+    async fn ensure_tenant(&self, name: &str) -> Result<()> {
+        let known = |k: &Mutex<HashSet<String>>| {
+            k.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(name)
+        };
+        if known(&self.inner.known_tenants) {
+            return Ok(());
+        }
+        let scheduling = &self.inner.services.scheduling;
+        match scheduling.tenants().get_by_name(name).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                let new = NewTenant {
+                    name: name.to_owned(),
+                    ..NewTenant::default()
+                };
+                match scheduling.create_tenant(&Actor::system(), new).await {
+                    // Created by a concurrent first request: as good.
+                    Ok(_) | Err(Error::Conflict { .. }) => {}
+                    // A name the catalog cannot hold (too long, control
+                    // characters): served with fair share's defaults,
+                    // without a record to configure.
+                    Err(Error::InvalidInput { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.inner
+            .known_tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned());
+        Ok(())
+    }
+
+    /// Admits `req` of `caller`: model and access, limits, the response
+    /// cache, then a fair-share slot (waiting at most the scheduler's queue
+    /// timeout). `Ok(Err(refused))` is a limit or the queue saying no; a
+    /// model that does not exist is [`Error::NotFound`], one outside the
+    /// tier [`Error::Forbidden`] ([`ACCESS_DENIED`]), one not ready
+    /// [`Error::Unavailable`].
+    pub async fn admit(
+        &self,
+        caller: &Caller,
+        req: &InferenceRequest<'_>,
+    ) -> Result<Result<Admission, Refused>> {
+        let s = &self.inner.services;
+        let model = s.models.get_cached(req.model).await?;
+        if !model.usable_by(&caller.tier) {
+            return Err(Error::Forbidden {
+                reason: ACCESS_DENIED.into(),
+            });
+        }
+        if !model.ready {
+            return Err(Error::unavailable(
+                format!("model '{}' is not ready", model.id),
+                true,
+            ));
+        }
+        let key_id = caller.key_id.as_ref().map(|k| k.to_string());
+        let reservation = match s
+            .admission
+            .reserve(&AdmissionRequest {
+                tenant: caller.tenant(),
+                key_id: key_id.as_deref(),
+                tier: &caller.tier,
+                pricing: model.pricing.as_ref(),
+                prompt_tokens: req.prompt_tokens,
+                max_tokens: req.max_tokens,
+            })
+            .await?
+        {
+            Ok(r) => r,
+            Err(denied) => return Ok(Err(Refused::Limit(denied))),
+        };
+        let headers = *reservation.headers();
+        let cache_key = req.cache_key.filter(|_| model.cache.enabled);
+        if let Some(key) = &cache_key {
+            let hit = self
+                .inner
+                .cache
+                .get(&model.id, &model.cache, key, self.now());
+            if let Some(body) = hit {
+                // Served without the upstream: the request counts, its
+                // tokens are given back.
+                reservation.reconcile(ActualUsage::default()).await?;
+                self.record(&UsageRecord {
+                    key_id,
+                    cache: Some(CacheOutcome::Hit),
+                    pricing: model.pricing.clone(),
+                    ..UsageRecord::new(self.now(), caller.tenant(), &model.id)
+                });
+                return Ok(Ok(Admission::Cached(CachedAnswer {
+                    body,
+                    headers,
+                    model,
+                })));
+            }
+        }
+        let started = Instant::now();
+        let ask = Request::new(
+            caller.tenant(),
+            req.prompt_tokens,
+            reservation.max_output_tokens(),
+        );
+        let permit = match self.fair_share().acquire(ask).await {
+            Ok(p) => p,
+            Err(rejected) => {
+                reservation.release().await?;
+                return Ok(Err(Refused::Queue { rejected, headers }));
+            }
+        };
+        Ok(Ok(Admission::Admitted(Box::new(Admitted {
+            gateway: self.clone(),
+            tenant: caller.tenant().to_owned(),
+            key_id,
+            model,
+            reservation: Some(reservation),
+            permit: Some(permit),
+            prompt_tokens: req.prompt_tokens,
+            output_seen: 0,
+            queue_wait: started.elapsed(),
+            cache_key,
+            headers,
+        }))))
+    }
+
+    /// Waits until the reservations of dropped requests, settled in the
+    /// background, are all settled (before shutting down, or in tests).
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.inner.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.settling.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn record(&self, r: &UsageRecord) {
+        if let Some(ledger) = &self.inner.services.usage {
+            // A record the ledger refuses (an over-long name) is not worth
+            // failing a served request for.
+            let _ = ledger.record(r);
+        }
+    }
+}
+
+/// A request holding its reservation and its fair-share slot. Complete it
+/// with [`Self::complete`]; dropping it completes it as cancelled with the
+/// output reported so far (see the [module](self) docs).
+#[derive(Debug)]
+pub struct Admitted {
+    gateway: Gateway,
+    tenant: String,
+    key_id: Option<String>,
+    model: Arc<Model>,
+    reservation: Option<Reservation>,
+    permit: Option<Permit>,
+    prompt_tokens: u64,
+    output_seen: u64,
+    queue_wait: Duration,
+    cache_key: Option<CacheKey>,
+    headers: RateHeaders,
+}
+
+impl Admitted {
+    /// The model (its upstream, pricing, cache settings).
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The tenant served.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The most output tokens the request may produce (forward it upstream
+    /// as `max_tokens`).
+    pub fn max_output_tokens(&self) -> u64 {
+        self.reservation
+            .as_ref()
+            .map_or(0, Reservation::max_output_tokens)
+    }
+
+    /// The estimated prompt tokens admitted.
+    pub fn prompt_tokens(&self) -> u64 {
+        self.prompt_tokens
+    }
+
+    /// The x-ratelimit values after admission.
+    pub fn headers(&self) -> &RateHeaders {
+        &self.headers
+    }
+
+    /// How long the request waited for its slot.
+    pub fn queue_wait(&self) -> Duration {
+        self.queue_wait
+    }
+
+    /// Whether the answer may be stored in the response cache
+    /// ([`Self::cache_answer`]).
+    pub fn cacheable(&self) -> bool {
+        self.cache_key.is_some()
+    }
+
+    /// Output tokens reported so far with [`Self::record_output`].
+    pub fn output_tokens(&self) -> u64 {
+        self.output_seen
+    }
+
+    /// Reports `tokens` more output while the answer streams: fair share is
+    /// charged as it goes, and a request dropped midway is accounted with
+    /// what was reported.
+    pub fn record_output(&mut self, tokens: u64) {
+        self.output_seen = self.output_seen.saturating_add(tokens);
+        if let Some(p) = &mut self.permit {
+            p.record_output(tokens);
+        }
+    }
+
+    /// Keeps `body` as the answer to this request in the response cache, if
+    /// it is cacheable.
+    pub fn cache_answer(&self, body: Arc<[u8]>) {
+        if let Some(key) = self.cache_key {
+            let now = self.gateway.now();
+            self.gateway
+                .inner
+                .cache
+                .put(&self.model.id, &self.model.cache, key, body, now);
+        }
+    }
+
+    /// Completes the request: reconciles its reservation with `done` (or
+    /// releases it, for an error), charges fair share, frees the slot and
+    /// records the usage.
+    pub async fn complete(mut self, done: Completion) -> Result<()> {
+        let reservation = self.finish(&done);
+        match reservation {
+            Some(r) if done.outcome == RequestOutcome::Error => r.release().await,
+            Some(r) => {
+                r.reconcile(ActualUsage {
+                    input_tokens: done.input_tokens,
+                    output_tokens: done.output_tokens,
+                })
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Frees the slot, records usage; gives the reservation back to settle.
+    fn finish(&mut self, done: &Completion) -> Option<Reservation> {
+        if let Some(mut p) = self.permit.take() {
+            p.set_input_tokens(done.input_tokens);
+            p.finish(done.output_tokens);
+        }
+        let reservation = self.reservation.take()?;
+        self.gateway.record(&UsageRecord {
+            key_id: self.key_id.clone(),
+            input_tokens: done.input_tokens,
+            output_tokens: done.output_tokens,
+            cached_tokens: done.cached_tokens,
+            outcome: done.outcome,
+            estimated: done.estimated,
+            cache: self.cache_key.map(|_| CacheOutcome::Miss),
+            pricing: self.model.pricing.clone(),
+            ..UsageRecord::new(self.gateway.now(), &self.tenant, &self.model.id)
+        });
+        Some(reservation)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.reservation.is_none() {
+            return;
+        }
+        let done = Completion {
+            input_tokens: self.prompt_tokens,
+            output_tokens: self.output_seen,
+            cached_tokens: 0,
+            estimated: true,
+            outcome: RequestOutcome::Cancelled,
+        };
+        let Some(r) = self.finish(&done) else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                let inner = Arc::clone(&self.gateway.inner);
+                inner.settling.fetch_add(1, Ordering::AcqRel);
+                h.spawn(async move {
+                    // A store failure here loses a give-back, never a charge
+                    // beyond the reservation.
+                    let _ = r
+                        .reconcile(ActualUsage {
+                            input_tokens: done.input_tokens,
+                            output_tokens: done.output_tokens,
+                        })
+                        .await;
+                    inner.settling.fetch_sub(1, Ordering::AcqRel);
+                    inner.settled.notify_waiters();
+                });
+            }
+            // No runtime: the reservation releases itself as it can.
+            Err(_) => drop(r),
+        }
+    }
+}
