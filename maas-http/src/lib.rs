@@ -20,8 +20,10 @@
 #![forbid(unsafe_code)]
 
 pub mod common;
+pub mod gateway;
 pub mod maas_api;
 pub mod management;
+pub mod metrics;
 pub mod openai;
 pub mod openapi;
 mod strict;

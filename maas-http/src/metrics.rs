@@ -1,0 +1,106 @@
+//! Gateway metrics, through the `metrics` facade: whatever recorder the
+//! embedder installs receives them. [`prometheus`] installs a Prometheus
+//! recorder (once per process) and [`router`] serves its text at
+//! `GET /metrics` (the example server mounts it on the admin listener,
+//! behind the admin token).
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `maas_requests_total` | counter | `model`, `status` |
+//! | `maas_key_verifications_total` | counter | `code` |
+//! | `maas_admission_wait_seconds` | histogram | |
+//! | `maas_in_flight` | gauge | |
+//! | `maas_queued` | gauge | |
+//! | `maas_tokens_total` | counter | `model`, `direction` (`in`, `out`) |
+//! | `maas_upstream_latency_seconds` | histogram | `model` |
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Inference requests answered, by model and HTTP status.
+pub const REQUESTS: &str = "maas_requests_total";
+/// API-key verifications, by code (`VALID`, `NOT_FOUND`, ...).
+pub const VERIFICATIONS: &str = "maas_key_verifications_total";
+/// Time waited for a fair-share slot, in seconds.
+pub const ADMISSION_WAIT: &str = "maas_admission_wait_seconds";
+/// Requests holding a fair-share slot.
+pub const IN_FLIGHT: &str = "maas_in_flight";
+/// Requests waiting for a fair-share slot.
+pub const QUEUED: &str = "maas_queued";
+/// Tokens, by model and direction (`in`: prompt, `out`: completion).
+pub const TOKENS: &str = "maas_tokens_total";
+/// Time from forwarding a request upstream to its response head, in seconds.
+pub const UPSTREAM_LATENCY: &str = "maas_upstream_latency_seconds";
+
+/// Histogram buckets, in seconds: 100 µs to 60 s.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(REQUESTS, "Inference requests answered, by model and status");
+    describe_counter!(VERIFICATIONS, "API-key verifications, by code");
+    describe_histogram!(
+        ADMISSION_WAIT,
+        Unit::Seconds,
+        "Time waited for a fair-share slot"
+    );
+    describe_gauge!(IN_FLIGHT, "Requests holding a fair-share slot");
+    describe_gauge!(QUEUED, "Requests waiting for a fair-share slot");
+    describe_counter!(TOKENS, "Tokens by model and direction (in, out)");
+    describe_histogram!(
+        UPSTREAM_LATENCY,
+        Unit::Seconds,
+        "Time to the upstream's response head"
+    );
+}
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first call as the global
+/// `metrics` recorder. `None` when another recorder was installed first (the
+/// embedder's own: metrics go there).
+pub fn prometheus() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+/// `GET /metrics`: the Prometheus text of [`prometheus`]'s recorder (503
+/// when another recorder is installed).
+pub fn router() -> Router {
+    Router::new().route("/metrics", get(render))
+}
+
+async fn render() -> Response {
+    match prometheus() {
+        Some(h) => (
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            )],
+            h.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics go to another recorder",
+        )
+            .into_response(),
+    }
+}
