@@ -164,8 +164,9 @@ pub struct Completion {
     pub cached_tokens: u64,
     /// Whether the counts are estimates (the upstream reported none).
     pub estimated: bool,
-    /// How it ended. [`RequestOutcome::Error`] gives the whole reservation
-    /// back (the upstream failed: the caller is not charged).
+    /// How it ended. [`RequestOutcome::Error`] with no output gives the
+    /// whole reservation back (the upstream failed: the caller is not
+    /// charged); a failure midway keeps what was produced charged.
     pub outcome: RequestOutcome,
 }
 
@@ -510,7 +511,10 @@ impl Admitted {
     pub async fn complete(mut self, done: Completion) -> Result<()> {
         let reservation = self.finish(&done);
         match reservation {
-            Some(r) if done.outcome == RequestOutcome::Error => r.release().await,
+            // Failed before producing anything: nothing is charged.
+            Some(r) if done.outcome == RequestOutcome::Error && done.output_tokens == 0 => {
+                r.release().await
+            }
             Some(r) => {
                 r.reconcile(ActualUsage {
                     input_tokens: done.input_tokens,

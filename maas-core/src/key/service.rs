@@ -64,7 +64,11 @@ struct Inner {
     cache: KeyCache,
     fast: SyncedCounters,
     usage: OnceLock<UsageLedger>,
+    observer: OnceLock<VerifyObserver>,
 }
+
+/// A function told the code of every verification (for metrics).
+pub type VerifyObserver = Arc<dyn Fn(VerifyCode) + Send + Sync>;
 
 impl fmt::Debug for KeyService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -117,6 +121,7 @@ impl KeyService {
                 cache: KeyCache::new(ttl_ms),
                 fast: SyncedCounters::default(),
                 usage: OnceLock::new(),
+                observer: OnceLock::new(),
             }),
         }
     }
@@ -133,6 +138,16 @@ impl KeyService {
             .usage
             .set(ledger)
             .map_err(|_| Error::conflict("a usage ledger is already attached"))
+    }
+
+    /// Calls `observer` with the code of every verification, malformed and
+    /// unknown keys included (a metrics counter, typically). A service takes
+    /// one observer: [`Error::Conflict`] if one is attached.
+    pub fn observe_verifications(&self, observer: VerifyObserver) -> Result<()> {
+        self.inner
+            .observer
+            .set(observer)
+            .map_err(|_| Error::conflict("a verification observer is already attached"))
     }
 
     /// The usage ledger verifications are recorded into, if any.
@@ -751,7 +766,14 @@ impl KeyService {
         key: impl AsRef<[u8]>,
         opts: &VerifyOptions<'_>,
     ) -> Result<Verification> {
-        let key = key.as_ref();
+        let v = self.verify_unobserved(key.as_ref(), opts).await?;
+        if let Some(observe) = self.inner.observer.get() {
+            observe(v.code());
+        }
+        Ok(v)
+    }
+
+    async fn verify_unobserved(&self, key: &[u8], opts: &VerifyOptions<'_>) -> Result<Verification> {
         if !secret::plausible(key) {
             return Ok(Verification::bare(VerifyCode::NotFound));
         }
