@@ -127,9 +127,9 @@ impl OpenAiError {
             Error::InvalidInput { field, reason } => {
                 OpenAiError::invalid(field.to_string(), format!("'{field}' {reason}"))
             }
-            Error::Unauthenticated { reason } => OpenAiError::unauthenticated(format!(
-                "Invalid authentication token: {reason}"
-            )),
+            Error::Unauthenticated { reason } => {
+                OpenAiError::unauthenticated(format!("Invalid authentication token: {reason}"))
+            }
             Error::Forbidden { reason } => OpenAiError::access_denied(reason.to_string()),
             Error::NotFound { kind: "model", id } => OpenAiError::model_not_found(id),
             e if e.is_not_found() => OpenAiError::new(
@@ -141,7 +141,10 @@ impl OpenAiError {
             Error::RateLimited { reset, .. } => {
                 use maas_core::clock::Clock;
                 let wait = reset.as_millis() - maas_core::clock::SystemClock.now().as_millis();
-                let secs = u64::try_from(wait.max(0)).unwrap_or(0).div_ceil(1000).max(1);
+                let secs = u64::try_from(wait.max(0))
+                    .unwrap_or(0)
+                    .div_ceil(1000)
+                    .max(1);
                 OpenAiError::rate_limited(err.to_string(), Some(secs))
             }
             Error::QuotaExceeded { message } => OpenAiError::new(
