@@ -9,11 +9,14 @@
 //! - [`unkey::router`]: the Unkey v1-compatible key API (seed 004), errors
 //!   in Unkey's envelope;
 //! - [`management::router`]: the management API under `/api/v1` (seed
-//!   003), behind the admin token, errors as RFC 9457 problem details.
+//!   003), behind the admin token, errors as RFC 9457 problem details;
+//! - [`simulator::router`]: a built-in OpenAI-compatible model server
+//!   (`/v1/chat/completions`, `/v1/completions`, streamed or not) with
+//!   paced, deterministic answers, errors in OpenAI's shape.
 //!
 //! Handlers only parse, call `maas-core` and render: no rule lives here.
 //! Every router answers with an `x-request-id`, limits request bodies
-//! ([`HttpConfig::body_limit`]) and opens a tracing span per request.
+//! ([`HttpConfig::body_limit`]; the simulator's is [`simulator::BODY_LIMIT`]) and opens a tracing span per request.
 //!
 //! [`Router`]: axum::Router
 
@@ -26,6 +29,7 @@ pub mod management;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
+pub mod simulator;
 mod strict;
 pub mod unkey;
 

@@ -253,6 +253,11 @@ fn no_route_is_registered_around_the_document() {
         if p.extension().is_none_or(|e| e != "rs") {
             continue;
         }
+        // The simulator stands in for an upstream model server: its routes
+        // are OpenAI's, not an API of maas, and are in no maas document.
+        if p.file_name().is_some_and(|n| n == "simulator.rs") {
+            continue;
+        }
         seen += 1;
         let text = std::fs::read_to_string(&p).unwrap();
         for (n, line) in text.lines().enumerate() {

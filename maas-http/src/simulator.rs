@@ -1,0 +1,865 @@
+//! A built-in OpenAI-compatible model server, so the example server works
+//! with no GPU and fair share is visible.
+//!
+//! [`router`] answers `POST /v1/chat/completions`, `POST /v1/completions`,
+//! `GET /v1/models` and `GET /health`; [`serve`] runs it on a listener.
+//! Any model name is accepted. Answers are deterministic: the completion is
+//! a cycle of lorem-ipsum words, one word (and a space) per token, and the
+//! prompt's token count is an estimate from its size:
+//!
+//! - prompt tokens: the bytes of every message's text (or of the prompt)
+//!   divided by 4, rounded up, plus 3 per chat message, at least 1;
+//! - completion tokens: `max_completion_tokens` (chat), else `max_tokens`,
+//!   else [`SimulatorConfig::default_max_tokens`], capped at
+//!   [`MAX_COMPLETION_TOKENS`]; `finish_reason` is `length` when the
+//!   request's limit was reached, `stop` otherwise.
+//!
+//! Generation is paced at [`SimulatorConfig::tokens_per_second`] per
+//! request: token `i` (from 1) is due `i / tokens_per_second` seconds after
+//! generation starts, on a fixed schedule (late polls do not shift the
+//! later tokens). At most [`SimulatorConfig::max_concurrent`] requests
+//! generate at once; the others wait their turn in arrival order. A
+//! streamed answer takes its turn when its body is first polled (the
+//! headers go out at once, as from a real server with a queue) and gives
+//! it back after its last token, or when the body is dropped (the client
+//! went away).
+//!
+//! Streaming (`"stream": true`) answers `text/event-stream`: one event per
+//! token, then one with the `finish_reason`, then, when
+//! `stream_options.include_usage` is true, one with empty `choices` and the
+//! `usage` (the other chunks then carry `"usage": null`, as OpenAI's do),
+//! then `data: [DONE]`. Each event is its own body frame.
+//!
+//! Only one choice is generated (`n` is ignored); a `prompt` array of
+//! several strings is read as one prompt. Bad requests are answered 400 in
+//! OpenAI's error shape naming the `param` at fault.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use maas_core::Error;
+use serde_json::{Map, Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tower_http::trace::TraceLayer;
+
+use crate::common::Health;
+use crate::openai::OpenAiError;
+
+/// The longest completion generated, in tokens; larger limits are capped.
+pub const MAX_COMPLETION_TOKENS: u64 = 100_000;
+
+/// The largest request body accepted: 16 MiB (long prompts are welcome).
+pub const BODY_LIMIT: usize = 16 << 20;
+
+/// The model id listed by `GET /v1/models` (any model name is served).
+pub const MODEL_ID: &str = "simulator";
+
+/// The words of completions, in order, cycled.
+const WORDS: &[&str] = &[
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+    "incididunt",
+    "ut",
+    "labore",
+    "et",
+    "dolore",
+    "magna",
+    "aliqua",
+];
+
+/// The longest wait for one token, so a tiny rate cannot overflow a
+/// deadline: one year.
+const MAX_DELAY_SECS: f64 = 365.0 * 86_400.0;
+
+/// Settings of the simulator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatorConfig {
+    /// Tokens generated per second per request; 0 = instant (no pacing).
+    /// Default 50.
+    pub tokens_per_second: f64,
+    /// Requests generated at once; more wait their turn (FIFO). Default 8.
+    pub max_concurrent: usize,
+    /// Completion length when the request has no `max_tokens`, at most
+    /// [`MAX_COMPLETION_TOKENS`]. Default 64.
+    pub default_max_tokens: u64,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig {
+            tokens_per_second: 50.0,
+            max_concurrent: 8,
+            default_max_tokens: 64,
+        }
+    }
+}
+
+impl SimulatorConfig {
+    /// Checks the settings: `tokens_per_second` finite and not negative,
+    /// `max_concurrent` at least 1 (and at most what a tokio semaphore
+    /// holds), `default_max_tokens` in `1..=MAX_COMPLETION_TOKENS`.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !self.tokens_per_second.is_finite() || self.tokens_per_second < 0.0 {
+            return Err(Error::invalid(
+                "tokens_per_second",
+                "must be a finite number, 0 or more",
+            ));
+        }
+        if self.max_concurrent == 0 || self.max_concurrent > Semaphore::MAX_PERMITS {
+            return Err(Error::invalid(
+                "max_concurrent",
+                format!("must be between 1 and {}", Semaphore::MAX_PERMITS),
+            ));
+        }
+        if self.default_max_tokens == 0 || self.default_max_tokens > MAX_COMPLETION_TOKENS {
+            return Err(Error::invalid(
+                "default_max_tokens",
+                format!("must be between 1 and {MAX_COMPLETION_TOKENS}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The router of the simulator, or invalid input when `config` does not
+/// [validate](SimulatorConfig::validate).
+pub fn router(config: SimulatorConfig) -> Result<Router, Error> {
+    config.validate()?;
+    let sim = Arc::new(Sim {
+        permits: Arc::new(Semaphore::new(config.max_concurrent)),
+        config,
+    });
+    Ok(Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(sim)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(crate::common::request_id)))
+}
+
+/// Serves the simulator on `listener` until `shutdown` completes, then
+/// waits for the requests in flight. Invalid settings are an
+/// [`InvalidInput`](std::io::ErrorKind::InvalidInput) error.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: SimulatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The shared state: the settings and the generation slots.
+#[derive(Debug)]
+struct Sim {
+    config: SimulatorConfig,
+    permits: Arc<Semaphore>,
+}
+
+/// Which API a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// A validated request, ready to generate.
+#[derive(Debug)]
+struct Job {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    finish_reason: &'static str,
+    stream: bool,
+    include_usage: bool,
+}
+
+impl Job {
+    fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
+        })
+    }
+
+    fn object(&self) -> &'static str {
+        match (self.kind, self.stream) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Completion, _) => "text_completion",
+        }
+    }
+
+    /// The whole (non-streamed) answer.
+    fn answer(&self) -> Value {
+        let text: String = (0..self.completion_tokens).map(token).collect();
+        let choice = match self.kind {
+            Kind::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": self.finish_reason,
+            }),
+            Kind::Completion => json!({
+                "index": 0,
+                "text": text,
+                "finish_reason": self.finish_reason,
+                "logprobs": null,
+            }),
+        };
+        json!({
+            "id": self.id,
+            "object": self.object(),
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": self.usage(),
+        })
+    }
+
+    /// A streamed chunk of `choices`, with `"usage": null` when the usage
+    /// comes last.
+    fn chunk(&self, choices: Value) -> Value {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": self.object(),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if let (true, Some(map)) = (self.include_usage, chunk.as_object_mut()) {
+            map.insert("usage".into(), Value::Null);
+        }
+        chunk
+    }
+
+    /// The chunk of token `i`.
+    fn token_chunk(&self, i: u64) -> Value {
+        let choice = match self.kind {
+            Kind::Chat if i == 0 => json!({
+                "index": 0,
+                "delta": {"role": "assistant", "content": token(i)},
+                "finish_reason": null,
+            }),
+            Kind::Chat => json!({
+                "index": 0,
+                "delta": {"content": token(i)},
+                "finish_reason": null,
+            }),
+            Kind::Completion => json!({
+                "index": 0,
+                "text": token(i),
+                "finish_reason": null,
+                "logprobs": null,
+            }),
+        };
+        self.chunk(json!([choice]))
+    }
+
+    /// The chunk with the finish reason.
+    fn finish_chunk(&self) -> Value {
+        let choice = match self.kind {
+            // No token chunk said the role: this one does.
+            Kind::Chat if self.completion_tokens == 0 => json!({
+                "index": 0,
+                "delta": {"role": "assistant"},
+                "finish_reason": self.finish_reason,
+            }),
+            Kind::Chat => json!({
+                "index": 0,
+                "delta": {},
+                "finish_reason": self.finish_reason,
+            }),
+            Kind::Completion => json!({
+                "index": 0,
+                "text": "",
+                "finish_reason": self.finish_reason,
+                "logprobs": null,
+            }),
+        };
+        self.chunk(json!([choice]))
+    }
+
+    /// The last chunk before `[DONE]` when usage is asked for.
+    fn usage_chunk(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(),
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": self.usage(),
+        })
+    }
+}
+
+/// Token `i` of every completion: a word and a space.
+fn token(i: u64) -> String {
+    let len = WORDS.len() as u64;
+    let word = usize::try_from(i % len)
+        .ok()
+        .and_then(|k| WORDS.get(k))
+        .copied()
+        .unwrap_or("lorem");
+    format!("{word} ")
+}
+
+/// When token `i` (from 1) is due: `i / tps` seconds after `start`.
+fn deadline(start: Instant, i: u64, tps: f64) -> Instant {
+    let secs = (i as f64 / tps).min(MAX_DELAY_SECS);
+    if !secs.is_finite() || secs < 0.0 {
+        return start;
+    }
+    start
+        .checked_add(Duration::from_secs_f64(secs))
+        .unwrap_or(start)
+}
+
+/// `chatcmpl-…` / `cmpl-…` and 16 random bytes in base58.
+fn new_id(kind: Kind) -> String {
+    let bytes: [u8; 16] = rand::random();
+    let prefix = match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Completion => "cmpl",
+    };
+    format!("{prefix}-{}", bs58::encode(bytes).into_string())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- parsing
+
+/// The request body as a JSON object.
+fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, OpenAiError> {
+    let bytes = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(OpenAiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+                rejection.body_text(),
+            ));
+        }
+        Err(rejection) => return Err(OpenAiError::invalid("body", rejection.body_text())),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(OpenAiError::invalid("body", "a JSON body is required"));
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(OpenAiError::invalid(
+            "body",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(OpenAiError::invalid(
+            "body",
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// A field that is absent or `null`.
+fn absent(v: Option<&Value>) -> bool {
+    matches!(v, None | Some(Value::Null))
+}
+
+fn model(body: &Map<String, Value>) -> Result<String, OpenAiError> {
+    match body.get("model") {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        v if absent(v) => Err(OpenAiError::invalid("model", "'model' is required")),
+        _ => Err(OpenAiError::invalid(
+            "model",
+            "'model' must be a non-empty string",
+        )),
+    }
+}
+
+/// An optional positive integer field.
+fn positive(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, OpenAiError> {
+    let v = body.get(field);
+    if absent(v) {
+        return Ok(None);
+    }
+    match v.and_then(Value::as_u64) {
+        Some(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(OpenAiError::invalid(
+            field,
+            format!("'{field}' must be a positive integer"),
+        )),
+    }
+}
+
+/// An optional boolean field (absent or `null` is false).
+fn flag(obj: &Map<String, Value>, field: &str, param: &str) -> Result<bool, OpenAiError> {
+    match obj.get(field) {
+        Some(Value::Bool(b)) => Ok(*b),
+        v if absent(v) => Ok(false),
+        _ => Err(OpenAiError::invalid(
+            param,
+            format!("'{param}' must be a boolean"),
+        )),
+    }
+}
+
+/// The text bytes and the number of messages of `messages`.
+fn chat_prompt(body: &Map<String, Value>) -> Result<(u64, u64), OpenAiError> {
+    let messages = match body.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => {
+            return Err(OpenAiError::invalid(
+                "messages",
+                "'messages' must not be empty",
+            ));
+        }
+        v if absent(v) => {
+            return Err(OpenAiError::invalid("messages", "'messages' is required"));
+        }
+        _ => {
+            return Err(OpenAiError::invalid(
+                "messages",
+                "'messages' must be an array of messages",
+            ));
+        }
+    };
+    let mut bytes: u64 = 0;
+    for (i, message) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let Value::Object(message) = message else {
+            return Err(OpenAiError::invalid(
+                param.clone(),
+                format!("'{param}' must be an object"),
+            ));
+        };
+        let role = match message.get("role") {
+            Some(Value::String(r)) if !r.is_empty() => r.as_str(),
+            _ => {
+                let param = format!("{param}.role");
+                return Err(OpenAiError::invalid(
+                    param.clone(),
+                    format!("'{param}' must be a non-empty string"),
+                ));
+            }
+        };
+        let param = format!("{param}.content");
+        let content = message.get("content");
+        let n = match content {
+            Some(Value::String(s)) => s.len(),
+            Some(Value::Array(parts)) => parts_bytes(parts, &param)?,
+            // An assistant turn that only called tools has no content.
+            v if absent(v) && role == "assistant" => 0,
+            v if absent(v) => {
+                return Err(OpenAiError::invalid(
+                    param.clone(),
+                    format!("'{param}' is required"),
+                ));
+            }
+            _ => {
+                return Err(OpenAiError::invalid(
+                    param.clone(),
+                    format!("'{param}' must be a string or an array of content parts"),
+                ));
+            }
+        };
+        bytes = bytes.saturating_add(n as u64);
+    }
+    Ok((bytes, messages.len() as u64))
+}
+
+/// The text bytes of content parts; parts other than text count nothing.
+fn parts_bytes(parts: &[Value], param: &str) -> Result<usize, OpenAiError> {
+    let mut bytes: usize = 0;
+    for (j, part) in parts.iter().enumerate() {
+        let param = format!("{param}[{j}]");
+        let Some(part) = part.as_object() else {
+            return Err(OpenAiError::invalid(
+                param.clone(),
+                format!("'{param}' must be an object"),
+            ));
+        };
+        match part.get("type") {
+            Some(Value::String(t)) if t == "text" => match part.get("text") {
+                Some(Value::String(text)) => bytes = bytes.saturating_add(text.len()),
+                _ => {
+                    let param = format!("{param}.text");
+                    return Err(OpenAiError::invalid(
+                        param.clone(),
+                        format!("'{param}' must be a string"),
+                    ));
+                }
+            },
+            Some(Value::String(_)) => {}
+            _ => {
+                let param = format!("{param}.type");
+                return Err(OpenAiError::invalid(
+                    param.clone(),
+                    format!("'{param}' must be a string"),
+                ));
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// The text bytes of `prompt`.
+fn completion_prompt(body: &Map<String, Value>) -> Result<u64, OpenAiError> {
+    let wrong = || {
+        OpenAiError::invalid(
+            "prompt",
+            "'prompt' must be a string or a non-empty array of strings",
+        )
+    };
+    match body.get("prompt") {
+        Some(Value::String(s)) => Ok(s.len() as u64),
+        Some(Value::Array(items)) if !items.is_empty() => {
+            items.iter().try_fold(0u64, |acc, item| match item {
+                Value::String(s) => Ok(acc.saturating_add(s.len() as u64)),
+                _ => Err(wrong()),
+            })
+        }
+        v if absent(v) => Err(OpenAiError::invalid("prompt", "'prompt' is required")),
+        _ => Err(wrong()),
+    }
+}
+
+/// Validates a request of `kind` and sizes its answer.
+fn parse(
+    kind: Kind,
+    body: Result<Bytes, BytesRejection>,
+    config: &SimulatorConfig,
+) -> Result<Job, OpenAiError> {
+    let body = body_object(body)?;
+    let model = model(&body)?;
+    let (prompt_tokens, limit) = match kind {
+        Kind::Chat => {
+            let (bytes, messages) = chat_prompt(&body)?;
+            let max_tokens = positive(&body, "max_tokens")?;
+            let max_completion = positive(&body, "max_completion_tokens")?;
+            let estimate = bytes.div_ceil(4).saturating_add(messages.saturating_mul(3));
+            (estimate, max_completion.or(max_tokens))
+        }
+        Kind::Completion => {
+            let bytes = completion_prompt(&body)?;
+            (bytes.div_ceil(4), positive(&body, "max_tokens")?)
+        }
+    };
+    let stream = flag(&body, "stream", "stream")?;
+    let include_usage = match body.get("stream_options") {
+        Some(Value::Object(options)) => {
+            flag(options, "include_usage", "stream_options.include_usage")?
+        }
+        v if absent(v) => false,
+        _ => {
+            return Err(OpenAiError::invalid(
+                "stream_options",
+                "'stream_options' must be an object",
+            ));
+        }
+    };
+    let completion_tokens = limit
+        .unwrap_or(config.default_max_tokens)
+        .min(MAX_COMPLETION_TOKENS);
+    let finish_reason = if limit == Some(completion_tokens) {
+        "length"
+    } else {
+        "stop"
+    };
+    Ok(Job {
+        kind,
+        id: new_id(kind),
+        created: unix_now(),
+        model,
+        prompt_tokens: prompt_tokens.max(1),
+        completion_tokens,
+        finish_reason,
+        stream,
+        // Usage is only ever streamed when streaming.
+        include_usage: stream && include_usage,
+    })
+}
+
+// ---------------------------------------------------------------- handlers
+
+async fn chat(State(sim): State<Arc<Sim>>, body: Result<Bytes, BytesRejection>) -> Response {
+    answer(sim, Kind::Chat, body).await
+}
+
+async fn completions(State(sim): State<Arc<Sim>>, body: Result<Bytes, BytesRejection>) -> Response {
+    answer(sim, Kind::Completion, body).await
+}
+
+async fn models() -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": MODEL_ID,
+            "object": "model",
+            "created": 0,
+            "owned_by": "maas",
+        }],
+    }))
+}
+
+async fn health() -> Json<Health> {
+    Json(Health::OK)
+}
+
+async fn not_found() -> OpenAiError {
+    OpenAiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        Some("not_found"),
+        "no such route",
+    )
+}
+
+async fn method_not_allowed() -> OpenAiError {
+    OpenAiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        Some("method_not_allowed"),
+        "method not allowed on this route",
+    )
+}
+
+fn closed() -> OpenAiError {
+    OpenAiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        Some("service_unavailable"),
+        "the simulator is shutting down",
+    )
+}
+
+async fn answer(sim: Arc<Sim>, kind: Kind, body: Result<Bytes, BytesRejection>) -> Response {
+    let job = match parse(kind, body, &sim.config) {
+        Ok(job) => job,
+        Err(e) => return e.into_response(),
+    };
+    tracing::debug!(
+        model = %job.model,
+        prompt_tokens = job.prompt_tokens,
+        completion_tokens = job.completion_tokens,
+        stream = job.stream,
+        "simulated request"
+    );
+    if job.stream {
+        return streamed(sim, job);
+    }
+    // Dropped with the future when the client goes away.
+    let Ok(permit) = sim.permits.clone().acquire_owned().await else {
+        return closed().into_response();
+    };
+    let tps = sim.config.tokens_per_second;
+    if tps > 0.0 {
+        tokio::time::sleep_until(deadline(Instant::now(), job.completion_tokens, tps)).await;
+    }
+    drop(permit);
+    Json(job.answer()).into_response()
+}
+
+/// Where a streamed answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Waiting for a generation slot.
+    Queued,
+    /// Token `i` (from 0) comes next.
+    Token(u64),
+    /// The chunk with the finish reason comes next.
+    Finish,
+    /// The usage chunk comes next.
+    Usage,
+    /// `[DONE]` comes next.
+    Done,
+    /// Nothing more.
+    End,
+}
+
+/// The state of a streamed answer; the permit lives here, so dropping the
+/// body gives the slot back.
+#[derive(Debug)]
+struct Streamer {
+    sim: Arc<Sim>,
+    job: Job,
+    step: Step,
+    permit: Option<OwnedSemaphorePermit>,
+    start: Instant,
+}
+
+fn event(data: &Value) -> Bytes {
+    let json = serde_json::to_string(data).unwrap_or_default();
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+impl Streamer {
+    /// The next event, or `None` at the end.
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            match self.step {
+                Step::Queued => {
+                    let permit = self.sim.permits.clone().acquire_owned().await.ok()?;
+                    self.permit = Some(permit);
+                    self.start = Instant::now();
+                    self.step = if self.job.completion_tokens > 0 {
+                        Step::Token(0)
+                    } else {
+                        Step::Finish
+                    };
+                }
+                Step::Token(i) => {
+                    let tps = self.sim.config.tokens_per_second;
+                    if tps > 0.0 {
+                        tokio::time::sleep_until(deadline(self.start, i.saturating_add(1), tps))
+                            .await;
+                    }
+                    let chunk = self.job.token_chunk(i);
+                    if i.saturating_add(1) < self.job.completion_tokens {
+                        self.step = Step::Token(i.saturating_add(1));
+                    } else {
+                        // The last token: the slot is free for the next.
+                        self.permit = None;
+                        self.step = Step::Finish;
+                    }
+                    return Some(event(&chunk));
+                }
+                Step::Finish => {
+                    self.permit = None;
+                    self.step = if self.job.include_usage {
+                        Step::Usage
+                    } else {
+                        Step::Done
+                    };
+                    return Some(event(&self.job.finish_chunk()));
+                }
+                Step::Usage => {
+                    self.step = Step::Done;
+                    return Some(event(&self.job.usage_chunk()));
+                }
+                Step::Done => {
+                    self.step = Step::End;
+                    return Some(Bytes::from_static(b"data: [DONE]\n\n"));
+                }
+                Step::End => return None,
+            }
+        }
+    }
+}
+
+fn streamed(sim: Arc<Sim>, job: Job) -> Response {
+    let streamer = Streamer {
+        sim,
+        job,
+        step: Step::Queued,
+        permit: None,
+        start: Instant::now(),
+    };
+    let events = futures_util::stream::unfold(streamer, |mut s| async move {
+        let bytes = s.next().await?;
+        Some((Ok::<_, Infallible>(bytes), s))
+    });
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        Body::from_stream(events),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_validated() {
+        assert!(SimulatorConfig::default().validate().is_ok());
+        let bad = |c: SimulatorConfig| match c.validate() {
+            Err(Error::InvalidInput { field, .. }) => field.into_owned(),
+            other => panic!("{other:?}"),
+        };
+        let base = SimulatorConfig::default();
+        for tps in [f64::NAN, f64::INFINITY, -1.0] {
+            let c = SimulatorConfig {
+                tokens_per_second: tps,
+                ..base.clone()
+            };
+            assert_eq!(bad(c), "tokens_per_second");
+        }
+        for max_concurrent in [0, usize::MAX] {
+            let c = SimulatorConfig {
+                max_concurrent,
+                ..base.clone()
+            };
+            assert_eq!(bad(c), "max_concurrent");
+        }
+        for default_max_tokens in [0, MAX_COMPLETION_TOKENS + 1] {
+            let c = SimulatorConfig {
+                default_max_tokens,
+                ..base.clone()
+            };
+            assert_eq!(bad(c), "default_max_tokens");
+        }
+        assert!(
+            router(SimulatorConfig {
+                max_concurrent: 0,
+                ..base
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn deadlines_are_bounded_and_exact() {
+        let start = Instant::now();
+        assert_eq!(deadline(start, 3, 10.0), start + Duration::from_millis(300));
+        assert_eq!(deadline(start, 0, 10.0), start);
+        // A vanishing rate waits long, but does not overflow.
+        let far = deadline(start, MAX_COMPLETION_TOKENS, f64::MIN_POSITIVE);
+        assert_eq!(far, start + Duration::from_secs_f64(MAX_DELAY_SECS));
+    }
+
+    #[test]
+    fn tokens_cycle_the_words() {
+        assert_eq!(token(0), "lorem ");
+        assert_eq!(token(1), "ipsum ");
+        assert_eq!(token(WORDS.len() as u64), "lorem ");
+    }
+}
