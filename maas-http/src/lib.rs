@@ -24,6 +24,7 @@
 
 pub mod common;
 pub mod gateway;
+pub mod layer;
 pub mod maas_api;
 pub mod management;
 pub mod metrics;

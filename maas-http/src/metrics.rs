@@ -62,6 +62,14 @@ fn describe() {
     );
 }
 
+/// Counts every verification of `keys` in [`VERIFICATIONS`] by code (the
+/// gateway's API keys and the Unkey API's `keys.verifyKey` alike).
+pub fn observe_verifications(keys: &maas_core::KeyService) -> maas_core::Result<()> {
+    keys.observe_verifications(std::sync::Arc::new(|code: maas_core::VerifyCode| {
+        metrics::counter!(VERIFICATIONS, "code" => code.as_str()).increment(1);
+    }))
+}
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// The process's Prometheus recorder, installed on first call as the global

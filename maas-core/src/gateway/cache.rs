@@ -25,6 +25,33 @@ impl CacheKey {
         canonical(body, &mut h, true);
         CacheKey(*h.finalize().as_bytes())
     }
+
+    /// The key of request body `body`, given as its object.
+    pub fn of_object(body: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let mut h = blake3::Hasher::new();
+        object(body, &mut h, true);
+        CacheKey(*h.finalize().as_bytes())
+    }
+}
+
+fn object(map: &serde_json::Map<String, serde_json::Value>, h: &mut blake3::Hasher, top: bool) {
+    let mut keys: Vec<&String> = map
+        .keys()
+        .filter(|k| !(top && matches!(k.as_str(), "stream" | "stream_options")))
+        .collect();
+    keys.sort();
+    h.update(b"{");
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            h.update(b",");
+        }
+        canonical(&serde_json::Value::String(k.clone()), h, false);
+        h.update(b":");
+        if let Some(x) = map.get(k) {
+            canonical(x, h, false);
+        }
+    }
+    h.update(b"}");
 }
 
 /// Feeds `v` to `h` in canonical form; `top` drops the streaming fields of
@@ -32,25 +59,7 @@ impl CacheKey {
 fn canonical(v: &serde_json::Value, h: &mut blake3::Hasher, top: bool) {
     use serde_json::Value;
     match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map
-                .keys()
-                .filter(|k| !(top && matches!(k.as_str(), "stream" | "stream_options")))
-                .collect();
-            keys.sort();
-            h.update(b"{");
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    h.update(b",");
-                }
-                canonical(&Value::String(k.clone()), h, false);
-                h.update(b":");
-                if let Some(x) = map.get(k) {
-                    canonical(x, h, false);
-                }
-            }
-            h.update(b"}");
-        }
+        Value::Object(map) => object(map, h, top),
         Value::Array(items) => {
             h.update(b"[");
             for (i, x) in items.iter().enumerate() {

@@ -224,7 +224,8 @@ impl Gateway {
         &self.inner.cache
     }
 
-    fn now(&self) -> Timestamp {
+    /// The time on the gateway's clock.
+    pub fn now(&self) -> Timestamp {
         self.inner.clock.now()
     }
 
@@ -442,6 +443,11 @@ impl Admitted {
     /// The model (its upstream, pricing, cache settings).
     pub fn model(&self) -> &Arc<Model> {
         &self.model
+    }
+
+    /// The gateway that admitted it.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
     }
 
     /// The tenant served.

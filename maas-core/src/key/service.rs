@@ -773,7 +773,11 @@ impl KeyService {
         Ok(v)
     }
 
-    async fn verify_unobserved(&self, key: &[u8], opts: &VerifyOptions<'_>) -> Result<Verification> {
+    async fn verify_unobserved(
+        &self,
+        key: &[u8],
+        opts: &VerifyOptions<'_>,
+    ) -> Result<Verification> {
         if !secret::plausible(key) {
             return Ok(Verification::bare(VerifyCode::NotFound));
         }

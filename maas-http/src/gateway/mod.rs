@@ -1,20 +1,46 @@
-//! The OpenAI-compatible inference gateway (work in progress: routes land in
-//! the next commit).
+//! The OpenAI-compatible inference gateway: [`router`] serves
+//!
+//! | route | model from |
+//! |---|---|
+//! | `POST /v1/chat/completions` | the body's `model` |
+//! | `POST /v1/completions` | the body's `model` |
+//! | `POST /{model}/v1/chat/completions` | the path (the `url` `/v1/models` lists) |
+//! | `POST /{model}/v1/completions` | the path |
+//!
+//! behind [`MaasLayer`] (authentication, tier, model access, limits,
+//! response cache, fair share, usage: see [`crate::layer`]), forwarding to
+//! the model's `upstream_url` + `/v1/chat/completions` (or
+//! `/v1/completions`) with a pooled HTTP client and streaming the answer
+//! back. An upstream that cannot be reached or answers 5xx is 502
+//! `upstream_error`; one that does not answer within
+//! [`GatewayConfig::upstream_timeout`] is 504 `upstream_timeout`; its 4xx
+//! answers (a context too long, ...) are passed on as they are. Either way
+//! the slot and the reservation are given back.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use maas_core::Gateway;
 
-use crate::common::HttpConfig;
+use crate::common::{HttpConfig, with_common_layers};
+use crate::layer::{AdmittedModel, LayerConfig, MaasLayer};
+use crate::metrics;
+use crate::openai::OpenAiError;
 
 /// Settings of the gateway router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GatewayConfig {
-    /// Body limit and the like.
+    /// Request body limit (default [`crate::layer::DEFAULT_BODY_LIMIT`]).
     pub http: HttpConfig,
-    /// The longest an upstream may take to answer (whole response); past it
-    /// the client gets 504. Default 300 s.
+    /// The longest an upstream may take to send its response head, and the
+    /// longest it may then pause between two parts of its body; past it the
+    /// client gets 504 (or the stream ends). Default 300 s.
     pub upstream_timeout: Duration,
     /// The longest connecting to an upstream may take. Default 5 s.
     pub connect_timeout: Duration,
@@ -23,15 +49,148 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            http: HttpConfig::default(),
+            http: HttpConfig {
+                body_limit: crate::layer::DEFAULT_BODY_LIMIT,
+            },
             upstream_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
         }
     }
 }
 
+/// Forwards admitted requests to their model's upstream.
+#[derive(Debug, Clone)]
+struct Upstream {
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
 /// The gateway's routes over `gateway`.
 pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
-    let _ = (gateway, config);
-    Router::new()
+    // Pooled keep-alive connections per upstream; no proxy from the
+    // environment (upstreams are usually on a private network).
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.upstream_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_default();
+    let upstream = Upstream {
+        client,
+        timeout: config.upstream_timeout,
+    };
+    let layer = MaasLayer::new(gateway).with_config(LayerConfig {
+        body_limit: config.http.body_limit,
+    });
+    let app = Router::new()
+        .route("/v1/chat/completions", post(forward))
+        .route("/v1/completions", post(forward))
+        .route("/{model}/v1/chat/completions", post(forward))
+        .route("/{model}/v1/completions", post(forward))
+        .with_state(upstream)
+        .route_layer(layer)
+        .fallback(not_found);
+    with_common_layers(app, &config.http)
+}
+
+async fn not_found() -> Response {
+    OpenAiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        Some("not_found"),
+        "no such route",
+    )
+    .into_response()
+}
+
+fn upstream_error(status: StatusCode, code: &'static str, message: String) -> Response {
+    OpenAiError::new(status, "server_error", Some(code), message).into_response()
+}
+
+/// The upstream call of an admitted request.
+async fn forward(State(up): State<Upstream>, req: Request) -> Response {
+    let Some(AdmittedModel(model)) = req.extensions().get::<AdmittedModel>().cloned() else {
+        // Only reachable if the router is assembled without the layer.
+        return upstream_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the request was not admitted".into(),
+        );
+    };
+    let suffix = if req.uri().path().ends_with("/v1/completions") {
+        "/v1/completions"
+    } else {
+        "/v1/chat/completions"
+    };
+    let url = format!("{}{suffix}", model.upstream_url.trim_end_matches('/'));
+    let accept = req.headers().get(ACCEPT).cloned();
+    // The layer gave us the rewritten body, already in memory.
+    let body = match axum::body::to_bytes(req.into_body(), usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return OpenAiError::invalid("body", format!("cannot read the body: {e}"))
+                .into_response();
+        }
+    };
+    let mut call = up
+        .client
+        .post(url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(a) = accept {
+        call = call.header(ACCEPT, a);
+    }
+    let started = Instant::now();
+    let sent = tokio::time::timeout(up.timeout, call.send()).await;
+    ::metrics::histogram!(metrics::UPSTREAM_LATENCY, "model" => model.id.clone())
+        .record(started.elapsed().as_secs_f64());
+    let res = match sent {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) if e.is_timeout() => return timed_out(&model.id, up.timeout),
+        Err(_) => return timed_out(&model.id, up.timeout),
+        Ok(Err(e)) => {
+            tracing::warn!(model = %model.id, error = %e, "upstream failed");
+            return upstream_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("the upstream of model '{}' could not be reached", model.id),
+            );
+        }
+    };
+    let status = res.status();
+    if status.is_server_error() {
+        tracing::warn!(model = %model.id, %status, "upstream answered an error");
+        return upstream_error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!("the upstream of model '{}' failed ({status})", model.id),
+        );
+    }
+    let mut out = Response::builder().status(status);
+    for h in [CONTENT_TYPE, CACHE_CONTROL] {
+        if let Some(v) = res.headers().get(&h) {
+            out = out.header(h, v.clone());
+        }
+    }
+    let body = Body::from_stream(res.bytes_stream());
+    out.body(body).unwrap_or_else(|_| {
+        upstream_error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the upstream answered an unreadable head".into(),
+        )
+    })
+}
+
+fn timed_out(model: &str, limit: Duration) -> Response {
+    upstream_error(
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+        format!(
+            "the upstream of model '{model}' did not answer within {} s",
+            limit.as_secs()
+        ),
+    )
 }

@@ -1,0 +1,163 @@
+//! The gateway's answers when it refuses a request: OpenAI's error shape
+//! ([`OpenAiError`]) with the caller's x-ratelimit headers when known.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use maas_core::admission::{LimitKind, RateHeaders};
+use maas_core::fairshare::RejectReason;
+use maas_core::gateway::Refused;
+use maas_core::{Error, Timestamp};
+
+use crate::openai::OpenAiError;
+
+/// A refusal of the gateway, rendered in OpenAI's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayError {
+    /// The error body, status and `Retry-After`.
+    pub error: OpenAiError,
+    /// The caller's x-ratelimit values, when admission got that far, and
+    /// the time they were read at.
+    pub rate: Option<Box<(RateHeaders, Timestamp)>>,
+}
+
+impl GatewayError {
+    /// 400 about `param`.
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        OpenAiError::invalid(param, message).into()
+    }
+
+    /// The answer to a core error: 401 for credentials, 403 for access, 404
+    /// for unknown models, 429 for key limits, 503 when a store is down.
+    pub fn from_core(e: &Error) -> Self {
+        OpenAiError::from_core(e).into()
+    }
+
+    /// The answer to a refusal at admission, at `now`.
+    pub fn refused(r: &Refused, now: Timestamp) -> Self {
+        match r {
+            Refused::Limit(d) => {
+                let which = match d.kind {
+                    LimitKind::Requests => "requests per minute",
+                    LimitKind::Tokens => "tokens per minute",
+                    LimitKind::TenantTokens => "tenant tokens per minute",
+                    LimitKind::TenantBudget => "tenant budget",
+                    LimitKind::KeyBudget => "API key budget",
+                };
+                let message = if d.retryable {
+                    format!(
+                        "Rate limit exceeded: {which} ({} of {} left, {} needed); resets in {} s",
+                        d.remaining, d.limit, d.requested, d.retry_after_secs
+                    )
+                } else {
+                    format!(
+                        "Rate limit exceeded: the request needs {} but the {which} limit is {}; ask for fewer tokens",
+                        d.requested, d.limit
+                    )
+                };
+                let mut error = OpenAiError::rate_limited(message, Some(d.retry_after_secs));
+                if matches!(d.kind, LimitKind::TenantBudget | LimitKind::KeyBudget) {
+                    error.kind = "insufficient_quota";
+                    error.code = Some("insufficient_quota");
+                }
+                GatewayError {
+                    error,
+                    rate: Some(Box::new((d.headers, now))),
+                }
+            }
+            Refused::Queue { rejected, headers } => {
+                let secs = rejected.retry_after.as_secs().max(1);
+                let error = match rejected.reason {
+                    RejectReason::QueueFull => {
+                        let mut e = OpenAiError::rate_limited(rejected.to_string(), Some(secs));
+                        e.code = Some("queue_full");
+                        e
+                    }
+                    RejectReason::QueueTimeout => {
+                        let mut e = OpenAiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "server_error",
+                            Some("queue_timeout"),
+                            rejected.to_string(),
+                        );
+                        e.retry_after = Some(secs);
+                        e
+                    }
+                };
+                GatewayError {
+                    error,
+                    rate: Some(Box::new((*headers, now))),
+                }
+            }
+        }
+    }
+}
+
+impl From<OpenAiError> for GatewayError {
+    fn from(error: OpenAiError) -> Self {
+        GatewayError { error, rate: None }
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.error.status.as_u16(), self.error.message)
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let mut res = self.error.into_response();
+        if let Some(rate) = self.rate {
+            let (h, now) = *rate;
+            insert_rate_headers(res.headers_mut(), &h, now);
+        }
+        res
+    }
+}
+
+/// `1s`, `59s`, `6m0s`: OpenAI's way of writing a reset.
+fn duration(now: Timestamp, reset: Timestamp) -> String {
+    let ms = (reset.as_millis() - now.as_millis()).max(0);
+    let secs = (ms + 999) / 1000;
+    if secs >= 60 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Adds `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` of `h`.
+pub fn insert_rate_headers(headers: &mut HeaderMap, h: &RateHeaders, now: Timestamp) {
+    for (what, d) in [("requests", &h.requests), ("tokens", &h.tokens)] {
+        for (field, value) in [
+            ("limit", d.limit.to_string()),
+            ("remaining", d.remaining.to_string()),
+            ("reset", duration(now, d.reset)),
+        ] {
+            let name = format!("x-ratelimit-{field}-{what}");
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(n, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_read_like_openai() {
+        let t = Timestamp::from_millis(1_000);
+        assert_eq!(duration(t, t), "0s");
+        assert_eq!(duration(t, t.add_millis(1)), "1s");
+        assert_eq!(duration(t, t.add_millis(59_000)), "59s");
+        assert_eq!(duration(t, t.add_millis(360_000)), "6m0s");
+        assert_eq!(duration(t, t.add_millis(-5)), "0s");
+    }
+}

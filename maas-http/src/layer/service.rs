@@ -1,0 +1,285 @@
+//! [`MaasService`]: the per-request path around an inner inference service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::RequestPartsExt;
+use axum::body::Body;
+use axum::extract::RawPathParams;
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http_body::Body as HttpBody;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use maas_core::gateway::{
+    ACCESS_DENIED, Admission, Admitted, CacheKey, Completion, Gateway, InferenceRequest,
+};
+use maas_core::model::Model;
+use tower::{BoxError, Service};
+
+use super::body::{Metered, record_load};
+use super::error::{GatewayError, insert_rate_headers};
+use super::future::ResponseFuture;
+use super::layer::LayerConfig;
+use super::request::{inspect, rewrite};
+use crate::metrics;
+use crate::openai::OpenAiError;
+
+/// Marks responses of models with a response cache: `hit` or `miss`.
+pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-maas-cache");
+
+/// The model an admitted request is for, in the request extensions the
+/// inner service sees (its `upstream_url` is where to forward).
+#[derive(Debug, Clone)]
+pub struct AdmittedModel(pub Arc<Model>);
+
+/// The service of [`MaasLayer`](super::MaasLayer).
+#[derive(Debug, Clone)]
+pub struct MaasService<S> {
+    inner: S,
+    gateway: Gateway,
+    config: LayerConfig,
+}
+
+impl<S> MaasService<S> {
+    pub(crate) fn new(inner: S, gateway: Gateway, config: LayerConfig) -> Self {
+        MaasService {
+            inner,
+            gateway,
+            config,
+        }
+    }
+}
+
+impl<S, B> Service<Request<Body>> for MaasService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The ready service serves this request; the clone waits for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let gateway = self.gateway.clone();
+        let config = self.config;
+        ResponseFuture::new(Box::pin(serve(gateway, config, inner, req)))
+    }
+}
+
+/// What admission decided.
+enum Step {
+    /// Forward this body; complete `admitted` when the answer ends.
+    Forward {
+        admitted: Box<Admitted>,
+        body: Vec<u8>,
+        stream: bool,
+        strip_usage: bool,
+    },
+    /// Answered already (from the cache).
+    Answered(Response<Body>),
+}
+
+fn count_request(model: &str, status: StatusCode) {
+    ::metrics::counter!(
+        metrics::REQUESTS,
+        "model" => model.to_owned(),
+        "status" => status.as_u16().to_string()
+    )
+    .increment(1);
+}
+
+async fn serve<S, B>(
+    gateway: Gateway,
+    config: LayerConfig,
+    mut inner: S,
+    req: Request<Body>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let mut model_label = String::new();
+    let step = match admit(&gateway, config, &mut parts, body, &mut model_label).await {
+        Ok(step) => step,
+        Err(e) => {
+            let res = e.into_response();
+            count_request(&model_label, res.status());
+            return Ok(res);
+        }
+    };
+    let (admitted, body, stream, strip_usage) = match step {
+        Step::Answered(res) => {
+            count_request(&model_label, res.status());
+            return Ok(res);
+        }
+        Step::Forward {
+            admitted,
+            body,
+            stream,
+            strip_usage,
+        } => (admitted, body, stream, strip_usage),
+    };
+    parts
+        .extensions
+        .insert(AdmittedModel(Arc::clone(admitted.model())));
+    // The caller's credential is for maas, not for the upstream.
+    parts.headers.remove(AUTHORIZATION);
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let res = match inner
+        .call(Request::from_parts(parts, Body::from(body)))
+        .await
+    {
+        Ok(res) => res,
+        Err(e) => {
+            let gw = admitted.gateway().clone();
+            let _ = admitted.complete(Completion::failed()).await;
+            record_load(gw.fair_share().counts());
+            return Err(e);
+        }
+    };
+    let (mut rp, rb) = res.into_parts();
+    insert_rate_headers(&mut rp.headers, admitted.headers(), gateway.now());
+    count_request(&model_label, rp.status);
+    if !rp.status.is_success() {
+        // The upstream (or the inner service) refused or failed: nothing
+        // was produced, nothing is charged.
+        let _ = admitted.complete(Completion::failed()).await;
+        record_load(gateway.fair_share().counts());
+        return Ok(Response::from_parts(rp, Body::new(rb)));
+    }
+    if admitted.cacheable() {
+        rp.headers
+            .insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+    }
+    let is_sse = rp
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    let body = Body::new(rb);
+    let metered = if is_sse || stream {
+        Metered::sse(body, admitted, strip_usage)
+    } else {
+        Metered::json(body, admitted)
+    };
+    Ok(Response::from_parts(rp, Body::new(metered)))
+}
+
+/// Authenticates, reads the body, admits.
+async fn admit(
+    gateway: &Gateway,
+    config: LayerConfig,
+    parts: &mut Parts,
+    body: Body,
+    model_label: &mut String,
+) -> Result<Step, GatewayError> {
+    let Some(credential) = crate::common::bearer(parts) else {
+        return Err(OpenAiError::unauthenticated("Invalid authentication token").into());
+    };
+    let caller = gateway
+        .authenticate(credential)
+        .await
+        .map_err(|e| GatewayError::from_core(&e))?;
+    let bytes = match Limited::new(body, config.body_limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(OpenAiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+                format!("the body is larger than {} bytes", config.body_limit),
+            )
+            .into());
+        }
+        Err(e) => {
+            return Err(GatewayError::invalid(
+                "body",
+                format!("cannot read the body: {e}"),
+            ));
+        }
+    };
+    let inspected = inspect(&bytes)?;
+    let path_model = parts.extract::<RawPathParams>().await.ok().and_then(|p| {
+        p.iter()
+            .find(|(k, _)| *k == "model")
+            .map(|(_, v)| v.to_owned())
+    });
+    let model = match (path_model, inspected.model.clone()) {
+        (Some(p), Some(b)) if p != b => {
+            return Err(GatewayError::invalid(
+                "model",
+                format!("the body names model '{b}' but the URL is model '{p}'"),
+            ));
+        }
+        (Some(m), _) | (None, Some(m)) => m,
+        (None, None) => return Err(GatewayError::invalid("model", "'model' is required")),
+    };
+    model_label.clone_from(&model);
+    let cacheable = !inspected.stream
+        && gateway
+            .services()
+            .models
+            .get_cached(&model)
+            .await
+            .is_ok_and(|m| m.cache.enabled);
+    let ask = InferenceRequest {
+        model: &model,
+        prompt_tokens: inspected.prompt_tokens,
+        max_tokens: inspected.max_tokens,
+        cache_key: cacheable.then(|| CacheKey::of_object(&inspected.body)),
+    };
+    let admission = match gateway.admit(&caller, &ask).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(refused)) => return Err(GatewayError::refused(&refused, gateway.now())),
+        Err(maas_core::Error::Forbidden { .. }) => {
+            return Err(OpenAiError::access_denied(ACCESS_DENIED).into());
+        }
+        Err(e) => return Err(GatewayError::from_core(&e)),
+    };
+    match admission {
+        Admission::Cached(hit) => {
+            let mut res = (
+                [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                Bytes::copy_from_slice(&hit.body),
+            )
+                .into_response();
+            insert_rate_headers(res.headers_mut(), &hit.headers, gateway.now());
+            res.headers_mut()
+                .insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+            Ok(Step::Answered(res))
+        }
+        Admission::Admitted(admitted) => {
+            ::metrics::histogram!(metrics::ADMISSION_WAIT)
+                .record(admitted.queue_wait().as_secs_f64());
+            record_load(gateway.fair_share().counts());
+            let stream = inspected.stream;
+            let strip_usage = stream && !inspected.wants_usage;
+            let body = rewrite(inspected, &model, admitted.max_output_tokens());
+            Ok(Step::Forward {
+                admitted,
+                body,
+                stream,
+                strip_usage,
+            })
+        }
+    }
+}
