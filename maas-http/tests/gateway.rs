@@ -1,0 +1,629 @@
+//! The inference gateway end to end over loopback: the gateway router and
+//! the simulator served on random ports, a real HTTP client, a manual clock
+//! for the limits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use maas_core::admission::AdmissionLimits;
+use maas_core::fairshare::{FairShare, FairShareConfig};
+use maas_core::gateway::{Gateway, GatewayServices};
+use maas_core::identity::{Identity, StaticTokens};
+use maas_core::model::CacheSettings;
+use maas_core::scheduling::Scheduling;
+use maas_core::usage::{GroupBy, TimeRange, UsageConfig, UsageLedger, UsageScope, UsageSummary};
+use maas_core::{
+    Actor, Clock, KeyHasher, KeyService, ManualClock, ModelService, NewModel, Storage, TierService,
+    Timestamp, UserKeys,
+};
+use maas_http::gateway::{GatewayConfig, router};
+use maas_http::simulator::{self, SimulatorConfig};
+use serde_json::{Value, json};
+
+/// 2025-03-12T10:00:00Z.
+const T0: i64 = 1_741_773_600_000;
+
+struct Rig {
+    url: String,
+    sim_url: String,
+    gateway: Gateway,
+    ledger: UsageLedger,
+    models: ModelService,
+    clock: ManualClock,
+    user_keys: UserKeys,
+    client: reqwest::Client,
+}
+
+async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+/// A gateway over the memory store, its simulator generating at `tps`
+/// tokens per second (0: at once), with `upstream` overriding the
+/// simulator's URL for the `simulator` model.
+async fn rig_with(tps: f64, upstream: Option<String>, timeout: Duration) -> Rig {
+    let storage: Storage = maas_store_memory::MemoryStore::new().storage();
+    let clock = ManualClock::new(Timestamp::from_millis(T0));
+    let c: Arc<dyn Clock> = Arc::new(clock.clone());
+    let admin = Actor::new("admin");
+
+    let (sl, sa) = listen().await;
+    let sim = SimulatorConfig {
+        tokens_per_second: tps,
+        max_concurrent: 8,
+        default_max_tokens: 16,
+    };
+    tokio::spawn(simulator::serve(sl, sim, std::future::pending()));
+    let sim_url = format!("http://{sa}");
+
+    let tiers = TierService::new_with_clock(storage.clone(), c.clone());
+    tiers.ensure_defaults(&admin).await.unwrap();
+    let models = ModelService::new_with_clock(storage.clone(), c.clone());
+    let mut m = NewModel::new("simulator", upstream.unwrap_or_else(|| sim_url.clone()));
+    m.pricing = Some(maas_core::Pricing::usd(1.0, 2.0));
+    models.create(&admin, m).await.unwrap();
+    let mut p = NewModel::new("simulator-premium", sim_url.clone());
+    p.tiers = vec!["premium".into(), "enterprise".into()];
+    models.create(&admin, p).await.unwrap();
+
+    let keys = KeyService::new_with_clock(storage.clone(), KeyHasher::random(), c.clone());
+    let user_keys = UserKeys::new_with_clock(keys, c.clone());
+    let ledger = UsageLedger::new_with_clock(&storage, UsageConfig::default(), c.clone());
+    let identity = StaticTokens::new([
+        (
+            "free-token".to_owned(),
+            Identity::new("freddie", ["system:authenticated"]),
+        ),
+        (
+            "premium-token".to_owned(),
+            Identity::new("penny", ["system:authenticated", "premium-users"]),
+        ),
+    ])
+    .unwrap();
+    let fs = FairShare::with_clock(
+        FairShareConfig {
+            max_in_flight: 4,
+            ..FairShareConfig::default()
+        },
+        c.clone(),
+    )
+    .unwrap();
+    let gateway = Gateway::new(
+        GatewayServices {
+            identity: Arc::new(identity),
+            user_keys: Some(user_keys.clone()),
+            tiers,
+            models: models.clone(),
+            admission: AdmissionLimits::with_config(
+                storage.clone(),
+                maas_core::admission::AdmissionConfig::default(),
+                c.clone(),
+            ),
+            scheduling: Scheduling::new(storage.clone(), fs, c.clone()),
+            usage: Some(ledger.clone()),
+        },
+        c,
+    );
+    let app = router(
+        gateway.clone(),
+        GatewayConfig {
+            upstream_timeout: timeout,
+            ..GatewayConfig::default()
+        },
+    );
+    let (gl, ga) = listen().await;
+    tokio::spawn(async move { axum::serve(gl, app).await });
+    Rig {
+        url: format!("http://{ga}"),
+        sim_url,
+        gateway,
+        ledger,
+        models,
+        clock,
+        user_keys,
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+    }
+}
+
+async fn rig() -> Rig {
+    rig_with(0.0, None, Duration::from_secs(30)).await
+}
+
+impl Rig {
+    async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> reqwest::Response {
+        let mut r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.unwrap()
+    }
+
+    async fn usage(&self) -> UsageSummary {
+        self.gateway.settled().await;
+        let range = TimeRange::new(
+            Timestamp::from_millis(T0 - 3_600_000),
+            Timestamp::from_millis(T0 + 3_600_000),
+        );
+        let rows = self
+            .ledger
+            .totals(range, GroupBy::Model, &UsageScope::default())
+            .await
+            .unwrap();
+        rows.into_iter()
+            .find(|r| r.group == "simulator")
+            .map(|r| r.usage)
+            .unwrap_or_default()
+    }
+
+    /// Waits (bounded) until no request holds a slot and every settlement ran.
+    async fn idle(&self) {
+        for _ in 0..500 {
+            if self.gateway.fair_share().counts() == (0, 0) {
+                self.gateway.settled().await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("slots still held: {:?}", self.gateway.fair_share().counts());
+    }
+}
+
+fn chat(model: &str, max_tokens: u64) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Hello, how are you?"}],
+        "max_tokens": max_tokens,
+    })
+}
+
+async fn error_of(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    (status, body)
+}
+
+/// Seed 002: a chat completion at the per-model URL and at `/v1`, with the
+/// x-ratelimit headers and the answer's usage recorded exactly.
+#[tokio::test]
+async fn chat_completion_with_rate_headers_and_usage() {
+    let r = rig().await;
+    let res = r
+        .post(
+            "/simulator/v1/chat/completions",
+            Some("premium-token"),
+            &chat("simulator", 10),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let h = res.headers().clone();
+    assert_eq!(h["x-ratelimit-limit-requests"], "20");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "19");
+    assert_eq!(h["x-ratelimit-limit-tokens"], "50000");
+    assert!(h.contains_key("x-ratelimit-remaining-tokens"));
+    assert!(h.contains_key("x-ratelimit-reset-requests"));
+    assert!(h.contains_key("x-ratelimit-reset-tokens"));
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["usage"]["completion_tokens"], 10);
+    let prompt = body["usage"]["prompt_tokens"].as_u64().unwrap();
+
+    let res = r
+        .post(
+            "/v1/completions",
+            Some("premium-token"),
+            &json!({"model": "simulator", "prompt": "hi", "max_tokens": 3}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["object"], "text_completion");
+
+    r.idle().await;
+    let u = r.usage().await;
+    assert_eq!(
+        (u.requests, u.errors, u.cancelled, u.estimated),
+        (2, 0, 0, 0)
+    );
+    assert_eq!(u.output_tokens, 13);
+    assert_eq!(u.input_tokens, prompt + 1);
+}
+
+/// Streaming passes events through one by one; the usage chunk the gateway
+/// asked for is removed unless the client asked for it too; usage is exact.
+#[tokio::test]
+async fn streaming_passes_events_and_strips_unasked_usage() {
+    let r = rig().await;
+    for asked in [false, true] {
+        let mut body = chat("simulator", 5);
+        body["stream"] = json!(true);
+        if asked {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let res = r
+            .post("/v1/chat/completions", Some("premium-token"), &body)
+            .await;
+        assert_eq!(res.status(), 200);
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        assert!(res.headers().contains_key("x-ratelimit-remaining-tokens"));
+        let text = String::from_utf8(res.bytes().await.unwrap().to_vec()).unwrap();
+        let events: Vec<&str> = text
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| e.strip_prefix("data: ").unwrap())
+            .collect();
+        assert_eq!(*events.last().unwrap(), "[DONE]");
+        let usage_chunks = events
+            .iter()
+            .filter(|e| e.contains("\"completion_tokens\""))
+            .count();
+        assert_eq!(usage_chunks, usize::from(asked), "{text}");
+        let content = events
+            .iter()
+            .filter(|e| e.contains("\"content\":\""))
+            .count();
+        assert_eq!(content, 5);
+    }
+    r.idle().await;
+    let u = r.usage().await;
+    assert_eq!((u.requests, u.output_tokens, u.estimated), (2, 10, 0));
+}
+
+/// Seed 002's errors, in OpenAI's shape.
+#[tokio::test]
+async fn errors_in_openai_shape() {
+    let r = rig().await;
+    let (s, e) = error_of(
+        r.post("/v1/chat/completions", None, &chat("simulator", 5))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    let (s, e) = error_of(
+        r.post("/v1/chat/completions", Some("wrong"), &chat("simulator", 5))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+
+    // A premium model from the free tier.
+    let (s, e) = error_of(
+        r.post(
+            "/simulator-premium/v1/chat/completions",
+            Some("free-token"),
+            &chat("simulator-premium", 5),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_eq!(
+        e,
+        json!({"error": {
+            "message": "Insufficient permissions for this model",
+            "type": "permission_error",
+            "param": null,
+            "code": "access_denied",
+        }})
+    );
+    let (s, e) = error_of(
+        r.post("/v1/chat/completions", Some("free-token"), &chat("nope", 5))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    // Body and URL disagree; bad bodies name the field.
+    let (s, e) = error_of(
+        r.post(
+            "/simulator/v1/chat/completions",
+            Some("free-token"),
+            &chat("simulator-premium", 5),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((s, e["error"]["param"].as_str()), (400, Some("model")));
+    let (s, e) = error_of(
+        r.post(
+            "/v1/chat/completions",
+            Some("free-token"),
+            &json!({"model": "simulator", "max_tokens": -3}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((s, e["error"]["param"].as_str()), (400, Some("max_tokens")));
+    let res = r
+        .client
+        .post(format!("{}/v1/chat/completions", r.url))
+        .bearer_auth("free-token")
+        .body(vec![b' '; 9 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    r.idle().await;
+    assert_eq!(r.usage().await.requests, 0, "nothing was admitted");
+}
+
+/// The free tier's 5 requests a minute: the sixth is 429 with Retry-After
+/// and the headers; a later minute (manual clock) admits again.
+#[tokio::test]
+async fn free_tier_is_limited_to_five_requests_a_minute() {
+    let r = rig().await;
+    for i in 0..5 {
+        let res = r
+            .post(
+                "/v1/chat/completions",
+                Some("free-token"),
+                &chat("simulator", 5),
+            )
+            .await;
+        assert_eq!(res.status(), 200, "request {i}");
+        assert_eq!(
+            res.headers()["x-ratelimit-remaining-requests"],
+            (4 - i).to_string().as_str()
+        );
+        res.bytes().await.unwrap();
+    }
+    let res = r
+        .post(
+            "/v1/chat/completions",
+            Some("free-token"),
+            &chat("simulator", 5),
+        )
+        .await;
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(res.headers()["x-ratelimit-remaining-requests"], "0");
+    let (_, e) = error_of(res).await;
+    assert_eq!(e["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(e["error"]["type"], "rate_limit_error");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requests per minute")
+    );
+
+    // The premium user is not affected; two minutes on, free is served again.
+    let res = r
+        .post(
+            "/v1/chat/completions",
+            Some("premium-token"),
+            &chat("simulator", 5),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    r.clock.advance(Duration::from_secs(120));
+    let res = r
+        .post(
+            "/v1/chat/completions",
+            Some("free-token"),
+            &chat("simulator", 5),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+}
+
+/// A user's API key is served as its owner (the owner's tier and tenant),
+/// and its usage is counted by key.
+#[tokio::test]
+async fn api_keys_are_served_as_their_owner() {
+    let r = rig().await;
+    let key = r
+        .user_keys
+        .create_for(
+            &Identity::new("penny", ["system:authenticated", "premium-users"]),
+            "ci",
+        )
+        .await
+        .unwrap();
+    let res = r
+        .post(
+            "/simulator-premium/v1/chat/completions",
+            Some(&key.api_key),
+            &chat("simulator-premium", 4),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-ratelimit-limit-requests"], "20");
+    res.bytes().await.unwrap();
+    r.idle().await;
+    let range = TimeRange::new(
+        Timestamp::from_millis(T0 - 60_000),
+        Timestamp::from_millis(T0 + 60_000),
+    );
+    let rows = r
+        .ledger
+        .totals(range, GroupBy::Key, &UsageScope::tenant("penny"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].group, key.key_id.to_string());
+}
+
+/// A client that goes away mid-stream frees its slot, and the tokens it was
+/// sent are counted (estimated, cancelled).
+#[tokio::test]
+async fn disconnect_mid_stream_frees_the_slot_and_counts_tokens() {
+    // 20 tokens a second: 50 tokens would take 2.5 s; the client leaves
+    // after 3 events.
+    let r = rig_with(20.0, None, Duration::from_secs(30)).await;
+    let mut body = chat("simulator", 50);
+    body["stream"] = json!(true);
+    let res = r
+        .post("/v1/chat/completions", Some("premium-token"), &body)
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("\"content\":\"").count() < 3 {
+        let chunk = stream.next().await.unwrap().unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert_eq!(r.gateway.fair_share().counts(), (1, 0), "holding its slot");
+    drop(stream);
+    r.idle().await;
+    let u = r.usage().await;
+    assert_eq!((u.requests, u.cancelled, u.estimated), (1, 1, 1));
+    assert!(
+        (3..50).contains(&u.output_tokens),
+        "the tokens sent were counted: {}",
+        u.output_tokens
+    );
+}
+
+/// An upstream that cannot be reached is 502; one that does not answer in
+/// time is 504; either way nothing is held or charged.
+#[tokio::test]
+async fn upstream_failures_leak_nothing() {
+    // A port nobody listens on.
+    let (l, a) = listen().await;
+    drop(l);
+    let r = rig_with(0.0, Some(format!("http://{a}")), Duration::from_secs(30)).await;
+    let (s, e) = error_of(
+        r.post(
+            "/v1/chat/completions",
+            Some("premium-token"),
+            &chat("simulator", 5),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (502, Some("upstream_error"))
+    );
+    r.idle().await;
+    let res = r
+        .post(
+            "/simulator-premium/v1/chat/completions",
+            Some("premium-token"),
+            &chat("simulator-premium", 5),
+        )
+        .await;
+    assert_eq!(
+        res.headers()["x-ratelimit-remaining-requests"],
+        "19",
+        "the failed request was given back"
+    );
+    res.bytes().await.unwrap();
+    let u = r.usage().await;
+    assert_eq!((u.requests, u.errors, u.output_tokens), (1, 1, 0));
+
+    // An upstream that accepts and never answers.
+    let (silent, sa) = listen().await;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let r = rig_with(
+        0.0,
+        Some(format!("http://{sa}")),
+        Duration::from_millis(100),
+    )
+    .await;
+    let (s, e) = error_of(
+        r.post(
+            "/v1/chat/completions",
+            Some("premium-token"),
+            &chat("simulator", 5),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (504, Some("upstream_timeout"))
+    );
+    r.idle().await;
+    let _ = &r.sim_url;
+}
+
+/// A model with a response cache answers a repeated request from it,
+/// marked by a header and counted as a hit; the request still counts.
+#[tokio::test]
+async fn repeated_request_is_served_from_the_cache() {
+    let r = rig().await;
+    r.models
+        .set_cache(
+            &Actor::new("admin"),
+            "simulator",
+            CacheSettings {
+                enabled: true,
+                ttl_seconds: 60,
+                max_entries: 10,
+            },
+        )
+        .await
+        .unwrap();
+    let first = r
+        .post(
+            "/v1/chat/completions",
+            Some("premium-token"),
+            &chat("simulator", 6),
+        )
+        .await;
+    assert_eq!(first.headers()["x-maas-cache"], "miss");
+    let first = first.bytes().await.unwrap();
+    r.idle().await;
+    // The same body, keys in another order.
+    let same = json!({
+        "max_tokens": 6,
+        "messages": [{"content": "Hello, how are you?", "role": "user"}],
+        "model": "simulator",
+    });
+    let second = r
+        .post("/v1/chat/completions", Some("premium-token"), &same)
+        .await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["x-maas-cache"], "hit");
+    assert_eq!(second.headers()["x-ratelimit-remaining-requests"], "18");
+    assert_eq!(second.bytes().await.unwrap(), first);
+    // A streamed request is never served from the cache.
+    let mut streamed = chat("simulator", 6);
+    streamed["stream"] = json!(true);
+    let res = r
+        .post("/v1/chat/completions", Some("premium-token"), &streamed)
+        .await;
+    assert!(res.headers().get("x-maas-cache").is_none());
+    res.bytes().await.unwrap();
+    r.idle().await;
+    let u = r.usage().await;
+    assert_eq!((u.requests, u.cache_hits, u.cache_misses), (3, 1, 1));
+    assert_eq!(u.output_tokens, 12, "the hit generated nothing");
+}
