@@ -41,6 +41,7 @@ use crate::id::KeyId;
 use crate::identity::{Authenticator, Identity};
 use crate::model::{Model, ModelService};
 use crate::scheduling::Scheduling;
+use crate::storage::Storage;
 use crate::tenant::NewTenant;
 use crate::tier::{Tier, TierService};
 use crate::usage::{CacheOutcome, RequestOutcome, UsageLedger, UsageRecord};
@@ -66,6 +67,34 @@ pub struct GatewayServices {
     pub scheduling: Scheduling,
     /// Where usage is recorded; `None` records nothing.
     pub usage: Option<UsageLedger>,
+}
+
+impl GatewayServices {
+    /// Every service over `storage` with default settings and the system
+    /// clock: user keys, tiers, models, limits, a fair-share scheduler of
+    /// [`FairShareConfig::default`](crate::fairshare::FairShareConfig), and
+    /// a usage ledger (call its
+    /// [`spawn_flusher`](UsageLedger::spawn_flusher) to persist usage).
+    pub fn defaults(storage: &Storage, identity: Arc<dyn Authenticator>) -> Result<Self> {
+        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+        let keys = crate::key::KeyService::new(storage.clone(), crate::key::KeyHasher::random());
+        let fairshare = FairShare::with_clock(
+            crate::fairshare::FairShareConfig::default(),
+            Arc::clone(&clock),
+        )?;
+        Ok(GatewayServices {
+            identity,
+            user_keys: Some(UserKeys::new(keys)),
+            tiers: TierService::new(storage.clone()),
+            models: ModelService::new(storage.clone()),
+            admission: AdmissionLimits::new(storage.clone()),
+            scheduling: Scheduling::new(storage.clone(), fairshare, Arc::clone(&clock)),
+            usage: Some(UsageLedger::new(
+                storage,
+                crate::usage::UsageConfig::default(),
+            )),
+        })
+    }
 }
 
 /// The per-request path (see the [module](self) docs). Cheap to clone.
