@@ -11,6 +11,9 @@
 //! - [`management::router`]: the management API under `/api/v1` (seed
 //!   003), behind the admin token, errors as RFC 9457 problem details.
 //!
+//! With feature `server`, [`server`] runs them all over one store on a
+//! public and an admin listener, as `examples/server.rs` does.
+//!
 //! Handlers only parse, call `maas-core` and render: no rule lives here.
 //! Every router answers with an `x-request-id`, limits request bodies
 //! ([`HttpConfig::body_limit`]) and opens a tracing span per request.
@@ -26,6 +29,8 @@ pub mod management;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
+#[cfg(feature = "server")]
+pub mod server;
 mod strict;
 pub mod unkey;
 

@@ -242,7 +242,7 @@ async fn no_method_is_routed_undocumented_on_a_documented_path() {
 #[test]
 fn no_route_is_registered_around_the_document() {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = vec![src];
+    let mut files = vec![src.clone()];
     let mut offenders = Vec::new();
     let mut seen = 0;
     while let Some(p) = files.pop() {
@@ -251,6 +251,13 @@ fn no_route_is_registered_around_the_document() {
             continue;
         }
         if p.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        // The example server (feature `server`) registers no API route: it
+        // dispatches each listener's requests to the documented routers.
+        if p.strip_prefix(&src)
+            .is_ok_and(|rel| rel.starts_with("server"))
+        {
             continue;
         }
         seen += 1;
