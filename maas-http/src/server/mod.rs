@@ -1,0 +1,972 @@
+//! The example server's library part (feature `server`): every API of this
+//! crate over one store, on three listeners, with the background tasks a
+//! deployment needs and a graceful shutdown. `examples/server.rs` is a thin
+//! command line over [`Server::start`].
+//!
+//! | listener | config key | serves |
+//! |---|---|---|
+//! | public (`127.0.0.1:8080`) | `listen` | the gateway (`…/v1/chat/completions`, `…/v1/completions`), the Unkey-compatible API (`/v1/liveness`, `/v1/keys…`, `/v1/apis…`, `/v1/ratelimits…`), the MaaS user API (everything else) |
+//! | admin (`127.0.0.1:9090`) | `admin_listen` | `GET /health` (open), `GET /metrics` and the management API under `/api/v1` (admin token) |
+//! | simulator (`127.0.0.1:8081`, loopback only) | `simulator_listen` | the simulated models' upstream |
+//!
+//! On start the server opens the store (sled in `data_dir`, or memory),
+//! creates seed 002's default tiers if absent, registers two simulated
+//! models (`simulator` for every tier, `simulator-premium` for premium and
+//! enterprise; their upstream URL is set to the simulator's address on every
+//! start), loads the development identities of the users file, and settles
+//! the admin token (see [`AdminTokenSource`]).
+//!
+//! Background tasks: the usage ledger's flusher, the rate limiter's sync,
+//! [`KeyService::maintain`] every second and [`Scheduling::load`] every ten.
+//!
+//! [`RunningServer::shutdown`] stops accepting on every listener, lets the
+//! requests in flight finish (at most `shutdown_grace_secs`), waits for the
+//! gateway's settlements, flushes usage, rate-limit counters and the store,
+//! then closes it. Dropping a [`RunningServer`] stops the listeners too, but
+//! waits for nothing.
+
+mod config;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use maas_core::fairshare::{FairShare, FairShareConfig};
+use maas_core::mcp::McpServers;
+use maas_core::projects::Projects;
+use maas_core::rootkeys::RootKeys;
+use maas_core::scheduling::Scheduling;
+use maas_core::token::{TokenConfig, TokenService};
+use maas_core::usage::{FlusherHandle, UsageConfig, UsageLedger};
+use maas_core::{
+    Actor, AdmissionConfig, AdmissionLimits, Authenticator, Chain, Gateway, GatewayServices,
+    Identity, KeyHasher, KeyService, ModelService, ModelUpdate, NewModel, RateLimitConfig,
+    RateLimiter, StaticTokens, Storage, TierService, UserKeys,
+};
+use maas_store_memory::MemoryStore;
+use maas_store_sled::{SledError, SledStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+
+pub use config::{
+    ConfigError, DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_SIMULATOR_LISTEN,
+    DEFAULT_USERS, MIN_ADMIN_TOKEN, ServerConfig,
+};
+
+use crate::common::{HttpConfig, bearer, with_common_layers};
+use crate::gateway::GatewayConfig;
+use crate::maas_api::{self, MaasApiState};
+use crate::management::{self, ManagementServices, ManagementState};
+use crate::unkey::{self, UnkeyState};
+
+/// The simulated model every tier may use.
+pub const SIMULATOR_MODEL: &str = "simulator";
+/// The simulated model of the premium and enterprise tiers.
+pub const SIMULATOR_PREMIUM_MODEL: &str = "simulator-premium";
+/// The tiers of [`SIMULATOR_PREMIUM_MODEL`].
+pub const PREMIUM_TIERS: [&str; 2] = ["premium", "enterprise"];
+/// The admin token's file in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The API-key hash secret's file in the data directory.
+pub const KEY_SECRET_FILE: &str = "key-secret";
+/// The prefix of generated admin tokens.
+pub const ADMIN_TOKEN_PREFIX: &str = "maas_admin_";
+
+/// How often [`KeyService::maintain`] runs.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
+/// How often [`Scheduling::load`] picks up stored fair-share settings.
+const LOAD_EVERY: Duration = Duration::from_secs(10);
+
+/// Why the server could not start (or did not stop cleanly), as one line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration (or a file it names) is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({key}): {reason}")]
+    Bind {
+        /// The configuration key of the listener.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// What the system said.
+        reason: String,
+    },
+    /// Another process holds the data directory.
+    #[error(
+        "data dir {} is in use by another process (is another maas running?)",
+        path.display()
+    )]
+    DataDirLocked {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// The store could not be opened.
+    #[error("cannot open data dir {}: {reason}", path.display())]
+    Store {
+        /// The data directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A secret file of the data directory could not be read or written.
+    #[error("cannot {action} {}: {reason}", path.display())]
+    File {
+        /// What was being done (`read the admin token file`, ...).
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A step of starting or stopping failed.
+    #[error("{step}: {source}")]
+    Step {
+        /// The step (`ensuring the default tiers`, `flushing usage`, ...).
+        step: &'static str,
+        /// Why.
+        source: maas_core::Error,
+    },
+}
+
+fn step(step: &'static str) -> impl FnOnce(maas_core::Error) -> ServerError {
+    move |source| ServerError::Step { step, source }
+}
+
+/// Where the admin token came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminTokenSource {
+    /// [`ServerConfig::admin_token`] (`MAAS_ADMIN_TOKEN`).
+    Configured,
+    /// Read from this file of the data directory (generated on an earlier
+    /// start).
+    File(PathBuf),
+    /// Generated by this start: stored in this file (mode 0600), or nowhere
+    /// with `memory` (`None`). Show it once.
+    Generated(Option<PathBuf>),
+}
+
+impl AdminTokenSource {
+    /// Whether the token was generated by this start (and should be shown).
+    pub fn is_generated(&self) -> bool {
+        matches!(self, AdminTokenSource::Generated(_))
+    }
+}
+
+/// The example server; [`Server::start`] runs one.
+#[derive(Debug, Clone, Copy)]
+pub struct Server;
+
+/// The services of a running server, over its one store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerServices {
+    /// The store.
+    pub storage: Storage,
+    /// The per-request path of the gateway.
+    pub gateway: Gateway,
+    /// Every key (root, user, project).
+    pub keys: KeyService,
+    /// Users' API keys.
+    pub user_keys: UserKeys,
+    /// Root keys (Unkey API).
+    pub root_keys: RootKeys,
+    /// maas tokens.
+    pub tokens: TokenService,
+    /// Tiers.
+    pub tiers: TierService,
+    /// Models.
+    pub models: ModelService,
+    /// Fair share and tenants.
+    pub scheduling: Scheduling,
+    /// The usage ledger.
+    pub usage: UsageLedger,
+    /// Namespace rate limits (Unkey API).
+    pub ratelimits: RateLimiter,
+}
+
+/// A running server: its addresses, its admin token, its services;
+/// [`shutdown`](Self::shutdown) stops it.
+pub struct RunningServer {
+    /// The public listener's address (user API, gateway, Unkey API).
+    pub public_addr: SocketAddr,
+    /// The admin listener's address (management API, `/metrics`).
+    pub admin_addr: SocketAddr,
+    /// The simulator's address (the simulated models' upstream).
+    pub simulator_addr: SocketAddr,
+    /// The base URL `/v1/models` lists models under.
+    pub public_url: String,
+    /// The data directory (`None` with `memory`).
+    pub data_dir: Option<PathBuf>,
+    /// Where the admin token came from.
+    pub admin_token_source: AdminTokenSource,
+    /// Things the operator should know (development tokens loaded, no
+    /// users file, ...); also logged.
+    pub warnings: Vec<String>,
+    admin_token: String,
+    services: ServerServices,
+    grace: Duration,
+    /// What [`RunningServer::shutdown`] stops; `None` once stopped.
+    tasks: Option<Tasks>,
+}
+
+/// The listeners, the background tasks and the store handle to flush.
+struct Tasks {
+    stop: watch::Sender<bool>,
+    listeners: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
+    upkeep: JoinHandle<()>,
+    flusher: FlusherHandle,
+    sync: maas_core::ratelimit::SyncHandle,
+    sled: Option<SledStore>,
+}
+
+impl Drop for RunningServer {
+    /// Dropped without [`shutdown`](RunningServer::shutdown): the listeners
+    /// stop accepting and the background tasks end after a last flush, in
+    /// the background; nothing is waited for.
+    fn drop(&mut self) {
+        if let Some(tasks) = self.tasks.take() {
+            let _ = tasks.stop.send(true);
+            tasks.upkeep.abort();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tasks.sync.shutdown().await;
+                    let _ = tasks.flusher.shutdown().await;
+                });
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("public_addr", &self.public_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("simulator_addr", &self.simulator_addr)
+            .field("public_url", &self.public_url)
+            .field("data_dir", &self.data_dir)
+            .field("admin_token_source", &self.admin_token_source)
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stop signal, as the future a listener's graceful shutdown waits on
+/// (also when the sender is dropped).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    let bind_err = |e: std::io::Error| ServerError::Bind {
+        key,
+        addr,
+        reason: config::io_reason(&e),
+    };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    Ok(listener)
+}
+
+fn local_addr(
+    key: &'static str,
+    addr: SocketAddr,
+    l: &TcpListener,
+) -> Result<SocketAddr, ServerError> {
+    l.local_addr().map_err(|e| ServerError::Bind {
+        key,
+        addr,
+        reason: config::io_reason(&e),
+    })
+}
+
+/// A fresh secret: 32 random bytes in base58.
+fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bs58::encode(bytes).into_string()
+}
+
+/// Reads a secret file: its content, trimmed. Warns when others may read it.
+fn read_secret(
+    action: &'static str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<String, ServerError> {
+    let file_err = |reason: String| ServerError::File {
+        action,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(config::io_reason(&e)))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_or(0o600, |m| m.permissions().mode());
+        if mode & 0o077 != 0 {
+            warnings.push(format!(
+                "{} may be read by other users (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o777
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = warnings;
+    let secret = text.trim().to_owned();
+    if secret.is_empty() {
+        return Err(file_err("the file is empty".into()));
+    }
+    Ok(secret)
+}
+
+/// Writes a new secret file readable by its owner only; an existing file
+/// is not overwritten.
+fn write_secret(action: &'static str, path: &Path, secret: &str) -> Result<(), ServerError> {
+    let file_err = |e: std::io::Error| ServerError::File {
+        action,
+        path: path.to_path_buf(),
+        reason: config::io_reason(&e),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(file_err)?;
+    file.write_all(secret.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(file_err)?;
+    Ok(())
+}
+
+/// The secret in `dir/name`, generated and written there if absent; `true`
+/// when generated.
+fn stored_secret(
+    dir: &Path,
+    name: &str,
+    generate: impl FnOnce() -> String,
+    what: (&'static str, &'static str),
+    warnings: &mut Vec<String>,
+) -> Result<(String, PathBuf, bool), ServerError> {
+    let path = dir.join(name);
+    if path.exists() {
+        let secret = read_secret(what.0, &path, warnings)?;
+        return Ok((secret, path, false));
+    }
+    let secret = generate();
+    write_secret(what.1, &path, &secret)?;
+    Ok((secret, path, true))
+}
+
+async fn open_store(config: &ServerConfig) -> Result<(Storage, Option<SledStore>), ServerError> {
+    if config.memory {
+        return Ok((MemoryStore::new().storage(), None));
+    }
+    let path = config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || SledStore::open(path))
+        .await
+        .map_err(|e| ServerError::Store {
+            path: config.data_dir.clone(),
+            reason: e.to_string(),
+        })?;
+    match opened {
+        Ok(store) => Ok((store.clone().storage(), Some(store))),
+        Err(SledError::Locked { .. }) => Err(ServerError::DataDirLocked {
+            path: config.data_dir.clone(),
+        }),
+        Err(e) => Err(ServerError::Store {
+            path: config.data_dir.clone(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Registers a simulated model, or points it at `url` if it exists (its
+/// other settings, changed through the management API, are kept).
+async fn ensure_model(
+    models: &ModelService,
+    id: &str,
+    url: &str,
+    tiers: &[&str],
+) -> maas_core::Result<()> {
+    let system = Actor::system();
+    match models.get(id).await {
+        Ok(m) if m.upstream_url == url => Ok(()),
+        Ok(_) => {
+            let update = ModelUpdate {
+                upstream_url: Some(url.to_owned()),
+                ..ModelUpdate::default()
+            };
+            models.update(&system, id, update).await.map(drop)
+        }
+        Err(e) if e.is_not_found() => {
+            let mut new = NewModel::new(id, url);
+            new.tiers = tiers.iter().map(|t| (*t).to_owned()).collect();
+            match models.create(&system, new).await {
+                Ok(_) | Err(maas_core::Error::Conflict { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The router of the simulated models.
+fn simulator_router(tokens_per_second: f64, max_concurrent: usize) -> maas_core::Result<Router> {
+    crate::simulator::router(crate::simulator::SimulatorConfig {
+        tokens_per_second,
+        max_concurrent,
+        ..Default::default()
+    })
+}
+
+/// Whether the public listener hands `path` to the gateway: the OpenAI
+/// inference paths, bare or under `/{model}`.
+fn is_gateway(path: &str) -> bool {
+    path.ends_with("/v1/chat/completions") || path.ends_with("/v1/completions")
+}
+
+/// Whether the public listener hands `path` to the Unkey-compatible API.
+fn is_unkey(path: &str) -> bool {
+    path == "/v1/liveness"
+        || ["/v1/keys", "/v1/apis", "/v1/ratelimits"]
+            .iter()
+            .any(|p| path.starts_with(p))
+}
+
+/// One router that hands each request to the router `pick` names.
+fn dispatch(routers: Vec<Router>, pick: fn(&str) -> usize) -> Router {
+    let routers: Arc<[Router]> = routers.into();
+    Router::new().fallback_service(tower::service_fn(move |req: Request<Body>| {
+        let i = pick(req.uri().path());
+        let router = routers.get(i).or_else(|| routers.last()).cloned();
+        async move {
+            Ok::<_, Infallible>(match router {
+                Some(r) => r.oneshot(req).await.unwrap_or_else(|e| match e {}),
+                None => StatusCode::NOT_FOUND.into_response(),
+            })
+        }
+    }))
+}
+
+/// `/metrics` answers only the admin token (401 otherwise).
+async fn require_admin(
+    State(admin): State<Arc<StaticTokens>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let allowed = match bearer(&parts) {
+        Some(token) => matches!(admin.authenticate(token).await, Ok(Some(_))),
+        None => false,
+    };
+    if !allowed {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            "admin token required\n",
+        )
+            .into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: &watch::Sender<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    let shutdown = stopped(stop.subscribe());
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    })
+}
+
+/// The public URL: as configured, or `http://` and the bound address.
+fn public_url(config: &ServerConfig, addr: SocketAddr) -> String {
+    match &config.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let mut addr = addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr.ip() {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                });
+            }
+            format!("http://{addr}")
+        }
+    }
+}
+
+impl Server {
+    /// Starts a server as `config` says (see the [module](self) docs): binds
+    /// the three listeners, opens the store, provisions tiers, models,
+    /// users and the admin token, starts the background tasks and serves.
+    ///
+    /// Every failure is one line: a listener's address in use, the data
+    /// directory held by another process, a configuration value or file
+    /// that is not usable.
+    pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+        config.validate()?;
+        let mut warnings = Vec::new();
+        let clock = config.clock.clone();
+
+        // Listeners first: an address in use is the likeliest mistake.
+        let public = bind("listen", config.listen).await?;
+        let admin = bind("admin_listen", config.admin_listen).await?;
+        let sim = bind("simulator_listen", config.simulator_listen).await?;
+        let public_addr = local_addr("listen", config.listen, &public)?;
+        let admin_addr = local_addr("admin_listen", config.admin_listen, &admin)?;
+        let simulator_addr = local_addr("simulator_listen", config.simulator_listen, &sim)?;
+        let simulator = simulator_router(config.sim_tokens_per_second, config.sim_max_concurrent)
+            .map_err(step("configuring the simulator"))?;
+
+        // Development identities.
+        let users_path = config.users.clone();
+        let users = match &users_path {
+            Some(p) => config::read_users(p)?,
+            None => {
+                let default = Path::new(DEFAULT_USERS);
+                if default.exists() {
+                    config::read_users(default)?
+                } else {
+                    warnings.push(format!(
+                        "no users file at {DEFAULT_USERS}: no development identities \
+                         (maas tokens and API keys still work)"
+                    ));
+                    Vec::new()
+                }
+            }
+        };
+        if !users.is_empty() {
+            let shown = users_path
+                .as_deref()
+                .unwrap_or(Path::new(DEFAULT_USERS))
+                .display();
+            warnings.push(format!(
+                "{} static token(s) from {shown} are for development only: \
+                 anyone who can read that file can call as those users",
+                users.len()
+            ));
+        }
+
+        let (storage, sled) = open_store(&config).await?;
+        let data_dir = (!config.memory).then(|| config.data_dir.clone());
+
+        // Secrets: configured, else stored in the data directory, else new
+        // (last of what can fail for a configuration mistake, so a token is
+        // not generated by a start that then fails).
+        let key_secret = match (&config.key_secret, &data_dir) {
+            (Some(s), _) => s.clone(),
+            (None, Some(dir)) => {
+                stored_secret(
+                    dir,
+                    KEY_SECRET_FILE,
+                    random_secret,
+                    ("read the key secret file", "write the key secret file"),
+                    &mut warnings,
+                )?
+                .0
+            }
+            (None, None) => random_secret(),
+        };
+        let generate_admin = || format!("{ADMIN_TOKEN_PREFIX}{}", random_secret());
+        let (admin_token, admin_token_source) = match (&config.admin_token, &data_dir) {
+            (Some(t), _) => (t.clone(), AdminTokenSource::Configured),
+            (None, Some(dir)) => {
+                let (token, path, generated) = stored_secret(
+                    dir,
+                    ADMIN_TOKEN_FILE,
+                    generate_admin,
+                    ("read the admin token file", "write the admin token file"),
+                    &mut warnings,
+                )?;
+                if let Err(reason) = config::check_admin_token(&token) {
+                    return Err(ServerError::File {
+                        action: "use the admin token file",
+                        path,
+                        reason: format!("the token {reason}"),
+                    });
+                }
+                let source = if generated {
+                    AdminTokenSource::Generated(Some(path))
+                } else {
+                    AdminTokenSource::File(path)
+                };
+                (token, source)
+            }
+            (None, None) => (generate_admin(), AdminTokenSource::Generated(None)),
+        };
+
+        // Services.
+        let keys = KeyService::new_with_clock(
+            storage.clone(),
+            KeyHasher::from_secret(key_secret.as_bytes()),
+            clock.clone(),
+        );
+        let usage = UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone());
+        keys.attach_usage(usage.clone())
+            .map_err(step("attaching the usage ledger"))?;
+        crate::metrics::observe_verifications(&keys)
+            .map_err(step("attaching the verification metrics"))?;
+        let root_keys = RootKeys::new_with_clock(keys.clone(), clock.clone());
+        let user_keys = UserKeys::new_with_clock(keys.clone(), clock.clone());
+        let tiers = TierService::new_with_clock(storage.clone(), clock.clone());
+        let models = ModelService::new_with_clock(storage.clone(), clock.clone());
+        let tokens =
+            TokenService::open_with_clock(storage.clone(), TokenConfig::default(), clock.clone())
+                .await
+                .map_err(step("opening the token service"))?;
+        let fairshare = FairShare::with_clock(
+            FairShareConfig {
+                max_in_flight: config.max_in_flight,
+                max_queue_per_tenant: config.max_queue_per_tenant,
+                queue_timeout: Some(Duration::from_secs(config.queue_timeout_secs)),
+                ..FairShareConfig::default()
+            },
+            clock.clone(),
+        )
+        .map_err(step("configuring fair share"))?;
+        let scheduling = Scheduling::new(storage.clone(), fairshare, clock.clone());
+        let ratelimits =
+            RateLimiter::with_config(storage.clone(), RateLimitConfig::default(), clock.clone());
+        let static_tokens = StaticTokens::new(users).map_err(step("loading the users"))?;
+        let identity: Arc<dyn Authenticator> = Arc::new(
+            Chain::new()
+                .with(Arc::new(static_tokens))
+                .with(Arc::new(tokens.clone())),
+        );
+        let admin_auth = Arc::new(
+            StaticTokens::new([(admin_token.clone(), Identity::new("admin", ["maas:admin"]))])
+                .map_err(step("setting the admin token"))?,
+        );
+
+        // Provisioning.
+        let system = Actor::system();
+        tiers
+            .ensure_defaults(&system)
+            .await
+            .map_err(step("ensuring the default tiers"))?;
+        let sim_url = format!("http://{simulator_addr}");
+        ensure_model(&models, SIMULATOR_MODEL, &sim_url, &[])
+            .await
+            .map_err(step("registering the simulator model"))?;
+        ensure_model(&models, SIMULATOR_PREMIUM_MODEL, &sim_url, &PREMIUM_TIERS)
+            .await
+            .map_err(step("registering the simulator-premium model"))?;
+        scheduling
+            .load()
+            .await
+            .map_err(step("loading the fair-share settings"))?;
+
+        let gateway = Gateway::new(
+            GatewayServices {
+                identity: identity.clone(),
+                user_keys: Some(user_keys.clone()),
+                tiers: tiers.clone(),
+                models: models.clone(),
+                admission: AdmissionLimits::with_config(
+                    storage.clone(),
+                    AdmissionConfig::default(),
+                    clock.clone(),
+                ),
+                scheduling: scheduling.clone(),
+                usage: Some(usage.clone()),
+            },
+            clock.clone(),
+        );
+        if crate::metrics::prometheus().is_none() {
+            warnings.push("another metrics recorder is installed: /metrics answers 503".to_owned());
+        }
+
+        // Routers.
+        let public_url = public_url(&config, public_addr);
+        let http = HttpConfig::default();
+        let maas = maas_api::router(
+            MaasApiState {
+                identity,
+                tokens: tokens.clone(),
+                tiers: tiers.clone(),
+                models: models.clone(),
+                user_keys: user_keys.clone(),
+                storage: storage.clone(),
+                gateway_url: public_url.clone(),
+            },
+            &http,
+        );
+        let unkey = unkey::router(
+            UnkeyState::new(root_keys.clone(), ratelimits.clone(), usage.clone())
+                .with_admin_token(admin_token.clone())
+                .with_config(http),
+        );
+        let gateway_routes = crate::gateway::router(gateway.clone(), GatewayConfig::default());
+        let management = management::router(
+            ManagementState::new(
+                &admin_token,
+                ManagementServices {
+                    scheduling: scheduling.clone(),
+                    tiers: tiers.clone(),
+                    models: models.clone(),
+                    user_keys: user_keys.clone(),
+                    usage: usage.clone(),
+                    root_keys: root_keys.clone(),
+                    projects: Projects::new_with_clock(keys.clone(), clock.clone()),
+                    mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
+                    storage: storage.clone(),
+                },
+            )
+            .map_err(step("setting the admin token"))?,
+            &http,
+        );
+        let metrics = with_common_layers(
+            crate::metrics::router()
+                .layer(middleware::from_fn_with_state(admin_auth, require_admin)),
+            &http,
+        );
+        // Indices: 0 gateway, 1 Unkey, 2 MaaS API.
+        let public_app = dispatch(vec![gateway_routes, unkey, maas.clone()], |path| {
+            if is_gateway(path) {
+                0
+            } else if is_unkey(path) {
+                1
+            } else {
+                2
+            }
+        });
+        // Indices: 0 metrics, 1 open health (the MaaS API's), 2 management.
+        let admin_app = dispatch(vec![metrics, maas, management], |path| match path {
+            "/metrics" => 0,
+            "/health" => 1,
+            _ => 2,
+        });
+
+        // Serving and background tasks.
+        let (stop, _) = watch::channel(false);
+        let listeners = vec![
+            ("listen", serve(public, public_app, &stop)),
+            ("admin_listen", serve(admin, admin_app, &stop)),
+            ("simulator_listen", serve(sim, simulator, &stop)),
+        ];
+        let flusher = usage.spawn_flusher();
+        let sync = ratelimits.spawn_sync();
+        let upkeep = tokio::spawn(upkeep(
+            keys.clone(),
+            scheduling.clone(),
+            stopped(stop.subscribe()),
+        ));
+
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        tracing::info!(%public_addr, %admin_addr, %simulator_addr, "maas server started");
+        Ok(RunningServer {
+            public_addr,
+            admin_addr,
+            simulator_addr,
+            public_url,
+            data_dir,
+            admin_token_source,
+            warnings,
+            admin_token,
+            services: ServerServices {
+                storage,
+                gateway,
+                keys,
+                user_keys,
+                root_keys,
+                tokens,
+                tiers,
+                models,
+                scheduling,
+                usage,
+                ratelimits,
+            },
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+            tasks: Some(Tasks {
+                stop,
+                listeners,
+                upkeep,
+                flusher,
+                sync,
+                sled,
+            }),
+        })
+    }
+}
+
+/// Key upkeep every second, fair-share settings every ten, until `stop`.
+async fn upkeep(keys: KeyService, scheduling: Scheduling, stop: impl Future<Output = ()>) {
+    let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+    let mut load = tokio::time::interval(LOAD_EVERY);
+    for t in [&mut maintain, &mut load] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    // Both were just done (or are not due yet).
+    load.tick().await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = maintain.tick() => {
+                if let Err(e) = keys.maintain().await {
+                    tracing::warn!("key upkeep failed: {e}");
+                }
+            }
+            _ = load.tick() => {
+                if let Err(e) = scheduling.load().await {
+                    tracing::warn!("reloading fair-share settings failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl RunningServer {
+    /// The admin token: the bearer of the management API and `/metrics`,
+    /// and the Unkey API's admin token.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The services the server runs on.
+    pub fn services(&self) -> &ServerServices {
+        &self.services
+    }
+
+    /// The gateway's per-request path.
+    pub fn gateway(&self) -> &Gateway {
+        &self.services.gateway
+    }
+
+    /// The store.
+    pub fn storage(&self) -> &Storage {
+        &self.services.storage
+    }
+
+    /// Stops the server: every listener stops accepting; requests in flight
+    /// get `shutdown_grace_secs` to finish (then their connections are
+    /// dropped, and the gateway settles them as cancelled); then the
+    /// gateway's settlements, the usage ledger, the rate-limit counters,
+    /// key upkeep and the store are flushed, and the store is closed.
+    ///
+    /// Every step runs even when one fails; the first failure is returned.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        let Some(Tasks {
+            stop,
+            listeners,
+            upkeep,
+            flusher,
+            sync,
+            sled,
+        }) = self.tasks.take()
+        else {
+            return Ok(());
+        };
+        let grace = self.grace;
+        let _ = stop.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        for (key, mut task) in listeners {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!("the {key} listener failed: {e}"),
+                Ok(Err(e)) => tracing::warn!("the {key} listener task failed: {e}"),
+                Err(_) => {
+                    tracing::warn!(
+                        "requests on the {key} listener still running after {} s: dropped",
+                        grace.as_secs()
+                    );
+                    task.abort();
+                }
+            }
+        }
+        let _ = upkeep.await;
+        let mut first: Option<ServerError> = None;
+        let mut note = |r: Result<(), ServerError>| {
+            if let Err(e) = r {
+                tracing::warn!("{e}");
+                first.get_or_insert(e);
+            }
+        };
+        // Dropped requests are settled in the background: give them the
+        // grace too, so a hung store cannot hold the shutdown forever.
+        let settle = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(settle, self.services.gateway.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "gateway settlements still running after {} s",
+                grace.as_secs()
+            );
+        }
+        note(
+            self.services
+                .keys
+                .maintain()
+                .await
+                .map_err(step("flushing key upkeep")),
+        );
+        note(sync.shutdown().await.map_err(step("flushing rate limits")));
+        note(flusher.shutdown().await.map_err(step("flushing usage")));
+        if let Some(store) = &sled {
+            note(store.flush().await.map_err(step("flushing the store")));
+        }
+        drop(sled);
+        drop(self);
+        tracing::info!("maas server stopped");
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inference_paths_go_to_the_gateway() {
+        assert!(is_gateway("/v1/chat/completions"));
+        assert!(is_gateway("/v1/completions"));
+        assert!(is_gateway("/simulator/v1/chat/completions"));
+        assert!(is_gateway("/simulator-premium/v1/completions"));
+        assert!(!is_gateway("/v1/models"));
+        assert!(!is_gateway("/v1/keys.verifyKey"));
+        assert!(is_unkey("/v1/keys.verifyKey"));
+        assert!(is_unkey("/v1/liveness"));
+        assert!(!is_unkey("/v1/models"));
+    }
+
+    #[test]
+    fn the_public_url_defaults_to_the_bound_address() {
+        let c = ServerConfig::default();
+        let a: SocketAddr = "0.0.0.0:8080".parse().unwrap_or(c.listen);
+        assert_eq!(public_url(&c, a), "http://127.0.0.1:8080");
+        let c = ServerConfig {
+            public_url: Some("https://maas.example/".into()),
+            ..ServerConfig::default()
+        };
+        assert_eq!(public_url(&c, a), "https://maas.example");
+    }
+}

@@ -1,0 +1,385 @@
+//! The example server's library part over real loopback HTTP: listeners,
+//! the admin token, the tiers' views of the simulated models, and the
+//! one-line errors of bad configurations.
+
+#![cfg(feature = "server")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use maas_core::ManualClock;
+use maas_http::server::{
+    ADMIN_TOKEN_FILE, AdminTokenSource, KEY_SECRET_FILE, RunningServer, SIMULATOR_MODEL,
+    SIMULATOR_PREMIUM_MODEL, Server, ServerConfig, ServerError,
+};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const FREE: &str = "dev-free-token";
+const PREMIUM: &str = "dev-premium-token";
+const ENTERPRISE: &str = "dev-enterprise-token";
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn users_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/users.toml")
+}
+
+/// A memory-backed server on ephemeral loopback ports, with the example
+/// users and a manual clock.
+fn config() -> ServerConfig {
+    ServerConfig {
+        memory: true,
+        listen: any_port(),
+        admin_listen: any_port(),
+        simulator_listen: any_port(),
+        users: Some(users_file()),
+        shutdown_grace_secs: 5,
+        clock: Arc::new(ManualClock::default()),
+        ..ServerConfig::default()
+    }
+}
+
+fn sled_config(dir: &Path) -> ServerConfig {
+    ServerConfig {
+        memory: false,
+        data_dir: dir.to_path_buf(),
+        ..config()
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (StatusCode, String) {
+    let mut req = reqwest::Client::new().get(format!("http://{addr}{path}"));
+    if let Some(token) = bearer {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    (status, res.text().await.unwrap())
+}
+
+async fn get_json(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (StatusCode, Value) {
+    let (status, body) = get(addr, path, bearer).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// A maas token for the identity behind `dev_token` (seed 000's flow:
+/// `/v1/models` takes maas tokens and API keys, not identity tokens).
+async fn maas_token(s: &RunningServer, dev_token: &str) -> String {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/tokens", s.public_addr))
+        .bearer_auth(dev_token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// The model ids `/v1/models` lists for the identity behind `dev_token`.
+async fn models(s: &RunningServer, dev_token: &str) -> Vec<String> {
+    let token = maas_token(s, dev_token).await;
+    let (status, body) = get_json(s.public_addr, "/v1/models", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut ids: Vec<String> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn health_answers_on_the_public_and_the_admin_listener() {
+    let s = Server::start(config()).await.unwrap();
+    let (status, body) = get_json(s.public_addr, "/health", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ok");
+    let (status, body) = get_json(s.admin_addr, "/health", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ok");
+    // The Unkey-compatible API is on the public listener too.
+    let (status, _) = get(s.public_addr, "/v1/liveness", None).await;
+    assert_eq!(status, StatusCode::OK);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_management_api_needs_the_admin_token() {
+    let s = Server::start(config()).await.unwrap();
+    let (status, _) = get(s.admin_addr, "/api/v1/tiers", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = get(s.admin_addr, "/api/v1/tiers", Some(FREE)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = get_json(s.admin_addr, "/api/v1/tiers", Some(s.admin_token())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut names: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["enterprise", "free", "premium"]);
+    // Not served on the public listener.
+    let (status, _) = get(s.public_addr, "/api/v1/tiers", Some(s.admin_token())).await;
+    assert_ne!(status, StatusCode::OK);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_need_the_admin_token() {
+    let s = Server::start(config()).await.unwrap();
+    let (status, _) = get(s.admin_addr, "/metrics", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = get(s.admin_addr, "/metrics", Some("not-the-admin-token")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = get(s.admin_addr, "/metrics", Some(s.admin_token())).await;
+    assert_eq!(status, StatusCode::OK);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn each_tier_sees_its_simulated_models() {
+    let s = Server::start(config()).await.unwrap();
+    assert_eq!(models(&s, FREE).await, [SIMULATOR_MODEL]);
+    assert_eq!(
+        models(&s, PREMIUM).await,
+        [SIMULATOR_MODEL, SIMULATOR_PREMIUM_MODEL]
+    );
+    assert_eq!(
+        models(&s, ENTERPRISE).await,
+        [SIMULATOR_MODEL, SIMULATOR_PREMIUM_MODEL]
+    );
+    let (status, _) = get(s.public_addr, "/v1/models", Some("nobody")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The development tokens are identity tokens: the gateway takes them,
+    // `/v1/models` (seed 000) wants the maas token they mint.
+    let (status, _) = get(s.public_addr, "/v1/models", Some(FREE)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The models' upstream is the simulator's listener.
+    let sim = s.services().models.get(SIMULATOR_MODEL).await.unwrap();
+    assert_eq!(sim.upstream_url, format!("http://{}", s.simulator_addr));
+    let (status, _) = get(s.simulator_addr, "/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Static tokens are announced as development-only.
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("for development only")),
+        "{:?}",
+        s.warnings
+    );
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_public_url_is_where_models_are_listed() {
+    let s = Server::start(ServerConfig {
+        public_url: Some("https://maas.example/".into()),
+        ..config()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.public_url, "https://maas.example");
+    let token = maas_token(&s, FREE).await;
+    let (_, body) = get_json(s.public_addr, "/v1/models", Some(&token)).await;
+    let url = body["data"][0]["url"].as_str().unwrap_or_default();
+    assert!(url.starts_with("https://maas.example/"), "{body}");
+    s.shutdown().await.unwrap();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_generated_admin_token_is_stored_0600_and_read_back() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = data.join(ADMIN_TOKEN_FILE);
+
+    let s = Server::start(sled_config(&data)).await.unwrap();
+    assert_eq!(
+        s.admin_token_source,
+        AdminTokenSource::Generated(Some(file.clone()))
+    );
+    let token = s.admin_token().to_owned();
+    assert!(token.starts_with("maas_admin_"), "{token}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    for f in [ADMIN_TOKEN_FILE, KEY_SECRET_FILE] {
+        let mode = std::fs::metadata(data.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let first_sim = s.simulator_addr;
+    s.shutdown().await.unwrap();
+    // A token file others may read is used, with a warning.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    // A second start (another simulator port) reads the same token back and
+    // points the simulated models at the new port.
+    let s = Server::start(sled_config(&data)).await.unwrap();
+    assert_eq!(s.admin_token_source, AdminTokenSource::File(file));
+    assert!(!s.admin_token_source.is_generated());
+    assert_eq!(s.admin_token(), token);
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("may be read by other users")),
+        "{:?}",
+        s.warnings
+    );
+    let (status, _) = get(s.admin_addr, "/api/v1/health", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    for id in [SIMULATOR_MODEL, SIMULATOR_PREMIUM_MODEL] {
+        let m = s.services().models.get(id).await.unwrap();
+        assert_eq!(m.upstream_url, format!("http://{}", s.simulator_addr));
+    }
+    if s.simulator_addr != first_sim {
+        let m = s.services().models.get(SIMULATOR_MODEL).await.unwrap();
+        assert!(m.version > 1, "the upstream was updated in place");
+    }
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_configured_admin_token_is_used_and_a_memory_token_is_not_written() {
+    let s = Server::start(ServerConfig {
+        admin_token: Some("configured-admin-token-0123".into()),
+        ..config()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.admin_token_source, AdminTokenSource::Configured);
+    let (status, _) = get(
+        s.admin_addr,
+        "/metrics",
+        Some("configured-admin-token-0123"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    s.shutdown().await.unwrap();
+
+    let s = Server::start(config()).await.unwrap();
+    assert_eq!(s.admin_token_source, AdminTokenSource::Generated(None));
+    assert!(s.data_dir.is_none());
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_address_in_use_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind(any_port()).unwrap();
+    let addr = taken.local_addr().unwrap();
+    let e = Server::start(ServerConfig {
+        admin_listen: addr,
+        ..config()
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ServerError::Bind { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!("cannot listen on {addr} (admin_listen): address already in use")
+    );
+}
+
+#[tokio::test]
+async fn a_data_dir_in_use_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = Server::start(sled_config(&data)).await.unwrap();
+    let e = Server::start(sled_config(&data)).await.unwrap_err();
+    assert!(matches!(e, ServerError::DataDirLocked { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "data dir {} is in use by another process (is another maas running?)",
+            data.display()
+        )
+    );
+    // The first one is unharmed.
+    let (status, _) = get(first.public_addr, "/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+    first.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_config_file_with_an_unknown_key_is_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("maas.toml");
+    std::fs::write(&path, "memory = true\n\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let e = ServerConfig::from_toml_file(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "config file {}, line 3: unknown key `lisen`",
+            path.display()
+        )),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+
+    let missing = dir.path().join("absent.toml");
+    let e = ServerConfig::from_toml_file(&missing)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "cannot read config file {}: no such file or directory",
+            missing.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_users_file_named_but_missing_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("users.toml");
+    let e = Server::start(ServerConfig {
+        users: Some(missing.clone()),
+        ..config()
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "cannot read users file {}: no such file or directory",
+            missing.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting() {
+    let s = Server::start(config()).await.unwrap();
+    let (public, admin) = (s.public_addr, s.admin_addr);
+    // A kept-alive connection does not hold the shutdown.
+    let client = reqwest::Client::new();
+    let res = client
+        .get(format!("http://{public}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    s.shutdown().await.unwrap();
+    for addr in [public, admin] {
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "{addr} still accepts"
+        );
+    }
+}
