@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """The official OpenAI Python SDK against a running maas gateway, unchanged.
 
+The identity tokens given are exchanged for maas access tokens first
+(seed 002's POST /maas-api/v1/tokens); the SDK then uses those.
+
     python3 scripts/openai_sdk.py --base-url http://127.0.0.1:8080 \
         --free-token dev-free-token --premium-token dev-premium-token
 
@@ -10,7 +13,9 @@ SDK's typed errors for 401, 403, 404 and 429. Exits non-zero on the first
 failure. The SDK's retries are off so a 429 is seen, not retried.
 """
 import argparse
+import json
 import sys
+import urllib.request
 
 import openai
 from openai import OpenAI
@@ -23,6 +28,18 @@ def check(cond, what):
     print(f"ok: {what}")
 
 
+def maas_token(base_url, identity_token):
+    """Seed 002's first step: an identity token for a maas access token."""
+    req = urllib.request.Request(
+        base_url.rstrip("/") + "/maas-api/v1/tokens",
+        data=json.dumps({"expiration": "15m"}).encode(),
+        headers={"Authorization": f"Bearer {identity_token}",
+                 "Content-Type": "application/json"},
+        method="POST")
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)["token"]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--base-url", required=True)
@@ -30,8 +47,11 @@ def main():
     p.add_argument("--premium-token", required=True)
     a = p.parse_args()
     v1 = a.base_url.rstrip("/") + "/v1"
-    premium = OpenAI(base_url=v1, api_key=a.premium_token, max_retries=0)
-    free = OpenAI(base_url=v1, api_key=a.free_token, max_retries=0)
+    premium_token = maas_token(a.base_url, a.premium_token)
+    free_token = maas_token(a.base_url, a.free_token)
+    check(premium_token and free_token, "maas access tokens for both users")
+    premium = OpenAI(base_url=v1, api_key=premium_token, max_retries=0)
+    free = OpenAI(base_url=v1, api_key=free_token, max_retries=0)
 
     ids = [m.id for m in premium.models.list()]
     check("simulator" in ids and "simulator-premium" in ids, f"models.list: {ids}")
@@ -63,7 +83,7 @@ def main():
     # The per-model URL that /v1/models lists (seed 002's MODEL_URL).
     listed = premium.models.with_raw_response.list().http_response.json()
     url = next(m["url"] for m in listed["data"] if m["id"] == "simulator-premium")
-    per_model = OpenAI(base_url=url.rstrip("/") + "/v1", api_key=a.premium_token, max_retries=0)
+    per_model = OpenAI(base_url=url.rstrip("/") + "/v1", api_key=premium_token, max_retries=0)
     r = per_model.chat.completions.create(model="simulator-premium", messages=msgs, max_tokens=2)
     check(r.usage.completion_tokens == 2, f"per-model URL {url}")
 

@@ -233,7 +233,6 @@ async fn admit(
         (Some(m), _) | (None, Some(m)) => m,
         (None, None) => return Err(GatewayError::invalid("model", "'model' is required")),
     };
-    model_label.clone_from(&model);
     let cacheable = !inspected.stream
         && gateway
             .services()
@@ -247,7 +246,13 @@ async fn admit(
         max_tokens: inspected.max_tokens,
         cache_key: cacheable.then(|| CacheKey::of_object(&inspected.body)),
     };
-    let admission = match gateway.admit(&caller, &ask).await {
+    let result = gateway.admit(&caller, &ask).await;
+    // Metrics are labelled with catalog models only: a model name from the
+    // body that does not exist must not become a series of its own.
+    if !matches!(&result, Err(e) if e.is_not_found()) {
+        model_label.clone_from(&model);
+    }
+    let admission = match result {
         Ok(Ok(a)) => a,
         Ok(Err(refused)) => return Err(GatewayError::refused(&refused, gateway.now())),
         Err(maas_core::Error::Forbidden { .. }) => {
