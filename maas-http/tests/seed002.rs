@@ -2,8 +2,8 @@
 //! random loopback ports (memory store, manual clock): an access token, the
 //! models of the tier, chat at the per-model URL, streaming, the x-ratelimit
 //! headers, a 429; the metrics that leaves; and the official OpenAI Python
-//! SDK driving the same server unchanged (`scripts/openai_sdk.py`; `.ci/run`
-//! installs the `openai` package).
+//! SDK driving the same server unchanged (`scripts/openai_sdk.py`; the test installs
+//! the `openai` package with pip when it is missing).
 
 #![cfg(feature = "server")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -177,21 +177,43 @@ async fn seed_002_flow_against_the_example_server() {
     server.shutdown().await.unwrap();
 }
 
+/// Where the `openai` package is importable from: already installed, or
+/// installed by pip into this test's scratch directory (once).
+fn openai_package() -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pydeps");
+    let importable = |path: &Path| {
+        std::process::Command::new("python3")
+            .env("PYTHONPATH", path)
+            .args(["-c", "import openai"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if importable(&target) {
+        return target;
+    }
+    let pip = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--target"])
+        .arg(&target)
+        .arg("openai")
+        .output();
+    assert!(
+        importable(&target),
+        "this test needs python3 and the openai package; pip install into {} failed: {:?}",
+        target.display(),
+        pip.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+    );
+    target
+}
+
 /// The official OpenAI Python SDK against the example server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_works_unchanged() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .output();
-    assert!(
-        probe.as_ref().is_ok_and(|o| o.status.success()),
-        "this test needs python3 with the openai package: python3 -m pip install openai \
-         (.ci/run installs it)"
-    );
+    let pythonpath = openai_package();
     let clock = ManualClock::new(Timestamp::from_millis(1_795_000_000_000));
     let server = start(&clock).await;
     let base = server.public_url.clone();
     let out = tokio::process::Command::new("python3")
+        .env("PYTHONPATH", pythonpath)
         .arg(repo().join("scripts/openai_sdk.py"))
         .args(["--base-url", &base])
         .args(["--free-token", "dev-free-token"])
