@@ -51,6 +51,10 @@ use clap::Parser;
 use maas_http::server::{AdminTokenSource, ConfigError, RunningServer, Server, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// mimalloc: glibc malloc's arena locks showed up in profiles under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The maas example server.
 #[derive(Debug, Parser)]
 #[command(name = "maas-server", version, about)]

@@ -34,6 +34,7 @@
 //! several strings is read as one prompt. Bad requests are answered 400 in
 //! OpenAI's error shape naming the `param` at fault.
 
+use axum::serve::ListenerExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -173,6 +174,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    // Each streamed token goes out at once (no Nagle delay).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -287,30 +287,79 @@ async fn streaming_passes_events_and_strips_unasked_usage() {
 #[tokio::test]
 async fn errors_in_openai_shape() {
     let r = rig().await;
-    let (s, e) = error_of(
-        r.post("/v1/chat/completions", None, &chat("simulator", 5))
-            .await,
-    )
-    .await;
-    assert_eq!(
-        (s, e["error"]["code"].as_str()),
-        (401, Some("invalid_api_key"))
-    );
-    assert_eq!(e["error"]["type"], "invalid_request_error");
-    let (s, e) = error_of(
-        r.post("/v1/chat/completions", Some("wrong"), &chat("simulator", 5))
-            .await,
-    )
-    .await;
-    assert_eq!(
-        (s, e["error"]["code"].as_str()),
-        (401, Some("invalid_api_key"))
-    );
-
-    // A premium model from the free tier.
+    let premium_from_free = "/simulator-premium/v1/chat/completions";
+    // (path, token, body, status, field, expected value)
+    let cases: &[(&str, Option<&str>, Value, u16, &str, &str)] = &[
+        (
+            "/v1/chat/completions",
+            None,
+            chat("simulator", 5),
+            401,
+            "code",
+            "invalid_api_key",
+        ),
+        (
+            "/v1/chat/completions",
+            None,
+            chat("simulator", 5),
+            401,
+            "type",
+            "invalid_request_error",
+        ),
+        (
+            "/v1/chat/completions",
+            Some("wrong"),
+            chat("simulator", 5),
+            401,
+            "code",
+            "invalid_api_key",
+        ),
+        (
+            "/v1/chat/completions",
+            Some("free-token"),
+            chat("nope", 5),
+            404,
+            "code",
+            "model_not_found",
+        ),
+        // Body and URL disagree; bad bodies name the field.
+        (
+            "/simulator/v1/chat/completions",
+            Some("free-token"),
+            chat("simulator-premium", 5),
+            400,
+            "param",
+            "model",
+        ),
+        (
+            "/v1/chat/completions",
+            Some("free-token"),
+            json!({"model": "simulator", "max_tokens": -3}),
+            400,
+            "param",
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            Some("free-token"),
+            json!({"max_tokens": 3}),
+            400,
+            "param",
+            "model",
+        ),
+    ];
+    for (path, token, body, status, field, expected) in cases {
+        let (s, e) = error_of(r.post(path, *token, body).await).await;
+        assert_eq!(
+            (s, e["error"][field].as_str()),
+            (*status, Some(*expected)),
+            "{path} {body}"
+        );
+    }
+    // A premium model from the free tier: seed 002's body, word for word.
     let (s, e) = error_of(
         r.post(
-            "/simulator-premium/v1/chat/completions",
+            premium_from_free,
             Some("free-token"),
             &chat("simulator-premium", 5),
         )
@@ -327,36 +376,6 @@ async fn errors_in_openai_shape() {
             "code": "access_denied",
         }})
     );
-    let (s, e) = error_of(
-        r.post("/v1/chat/completions", Some("free-token"), &chat("nope", 5))
-            .await,
-    )
-    .await;
-    assert_eq!(
-        (s, e["error"]["code"].as_str()),
-        (404, Some("model_not_found"))
-    );
-    // Body and URL disagree; bad bodies name the field.
-    let (s, e) = error_of(
-        r.post(
-            "/simulator/v1/chat/completions",
-            Some("free-token"),
-            &chat("simulator-premium", 5),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!((s, e["error"]["param"].as_str()), (400, Some("model")));
-    let (s, e) = error_of(
-        r.post(
-            "/v1/chat/completions",
-            Some("free-token"),
-            &json!({"model": "simulator", "max_tokens": -3}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!((s, e["error"]["param"].as_str()), (400, Some("max_tokens")));
     let res = r
         .client
         .post(format!("{}/v1/chat/completions", r.url))

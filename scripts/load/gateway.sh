@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Chat completions through the gateway versus straight to the simulator, on
-# loopback, with wrk: 16 and 64 connections, a bounded duration each.
+# loopback, with wrk: 1 (unsaturated latency), 16 and 64 connections, a
+# bounded duration each.
 # Prints requests/s, p50 and p99 for both and the gateway's overhead.
 #
 #   scripts/load/gateway.sh [SECONDS_PER_RUN]   (default 10)
@@ -36,7 +37,7 @@ run() { # name url token connections
   echo "$1 c=$4 $out"
 }
 declare -A P50 P99
-for c in 16 64; do
+for c in 1 16 64; do
   d=$(run direct http://127.0.0.1:18081/v1/chat/completions "" "$c")
   g=$(run gateway http://127.0.0.1:18080/v1/chat/completions load-test-token-0123456789 "$c")
   echo "$d"; echo "$g"

@@ -27,6 +27,7 @@
 
 mod config;
 
+use axum::serve::ListenerExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
@@ -495,6 +496,10 @@ fn serve(
 ) -> JoinHandle<std::io::Result<()>> {
     let shutdown = stopped(stop.subscribe());
     tokio::spawn(async move {
+        // Small answers and streamed events go out at once (no Nagle delay).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
