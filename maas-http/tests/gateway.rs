@@ -283,13 +283,15 @@ async fn streaming_passes_events_and_strips_unasked_usage() {
     assert_eq!((u.requests, u.output_tokens, u.estimated), (2, 10, 0));
 }
 
+/// An error case: path, token, body, status, error field, its value.
+type ErrorCase<'a> = (&'a str, Option<&'a str>, Value, u16, &'a str, &'a str);
+
 /// Seed 002's errors, in OpenAI's shape.
 #[tokio::test]
 async fn errors_in_openai_shape() {
     let r = rig().await;
     let premium_from_free = "/simulator-premium/v1/chat/completions";
-    // (path, token, body, status, field, expected value)
-    let cases: &[(&str, Option<&str>, Value, u16, &str, &str)] = &[
+    let cases: &[ErrorCase] = &[
         (
             "/v1/chat/completions",
             None,
