@@ -33,7 +33,7 @@ curl -sf -o /dev/null -X POST http://127.0.0.1:19090/api/v1/tiers \
 
 run() { # name url token connections
   local out
-  out=$(TOKEN=$3 wrk -t1 -c"$4" -d"${SECS}s" --timeout 10s -s scripts/load/chat.lua "$2" | grep '^RESULT')
+  out=$(TOKEN=$3 wrk -t1 -c"$4" -d"${SECS}s" --timeout 10s -s scripts/load/post.lua "$2" | grep '^RESULT')
   echo "$1 c=$4 $out"
 }
 declare -A P50 P99

@@ -1,9 +1,4 @@
--- wrk: POST a small chat completion; TOKEN (env) as the bearer if set.
--- Prints one machine-readable RESULT line at the end.
-wrk.method = "POST"
-wrk.body = os.getenv("BODY") or
-  '{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}'
-wrk.headers["Content-Type"] = "application/json"
+-- wrk: GET with TOKEN (env) as the bearer if set. Prints one RESULT line.
 local token = os.getenv("TOKEN")
 if token and token ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. token
