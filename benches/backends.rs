@@ -11,7 +11,7 @@
 //!   of 1 KiB + `flush_async`, on a database of its own);
 //! - `update_remaining`: `keys.updateRemaining` increment, audited (durable).
 //!
-//! `cargo bench --bench backends` (set `MAAS_BENCH_KEYS` for fewer keys than
+//! `cargo bench -- backends/` (set `MAAS_BENCH_KEYS` for fewer keys than
 //! 1,000,000). Keys are issued by 32 concurrent tasks during setup.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -22,7 +22,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 use maas::core::{
     Actor, KeyHasher, KeyId, KeyService, KeyServiceConfig, KeyspaceId, NewKey, NewKeyspace,
     RemainingOp, Storage, SystemClock, VerifyOptions,
@@ -31,7 +31,7 @@ use maas::memory::MemoryStore;
 use maas::sled::SledStore;
 use tokio::runtime::Runtime;
 
-mod common;
+use crate::common;
 use common::{Pick, key_count};
 
 struct Backend {
@@ -230,4 +230,3 @@ fn bench_backends(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_backends);
-criterion_main!(benches);

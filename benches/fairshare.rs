@@ -8,7 +8,7 @@
 //! lift). One slot; N tenants each with one request waiting; equal weights.
 //! Goal: median ≤ 1 µs at 10,000.
 //!
-//! `cargo bench --bench fairshare`; `-- --test` runs each once.
+//! `cargo bench -- fairshare/`; `-- --test` runs each once.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use maas::core::fairshare::{Admission, FairShare, FairShareConfig, Permit, Request, Waiting};
 use tokio::sync::Semaphore;
 
@@ -124,4 +124,3 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);

@@ -14,13 +14,13 @@
 //! Each HTTP iteration builds its request, clones the router (reference
 //! counts) and reads the whole response body.
 //!
-//! `cargo bench --bench http`; `-- --test` runs each once.
+//! `cargo bench -- unkey_http/`; `-- --test` runs each once.
 //!
 //! [`RootKeys::verify`]: maas::core::RootKeys::verify
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::Pick;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use http_body_util::BodyExt;
 use maas::core::ratelimit::RateLimitConfig;
 use maas::core::usage::{UsageConfig, UsageLedger};
@@ -143,4 +143,3 @@ fn http(c: &mut Criterion) {
 }
 
 criterion_group!(benches, http);
-criterion_main!(benches);

@@ -20,21 +20,21 @@
 //! - `dashmap_3_updates`: three `DashMap` entry updates of the same ids, the
 //!   least touching three counters can cost.
 //!
-//! `cargo bench --bench limits`; `cargo bench --bench limits -- --test` runs
+//! `cargo bench -- "ratelimit|admission"`; `cargo bench -- "ratelimit|admission" --test` runs
 //! each once.
 //!
 //! [`Reservation::reconcile`]: maas::core::Reservation::reconcile
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use common::Pick;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use dashmap::DashMap;
 use governor::{Quota, RateLimiter as Governor};
 use maas::core::ratelimit::{LimitRequest, RateLimiter};
@@ -206,4 +206,3 @@ fn admission(c: &mut Criterion) {
 }
 
 criterion_group!(benches, ratelimit, admission);
-criterion_main!(benches);

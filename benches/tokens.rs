@@ -17,7 +17,7 @@
 //! `hashmap_probe_20`: 20 probes of a std `HashMap<String, usize>` of the 500
 //! groups.
 //!
-//! `cargo bench --bench tokens`; `cargo bench --bench tokens -- --test` runs
+//! `cargo bench -- "token/|tier_lookup"`; `cargo bench -- "token/|tier_lookup" --test` runs
 //! each once.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use maas::core::identity::Identity;
@@ -211,4 +211,3 @@ fn tier_lookup(c: &mut Criterion) {
 }
 
 criterion_group!(benches, tokens, tier_lookup);
-criterion_main!(benches);

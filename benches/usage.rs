@@ -22,7 +22,7 @@
 //! Nothing is flushed while measuring (the flush interval is an hour), as in
 //! production between two flushes: recording does no I/O.
 //!
-//! `cargo bench --bench usage`; `-- --test` runs each once.
+//! `cargo bench -- usage/`; `-- --test` runs each once.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -30,7 +30,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use dashmap::DashMap;
 use maas::core::usage::{CacheOutcome, UsageConfig, UsageLedger, UsageRecord, VerificationRecord};
 use maas::core::{
@@ -39,7 +39,7 @@ use maas::core::{
 };
 use maas::memory::MemoryStore;
 
-mod common;
+use crate::common;
 use common::Pick;
 
 const TENANTS: usize = 10_000;
@@ -227,4 +227,3 @@ fn bench_usage(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_usage);
-criterion_main!(benches);

@@ -9,9 +9,9 @@
 //!   the keys (unlimited, no rate limit, `VerifyOptions::default()`);
 //! - `verify_hot_1k`: the same, among the first 1,000 keys only.
 //!
-//! `cargo bench --bench verify`. `MAAS_BENCH_KEYS=<n>` issues `n` keys
+//! `cargo bench -- verify/`. `MAAS_BENCH_KEYS=<n>` issues `n` keys
 //! instead of 1,000,000 (the names then say `n`): e.g.
-//! `MAAS_BENCH_KEYS=2000 cargo bench --bench verify -- --test` runs each
+//! `MAAS_BENCH_KEYS=2000 cargo bench -- verify/ --test` runs each
 //! benchmark once, as a smoke test.
 //!
 //! The keys are issued once, before the group runs, and shared by both verify
@@ -34,7 +34,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use maas::core::{
     Actor, KeyHasher, KeyService, KeyServiceConfig, NewKey, NewKeyspace, SystemClock, VerifyOptions,
 };
@@ -42,7 +42,7 @@ use maas::memory::MemoryStore;
 use rand::Rng;
 use tokio::runtime::Runtime;
 
-mod common;
+use crate::common;
 use common::{Pick, key_count, label};
 
 /// A key service over a memory store holding `n` unlimited keys of one
@@ -151,4 +151,3 @@ fn bench_verify(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_verify);
-criterion_main!(benches);
