@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from criterion's results in target/criterion.
+
+    scripts/benchmarks.sh        # runs `cargo bench`, then this
+    scripts/benchmarks.py        # only regenerates from the last run
+
+Each row names a bench, the floor or peer measured in the same run, and the
+goal its issue set; the table gives medians, the ratio and whether the goal
+is met. A bench missing from target/criterion is reported as not measured.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CRIT = ROOT / "target" / "criterion"
+
+# (operation, bench id, floor/peer id, goal kind, goal value, goal text)
+# kinds: "abs" median <= value ns; "ratio" median/floor <= value;
+# "throughput" floor/median >= value (share of the floor's requests/s);
+# "within" median <= floor * (1 + value); None: no goal.
+ROWS = [
+    ("key verify, hot set of 1,000 keys (memory)", "verify/verify_hot_1k", "verify/blake3_keyed_hash", "abs", 200, "≤ 200 ns"),
+    ("key verify, random of 1M keys (memory)", "verify/verify_random_of_1m", "verify/hashmap_lookup_1m", "abs", 500, "≤ 500 ns"),
+    ("key verify, hot 1,000 (memory)", "backends/verify_hot_1000/memory", "verify/blake3_keyed_hash", None, None, ""),
+    ("key verify, hot 1,000 (sled vs memory)", "backends/verify_hot_1000/sled", "backends/verify_hot_1000/memory", "within", 0.10, "within 10% of memory"),
+    ("key verify, random of 1M (sled vs memory)", "backends/verify_random_of_1000000/sled", "backends/verify_random_of_1000000/memory", "within", 0.10, "within 10% of memory"),
+    ("durable key create (sled)", "backends/create_key_durable/sled", "backends/floor_fsync_4k", "abs", 300_000, "≤ 300 µs"),
+    ("update remaining (sled)", "backends/update_remaining/sled", "backends/update_remaining/memory", None, None, ""),
+    ("token verify HS256 (no cache)", "token/verify_hs256", "token/raw_decode_hs256", "ratio", 1.15, "≤ 1.15× raw decode"),
+    ("token verify EdDSA (no cache)", "token/verify_eddsa", "token/raw_decode_eddsa", "ratio", 1.15, "≤ 1.15× raw decode"),
+    ("token verify, cached", "token/verify_cached", "token/blake3_keyed_signature", "abs", 300, "≤ 300 ns"),
+    ("tier lookup, 100 tiers, 20 groups", "tier_lookup/lookup_100_tiers_20_groups", "tier_lookup/hashmap_probe_20", None, None, ""),
+    ("rate-limit decision, fast, 100k ids", "ratelimit_decision/100k/maas_fast", "ratelimit_decision/100k/governor_keyed", "ratio", 1.5, "≤ 1.5× governor"),
+    ("rate-limit decision, consistent, 100k ids", "ratelimit_decision/100k/maas_consistent", "ratelimit_decision/100k/governor_keyed", None, None, ""),
+    ("admission reserve + reconcile, 3 limits", "admission/reserve_reconcile_3_limits", "admission/dashmap_3_updates", "abs", 1000, "≤ 1 µs"),
+    ("fair share admit + release, 10 tenants", "fairshare/admit_release/10", "fairshare/tokio_semaphore_acquire_release", "abs", 1000, "≤ 1 µs"),
+    ("fair share admit + release, 10k tenants", "fairshare/admit_release/10000", "fairshare/tokio_semaphore_acquire_release", "abs", 1000, "≤ 1 µs"),
+    ("usage record, warm bucket", "usage/record_warm", "usage/dashmap_update_warm", None, None, ""),
+    ("usage record, 10k tenants", "usage/record_of_10k_tenants", "usage/dashmap_update_of_10k", None, None, ""),
+    ("keys.verifyKey over HTTP (router)", "unkey_http/verify_key", "unkey_http/liveness", "throughput", 0.60, "≥ 60% of a trivial route's throughput"),
+]
+
+
+def medians():
+    out = {}
+    for bench in CRIT.rglob("new/benchmark.json"):
+        try:
+            meta = json.loads(bench.read_text())
+            est = json.loads((bench.parent / "estimates.json").read_text())
+        except (OSError, ValueError):
+            continue
+        out[meta["full_id"]] = est["median"]["point_estimate"]
+    return out
+
+
+def fmt(ns):
+    if ns is None:
+        return "not measured"
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.2f} µs"
+    return f"{ns:.0f} ns"
+
+
+def verdict(kind, value, m, f):
+    if kind is None:
+        return "—"
+    if m is None or (kind != "abs" and f is None):
+        return "not measured"
+    ok = {
+        "abs": lambda: m <= value,
+        "ratio": lambda: m / f <= value,
+        "throughput": lambda: f / m >= value,
+        "within": lambda: m <= f * (1 + value),
+    }[kind]()
+    return "**met**" if ok else "**not met**"
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, {rustc}"
+
+
+def main():
+    med = medians()
+    if not med:
+        sys.exit("no criterion results in target/criterion: run scripts/benchmarks.sh")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `scripts/benchmarks.py` from the last `cargo bench` run",
+        "(`scripts/benchmarks.sh` runs both); do not edit by hand.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        "Each bench is measured beside its floor or peer in the same run, so",
+        "the ratio holds on a noisy machine where the absolute figures drift.",
+        "",
+        "| operation | median | floor / peer (same run) | ratio | goal | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for op, bid, fid, kind, value, text in ROWS:
+        m, f = med.get(bid), med.get(fid)
+        ratio = f"{m / f:.2f}×" if m is not None and f else "—"
+        floor = f"`{fid}` {fmt(f)}"
+        lines.append(f"| {op} (`{bid}`) | {fmt(m)} | {floor} | {ratio} | {text or '—'} | {verdict(kind, value, m, f)} |")
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```sh",
+        "scripts/benchmarks.sh            # cargo bench (all groups), then regenerate this file",
+        "cargo bench -- verify/           # one group (criterion filter)",
+        "scripts/load.sh 10 16            # loopback HTTP load with wrk (not in this table)",
+        "scripts/load/gateway.sh 10       # the gateway vs the simulator, 1/16/64 connections",
+        "scripts/soak.sh 600 200          # 10 min at 200 req/s through the gateway on sled",
+        "```",
+        "",
+    ]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+    print(f"wrote BENCHMARKS.md ({len(ROWS)} rows)")
+
+
+if __name__ == "__main__":
+    main()
