@@ -29,7 +29,6 @@ const T0: i64 = 1_741_773_600_000;
 
 struct Rig {
     url: String,
-    sim_url: String,
     gateway: Gateway,
     ledger: UsageLedger,
     models: ModelService,
@@ -121,7 +120,6 @@ async fn rig_with(tps: f64, upstream: Option<String>, timeout: Duration) -> Rig 
     tokio::spawn(async move { axum::serve(gl, app).await });
     Rig {
         url: format!("http://{ga}"),
-        sim_url,
         gateway,
         ledger,
         models,
@@ -146,6 +144,11 @@ impl Rig {
             r = r.bearer_auth(t);
         }
         r.send().await.unwrap()
+    }
+
+    /// Posts and reads the answer as an error: (status, body).
+    async fn fails(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        error_of(self.post(path, token, body).await).await
     }
 
     async fn usage(&self) -> UsageSummary {
@@ -351,7 +354,7 @@ async fn errors_in_openai_shape() {
         ),
     ];
     for (path, token, body, status, field, expected) in cases {
-        let (s, e) = error_of(r.post(path, *token, body).await).await;
+        let (s, e) = r.fails(path, *token, body).await;
         assert_eq!(
             (s, e["error"][field].as_str()),
             (*status, Some(*expected)),
@@ -359,15 +362,13 @@ async fn errors_in_openai_shape() {
         );
     }
     // A premium model from the free tier: seed 002's body, word for word.
-    let (s, e) = error_of(
-        r.post(
+    let (s, e) = r
+        .fails(
             premium_from_free,
             Some("free-token"),
             &chat("simulator-premium", 5),
         )
-        .await,
-    )
-    .await;
+        .await;
     assert_eq!(s, 403);
     assert_eq!(
         e,
@@ -534,15 +535,13 @@ async fn upstream_failures_leak_nothing() {
     let (l, a) = listen().await;
     drop(l);
     let r = rig_with(0.0, Some(format!("http://{a}")), Duration::from_secs(30)).await;
-    let (s, e) = error_of(
-        r.post(
+    let (s, e) = r
+        .fails(
             "/v1/chat/completions",
             Some("premium-token"),
             &chat("simulator", 5),
         )
-        .await,
-    )
-    .await;
+        .await;
     assert_eq!(
         (s, e["error"]["code"].as_str()),
         (502, Some("upstream_error"))
@@ -578,21 +577,18 @@ async fn upstream_failures_leak_nothing() {
         Duration::from_millis(100),
     )
     .await;
-    let (s, e) = error_of(
-        r.post(
+    let (s, e) = r
+        .fails(
             "/v1/chat/completions",
             Some("premium-token"),
             &chat("simulator", 5),
         )
-        .await,
-    )
-    .await;
+        .await;
     assert_eq!(
         (s, e["error"]["code"].as_str()),
         (504, Some("upstream_timeout"))
     );
     r.idle().await;
-    let _ = &r.sim_url;
 }
 
 /// A model with a response cache answers a repeated request from it,
