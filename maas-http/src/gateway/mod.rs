@@ -76,7 +76,11 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .build()
-        .unwrap_or_default();
+        .unwrap_or_else(|e| {
+            // Only a TLS backend that cannot start fails here.
+            tracing::error!(error = %e, "upstream client settings refused; using defaults");
+            reqwest::Client::new()
+        });
     let upstream = Upstream {
         client,
         timeout: config.upstream_timeout,
