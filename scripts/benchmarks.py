@@ -7,6 +7,10 @@
 Each row names a bench, the floor or peer measured in the same run, and the
 goal its issue set; the table gives medians, the ratio and whether the goal
 is met. A bench missing from target/criterion is reported as not measured.
+
+A second table comes from the loopback load runs, when they have been run:
+scripts/load.sh, scripts/load/gateway.sh and scripts/soak.sh write their
+figures to target/load/*.json.
 """
 import json
 import os
@@ -17,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CRIT = ROOT / "target" / "criterion"
+LOAD = ROOT / "target" / "load"
 
 # (operation, bench id, floor/peer id, goal kind, goal value, goal text)
 # kinds: "abs" median <= value ns; "ratio" median/floor <= value;
@@ -81,6 +86,63 @@ def verdict(kind, value, m, f):
     return "**met**" if ok else "**not met**"
 
 
+def load_result(name):
+    try:
+        return json.loads((LOAD / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def mark(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def load_rows():
+    """Rows (operation, figures, goal, verdict, source) from target/load."""
+    rows = []
+    load = load_result("load")
+    if load:
+        r, src = load["result"], f"`scripts/load.sh {load['result']['seconds']} {load['result']['connections']}` at {load['commit']}"
+        runs = r["runs"]
+        live, vk, models = runs["liveness"], runs["verifyKey"], runs["models"]
+        share = vk["rps"] / live["rps"]
+        rows.append(("`keys.verifyKey` vs `GET /v1/liveness`, same server",
+                     f"{vk['rps']:,.0f} vs {live['rps']:,.0f} req/s = {share:.0%}",
+                     "≥ 60% of the trivial route (issue 7)", mark(share >= 0.60), src))
+        rows.append(("`GET /v1/models` (maas token) vs `GET /v1/liveness`",
+                     f"{models['rps']:,.0f} vs {live['rps']:,.0f} req/s = {models['rps'] / live['rps']:.0%}",
+                     "—", "—", src))
+        d, g = runs["chat-direct"], runs["chat-gateway"]
+        rows.append((f"chat: gateway vs direct, {r['connections']} connections",
+                     f"{g['rps']:,.0f} vs {d['rps']:,.0f} req/s; p50 {g['p50_us']} vs {d['p50_us']} µs; p99 {g['p99_us']} vs {d['p99_us']} µs",
+                     "—", "—", src))
+    gw = load_result("gateway")
+    if gw:
+        src = f"`scripts/load/gateway.sh {gw['result']['seconds']}` at {gw['commit']}"
+        for run in gw["result"]["runs"]:
+            d, g, c = run["direct"], run["gateway"], run["connections"]
+            p50, p99 = g["p50_us"] - d["p50_us"], g["p99_us"] - d["p99_us"]
+            figures = (f"direct {d['rps']:,.0f} req/s, p50 {d['p50_us']} µs, p99 {d['p99_us']} µs; "
+                       f"gateway {g['rps']:,.0f} req/s, p50 {g['p50_us']} µs, p99 {g['p99_us']} µs")
+            rows.append((f"chat through the gateway, {c} connection{'s' if c > 1 else ''}: p50 overhead",
+                         f"{p50:+} µs ({figures})", "≤ 100 µs (issue 9)", mark(p50 <= 100), src))
+            rows.append((f"chat through the gateway, {c} connection{'s' if c > 1 else ''}: p99 overhead",
+                         f"{p99:+} µs", "≤ 1 ms (issue 9)", mark(p99 <= 1000), src))
+    soak = load_result("soak")
+    if soak:
+        r = soak["result"]
+        src = f"`scripts/soak.sh {r['seconds']} {r['rate']}` at {soak['commit']}"
+        run = r["run"]
+        rows.append((f"soak, {r['seconds']} s at {r['rate']} req/s through the gateway on sled: errors",
+                     f"{run['errors']} of {run['sent']:,} (p50 {run['p50_us']} µs, p99 {run['p99_us']} µs)",
+                     "0 (issue 10)", mark(run["errors"] == 0), src))
+        growth = (r["rss_end_kb"] - r["rss_start_kb"]) / r["rss_start_kb"]
+        rows.append(("soak: server RSS growth",
+                     f"{r['rss_start_kb']:,} → {r['rss_end_kb']:,} kB = {growth:+.1%}",
+                     "< 10% (issue 10)", mark(growth < 0.10), src))
+    return rows
+
+
 def machine():
     cpu = "unknown CPU"
     try:
@@ -117,6 +179,19 @@ def main():
         ratio = f"{m / f:.2f}×" if m is not None and f else "—"
         floor = f"`{fid}` {fmt(f)}"
         lines.append(f"| {op} (`{bid}`) | {fmt(m)} | {floor} | {ratio} | {text or '—'} | {verdict(kind, value, m, f)} |")
+    rows = load_rows()
+    if rows:
+        lines += [
+            "",
+            "## Loopback load (wrk) and soak",
+            "",
+            "wrk, the example server (release) and its simulator share the same",
+            "cores, so these are figures for this machine, not for a deployment.",
+            "",
+            "| operation | figures | goal | | command, commit |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {op} | {fig} | {goal} | {v} | {src} |" for op, fig, goal, v, src in rows]
     lines += [
         "",
         "## Reproduce",
@@ -124,9 +199,10 @@ def main():
         "```sh",
         "scripts/benchmarks.sh            # cargo bench (all groups), then regenerate this file",
         "cargo bench -- verify/           # one group (criterion filter)",
-        "scripts/load.sh 10 16            # loopback HTTP load with wrk (not in this table)",
+        "scripts/load.sh 10 16            # loopback HTTP load with wrk (writes target/load/load.json)",
         "scripts/load/gateway.sh 10       # the gateway vs the simulator, 1/16/64 connections",
         "scripts/soak.sh 600 200          # 10 min at 200 req/s through the gateway on sled",
+        "scripts/benchmarks.py            # regenerate this file from target/criterion and target/load",
         "```",
         "",
     ]

@@ -2,47 +2,40 @@
 # Bounded wrk runs on loopback against the example server (release build,
 # memory store, an instant simulator): keys.verifyKey, a trivial route,
 # /v1/models, and chat completions through the gateway versus straight to the
-# simulator. Prints requests/s, p50 and p99 per run and the ratios.
+# simulator. Prints requests/s, p50 and p99 per run and the ratios, and
+# writes them to target/load/load.json for BENCHMARKS.md.
 #
 #   scripts/load.sh [SECONDS_PER_RUN] [CONNECTIONS]   (default 10 s, 16)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/load/lib.sh
 SECS=${1:-10}
 CONNS=${2:-16}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; }
 
-ADMIN=load-admin-token-0123456789
+export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
 LOAD=load-test-token-0123456789
 PUB=http://127.0.0.1:18080
 ADM=http://127.0.0.1:19090
 SIM=http://127.0.0.1:18081
-cargo build -q --release --example server
-MAAS_ADMIN_TOKEN=$ADMIN ./target/release/examples/server --memory \
-  --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
-  --simulator-listen 127.0.0.1:18081 --users scripts/load/users.toml \
-  --sim-tokens-per-second 0 --sim-max-concurrent 4096 \
-  --max-in-flight 4096 >/tmp/maas-load-server.log 2>&1 &
-SERVER=$!
-trap 'kill -INT $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  curl -sf -o /dev/null $PUB/health && break
-  sleep 0.1
-done
+start_server 127.0.0.1:18080 127.0.0.1:19090 127.0.0.1:18081 /tmp/maas-load-server.log \
+  --memory --sim-max-concurrent 4096 --max-in-flight 4096
 json() { curl -sf -X POST "$1" -H "Authorization: Bearer $2" -H 'Content-Type: application/json' -d "$3"; }
 # A tier whose limits the run cannot reach, an API with a key, a maas token.
-json $ADM/api/v1/tiers $ADMIN '{"name":"load","level":100,"groups":["load-test"],"requests_per_minute":1000000000,"tokens_per_minute":1000000000000,"models":["*"]}' >/dev/null
-API=$(json $PUB/v1/apis.createApi $ADMIN '{"name":"load"}' | jq -r .apiId)
-KEY=$(json $PUB/v1/keys.createKey $ADMIN "{\"apiId\":\"$API\"}" | jq -r .key)
+load_tier $ADM "$MAAS_ADMIN_TOKEN"
+API=$(json $PUB/v1/apis.createApi "$MAAS_ADMIN_TOKEN" '{"name":"load"}' | jq -r .apiId)
+KEY=$(json $PUB/v1/keys.createKey "$MAAS_ADMIN_TOKEN" "{\"apiId\":\"$API\"}" | jq -r .key)
 TOKEN=$(json $PUB/maas-api/v1/tokens $LOAD '{"expiration":"1h"}' | jq -r .token)
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 JSON
 run() { # name script url token body
   local out
   out=$(TOKEN=$4 BODY=$5 wrk -t1 -c"$CONNS" -d"${SECS}s" --timeout 10s -s "scripts/load/$2" "$3" | grep '^RESULT')
-  RPS[$1]=$(sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$out")
-  P50[$1]=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$out")
-  P99[$1]=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$out")
+  RPS[$1]=$(field "$out" rps)
+  P50[$1]=$(field "$out" p50_us)
+  P99[$1]=$(field "$out" p99_us)
+  JSON[$1]=$(kv_json "$out")
   printf '%-22s %s\n' "$1" "$out"
   grep -q 'socket_errors=0 non2xx=0' <<<"$out" || echo "  ^ errors in $1" >&2
 }
@@ -57,3 +50,8 @@ echo "verifyKey: $(ratio "${RPS[verifyKey]}" "${RPS[liveness]}") of the trivial 
 echo "/v1/models: $(ratio "${RPS[models]}" "${RPS[liveness]}") of the trivial route's requests/s"
 echo "chat through the gateway: $(ratio "${RPS[chat-gateway]}" "${RPS[chat-direct]}") of direct requests/s;" \
   "p50 +$(( P50[chat-gateway] - P50[chat-direct] )) us, p99 +$(( P99[chat-gateway] - P99[chat-direct] )) us"
+runs=""
+for name in liveness verifyKey models chat-direct chat-gateway; do
+  runs+="${runs:+,}\"$name\":${JSON[$name]}"
+done
+save load "{\"seconds\":$SECS,\"connections\":$CONNS,\"runs\":{$runs}}"

@@ -1,0 +1,48 @@
+# Shared by scripts/load.sh, scripts/load/gateway.sh and scripts/soak.sh
+# (sourced, not run). Each run's figures are also written as JSON under
+# target/load/, where scripts/benchmarks.py reads them for BENCHMARKS.md.
+
+# start_server PUBLIC ADMIN SIMULATOR LOG [server args...]: builds and starts
+# the release example server on the three loopback addresses with the load
+# users, stops it on exit, and waits until it answers.
+start_server() {
+  local pub=$1 adm=$2 sim=$3 log=$4
+  shift 4
+  cargo build -q --release --example server --example soak
+  ./target/release/examples/server --listen "$pub" --admin-listen "$adm" \
+    --simulator-listen "$sim" --users scripts/load/users.toml \
+    --sim-tokens-per-second 0 "$@" >"$log" 2>&1 &
+  SERVER=$!
+  trap 'kill -INT $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true; cleanup' EXIT
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null "http://$pub/health" && return 0
+    sleep 0.1
+  done
+  echo "the server did not start; see $log" >&2
+  exit 1
+}
+cleanup() { :; }
+
+# load_tier ADMIN_URL ADMIN_TOKEN: a tier (group load-test) whose limits no
+# bounded run can reach, so the runs measure the path, not the refusals.
+load_tier() {
+  curl -sf -o /dev/null -X POST "$1/api/v1/tiers" \
+    -H "Authorization: Bearer $2" -H 'Content-Type: application/json' \
+    -d '{"name":"load","level":100,"groups":["load-test"],"requests_per_minute":1000000000,"tokens_per_minute":1000000000000,"models":["*"]}'
+}
+
+# kv_json "WORD a=1 b=2": {"a":1,"b":2} (numeric values only).
+kv_json() {
+  awk '{ printf "{"; for (i = 2; i <= NF; i++) { split($i, kv, "="); printf "%s\"%s\":%s", (i > 2 ? "," : ""), kv[1], kv[2] } print "}" }' <<<"$1"
+}
+
+# field "WORD a=1 b=2" a: 1
+field() { sed -E "s/.* $2=([0-9.]+).*/\1/" <<<"$1"; }
+
+# save NAME JSON: target/load/NAME.json, stamped with the time and commit.
+save() {
+  mkdir -p target/load
+  printf '{"at":"%s","commit":"%s","result":%s}\n' "$(date -u +%FT%TZ)" \
+    "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$2" >"target/load/$1.json"
+  echo "wrote target/load/$1.json"
+}
