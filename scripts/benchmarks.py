@@ -137,8 +137,10 @@ def load_rows():
                      f"{run['errors']} of {run['sent']:,} (p50 {run['p50_us']} µs, p99 {run['p99_us']} µs)",
                      "0 (issue 10)", mark(run["errors"] == 0), src))
         growth = (r["rss_end_kb"] - r["rss_start_kb"]) / r["rss_start_kb"]
+        samples = r.get("rss_samples_kb") or []
+        between = f" (every tenth of the run: {', '.join(f'{k:,}' for k in samples)})" if samples else ""
         rows.append(("soak: server RSS growth",
-                     f"{r['rss_start_kb']:,} → {r['rss_end_kb']:,} kB = {growth:+.1%}",
+                     f"{r['rss_start_kb']:,} → {r['rss_end_kb']:,} kB = {growth:+.1%}{between}",
                      "< 10% (issue 10)", mark(growth < 0.10), src))
     return rows
 

@@ -25,11 +25,19 @@ soak() {
 # Warm-up (connection pools, caches, the first usage buckets), then measure.
 soak 10 >/dev/null
 START=$(rss)
+# RSS every tenth of the run, to tell a plateau (caches filling) from a leak.
+SAMPLES=$(mktemp)
+( for _ in $(seq 9); do sleep $(( SECS / 10 )); rss >>"$SAMPLES" || exit 0; done ) &
+SAMPLER=$!
 OUT=$(soak "$SECS" | tee /dev/stderr | grep '^SOAK') || true
+kill $SAMPLER 2>/dev/null || true
+wait $SAMPLER 2>/dev/null || true
 [ -n "$OUT" ] || { echo "soak: the load loop reported nothing" >&2; exit 1; }
 END=$(rss)
 GROWTH=$(awk -v a="$START" -v b="$END" 'BEGIN { printf "%.1f", 100 * (b - a) / a }')
-echo "RSS start ${START} kB, end ${END} kB, growth ${GROWTH}% (goal < 10%)"
-save soak "{\"seconds\":$SECS,\"rate\":$RATE,\"run\":$(kv_json "$OUT"),\"rss_start_kb\":$START,\"rss_end_kb\":$END}"
+SERIES=$(paste -sd, "$SAMPLES")
+rm -f "$SAMPLES"
+echo "RSS start ${START} kB, end ${END} kB, growth ${GROWTH}% (goal < 10%); every $(( SECS / 10 )) s: ${SERIES}"
+save soak "{\"seconds\":$SECS,\"rate\":$RATE,\"run\":$(kv_json "$OUT"),\"rss_start_kb\":$START,\"rss_samples_kb\":[$SERIES],\"rss_end_kb\":$END}"
 [ "$(field "$OUT" errors)" = 0 ] || { echo "soak: errors" >&2; exit 1; }
 awk -v g="$GROWTH" 'BEGIN { exit !(g < 10) }' || { echo "soak: RSS grew ${GROWTH}%" >&2; exit 1; }

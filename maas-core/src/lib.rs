@@ -58,7 +58,8 @@ pub use fairshare::{
     Rejected, Request, Snapshot, TenantSnapshot, Waiting,
 };
 pub use gateway::{
-    Admitted, CachedAnswer, Caller, Completion, Gateway, GatewayServices, InferenceRequest, Refused,
+    Admitted, CachedAnswer, Caller, Completion, Gateway, GatewayServices, InferenceRequest,
+    Refused, TENANT_RECHECK,
 };
 pub use id::{KeyId, KeyspaceId, TenantId};
 pub use identity::{Authenticator, Chain, Identity, StaticTokens};

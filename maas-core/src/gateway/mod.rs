@@ -4,7 +4,10 @@
 //!    identity token or a user's API key) becomes a [`Caller`]: who, at which
 //!    tier, with which key. The caller is served as the tenant of its user
 //!    name, created on first use (default weight, default group) so
-//!    operators can set its weight, group and quota later.
+//!    operators can set its weight, group and quota later. Its existence is
+//!    checked again after [`TENANT_RECHECK`], so a tenant deleted through
+//!    the management API (on this node or another) comes back on its next
+//!    request within that time.
 //! 2. [`Gateway::admit`]: the model must exist and be in the caller's tier;
 //!    the request's tokens are reserved against every limit (all or none);
 //!    a repeated non-streaming request may be answered from the response
@@ -21,7 +24,7 @@
 
 mod cache;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -97,6 +100,14 @@ impl GatewayServices {
     }
 }
 
+/// How long the gateway trusts that a tenant it created or found still
+/// exists before checking the store again (one read per tenant per period).
+pub const TENANT_RECHECK: Duration = Duration::from_secs(60);
+
+/// At most this many tenants are remembered as existing; beyond it the
+/// stale entries, then all, are forgotten (and checked again on use).
+const KNOWN_TENANTS_MAX: usize = 100_000;
+
 /// The per-request path (see the [module](self) docs). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Gateway {
@@ -108,8 +119,8 @@ struct Inner {
     services: GatewayServices,
     clock: SharedClock,
     cache: ResponseCache,
-    /// Tenants known to exist in the store (so first use is checked once).
-    known_tenants: Mutex<HashSet<String>>,
+    /// Tenants known to exist in the store, with when that was checked.
+    known_tenants: Mutex<HashMap<String, Timestamp>>,
     /// Settlements of dropped requests still running in the background.
     settling: AtomicUsize,
     settled: Notify,
@@ -231,7 +242,7 @@ impl Gateway {
                 services,
                 clock,
                 cache: ResponseCache::new(),
-                known_tenants: Mutex::new(HashSet::new()),
+                known_tenants: Mutex::new(HashMap::new()),
                 settling: AtomicUsize::new(0),
                 settled: Notify::new(),
             }),
@@ -297,14 +308,21 @@ impl Gateway {
         })
     }
 
-    /// Creates tenant `name` on its first use (default weight and group).
+    /// Creates tenant `name` on its first use (default weight and group),
+    /// and again when it was deleted since it was last checked.
     async fn ensure_tenant(&self, name: &str) -> Result<()> {
-        let known = |k: &Mutex<HashSet<String>>| {
-            k.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(name)
+        let now = self.now();
+        let fresh = |at: Timestamp| {
+            at <= now && now.as_millis() - at.as_millis() < TENANT_RECHECK.as_millis() as i64
         };
-        if known(&self.inner.known_tenants) {
+        let known = self
+            .inner
+            .known_tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied();
+        if known.is_some_and(fresh) {
             return Ok(());
         }
         let scheduling = &self.inner.services.scheduling;
@@ -327,11 +345,19 @@ impl Gateway {
             }
             Err(e) => return Err(e),
         }
-        self.inner
+        let mut known = self
+            .inner
             .known_tenants
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_owned());
+            .unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= KNOWN_TENANTS_MAX {
+            // Bounded: stale entries go first; they are only re-checked.
+            known.retain(|_, at| fresh(*at));
+            if known.len() >= KNOWN_TENANTS_MAX {
+                known.clear();
+            }
+        }
+        known.insert(name.to_owned(), now);
         Ok(())
     }
 

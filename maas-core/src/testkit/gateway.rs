@@ -183,6 +183,21 @@ pub async fn gateway_authenticate_admit_complete(storage: Storage, clock: Manual
     let u = &rows[0].usage;
     assert_eq!((u.requests, u.input_tokens, u.output_tokens), (1, 12, 7));
     assert!((u.cost("USD") - (12.0 + 14.0)).abs() < 1e-9, "{u:?}");
+
+    // A tenant deleted by an operator comes back on its next request once
+    // the gateway checks again, not only after a restart.
+    let admin = Actor::new("admin");
+    let t = r.scheduling.tenants().get_by_name("ann").await.unwrap();
+    r.scheduling.tenants().delete(&admin, &t.id).await.unwrap();
+    r.gw.authenticate("tok-ann").await.unwrap();
+    assert!(
+        r.scheduling.tenants().get_by_name("ann").await.is_err(),
+        "trusted until the recheck"
+    );
+    clock.advance(crate::gateway::TENANT_RECHECK);
+    r.gw.authenticate("tok-ann").await.unwrap();
+    let again = r.scheduling.tenants().get_by_name("ann").await.unwrap();
+    assert_ne!(again.id, t.id, "created anew");
 }
 
 /// A dropped request (client gone mid-stream) frees its slot, keeps the
