@@ -29,7 +29,8 @@ START=$(rss)
 SAMPLES=$(mktemp)
 ( for _ in $(seq 9); do sleep $(( SECS / 10 )); rss >>"$SAMPLES" || exit 0; done ) &
 SAMPLER=$!
-OUT=$(soak "$SECS" | tee /dev/stderr | grep '^SOAK') || true
+OUT=$(soak "$SECS" | grep '^SOAK') || true
+echo "$OUT"
 kill $SAMPLER 2>/dev/null || true
 wait $SAMPLER 2>/dev/null || true
 [ -n "$OUT" ] || { echo "soak: the load loop reported nothing" >&2; exit 1; }
