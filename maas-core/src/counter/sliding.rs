@@ -86,13 +86,24 @@ impl SlidingState {
     /// Units in use at `now` for this (brought forward) state, rounding the
     /// previous window's share up.
     fn used(&self, spec: &SlidingSpec, now: Timestamp) -> u64 {
-        let width = u128::from(spec.window_ms.max(1));
+        if self.previous == 0 {
+            return self.current;
+        }
+        let width = spec.window_ms.max(1);
         let start = self.window.saturating_mul(spec.width());
-        let elapsed = u128::try_from(now.as_millis().saturating_sub(start).max(0))
+        let elapsed = u64::try_from(now.as_millis().saturating_sub(start))
             .unwrap_or(0)
             .min(width);
-        let share = (u128::from(self.previous) * (width - elapsed)).div_ceil(width);
-        let share = u64::try_from(share).unwrap_or(u64::MAX);
+        let rest = width - elapsed;
+        // In u64 when the product fits (always, for realistic limits); the
+        // 128-bit division is several times slower.
+        let share = match self.previous.checked_mul(rest) {
+            Some(p) => p.div_ceil(width),
+            None => u64::try_from(
+                (u128::from(self.previous) * u128::from(rest)).div_ceil(u128::from(width)),
+            )
+            .unwrap_or(u64::MAX),
+        };
         share.saturating_add(self.current)
     }
 
@@ -205,6 +216,31 @@ mod tests {
         let (s, _) = SlidingState::take(None, &SPEC, 6, t(5500));
         let (_, out) = SlidingState::take(Some(s), &SPEC, 5, t(4000));
         assert!(!out.allowed);
+    }
+
+    proptest! {
+        /// The u64 fast path of `used` agrees with the exact 128-bit formula,
+        /// overflowing products included.
+        #[test]
+        fn used_matches_the_exact_formula(
+            previous in prop_oneof![0u64..10_000, any::<u64>()],
+            current in any::<u64>(),
+            window_ms in prop_oneof![1u64..120_000, any::<u64>()],
+            window in -3i64..1_000_000,
+            offset in -5i64..200_000,
+        ) {
+            let spec = SlidingSpec { limit: 1, window_ms };
+            let s = SlidingState { window, current, previous };
+            let start = window.saturating_mul(spec.width());
+            let now = t(start.saturating_add(offset));
+            let width = u128::from(window_ms.max(1));
+            let elapsed = u128::try_from(now.as_millis().saturating_sub(start).max(0))
+                .unwrap_or(0)
+                .min(width);
+            let share = (u128::from(previous) * (width - elapsed)).div_ceil(width);
+            let exact = u64::try_from(share).unwrap_or(u64::MAX).saturating_add(current);
+            prop_assert_eq!(s.used(&spec, now), exact);
+        }
     }
 
     proptest! {
