@@ -158,6 +158,21 @@ pub async fn send(
     Some(Reply { status, body })
 }
 
+/// A fixture's setup request: POSTs `body` as the admin and returns the
+/// answer's JSON; panics unless it succeeded.
+async fn fixture_post(router: Router, path: String, body: String) -> Value {
+    let r = send(&router, Method::POST, &path, Some(ADMIN), body.into_bytes())
+        .await
+        .expect("fixture request");
+    assert!(
+        r.status.is_success(),
+        "fixture {path}: {} {}",
+        r.status,
+        r.body
+    );
+    r.body
+}
+
 /// Panics on a 5xx other than 503 (storage unavailable).
 pub fn check_status(what: &str, reply: &Reply) {
     if reply.status.is_server_error() {
@@ -212,21 +227,8 @@ pub async fn unkey_fixture() -> UnkeyFixture {
     let limiter = RateLimiter::with_config(storage.clone(), RateLimitConfig::default(), c);
     let router =
         unkey::router(UnkeyState::new(root.clone(), limiter, ledger).with_admin_token(ADMIN));
-    let post = |path: &'static str, body: String| {
-        let router = router.clone();
-        async move {
-            let r = send(&router, Method::POST, path, Some(ADMIN), body.into_bytes())
-                .await
-                .expect("fixture request");
-            assert!(
-                r.status.is_success(),
-                "fixture {path}: {} {}",
-                r.status,
-                r.body
-            );
-            r.body
-        }
-    };
+    let post =
+        |path: &'static str, body: String| fixture_post(router.clone(), path.to_owned(), body);
     let api = post("/v1/apis.createApi", r#"{"name":"fuzz-api"}"#.into()).await;
     let api_id = str_at(&api, &["apiId"]).to_owned();
     let key = post(
@@ -289,21 +291,8 @@ pub async fn management_fixture() -> ManagementFixture {
         ManagementState::new(ADMIN, services).expect("management state"),
         &HttpConfig::default(),
     );
-    let post = |path: String, body: &'static str| {
-        let router = router.clone();
-        async move {
-            let r = send(&router, Method::POST, &path, Some(ADMIN), body.into())
-                .await
-                .expect("fixture request");
-            assert!(
-                r.status.is_success(),
-                "fixture {path}: {} {}",
-                r.status,
-                r.body
-            );
-            r.body
-        }
-    };
+    let post =
+        |path: String, body: &'static str| fixture_post(router.clone(), path, body.to_owned());
     post(
         "/api/v1/fairshare/groups".into(),
         r#"{"name":"gold","weight":300}"#,

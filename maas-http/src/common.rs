@@ -242,6 +242,16 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// Whether the request's bearer token is one of `admin`'s (compared by
+/// keyed hash, in constant time). The one check behind every admin route.
+pub(crate) async fn is_admin(admin: &maas_core::StaticTokens, parts: &Parts) -> bool {
+    use maas_core::Authenticator;
+    match bearer(parts) {
+        Some(token) => matches!(admin.authenticate(token).await, Ok(Some(_))),
+        None => false,
+    }
+}
+
 /// A response of `status` with a JSON body and the given content type.
 pub fn json_response(
     status: StatusCode,

@@ -24,7 +24,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use maas_core::audit::AuditQuery;
-use maas_core::identity::{Authenticator, Identity, StaticTokens};
+use maas_core::identity::{Identity, StaticTokens};
 use maas_core::mcp::{McpServers, NewMcpServer};
 use maas_core::projects::Projects;
 use maas_core::rootkeys::RootKeys;
@@ -41,7 +41,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::common::{ApiJson, Health, HttpConfig, RequestId, bearer, with_common_layers};
+use crate::common::{ApiJson, Health, HttpConfig, RequestId, is_admin, with_common_layers};
 pub use problem::{FieldProblem, PROBLEM_JSON, Problem, ProblemDetails};
 
 /// What the management API serves from.
@@ -240,11 +240,7 @@ async fn require_admin(
     next: Next,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let allowed = match bearer(&parts) {
-        Some(token) => matches!(s.admin.authenticate(token).await, Ok(Some(_))),
-        None => false,
-    };
-    if !allowed {
+    if !is_admin(&s.admin, &parts).await {
         return problem::render(
             &Error::Unauthenticated {
                 reason: "admin token required".into(),

@@ -67,7 +67,7 @@ pub use config::{
     DEFAULT_USERS, MIN_ADMIN_TOKEN, ServerConfig,
 };
 
-use crate::common::{HttpConfig, bearer, with_common_layers};
+use crate::common::{HttpConfig, is_admin, with_common_layers};
 use crate::gateway::GatewayConfig;
 use crate::maas_api::{self, MaasApiState};
 use crate::management::{self, ManagementServices, ManagementState};
@@ -474,11 +474,7 @@ async fn require_admin(
     next: Next,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let allowed = match bearer(&parts) {
-        Some(token) => matches!(admin.authenticate(token).await, Ok(Some(_))),
-        None => false,
-    };
-    if !allowed {
+    if !is_admin(&admin, &parts).await {
         return (
             StatusCode::UNAUTHORIZED,
             [(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
