@@ -453,8 +453,9 @@ impl Gateway {
         }))))
     }
 
-    /// Waits until the reservations of dropped requests, settled in the
-    /// background, are all settled (before shutting down, or in tests).
+    /// Waits until the reservations of requests completed without waiting
+    /// ([`Admitted::complete_detached`], or dropped) and settled in the
+    /// background are all settled (before shutting down, or in tests).
     pub async fn settled(&self) {
         loop {
             let notified = self.inner.settled.notified();
@@ -570,20 +571,58 @@ impl Admitted {
     /// releases it, for an error), charges fair share, frees the slot and
     /// records the usage.
     pub async fn complete(mut self, done: Completion) -> Result<()> {
-        let reservation = self.finish(&done);
-        match reservation {
+        match self.finish(&done) {
             // Failed before producing anything: nothing is charged.
-            Some(r) if done.outcome == RequestOutcome::Error && done.output_tokens == 0 => {
-                r.release().await
-            }
-            Some(r) => {
-                r.reconcile(ActualUsage {
-                    input_tokens: done.input_tokens,
-                    output_tokens: done.output_tokens,
-                })
-                .await
-            }
+            Some(r) => Self::settle(r, done).await,
             None => Ok(()),
+        }
+    }
+
+    /// Completes the request without waiting, for callers that cannot
+    /// await (a response body's `poll_frame`, `Drop`): the slot is freed and
+    /// the usage recorded now, and the reservation is settled at once when
+    /// the limits' store answers without waiting (the in-memory counters do),
+    /// or else in a background task that [`Gateway::settled`] waits for.
+    pub fn complete_detached(mut self, done: Completion) {
+        self.settle_detached(&done);
+    }
+
+    fn settle_detached(&mut self, done: &Completion) {
+        let Some(r) = self.finish(done) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime: the reservation releases itself as it can.
+            return drop(r);
+        };
+        // A store failure here loses a give-back, never a charge beyond the
+        // reservation.
+        let mut settle = Box::pin(Self::settle(r, *done));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if settle.as_mut().poll(&mut cx).is_ready() {
+            return;
+        }
+        // The store must wait: the task polls it again with a real waker.
+        let inner = Arc::clone(&self.gateway.inner);
+        inner.settling.fetch_add(1, Ordering::AcqRel);
+        rt.spawn(async move {
+            let _ = settle.await;
+            inner.settling.fetch_sub(1, Ordering::AcqRel);
+            inner.settled.notify_waiters();
+        });
+    }
+
+    /// Settles `r` as `done` says: released when nothing was produced,
+    /// reconciled otherwise.
+    async fn settle(r: Reservation, done: Completion) -> Result<()> {
+        if done.outcome == RequestOutcome::Error && done.output_tokens == 0 {
+            r.release().await
+        } else {
+            r.reconcile(ActualUsage {
+                input_tokens: done.input_tokens,
+                output_tokens: done.output_tokens,
+            })
+            .await
         }
     }
 
@@ -621,28 +660,6 @@ impl Drop for Admitted {
             estimated: true,
             outcome: RequestOutcome::Cancelled,
         };
-        let Some(r) = self.finish(&done) else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                let inner = Arc::clone(&self.gateway.inner);
-                inner.settling.fetch_add(1, Ordering::AcqRel);
-                h.spawn(async move {
-                    // A store failure here loses a give-back, never a charge
-                    // beyond the reservation.
-                    let _ = r
-                        .reconcile(ActualUsage {
-                            input_tokens: done.input_tokens,
-                            output_tokens: done.output_tokens,
-                        })
-                        .await;
-                    inner.settling.fetch_sub(1, Ordering::AcqRel);
-                    inner.settled.notify_waiters();
-                });
-            }
-            // No runtime: the reservation releases itself as it can.
-            Err(_) => drop(r),
-        }
+        self.settle_detached(&done);
     }
 }

@@ -17,6 +17,7 @@ use crate::key::{KeyHasher, KeyService};
 use crate::model::{CacheSettings, ModelService, NewModel, Pricing};
 use crate::scheduling::Scheduling;
 use crate::storage::Storage;
+use crate::testkit::Probe;
 use crate::tier::{ModelAccess, NewTier, TierService};
 use crate::usage::{GroupBy, TimeRange, UsageConfig, UsageLedger, UsageScope};
 use crate::userkeys::UserKeys;
@@ -256,6 +257,68 @@ pub async fn gateway_drop_and_failure_leak_nothing(storage: Storage, clock: Manu
         (3, 1, 1, 1)
     );
     assert_eq!((u.input_tokens, u.output_tokens), (20, 6));
+}
+
+/// A request completed without waiting (`complete_detached`, as a response
+/// body does when its last frame is read) frees its slot and records its
+/// usage at once, and its reservation is settled by the time
+/// `Gateway::settled` returns: reconciled to what it used, or given back
+/// when it failed before producing anything. The store yields once on
+/// every write, as one across a network would, so the settling cannot finish
+/// inline and runs in the background that `settled` waits for.
+pub async fn gateway_complete_detached_settles(storage: Storage, clock: ManualClock) {
+    let (_probe, storage) = Probe::wrap_yielding(storage);
+    let r = rig(&storage, &clock, 1).await;
+    let ann = r.gw.authenticate("tok-ann").await.unwrap();
+    let a = admitted(
+        r.gw.admit(&ann, &ask("small", None))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    // 10 prompt + 20 output reserved.
+    assert_eq!(a.headers().tokens.remaining, 1000 - 30);
+    a.complete_detached(Completion::success(10, 2));
+    assert_eq!(r.gw.fair_share().counts(), (0, 0), "slot freed at once");
+    r.gw.settled().await;
+    let b = admitted(
+        r.gw.admit(&ann, &ask("small", None))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    // 1000 - 12 used - 30 reserved now: the first was reconciled.
+    assert_eq!(b.headers().tokens.remaining, 1000 - 12 - 30);
+    assert_eq!(b.headers().requests.remaining, 1);
+    b.complete_detached(Completion::failed());
+    r.gw.settled().await;
+    let c = admitted(
+        r.gw.admit(&ann, &ask("small", None))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(
+        (c.headers().tokens.remaining, c.headers().requests.remaining),
+        (1000 - 12 - 30, 1),
+        "the failed request was given back, tokens and request"
+    );
+    drop(c);
+    r.gw.settled().await;
+
+    r.ledger.flush().await.unwrap();
+    let range = TimeRange::new(
+        Timestamp::from_millis(T0),
+        Timestamp::from_millis(T0 + 60_000),
+    );
+    let rows = r
+        .ledger
+        .totals(range, GroupBy::Tenant, &UsageScope::default())
+        .await
+        .unwrap();
+    let u = &rows[0].usage;
+    assert_eq!((u.requests, u.cancelled, u.errors), (3, 1, 1));
+    assert_eq!((u.input_tokens, u.output_tokens), (20, 2));
 }
 
 /// The queue refuses a request when the tenant's queue is full; the

@@ -102,6 +102,7 @@ scenarios!($;
     scheduling_groups_capacity_tenants,
     gateway_authenticate_admit_complete,
     gateway_drop_and_failure_leak_nothing,
+    gateway_complete_detached_settles,
     gateway_queue_refusals_release,
     gateway_response_cache,
     records_lifecycle,

@@ -38,15 +38,28 @@ pub struct Probe {
     inner: Storage,
     reads: AtomicU64,
     writes: AtomicU64,
+    yield_on_write: bool,
 }
 
 impl Probe {
     /// Wraps `inner`; returns the probe and a storage that goes through it.
     pub fn wrap(inner: Storage) -> (Arc<Probe>, Storage) {
+        Self::build(inner, false)
+    }
+
+    /// Like [`Self::wrap`], but every call that may change state first
+    /// yields to the scheduler once, as a store across a network would: a
+    /// caller that polls it once sees it pending.
+    pub fn wrap_yielding(inner: Storage) -> (Arc<Probe>, Storage) {
+        Self::build(inner, true)
+    }
+
+    fn build(inner: Storage, yield_on_write: bool) -> (Arc<Probe>, Storage) {
         let probe = Arc::new(Probe {
             inner,
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            yield_on_write,
         });
         let storage = Storage::from_backend(Arc::clone(&probe));
         (probe, storage)
@@ -64,15 +77,18 @@ impl Probe {
         self.reads.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn w(&self) {
+    async fn w(&self) {
         self.writes.fetch_add(1, Ordering::SeqCst);
+        if self.yield_on_write {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
 #[async_trait]
 impl TenantStore for Probe {
     async fn create_tenant(&self, t: &Tenant, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.tenants.create_tenant(t, a).await
     }
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
@@ -88,11 +104,11 @@ impl TenantStore for Probe {
         self.inner.tenants.list_tenants(p).await
     }
     async fn update_tenant(&self, t: &Tenant, v: u64, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.tenants.update_tenant(t, v, a).await
     }
     async fn delete_tenant(&self, id: &TenantId, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.tenants.delete_tenant(id, a).await
     }
 }
@@ -100,7 +116,7 @@ impl TenantStore for Probe {
 #[async_trait]
 impl KeyspaceStore for Probe {
     async fn create_keyspace(&self, k: &Keyspace, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.keyspaces.create_keyspace(k, a).await
     }
     async fn get_keyspace(&self, id: &KeyspaceId) -> Result<Option<Keyspace>> {
@@ -112,11 +128,11 @@ impl KeyspaceStore for Probe {
         self.inner.keyspaces.list_keyspaces(p).await
     }
     async fn update_keyspace(&self, k: &Keyspace, v: u64, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.keyspaces.update_keyspace(k, v, a).await
     }
     async fn delete_keyspace(&self, id: &KeyspaceId, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.keyspaces.delete_keyspace(id, a).await
     }
 }
@@ -124,7 +140,7 @@ impl KeyspaceStore for Probe {
 #[async_trait]
 impl KeyStore for Probe {
     async fn create_key(&self, k: &KeyRecord, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.keys.create_key(k, a).await
     }
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>> {
@@ -140,11 +156,11 @@ impl KeyStore for Probe {
         self.inner.keys.list_keys(q).await
     }
     async fn update_key(&self, k: &KeyRecord, v: u64, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.keys.update_key(k, v, a).await
     }
     async fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.keys.touch_keys(used).await
     }
 }
@@ -156,11 +172,11 @@ impl CounterStore for Probe {
         self.inner.counters.balance(id).await
     }
     async fn put_balance(&self, id: &str, b: Option<Balance>) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.counters.put_balance(id, b).await
     }
     async fn spend(&self, id: &str, c: u64, r: Option<&Refill>, now: Timestamp) -> Result<Spend> {
-        self.w();
+        self.w().await;
         self.inner.counters.spend(id, c, r, now).await
     }
     async fn adjust(
@@ -170,23 +186,23 @@ impl CounterStore for Probe {
         r: Option<&Refill>,
         now: Timestamp,
     ) -> Result<Option<Balance>> {
-        self.w();
+        self.w().await;
         self.inner.counters.adjust(id, op, r, now).await
     }
     async fn take(&self, id: &str, s: &WindowSpec, c: u64, now: Timestamp) -> Result<WindowTake> {
-        self.w();
+        self.w().await;
         self.inner.counters.take(id, s, c, now).await
     }
     async fn reset_window(&self, id: &str) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.counters.reset_window(id).await
     }
     async fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Result<Reserved> {
-        self.w();
+        self.w().await;
         self.inner.counters.reserve(ops, now).await
     }
     async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
-        self.w();
+        self.w().await;
         self.inner.counters.settle(ops, now).await
     }
 }
@@ -194,7 +210,7 @@ impl CounterStore for Probe {
 #[async_trait]
 impl AuditStore for Probe {
     async fn append_audit(&self, e: AuditEvent) -> Result<u64> {
-        self.w();
+        self.w().await;
         self.inner.audit.append_audit(e).await
     }
     async fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditEvent>> {
@@ -206,7 +222,7 @@ impl AuditStore for Probe {
 #[async_trait]
 impl RecordStore for Probe {
     async fn create_record(&self, r: &Record, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.records.create_record(r, a).await
     }
     async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Record>> {
@@ -218,11 +234,11 @@ impl RecordStore for Probe {
         self.inner.records.list_records(kind, p).await
     }
     async fn update_record(&self, r: &Record, v: u64, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.records.update_record(r, v, a).await
     }
     async fn delete_record(&self, kind: &str, id: &str, a: AuditEvent) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.records.delete_record(kind, id, a).await
     }
 }
@@ -230,11 +246,11 @@ impl RecordStore for Probe {
 #[async_trait]
 impl UsageStore for Probe {
     async fn add_usage(&self, b: &[UsageBucket]) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.usage.add_usage(b).await
     }
     async fn add_verifications(&self, b: &[VerificationBucket]) -> Result<()> {
-        self.w();
+        self.w().await;
         self.inner.usage.add_verifications(b).await
     }
     async fn usage_buckets(&self, f: &UsageFilter) -> Result<Vec<UsageBucket>> {

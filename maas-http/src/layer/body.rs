@@ -229,17 +229,9 @@ impl Metered {
             .increment(done.input_tokens);
         ::metrics::counter!(metrics::TOKENS, "model" => model, "direction" => "out")
             .increment(done.output_tokens);
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                let gateway = admitted.gateway().clone();
-                h.spawn(async move {
-                    let _ = admitted.complete(done).await;
-                    record_load(gateway.fair_share().counts());
-                });
-            }
-            // No runtime: dropping completes it as cancelled.
-            Err(_) => drop(admitted),
-        }
+        let gateway = admitted.gateway().clone();
+        admitted.complete_detached(done);
+        record_load(gateway.fair_share().counts());
     }
 }
 
