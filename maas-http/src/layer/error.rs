@@ -128,21 +128,28 @@ fn duration(now: Timestamp, reset: Timestamp) -> String {
     }
 }
 
+/// The x-ratelimit header names: `[limit, remaining, reset]` of requests,
+/// then of tokens.
+const RATE_HEADERS: [[HeaderName; 3]; 2] = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+];
+
 /// Adds `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` of `h`.
 pub fn insert_rate_headers(headers: &mut HeaderMap, h: &RateHeaders, now: Timestamp) {
-    for (what, d) in [("requests", &h.requests), ("tokens", &h.tokens)] {
-        for (field, value) in [
-            ("limit", d.limit.to_string()),
-            ("remaining", d.remaining.to_string()),
-            ("reset", duration(now, d.reset)),
-        ] {
-            let name = format!("x-ratelimit-{field}-{what}");
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                headers.insert(n, v);
-            }
+    for ([limit, remaining, reset], d) in RATE_HEADERS.into_iter().zip([&h.requests, &h.tokens]) {
+        headers.insert(limit, HeaderValue::from(d.limit));
+        headers.insert(remaining, HeaderValue::from(d.remaining));
+        if let Ok(v) = HeaderValue::from_str(&duration(now, d.reset)) {
+            headers.insert(reset, v);
         }
     }
 }
