@@ -4,8 +4,14 @@
 //! the gateway, it tells what the extra HTTP hop costs on its own and what
 //! maas adds to it.
 //!
+//! With `--simulator` in place of the upstream URL it starts its own
+//! simulator in-process (instant, 4096 at once) and forwards to it: the hop
+//! and the model then share one runtime, as they do in the example server
+//! that gateway.sh measures.
+//!
 //! ```sh
 //! cargo run --release --example bare_proxy -- 127.0.0.1:18082 http://127.0.0.1:8081
+//! cargo run --release --example bare_proxy -- 127.0.0.1:18083 --simulator
 //! ```
 
 use std::time::Duration;
@@ -17,6 +23,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use maas_http::simulator::{self, SimulatorConfig};
 
 /// The same allocator as the example server.
 #[global_allocator]
@@ -26,16 +33,40 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [listen, upstream] = args.as_slice() else {
-        eprintln!("usage: bare_proxy LISTEN_ADDR UPSTREAM_URL");
+        eprintln!("usage: bare_proxy LISTEN_ADDR (UPSTREAM_URL | --simulator)");
         return std::process::ExitCode::from(2);
     };
-    match run(listen, upstream.trim_end_matches('/').to_owned()).await {
+    let upstream = if upstream == "--simulator" {
+        match simulator().await {
+            Ok(url) => url,
+            Err(e) => {
+                eprintln!("bare_proxy: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    } else {
+        upstream.trim_end_matches('/').to_owned()
+    };
+    match run(listen, upstream).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bare_proxy: {e}");
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// Starts an instant simulator on a loopback port; returns its URL.
+async fn simulator() -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let config = SimulatorConfig {
+        tokens_per_second: 0.0,
+        max_concurrent: 4096,
+        ..SimulatorConfig::default()
+    };
+    tokio::spawn(simulator::serve(listener, config, std::future::pending()));
+    Ok(url)
 }
 
 async fn run(listen: &str, upstream: String) -> Result<(), Box<dyn std::error::Error>> {

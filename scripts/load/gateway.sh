@@ -3,8 +3,9 @@
 # loopback, with wrk: 1 (unsaturated latency), 16 and 64 connections, a
 # bounded duration each. Beside them, the floor: the same request through a
 # bare reverse proxy on the gateway's own stack (examples/bare_proxy.rs:
-# axum, the same pooled reqwest client, nothing of maas), so the overhead
-# splits into the extra HTTP hop and what maas adds to it.
+# axum, the same pooled reqwest client, nothing of maas) in front of its own
+# in-process simulator, as the example server has, so the overhead splits
+# into the extra HTTP hop and what maas adds to it.
 # Prints requests/s, p50 and p99 of each, the gateway's overhead, and the
 # CPU time the server processes spent per request (from /proc; wrk's own is
 # not counted), and writes them to target/load/gateway.json for
@@ -26,8 +27,7 @@ start_server 127.0.0.1:18080 127.0.0.1:19090 127.0.0.1:18081 /tmp/maas-load-serv
   --memory --sim-max-concurrent 4096 --max-in-flight 4096
 load_tier http://127.0.0.1:19090 "$MAAS_ADMIN_TOKEN"
 cargo build -q --release --example bare_proxy
-./target/release/examples/bare_proxy 127.0.0.1:18082 http://127.0.0.1:18081 \
-  >/tmp/maas-load-proxy.log 2>&1 &
+./target/release/examples/bare_proxy 127.0.0.1:18082 --simulator >/tmp/maas-load-proxy.log 2>&1 &
 PROXY=$!
 cleanup() { kill "$PROXY" 2>/dev/null || true; }
 for _ in $(seq 50); do
