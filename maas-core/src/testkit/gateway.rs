@@ -10,7 +10,7 @@ use crate::clock::{Clock, ManualClock, Timestamp};
 use crate::error::Error;
 use crate::fairshare::{FairShare, FairShareConfig, RejectReason};
 use crate::gateway::{
-    Admission, CacheKey, Completion, Gateway, GatewayServices, InferenceRequest, Refused,
+    Admission, CacheKey, Caller, Completion, Gateway, GatewayServices, InferenceRequest, Refused,
 };
 use crate::identity::{Identity, StaticTokens};
 use crate::key::{KeyHasher, KeyService};
@@ -19,7 +19,7 @@ use crate::scheduling::Scheduling;
 use crate::storage::Storage;
 use crate::testkit::Probe;
 use crate::tier::{ModelAccess, NewTier, TierService};
-use crate::usage::{GroupBy, TimeRange, UsageConfig, UsageLedger, UsageScope};
+use crate::usage::{GroupBy, TimeRange, UsageConfig, UsageLedger, UsageScope, UsageSummary};
 use crate::userkeys::UserKeys;
 
 /// 2025-03-12T10:00:00Z.
@@ -109,6 +109,31 @@ fn ask(model: &str, key: Option<CacheKey>) -> InferenceRequest<'_> {
     }
 }
 
+/// `caller` admitted for a small request (10 prompt tokens, 20 at most out).
+async fn admit_small(r: &Rig, caller: &Caller) -> crate::gateway::Admitted {
+    admitted(
+        r.gw.admit(caller, &ask("small", None))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+}
+
+/// The tenant totals of the rig's first minute, usage flushed first.
+async fn first_minute(r: &Rig) -> UsageSummary {
+    r.ledger.flush().await.unwrap();
+    let range = TimeRange::new(
+        Timestamp::from_millis(T0),
+        Timestamp::from_millis(T0 + 60_000),
+    );
+    let rows = r
+        .ledger
+        .totals(range, GroupBy::Tenant, &UsageScope::default())
+        .await
+        .unwrap();
+    rows[0].usage.clone()
+}
+
 fn admitted(a: Admission) -> crate::gateway::Admitted {
     match a {
         Admission::Admitted(a) => *a,
@@ -158,12 +183,7 @@ pub async fn gateway_authenticate_admit_complete(storage: Storage, clock: Manual
     );
 
     // A request: slot held while running, usage recorded on completion.
-    let a = admitted(
-        r.gw.admit(&by_key, &ask("small", None))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let a = admit_small(&r, &by_key).await;
     assert_eq!(a.max_output_tokens(), 20);
     assert_eq!(a.headers().requests.remaining, 2);
     assert_eq!(r.gw.fair_share().counts(), (1, 0));
@@ -207,32 +227,17 @@ pub async fn gateway_authenticate_admit_complete(storage: Storage, clock: Manual
 pub async fn gateway_drop_and_failure_leak_nothing(storage: Storage, clock: ManualClock) {
     let r = rig(&storage, &clock, 1).await;
     let ann = r.gw.authenticate("tok-ann").await.unwrap();
-    let mut a = admitted(
-        r.gw.admit(&ann, &ask("small", None))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let mut a = admit_small(&r, &ann).await;
     a.record_output(5);
     drop(a);
     assert_eq!(r.gw.fair_share().counts(), (0, 0), "slot freed on drop");
     // The reconcile runs in the background on this runtime.
     r.gw.settled().await;
-    let b = admitted(
-        r.gw.admit(&ann, &ask("small", None))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let b = admit_small(&r, &ann).await;
     // 1000 - (10 + 5 kept) - (10 + 20 reserved now).
     assert_eq!(b.headers().tokens.remaining, 1000 - 15 - 30);
     b.complete(Completion::failed()).await.unwrap();
-    let c = admitted(
-        r.gw.admit(&ann, &ask("small", None))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let c = admit_small(&r, &ann).await;
     assert_eq!(
         c.headers().tokens.remaining,
         1000 - 15 - 30,
@@ -241,17 +246,7 @@ pub async fn gateway_drop_and_failure_leak_nothing(storage: Storage, clock: Manu
     assert_eq!(c.headers().requests.remaining, 1);
     c.complete(Completion::success(10, 1)).await.unwrap();
 
-    r.ledger.flush().await.unwrap();
-    let range = TimeRange::new(
-        Timestamp::from_millis(T0),
-        Timestamp::from_millis(T0 + 60_000),
-    );
-    let rows = r
-        .ledger
-        .totals(range, GroupBy::Tenant, &UsageScope::default())
-        .await
-        .unwrap();
-    let u = &rows[0].usage;
+    let u = first_minute(&r).await;
     assert_eq!(
         (u.requests, u.cancelled, u.errors, u.estimated),
         (3, 1, 1, 1)
@@ -270,34 +265,19 @@ pub async fn gateway_complete_detached_settles(storage: Storage, clock: ManualCl
     let (_probe, storage) = Probe::wrap_yielding(storage);
     let r = rig(&storage, &clock, 1).await;
     let ann = r.gw.authenticate("tok-ann").await.unwrap();
-    let a = admitted(
-        r.gw.admit(&ann, &ask("small", None))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let a = admit_small(&r, &ann).await;
     // 10 prompt + 20 output reserved.
     assert_eq!(a.headers().tokens.remaining, 1000 - 30);
     a.complete_detached(Completion::success(10, 2));
     assert_eq!(r.gw.fair_share().counts(), (0, 0), "slot freed at once");
     r.gw.settled().await;
-    let b = admitted(
-        r.gw.admit(&ann, &ask("small", None))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let b = admit_small(&r, &ann).await;
     // 1000 - 12 used - 30 reserved now: the first was reconciled.
     assert_eq!(b.headers().tokens.remaining, 1000 - 12 - 30);
     assert_eq!(b.headers().requests.remaining, 1);
     b.complete_detached(Completion::failed());
     r.gw.settled().await;
-    let c = admitted(
-        r.gw.admit(&ann, &ask("small", None))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let c = admit_small(&r, &ann).await;
     assert_eq!(
         (c.headers().tokens.remaining, c.headers().requests.remaining),
         (1000 - 12 - 30, 1),
@@ -306,17 +286,7 @@ pub async fn gateway_complete_detached_settles(storage: Storage, clock: ManualCl
     drop(c);
     r.gw.settled().await;
 
-    r.ledger.flush().await.unwrap();
-    let range = TimeRange::new(
-        Timestamp::from_millis(T0),
-        Timestamp::from_millis(T0 + 60_000),
-    );
-    let rows = r
-        .ledger
-        .totals(range, GroupBy::Tenant, &UsageScope::default())
-        .await
-        .unwrap();
-    let u = &rows[0].usage;
+    let u = first_minute(&r).await;
     assert_eq!((u.requests, u.cancelled, u.errors), (3, 1, 1));
     assert_eq!((u.input_tokens, u.output_tokens), (20, 2));
 }
@@ -326,12 +296,7 @@ pub async fn gateway_complete_detached_settles(storage: Storage, clock: ManualCl
 pub async fn gateway_queue_refusals_release(storage: Storage, clock: ManualClock) {
     let r = rig(&storage, &clock, 1).await;
     let ann = r.gw.authenticate("tok-ann").await.unwrap();
-    let running = admitted(
-        r.gw.admit(&ann, &ask("small", None))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let running = admit_small(&r, &ann).await;
     let gw = r.gw.clone();
     let caller = ann.clone();
     let waiting = tokio::spawn(async move {
@@ -356,12 +321,7 @@ pub async fn gateway_queue_refusals_release(storage: Storage, clock: ManualClock
     r.gw.settled().await;
     // Two windows later (sliding windows weigh the previous one).
     clock.advance(Duration::from_secs(120));
-    let a = admitted(
-        r.gw.admit(&ann, &ask("small", None))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let a = admit_small(&r, &ann).await;
     assert_eq!(a.headers().requests.remaining, 2, "a fresh minute");
     a.complete(Completion::success(1, 1)).await.unwrap();
 }
