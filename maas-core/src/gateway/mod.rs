@@ -14,9 +14,12 @@
 //!    cache; otherwise the request waits (bounded) for a fair-share slot.
 //! 3. [`Admitted::complete`]: the actual usage reconciles the reservation,
 //!    charges fair share, frees the slot and is recorded in the usage
-//!    ledger. An [`Admitted`] dropped without completing (the client went
-//!    away, the task was cancelled) does the same with the output counted
-//!    so far, marked estimated and cancelled: nothing leaks.
+//!    ledger. Code that cannot await (a response body's `poll_frame`) calls
+//!    [`Admitted::complete_detached`] instead. An [`Admitted`] dropped
+//!    without completing (the client went away, the task was cancelled)
+//!    does the same with the output counted so far, marked estimated and
+//!    cancelled: nothing leaks. [`Gateway::settled`] waits for settlements
+//!    left to the background.
 //!
 //! `maas-http`'s tower layer and gateway router are built on these calls;
 //! a gateway that is not tower-based (Pingora, hyper directly) calls them
@@ -121,7 +124,8 @@ struct Inner {
     cache: ResponseCache,
     /// Tenants known to exist in the store, with when that was checked.
     known_tenants: Mutex<HashMap<String, Timestamp>>,
-    /// Settlements of dropped requests still running in the background.
+    /// Settlements of detached or dropped requests still running in the
+    /// background.
     settling: AtomicUsize,
     settled: Notify,
 }
@@ -572,7 +576,6 @@ impl Admitted {
     /// records the usage.
     pub async fn complete(mut self, done: Completion) -> Result<()> {
         match self.finish(&done) {
-            // Failed before producing anything: nothing is charged.
             Some(r) => Self::settle(r, done).await,
             None => Ok(()),
         }
