@@ -40,11 +40,12 @@ cpu_ticks() { awk '{ t += $14 + $15 } END { print t }' "/proc/$SERVER/stat" "/pr
 TICKS=$(getconf CLK_TCK)
 
 run() { # name url token connections
-  local out before after
+  local out before after n
   before=$(cpu_ticks)
   out=$(TOKEN=$3 wrk -t1 -c"$4" -d"${SECS}s" --timeout 10s -s scripts/load/post.lua "$2" | grep '^RESULT')
   after=$(cpu_ticks)
-  out+=" cpu_us=$(( (after - before) * 1000000 / TICKS / $(field "$out" requests) ))"
+  n=$(field "$out" requests)
+  out+=" cpu_us=$(( (after - before) * 1000000 / TICKS / (n > 0 ? n : 1) ))"
   echo "$1 c=$4 $out" >&2
   echo "$out"
 }
