@@ -60,9 +60,12 @@
 
 #![forbid(unsafe_code)]
 
+mod api;
 mod codec;
+mod counters;
 mod store;
 mod usage;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -168,8 +171,19 @@ impl SledConfig {
 
 /// The sled backend. Cheap to clone (shared handles); implements every
 /// storage trait of `maas-core`.
+///
+/// Its writer thread (one per database) stops when the last handle is
+/// dropped, after writing what is queued and a last flush.
 #[derive(Debug, Clone)]
 pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Declared first, so dropped first: its thread drains and flushes
+    /// while the trees are still open.
+    writer: writer::Writer,
     t: Arc<store::Trees>,
 }
 
@@ -225,7 +239,42 @@ impl SledStore {
         };
         let trees = store::Trees::open(db)?;
         trees.check_format(&path)?;
-        Ok(SledStore { t: Arc::new(trees) })
+        let t = Arc::new(trees);
+        let writer = writer::Writer::start(Arc::clone(&t)).map_err(|e| SledError::Corrupt {
+            path: path.clone(),
+            detail: format!("cannot start the writer thread: {e}"),
+        })?;
+        Ok(SledStore {
+            inner: Arc::new(Inner { writer, t }),
+        })
+    }
+
+    fn writer(&self) -> &writer::Writer {
+        &self.inner.writer
+    }
+
+    /// A configuration or counter change: on the writer thread, answered
+    /// once it is durable.
+    async fn change<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&store::Trees) -> maas_core::Result<T> + Send + 'static,
+    ) -> maas_core::Result<T> {
+        self.writer().run(writer::Lane::Foreground, true, f).await
+    }
+
+    /// A read, on tokio's blocking pool (inline outside a tokio runtime).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&store::Trees) -> maas_core::Result<T> + Send + 'static,
+    ) -> maas_core::Result<T> {
+        let t = Arc::clone(&self.inner.t);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt
+                .spawn_blocking(move || f(&t))
+                .await
+                .map_err(|e| maas_core::Error::internal(format!("a sled read failed: {e}")))?,
+            Err(_) => f(&t),
+        }
     }
 
     /// The store as the [`Storage`] bundle services are built on.
@@ -233,9 +282,12 @@ impl SledStore {
         Storage::from_backend(Arc::new(self))
     }
 
-    /// Writes everything pending (counters, last-used times) to disk.
+    /// Writes everything queued or written behind (last-used times) to
+    /// disk.
     pub async fn flush(&self) -> maas_core::Result<()> {
-        self.t.flush_now().await
+        self.writer()
+            .run(writer::Lane::Background, true, |_| Ok(()))
+            .await
     }
 
     /// The on-disk format version of the open database.
@@ -247,6 +299,6 @@ impl SledStore {
     /// keyspace, owner, flag and unique-name entries exist and point back at
     /// it, and no index entry points at nothing. Reads the whole database.
     pub fn check_integrity(&self) -> maas_core::Result<IntegrityReport> {
-        self.t.check_integrity()
+        self.inner.t.check_integrity()
     }
 }

@@ -3,20 +3,10 @@
 use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_trait::async_trait;
 use maas_core::audit::{AuditEvent, AuditQuery};
-use maas_core::counter::{
-    Balance, BalanceOp, LimitOp, LimitSpec, LimitState, Refill, Reserved, SettleOp, Spend,
-    WindowSpec, WindowTake, reserve_all,
-};
 use maas_core::key::{KeyHash, KeyRecord};
-use maas_core::storage::{
-    AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Record,
-    RecordStore, TenantStore, audit_page_size, version_conflict,
-};
+use maas_core::storage::{KeyQuery, Page, PageRequest, Record, audit_page_size, version_conflict};
 use maas_core::{Error, KeyId, Keyspace, KeyspaceId, Result, Tenant, TenantId, Timestamp};
 use serde::de::DeserializeOwned;
 use sled::transaction::{
@@ -25,10 +15,8 @@ use sled::transaction::{
 };
 use sled::{Db, Transactional, Tree};
 
-use crate::codec::{
-    decode, decode_balance, decode_limit, encode, encode_balance, encode_limit, joined, last_part,
-};
-use crate::{FORMAT_VERSION, SledError, SledStore};
+use crate::codec::{decode, encode, joined, last_part};
+use crate::{FORMAT_VERSION, SledError};
 
 const META_FORMAT: &[u8] = b"format_version";
 const META_AUDIT_COUNT: &[u8] = b"audit_count";
@@ -54,22 +42,7 @@ fn ab<T>(r: Result<T>) -> TxResult<T> {
     r.map_err(ConflictableTransactionError::Abort)
 }
 
-/// sled 0.34 guards every operation with one process-wide lock, taken for
-/// writing by transactions. A flush holds it for reading while it waits for
-/// the background flusher, which needs it for reading too: with a
-/// transaction queued for writing in between, all three wait forever
-/// (spacejam/sled#1412 and friends). So transactions (exclusive) and flushes
-/// (shared) of every store in the process pass this gate first, and a
-/// transaction is never queued on sled's lock while a flush holds it.
-static GATE: LazyLock<tokio::sync::RwLock<()>> = LazyLock::new(|| tokio::sync::RwLock::new(()));
-
-/// sled 0.34 runs `flush_async` on its global I/O thread pool, which also
-/// writes the log buffers a flush waits for: with as many flushes in flight as
-/// pool threads, none can finish. One flush at a time in the process, each
-/// covering every change committed before it started (group commit).
-static FLUSHING: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
-
-fn finish<T>(r: std::result::Result<T, TransactionError<Error>>) -> Result<T> {
+pub(crate) fn finish<T>(r: std::result::Result<T, TransactionError<Error>>) -> Result<T> {
     match r {
         Ok(v) => Ok(v),
         Err(TransactionError::Abort(e)) => Err(e),
@@ -113,26 +86,22 @@ fn tx_audit(
 /// Every tree of the database.
 pub(crate) struct Trees {
     db: Db,
-    /// Transactions committed so far.
-    committed: AtomicU64,
-    /// Every transaction up to this count is durable.
-    durable: AtomicU64,
-    meta: Tree,
-    tenants: Tree,
-    tenant_names: Tree,
-    keyspaces: Tree,
-    keys: Tree,
-    key_hashes: Tree,
-    key_unique: Tree,
-    by_keyspace: Tree,
-    by_owner: Tree,
-    key_flags: Tree,
-    last_used: Tree,
-    audit: Tree,
-    balances: Tree,
-    windows: Tree,
+    pub(crate) meta: Tree,
+    pub(crate) tenants: Tree,
+    pub(crate) tenant_names: Tree,
+    pub(crate) keyspaces: Tree,
+    pub(crate) keys: Tree,
+    pub(crate) key_hashes: Tree,
+    pub(crate) key_unique: Tree,
+    pub(crate) by_keyspace: Tree,
+    pub(crate) by_owner: Tree,
+    pub(crate) key_flags: Tree,
+    pub(crate) last_used: Tree,
+    pub(crate) audit: Tree,
+    pub(crate) balances: Tree,
+    pub(crate) windows: Tree,
     /// Catalog records under `kind \0 id`.
-    records: Tree,
+    pub(crate) records: Tree,
     /// Usage buckets (see `crate::usage`).
     pub(crate) usage: Tree,
     /// Verification buckets (see `crate::usage`).
@@ -267,8 +236,6 @@ impl IntegrityReport {
 impl Trees {
     pub(crate) fn open(db: Db) -> std::result::Result<Self, SledError> {
         Ok(Trees {
-            committed: AtomicU64::new(0),
-            durable: AtomicU64::new(0),
             meta: db.open_tree("meta")?,
             tenants: db.open_tree("tenants")?,
             tenant_names: db.open_tree("tenant_names")?,
@@ -324,38 +291,17 @@ impl Trees {
         }
     }
 
-    /// Runs a transaction through the gate.
-    pub(crate) async fn commit<T>(
+    /// The database.
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub(crate) fn get<T: DeserializeOwned>(
         &self,
-        run: impl FnOnce() -> std::result::Result<T, TransactionError<Error>>,
-    ) -> Result<T> {
-        let _exclusive = GATE.write().await;
-        let out = finish(run())?;
-        self.committed.fetch_add(1, Ordering::SeqCst);
-        Ok(out)
-    }
-
-    /// Makes every transaction committed so far durable; returns at once if
-    /// a flush that started after them has finished.
-    pub(crate) async fn flush_committed(&self) -> Result<()> {
-        let target = self.committed.load(Ordering::SeqCst);
-        let _one = FLUSHING.lock().await;
-        if self.durable.load(Ordering::SeqCst) >= target {
-            return Ok(());
-        }
-        self.flush_now().await
-    }
-
-    /// Writes everything pending to disk.
-    pub(crate) async fn flush_now(&self) -> Result<()> {
-        let upto = self.committed.load(Ordering::SeqCst);
-        let _shared = GATE.read().await;
-        self.db.flush_async().await.map_err(map_sled)?;
-        self.durable.fetch_max(upto, Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn get<T: DeserializeOwned>(&self, tree: &Tree, what: &str, id: &[u8]) -> Result<Option<T>> {
+        tree: &Tree,
+        what: &str,
+        id: &[u8],
+    ) -> Result<Option<T>> {
         match tree.get(id).map_err(map_sled)? {
             Some(v) => decode(what, &v).map(Some),
             None => Ok(None),
@@ -363,7 +309,7 @@ impl Trees {
     }
 
     /// One page of a tree keyed by id, after the cursor; total = tree length.
-    fn page<T: DeserializeOwned>(
+    pub(crate) fn page<T: DeserializeOwned>(
         &self,
         tree: &Tree,
         what: &str,
@@ -396,7 +342,7 @@ impl Trees {
         })
     }
 
-    fn with_last_used(&self, mut k: KeyRecord) -> Result<KeyRecord> {
+    pub(crate) fn with_last_used(&self, mut k: KeyRecord) -> Result<KeyRecord> {
         if let Some(v) = self.last_used.get(k.id.as_str()).map_err(map_sled)? {
             let at = Timestamp::from_millis(be_i64(&v));
             k.last_used_at = k.last_used_at.max(Some(at));
@@ -481,14 +427,21 @@ impl Trees {
     }
 }
 
-#[async_trait]
-impl TenantStore for SledStore {
-    async fn create_tenant(&self, tenant: &Tenant, audit: AuditEvent) -> Result<()> {
-        let t = &self.t;
+/// Configuration changes: each is one sled transaction with its audit event,
+/// run on the writer thread holding the gate exclusively.
+impl Trees {
+    fn transact<T>(
+        &self,
+        run: impl FnOnce() -> std::result::Result<T, TransactionError<Error>>,
+    ) -> Result<T> {
+        finish(crate::writer::exclusive(run))
+    }
+
+    pub(crate) fn create_tenant(&self, tenant: &Tenant, audit: &AuditEvent) -> Result<()> {
         let id = tenant.id.as_str().as_bytes();
         let bytes = encode(tenant)?;
-        t.commit(|| {
-            (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
+        self.transact(|| {
+            (&self.tenants, &self.tenant_names, &self.audit, &self.meta).transaction(
                 |(tenants, names, log, meta)| {
                     if tenants.get(id)?.is_some() {
                         return abort(Error::conflict(format!("tenant '{}' exists", tenant.id)));
@@ -501,44 +454,32 @@ impl TenantStore for SledStore {
                     }
                     tenants.insert(id, bytes.as_slice())?;
                     names.insert(tenant.name.as_bytes(), id)?;
-                    tx_audit(log, meta, &audit)?;
+                    tx_audit(log, meta, audit)?;
                     Ok(())
                 },
             )
         })
-        .await?;
-        t.flush_committed().await
     }
 
-    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
-        self.t
-            .get(&self.t.tenants, "tenant", id.as_str().as_bytes())
-    }
-
-    async fn get_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
-        match self.t.tenant_names.get(name.as_bytes()).map_err(map_sled)? {
-            Some(id) => self.t.get(&self.t.tenants, "tenant", &id),
+    pub(crate) fn get_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
+        match self.tenant_names.get(name.as_bytes()).map_err(map_sled)? {
+            Some(id) => self.get(&self.tenants, "tenant", &id),
             None => Ok(None),
         }
     }
 
-    async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
-        self.t.page(&self.t.tenants, "tenant", page)
-    }
-
-    async fn update_tenant(
+    pub(crate) fn update_tenant(
         &self,
         tenant: &Tenant,
         expected_version: u64,
-        audit: AuditEvent,
+        audit: &AuditEvent,
     ) -> Result<()> {
-        let t = &self.t;
         let id = tenant.id.as_str().as_bytes();
         let mut stored = tenant.clone();
         stored.version = expected_version + 1;
         let bytes = encode(&stored)?;
-        t.commit(|| {
-            (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
+        self.transact(|| {
+            (&self.tenants, &self.tenant_names, &self.audit, &self.meta).transaction(
                 |(tenants, names, log, meta)| {
                     let Some(cur) = tenants.get(id)? else {
                         return abort(Error::not_found("tenant", tenant.id.as_str()));
@@ -558,44 +499,35 @@ impl TenantStore for SledStore {
                         names.insert(tenant.name.as_bytes(), id)?;
                     }
                     tenants.insert(id, bytes.as_slice())?;
-                    tx_audit(log, meta, &audit)?;
+                    tx_audit(log, meta, audit)?;
                     Ok(())
                 },
             )
         })
-        .await?;
-        t.flush_committed().await
     }
 
-    async fn delete_tenant(&self, id: &TenantId, audit: AuditEvent) -> Result<()> {
-        let t = &self.t;
+    pub(crate) fn delete_tenant(&self, id: &TenantId, audit: &AuditEvent) -> Result<()> {
         let key = id.as_str().as_bytes();
-        t.commit(|| {
-            (&t.tenants, &t.tenant_names, &t.audit, &t.meta).transaction(
+        self.transact(|| {
+            (&self.tenants, &self.tenant_names, &self.audit, &self.meta).transaction(
                 |(tenants, names, log, meta)| {
                     let Some(cur) = tenants.remove(key)? else {
                         return abort(Error::not_found("tenant", id.as_str()));
                     };
                     let cur: Tenant = ab(decode("tenant", &cur))?;
                     names.remove(cur.name.as_bytes())?;
-                    tx_audit(log, meta, &audit)?;
+                    tx_audit(log, meta, audit)?;
                     Ok(())
                 },
             )
         })
-        .await?;
-        t.flush_committed().await
     }
-}
 
-#[async_trait]
-impl KeyspaceStore for SledStore {
-    async fn create_keyspace(&self, keyspace: &Keyspace, audit: AuditEvent) -> Result<()> {
-        let t = &self.t;
+    pub(crate) fn create_keyspace(&self, keyspace: &Keyspace, audit: &AuditEvent) -> Result<()> {
         let id = keyspace.id.as_str().as_bytes();
         let bytes = encode(keyspace)?;
-        t.commit(|| {
-            (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
+        self.transact(|| {
+            (&self.keyspaces, &self.audit, &self.meta).transaction(|(spaces, log, meta)| {
                 if spaces.get(id)?.is_some() {
                     return abort(Error::conflict(format!(
                         "keyspace '{}' exists",
@@ -603,36 +535,24 @@ impl KeyspaceStore for SledStore {
                     )));
                 }
                 spaces.insert(id, bytes.as_slice())?;
-                tx_audit(log, meta, &audit)?;
+                tx_audit(log, meta, audit)?;
                 Ok(())
             })
         })
-        .await?;
-        t.flush_committed().await
     }
 
-    async fn get_keyspace(&self, id: &KeyspaceId) -> Result<Option<Keyspace>> {
-        self.t
-            .get(&self.t.keyspaces, "keyspace", id.as_str().as_bytes())
-    }
-
-    async fn list_keyspaces(&self, page: &PageRequest) -> Result<Page<Keyspace>> {
-        self.t.page(&self.t.keyspaces, "keyspace", page)
-    }
-
-    async fn update_keyspace(
+    pub(crate) fn update_keyspace(
         &self,
         keyspace: &Keyspace,
         expected_version: u64,
-        audit: AuditEvent,
+        audit: &AuditEvent,
     ) -> Result<()> {
-        let t = &self.t;
         let id = keyspace.id.as_str().as_bytes();
         let mut stored = keyspace.clone();
         stored.version = expected_version + 1;
         let bytes = encode(&stored)?;
-        t.commit(|| {
-            (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
+        self.transact(|| {
+            (&self.keyspaces, &self.audit, &self.meta).transaction(|(spaces, log, meta)| {
                 let Some(cur) = spaces.get(id)? else {
                     return abort(Error::not_found("keyspace", keyspace.id.as_str()));
                 };
@@ -641,47 +561,39 @@ impl KeyspaceStore for SledStore {
                     return abort(version_conflict("keyspace", keyspace.id.as_str()));
                 }
                 spaces.insert(id, bytes.as_slice())?;
-                tx_audit(log, meta, &audit)?;
+                tx_audit(log, meta, audit)?;
                 Ok(())
             })
         })
-        .await?;
-        t.flush_committed().await
     }
 
-    async fn delete_keyspace(&self, id: &KeyspaceId, audit: AuditEvent) -> Result<()> {
-        let t = &self.t;
-        t.commit(|| {
-            (&t.keyspaces, &t.audit, &t.meta).transaction(|(spaces, log, meta)| {
+    pub(crate) fn delete_keyspace(&self, id: &KeyspaceId, audit: &AuditEvent) -> Result<()> {
+        self.transact(|| {
+            (&self.keyspaces, &self.audit, &self.meta).transaction(|(spaces, log, meta)| {
                 if spaces.remove(id.as_str().as_bytes())?.is_none() {
                     return abort(Error::not_found("keyspace", id.as_str()));
                 }
-                tx_audit(log, meta, &audit)?;
+                tx_audit(log, meta, audit)?;
                 Ok(())
             })
         })
-        .await?;
-        t.flush_committed().await
     }
-}
 
-impl SledStore {
     /// Runs `f` in a transaction over every key tree plus the audit log.
-    async fn key_transaction(
+    fn key_transaction(
         &self,
         f: impl Fn(&KeyTx<'_>, &TransactionalTree, &TransactionalTree) -> TxResult<()>,
     ) -> Result<()> {
-        let t = &self.t;
-        t.commit(|| {
+        self.transact(|| {
             (
-                &t.keys,
-                &t.key_hashes,
-                &t.key_unique,
-                &t.by_keyspace,
-                &t.by_owner,
-                &t.key_flags,
-                &t.audit,
-                &t.meta,
+                &self.keys,
+                &self.key_hashes,
+                &self.key_unique,
+                &self.by_keyspace,
+                &self.by_owner,
+                &self.key_flags,
+                &self.audit,
+                &self.meta,
             )
                 .transaction(
                     |(keys, hashes, unique, by_keyspace, by_owner, flags, log, meta)| {
@@ -697,18 +609,16 @@ impl SledStore {
                     },
                 )
         })
-        .await
     }
 
     /// Ids matching `query` from the narrowest index, with the total.
     fn matching_ids(&self, query: &KeyQuery) -> Result<(Vec<Vec<u8>>, u64)> {
-        let t = &self.t;
         let size = query.page.size();
         let cursor = query.page.cursor.as_deref().map(str::as_bytes);
         let (tree, prefix) = match (&query.owner_id, &query.keyspace_id) {
-            (Some(o), _) => (&t.by_owner, joined(&[o, ""])),
-            (None, Some(ks)) => (&t.by_keyspace, joined(&[ks.as_str(), ""])),
-            (None, None) => (&t.key_flags, Vec::new()),
+            (Some(o), _) => (&self.by_owner, joined(&[o, ""])),
+            (None, Some(ks)) => (&self.by_keyspace, joined(&[ks.as_str(), ""])),
+            (None, None) => (&self.key_flags, Vec::new()),
         };
         let mut ids = Vec::new();
         let mut total = 0u64;
@@ -731,11 +641,8 @@ impl SledStore {
         }
         Ok((ids, total))
     }
-}
 
-#[async_trait]
-impl KeyStore for SledStore {
-    async fn create_key(&self, key: &KeyRecord, audit: AuditEvent) -> Result<()> {
+    pub(crate) fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<()> {
         let id = key.id.as_str().as_bytes();
         let bytes = encode(key)?;
         self.key_transaction(|tx, log, meta| {
@@ -745,36 +652,34 @@ impl KeyStore for SledStore {
             tx.check_free(key)?;
             tx.index(key)?;
             tx.keys.insert(id, bytes.as_slice())?;
-            tx_audit(log, meta, &audit)?;
+            tx_audit(log, meta, audit)?;
             Ok(())
         })
-        .await?;
-        self.t.flush_committed().await
     }
 
-    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>> {
-        match self.t.get(&self.t.keys, "key", id.as_str().as_bytes())? {
-            Some(k) => self.t.with_last_used(k).map(Some),
+    pub(crate) fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>> {
+        match self.get(&self.keys, "key", id.as_str().as_bytes())? {
+            Some(k) => self.with_last_used(k).map(Some),
             None => Ok(None),
         }
     }
 
-    async fn get_key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
-        match self.t.key_hashes.get(hash.as_bytes()).map_err(map_sled)? {
-            Some(id) => match self.t.get::<KeyRecord>(&self.t.keys, "key", &id)? {
-                Some(k) => self.t.with_last_used(k).map(Some),
+    pub(crate) fn get_key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
+        match self.key_hashes.get(hash.as_bytes()).map_err(map_sled)? {
+            Some(id) => match self.get::<KeyRecord>(&self.keys, "key", &id)? {
+                Some(k) => self.with_last_used(k).map(Some),
                 None => Ok(None),
             },
             None => Ok(None),
         }
     }
 
-    async fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
+    pub(crate) fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
         let (ids, total) = self.matching_ids(query)?;
         let mut items = Vec::with_capacity(ids.len());
         for id in &ids {
-            if let Some(k) = self.t.get::<KeyRecord>(&self.t.keys, "key", id)? {
-                items.push(self.t.with_last_used(k)?);
+            if let Some(k) = self.get::<KeyRecord>(&self.keys, "key", id)? {
+                items.push(self.with_last_used(k)?);
             }
         }
         let size = query.page.size();
@@ -792,11 +697,11 @@ impl KeyStore for SledStore {
         })
     }
 
-    async fn update_key(
+    pub(crate) fn update_key(
         &self,
         key: &KeyRecord,
         expected_version: u64,
-        audit: AuditEvent,
+        audit: &AuditEvent,
     ) -> Result<()> {
         let id = key.id.as_str().as_bytes();
         let mut stored = key.clone();
@@ -814,22 +719,21 @@ impl KeyStore for SledStore {
             tx.unindex(&cur)?;
             tx.index(&stored)?;
             tx.keys.insert(id, bytes.as_slice())?;
-            tx_audit(log, meta, &audit)?;
+            tx_audit(log, meta, audit)?;
             Ok(())
         })
-        .await?;
-        self.t.flush_committed().await
     }
 
-    async fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()> {
+    /// Last uses, each the later of the stored and the given time. Not a
+    /// transaction: each key stands alone.
+    pub(crate) fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()> {
         for (id, at) in used {
             let key = id.as_str().as_bytes();
-            if !self.t.keys.contains_key(key).map_err(map_sled)? {
+            if !self.keys.contains_key(key).map_err(map_sled)? {
                 continue;
             }
             let at = at.as_millis();
-            self.t
-                .last_used
+            self.last_used
                 .update_and_fetch(key, |old| {
                     let prev =
                         old.map_or(i64::MIN, |v| i64::from_be_bytes(be_u64(v).to_be_bytes()));
@@ -839,190 +743,18 @@ impl KeyStore for SledStore {
         }
         Ok(())
     }
-}
 
-#[async_trait]
-impl CounterStore for SledStore {
-    async fn balance(&self, id: &str) -> Result<Option<Balance>> {
-        Ok(self
-            .t
-            .balances
-            .get(id.as_bytes())
-            .map_err(map_sled)?
-            .and_then(|v| decode_balance(&v)))
-    }
-
-    async fn put_balance(&self, id: &str, balance: Option<Balance>) -> Result<()> {
-        match balance {
-            Some(b) => self.t.balances.insert(id.as_bytes(), &encode_balance(&b)),
-            None => self.t.balances.remove(id.as_bytes()),
-        }
-        .map_err(map_sled)?;
-        Ok(())
-    }
-
-    async fn spend(
-        &self,
-        id: &str,
-        cost: u64,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Spend> {
-        let mut outcome = Spend {
-            spent: false,
-            balance: None,
-        };
-        self.t
-            .balances
-            .update_and_fetch(id.as_bytes(), |old| {
-                // Runs again if another writer won the compare-and-swap.
-                outcome = Spend {
-                    spent: false,
-                    balance: None,
-                };
-                let bytes = old?;
-                let Some(b) = decode_balance(bytes) else {
-                    return Some(bytes.to_vec());
-                };
-                let (spent, after) = b.refilled(refill, now).spend(cost);
-                outcome = Spend {
-                    spent,
-                    balance: Some(after),
-                };
-                Some(encode_balance(&after).to_vec())
-            })
-            .map_err(map_sled)?;
-        Ok(outcome)
-    }
-
-    async fn adjust(
-        &self,
-        id: &str,
-        op: BalanceOp,
-        refill: Option<&Refill>,
-        now: Timestamp,
-    ) -> Result<Option<Balance>> {
-        let mut outcome = None;
-        self.t
-            .balances
-            .update_and_fetch(id.as_bytes(), |old| {
-                outcome = None;
-                let bytes = old?;
-                let Some(b) = decode_balance(bytes) else {
-                    return Some(bytes.to_vec());
-                };
-                let after = op.apply(b.refilled(refill, now));
-                outcome = Some(after);
-                Some(encode_balance(&after).to_vec())
-            })
-            .map_err(map_sled)?;
-        Ok(outcome)
-    }
-
-    async fn take(
-        &self,
-        id: &str,
-        spec: &WindowSpec,
-        cost: u64,
-        now: Timestamp,
-    ) -> Result<WindowTake> {
-        self.take_limit(id, &LimitSpec::Bucket(*spec), cost, now)
-    }
-
-    async fn reset_window(&self, id: &str) -> Result<()> {
-        self.t.windows.remove(id.as_bytes()).map_err(map_sled)?;
-        Ok(())
-    }
-
-    async fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Result<Reserved> {
-        if let [op] = ops {
-            let d = self.take_limit(&op.id, &op.spec, op.cost, now)?;
-            return Ok(Reserved {
-                admitted: d.allowed,
-                decisions: vec![d],
-            });
-        }
-        let t = &self.t;
-        t.commit(|| {
-            t.windows.transaction(|tx| {
-                let mut before: Vec<(&str, Option<LimitState>)> = Vec::with_capacity(ops.len());
-                for op in ops {
-                    let s = tx.get(op.id.as_bytes())?.and_then(|v| decode_limit(&v));
-                    before.push((op.id.as_str(), s));
-                }
-                let (out, states) = reserve_all(ops, now, |id| {
-                    before.iter().find(|(i, _)| *i == id).and_then(|(_, s)| *s)
-                });
-                for (op, state) in ops.iter().zip(&states) {
-                    tx.insert(op.id.as_bytes(), encode_limit(state))?;
-                }
-                Ok(out)
-            })
+    pub(crate) fn append_audit(&self, event: &AuditEvent) -> Result<u64> {
+        self.transact(|| {
+            (&self.audit, &self.meta).transaction(|(log, meta)| tx_audit(log, meta, event))
         })
-        .await
     }
 
-    async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
-        let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            let mut after = None;
-            self.t
-                .windows
-                .update_and_fetch(op.id.as_bytes(), |old| {
-                    let state = old.and_then(decode_limit);
-                    let (next, _) = op
-                        .spec
-                        .settle(state, op.taken_at, op.reserved, op.used, now);
-                    after = Some(next);
-                    Some(encode_limit(&next))
-                })
-                .map_err(map_sled)?;
-            out.push(after.ok_or_else(|| Error::internal("limit settle ran no step"))?);
-        }
-        Ok(out)
-    }
-}
-
-impl SledStore {
-    /// One limit op, atomically (sled's compare-and-swap loop).
-    fn take_limit(
-        &self,
-        id: &str,
-        spec: &LimitSpec,
-        cost: u64,
-        now: Timestamp,
-    ) -> Result<WindowTake> {
-        let mut outcome = None;
-        self.t
-            .windows
-            .update_and_fetch(id.as_bytes(), |old| {
-                let state = old.and_then(decode_limit);
-                let (next, take) = spec.take(state, cost, now);
-                outcome = Some(take);
-                Some(encode_limit(&next))
-            })
-            .map_err(map_sled)?;
-        outcome.ok_or_else(|| Error::internal("window update ran no step"))
-    }
-}
-
-#[async_trait]
-impl AuditStore for SledStore {
-    async fn append_audit(&self, event: AuditEvent) -> Result<u64> {
-        let t = &self.t;
-        let seq = t
-            .commit(|| (&t.audit, &t.meta).transaction(|(log, meta)| tx_audit(log, meta, &event)))
-            .await?;
-        t.flush_committed().await?;
-        Ok(seq)
-    }
-
-    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>> {
-        let t = &self.t;
+    pub(crate) fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>> {
         let size = audit_page_size(query);
         let iter = match query.before_seq {
-            Some(seq) => t.audit.range(..seq.to_be_bytes()),
-            None => t.audit.iter(),
+            Some(seq) => self.audit.range(..seq.to_be_bytes()),
+            None => self.audit.iter(),
         };
         let mut items: Vec<AuditEvent> = Vec::new();
         let mut more = false;
@@ -1039,7 +771,7 @@ impl AuditStore for SledStore {
         } else {
             None
         };
-        let total = t
+        let total = self
             .meta
             .get(META_AUDIT_COUNT)
             .map_err(map_sled)?
@@ -1050,16 +782,12 @@ impl AuditStore for SledStore {
             total,
         })
     }
-}
 
-#[async_trait]
-impl RecordStore for SledStore {
-    async fn create_record(&self, record: &Record, audit: AuditEvent) -> Result<()> {
-        let t = &self.t;
+    pub(crate) fn create_record(&self, record: &Record, audit: &AuditEvent) -> Result<()> {
         let key = joined(&[&record.kind, &record.id]);
         let bytes = encode(record)?;
-        t.commit(|| {
-            (&t.records, &t.audit, &t.meta).transaction(|(records, log, meta)| {
+        self.transact(|| {
+            (&self.records, &self.audit, &self.meta).transaction(|(records, log, meta)| {
                 if records.get(&key)?.is_some() {
                     return abort(Error::conflict(format!(
                         "{} '{}' exists",
@@ -1067,24 +795,18 @@ impl RecordStore for SledStore {
                     )));
                 }
                 records.insert(key.as_slice(), bytes.as_slice())?;
-                tx_audit(log, meta, &audit)?;
+                tx_audit(log, meta, audit)?;
                 Ok(())
             })
         })
-        .await?;
-        t.flush_committed().await
     }
 
-    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Record>> {
-        self.t.get(&self.t.records, "record", &joined(&[kind, id]))
-    }
-
-    async fn list_records(&self, kind: &str, page: &PageRequest) -> Result<Page<Record>> {
+    pub(crate) fn list_records(&self, kind: &str, page: &PageRequest) -> Result<Page<Record>> {
         let mut prefix = kind.as_bytes().to_vec();
         prefix.push(0);
         let mut total = 0u64;
         let mut all = Vec::new();
-        for kv in self.t.records.scan_prefix(&prefix) {
+        for kv in self.records.scan_prefix(&prefix) {
             let (k, v) = kv.map_err(map_sled)?;
             total += 1;
             let id = &k[prefix.len()..];
@@ -1096,19 +818,18 @@ impl RecordStore for SledStore {
         Ok(page.paginate(all, |r| &r.id, total))
     }
 
-    async fn update_record(
+    pub(crate) fn update_record(
         &self,
         record: &Record,
         expected_version: u64,
-        audit: AuditEvent,
+        audit: &AuditEvent,
     ) -> Result<()> {
-        let t = &self.t;
         let key = joined(&[&record.kind, &record.id]);
         let mut stored = record.clone();
         stored.version = expected_version + 1;
         let bytes = encode(&stored)?;
-        t.commit(|| {
-            (&t.records, &t.audit, &t.meta).transaction(|(records, log, meta)| {
+        self.transact(|| {
+            (&self.records, &self.audit, &self.meta).transaction(|(records, log, meta)| {
                 let Some(cur) = records.get(&key)? else {
                     return abort(Error::not_found(
                         "record",
@@ -1120,27 +841,22 @@ impl RecordStore for SledStore {
                     return abort(version_conflict(&record.kind, &record.id));
                 }
                 records.insert(key.as_slice(), bytes.as_slice())?;
-                tx_audit(log, meta, &audit)?;
+                tx_audit(log, meta, audit)?;
                 Ok(())
             })
         })
-        .await?;
-        t.flush_committed().await
     }
 
-    async fn delete_record(&self, kind: &str, id: &str, audit: AuditEvent) -> Result<()> {
-        let t = &self.t;
+    pub(crate) fn delete_record(&self, kind: &str, id: &str, audit: &AuditEvent) -> Result<()> {
         let key = joined(&[kind, id]);
-        t.commit(|| {
-            (&t.records, &t.audit, &t.meta).transaction(|(records, log, meta)| {
+        self.transact(|| {
+            (&self.records, &self.audit, &self.meta).transaction(|(records, log, meta)| {
                 if records.remove(key.as_slice())?.is_none() {
                     return abort(Error::not_found("record", format!("{kind}/{id}")));
                 }
-                tx_audit(log, meta, &audit)?;
+                tx_audit(log, meta, audit)?;
                 Ok(())
             })
         })
-        .await?;
-        t.flush_committed().await
     }
 }

@@ -11,8 +11,6 @@
 //! every other byte, so `a \0 …` sorts like the tuple). Each batch is added
 //! in one transaction: all of it or none.
 
-use async_trait::async_trait;
-use maas_core::storage::UsageStore;
 use maas_core::usage::{
     UsageBucket, UsageFilter, UsageKey, UsageSums, VerificationBucket, VerificationFilter,
     VerificationKey, VerificationSums,
@@ -21,9 +19,8 @@ use maas_core::{Error, Result, Timestamp};
 use sled::Tree;
 use sled::transaction::ConflictableTransactionError;
 
-use crate::SledStore;
 use crate::codec::joined;
-use crate::store::map_sled;
+use crate::store::{Trees, finish, map_sled};
 
 /// The big-endian minute of a stored key; negative minutes cannot be stored.
 fn minute_bytes(minute: Timestamp) -> Result<[u8; 8]> {
@@ -76,35 +73,33 @@ fn encode_sums<const N: usize>(a: [u64; N]) -> Vec<u8> {
     a.iter().flat_map(|x| x.to_be_bytes()).collect()
 }
 
-/// Adds each `(key, sums)` into `tree` in one transaction.
-async fn add<const N: usize>(
-    store: &SledStore,
+/// Adds each `(key, sums)` into `tree` in one transaction (on the writer
+/// thread).
+pub(crate) fn add<const N: usize>(
     tree: &Tree,
     what: &'static str,
-    entries: Vec<(Vec<u8>, [u64; N])>,
+    entries: &[(Vec<u8>, [u64; N])],
 ) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
-    store
-        .t
-        .commit(|| {
-            tree.transaction(|tx| {
-                for (k, add) in &entries {
-                    let mut cur = match tx.get(k)? {
-                        Some(v) => decode_sums::<N>(what, &v)
-                            .map_err(ConflictableTransactionError::Abort)?,
-                        None => [0; N],
-                    };
-                    for (c, a) in cur.iter_mut().zip(add) {
-                        *c = c.saturating_add(*a);
+    finish(crate::writer::exclusive(|| {
+        tree.transaction(|tx| {
+            for (k, add) in entries {
+                let mut cur = match tx.get(k)? {
+                    Some(v) => {
+                        decode_sums::<N>(what, &v).map_err(ConflictableTransactionError::Abort)?
                     }
-                    tx.insert(k.as_slice(), encode_sums(cur))?;
+                    None => [0; N],
+                };
+                for (c, a) in cur.iter_mut().zip(add) {
+                    *c = c.saturating_add(*a);
                 }
-                Ok(())
-            })
+                tx.insert(k.as_slice(), encode_sums(cur))?;
+            }
+            Ok(())
         })
-        .await
+    }))
 }
 
 /// The stored entries of minutes in `[from, to)`.
@@ -117,35 +112,36 @@ fn scan(tree: &Tree, from: Timestamp, to: Timestamp) -> Result<Vec<(sled::IVec, 
     tree.range(lo..hi).map(|kv| kv.map_err(map_sled)).collect()
 }
 
-#[async_trait]
-impl UsageStore for SledStore {
-    async fn add_usage(&self, buckets: &[UsageBucket]) -> Result<()> {
-        let entries = buckets
-            .iter()
-            .map(|b| {
-                let k = &b.key;
-                let key = key_bytes(k.minute, &[&k.tenant, &k.key_id, &k.model, &k.currency])?;
-                Ok((key, b.sums.to_array()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        add(self, &self.t.usage, "usage", entries).await
-    }
+/// The stored keys and sums of usage buckets.
+pub(crate) fn usage_entries(buckets: &[UsageBucket]) -> Result<Vec<(Vec<u8>, [u64; 10])>> {
+    buckets
+        .iter()
+        .map(|b| {
+            let k = &b.key;
+            let key = key_bytes(k.minute, &[&k.tenant, &k.key_id, &k.model, &k.currency])?;
+            Ok((key, b.sums.to_array()))
+        })
+        .collect()
+}
 
-    async fn add_verifications(&self, buckets: &[VerificationBucket]) -> Result<()> {
-        let entries = buckets
-            .iter()
-            .map(|b| {
-                let k = &b.key;
-                let key = key_bytes(k.minute, &[&k.keyspace_id, &k.key_id, &k.owner_id])?;
-                Ok((key, b.sums.to_array()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        add(self, &self.t.verifications, "verification", entries).await
-    }
+/// The stored keys and sums of verification buckets.
+pub(crate) fn verification_entries(
+    buckets: &[VerificationBucket],
+) -> Result<Vec<(Vec<u8>, [u64; 4])>> {
+    buckets
+        .iter()
+        .map(|b| {
+            let k = &b.key;
+            let key = key_bytes(k.minute, &[&k.keyspace_id, &k.key_id, &k.owner_id])?;
+            Ok((key, b.sums.to_array()))
+        })
+        .collect()
+}
 
-    async fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>> {
+impl Trees {
+    pub(crate) fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>> {
         let mut out = Vec::new();
-        for (k, v) in scan(&self.t.usage, filter.from, filter.to)? {
+        for (k, v) in scan(&self.usage, filter.from, filter.to)? {
             let (minute, [tenant, key_id, model, currency]) = split_key::<4>("usage", &k)?;
             let key = UsageKey {
                 minute,
@@ -162,12 +158,12 @@ impl UsageStore for SledStore {
         Ok(out)
     }
 
-    async fn verification_buckets(
+    pub(crate) fn verification_buckets(
         &self,
         filter: &VerificationFilter,
     ) -> Result<Vec<VerificationBucket>> {
         let mut out = Vec::new();
-        for (k, v) in scan(&self.t.verifications, filter.from, filter.to)? {
+        for (k, v) in scan(&self.verifications, filter.from, filter.to)? {
             let (minute, [keyspace_id, key_id, owner_id]) = split_key::<3>("verification", &k)?;
             let key = VerificationKey {
                 minute,

@@ -1,0 +1,299 @@
+//! The storage traits of `maas-core` on [`SledStore`]: changes go to the
+//! writer thread (see `crate::writer`), reads to tokio's blocking pool, so
+//! no sled call, which may wait on disk, runs on a runtime worker thread.
+
+use async_trait::async_trait;
+use maas_core::audit::{AuditEvent, AuditQuery};
+use maas_core::counter::{
+    Balance, BalanceOp, LimitOp, LimitSpec, LimitState, Refill, Reserved, SettleOp, Spend,
+    WindowSpec, WindowTake,
+};
+use maas_core::key::{KeyHash, KeyRecord};
+use maas_core::storage::{
+    AuditStore, CounterStore, KeyQuery, KeyStore, KeyspaceStore, Page, PageRequest, Record,
+    RecordStore, TenantStore, UsageStore,
+};
+use maas_core::usage::{UsageBucket, UsageFilter, VerificationBucket, VerificationFilter};
+use maas_core::{KeyId, Keyspace, KeyspaceId, Result, Tenant, TenantId, Timestamp};
+
+use crate::SledStore;
+use crate::codec::joined;
+use crate::usage::{add, usage_entries, verification_entries};
+use crate::writer::Lane;
+
+/// Last uses written per writer round: a spend queued behind a large batch
+/// waits for one chunk, not for the batch.
+const TOUCH_CHUNK: usize = 512;
+
+#[async_trait]
+impl TenantStore for SledStore {
+    async fn create_tenant(&self, tenant: &Tenant, audit: AuditEvent) -> Result<()> {
+        let tenant = tenant.clone();
+        self.change(move |t| t.create_tenant(&tenant, &audit)).await
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        let id = id.clone();
+        self.read(move |t| t.get(&t.tenants, "tenant", id.as_str().as_bytes()))
+            .await
+    }
+
+    async fn get_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
+        let name = name.to_owned();
+        self.read(move |t| t.get_tenant_by_name(&name)).await
+    }
+
+    async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
+        let page = page.clone();
+        self.read(move |t| t.page(&t.tenants, "tenant", &page))
+            .await
+    }
+
+    async fn update_tenant(
+        &self,
+        tenant: &Tenant,
+        expected_version: u64,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let tenant = tenant.clone();
+        self.change(move |t| t.update_tenant(&tenant, expected_version, &audit))
+            .await
+    }
+
+    async fn delete_tenant(&self, id: &TenantId, audit: AuditEvent) -> Result<()> {
+        let id = id.clone();
+        self.change(move |t| t.delete_tenant(&id, &audit)).await
+    }
+}
+
+#[async_trait]
+impl KeyspaceStore for SledStore {
+    async fn create_keyspace(&self, keyspace: &Keyspace, audit: AuditEvent) -> Result<()> {
+        let keyspace = keyspace.clone();
+        self.change(move |t| t.create_keyspace(&keyspace, &audit))
+            .await
+    }
+
+    async fn get_keyspace(&self, id: &KeyspaceId) -> Result<Option<Keyspace>> {
+        let id = id.clone();
+        self.read(move |t| t.get(&t.keyspaces, "keyspace", id.as_str().as_bytes()))
+            .await
+    }
+
+    async fn list_keyspaces(&self, page: &PageRequest) -> Result<Page<Keyspace>> {
+        let page = page.clone();
+        self.read(move |t| t.page(&t.keyspaces, "keyspace", &page))
+            .await
+    }
+
+    async fn update_keyspace(
+        &self,
+        keyspace: &Keyspace,
+        expected_version: u64,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let keyspace = keyspace.clone();
+        self.change(move |t| t.update_keyspace(&keyspace, expected_version, &audit))
+            .await
+    }
+
+    async fn delete_keyspace(&self, id: &KeyspaceId, audit: AuditEvent) -> Result<()> {
+        let id = id.clone();
+        self.change(move |t| t.delete_keyspace(&id, &audit)).await
+    }
+}
+
+#[async_trait]
+impl KeyStore for SledStore {
+    async fn create_key(&self, key: &KeyRecord, audit: AuditEvent) -> Result<()> {
+        let key = key.clone();
+        self.change(move |t| t.create_key(&key, &audit)).await
+    }
+
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>> {
+        let id = id.clone();
+        self.read(move |t| t.get_key(&id)).await
+    }
+
+    async fn get_key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
+        let hash = *hash;
+        self.read(move |t| t.get_key_by_hash(&hash)).await
+    }
+
+    async fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
+        let query = query.clone();
+        self.read(move |t| t.list_keys(&query)).await
+    }
+
+    async fn update_key(
+        &self,
+        key: &KeyRecord,
+        expected_version: u64,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let key = key.clone();
+        self.change(move |t| t.update_key(&key, expected_version, &audit))
+            .await
+    }
+
+    async fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()> {
+        // Written behind (no flush of their own), a chunk per writer round.
+        let mut pending = Vec::new();
+        for chunk in used.chunks(TOUCH_CHUNK) {
+            let chunk = chunk.to_vec();
+            pending.push(
+                self.writer()
+                    .run(Lane::Background, false, move |t| t.touch_keys(&chunk)),
+            );
+        }
+        for p in pending {
+            p.await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CounterStore for SledStore {
+    async fn balance(&self, id: &str) -> Result<Option<Balance>> {
+        let id = id.to_owned();
+        self.read(move |t| t.balance(&id)).await
+    }
+
+    async fn put_balance(&self, id: &str, balance: Option<Balance>) -> Result<()> {
+        let id = id.to_owned();
+        self.change(move |t| t.put_balance(&id, balance)).await
+    }
+
+    async fn spend(
+        &self,
+        id: &str,
+        cost: u64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend> {
+        let (id, refill) = (id.to_owned(), refill.cloned());
+        self.change(move |t| t.spend(&id, cost, refill.as_ref(), now))
+            .await
+    }
+
+    async fn adjust(
+        &self,
+        id: &str,
+        op: BalanceOp,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Option<Balance>> {
+        let (id, refill) = (id.to_owned(), refill.cloned());
+        self.change(move |t| t.adjust(&id, op, refill.as_ref(), now))
+            .await
+    }
+
+    async fn take(
+        &self,
+        id: &str,
+        spec: &WindowSpec,
+        cost: u64,
+        now: Timestamp,
+    ) -> Result<WindowTake> {
+        let (id, spec) = (id.to_owned(), LimitSpec::Bucket(*spec));
+        self.change(move |t| t.take_limit(&id, &spec, cost, now))
+            .await
+    }
+
+    async fn reset_window(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.change(move |t| t.reset_window(&id)).await
+    }
+
+    async fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Result<Reserved> {
+        let ops = ops.to_vec();
+        self.change(move |t| t.reserve(&ops, now)).await
+    }
+
+    async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
+        let ops = ops.to_vec();
+        self.change(move |t| t.settle(&ops, now)).await
+    }
+}
+
+#[async_trait]
+impl AuditStore for SledStore {
+    async fn append_audit(&self, event: AuditEvent) -> Result<u64> {
+        self.change(move |t| t.append_audit(&event)).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>> {
+        let query = query.clone();
+        self.read(move |t| t.list_audit(&query)).await
+    }
+}
+
+#[async_trait]
+impl RecordStore for SledStore {
+    async fn create_record(&self, record: &Record, audit: AuditEvent) -> Result<()> {
+        let record = record.clone();
+        self.change(move |t| t.create_record(&record, &audit)).await
+    }
+
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Record>> {
+        let key = joined(&[kind, id]);
+        self.read(move |t| t.get(&t.records, "record", &key)).await
+    }
+
+    async fn list_records(&self, kind: &str, page: &PageRequest) -> Result<Page<Record>> {
+        let (kind, page) = (kind.to_owned(), page.clone());
+        self.read(move |t| t.list_records(&kind, &page)).await
+    }
+
+    async fn update_record(
+        &self,
+        record: &Record,
+        expected_version: u64,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let record = record.clone();
+        self.change(move |t| t.update_record(&record, expected_version, &audit))
+            .await
+    }
+
+    async fn delete_record(&self, kind: &str, id: &str, audit: AuditEvent) -> Result<()> {
+        let (kind, id) = (kind.to_owned(), id.to_owned());
+        self.change(move |t| t.delete_record(&kind, &id, &audit))
+            .await
+    }
+}
+
+#[async_trait]
+impl UsageStore for SledStore {
+    async fn add_usage(&self, buckets: &[UsageBucket]) -> Result<()> {
+        let entries = usage_entries(buckets)?;
+        self.writer()
+            .run(Lane::Background, true, move |t| {
+                add(&t.usage, "usage", &entries)
+            })
+            .await
+    }
+
+    async fn add_verifications(&self, buckets: &[VerificationBucket]) -> Result<()> {
+        let entries = verification_entries(buckets)?;
+        self.writer()
+            .run(Lane::Background, true, move |t| {
+                add(&t.verifications, "verification", &entries)
+            })
+            .await
+    }
+
+    async fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>> {
+        let filter = filter.clone();
+        self.read(move |t| t.usage_buckets(&filter)).await
+    }
+
+    async fn verification_buckets(
+        &self,
+        filter: &VerificationFilter,
+    ) -> Result<Vec<VerificationBucket>> {
+        let filter = filter.clone();
+        self.read(move |t| t.verification_buckets(&filter)).await
+    }
+}

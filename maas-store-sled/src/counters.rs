@@ -1,0 +1,146 @@
+//! Counters on the writer thread: remaining-uses balances (`balances`) and
+//! limit counters (`windows`: rate-limit windows, token limits, budgets).
+//!
+//! Every change runs on the writer thread, the only writer of these trees,
+//! so each operation is a read, the arithmetic of `maas_core::counter`, and
+//! a write, with no other writer in between; its answer waits for the flush
+//! that makes it durable. A reservation over several counters writes them
+//! one after another: readers cannot observe the gap (no reader of these
+//! trees runs on the writer thread), and a crash inside it leaves part of a
+//! reservation nobody was told about taken, which errs towards refusing,
+//! never towards spending twice.
+
+use maas_core::counter::{
+    Balance, BalanceOp, LimitOp, LimitSpec, LimitState, Refill, Reserved, SettleOp, Spend,
+    WindowTake, reserve_all,
+};
+use maas_core::{Result, Timestamp};
+
+use crate::codec::{decode_balance, decode_limit, encode_balance, encode_limit};
+use crate::store::{Trees, map_sled};
+
+impl Trees {
+    pub(crate) fn balance(&self, id: &str) -> Result<Option<Balance>> {
+        Ok(self
+            .balances
+            .get(id.as_bytes())
+            .map_err(map_sled)?
+            .and_then(|v| decode_balance(&v)))
+    }
+
+    pub(crate) fn put_balance(&self, id: &str, balance: Option<Balance>) -> Result<()> {
+        match balance {
+            Some(b) => self.balances.insert(id.as_bytes(), &encode_balance(&b)),
+            None => self.balances.remove(id.as_bytes()),
+        }
+        .map_err(map_sled)?;
+        Ok(())
+    }
+
+    pub(crate) fn spend(
+        &self,
+        id: &str,
+        cost: u64,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Spend> {
+        let Some(b) = self.balance(id)? else {
+            return Ok(Spend {
+                spent: false,
+                balance: None,
+            });
+        };
+        let (spent, after) = b.refilled(refill, now).spend(cost);
+        self.balances
+            .insert(id.as_bytes(), &encode_balance(&after))
+            .map_err(map_sled)?;
+        Ok(Spend {
+            spent,
+            balance: Some(after),
+        })
+    }
+
+    pub(crate) fn adjust(
+        &self,
+        id: &str,
+        op: BalanceOp,
+        refill: Option<&Refill>,
+        now: Timestamp,
+    ) -> Result<Option<Balance>> {
+        let Some(b) = self.balance(id)? else {
+            return Ok(None);
+        };
+        let after = op.apply(b.refilled(refill, now));
+        self.balances
+            .insert(id.as_bytes(), &encode_balance(&after))
+            .map_err(map_sled)?;
+        Ok(Some(after))
+    }
+
+    fn limit_state(&self, id: &str) -> Result<Option<LimitState>> {
+        Ok(self
+            .windows
+            .get(id.as_bytes())
+            .map_err(map_sled)?
+            .and_then(|v| decode_limit(&v)))
+    }
+
+    fn put_limit(&self, id: &str, state: &LimitState) -> Result<()> {
+        self.windows
+            .insert(id.as_bytes(), encode_limit(state))
+            .map_err(map_sled)?;
+        Ok(())
+    }
+
+    /// One limit op.
+    pub(crate) fn take_limit(
+        &self,
+        id: &str,
+        spec: &LimitSpec,
+        cost: u64,
+        now: Timestamp,
+    ) -> Result<WindowTake> {
+        let (next, take) = spec.take(self.limit_state(id)?, cost, now);
+        self.put_limit(id, &next)?;
+        Ok(take)
+    }
+
+    pub(crate) fn reset_window(&self, id: &str) -> Result<()> {
+        self.windows.remove(id.as_bytes()).map_err(map_sled)?;
+        Ok(())
+    }
+
+    pub(crate) fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Result<Reserved> {
+        if let [op] = ops {
+            let d = self.take_limit(&op.id, &op.spec, op.cost, now)?;
+            return Ok(Reserved {
+                admitted: d.allowed,
+                decisions: vec![d],
+            });
+        }
+        let mut before: Vec<(&str, Option<LimitState>)> = Vec::with_capacity(ops.len());
+        for op in ops {
+            before.push((op.id.as_str(), self.limit_state(&op.id)?));
+        }
+        let (out, states) = reserve_all(ops, now, |id| {
+            before.iter().find(|(i, _)| *i == id).and_then(|(_, s)| *s)
+        });
+        for (op, state) in ops.iter().zip(&states) {
+            self.put_limit(&op.id, state)?;
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let state = self.limit_state(&op.id)?;
+            let (next, _) = op
+                .spec
+                .settle(state, op.taken_at, op.reserved, op.used, now);
+            self.put_limit(&op.id, &next)?;
+            out.push(next);
+        }
+        Ok(out)
+    }
+}
