@@ -1,6 +1,11 @@
-//! Crash test: a child process creates keys and prints each acknowledged one;
-//! it is killed with SIGKILL at different points; after each kill the database
-//! reopens with every acknowledged key verifying and every index consistent.
+//! Crash tests: a child process writes and prints each acknowledged write; it
+//! is killed with SIGKILL at different points; after each kill the database
+//! reopens with everything acknowledged in it.
+//!
+//! - Keys: every acknowledged key verifies, every index is consistent.
+//! - Money: every acknowledged spend of a key's remaining uses, budget
+//!   reservation and usage record is in the store (`spent_acknowledged <=
+//!   spent_in_store` for each counter), for many kill points.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +14,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use maas_core::{KeyHasher, KeyId, KeyService, VerifyCode, VerifyOptions};
+use maas_core::counter::{LimitOp, LimitSpec, Period, PeriodSpec};
+use maas_core::usage::UsageFilter;
+use maas_core::{
+    Actor, KeyHasher, KeyId, KeyService, NewKey, NewKeyspace, Timestamp, VerifyCode, VerifyOptions,
+};
 use maas_store_sled::{SledConfig, SledError, SledStore};
 
 const SECRET: &str = "crash-test-secret";
@@ -135,4 +144,168 @@ fn killed_writer_loses_nothing_it_acknowledged() {
         });
     }
     assert!(acked.order.len() >= 74);
+}
+
+/// The writer's budget counter and its clock in the money mode (as in
+/// `src/bin/crash_writer.rs`).
+const BUDGET: &str = "budget:crash";
+const MONEY_AT_MS: i64 = 1_768_435_200_000;
+
+/// The initial remaining uses of the money test's key.
+const REMAINING: i64 = 1_000_000_000;
+
+/// A small deterministic generator of kill points (xorshift64*).
+struct Seeded(u64);
+
+impl Seeded {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// Totals the money writer acknowledged.
+#[derive(Debug, Default, Clone, Copy)]
+struct Money {
+    spent: u64,
+    reserved: u64,
+    usage: u64,
+}
+
+impl Money {
+    fn take(&mut self, line: &str) {
+        let mut parts = line.split(' ');
+        match (parts.next(), parts.next()) {
+            (Some("SPENT"), None) => self.spent += 1,
+            (Some("RESERVED"), Some(n)) => self.reserved += n.parse::<u64>().unwrap(),
+            (Some("USAGE"), Some(n)) => self.usage += n.parse::<u64>().unwrap(),
+            _ => panic!("unexpected line from the writer: {line:?}"),
+        }
+    }
+}
+
+#[test]
+fn killed_spender_never_spends_an_acknowledged_credit_twice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("maas.db");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let (key_id, key) = rt.block_on(async {
+        let store = SledStore::open(&path).expect("open");
+        let keys = KeyService::new(store.storage(), KeyHasher::from_secret(SECRET.as_bytes()));
+        let admin = Actor::new("crash-test");
+        let ks = keys
+            .create_keyspace(
+                &admin,
+                NewKeyspace {
+                    name: "money".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("keyspace");
+        let k = keys
+            .create(
+                &admin,
+                NewKey {
+                    remaining: Some(REMAINING),
+                    ..NewKey::in_keyspace(ks.id)
+                },
+            )
+            .await
+            .expect("key");
+        (k.key_id, k.key)
+    });
+    let mut acked = Money::default();
+    let mut seeds = Seeded(0x9E37_79B9_7F4A_7C15);
+    for run in 0..16 {
+        // Kill after 1 to 300 acknowledged writes, plus 0 to 2 ms more.
+        let kill_after = 1 + seeds.below(300);
+        let extra = Duration::from_micros(seeds.below(2_000));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_maas-sled-crash-writer"))
+            .arg(&path)
+            .arg(SECRET)
+            .arg(run.to_string())
+            .arg("money")
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the writer");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = 0;
+        while seen < kill_after {
+            let line = lines
+                .next()
+                .expect("the writer stopped early")
+                .expect("read the writer");
+            acked.take(&line);
+            seen += 1;
+        }
+        std::thread::sleep(extra);
+        child.kill().expect("SIGKILL the writer");
+        child.wait().expect("reap the writer");
+        for line in lines {
+            acked.take(&line.expect("read the writer"));
+        }
+
+        let stored = rt.block_on(async {
+            let store = SledStore::open(&path).expect("reopen after the kill");
+            let storage = store.clone().storage();
+            let left = storage
+                .counters
+                .balance(&format!("rem:{key_id}"))
+                .await
+                .expect("balance")
+                .expect("the key's balance")
+                .remaining;
+            let at = Timestamp::from_millis(MONEY_AT_MS);
+            let budget = storage
+                .counters
+                .reserve(
+                    &[LimitOp {
+                        id: BUDGET.into(),
+                        spec: LimitSpec::Period(PeriodSpec {
+                            limit: u64::MAX / 4,
+                            period: Period::Monthly,
+                        }),
+                        cost: 0,
+                    }],
+                    at,
+                )
+                .await
+                .expect("read the budget");
+            let usage: u64 = storage
+                .usage
+                .usage_buckets(&UsageFilter::range(
+                    Timestamp::from_millis(0),
+                    at.add_millis(3_600_000),
+                ))
+                .await
+                .expect("usage")
+                .iter()
+                .map(|b| b.sums.requests)
+                .sum();
+            Money {
+                spent: u64::try_from(REMAINING - left).expect("never more than the balance"),
+                reserved: u64::MAX / 4 - budget.decisions[0].remaining,
+                usage,
+            }
+        });
+        assert!(
+            acked.spent <= stored.spent
+                && acked.reserved <= stored.reserved
+                && acked.usage <= stored.usage,
+            "run {run} (killed after {kill_after} acks + {extra:?}): acknowledged {acked:?}, stored {stored:?}"
+        );
+    }
+    assert!(
+        acked.spent > 0 && acked.reserved > 0 && acked.usage > 0,
+        "{acked:?}"
+    );
 }

@@ -1,8 +1,15 @@
-//! Crash-test writer: opens the sled database at `argv[1]`, then creates keys
-//! in a loop (with a key-hash secret of `argv[2]`), printing `ACK <id> <key>`
-//! once each creation has returned (so is durable), and `UPD <id> <name>`
-//! once a rename has returned. The crash test kills it with SIGKILL at
-//! arbitrary points and checks that everything acknowledged survived.
+//! Crash-test writer: opens the sled database at `argv[1]` and writes until
+//! it is killed, printing each write once it has returned (so is durable).
+//! The crash tests kill it with SIGKILL at arbitrary points and check that
+//! everything acknowledged survived.
+//!
+//! - `maas-sled-crash-writer <db> <secret> <run>`: creates keys in a loop
+//!   (key-hash secret `<secret>`), printing `ACK <id> <key>` per creation and
+//!   `UPD <id> <name>` per rename.
+//! - `maas-sled-crash-writer <db> <secret> <run> money <key>`: spends the
+//!   remaining uses of `<key>` by verifying it, reserves a monthly budget
+//!   and records usage, from several tasks at once, printing `SPENT`,
+//!   `RESERVED <units>` and `USAGE <requests>` per acknowledged write.
 //!
 //! Not part of the library's API.
 
@@ -10,11 +17,24 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use maas_core::counter::{LimitOp, LimitSpec, Period, PeriodSpec};
+use maas_core::usage::{UsageConfig, UsageLedger, UsageRecord};
 use maas_core::{
-    Actor, KeyHasher, KeyRateLimit, KeyService, KeyUpdate, NewKey, NewKeyspace, PageRequest, Patch,
-    RateLimitKind, SystemClock,
+    Actor, Clock, KeyHasher, KeyRateLimit, KeyService, KeyUpdate, ManualClock, NewKey, NewKeyspace,
+    PageRequest, Patch, RateLimitKind, SystemClock, Timestamp, VerifyOptions,
 };
 use maas_store_sled::{SledConfig, SledStore};
+use tokio::sync::mpsc;
+
+/// The budget counter of the money mode.
+const BUDGET: &str = "budget:crash";
+/// Its limit: more than any run reserves.
+const BUDGET_LIMIT: u64 = u64::MAX / 4;
+/// Tasks writing at once in the money mode (their writes share flushes).
+const TASKS: usize = 6;
+/// The money mode's clock stands still here (2026-01-15), so its budget
+/// period and usage minute are the same in every run.
+const MONEY_AT_MS: i64 = 1_768_435_200_000;
 
 /// Bounded: the test kills it long before.
 const MAX_KEYS: usize = 100_000;
@@ -25,6 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: maas-sled-crash-writer <db path> <secret> [run]".into());
     };
     let run = run.unwrap_or_default();
+    if args.next().as_deref() == Some("money") {
+        let key = args.next().ok_or("money needs the key to spend")?;
+        return money(&path, &secret, &key);
+    }
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     rt.block_on(async move {
         let store = SledStore::open_with(SledConfig {
@@ -88,6 +112,100 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 writeln!(out, "UPD {} {name}", created.key_id)?;
                 out.flush()?;
             }
+        }
+        Ok(())
+    })
+}
+
+/// One acknowledged write of the money mode.
+enum Ack {
+    Spent,
+    Reserved(u64),
+    Usage(u64),
+}
+
+/// Spends, reserves and records usage from [`TASKS`] tasks until killed
+/// (bounded: [`MAX_KEYS`] rounds per task).
+fn money(path: &str, secret: &str, key: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()?;
+    rt.block_on(async move {
+        let store = SledStore::open_with(SledConfig {
+            lock_wait: Duration::from_secs(10),
+            ..SledConfig::at(path)
+        })?;
+        let storage = store.storage();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp::from_millis(MONEY_AT_MS)));
+        let keys = KeyService::new_with_clock(
+            storage.clone(),
+            KeyHasher::from_secret(secret.as_bytes()),
+            clock.clone(),
+        );
+        let ledger = UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone());
+        let (acks, mut acked) = mpsc::unbounded_channel();
+        for task in 0..TASKS {
+            let (keys, ledger, storage, clock, acks) = (
+                keys.clone(),
+                ledger.clone(),
+                storage.clone(),
+                clock.clone(),
+                acks.clone(),
+            );
+            let key = key.to_owned();
+            tokio::spawn(async move {
+                for i in 0..MAX_KEYS {
+                    let ack = match (task + i) % 3 {
+                        0 => {
+                            let v = keys
+                                .verify(&key, &VerifyOptions::default())
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            if !v.valid() {
+                                return Err(format!("verify: {:?}", v.code()));
+                            }
+                            Ack::Spent
+                        }
+                        1 => {
+                            let units = 1 + (i as u64 % 7);
+                            let op = LimitOp {
+                                id: BUDGET.into(),
+                                spec: LimitSpec::Period(PeriodSpec {
+                                    limit: BUDGET_LIMIT,
+                                    period: Period::Monthly,
+                                }),
+                                cost: units,
+                            };
+                            let r = storage.counters.reserve(&[op], clock.now()).await;
+                            if !r.map_err(|e| e.to_string())?.admitted {
+                                return Err("the budget refused".into());
+                            }
+                            Ack::Reserved(units)
+                        }
+                        _ => {
+                            let r = UsageRecord::new(clock.now(), "crash-tenant", "model");
+                            ledger.record(&r).map_err(|e| e.to_string())?;
+                            ledger.flush().await.map_err(|e| e.to_string())?;
+                            Ack::Usage(1)
+                        }
+                    };
+                    if acks.send(ack).is_err() {
+                        break;
+                    }
+                }
+                Ok::<(), String>(())
+            });
+        }
+        drop(acks);
+        let mut out = std::io::stdout().lock();
+        while let Some(ack) = acked.recv().await {
+            match ack {
+                Ack::Spent => writeln!(out, "SPENT")?,
+                Ack::Reserved(n) => writeln!(out, "RESERVED {n}")?,
+                Ack::Usage(n) => writeln!(out, "USAGE {n}")?,
+            }
+            out.flush()?;
         }
         Ok(())
     })
