@@ -1,19 +1,22 @@
-# Shared by scripts/load.sh, scripts/load/gateway.sh and scripts/soak.sh
-# (sourced, not run). Each run's figures are also written as JSON under
-# target/load/, where scripts/benchmarks.py reads them for BENCHMARKS.md.
+# Shared by scripts/load.sh, scripts/load/gateway.sh, scripts/load/verify.sh
+# and scripts/soak.sh (sourced, not run). Each run's figures are also written
+# as JSON under target/load/, where scripts/benchmarks.py reads them for
+# BENCHMARKS.md.
 
 # start_server PUBLIC ADMIN SIMULATOR LOG [server args...]: builds and starts
 # the release example server on the three loopback addresses with the load
-# users, stops it on exit, and waits until it answers.
+# users, stops it on exit, and waits until it answers. MAAS_SERVER_BIN, when
+# set, is the server binary to run instead (say a baseline build to compare
+# with); nothing is built then.
 start_server() {
-  local pub=$1 adm=$2 sim=$3 log=$4
+  local pub=$1 adm=$2 sim=$3 log=$4 bin=${MAAS_SERVER_BIN:-./target/release/examples/server}
   shift 4
-  cargo build -q --release --example server --example soak
-  ./target/release/examples/server --listen "$pub" --admin-listen "$adm" \
+  [ -n "${MAAS_SERVER_BIN:-}" ] || cargo build -q --release --example server --example soak
+  "$bin" --listen "$pub" --admin-listen "$adm" \
     --simulator-listen "$sim" --users scripts/load/users.toml \
     --sim-tokens-per-second 0 "$@" >"$log" 2>&1 &
   SERVER=$!
-  trap 'kill -INT $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true; cleanup' EXIT
+  trap 'stop_server; cleanup' EXIT
   for _ in $(seq 100); do
     curl -sf -o /dev/null "http://$pub/health" && return 0
     sleep 0.1
@@ -22,6 +25,15 @@ start_server() {
   exit 1
 }
 cleanup() { :; }
+
+# stop_server: stops the server start_server started last (SIGINT, then waits
+# for it), once; a script that runs several servers in turn calls it between.
+stop_server() {
+  [ -n "${SERVER:-}" ] || return 0
+  kill -INT "$SERVER" 2>/dev/null || true
+  wait "$SERVER" 2>/dev/null || true
+  SERVER=
+}
 
 # load_tier ADMIN_URL ADMIN_TOKEN: a tier (group load-test) whose limits no
 # bounded run can reach, so the runs measure the path, not the refusals.

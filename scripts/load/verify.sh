@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Unkey-compatible keys.verifyKey over HTTP on loopback with wrk, a key drawn
+# at random per request out of N keys, against the release example server on
+# the memory store and on the sled store (a fresh data dir), each without and
+# with `remaining` on every key (10^9, which no run exhausts): four
+# configurations, one server each, one at a time. Per configuration: an api,
+# N keys created with wrk (scripts/load/create_keys.lua, one thread, many
+# connections, bounded in time; the count must be N), then a bounded wrk run
+# of scripts/load/verify_random.lua, whose answers must all be valid.
+# Prints requests/s, p50 and p99 per configuration, the sled/memory ratios
+# beside the goals (without remaining: sled p99 <= 2x memory's and requests/s
+# >= 80% of memory's; with remaining: p99 <= 3x and requests/s >= 50%), each
+# server's RSS after its run and the sled data dirs' size, and writes them to
+# target/load/verify.json. Beside them, the server's CPU time per request
+# (user + system, from /proc; wrk's own is not counted).
+#
+#   scripts/load/verify.sh [SECONDS] [CONNECTIONS] [KEYS]   (default 10 s, 16, 50000)
+#
+# MAAS_SERVER_BIN=path runs that server binary instead of building and running
+# ./target/release/examples/server. CREATE_CONNS (default 64) and CREATE_SECS
+# (default 30 + KEYS/500) are the key creation's connections and time bound.
+# The servers listen on 127.0.0.1:3808x (API), 3909x (admin) and 3818x
+# (simulator); the keys and the sled data dirs live in a temporary dir under
+# /tmp; both are gone at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source scripts/load/lib.sh
+SECS=${1:-10}
+CONNS=${2:-16}
+KEYS=${3:-50000}
+CREATE_CONNS=${CREATE_CONNS:-64}
+CREATE_SECS=${CREATE_SECS:-$(( 30 + KEYS / 500 ))}
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
+command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; }
+
+export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
+WORK=$(mktemp -d /tmp/maas-verify.XXXXXX)
+WRK=""
+# Called by start_server's trap after it stopped the server (and by this one
+# until the first server starts): a key creation still running, the temp dir.
+cleanup() {
+  if [ -n "$WRK" ]; then
+    kill -INT "$WRK" 2>/dev/null || true
+    wait "$WRK" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+json() { curl -sf -X POST "$1" -H "Authorization: Bearer $2" -H 'Content-Type: application/json' -d "$3"; }
+rss() { awk '/VmRSS/ { print $2 }' "/proc/$SERVER/status"; }
+# cpu_ticks: the server's user + system clock ticks so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER/stat"; }
+TICKS=$(getconf CLK_TCK)
+
+# create_keys NAME URL BODY KEYFILE: KEYS keys into KEYFILE, one a line; sets
+# CREATE_S (seconds it took) or fails.
+create_keys() {
+  local name=$1 url=$2 body=$3 keyfile=$4 start n
+  start=$(date +%s.%N)
+  TOKEN=$MAAS_ADMIN_TOKEN BODY=$body KEYFILE=$keyfile KEYS=$KEYS \
+    wrk -t1 -c"$CREATE_CONNS" -d"${CREATE_SECS}s" --timeout 10s -s scripts/load/create_keys.lua "$url" \
+    >"$WORK/$name.create.out" 2>&1 &
+  WRK=$!
+  # The lua script stops its thread at KEYS keys, but wrk sleeps out -d
+  # anyway: interrupt it (SIGINT ends its sleep; it then reports).
+  while kill -0 "$WRK" 2>/dev/null && [ ! -e "$keyfile.done" ]; do sleep 0.05; done
+  CREATE_S=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
+  for _ in $(seq 50); do kill -INT "$WRK" 2>/dev/null || break; sleep 0.1; done
+  wait "$WRK" || true
+  WRK=""
+  n=0
+  [ ! -e "$keyfile" ] || n=$(wc -l <"$keyfile")
+  echo "  $(grep '^CREATED' "$WORK/$name.create.out" || echo 'CREATED (no report)') in ${CREATE_S}s"
+  if [ "$n" -ne "$KEYS" ]; then
+    echo "verify.sh: $name: $n keys created of $KEYS within ${CREATE_SECS}s" \
+      "(CREATE_SECS raises the bound); wrk said:" >&2
+    tail -20 "$WORK/$name.create.out" >&2
+    exit 1
+  fi
+}
+
+declare -A RPS P50 P99 RSS JSON DATA_KB
+NAMES=(memory sled memory+remaining sled+remaining)
+# run_config INDEX NAME: one configuration, from a fresh server to its stop.
+run_config() {
+  local i=$1 name=$2 pub adm sim data="" out body api keyfile
+  pub=127.0.0.1:$(( 38080 + i )) adm=127.0.0.1:$(( 39090 + i )) sim=127.0.0.1:$(( 38180 + i ))
+  local store=(--memory)
+  if [[ $name == sled* ]]; then
+    data="$WORK/${name/+/-}.data"
+    mkdir "$data"
+    store=(--data-dir "$data")
+  fi
+  echo "$name: ${store[*]}"
+  start_server "$pub" "$adm" "$sim" "/tmp/maas-verify-${name/+/-}.log" "${store[@]}"
+  api=$(json "http://$pub/v1/apis.createApi" "$MAAS_ADMIN_TOKEN" '{"name":"verify-load"}' | jq -r .apiId) \
+    || { echo "verify.sh: $name: apis.createApi failed" >&2; exit 1; }
+  body="{\"apiId\":\"$api\"}"
+  [[ $name != *+remaining ]] || body="{\"apiId\":\"$api\",\"remaining\":1000000000}"
+  keyfile="$WORK/${name/+/-}.keys"
+  create_keys "${name/+/-}" "http://$pub/v1/keys.createKey" "$body" "$keyfile"
+  local before after n
+  before=$(cpu_ticks)
+  out=$(KEYFILE=$keyfile wrk -t1 -c"$CONNS" -d"${SECS}s" --timeout 10s -s scripts/load/verify_random.lua \
+    "http://$pub/v1/keys.verifyKey" | grep '^RESULT') \
+    || { echo "verify.sh: $name: wrk reported nothing" >&2; exit 1; }
+  after=$(cpu_ticks)
+  n=$(field "$out" requests)
+  out+=" cpu_us=$(( (after - before) * 1000000 / TICKS / (n > 0 ? n : 1) ))"
+  RSS[$name]=$(rss)
+  stop_server
+  out+=" rss_kb=${RSS[$name]} create_s=$CREATE_S"
+  out+=" create_per_s=$(awk -v n="$KEYS" -v s="$CREATE_S" 'BEGIN { printf "%.0f", n / s }')"
+  if [ -n "$data" ]; then
+    DATA_KB[$name]=$(du -sk "$data" | cut -f1)
+    out+=" data_kb=${DATA_KB[$name]}"
+  fi
+  RPS[$name]=$(field "$out" rps)
+  P50[$name]=$(field "$out" p50_us)
+  P99[$name]=$(field "$out" p99_us)
+  JSON[$name]=$(kv_json "$out")
+  echo "  $out"
+  grep -q 'socket_errors=0 non2xx=0 invalid=0' <<<"$out" || echo "  ^ WARNING: errors in $name" >&2
+}
+
+echo "keys.verifyKey, a random key of $KEYS per request: wrk -t1 -c$CONNS -d${SECS}s per configuration" \
+  "against ${MAAS_SERVER_BIN:-the release example server}"
+for i in "${!NAMES[@]}"; do
+  run_config "$i" "${NAMES[$i]}"
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+# verdict VALUE OP GOAL: met or MISSED.
+verdict() { awk -v v="$1" -v op="$2" -v g="$3" 'BEGIN { ok = op == "<=" ? v <= g : v >= g; print ok ? "met" : "MISSED" }'; }
+echo
+printf '%-18s %9s %8s %8s %9s %9s\n' configuration rps p50_us p99_us rss_kb data_kb
+for name in "${NAMES[@]}"; do
+  printf '%-18s %9s %8s %8s %9s %9s\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}" \
+    "${RSS[$name]}" "${DATA_KB[$name]:--}"
+done
+R_RPS=$(ratio "${RPS[sled]}" "${RPS[memory]}")
+R_P99=$(ratio "${P99[sled]}" "${P99[memory]}")
+RR_RPS=$(ratio "${RPS[sled+remaining]}" "${RPS[memory+remaining]}")
+RR_P99=$(ratio "${P99[sled+remaining]}" "${P99[memory+remaining]}")
+echo "without remaining: sled/memory requests/s $R_RPS (goal >= 0.80: $(verdict "$R_RPS" '>=' 0.80))," \
+  "p99 ${R_P99}x (goal <= 2: $(verdict "$R_P99" '<=' 2))"
+echo "with remaining:    sled/memory requests/s $RR_RPS (goal >= 0.50: $(verdict "$RR_RPS" '>=' 0.50))," \
+  "p99 ${RR_P99}x (goal <= 3: $(verdict "$RR_P99" '<=' 3))"
+
+runs=""
+for name in "${NAMES[@]}"; do
+  runs+="${runs:+,}\"$name\":${JSON[$name]}"
+done
+save verify "{\"seconds\":$SECS,\"connections\":$CONNS,\"keys\":$KEYS,\"create_connections\":$CREATE_CONNS,\
+\"runs\":{$runs},\"ratios\":{\"rps\":$R_RPS,\"p99\":$R_P99,\"rps_remaining\":$RR_RPS,\"p99_remaining\":$RR_P99},\
+\"goals\":{\"rps\":0.8,\"p99\":2,\"rps_remaining\":0.5,\"p99_remaining\":3}}"
