@@ -564,12 +564,18 @@ impl TierService {
             return Ok(Vec::new());
         }
         let mut created = Vec::new();
+        let mut elsewhere = false;
         for new in default_tiers() {
             match self.create(actor, new).await {
                 Ok(t) => created.push(t),
-                Err(Error::Conflict { .. }) => {}
+                Err(Error::Conflict { .. }) => elsewhere = true,
                 Err(e) => return Err(e),
             }
+        }
+        if elsewhere {
+            // Another node created some: this node's snapshot, refreshed
+            // after its own creations, may predate theirs.
+            self.refresh().await;
         }
         Ok(created)
     }

@@ -1,6 +1,8 @@
 //! The storage traits of `maas-core` on [`SledStore`]: changes go to the
 //! writer thread (see `crate::writer`), reads to tokio's blocking pool, so
 //! no sled call, which may wait on disk, runs on a runtime worker thread.
+//! Configuration is durable through a sled flush, counters and usage
+//! through the journal (see `crate::journal`).
 
 use async_trait::async_trait;
 use maas_core::audit::{AuditEvent, AuditQuery};
@@ -18,8 +20,9 @@ use maas_core::{KeyId, Keyspace, KeyspaceId, Result, Tenant, TenantId, Timestamp
 
 use crate::SledStore;
 use crate::codec::joined;
+use crate::journal::Journaled;
 use crate::usage::{add, usage_entries, verification_entries};
-use crate::writer::Lane;
+use crate::writer::{Durable, Lane};
 
 /// Last uses written per writer round: a spend queued behind a large batch
 /// waits for one chunk, not for the batch.
@@ -29,7 +32,8 @@ const TOUCH_CHUNK: usize = 512;
 impl TenantStore for SledStore {
     async fn create_tenant(&self, tenant: &Tenant, audit: AuditEvent) -> Result<()> {
         let tenant = tenant.clone();
-        self.change(move |t| t.create_tenant(&tenant, &audit)).await
+        self.configure(move |t| t.create_tenant(&tenant, &audit))
+            .await
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
@@ -56,13 +60,13 @@ impl TenantStore for SledStore {
         audit: AuditEvent,
     ) -> Result<()> {
         let tenant = tenant.clone();
-        self.change(move |t| t.update_tenant(&tenant, expected_version, &audit))
+        self.configure(move |t| t.update_tenant(&tenant, expected_version, &audit))
             .await
     }
 
     async fn delete_tenant(&self, id: &TenantId, audit: AuditEvent) -> Result<()> {
         let id = id.clone();
-        self.change(move |t| t.delete_tenant(&id, &audit)).await
+        self.configure(move |t| t.delete_tenant(&id, &audit)).await
     }
 }
 
@@ -70,7 +74,7 @@ impl TenantStore for SledStore {
 impl KeyspaceStore for SledStore {
     async fn create_keyspace(&self, keyspace: &Keyspace, audit: AuditEvent) -> Result<()> {
         let keyspace = keyspace.clone();
-        self.change(move |t| t.create_keyspace(&keyspace, &audit))
+        self.configure(move |t| t.create_keyspace(&keyspace, &audit))
             .await
     }
 
@@ -93,13 +97,14 @@ impl KeyspaceStore for SledStore {
         audit: AuditEvent,
     ) -> Result<()> {
         let keyspace = keyspace.clone();
-        self.change(move |t| t.update_keyspace(&keyspace, expected_version, &audit))
+        self.configure(move |t| t.update_keyspace(&keyspace, expected_version, &audit))
             .await
     }
 
     async fn delete_keyspace(&self, id: &KeyspaceId, audit: AuditEvent) -> Result<()> {
         let id = id.clone();
-        self.change(move |t| t.delete_keyspace(&id, &audit)).await
+        self.configure(move |t| t.delete_keyspace(&id, &audit))
+            .await
     }
 }
 
@@ -107,7 +112,7 @@ impl KeyspaceStore for SledStore {
 impl KeyStore for SledStore {
     async fn create_key(&self, key: &KeyRecord, audit: AuditEvent) -> Result<()> {
         let key = key.clone();
-        self.change(move |t| t.create_key(&key, &audit)).await
+        self.configure(move |t| t.create_key(&key, &audit)).await
     }
 
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>> {
@@ -132,7 +137,7 @@ impl KeyStore for SledStore {
         audit: AuditEvent,
     ) -> Result<()> {
         let key = key.clone();
-        self.change(move |t| t.update_key(&key, expected_version, &audit))
+        self.configure(move |t| t.update_key(&key, expected_version, &audit))
             .await
     }
 
@@ -143,7 +148,9 @@ impl KeyStore for SledStore {
             let chunk = chunk.to_vec();
             pending.push(
                 self.writer()
-                    .run(Lane::Background, false, move |t| t.touch_keys(&chunk)),
+                    .run(Lane::Background, Durable::No, move |t, _| {
+                        t.touch_keys(&chunk)
+                    }),
             );
         }
         for p in pending {
@@ -162,7 +169,7 @@ impl CounterStore for SledStore {
 
     async fn put_balance(&self, id: &str, balance: Option<Balance>) -> Result<()> {
         let id = id.to_owned();
-        self.change(move |t| t.put_balance(&id, balance)).await
+        self.count(move |t, j| t.put_balance(j, &id, balance)).await
     }
 
     async fn spend(
@@ -173,7 +180,7 @@ impl CounterStore for SledStore {
         now: Timestamp,
     ) -> Result<Spend> {
         let (id, refill) = (id.to_owned(), refill.cloned());
-        self.change(move |t| t.spend(&id, cost, refill.as_ref(), now))
+        self.count(move |t, j| t.spend(j, &id, cost, refill.as_ref(), now))
             .await
     }
 
@@ -185,7 +192,7 @@ impl CounterStore for SledStore {
         now: Timestamp,
     ) -> Result<Option<Balance>> {
         let (id, refill) = (id.to_owned(), refill.cloned());
-        self.change(move |t| t.adjust(&id, op, refill.as_ref(), now))
+        self.count(move |t, j| t.adjust(j, &id, op, refill.as_ref(), now))
             .await
     }
 
@@ -197,30 +204,30 @@ impl CounterStore for SledStore {
         now: Timestamp,
     ) -> Result<WindowTake> {
         let (id, spec) = (id.to_owned(), LimitSpec::Bucket(*spec));
-        self.change(move |t| t.take_limit(&id, &spec, cost, now))
+        self.count(move |t, j| t.take_limit(j, &id, &spec, cost, now))
             .await
     }
 
     async fn reset_window(&self, id: &str) -> Result<()> {
         let id = id.to_owned();
-        self.change(move |t| t.reset_window(&id)).await
+        self.count(move |t, j| t.reset_window(j, &id)).await
     }
 
     async fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Result<Reserved> {
         let ops = ops.to_vec();
-        self.change(move |t| t.reserve(&ops, now)).await
+        self.count(move |t, j| t.reserve(j, &ops, now)).await
     }
 
     async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
         let ops = ops.to_vec();
-        self.change(move |t| t.settle(&ops, now)).await
+        self.count(move |t, j| t.settle(j, &ops, now)).await
     }
 }
 
 #[async_trait]
 impl AuditStore for SledStore {
     async fn append_audit(&self, event: AuditEvent) -> Result<u64> {
-        self.change(move |t| t.append_audit(&event)).await
+        self.configure(move |t| t.append_audit(&event)).await
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>> {
@@ -233,7 +240,8 @@ impl AuditStore for SledStore {
 impl RecordStore for SledStore {
     async fn create_record(&self, record: &Record, audit: AuditEvent) -> Result<()> {
         let record = record.clone();
-        self.change(move |t| t.create_record(&record, &audit)).await
+        self.configure(move |t| t.create_record(&record, &audit))
+            .await
     }
 
     async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Record>> {
@@ -253,13 +261,13 @@ impl RecordStore for SledStore {
         audit: AuditEvent,
     ) -> Result<()> {
         let record = record.clone();
-        self.change(move |t| t.update_record(&record, expected_version, &audit))
+        self.configure(move |t| t.update_record(&record, expected_version, &audit))
             .await
     }
 
     async fn delete_record(&self, kind: &str, id: &str, audit: AuditEvent) -> Result<()> {
         let (kind, id) = (kind.to_owned(), id.to_owned());
-        self.change(move |t| t.delete_record(&kind, &id, &audit))
+        self.configure(move |t| t.delete_record(&kind, &id, &audit))
             .await
     }
 }
@@ -269,8 +277,8 @@ impl UsageStore for SledStore {
     async fn add_usage(&self, buckets: &[UsageBucket]) -> Result<()> {
         let entries = usage_entries(buckets)?;
         self.writer()
-            .run(Lane::Background, true, move |t| {
-                add(&t.usage, "usage", &entries)
+            .run(Lane::Background, Durable::Journal, move |t, j| {
+                add(t, j, Journaled::Usage, "usage", &entries)
             })
             .await
     }
@@ -278,8 +286,8 @@ impl UsageStore for SledStore {
     async fn add_verifications(&self, buckets: &[VerificationBucket]) -> Result<()> {
         let entries = verification_entries(buckets)?;
         self.writer()
-            .run(Lane::Background, true, move |t| {
-                add(&t.verifications, "verification", &entries)
+            .run(Lane::Background, Durable::Journal, move |t, j| {
+                add(t, j, Journaled::Verifications, "verification", &entries)
             })
             .await
     }

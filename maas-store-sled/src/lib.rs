@@ -32,25 +32,37 @@
 //!
 //! ## Durability: what a crash can and cannot lose
 //!
-//! - **Never lost once acknowledged:** tenants, keyspaces, keys (every field,
-//!   including a key's initial or administratively set balance) and audit
-//!   events. Each call that changes them commits a transaction and then awaits
-//!   `flush_async` (an fsync) before it returns.
-//! - **May be lost, up to [`SledConfig::flush_every_ms`] (default 500 ms):**
-//!   counter changes made by traffic — uses spent by verifications (after a
-//!   crash those uses are available again), rate-limit windows (they may
-//!   admit again what they admitted just before the crash) — and last-used
-//!   times. These are written behind by sled's background flusher, because
-//!   an fsync per verification would make the hot path disk-bound.
-//! - **May be lost, up to `flush_every_ms` more:** usage and verification
-//!   buckets. The usage ledger of `maas-core` already writes them behind
-//!   (its own flush interval, see `maas_core::usage`); the buckets it flushes
-//!   are then on disk within `flush_every_ms`, so a crash can lose both
-//!   windows' worth of usage. Usage buckets are fixed-width binary (ten
-//!   big-endian `u64`), keyed by big-endian minute first so a time range is
-//!   one range scan.
-//! - Everything is atomic: after a crash each transaction is either wholly
-//!   there or wholly absent.
+//! Every change runs on the store's writer thread; concurrent changes share
+//! one sync (group commit), and no answer leaves before its change is on
+//! disk.
+//!
+//! - **Configuration** (tenants, keyspaces, keys, catalog records, audit
+//!   events): one sled transaction with its audit event, then a flush of
+//!   sled's log, before the answer.
+//! - **Counters** (remaining uses spent or set, rate-limit takes, token
+//!   limit and budget reservations and settlements, namespace limits) and
+//!   **usage** added by the ledger: written to sled and to the counter
+//!   journal (`maas-journal` in the directory, see the module `journal`),
+//!   whose record for the round is synced (`fdatasync`) before the answer.
+//!   Opening the store replays the journal into sled. So `kill -9` at any
+//!   moment never gives back a use, a rate-limit take or a budget
+//!   reservation that was answered.
+//! - **Usage not yet added:** the ledger of `maas-core` holds completed
+//!   requests and verification outcomes in memory for up to its
+//!   `flush_interval` (50 ms by default) before it adds them here; a
+//!   `kill -9` loses those, a graceful shutdown none.
+//! - **Written behind:** last-used times of keys, at most
+//!   [`SledConfig::flush_every_ms`] (default 500 ms) late.
+//! - **Power loss** (beyond a process crash): the journal's sync reaches the
+//!   device, so counters and usage survive it. sled's own flush writes its
+//!   log with `sync_file_range`, which neither flushes a device's volatile
+//!   write cache nor the file's metadata; sled's flusher syncs the file
+//!   fully every `flush_every_ms`, and so does every journal checkpoint. On
+//!   a device with a volatile write cache, a power cut can therefore lose
+//!   configuration changes of the last `flush_every_ms`.
+//! - Everything is atomic: after a crash each configuration transaction,
+//!   and each round's journal record, is either wholly there or wholly
+//!   absent.
 //!
 //! ## Verification speed
 //!
@@ -63,6 +75,7 @@
 mod api;
 mod codec;
 mod counters;
+mod journal;
 mod store;
 mod usage;
 mod writer;
@@ -113,6 +126,14 @@ pub enum SledError {
         /// What is wrong.
         detail: String,
     },
+    /// Reading or writing the database's files failed.
+    #[error("the database at {path} cannot be read or written: {detail}")]
+    Io {
+        /// The database directory.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
     /// sled failed.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
@@ -134,10 +155,11 @@ pub struct SledConfig {
     /// The database directory (created if missing); `None` for a temporary
     /// database removed when the store is dropped.
     pub path: Option<PathBuf>,
-    /// How often sled's background flusher writes pending changes (counters,
-    /// last-used times) to disk, in milliseconds: the most traffic-driven
-    /// state a crash can lose. Configuration is always flushed before a call
-    /// returns, whatever this says. Default 500.
+    /// How often sled's background flusher writes pending changes to disk
+    /// and syncs its file, in milliseconds: how late last-used times may be
+    /// written, and what a power loss (not a process crash) can lose of
+    /// configuration. Configuration, counters and usage are durable before a
+    /// call returns, whatever this says. Default 500.
     pub flush_every_ms: u64,
     /// sled's page cache, in bytes. Default 256 MiB.
     pub cache_capacity: u64,
@@ -146,6 +168,9 @@ pub struct SledConfig {
     /// thread letting go of the lock just after a handle was dropped in this
     /// process. Default 1 s.
     pub lock_wait: Duration,
+    /// The size of the counter journal on disk, in bytes (written once;
+    /// a checkpoint folds it into sled when half full). Default 32 MiB.
+    pub journal_size: u64,
 }
 
 impl Default for SledConfig {
@@ -155,6 +180,7 @@ impl Default for SledConfig {
             flush_every_ms: 500,
             cache_capacity: 256 * 1024 * 1024,
             lock_wait: Duration::from_secs(1),
+            journal_size: journal::DEFAULT_SIZE,
         }
     }
 }
@@ -237,13 +263,25 @@ impl SledStore {
                 Err(e) => return Err(e.into()),
             }
         };
-        let trees = store::Trees::open(db)?;
+        let dir = sc.get_path();
+        let trees = store::Trees::open(db, dir.clone())?;
         trees.check_format(&path)?;
-        let t = Arc::new(trees);
-        let writer = writer::Writer::start(Arc::clone(&t)).map_err(|e| SledError::Corrupt {
+        // Counters acknowledged since the last checkpoint are in the
+        // journal: put them into sled, make sled hold them, void the journal.
+        let io = |e: std::io::Error| SledError::Io {
             path: path.clone(),
-            detail: format!("cannot start the writer thread: {e}"),
-        })?;
+            detail: e.to_string(),
+        };
+        let (mut journal, replay) =
+            journal::Journal::open(&dir, config.journal_size).map_err(io)?;
+        let core = |e: maas_core::Error| SledError::Io {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        trees.replay(&replay).map_err(core)?;
+        writer::checkpoint(&trees, &mut journal).map_err(core)?;
+        let t = Arc::new(trees);
+        let writer = writer::Writer::start(Arc::clone(&t), journal).map_err(io)?;
         Ok(SledStore {
             inner: Arc::new(Inner { writer, t }),
         })
@@ -253,13 +291,30 @@ impl SledStore {
         &self.inner.writer
     }
 
-    /// A configuration or counter change: on the writer thread, answered
-    /// once it is durable.
-    async fn change<T: Send + 'static>(
+    /// A configuration change (a sled transaction): on the writer thread,
+    /// answered once sled's log is flushed.
+    async fn configure<T: Send + 'static>(
         &self,
         f: impl FnOnce(&store::Trees) -> maas_core::Result<T> + Send + 'static,
     ) -> maas_core::Result<T> {
-        self.writer().run(writer::Lane::Foreground, true, f).await
+        self.writer()
+            .run(
+                writer::Lane::Foreground,
+                writer::Durable::Sled,
+                move |t, _| f(t),
+            )
+            .await
+    }
+
+    /// A counter change: on the writer thread, answered once the round's
+    /// journal record is synced.
+    async fn count<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&store::Trees, &mut journal::Journal) -> maas_core::Result<T> + Send + 'static,
+    ) -> maas_core::Result<T> {
+        self.writer()
+            .run(writer::Lane::Foreground, writer::Durable::Journal, f)
+            .await
     }
 
     /// A read, on tokio's blocking pool (inline outside a tokio runtime).
@@ -286,7 +341,9 @@ impl SledStore {
     /// disk.
     pub async fn flush(&self) -> maas_core::Result<()> {
         self.writer()
-            .run(writer::Lane::Background, true, |_| Ok(()))
+            .run(writer::Lane::Background, writer::Durable::Sled, |_, _| {
+                Ok(())
+            })
             .await
     }
 

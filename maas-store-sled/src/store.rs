@@ -16,6 +16,7 @@ use sled::transaction::{
 use sled::{Db, Transactional, Tree};
 
 use crate::codec::{decode, encode, joined, last_part};
+use crate::journal::{Entry, Journal, Journaled};
 use crate::{FORMAT_VERSION, SledError};
 
 const META_FORMAT: &[u8] = b"format_version";
@@ -86,6 +87,8 @@ fn tx_audit(
 /// Every tree of the database.
 pub(crate) struct Trees {
     db: Db,
+    /// The database directory (sled's files and the journal).
+    dir: std::path::PathBuf,
     pub(crate) meta: Tree,
     pub(crate) tenants: Tree,
     pub(crate) tenant_names: Tree,
@@ -234,8 +237,9 @@ impl IntegrityReport {
 }
 
 impl Trees {
-    pub(crate) fn open(db: Db) -> std::result::Result<Self, SledError> {
+    pub(crate) fn open(db: Db, dir: std::path::PathBuf) -> std::result::Result<Self, SledError> {
         Ok(Trees {
+            dir,
             meta: db.open_tree("meta")?,
             tenants: db.open_tree("tenants")?,
             tenant_names: db.open_tree("tenant_names")?,
@@ -294,6 +298,53 @@ impl Trees {
     /// The database.
     pub(crate) fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The database directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tree a journaled change belongs to.
+    pub(crate) fn journaled(&self, which: Journaled) -> &Tree {
+        match which {
+            Journaled::Balances => &self.balances,
+            Journaled::Windows => &self.windows,
+            Journaled::Usage => &self.usage,
+            Journaled::Verifications => &self.verifications,
+        }
+    }
+
+    /// Writes `value` (`None`: removes) under `key` of a journaled tree and
+    /// notes it in the round's journal record.
+    pub(crate) fn put_journaled(
+        &self,
+        j: &mut Journal,
+        which: Journaled,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        let tree = self.journaled(which);
+        match value {
+            Some(v) => tree.insert(key, v),
+            None => tree.remove(key),
+        }
+        .map_err(map_sled)?;
+        j.note(which, key, value);
+        Ok(())
+    }
+
+    /// Applies the journal's entries (on open, before anything else runs).
+    pub(crate) fn replay(&self, entries: &[Entry]) -> Result<()> {
+        for (which, key, value) in entries {
+            let tree = self.journaled(*which);
+            match value {
+                Some(v) => tree.insert(key.as_slice(), v.as_slice()),
+                None => tree.remove(key.as_slice()),
+            }
+            .map_err(map_sled)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn get<T: DeserializeOwned>(

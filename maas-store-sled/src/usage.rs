@@ -9,18 +9,20 @@
 //! Big-endian minutes first make a time range one range scan, in the order of
 //! [`UsageKey`]/[`VerificationKey`] (parts hold no NUL, and NUL sorts before
 //! every other byte, so `a \0 …` sorts like the tuple). Each batch is added
-//! in one transaction: all of it or none.
+//! on the writer thread and journaled in one record: all of it or none.
 
 use maas_core::usage::{
     UsageBucket, UsageFilter, UsageKey, UsageSums, VerificationBucket, VerificationFilter,
     VerificationKey, VerificationSums,
 };
 use maas_core::{Error, Result, Timestamp};
+use std::collections::HashMap;
+
 use sled::Tree;
-use sled::transaction::ConflictableTransactionError;
 
 use crate::codec::joined;
-use crate::store::{Trees, finish, map_sled};
+use crate::journal::{Journal, Journaled};
+use crate::store::{Trees, map_sled};
 
 /// The big-endian minute of a stored key; negative minutes cannot be stored.
 fn minute_bytes(minute: Timestamp) -> Result<[u8; 8]> {
@@ -73,33 +75,42 @@ fn encode_sums<const N: usize>(a: [u64; N]) -> Vec<u8> {
     a.iter().flat_map(|x| x.to_be_bytes()).collect()
 }
 
-/// Adds each `(key, sums)` into `tree` in one transaction (on the writer
-/// thread).
+/// Adds each `(key, sums)` into the tree `which`, on the writer thread. All
+/// sums are computed before the first write, and the writes go into one
+/// journal record: a crash keeps all of a batch that was answered, and
+/// none of it is counted twice.
 pub(crate) fn add<const N: usize>(
-    tree: &Tree,
+    t: &Trees,
+    j: &mut Journal,
+    which: Journaled,
     what: &'static str,
     entries: &[(Vec<u8>, [u64; N])],
 ) -> Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    finish(crate::writer::exclusive(|| {
-        tree.transaction(|tx| {
-            for (k, add) in entries {
-                let mut cur = match tx.get(k)? {
-                    Some(v) => {
-                        decode_sums::<N>(what, &v).map_err(ConflictableTransactionError::Abort)?
-                    }
+    let tree = t.journaled(which);
+    // A key may come more than once in a batch: each adds to the sum so far.
+    let mut sums: Vec<(&[u8], [u64; N])> = Vec::with_capacity(entries.len());
+    let mut at: HashMap<&[u8], usize> = HashMap::with_capacity(entries.len());
+    for (k, add) in entries {
+        let i = match at.get(k.as_slice()) {
+            Some(&i) => i,
+            None => {
+                let cur = match tree.get(k).map_err(map_sled)? {
+                    Some(v) => decode_sums::<N>(what, &v)?,
                     None => [0; N],
                 };
-                for (c, a) in cur.iter_mut().zip(add) {
-                    *c = c.saturating_add(*a);
-                }
-                tx.insert(k.as_slice(), encode_sums(cur))?;
+                sums.push((k, cur));
+                at.insert(k, sums.len() - 1);
+                sums.len() - 1
             }
-            Ok(())
-        })
-    }))
+        };
+        for (c, a) in sums[i].1.iter_mut().zip(add) {
+            *c = c.saturating_add(*a);
+        }
+    }
+    for (k, v) in sums {
+        t.put_journaled(j, which, k, Some(&encode_sums(v)))?;
+    }
+    Ok(())
 }
 
 /// The stored entries of minutes in `[from, to)`.

@@ -31,6 +31,7 @@ use std::thread::{JoinHandle, ThreadId};
 
 use maas_core::{Error, Result};
 
+use crate::journal::Journal;
 use crate::store::{Trees, map_sled};
 
 /// Transactions (exclusive) and flushes (shared) of every store in the
@@ -48,13 +49,25 @@ pub(crate) fn exclusive<T>(f: impl FnOnce() -> T) -> T {
 /// its own result, or with the flush's error if it needed the flush.
 type Answer = Box<dyn FnOnce(Option<&Error>) + Send>;
 
-/// A change, run on the writer thread.
-type Work = Box<dyn FnOnce(&Trees) -> Answer + Send>;
+/// A change, run on the writer thread (`None`: the writer is broken, the
+/// change is not run).
+type Work = Box<dyn FnOnce(Option<(&Trees, &mut Journal)>) -> Answer + Send>;
 
 struct Job {
     work: Work,
-    /// Whether its answer waits for a flush.
-    durable: bool,
+    /// What its answer waits for.
+    durable: Durable,
+}
+
+/// What makes a change durable before its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durable {
+    /// Nothing: written behind (last-used times).
+    No,
+    /// The round's journal record (counters and usage, see `crate::journal`).
+    Journal,
+    /// A flush of sled's log (configuration: sled transactions).
+    Sled,
 }
 
 /// Which queue a change waits in.
@@ -97,8 +110,8 @@ fn stopped() -> Error {
 }
 
 impl Writer {
-    /// Starts the writer thread of `trees`.
-    pub(crate) fn start(trees: Arc<Trees>) -> std::io::Result<Self> {
+    /// Starts the writer thread of `trees`, which owns `journal` from now on.
+    pub(crate) fn start(trees: Arc<Trees>, journal: Journal) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             queues: Mutex::new(Queues::default()),
             wake: Condvar::new(),
@@ -106,7 +119,7 @@ impl Writer {
         let theirs = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("maas-sled-writer".into())
-            .spawn(move || run(&theirs, &trees))?;
+            .spawn(move || run(&theirs, &trees, journal))?;
         Ok(Writer {
             thread_id: thread.thread().id(),
             shared,
@@ -132,21 +145,24 @@ impl Writer {
         true
     }
 
-    /// Runs `f` on the writer thread and returns its result; with `durable`,
-    /// only once a flush that started after `f` ran has finished.
+    /// Runs `f` on the writer thread and returns its result, once what
+    /// `durable` says has made it durable.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         lane: Lane,
-        durable: bool,
-        f: impl FnOnce(&Trees) -> Result<T> + Send + 'static,
+        durable: Durable,
+        f: impl FnOnce(&Trees, &mut Journal) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let work: Work = Box::new(move |t: &Trees| {
-            let out = f(t);
-            Box::new(move |flushed: Option<&Error>| {
-                let out = match (out, flushed) {
-                    (Ok(_), Some(e)) => Err(e.clone()),
-                    (out, _) => out,
+        let work: Work = Box::new(move |ctx: Option<(&Trees, &mut Journal)>| {
+            let out = match ctx {
+                Some((t, j)) => f(t, j),
+                None => Err(stopped()),
+            };
+            Box::new(move |failed: Option<&Error>| {
+                let out = match failed {
+                    Some(e) => Err(e.clone()),
+                    None => out,
                 };
                 let _ = tx.send(out);
             })
@@ -175,7 +191,10 @@ impl Drop for Writer {
 }
 
 /// The writer loop: one round per wake-up, until closed and drained.
-fn run(shared: &Shared, trees: &Trees) {
+fn run(shared: &Shared, trees: &Trees, mut journal: Journal) {
+    // Once the journal or a checkpoint failed, no change is run any more:
+    // what the disk holds is the last state answered (a restart replays it).
+    let mut broken: Option<Error> = None;
     loop {
         let (mut round, chunk) = {
             let mut q = shared.queues.lock().unwrap_or_else(PoisonError::into_inner);
@@ -189,29 +208,77 @@ fn run(shared: &Shared, trees: &Trees) {
             (round, q.background.pop_front())
         };
         round.extend(chunk);
+        if let Some(e) = &broken {
+            for job in round {
+                (job.work)(None)(Some(e));
+            }
+            continue;
+        }
         let mut answers = Vec::with_capacity(round.len());
-        let mut flush = false;
+        let mut sled_flush = false;
         for job in round {
-            flush |= job.durable;
+            sled_flush |= job.durable == Durable::Sled;
             // A job that panics drops its answer: its caller gets "stopped"
             // and the writer goes on with the others.
-            if let Ok(answer) = std::panic::catch_unwind(AssertUnwindSafe(|| (job.work)(trees))) {
+            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                (job.work)(Some((trees, &mut journal)))
+            }));
+            if let Ok(answer) = ran {
                 answers.push((job.durable, answer));
             }
         }
-        let failed = if flush {
-            trees.flush_blocking().err()
-        } else {
-            None
-        };
+        let mut failed = None;
+        if journal.has_pending() && journal.wants_checkpoint() {
+            // The checkpoint's sled flush covers this round too.
+            journal.discard_pending();
+            failed = checkpoint(trees, &mut journal).err();
+            sled_flush = false;
+        }
+        if failed.is_none() {
+            failed = journal
+                .commit()
+                .map_err(|e| journal_error(&journal, &e))
+                .err();
+        }
+        if failed.is_none() && sled_flush {
+            failed = trees.flush_blocking().err();
+        }
         for (durable, answer) in answers {
-            answer(if durable { failed.as_ref() } else { None });
+            answer(match durable {
+                Durable::No => None,
+                Durable::Journal | Durable::Sled => failed.as_ref(),
+            });
+        }
+        if failed.is_none() && journal.wants_checkpoint() {
+            failed = checkpoint(trees, &mut journal).err();
+        }
+        if let Some(e) = failed {
+            tracing::error!("maas-store-sled: writes stopped, restart to recover: {e}");
+            broken = Some(e);
         }
     }
-    // Closed: whatever was written behind reaches the disk too.
-    if let Err(e) = trees.flush_blocking() {
-        tracing::warn!("maas-store-sled: the last flush before closing failed: {e}");
+    // Closed: whatever was written behind reaches the disk too, and the
+    // journal is folded into the database.
+    if broken.is_none() {
+        if let Err(e) = checkpoint(trees, &mut journal) {
+            tracing::warn!("maas-store-sled: the last flush before closing failed: {e}");
+        }
     }
+}
+
+fn journal_error(journal: &Journal, e: &std::io::Error) -> Error {
+    Error::unavailable(
+        format!("cannot write the journal {}: {e}", journal.path().display()),
+        false,
+    )
+}
+
+/// Makes sled hold every change (flushed, its data file synced), then voids
+/// the journal's records.
+pub(crate) fn checkpoint(trees: &Trees, journal: &mut Journal) -> Result<()> {
+    trees.flush_blocking()?;
+    trees.sync_data_file()?;
+    journal.reset().map_err(|e| journal_error(journal, &e))
 }
 
 impl Trees {
@@ -219,5 +286,14 @@ impl Trees {
     pub(crate) fn flush_blocking(&self) -> Result<()> {
         let _shared = GATE.read().unwrap_or_else(PoisonError::into_inner);
         self.db().flush().map(|_| ()).map_err(map_sled)
+    }
+
+    /// Syncs sled's data file (sled's own flush stops short of the device's
+    /// cache): after it, a power loss keeps what was flushed.
+    pub(crate) fn sync_data_file(&self) -> Result<()> {
+        let path = self.dir().join("db");
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::unavailable(format!("cannot sync {}: {e}", path.display()), true))
     }
 }

@@ -223,7 +223,8 @@ fn killed_spender_never_spends_an_acknowledged_credit_twice() {
     let mut acked = Money::default();
     let mut seeds = Seeded(0x9E37_79B9_7F4A_7C15);
     for run in 0..16 {
-        // Kill after 1 to 300 acknowledged writes, plus 0 to 2 ms more.
+        // Kill after 1 to 300 acknowledged writes, plus 0 to 2 ms more:
+        // mid-round, mid-sync, mid-checkpoint.
         let kill_after = 1 + seeds.below(300);
         let extra = Duration::from_micros(seeds.below(2_000));
         let mut child = Command::new(env!("CARGO_BIN_EXE_maas-sled-crash-writer"))
@@ -232,6 +233,8 @@ fn killed_spender_never_spends_an_acknowledged_credit_twice() {
             .arg(run.to_string())
             .arg("money")
             .arg(&key)
+            // Every other run on a small journal: checkpoints every few rounds.
+            .arg(if run % 2 == 1 { "16384" } else { "33554432" })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -22,13 +22,13 @@
 //! Usage is written behind. A process that dies without
 //! [`FlusherHandle::shutdown`] (or a last [`UsageLedger::flush`]) loses the
 //! usage and verifications recorded on that node since its last successful
-//! flush: at most one [`UsageConfig::flush_interval`] (default 1 s) while the
-//! store is reachable; while it is not, everything pending since the last
+//! flush: at most one [`UsageConfig::flush_interval`] (default 50 ms) while
+//! the store is reachable; while it is not, everything pending since the last
 //! successful flush (pending data is kept in memory and retried, never
-//! dropped). Nothing flushed is lost by the ledger; a backend may add its own
-//! window (the sled backend writes usage behind by up to its
-//! `flush_every_ms`). A flush is never applied twice: a backend adds each
-//! batch atomically, and a batch the store refused is kept and sent again.
+//! dropped). Nothing flushed is lost: a backend answers an add once it is
+//! durable (the sled backend syncs it to its journal first). A flush is never
+//! applied twice: a backend adds each batch atomically, and a batch the store
+//! refused is kept and sent again.
 //!
 //! # Costs
 //!

@@ -6,10 +6,11 @@
 //! - `maas-sled-crash-writer <db> <secret> <run>`: creates keys in a loop
 //!   (key-hash secret `<secret>`), printing `ACK <id> <key>` per creation and
 //!   `UPD <id> <name>` per rename.
-//! - `maas-sled-crash-writer <db> <secret> <run> money <key>`: spends the
-//!   remaining uses of `<key>` by verifying it, reserves a monthly budget
-//!   and records usage, from several tasks at once, printing `SPENT`,
-//!   `RESERVED <units>` and `USAGE <requests>` per acknowledged write.
+//! - `maas-sled-crash-writer <db> <secret> <run> money <key> [journal bytes]`:
+//!   spends the remaining uses of `<key>` by verifying it, reserves a monthly
+//!   budget and records usage, from several tasks at once, printing `SPENT`,
+//!   `RESERVED <units>` and `USAGE <requests>` per acknowledged write. A
+//!   small journal makes checkpoints frequent, so kills land in them too.
 //!
 //! Not part of the library's API.
 
@@ -47,7 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = run.unwrap_or_default();
     if args.next().as_deref() == Some("money") {
         let key = args.next().ok_or("money needs the key to spend")?;
-        return money(&path, &secret, &key);
+        let journal = match args.next() {
+            Some(n) => n.parse()?,
+            None => SledConfig::default().journal_size,
+        };
+        return money(&path, &secret, &key, journal);
     }
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     rt.block_on(async move {
@@ -126,14 +131,19 @@ enum Ack {
 
 /// Spends, reserves and records usage from [`TASKS`] tasks until killed
 /// (bounded: [`MAX_KEYS`] rounds per task).
-fn money(path: &str, secret: &str, key: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()?;
+fn money(
+    path: &str,
+    secret: &str,
+    key: &str,
+    journal_size: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // One runtime thread is enough: the tasks wait on the store's writer
+    // thread, whose rounds their writes share.
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
     rt.block_on(async move {
         let store = SledStore::open_with(SledConfig {
             lock_wait: Duration::from_secs(10),
+            journal_size,
             ..SledConfig::at(path)
         })?;
         let storage = store.storage();
