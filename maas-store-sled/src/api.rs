@@ -24,10 +24,6 @@ use crate::journal::Journaled;
 use crate::usage::{add, usage_entries, verification_entries};
 use crate::writer::{Durable, Lane};
 
-/// Last uses written per writer round: a spend queued behind a large batch
-/// waits for one chunk, not for the batch.
-const TOUCH_CHUNK: usize = 512;
-
 #[async_trait]
 impl TenantStore for SledStore {
     async fn create_tenant(&self, tenant: &Tenant, audit: AuditEvent) -> Result<()> {
@@ -142,21 +138,10 @@ impl KeyStore for SledStore {
     }
 
     async fn touch_keys(&self, used: &[(KeyId, Timestamp)]) -> Result<()> {
-        // Written behind (no flush of their own), a chunk per writer round.
-        let mut pending = Vec::new();
-        for chunk in used.chunks(TOUCH_CHUNK) {
-            let chunk = chunk.to_vec();
-            pending.push(
-                self.writer()
-                    .run(Lane::Background, Durable::No, move |t, _| {
-                        t.touch_keys(&chunk)
-                    }),
-            );
-        }
-        for p in pending {
-            p.await?;
-        }
-        Ok(())
+        // Written behind, off the writer thread: last-used times are a tree
+        // of their own that nothing else writes, and each key stands alone.
+        let used = used.to_vec();
+        self.read(move |t| t.touch_keys(&used)).await
     }
 }
 

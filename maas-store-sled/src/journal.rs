@@ -33,6 +33,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where records start; the header fits in one sector, well before.
 pub(crate) const HEADER: u64 = 4096;
@@ -80,7 +81,8 @@ pub(crate) type Entry = (Journaled, Vec<u8>, Option<Vec<u8>>);
 /// The journal file and the entries of the round being written.
 #[derive(Debug)]
 pub(crate) struct Journal {
-    file: File,
+    /// Shared with the syncing thread, which only syncs it.
+    file: Arc<File>,
     path: PathBuf,
     size: u64,
     epoch: u64,
@@ -219,7 +221,7 @@ impl Journal {
             }
         };
         let journal = Journal {
-            file,
+            file: Arc::new(file),
             path,
             size,
             epoch,
@@ -279,7 +281,20 @@ impl Journal {
     }
 
     /// Writes the current round's record and syncs it.
+    #[cfg(test)]
     pub(crate) fn commit(&mut self) -> std::io::Result<()> {
+        self.write()?;
+        self.file.sync_data()
+    }
+
+    /// The file, for syncing from another thread.
+    pub(crate) fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    /// Writes the current round's record, not synced yet: a sync of
+    /// [`Self::file`] afterwards makes it durable.
+    pub(crate) fn write(&mut self) -> std::io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -290,9 +305,9 @@ impl Journal {
         record.extend_from_slice(&crc(self.epoch, &self.pending).to_le_bytes());
         record.extend_from_slice(&self.epoch.to_le_bytes());
         record.extend_from_slice(&self.pending);
-        self.file.seek(SeekFrom::Start(self.at))?;
-        self.file.write_all(&record)?;
-        self.file.sync_data()?;
+        let mut f = &*self.file;
+        f.seek(SeekFrom::Start(self.at))?;
+        f.write_all(&record)?;
         self.at += record.len() as u64;
         self.pending.clear();
         Ok(())
@@ -302,9 +317,10 @@ impl Journal {
     /// the next epoch in the header, records from the start again.
     pub(crate) fn reset(&mut self) -> std::io::Result<()> {
         let epoch = self.epoch + 1;
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.write_all(&header(epoch))?;
-        self.file.sync_data()?;
+        let mut f = &*self.file;
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&header(epoch))?;
+        f.sync_data()?;
         self.epoch = epoch;
         self.at = HEADER;
         self.pending.clear();

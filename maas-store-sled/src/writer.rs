@@ -7,8 +7,11 @@
 //!   can wait for a log buffer to be written, a flush always waits for the
 //!   disk. Callers await a reply instead of blocking a runtime worker.
 //! - **Group commit.** Each round takes every waiting change, applies them
-//!   all, flushes once, then answers them all: concurrent callers share one
-//!   flush, and a flush that runs meanwhile collects the next round.
+//!   all and writes one journal record (`crate::journal`); a second thread
+//!   syncs the journal and answers: one sync covers every round written
+//!   before it, and while it waits for the disk the writer goes on with the
+//!   next rounds. Configuration (sled transactions) is flushed by sled on
+//!   this thread before its answer is handed over.
 //! - **One writer per database.** sled 0.34 guards every operation with a
 //!   process-wide lock that transactions take exclusively; a flush holds it
 //!   shared while it waits for the disk. Transactions and flushes of one
@@ -18,10 +21,11 @@
 //!   (the hang of spacejam/sled#1412 seen in `tests/stress.rs`). No flush
 //!   runs on sled's thread pool, so flushes cannot starve the log writes
 //!   they wait for.
-//! - **Background work does not hold up answers.** Last-used times and
-//!   usage arrive in large batches; they run in chunks from a second queue,
-//!   one chunk per round, so a spend queued behind them waits for one chunk,
-//!   not for the whole batch.
+//! - **Background work does not hold up answers.** Usage arrives in
+//!   batches (of at most 512 buckets from the ledger); they wait in a second
+//!   queue, one batch per round, so a spend queued behind them waits for one
+//!   batch, not for all of them. Last-used times are not written here at
+//!   all (see `KeyStore::touch_keys` in `crate::api`).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -62,8 +66,6 @@ struct Job {
 /// What makes a change durable before its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Durable {
-    /// Nothing: written behind (last-used times).
-    No,
     /// The round's journal record (counters and usage, see `crate::journal`).
     Journal,
     /// A flush of sled's log (configuration: sled transactions).
@@ -190,11 +192,96 @@ impl Drop for Writer {
     }
 }
 
+/// Answers waiting for a sync of the journal.
+#[derive(Default)]
+struct SyncQueue {
+    answers: Vec<Answer>,
+    closing: bool,
+}
+
+/// The syncing thread's side: the journal file, its queue, and the first
+/// failure (after which no change runs any more).
+struct Syncer {
+    file: Arc<std::fs::File>,
+    path: std::path::PathBuf,
+    queue: Mutex<SyncQueue>,
+    wake: Condvar,
+    broken: Mutex<Option<Error>>,
+}
+
+impl Syncer {
+    fn broken(&self) -> Option<Error> {
+        self.broken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn fail(&self, e: Error) {
+        tracing::error!("maas-store-sled: writes stopped, restart to recover: {e}");
+        self.broken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(e);
+    }
+
+    fn push(&self, answers: Vec<Answer>) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .answers
+            .extend(answers);
+        self.wake.notify_one();
+    }
+
+    /// Syncs the journal whenever answers wait, each sync covering every
+    /// record written before it, then answers them: while it syncs, the
+    /// writer applies and writes the next rounds.
+    fn run(&self) {
+        loop {
+            let answers = {
+                let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                while q.answers.is_empty() && !q.closing {
+                    q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+                }
+                if q.answers.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut q.answers)
+            };
+            if let Err(e) = self.file.sync_data() {
+                self.fail(Error::unavailable(
+                    format!("cannot sync the journal {}: {e}", self.path.display()),
+                    false,
+                ));
+            }
+            let failed = self.broken();
+            for answer in answers {
+                answer(failed.as_ref());
+            }
+        }
+    }
+}
+
 /// The writer loop: one round per wake-up, until closed and drained.
 fn run(shared: &Shared, trees: &Trees, mut journal: Journal) {
-    // Once the journal or a checkpoint failed, no change is run any more:
-    // what the disk holds is the last state answered (a restart replays it).
-    let mut broken: Option<Error> = None;
+    let syncer = Arc::new(Syncer {
+        file: journal.file(),
+        path: journal.path().to_path_buf(),
+        queue: Mutex::new(SyncQueue::default()),
+        wake: Condvar::new(),
+        broken: Mutex::new(None),
+    });
+    let theirs = Arc::clone(&syncer);
+    let syncing = std::thread::Builder::new()
+        .name("maas-sled-sync".into())
+        .spawn(move || theirs.run());
+    if let Err(e) = &syncing {
+        syncer.fail(Error::unavailable(
+            format!("cannot start the journal's sync thread: {e}"),
+            false,
+        ));
+    }
     loop {
         let (mut round, chunk) = {
             let mut q = shared.queues.lock().unwrap_or_else(PoisonError::into_inner);
@@ -208,61 +295,72 @@ fn run(shared: &Shared, trees: &Trees, mut journal: Journal) {
             (round, q.background.pop_front())
         };
         round.extend(chunk);
-        if let Some(e) = &broken {
+        // Once a write, a sync or a checkpoint failed, no change runs any
+        // more: the disk holds the last state answered (a restart replays it).
+        if let Some(e) = syncer.broken() {
             for job in round {
-                (job.work)(None)(Some(e));
+                (job.work)(None)(Some(&e));
             }
             continue;
         }
-        let mut answers = Vec::with_capacity(round.len());
+        let mut durable = Vec::with_capacity(round.len());
         let mut sled_flush = false;
         for job in round {
-            sled_flush |= job.durable == Durable::Sled;
             // A job that panics drops its answer: its caller gets "stopped"
             // and the writer goes on with the others.
             let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 (job.work)(Some((trees, &mut journal)))
             }));
-            if let Ok(answer) = ran {
-                answers.push((job.durable, answer));
+            let Ok(answer) = ran else { continue };
+            match job.durable {
+                Durable::Journal => durable.push(answer),
+                Durable::Sled => {
+                    sled_flush = true;
+                    durable.push(answer);
+                }
             }
         }
         let mut failed = None;
         if journal.has_pending() && journal.wants_checkpoint() {
-            // The checkpoint's sled flush covers this round too.
+            // The checkpoint's flush and sync cover this round too.
             journal.discard_pending();
             failed = checkpoint(trees, &mut journal).err();
             sled_flush = false;
         }
         if failed.is_none() {
             failed = journal
-                .commit()
+                .write()
                 .map_err(|e| journal_error(&journal, &e))
                 .err();
         }
         if failed.is_none() && sled_flush {
             failed = trees.flush_blocking().err();
         }
-        for (durable, answer) in answers {
-            answer(match durable {
-                Durable::No => None,
-                Durable::Journal | Durable::Sled => failed.as_ref(),
-            });
-        }
         if failed.is_none() && journal.wants_checkpoint() {
             failed = checkpoint(trees, &mut journal).err();
         }
         if let Some(e) = failed {
-            tracing::error!("maas-store-sled: writes stopped, restart to recover: {e}");
-            broken = Some(e);
+            syncer.fail(e);
+        }
+        if !durable.is_empty() {
+            syncer.push(durable);
         }
     }
     // Closed: whatever was written behind reaches the disk too, and the
     // journal is folded into the database.
-    if broken.is_none() {
+    if syncer.broken().is_none() {
         if let Err(e) = checkpoint(trees, &mut journal) {
             tracing::warn!("maas-store-sled: the last flush before closing failed: {e}");
         }
+    }
+    syncer
+        .queue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .closing = true;
+    syncer.wake.notify_one();
+    if let Ok(t) = syncing {
+        let _ = t.join();
     }
 }
 
