@@ -352,7 +352,7 @@ fn rate_at(a: &Arrivals, t: f64, scale: f64) -> f64 {
     match a {
         Arrivals::Periodic(r) | Arrivals::Poisson(r) => *r,
         Arrivals::OnOff { rate, period } => {
-            if ((t / (period * scale)) as u64) % 2 == 0 {
+            if ((t / (period * scale)) as u64).is_multiple_of(2) {
                 *rate
             } else {
                 0.0
@@ -586,12 +586,13 @@ pub fn simulate(w: &Workload, scale: f64, policy: Policy) -> Outcome {
     let noop = Waker::noop();
     while t < end {
         clock.set(Timestamp::from_millis(t as i64));
-        if let Some((at, m)) = w.capacity_change {
-            if !changed && t >= at * scale * 1000.0 {
-                changed = true;
-                max = m;
-                sched.set_max_in_flight(m);
-            }
+        if let Some((at, m)) = w.capacity_change
+            && !changed
+            && t >= at * scale * 1000.0
+        {
+            changed = true;
+            max = m;
+            sched.set_max_in_flight(m);
         }
         while ai < arrivals.len() && arrivals[ai].t <= t {
             let a = arrivals[ai];

@@ -16,8 +16,8 @@ pub(crate) fn key_count() -> usize {
 /// `1m`, `1k`, or the number itself.
 pub(crate) fn label(n: usize) -> String {
     match n {
-        _ if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}m", n / 1_000_000),
-        _ if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        _ if n >= 1_000_000 && n.is_multiple_of(1_000_000) => format!("{}m", n / 1_000_000),
+        _ if n >= 1_000 && n.is_multiple_of(1_000) => format!("{}k", n / 1_000),
         _ => n.to_string(),
     }
 }

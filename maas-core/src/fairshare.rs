@@ -483,11 +483,11 @@ impl State {
             grp.backlogged.remove(&(Key(ten.counter), seq, t));
             grp.last_departed = ten.counter;
         }
-        if grp.backlogged.is_empty() {
-            if let Some(seq) = grp.backlog_seq.take() {
-                self.backlogged.remove(&(Key(grp.counter), seq, g));
-                self.last_group_departed = grp.counter;
-            }
+        if grp.backlogged.is_empty()
+            && let Some(seq) = grp.backlog_seq.take()
+        {
+            self.backlogged.remove(&(Key(grp.counter), seq, g));
+            self.last_group_departed = grp.counter;
         }
     }
 

@@ -576,10 +576,10 @@ impl RootKeys {
         opts: &VerifyOptions<'_>,
     ) -> Result<Verification> {
         let v = self.inner.keys.verify(key, opts).await?;
-        if let Some(ks) = v.keyspace_id() {
-            if self.is_root_keyspace(ks).await? {
-                return Ok(Verification::bare(VerifyCode::NotFound));
-            }
+        if let Some(ks) = v.keyspace_id()
+            && self.is_root_keyspace(ks).await?
+        {
+            return Ok(Verification::bare(VerifyCode::NotFound));
         }
         Ok(v)
     }

@@ -68,15 +68,14 @@ impl State {
 
     /// Claims the unique name of `key` (if it has one) for its id.
     fn check_unique(&self, key: &KeyRecord) -> Result<()> {
-        if let Some(slot) = key.unique_slot() {
-            if let Some(holder) = self.unique_names.get(&slot) {
-                if *holder != key.id {
-                    return Err(Error::conflict(format!(
-                        "a key named '{}' already exists for this owner",
-                        slot.2
-                    )));
-                }
-            }
+        if let Some(slot) = key.unique_slot()
+            && let Some(holder) = self.unique_names.get(&slot)
+            && *holder != key.id
+        {
+            return Err(Error::conflict(format!(
+                "a key named '{}' already exists for this owner",
+                slot.2
+            )));
         }
         Ok(())
     }
@@ -100,18 +99,18 @@ impl State {
 
     fn unindex_key(&mut self, key: &KeyRecord) {
         self.key_hashes.remove(&key.hash);
-        if let Some(slot) = key.unique_slot() {
-            if self.unique_names.get(&slot) == Some(&key.id) {
-                self.unique_names.remove(&slot);
-            }
+        if let Some(slot) = key.unique_slot()
+            && self.unique_names.get(&slot) == Some(&key.id)
+        {
+            self.unique_names.remove(&slot);
         }
         if let Some(set) = self.by_keyspace.get_mut(&key.keyspace_id) {
             set.remove(&key.id);
         }
-        if let Some(o) = &key.owner_id {
-            if let Some(set) = self.by_owner.get_mut(o) {
-                set.remove(&key.id);
-            }
+        if let Some(o) = &key.owner_id
+            && let Some(set) = self.by_owner.get_mut(o)
+        {
+            set.remove(&key.id);
         }
     }
 }
@@ -339,12 +338,11 @@ impl KeyStore for MemoryStore {
         if current.version != expected_version {
             return Err(version_conflict("key", key.id.as_str()));
         }
-        if current.hash != key.hash {
-            if let Some(other) = s.key_hashes.get(&key.hash) {
-                if *other != key.id {
-                    return Err(Error::conflict("the new secret collides with another key"));
-                }
-            }
+        if current.hash != key.hash
+            && let Some(other) = s.key_hashes.get(&key.hash)
+            && *other != key.id
+        {
+            return Err(Error::conflict("the new secret collides with another key"));
         }
         s.check_unique(key)?;
         s.unindex_key(&current);

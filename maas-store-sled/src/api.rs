@@ -216,7 +216,7 @@ impl AuditStore for SledStore {
     }
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>> {
-        let query = query.clone();
+        let query = *query;
         self.read(move |t| t.list_audit(&query)).await
     }
 }

@@ -208,10 +208,7 @@ impl Journal {
             }
             Some(epoch) => {
                 let mut at = HEADER;
-                loop {
-                    let Some(record) = Self::record_at(&all, at, epoch) else {
-                        break;
-                    };
+                while let Some(record) = Self::record_at(&all, at, epoch) {
                     if parse_payload(record, &mut entries).is_none() {
                         break;
                     }

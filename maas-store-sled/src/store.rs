@@ -153,20 +153,19 @@ impl KeyTx<'_> {
     /// Refuses a key whose hash or unique name another key holds.
     fn check_free(&self, k: &KeyRecord) -> TxResult<()> {
         let id = k.id.as_str().as_bytes();
-        if let Some(holder) = self.hashes.get(k.hash.as_bytes())? {
-            if holder != id {
-                return abort(Error::conflict("the secret collides with another key"));
-            }
+        if let Some(holder) = self.hashes.get(k.hash.as_bytes())?
+            && holder != id
+        {
+            return abort(Error::conflict("the secret collides with another key"));
         }
-        if let Some(slot) = unique_key(k) {
-            if let Some(holder) = self.unique.get(&slot)? {
-                if holder != id {
-                    return abort(Error::conflict(format!(
-                        "a key named '{}' already exists for this owner",
-                        k.name.as_deref().unwrap_or_default()
-                    )));
-                }
-            }
+        if let Some(slot) = unique_key(k)
+            && let Some(holder) = self.unique.get(&slot)?
+            && holder != id
+        {
+            return abort(Error::conflict(format!(
+                "a key named '{}' already exists for this owner",
+                k.name.as_deref().unwrap_or_default()
+            )));
         }
         Ok(())
     }
@@ -196,10 +195,10 @@ impl KeyTx<'_> {
         {
             self.hashes.remove(k.hash.as_bytes())?;
         }
-        if let Some(slot) = unique_key(k) {
-            if self.unique.get(&slot)?.is_some_and(|h| h == id.as_bytes()) {
-                self.unique.remove(slot)?;
-            }
+        if let Some(slot) = unique_key(k)
+            && self.unique.get(&slot)?.is_some_and(|h| h == id.as_bytes())
+        {
+            self.unique.remove(slot)?;
         }
         self.by_keyspace
             .remove(joined(&[k.keyspace_id.as_str(), id]))?;
@@ -437,17 +436,17 @@ impl Trees {
                 r.problems
                     .push(format!("key {ids}: keyspace index missing or wrong"));
             }
-            if let Some(o) = &k.owner_id {
-                if !has(&self.by_owner, &joined(&[o, ids]), Some(&owner_value(&k)))? {
-                    r.problems
-                        .push(format!("key {ids}: owner index missing or wrong"));
-                }
+            if let Some(o) = &k.owner_id
+                && !has(&self.by_owner, &joined(&[o, ids]), Some(&owner_value(&k)))?
+            {
+                r.problems
+                    .push(format!("key {ids}: owner index missing or wrong"));
             }
-            if let Some(slot) = unique_key(&k) {
-                if !has(&self.key_unique, &slot, Some(ids.as_bytes()))? {
-                    r.problems
-                        .push(format!("key {ids}: unique-name index missing or wrong"));
-                }
+            if let Some(slot) = unique_key(&k)
+                && !has(&self.key_unique, &slot, Some(ids.as_bytes()))?
+            {
+                r.problems
+                    .push(format!("key {ids}: unique-name index missing or wrong"));
             }
         }
         for (tree, name, id_at) in [
@@ -679,10 +678,10 @@ impl Trees {
             if deleted && !query.include_deleted {
                 continue;
             }
-            if let (Some(_), Some(ks)) = (&query.owner_id, &query.keyspace_id) {
-                if v.get(1..) != Some(ks.as_str().as_bytes()) {
-                    continue;
-                }
+            if let (Some(_), Some(ks)) = (&query.owner_id, &query.keyspace_id)
+                && v.get(1..) != Some(ks.as_str().as_bytes())
+            {
+                continue;
             }
             total += 1;
             let id = last_part(&k);

@@ -184,10 +184,10 @@ impl Drop for Writer {
             .unwrap_or_else(PoisonError::into_inner)
             .closing = true;
         self.shared.wake.notify_one();
-        if let Some(t) = self.thread.take() {
-            if std::thread::current().id() != self.thread_id {
-                let _ = t.join();
-            }
+        if let Some(t) = self.thread.take()
+            && std::thread::current().id() != self.thread_id
+        {
+            let _ = t.join();
         }
     }
 }
@@ -348,10 +348,10 @@ fn run(shared: &Shared, trees: &Trees, mut journal: Journal) {
     }
     // Closed: whatever was written behind reaches the disk too, and the
     // journal is folded into the database.
-    if syncer.broken().is_none() {
-        if let Err(e) = checkpoint(trees, &mut journal) {
-            tracing::warn!("maas-store-sled: the last flush before closing failed: {e}");
-        }
+    if syncer.broken().is_none()
+        && let Err(e) = checkpoint(trees, &mut journal)
+    {
+        tracing::warn!("maas-store-sled: the last flush before closing failed: {e}");
     }
     syncer
         .queue

@@ -265,11 +265,10 @@ mod tests {
                     let (s, out) = SlidingState::give_back(state, &spec, units, t(at), t(now));
                     prop_assert!(out.remaining <= limit);
                     let w = at.div_euclid(window_ms as i64);
-                    if w + 1 >= s.window {
-                        if let Some(n) = per_window.get_mut(&w) {
+                    if w + 1 >= s.window
+                        && let Some(n) = per_window.get_mut(&w) {
                             *n -= units.min(*n);
                         }
-                    }
                     state = Some(s);
                     continue;
                 }

@@ -274,10 +274,10 @@ impl KeyCache {
     pub(crate) fn requeue(&self, hashes: impl IntoIterator<Item = KeyHash>) {
         let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
         for h in hashes {
-            if let Some(slot) = self.map.get(&h) {
-                if !slot.dirty.swap(true, Ordering::AcqRel) {
-                    dirty.push(h);
-                }
+            if let Some(slot) = self.map.get(&h)
+                && !slot.dirty.swap(true, Ordering::AcqRel)
+            {
+                dirty.push(h);
             }
         }
     }

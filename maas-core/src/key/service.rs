@@ -497,10 +497,10 @@ impl KeyService {
     /// clear. Setting `remaining` sets the balance; `null` makes the key
     /// unlimited.
     pub async fn update(&self, actor: &Actor, id: &KeyId, update: KeyUpdate) -> Result<Key> {
-        if let Patch::Set(r) = update.remaining {
-            if r < 0 {
-                return Err(Error::invalid("remaining", "must not be negative"));
-            }
+        if let Patch::Set(r) = update.remaining
+            && r < 0
+        {
+            return Err(Error::invalid("remaining", "must not be negative"));
         }
         let roles = update
             .roles
@@ -550,14 +550,14 @@ impl KeyService {
         // A key that becomes limited gets its balance before the record says
         // so, as verification treats a limited key without one as spent.
         let mut opened = None;
-        if let Patch::Set(v) = update.remaining {
-            if !current.remaining_limited {
-                let cid = current.remaining_counter();
-                counters
-                    .put_balance(&cid, Some(Balance::new(v, self.now())))
-                    .await?;
-                opened = Some(cid);
-            }
+        if let Patch::Set(v) = update.remaining
+            && !current.remaining_limited
+        {
+            let cid = current.remaining_counter();
+            counters
+                .put_balance(&cid, Some(Balance::new(v, self.now())))
+                .await?;
+            opened = Some(cid);
         }
         let result = self
             .modify(actor, id, "key.update", false, |k, _| apply(k))
@@ -807,11 +807,11 @@ impl KeyService {
                 ));
             }};
         }
-        if let Some(ks) = opts.keyspace_id {
-            if *ks != hit.cached.record.keyspace_id {
-                self.note(now, &hit.cached.record, VerifyCode::Forbidden);
-                return Ok(Verification::bare(VerifyCode::Forbidden));
-            }
+        if let Some(ks) = opts.keyspace_id
+            && *ks != hit.cached.record.keyspace_id
+        {
+            self.note(now, &hit.cached.record, VerifyCode::Forbidden);
+            return Ok(Verification::bare(VerifyCode::Forbidden));
         }
         if !hit.enabled() {
             done!(VerifyCode::Disabled, None, None);
@@ -819,22 +819,22 @@ impl KeyService {
         if hit.expired(now) {
             done!(VerifyCode::Expired, None, None);
         }
-        if let Some(q) = opts.permissions {
-            if !q.is_satisfied_by(&hit.cached.record.permissions) {
-                done!(VerifyCode::InsufficientPermissions, None, None);
-            }
+        if let Some(q) = opts.permissions
+            && !q.is_satisfied_by(&hit.cached.record.permissions)
+        {
+            done!(VerifyCode::InsufficientPermissions, None, None);
         }
         let mut ratelimit = None;
-        if hit.ratelimited() {
-            if let Some(rl) = &hit.cached.record.ratelimit {
-                let state = self
-                    .take_ratelimit(&hit.cached.ratelimit_counter, rl, now)
-                    .await?;
-                if !state.allowed {
-                    done!(VerifyCode::RateLimited, None, Some(state.into()));
-                }
-                ratelimit = Some(RateLimitState::from(state));
+        if hit.ratelimited()
+            && let Some(rl) = &hit.cached.record.ratelimit
+        {
+            let state = self
+                .take_ratelimit(&hit.cached.ratelimit_counter, rl, now)
+                .await?;
+            if !state.allowed {
+                done!(VerifyCode::RateLimited, None, Some(state.into()));
             }
+            ratelimit = Some(RateLimitState::from(state));
         }
         let mut remaining = None;
         if hit.limited() {

@@ -143,10 +143,10 @@ pub(crate) fn check_registered(r: &Registered<'_>, e: &Expect<'_>) -> Result<(),
     if r.iss != Some(e.issuer) {
         return Err(TokenRejection::WrongIssuer);
     }
-    if let Some(want) = e.audience {
-        if !r.aud.is_some_and(|a| a.contains(want)) {
-            return Err(TokenRejection::WrongAudience);
-        }
+    if let Some(want) = e.audience
+        && !r.aud.is_some_and(|a| a.contains(want))
+    {
+        return Err(TokenRejection::WrongAudience);
     }
     let Some(exp) = r.exp else {
         return Err(TokenRejection::MissingClaim);
@@ -154,10 +154,10 @@ pub(crate) fn check_registered(r: &Registered<'_>, e: &Expect<'_>) -> Result<(),
     if e.now_ms >= exp.saturating_mul(1000).saturating_add(e.leeway_ms) {
         return Err(TokenRejection::Expired);
     }
-    if let Some(nbf) = r.nbf {
-        if e.now_ms.saturating_add(e.leeway_ms) < nbf.saturating_mul(1000) {
-            return Err(TokenRejection::NotYetValid);
-        }
+    if let Some(nbf) = r.nbf
+        && e.now_ms.saturating_add(e.leeway_ms) < nbf.saturating_mul(1000)
+    {
+        return Err(TokenRejection::NotYetValid);
     }
     Ok(())
 }

@@ -737,10 +737,10 @@ impl TokenService {
     async fn reload_ring(&self, now: i64) -> Result<Arc<KeyRing>> {
         // Mark first so concurrent verifications do not all reload.
         self.inner.ring_loaded_at.store(now, Ordering::Relaxed);
-        if let Some((stored, version)) = read_ring(&self.inner.storage).await? {
-            if version != self.ring().version {
-                self.install_ring(KeyRing::parse(&stored, version)?, now);
-            }
+        if let Some((stored, version)) = read_ring(&self.inner.storage).await?
+            && version != self.ring().version
+        {
+            self.install_ring(KeyRing::parse(&stored, version)?, now);
         }
         Ok(self.ring())
     }

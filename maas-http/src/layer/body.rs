@@ -176,28 +176,28 @@ impl Metered {
         let Some(admitted) = self.admitted.take() else {
             return;
         };
-        if let Mode::Json { kept, overflow } = &mut self.mode {
-            if ok && !*overflow {
-                if let Ok(w) = serde_json::from_slice::<Whole>(kept) {
-                    self.usage = w.usage;
-                    if w.usage.is_none() {
-                        let bytes: usize = w
-                            .choices
-                            .iter()
-                            .map(|c| {
-                                c.message
-                                    .as_ref()
-                                    .and_then(|m| m.content.as_ref())
-                                    .or(c.text.as_ref())
-                                    .map_or(0, String::len)
-                            })
-                            .sum();
-                        self.counted = maas_core::admission::estimate_prompt_tokens(bytes);
-                    }
-                    if admitted.cacheable() {
-                        admitted.cache_answer(Arc::from(&kept[..]));
-                    }
-                }
+        if let Mode::Json { kept, overflow } = &mut self.mode
+            && ok
+            && !*overflow
+            && let Ok(w) = serde_json::from_slice::<Whole>(kept)
+        {
+            self.usage = w.usage;
+            if w.usage.is_none() {
+                let bytes: usize = w
+                    .choices
+                    .iter()
+                    .map(|c| {
+                        c.message
+                            .as_ref()
+                            .and_then(|m| m.content.as_ref())
+                            .or(c.text.as_ref())
+                            .map_or(0, String::len)
+                    })
+                    .sum();
+                self.counted = maas_core::admission::estimate_prompt_tokens(bytes);
+            }
+            if admitted.cacheable() {
+                admitted.cache_answer(Arc::from(&kept[..]));
             }
         }
         let done = match self.usage {
