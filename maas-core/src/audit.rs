@@ -1,5 +1,11 @@
 //! The audit log: one event per configuration change — who, what, when,
-//! before and after.
+//! and what changed.
+//!
+//! An event carries what changed, not two whole copies of the thing: for an
+//! update, `before` and `after` hold only the top-level fields whose values
+//! differ (a field on one side only stays on that side); a creation's
+//! `after` and a removal's `before` hold the thing, without its empty
+//! fields (`null`, `[]`, `{}`).
 //!
 //! Events are written by the storage backend in the same atomic step as the
 //! change they describe: a change is never stored without its event, nor an
@@ -58,14 +64,18 @@ pub struct AuditEvent {
     pub target_kind: String,
     /// The id of the changed thing.
     pub target_id: String,
-    /// The state before (`None` for a creation).
+    /// What the changed fields were (`None` for a creation; the whole thing,
+    /// without empty fields, for a removal).
     pub before: Option<serde_json::Value>,
-    /// The state after (`None` for a removal).
+    /// What the changed fields became (`None` for a removal; the whole
+    /// thing, without empty fields, for a creation).
     pub after: Option<serde_json::Value>,
 }
 
 impl AuditEvent {
-    /// An event for `action` on `target_kind`/`target_id`; `seq` is left for the store.
+    /// An event for `action` on `target_kind`/`target_id`; `seq` is left
+    /// for the store. `before` and `after` are the whole states: the event
+    /// keeps what changed (see the module's documentation).
     pub fn new(
         at: Timestamp,
         actor: &Actor,
@@ -85,6 +95,96 @@ impl AuditEvent {
             before,
             after,
         }
+        .changes_only()
+    }
+
+    /// The event with `before` and `after` cut down to what changed (as
+    /// [`AuditEvent::new`] does; for events stored before it did).
+    pub fn changes_only(mut self) -> Self {
+        let (before, after) = changed(self.before.take(), self.after.take());
+        self.before = before;
+        self.after = after;
+        self
+    }
+}
+
+fn is_empty(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => true,
+        serde_json::Value::Array(a) => a.is_empty(),
+        serde_json::Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// What changed between two states (see the module's documentation).
+fn changed(
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> (Option<serde_json::Value>, Option<serde_json::Value>) {
+    use serde_json::Value::Object;
+    match (before, after) {
+        (Some(Object(mut b)), Some(Object(mut a))) => {
+            let same: Vec<String> = b
+                .iter()
+                .filter(|(k, v)| a.get(k.as_str()) == Some(*v))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &same {
+                b.remove(k);
+                a.remove(k);
+            }
+            (Some(Object(b)), Some(Object(a)))
+        }
+        (None, Some(Object(mut a))) => {
+            a.retain(|_, v| !is_empty(v));
+            (None, Some(Object(a)))
+        }
+        (Some(Object(mut b)), None) => {
+            b.retain(|_, v| !is_empty(v));
+            (Some(Object(b)), None)
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(before: Option<serde_json::Value>, after: Option<serde_json::Value>) -> AuditEvent {
+        AuditEvent::new(
+            Timestamp::from_millis(0),
+            &Actor::system(),
+            "key.update",
+            "key",
+            "key_1",
+            before,
+            after,
+        )
+    }
+
+    #[test]
+    fn an_update_keeps_what_changed() {
+        let e = event(
+            Some(json!({"name": "a", "enabled": true, "roles": ["x"], "gone": 1})),
+            Some(json!({"name": "b", "enabled": true, "roles": ["x"], "new": null})),
+        );
+        assert_eq!(e.before, Some(json!({"name": "a", "gone": 1})));
+        assert_eq!(e.after, Some(json!({"name": "b", "new": null})));
+    }
+
+    #[test]
+    fn a_creation_and_a_removal_drop_empty_fields() {
+        let state =
+            json!({"name": "a", "enabled": false, "roles": [], "meta": {}, "owner": null, "n": 0});
+        let kept = json!({"name": "a", "enabled": false, "n": 0});
+        assert_eq!(event(None, Some(state.clone())).after, Some(kept.clone()));
+        assert_eq!(event(Some(state), None).before, Some(kept));
+        // Not objects: kept as they are.
+        assert_eq!(event(Some(json!(1)), Some(json!(1))).after, Some(json!(1)));
     }
 }
 

@@ -34,7 +34,7 @@ impl TenantStore for SledStore {
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
         let id = id.clone();
-        self.read(move |t| t.get(&t.tenants, "tenant", id.as_str().as_bytes()))
+        self.read(move |t| t.get(&t.tenants, id.as_str().as_bytes()))
             .await
     }
 
@@ -45,8 +45,7 @@ impl TenantStore for SledStore {
 
     async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
         let page = page.clone();
-        self.read(move |t| t.page(&t.tenants, "tenant", &page))
-            .await
+        self.read(move |t| t.page(&t.tenants, &page)).await
     }
 
     async fn update_tenant(
@@ -76,14 +75,13 @@ impl KeyspaceStore for SledStore {
 
     async fn get_keyspace(&self, id: &KeyspaceId) -> Result<Option<Keyspace>> {
         let id = id.clone();
-        self.read(move |t| t.get(&t.keyspaces, "keyspace", id.as_str().as_bytes()))
+        self.read(move |t| t.get(&t.keyspaces, id.as_str().as_bytes()))
             .await
     }
 
     async fn list_keyspaces(&self, page: &PageRequest) -> Result<Page<Keyspace>> {
         let page = page.clone();
-        self.read(move |t| t.page(&t.keyspaces, "keyspace", &page))
-            .await
+        self.read(move |t| t.page(&t.keyspaces, &page)).await
     }
 
     async fn update_keyspace(
@@ -231,7 +229,7 @@ impl RecordStore for SledStore {
 
     async fn get_record(&self, kind: &str, id: &str) -> Result<Option<Record>> {
         let key = joined(&[kind, id]);
-        self.read(move |t| t.get(&t.records, "record", &key)).await
+        self.read(move |t| t.get(&t.records, &key)).await
     }
 
     async fn list_records(&self, kind: &str, page: &PageRequest) -> Result<Page<Record>> {

@@ -1,21 +1,8 @@
-//! Encodings: JSON for records, fixed 16-byte big-endian for counters, and the
-//! byte layouts of index keys.
+//! Encodings of counters (fixed 16-byte big-endian) and the byte layouts of
+//! index keys; records are in `crate::records`.
 
+use maas_core::Timestamp;
 use maas_core::counter::{Balance, LimitState, PeriodState, SlidingState, WindowState};
-use maas_core::{Error, Result, Timestamp};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-/// A record as stored.
-pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| Error::internal(format!("cannot encode a record: {e}")))
-}
-
-/// A record from its stored bytes.
-pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::internal(format!("stored {what} is unreadable: {e}")))
-}
 
 fn two_i64(bytes: &[u8]) -> Option<(i64, i64)> {
     let a: [u8; 8] = bytes.get(..8)?.try_into().ok()?;

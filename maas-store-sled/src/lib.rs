@@ -22,13 +22,16 @@
 //! transaction, so an index never points at nothing and a crash never
 //! leaves half a write.
 //!
-//! Records are JSON (serde_json): they carry free-form JSON (`meta`, audit
-//! before/after) that compact binary formats such as bincode or postcard
-//! cannot round-trip (`deserialize_any`), the format is self-describing so
-//! fields can be added without a migration, and a database can be inspected
-//! with any JSON tool. Configuration is written rarely, so the size cost does
-//! not matter; counters, which are written on the hot path, are fixed 16-byte
+//! Records (tenants, keyspaces, keys, catalog records, audit events) are
+//! compact binary rows (postcard, see the module `records`), a key about a
+//! quarter of its JSON; only free-form values (`meta`, a record's body, an
+//! audit event's before and after) stay JSON text inside them. Audit events
+//! carry what changed, not two whole records. Counters are fixed 16-byte
 //! big-endian binary.
+//!
+//! A database written by format 1 (the previous release: JSON records) is
+//! migrated on open, resumably (see the module `migrate`); one written by a
+//! newer format is refused with [`SledError::NewerFormat`].
 //!
 //! ## Durability: what a crash can and cannot lose
 //!
@@ -76,6 +79,8 @@ mod api;
 mod codec;
 mod counters;
 mod journal;
+mod migrate;
+mod records;
 mod store;
 mod usage;
 mod writer;
@@ -89,7 +94,7 @@ use maas_core::Storage;
 pub use store::IntegrityReport;
 
 /// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Why a database could not be opened (or a sled operation failed).
 #[derive(Debug, thiserror::Error)]

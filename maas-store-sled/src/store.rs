@@ -8,15 +8,15 @@ use maas_core::audit::{AuditEvent, AuditQuery};
 use maas_core::key::{KeyHash, KeyRecord};
 use maas_core::storage::{KeyQuery, Page, PageRequest, Record, audit_page_size, version_conflict};
 use maas_core::{Error, KeyId, Keyspace, KeyspaceId, Result, Tenant, TenantId, Timestamp};
-use serde::de::DeserializeOwned;
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
     TransactionalTree,
 };
 use sled::{Db, Transactional, Tree};
 
-use crate::codec::{decode, encode, joined, last_part};
+use crate::codec::{joined, last_part};
 use crate::journal::{Entry, Journal, Journaled};
+use crate::records::{Stored, decode, encode};
 use crate::{FORMAT_VERSION, SledError};
 
 const META_FORMAT: &[u8] = b"format_version";
@@ -260,7 +260,8 @@ impl Trees {
         })
     }
 
-    /// Stamps a new database with [`FORMAT_VERSION`]; refuses newer ones.
+    /// Stamps a new database with [`FORMAT_VERSION`], migrates an older
+    /// one (see `crate::migrate`), refuses a newer one.
     pub(crate) fn check_format(&self, path: &Path) -> std::result::Result<(), SledError> {
         match self.meta.get(META_FORMAT)? {
             None => {
@@ -288,6 +289,19 @@ impl Trees {
                         path: path.to_path_buf(),
                         detail: "format version 0 does not exist".into(),
                     });
+                }
+                if found < FORMAT_VERSION {
+                    crate::migrate::to_compact(self).map_err(|e| SledError::Corrupt {
+                        path: path.to_path_buf(),
+                        detail: format!(
+                            "migrating from format {found} to {FORMAT_VERSION} failed (the \
+                             database is unchanged where it was not migrated; opening it \
+                             again resumes): {e}"
+                        ),
+                    })?;
+                    self.meta
+                        .insert(META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+                    self.db.flush()?;
                 }
                 Ok(())
             }
@@ -346,25 +360,15 @@ impl Trees {
         Ok(())
     }
 
-    pub(crate) fn get<T: DeserializeOwned>(
-        &self,
-        tree: &Tree,
-        what: &str,
-        id: &[u8],
-    ) -> Result<Option<T>> {
+    pub(crate) fn get<T: Stored>(&self, tree: &Tree, id: &[u8]) -> Result<Option<T>> {
         match tree.get(id).map_err(map_sled)? {
-            Some(v) => decode(what, &v).map(Some),
+            Some(v) => decode(&v).map(Some),
             None => Ok(None),
         }
     }
 
     /// One page of a tree keyed by id, after the cursor; total = tree length.
-    pub(crate) fn page<T: DeserializeOwned>(
-        &self,
-        tree: &Tree,
-        what: &str,
-        page: &PageRequest,
-    ) -> Result<Page<T>> {
+    pub(crate) fn page<T: Stored>(&self, tree: &Tree, page: &PageRequest) -> Result<Page<T>> {
         let size = page.size();
         let iter = match &page.cursor {
             Some(c) => tree.range::<&[u8], _>((Bound::Excluded(c.as_bytes()), Bound::Unbounded)),
@@ -382,7 +386,7 @@ impl Trees {
                     total: tree.len() as u64,
                 });
             }
-            items.push(decode(what, &v)?);
+            items.push(decode(&v)?);
             last = Some(k);
         }
         Ok(Page {
@@ -410,7 +414,7 @@ impl Trees {
         };
         for kv in self.keys.iter() {
             let (id, v) = kv.map_err(map_sled)?;
-            let k: KeyRecord = decode("key", &v)?;
+            let k: KeyRecord = decode(&v)?;
             r.keys += 1;
             let ids = k.id.as_str();
             if id != ids.as_bytes() {
@@ -513,7 +517,7 @@ impl Trees {
 
     pub(crate) fn get_tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
         match self.tenant_names.get(name.as_bytes()).map_err(map_sled)? {
-            Some(id) => self.get(&self.tenants, "tenant", &id),
+            Some(id) => self.get(&self.tenants, &id),
             None => Ok(None),
         }
     }
@@ -534,7 +538,7 @@ impl Trees {
                     let Some(cur) = tenants.get(id)? else {
                         return abort(Error::not_found("tenant", tenant.id.as_str()));
                     };
-                    let cur: Tenant = ab(decode("tenant", &cur))?;
+                    let cur: Tenant = ab(decode(&cur))?;
                     if cur.version != expected_version {
                         return abort(version_conflict("tenant", tenant.id.as_str()));
                     }
@@ -564,7 +568,7 @@ impl Trees {
                     let Some(cur) = tenants.remove(key)? else {
                         return abort(Error::not_found("tenant", id.as_str()));
                     };
-                    let cur: Tenant = ab(decode("tenant", &cur))?;
+                    let cur: Tenant = ab(decode(&cur))?;
                     names.remove(cur.name.as_bytes())?;
                     tx_audit(log, meta, audit)?;
                     Ok(())
@@ -606,7 +610,7 @@ impl Trees {
                 let Some(cur) = spaces.get(id)? else {
                     return abort(Error::not_found("keyspace", keyspace.id.as_str()));
                 };
-                let cur: Keyspace = ab(decode("keyspace", &cur))?;
+                let cur: Keyspace = ab(decode(&cur))?;
                 if cur.version != expected_version {
                     return abort(version_conflict("keyspace", keyspace.id.as_str()));
                 }
@@ -708,7 +712,7 @@ impl Trees {
     }
 
     pub(crate) fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>> {
-        match self.get(&self.keys, "key", id.as_str().as_bytes())? {
+        match self.get(&self.keys, id.as_str().as_bytes())? {
             Some(k) => self.with_last_used(k).map(Some),
             None => Ok(None),
         }
@@ -716,7 +720,7 @@ impl Trees {
 
     pub(crate) fn get_key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
         match self.key_hashes.get(hash.as_bytes()).map_err(map_sled)? {
-            Some(id) => match self.get::<KeyRecord>(&self.keys, "key", &id)? {
+            Some(id) => match self.get::<KeyRecord>(&self.keys, &id)? {
                 Some(k) => self.with_last_used(k).map(Some),
                 None => Ok(None),
             },
@@ -728,7 +732,7 @@ impl Trees {
         let (ids, total) = self.matching_ids(query)?;
         let mut items = Vec::with_capacity(ids.len());
         for id in &ids {
-            if let Some(k) = self.get::<KeyRecord>(&self.keys, "key", id)? {
+            if let Some(k) = self.get::<KeyRecord>(&self.keys, id)? {
                 items.push(self.with_last_used(k)?);
             }
         }
@@ -761,7 +765,7 @@ impl Trees {
             let Some(cur) = tx.keys.get(id)? else {
                 return abort(Error::not_found("key", key.id.as_str()));
             };
-            let cur: KeyRecord = ab(decode("key", &cur))?;
+            let cur: KeyRecord = ab(decode(&cur))?;
             if cur.version != expected_version {
                 return abort(version_conflict("key", key.id.as_str()));
             }
@@ -814,7 +818,7 @@ impl Trees {
                 more = true;
                 break;
             }
-            items.push(decode("audit event", &v)?);
+            items.push(decode(&v)?);
         }
         let cursor = if more {
             items.last().map(|e| e.seq.to_string())
@@ -862,7 +866,7 @@ impl Trees {
             let id = &k[prefix.len()..];
             let after_cursor = page.cursor.as_deref().is_none_or(|c| id > c.as_bytes());
             if after_cursor && all.len() <= page.size() {
-                all.push(decode::<Record>("record", &v)?);
+                all.push(decode::<Record>(&v)?);
             }
         }
         Ok(page.paginate(all, |r| &r.id, total))
@@ -886,7 +890,7 @@ impl Trees {
                         format!("{}/{}", record.kind, record.id),
                     ));
                 };
-                let cur: Record = ab(decode("record", &cur))?;
+                let cur: Record = ab(decode(&cur))?;
                 if cur.version != expected_version {
                     return abort(version_conflict(&record.kind, &record.id));
                 }
