@@ -9,7 +9,11 @@
 //!   (an fsync on sled), beside two floors: `floor_fsync_4k` (append 4 KiB to
 //!   a file + `fdatasync`) and `floor_sled_insert_flush` (one raw sled insert
 //!   of 1 KiB + `flush_async`, on a database of its own);
-//! - `update_remaining`: `keys.updateRemaining` increment, audited (durable).
+//! - `update_remaining`: `keys.updateRemaining` increment, audited (durable);
+//! - `verify_random_of_N_cache_100000/sled`: verification of a random key of
+//!   N with the default cache capacity (100,000 keys), so most read the
+//!   store, beside `floor_sled_get_random_of_N`: a raw sled get of a random
+//!   key of N records of the same size, on a database of its own.
 //!
 //! `cargo bench -- backends/` (set `MAAS_BENCH_KEYS` for fewer keys than
 //! 1,000,000). Keys are issued by 32 concurrent tasks during setup.
@@ -43,10 +47,17 @@ struct Backend {
 }
 
 fn service(storage: &Storage, ttl: Duration) -> KeyService {
+    bounded_service(storage, ttl, usize::MAX)
+}
+
+fn bounded_service(storage: &Storage, ttl: Duration, capacity: usize) -> KeyService {
     KeyService::new_with_config(
         storage.clone(),
         KeyHasher::from_secret(b"bench"),
-        KeyServiceConfig { cache_ttl: ttl },
+        KeyServiceConfig {
+            cache_ttl: ttl,
+            cache_capacity: capacity,
+        },
         Arc::new(SystemClock),
     )
 }
@@ -197,6 +208,46 @@ fn bench_backends(c: &mut Criterion) {
             })
         });
     }
+
+    {
+        let (name, b) = &backends[1];
+        let capacity = maas::core::key::DEFAULT_KEY_CACHE_CAPACITY;
+        let bounded =
+            LazyCell::new(|| bounded_service(&b.storage, Duration::from_secs(3_600), capacity));
+        group.bench_function(
+            BenchmarkId::new(format!("verify_random_of_{n}_cache_{capacity}"), name),
+            |bench| {
+                let (b, bounded) = (&**b, &*bounded);
+                bench.to_async(&rt).iter(|| async {
+                    let v = bounded
+                        .verify(b.secrets[pick.below(n)].as_bytes(), &opts)
+                        .await
+                        .unwrap();
+                    assert!(v.valid());
+                    v
+                })
+            },
+        );
+    }
+    // Floor: a raw sled get of a random key of n records of a key's size.
+    let floor_db = LazyCell::new(|| {
+        let db = sled::open(dir.path().join("floor-get.db")).expect("floor sled");
+        let tree = db.open_tree("records").expect("tree");
+        let record = [0x42u8; 130];
+        for i in 0..n as u64 {
+            tree.insert(blake3::hash(&i.to_le_bytes()).as_bytes(), &record[..])
+                .unwrap();
+        }
+        db.flush().unwrap();
+        (db, tree)
+    });
+    group.bench_function(format!("floor_sled_get_random_of_{n}"), |bench| {
+        let (_, tree) = &*floor_db;
+        bench.iter(|| {
+            let i = pick.below(n) as u64;
+            tree.get(blake3::hash(&i.to_le_bytes()).as_bytes()).unwrap()
+        })
+    });
 
     let mut file = tempfile::tempfile_in(dir.path()).expect("temp file");
     let page = [0x5Au8; 4096];

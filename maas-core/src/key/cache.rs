@@ -11,16 +11,26 @@
 //! back. After a reroll the old hash keeps a slot holding the new record; its
 //! hash no longer matches, so the old secret is `NOT_FOUND`.
 //!
+//! Size: at most `capacity` keys (see
+//! [`KeyServiceConfig::cache_capacity`](super::KeyServiceConfig::cache_capacity)),
+//! whatever the store holds. A key loaded into a full cache evicts the
+//! oldest loaded key not verified since it was last looked at (second-chance
+//! FIFO: each hit sets a mark, an eviction clears it and moves the key to
+//! the back once); an evicted key's last use not yet written waits in a
+//! list of its own until the next write.
+//!
 //! Speed: with a million keys, each verification is a chain of cache misses.
 //! A slot holds, inline in the map, everything the checks of an unlimited key
 //! without a rate limit need (the record's hash, flags, expiry), so that path
 //! touches the record itself only to share it with the result.
 
+use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
 use super::{KeyHash, KeyRecord};
 use crate::clock::Timestamp;
@@ -98,6 +108,8 @@ struct Slot {
     last_used: AtomicI64,
     /// Whether `last_used` waits in the dirty list to be written to the store.
     dirty: AtomicBool,
+    /// Hit since eviction last looked at it (second chance).
+    referenced: AtomicBool,
 }
 
 impl Slot {
@@ -123,6 +135,7 @@ impl Slot {
             loaded_at: AtomicI64::new(now.as_millis()),
             last_used: AtomicI64::new(record.last_used_at.map_or(0, Timestamp::as_millis)),
             dirty: AtomicBool::new(false),
+            referenced: AtomicBool::new(false),
             expires: record.expires.map_or(i64::MAX, Timestamp::as_millis),
             flags,
             cached: Arc::new(Cached {
@@ -168,20 +181,37 @@ impl Hasher for PassThrough {
     }
 }
 
+/// Slots an insertion into a full cache looks at, at most, for one to evict.
+const EVICTION_TRIES: usize = 16;
+
 /// Key records by hash, and the last uses waiting to be written.
 #[derive(Debug)]
 pub(crate) struct KeyCache {
     map: DashMap<KeyHash, Slot, BuildHasherDefault<PassThrough>>,
     ttl_ms: i64,
+    capacity: usize,
+    /// Hashes in the order they were inserted (eviction candidates first).
+    order: Mutex<VecDeque<KeyHash>>,
     dirty: Mutex<Vec<KeyHash>>,
+    /// Last uses of evicted keys, not yet written.
+    orphans: Mutex<Vec<(KeyId, Timestamp)>>,
 }
 
+/// A last use waiting to be written: the hash of its cached key (`None` once
+/// the key was evicted), the key, the time.
+pub(crate) type Pending = (Option<KeyHash>, KeyId, Timestamp);
+
 impl KeyCache {
-    pub(crate) fn new(ttl_ms: i64) -> Self {
+    /// A cache of at most `capacity` keys (at least 1), each used for
+    /// `ttl_ms` before it is loaded again.
+    pub(crate) fn new(ttl_ms: i64, capacity: usize) -> Self {
         KeyCache {
             map: DashMap::with_hasher(BuildHasherDefault::default()),
             ttl_ms,
+            capacity: capacity.max(1),
+            order: Mutex::new(VecDeque::new()),
             dirty: Mutex::new(Vec::new()),
+            orphans: Mutex::new(Vec::new()),
         }
     }
 
@@ -189,7 +219,40 @@ impl KeyCache {
     #[inline]
     pub(crate) fn fresh(&self, hash: &KeyHash, now: Timestamp) -> Option<Hit> {
         let slot = self.map.get(hash)?;
+        if !slot.referenced.load(Ordering::Relaxed) {
+            slot.referenced.store(true, Ordering::Relaxed);
+        }
         (slot.age_ms(now) < self.ttl_ms).then(|| slot.hit())
+    }
+
+    /// Makes room for one more key: evicts the first key in insertion order
+    /// not hit since it was last looked at (the others go to the back, their
+    /// mark cleared), or after [`EVICTION_TRIES`] the first one anyway.
+    fn evict_one(&self) {
+        let mut order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tries = 0;
+        while let Some(h) = order.pop_front() {
+            let Some(slot) = self.map.get(&h) else {
+                continue; // already gone
+            };
+            tries += 1;
+            if tries < EVICTION_TRIES && slot.referenced.swap(false, Ordering::Relaxed) {
+                drop(slot);
+                order.push_back(h);
+                continue;
+            }
+            drop(slot);
+            if let Some((_, gone)) = self.map.remove(&h) {
+                if gone.dirty.load(Ordering::Relaxed) {
+                    let ms = gone.last_used.load(Ordering::Relaxed);
+                    self.orphans
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((gone.cached.record.id.clone(), Timestamp::from_millis(ms)));
+                }
+            }
+            return;
+        }
     }
 
     /// The last use seen on this node for `hash`, fresh or not.
@@ -204,10 +267,19 @@ impl KeyCache {
     /// the hit that is in the cache afterwards.
     pub(crate) fn upsert(&self, hash: KeyHash, record: KeyRecord, now: Timestamp) -> Hit {
         let version = record.version;
-        let mut slot = self
-            .map
-            .entry(hash)
-            .or_insert_with(|| Slot::new(&hash, record.clone(), now));
+        if self.map.len() >= self.capacity && !self.map.contains_key(&hash) {
+            self.evict_one();
+        }
+        let mut slot = match self.map.entry(hash) {
+            Entry::Occupied(o) => o.into_ref(),
+            Entry::Vacant(v) => {
+                self.order
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push_back(hash);
+                v.insert(Slot::new(&hash, record.clone(), now))
+            }
+        };
         if slot.version < version {
             let fresh = Slot::new(&hash, record, now);
             // Keep the freshest last use seen here, and its place in the dirty list.
@@ -255,29 +327,42 @@ impl KeyCache {
         }
     }
 
-    /// Takes the last uses waiting to be written: (hash, key id, time).
-    pub(crate) fn take_dirty(&self) -> Vec<(KeyHash, KeyId, Timestamp)> {
+    /// Takes the last uses waiting to be written.
+    pub(crate) fn take_dirty(&self) -> Vec<Pending> {
         let hashes =
             std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner));
+        let orphans =
+            std::mem::take(&mut *self.orphans.lock().unwrap_or_else(PoisonError::into_inner));
         hashes
             .into_iter()
             .filter_map(|h| {
                 let slot = self.map.get(&h)?;
                 slot.dirty.store(false, Ordering::Release);
                 let ms = slot.last_used.load(Ordering::Relaxed);
-                (ms != 0).then(|| (h, slot.cached.record.id.clone(), Timestamp::from_millis(ms)))
+                (ms != 0).then(|| {
+                    (
+                        Some(h),
+                        slot.cached.record.id.clone(),
+                        Timestamp::from_millis(ms),
+                    )
+                })
             })
+            .chain(orphans.into_iter().map(|(id, at)| (None, id, at)))
             .collect()
     }
 
     /// Puts back last uses that could not be written.
-    pub(crate) fn requeue(&self, hashes: impl IntoIterator<Item = KeyHash>) {
+    pub(crate) fn requeue(&self, pending: Vec<Pending>) {
         let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
-        for h in hashes {
-            if let Some(slot) = self.map.get(&h)
-                && !slot.dirty.swap(true, Ordering::AcqRel)
-            {
-                dirty.push(h);
+        let mut orphans = self.orphans.lock().unwrap_or_else(PoisonError::into_inner);
+        for (h, id, at) in pending {
+            match h.and_then(|h| self.map.get(&h).map(|slot| (h, slot))) {
+                Some((h, slot)) => {
+                    if !slot.dirty.swap(true, Ordering::AcqRel) {
+                        dirty.push(h);
+                    }
+                }
+                None => orphans.push((id, at)),
             }
         }
     }
@@ -287,7 +372,15 @@ impl KeyCache {
         let before = self.map.len();
         self.map
             .retain(|_, s| s.age_ms(now) < self.ttl_ms || s.dirty.load(Ordering::Relaxed));
-        before.saturating_sub(self.map.len())
+        let removed = before.saturating_sub(self.map.len());
+        if removed > 0 {
+            // Forget the order of what is gone (it would only be skipped).
+            self.order
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|h| self.map.contains_key(h));
+        }
+        removed
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -302,5 +395,60 @@ mod tests {
     #[test]
     fn a_bucket_spans_at_most_two_cache_lines() {
         assert!(std::mem::size_of::<(KeyHash, Slot)>() <= 80);
+    }
+
+    fn record(i: u8) -> (KeyHash, KeyRecord) {
+        let hash = KeyHash::from_bytes([i; 32]);
+        let r: KeyRecord = serde_json::from_value(serde_json::json!({
+            "id": format!("key_{i}"),
+            "keyspaceId": "ks_1",
+            "hash": hash.to_hex(),
+            "start": "x",
+            "byteLength": 16,
+            "uniqueName": false,
+            "createdAt": 0,
+            "updatedAt": 0,
+            "remainingLimited": false,
+            "roles": [],
+            "permissions": [],
+            "enabled": true,
+            "version": 1
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        (hash, r)
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_its_capacity_and_keeps_what_is_hit() {
+        let now = Timestamp::from_millis(1_000);
+        let cache = KeyCache::new(30_000, 4);
+        for i in 0..4 {
+            let (h, r) = record(i);
+            cache.upsert(h, r, now);
+        }
+        // Key 0 is hit: the next insertions pass it over.
+        assert!(cache.fresh(&KeyHash::from_bytes([0; 32]), now).is_some());
+        for i in 4..40 {
+            let (h, r) = record(i);
+            cache.upsert(h, r, now);
+            assert!(cache.len() <= 4, "{} keys after {i}", cache.len());
+            assert!(cache.fresh(&KeyHash::from_bytes([0; 32]), now).is_some());
+        }
+        // A key evicted with a last use to write still has it written.
+        cache.mark_used(&KeyHash::from_bytes([39; 32]), now);
+        for i in 40..60 {
+            let (h, r) = record(i);
+            cache.upsert(h, r, now);
+            assert!(cache.len() <= 4);
+        }
+        let pending = cache.take_dirty();
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].0, pending[0].1.as_str()), (None, "key_39"));
+        cache.requeue(pending);
+        assert_eq!(cache.take_dirty().len(), 1, "kept after a failed write");
+        // Re-upserting a cached key neither evicts nor grows.
+        let (h, r) = record(59);
+        cache.upsert(h, r, now);
+        assert_eq!(cache.len(), 4);
     }
 }

@@ -19,7 +19,7 @@ pub use permission::{
 #[cfg(feature = "testkit")]
 pub(crate) use secret::plausible;
 pub use secret::{KeyHash, KeyHasher, MAX_KEY_LEN, START_CHARS};
-pub use service::{KeyService, KeyServiceConfig, VerifyObserver};
+pub use service::{DEFAULT_KEY_CACHE_CAPACITY, KeyService, KeyServiceConfig, VerifyObserver};
 pub use verify::{RateLimitState, Verification, VerifyCode, VerifyOptions};
 
 use crate::clock::Timestamp;

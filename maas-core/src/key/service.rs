@@ -35,12 +35,21 @@ pub struct KeyServiceConfig {
     /// reroll, update) takes to reach this one. Changes made through this
     /// service apply on this node at once. Default 30 s.
     pub cache_ttl: Duration,
+    /// The most keys the verification cache holds, whatever the store
+    /// holds: a key loaded into a full cache evicts one that was not
+    /// verified lately. About 0.5 to 1 KiB each (a key's record and its
+    /// slot). Default 100,000.
+    pub cache_capacity: usize,
 }
+
+/// The default of [`KeyServiceConfig::cache_capacity`].
+pub const DEFAULT_KEY_CACHE_CAPACITY: usize = 100_000;
 
 impl Default for KeyServiceConfig {
     fn default() -> Self {
         KeyServiceConfig {
             cache_ttl: Duration::from_secs(30),
+            cache_capacity: DEFAULT_KEY_CACHE_CAPACITY,
         }
     }
 }
@@ -118,7 +127,7 @@ impl KeyService {
                 storage,
                 clock,
                 hasher,
-                cache: KeyCache::new(ttl_ms),
+                cache: KeyCache::new(ttl_ms, config.cache_capacity),
                 fast: SyncedCounters::default(),
                 usage: OnceLock::new(),
                 observer: OnceLock::new(),
@@ -919,9 +928,7 @@ impl KeyService {
             batch.iter().map(|(_, id, t)| (id.clone(), *t)).collect();
         if let Err(e) = self.inner.storage.keys.touch_keys(&used).await {
             // Keep them for the next call.
-            self.inner
-                .cache
-                .requeue(batch.into_iter().map(|(h, _, _)| h));
+            self.inner.cache.requeue(batch);
             return Err(e);
         }
         Ok(used.len())

@@ -530,6 +530,42 @@ pub async fn verify_monthly_refill_on_refill_day(storage: Storage, clock: Manual
     assert_eq!(verify(&f.keys, &k31.key).await.remaining(), Some(2));
 }
 
+/// The verification cache holds at most its capacity, however many keys
+/// the store has: every key still verifies (a miss reads the store), a key
+/// verified often stays cached, and a change through the service reaches
+/// an evicted key too.
+pub async fn verify_cache_is_bounded(storage: Storage, clock: ManualClock) {
+    let f = Fixture::new(storage, clock).await;
+    let node = f.bounded_node(8);
+    let mut created = Vec::new();
+    for _ in 0..40 {
+        created.push(
+            node.create(&f.admin, NewKey::in_keyspace(f.ks.id.clone()))
+                .await
+                .unwrap(),
+        );
+        assert!(node.cached_keys() <= 8, "{}", node.cached_keys());
+    }
+    let hot = &created[0];
+    for round in 0..3 {
+        for k in &created {
+            assert!(verify(&node, &k.key).await.valid(), "round {round}");
+            assert!(verify(&node, &hot.key).await.valid());
+            assert!(node.cached_keys() <= 8, "{}", node.cached_keys());
+        }
+    }
+    // Evicted or not, a disable through this node applies at once.
+    let cold = &created[20];
+    node.set_enabled(&f.admin, &cold.key_id, false)
+        .await
+        .unwrap();
+    for k in created.iter().skip(30) {
+        assert!(verify(&node, &k.key).await.valid());
+    }
+    assert_eq!(verify(&node, &cold.key).await.code(), VerifyCode::Disabled);
+    assert!(node.cached_keys() <= 8);
+}
+
 /// Disable, update, delete and reroll apply on the very next verification on
 /// the node that made them.
 pub async fn verify_sees_own_changes_at_once(storage: Storage, clock: ManualClock) {

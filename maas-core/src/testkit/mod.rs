@@ -120,6 +120,7 @@ scenarios!($;
     verify_monthly_refill_on_refill_day,
     verify_sees_own_changes_at_once,
     verify_other_node_within_ttl,
+    verify_cache_is_bounded,
     verify_malformed_keys_touch_no_store,
     reroll_keeps_id_and_balance,
     update_patch_semantics,
@@ -212,7 +213,23 @@ impl Fixture {
         KeyService::new_with_config(
             self.storage.clone(),
             self.hasher.clone(),
-            KeyServiceConfig { cache_ttl: ttl },
+            KeyServiceConfig {
+                cache_ttl: ttl,
+                ..KeyServiceConfig::default()
+            },
+            Arc::new(self.clock.clone()),
+        )
+    }
+
+    /// Another node whose verification cache holds at most `capacity` keys.
+    pub fn bounded_node(&self, capacity: usize) -> KeyService {
+        KeyService::new_with_config(
+            self.storage.clone(),
+            self.hasher.clone(),
+            KeyServiceConfig {
+                cache_capacity: capacity,
+                ..KeyServiceConfig::default()
+            },
             Arc::new(self.clock.clone()),
         )
     }
