@@ -154,7 +154,7 @@ async fn a_format_1_database_is_migrated_on_open() {
     let db = sled::open(&path).unwrap();
     for tree in ["tenants", "keyspaces", "keys", "records", "audit"] {
         let t = db.open_tree(tree).unwrap();
-        assert!(t.len() > 0, "{tree}");
+        assert!(!t.is_empty(), "{tree}");
         for kv in t.iter() {
             let (_, v) = kv.unwrap();
             assert_eq!(v[0], 2, "{tree}");

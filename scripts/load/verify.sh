@@ -53,33 +53,6 @@ rss() { awk '/VmRSS/ { print $2 }' "/proc/$SERVER/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER/stat"; }
 TICKS=$(getconf CLK_TCK)
 
-# create_keys NAME URL BODY KEYFILE: KEYS keys into KEYFILE, one a line; sets
-# CREATE_S (seconds it took) or fails.
-create_keys() {
-  local name=$1 url=$2 body=$3 keyfile=$4 start n
-  start=$(date +%s.%N)
-  TOKEN=$MAAS_ADMIN_TOKEN BODY=$body KEYFILE=$keyfile KEYS=$KEYS \
-    wrk -t1 -c"$CREATE_CONNS" -d"${CREATE_SECS}s" --timeout 10s -s scripts/load/create_keys.lua "$url" \
-    >"$WORK/$name.create.out" 2>&1 &
-  WRK=$!
-  # The lua script stops its thread at KEYS keys, but wrk sleeps out -d
-  # anyway: interrupt it (SIGINT ends its sleep; it then reports).
-  while kill -0 "$WRK" 2>/dev/null && [ ! -e "$keyfile.done" ]; do sleep 0.05; done
-  CREATE_S=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
-  for _ in $(seq 50); do kill -INT "$WRK" 2>/dev/null || break; sleep 0.1; done
-  wait "$WRK" || true
-  WRK=""
-  n=0
-  [ ! -e "$keyfile" ] || n=$(wc -l <"$keyfile")
-  echo "  $(grep '^CREATED' "$WORK/$name.create.out" || echo 'CREATED (no report)') in ${CREATE_S}s"
-  if [ "$n" -ne "$KEYS" ]; then
-    echo "verify.sh: $name: $n keys created of $KEYS within ${CREATE_SECS}s" \
-      "(CREATE_SECS raises the bound); wrk said:" >&2
-    tail -20 "$WORK/$name.create.out" >&2
-    exit 1
-  fi
-}
-
 declare -A RPS P50 P99 RSS JSON DATA_KB
 NAMES=(memory sled memory+remaining sled+remaining)
 # run_config INDEX NAME: one configuration, from a fresh server to its stop.

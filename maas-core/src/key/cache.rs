@@ -242,14 +242,14 @@ impl KeyCache {
                 continue;
             }
             drop(slot);
-            if let Some((_, gone)) = self.map.remove(&h) {
-                if gone.dirty.load(Ordering::Relaxed) {
-                    let ms = gone.last_used.load(Ordering::Relaxed);
-                    self.orphans
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((gone.cached.record.id.clone(), Timestamp::from_millis(ms)));
-                }
+            if let Some((_, gone)) = self.map.remove(&h)
+                && gone.dirty.load(Ordering::Relaxed)
+            {
+                let ms = gone.last_used.load(Ordering::Relaxed);
+                self.orphans
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((gone.cached.record.id.clone(), Timestamp::from_millis(ms)));
             }
             return;
         }
