@@ -12,7 +12,7 @@
 #
 # MAAS_SERVER_BIN=path runs that server binary instead of building one.
 # CREATE_CONNS (default 64) and CREATE_SECS (default 60 + KEYS/500) bound
-# the key creation. Listens on 127.0.0.1:3807x; the data dir and the keys
+# the key creation. Listens on 127.0.0.1:2807x; the data dir and the keys
 # live in a temporary dir under /tmp, gone at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -35,12 +35,12 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-PUB=127.0.0.1:38070
+PUB=127.0.0.1:28070
 DATA=$WORK/data
 status() { awk -v k="$1" '$1 == k":" { print $2 }' "/proc/$SERVER/status"; }
 data_kb() { du -sk "$DATA" | cut -f1; }
 per_key() { awk -v kb="$1" -v n="$KEYS" 'BEGIN { printf "%.0f", kb * 1024 / n }'; }
-serve() { start_server "$PUB" 127.0.0.1:39070 127.0.0.1:38170 /tmp/maas-footprint.log --data-dir "$DATA"; }
+serve() { start_server "$PUB" 127.0.0.1:29070 127.0.0.1:28170 /tmp/maas-footprint.log --data-dir "$DATA"; }
 
 echo "sled footprint: $KEYS keys created over HTTP, then ${SECS}s of verifyKey on a random one"
 serve

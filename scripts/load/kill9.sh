@@ -15,7 +15,7 @@
 #   scripts/load/kill9.sh [SECONDS_BEFORE_KILL] [RUNS]   (default 3, 3)
 #
 # MAAS_SERVER_BIN=path runs that server binary instead of building one.
-# Listens on 127.0.0.1:3806x; the data dir lives under /tmp, gone at the end.
+# Listens on 127.0.0.1:2806x; the data dir lives under /tmp, gone at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/load/lib.sh
@@ -28,11 +28,11 @@ export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
 WORK=$(mktemp -d /tmp/maas-kill9.XXXXXX)
 cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
-PUB=http://127.0.0.1:38060
-ADM=http://127.0.0.1:39060
+PUB=http://127.0.0.1:28060
+ADM=http://127.0.0.1:29060
 REMAINING=1000000000
 serve() {
-  start_server 127.0.0.1:38060 127.0.0.1:39060 127.0.0.1:38160 /tmp/maas-kill9.log \
+  start_server 127.0.0.1:28060 127.0.0.1:29060 127.0.0.1:28160 /tmp/maas-kill9.log \
     --data-dir "$WORK/data" --sim-max-concurrent 4096 --max-in-flight 4096
 }
 json() { curl -sf -X POST "$1" -H "Authorization: Bearer $MAAS_ADMIN_TOKEN" -H 'Content-Type: application/json' -d "$2"; }

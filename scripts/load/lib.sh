@@ -3,6 +3,9 @@
 # as JSON under target/load/, where scripts/benchmarks.py reads them for
 # BENCHMARKS.md.
 
+# Ports: keep servers below 32768, out of Linux's ephemeral range, where a
+# wrk connection's own local port could take a server's port between runs.
+
 # start_server PUBLIC ADMIN SIMULATOR LOG [server args...]: builds and starts
 # the release example server on the three loopback addresses with the load
 # users, stops it on exit, and waits until it answers. MAAS_SERVER_BIN, when

@@ -19,7 +19,7 @@
 # MAAS_SERVER_BIN=path runs that server binary instead of building and running
 # ./target/release/examples/server. CREATE_CONNS (default 64) and CREATE_SECS
 # (default 30 + KEYS/500) are the key creation's connections and time bound.
-# The servers listen on 127.0.0.1:3808x (API), 3909x (admin) and 3818x
+# The servers listen on 127.0.0.1:2808x (API), 2909x (admin) and 2818x
 # (simulator); the keys and the sled data dirs live in a temporary dir under
 # /tmp; both are gone at the end.
 set -euo pipefail
@@ -58,7 +58,7 @@ NAMES=(memory sled memory+remaining sled+remaining)
 # run_config INDEX NAME: one configuration, from a fresh server to its stop.
 run_config() {
   local i=$1 name=$2 pub adm sim data="" out body api keyfile
-  pub=127.0.0.1:$(( 38080 + i )) adm=127.0.0.1:$(( 39090 + i )) sim=127.0.0.1:$(( 38180 + i ))
+  pub=127.0.0.1:$(( 28080 + i )) adm=127.0.0.1:$(( 29090 + i )) sim=127.0.0.1:$(( 28180 + i ))
   local store=(--memory)
   if [[ $name == sled* ]]; then
     data="$WORK/${name/+/-}.data"
