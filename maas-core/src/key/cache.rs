@@ -191,6 +191,7 @@ pub(crate) struct KeyCache {
     ttl_ms: i64,
     capacity: usize,
     /// Hashes in the order they were inserted (eviction candidates first).
+    /// Taken before a map shard, never while one is held.
     order: Mutex<VecDeque<KeyHash>>,
     dirty: Mutex<Vec<KeyHash>>,
     /// Last uses of evicted keys, not yet written.
@@ -270,31 +271,37 @@ impl KeyCache {
         if self.map.len() >= self.capacity && !self.map.contains_key(&hash) {
             self.evict_one();
         }
-        let mut slot = match self.map.entry(hash) {
-            Entry::Occupied(o) => o.into_ref(),
-            Entry::Vacant(v) => {
-                self.order
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push_back(hash);
-                v.insert(Slot::new(&hash, record.clone(), now))
+        // Lock order: a map shard is never held while `order` is taken
+        // (eviction and purging hold `order` and then take shards).
+        let (hit, inserted) = match self.map.entry(hash) {
+            Entry::Vacant(v) => (v.insert(Slot::new(&hash, record, now)).hit(), true),
+            Entry::Occupied(o) => {
+                let mut slot = o.into_ref();
+                if slot.version < version {
+                    let fresh = Slot::new(&hash, record, now);
+                    // Keep the freshest last use seen here, and its place in
+                    // the dirty list.
+                    fresh
+                        .last_used
+                        .fetch_max(slot.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
+                    fresh
+                        .dirty
+                        .store(slot.dirty.load(Ordering::Relaxed), Ordering::Relaxed);
+                    *slot = fresh;
+                } else if slot.version == version {
+                    // Reloaded unchanged: it is fresh again.
+                    slot.loaded_at.fetch_max(now.as_millis(), Ordering::Relaxed);
+                }
+                (slot.hit(), false)
             }
         };
-        if slot.version < version {
-            let fresh = Slot::new(&hash, record, now);
-            // Keep the freshest last use seen here, and its place in the dirty list.
-            fresh
-                .last_used
-                .fetch_max(slot.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
-            fresh
-                .dirty
-                .store(slot.dirty.load(Ordering::Relaxed), Ordering::Relaxed);
-            *slot = fresh;
-        } else if slot.version == version {
-            // Reloaded unchanged: it is fresh again.
-            slot.loaded_at.fetch_max(now.as_millis(), Ordering::Relaxed);
+        if inserted {
+            self.order
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push_back(hash);
         }
-        slot.hit()
+        hit
     }
 
     /// Drops the slot for `hash` if it still holds at most `version`.
@@ -416,6 +423,41 @@ mod tests {
         }))
         .unwrap_or_else(|e| panic!("{e}"));
         (hash, r)
+    }
+
+    /// Insertions, evictions, hits, last uses and purges from several
+    /// threads at once finish (a lock-order inversion between a map shard
+    /// and the eviction order once hung the example server) and keep the
+    /// bound.
+    #[test]
+    fn concurrent_inserts_evictions_and_purges_never_deadlock() {
+        let cache = Arc::new(KeyCache::new(5, 16));
+        let records: Arc<Vec<(KeyHash, KeyRecord)>> = Arc::new((0..=255).map(record).collect());
+        let (done, finished) = std::sync::mpsc::channel();
+        for t in 0..4u8 {
+            let (cache, records, done) = (cache.clone(), records.clone(), done.clone());
+            std::thread::spawn(move || {
+                for i in 0..20_000usize {
+                    let (h, r) = &records[(i * 7 + usize::from(t) * 31) % 256];
+                    let now = Timestamp::from_millis(i as i64);
+                    cache.upsert(*h, r.clone(), now);
+                    cache.fresh(h, now);
+                    cache.mark_used(h, Timestamp::from_millis(i as i64 * 1_000));
+                    if i % 64 == 0 {
+                        cache.purge_stale(now);
+                        let pending = cache.take_dirty();
+                        cache.requeue(pending);
+                    }
+                }
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..4 {
+            finished
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("the cache deadlocked"));
+        }
+        assert!(cache.len() <= 16 + 4, "{}", cache.len());
     }
 
     #[test]
