@@ -99,6 +99,22 @@ fn audit_value(r: &KeyRecord) -> Option<Value> {
     Some(v)
 }
 
+/// A created key as its audit event records it: what was set, without the
+/// times the event itself carries and the flags left at their default.
+fn created_audit_value(r: &KeyRecord) -> Option<Value> {
+    let mut v = audit_value(r)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("createdAt");
+        o.remove("updatedAt");
+        for flag in ["uniqueName", "remainingLimited"] {
+            if o.get(flag) == Some(&Value::Bool(false)) {
+                o.remove(flag);
+            }
+        }
+    }
+    Some(v)
+}
+
 fn keyspace_audit(k: &Keyspace) -> Option<Value> {
     serde_json::to_value(k).ok()
 }
@@ -378,7 +394,7 @@ impl KeyService {
             "key",
             record.id.as_str(),
             None,
-            audit_value(&record),
+            created_audit_value(&record),
         );
         if let Err(e) = self.inner.storage.keys.create_key(&record, audit).await {
             if new.remaining.is_some() {
