@@ -9,8 +9,10 @@ goal its issue set; the table gives medians, the ratio and whether the goal
 is met. A bench missing from target/criterion is reported as not measured.
 
 A second table comes from the loopback load runs, when they have been run:
-scripts/load.sh, scripts/load/gateway.sh and scripts/soak.sh write their
-figures to target/load/*.json.
+The load scripts (scripts/load.sh, scripts/load/*.sh, scripts/soak.sh)
+write their figures to target/load/*.json. A bench or a load row that has no
+result this time keeps its line from the current BENCHMARKS.md (its command
+and commit say when it was measured).
 """
 import json
 import os
@@ -44,6 +46,7 @@ ROWS = [
     ("admission reserve + reconcile, 3 limits", "admission/reserve_reconcile_3_limits", "admission/dashmap_3_updates", "abs", 1000, "≤ 1 µs"),
     ("fair share admit + release, 10 tenants", "fairshare/admit_release/10", "fairshare/tokio_semaphore_acquire_release", "abs", 1000, "≤ 1 µs"),
     ("fair share admit + release, 10k tenants", "fairshare/admit_release/10000", "fairshare/tokio_semaphore_acquire_release", "abs", 1000, "≤ 1 µs"),
+    ("key verify, random of 1M (sled, default cache of 100,000 keys)", "backends/verify_random_of_1000000_cache_100000/sled", "backends/floor_sled_get_random_of_1000000", None, None, ""),
     ("usage record, warm bucket", "usage/record_warm", "usage/dashmap_update_warm", None, None, ""),
     ("usage record, 10k tenants", "usage/record_of_10k_tenants", "usage/dashmap_update_of_10k", None, None, ""),
     ("keys.verifyKey over HTTP (router)", "unkey_http/verify_key", "unkey_http/liveness", "throughput", 0.60, "≥ 60% of a trivial route's throughput"),
@@ -139,6 +142,51 @@ def load_rows():
                              f"{p['p50_us'] - d['p50_us']:+} µs; the gateway adds "
                              f"{g['p50_us'] - p['p50_us']:+} µs to it",
                              "—", "—", src))
+    ver = load_result("verify")
+    if ver:
+        r = ver["result"]
+        src = f"`scripts/load/verify.sh {r['seconds']} {r['connections']} {r['keys']}` at {ver['commit']}"
+        runs = r["runs"]
+        for label, mem, sled, rps_goal, p99_goal in [
+            ("", "memory", "sled", 0.80, 2),
+            (" with `remaining` (a durable spend each)", "memory+remaining", "sled+remaining", 0.50, 3),
+        ]:
+            m, d = runs[mem], runs[sled]
+            share, p99 = d["rps"] / m["rps"], d["p99_us"] / m["p99_us"]
+            cpu = lambda x: f", {x['cpu_us']} µs CPU/request" if "cpu_us" in x else ""
+            figures = (f"sled {d['rps']:,.0f} vs memory {m['rps']:,.0f} req/s = {share:.0%}; "
+                       f"p99 {d['p99_us']:,} vs {m['p99_us']:,} µs = {p99:.2f}× "
+                       f"(p50 {d['p50_us']} vs {m['p50_us']} µs{cpu(d)} vs{cpu(m)[1:]})")
+            rows.append((f"`keys.verifyKey`, a random key of {r['keys']:,}, 16 connections{label}: sled vs memory",
+                         figures, f"≥ {rps_goal:.0%} of memory's req/s, p99 ≤ {p99_goal}× (issue 17)",
+                         mark(share >= rps_goal and p99 <= p99_goal), src))
+    fp = load_result("footprint")
+    if fp:
+        r = fp["result"]
+        src = f"`scripts/load/footprint.sh {r['keys']}` at {fp['commit']}"
+        at_1m = r["keys"] >= 1_000_000
+        rows.append((f"sled data dir, {r['keys']:,} keys created over HTTP",
+                     f"{r['data_kb_restarted']:,} kB = {r['bytes_per_key']:,} bytes per key "
+                     f"(running {r['data_kb_running']:,} kB, stopped {r['data_kb_stopped']:,} kB)",
+                     "≤ 1 KB per key at 1M keys (issue 17)", mark(at_1m and r["bytes_per_key"] <= 1024) if at_1m else "—", src))
+        rows.append((f"server RSS, {r['keys']:,} keys on sled, after a verify run",
+                     f"peak {r['rss_peak_kb']:,} kB, {r['rss_kb']:,} kB after the run, "
+                     f"{r['rss_restarted_kb']:,} kB after a restart and a verify run",
+                     "≤ 1 GB at 1M keys (issue 17)", mark(at_1m and r["rss_peak_kb"] <= 1024 * 1024) if at_1m else "—", src))
+    k9 = load_result("kill9")
+    if k9:
+        r = k9["result"]
+        last = r["runs"][-1]
+        src = f"`scripts/load/kill9.sh {r['seconds_before_kill']} {len(r['runs'])}` at {k9['commit']}"
+        rows.append((f"`kill -9` under load, {len(r['runs'])} times (sled): uses spent",
+                     f"answered VALID {last['answered_valid']:,}, spent in the store {last['spent']:,} "
+                     f"({last['spent'] - last['answered_valid']} in flight at the kills)",
+                     "none answered given back (issue 17)", mark(last["spent"] >= last["answered_valid"]), src))
+        rows.append((f"`kill -9` under load, {len(r['runs'])} times (sled): usage and verification outcomes lost",
+                     f"verifications {last['answered_valid'] - last['recorded_valid']:,} of {last['answered_valid']:,}, "
+                     f"chat usage {last['answered_chat'] - last['recorded_chat']:,} of {last['answered_chat']:,} "
+                     "(what the ledger held since its last flush, every 50 ms)",
+                     "≤ 100 ms of traffic per kill (issue 17)", "—", src))
     soak = load_result("soak")
     if soak:
         r = soak["result"]
@@ -154,6 +202,30 @@ def load_rows():
                      f"{r['rss_start_kb']:,} → {r['rss_end_kb']:,} kB = {growth:+.1%}{between}",
                      "< 10% (issue 10)", mark(growth < 0.10), src))
     return rows
+
+
+def previous():
+    """The lines of the current BENCHMARKS.md: bench rows by bench id, load
+    rows in order by operation, to keep those that did not run this time."""
+    benches, load = {}, []
+    try:
+        text = (ROOT / "BENCHMARKS.md").read_text()
+    except OSError:
+        return benches, load
+    table = None
+    for line in text.splitlines():
+        if line.startswith("| operation | median"):
+            table = "bench"
+        elif line.startswith("| operation | figures"):
+            table = "load"
+        elif not line.startswith("| ") or line.startswith("|---"):
+            if not line.startswith("|"):
+                table = None
+        elif table == "bench" and "(`" in line:
+            benches[line.split("(`", 1)[1].split("`)", 1)[0]] = line
+        elif table == "load":
+            load.append((line.split(" | ", 1)[0][2:], line))
+    return benches, load
 
 
 def machine():
@@ -187,12 +259,19 @@ def main():
         "| operation | median | floor / peer (same run) | ratio | goal | |",
         "|---|---|---|---|---|---|",
     ]
+    old_benches, old_load = previous()
     for op, bid, fid, kind, value, text in ROWS:
         m, f = med.get(bid), med.get(fid)
+        if m is None and bid in old_benches:
+            # Not run this time (a filtered `cargo bench`): the last figures.
+            lines.append(old_benches[bid])
+            continue
         ratio = f"{m / f:.2f}×" if m is not None and f else "—"
         floor = f"`{fid}` {fmt(f)}"
         lines.append(f"| {op} (`{bid}`) | {fmt(m)} | {floor} | {ratio} | {text or '—'} | {verdict(kind, value, m, f)} |")
-    rows = load_rows()
+    new = {op: f"| {op} | {fig} | {goal} | {v} | {src} |" for op, fig, goal, v, src in load_rows()}
+    kept = [new.pop(op, line) for op, line in old_load]
+    rows = kept + list(new.values())
     if rows:
         lines += [
             "",
@@ -208,7 +287,7 @@ def main():
             "| operation | figures | goal | | command, commit |",
             "|---|---|---|---|---|",
         ]
-        lines += [f"| {op} | {fig} | {goal} | {v} | {src} |" for op, fig, goal, v, src in rows]
+        lines += rows
     lines += [
         "",
         "## Reproduce",
@@ -219,6 +298,9 @@ def main():
         "scripts/load.sh 10 16            # loopback HTTP load with wrk (writes target/load/load.json)",
         "scripts/load/gateway.sh 10       # gateway vs bare proxy vs the simulator, 1/16/64 connections",
         "scripts/soak.sh 600 200          # 10 min at 200 req/s through the gateway on sled",
+        "scripts/load/verify.sh 10 16 50000   # verifyKey, random keys, memory vs sled, with and without remaining",
+        "scripts/load/footprint.sh 1000000    # the sled data dir and RSS for 1M keys created over HTTP",
+        "scripts/load/kill9.sh 3 3            # SIGKILL under load: what the store kept",
         "scripts/benchmarks.py            # regenerate this file from target/criterion and target/load",
         "```",
         "",

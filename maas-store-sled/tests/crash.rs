@@ -51,15 +51,24 @@ impl Acked {
     }
 }
 
-fn spawn_writer(path: &std::path::Path, run: usize) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_maas-sled-crash-writer"))
+/// Starts the writer on `path` for `run` with `more` arguments; returns it
+/// and the lines it prints.
+fn spawn_writer(
+    path: &std::path::Path,
+    run: usize,
+    more: &[&str],
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_maas-sled-crash-writer"))
         .arg(path)
         .arg(SECRET)
         .arg(run.to_string())
+        .args(more)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start the writer")
+        .expect("start the writer");
+    let stdout = child.stdout.take().expect("piped stdout");
+    (child, BufReader::new(stdout).lines())
 }
 
 #[test]
@@ -73,9 +82,7 @@ fn killed_writer_loses_nothing_it_acknowledged() {
     let mut acked = Acked::default();
     // Kill after this many acknowledged keys: early, mid-stream, later.
     for (run, kill_after) in [1usize, 6, 23, 3, 41].into_iter().enumerate() {
-        let mut child = spawn_writer(&path, run);
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
+        let (mut child, mut lines) = spawn_writer(&path, run, &[]);
         let mut new_keys = 0;
         while new_keys < kill_after {
             let line = lines
@@ -227,20 +234,9 @@ fn killed_spender_never_spends_an_acknowledged_credit_twice() {
         // mid-round, mid-sync, mid-checkpoint.
         let kill_after = 1 + seeds.below(300);
         let extra = Duration::from_micros(seeds.below(2_000));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_maas-sled-crash-writer"))
-            .arg(&path)
-            .arg(SECRET)
-            .arg(run.to_string())
-            .arg("money")
-            .arg(&key)
-            // Every other run on a small journal: checkpoints every few rounds.
-            .arg(if run % 2 == 1 { "16384" } else { "33554432" })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the writer");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
+        // Every other run on a small journal: checkpoints every few rounds.
+        let journal = if run % 2 == 1 { "16384" } else { "33554432" };
+        let (mut child, mut lines) = spawn_writer(&path, run, &["money", &key, journal]);
         let mut seen = 0;
         while seen < kill_after {
             let line = lines

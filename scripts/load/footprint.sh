@@ -25,16 +25,7 @@ command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 
 command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; }
 
 export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
-WORK=$(mktemp -d /tmp/maas-footprint.XXXXXX)
-WRK=""
-cleanup() {
-  if [ -n "$WRK" ]; then
-    kill -INT "$WRK" 2>/dev/null || true
-    wait "$WRK" 2>/dev/null || true
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir maas-footprint
 PUB=127.0.0.1:28070
 DATA=$WORK/data
 status() { awk -v k="$1" '$1 == k":" { print $2 }' "/proc/$SERVER/status"; }

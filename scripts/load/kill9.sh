@@ -25,9 +25,7 @@ command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 
 command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; }
 
 export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
-WORK=$(mktemp -d /tmp/maas-kill9.XXXXXX)
-cleanup() { rm -rf "$WORK"; }
-trap cleanup EXIT
+work_dir maas-kill9
 PUB=http://127.0.0.1:28060
 ADM=http://127.0.0.1:29060
 REMAINING=1000000000

@@ -29,6 +29,22 @@ start_server() {
 }
 cleanup() { :; }
 
+# work_dir PREFIX: a temporary WORK dir under /tmp, removed at exit with a
+# key creation (WRK) still running stopped (the cleanup start_server's trap
+# calls too).
+work_dir() {
+  WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+  WRK=""
+  cleanup() {
+    if [ -n "$WRK" ]; then
+      kill -INT "$WRK" 2>/dev/null || true
+      wait "$WRK" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+  }
+  trap cleanup EXIT
+}
+
 # stop_server: stops the server start_server started last (SIGINT, then waits
 # for it), once; a script that runs several servers in turn calls it between.
 stop_server() {

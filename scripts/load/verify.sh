@@ -34,18 +34,7 @@ command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 
 command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; }
 
 export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
-WORK=$(mktemp -d /tmp/maas-verify.XXXXXX)
-WRK=""
-# Called by start_server's trap after it stopped the server (and by this one
-# until the first server starts): a key creation still running, the temp dir.
-cleanup() {
-  if [ -n "$WRK" ]; then
-    kill -INT "$WRK" 2>/dev/null || true
-    wait "$WRK" 2>/dev/null || true
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir maas-verify
 
 json() { curl -sf -X POST "$1" -H "Authorization: Bearer $2" -H 'Content-Type: application/json' -d "$3"; }
 rss() { awk '/VmRSS/ { print $2 }' "/proc/$SERVER/status"; }
