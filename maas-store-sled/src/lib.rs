@@ -166,7 +166,7 @@ pub struct SledConfig {
     /// configuration. Configuration, counters and usage are durable before a
     /// call returns, whatever this says. Default 500.
     pub flush_every_ms: u64,
-    /// sled's page cache, in bytes. Default 256 MiB.
+    /// sled's page cache, in bytes. Default 64 MiB.
     pub cache_capacity: u64,
     /// How long to keep trying when the database is locked before failing
     /// with [`SledError::Locked`]. A short wait bridges sled's background
@@ -183,7 +183,7 @@ impl Default for SledConfig {
         SledConfig {
             path: None,
             flush_every_ms: 500,
-            cache_capacity: 256 * 1024 * 1024,
+            cache_capacity: 64 * 1024 * 1024,
             lock_wait: Duration::from_secs(1),
             journal_size: journal::DEFAULT_SIZE,
         }
