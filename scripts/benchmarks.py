@@ -183,9 +183,9 @@ def load_rows():
                      f"({last['spent'] - last['answered_valid']} in flight at the kills)",
                      "none answered given back (issue 17)", mark(last["spent"] >= last["answered_valid"]), src))
         rows.append((f"`kill -9` under load, {len(r['runs'])} times (sled): usage and verification outcomes lost",
-                     f"verifications {last['answered_valid'] - last['recorded_valid']:,} of {last['answered_valid']:,}, "
-                     f"chat usage {last['answered_chat'] - last['recorded_chat']:,} of {last['answered_chat']:,} "
-                     "(what the ledger held since its last flush, every 50 ms)",
+                     f"over the {len(r['runs'])} kills: verifications {last['answered_valid'] - last['recorded_valid']:,} "
+                     f"of {last['answered_valid']:,} answered, chat usage {last['answered_chat'] - last['recorded_chat']:,} "
+                     f"of {last['answered_chat']:,} (what the ledger held since its last flush, every 50 ms)",
                      "≤ 100 ms of traffic per kill (issue 17)", "—", src))
     soak = load_result("soak")
     if soak:
@@ -255,6 +255,8 @@ def main():
         "",
         "Each bench is measured beside its floor or peer in the same run, so",
         "the ratio holds on a noisy machine where the absolute figures drift.",
+        "A row whose bench or load run did not run this time is kept from the",
+        "previous file (load rows name their commit); the machine line is this run's.",
         "",
         "| operation | median | floor / peer (same run) | ratio | goal | |",
         "|---|---|---|---|---|---|",
