@@ -20,11 +20,13 @@
 //! `keys_by_owner`, `key_flags`) and `meta` (format version, audit count).
 //! A record and every index entry that points at it are written in one sled
 //! transaction, so an index never points at nothing and a crash never
-//! leaves half a write.
+//! leaves half a write. Beside sled's files, `maas-journal` holds the
+//! counter changes acknowledged since the last checkpoint (see the
+//! module `journal`).
 //!
 //! Records (tenants, keyspaces, keys, catalog records, audit events) are
-//! compact binary rows (postcard, see the module `records`), a key about a
-//! quarter of its JSON; only free-form values (`meta`, a record's body, an
+//! compact binary rows (postcard, see the module `records`), a bare key under a
+//! third of its JSON; only free-form values (`meta`, a record's body, an
 //! audit event's before and after) stay JSON text inside them. Audit events
 //! carry what changed, not two whole records. Counters are fixed 16-byte
 //! big-endian binary.
@@ -92,6 +94,9 @@ use std::time::{Duration, Instant};
 use maas_core::Storage;
 
 pub use store::IntegrityReport;
+
+/// The journal size of [`SledStore::temporary`] databases.
+const TEMPORARY_JOURNAL_SIZE: u64 = 1 << 20;
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 2;
@@ -228,9 +233,13 @@ impl SledStore {
         Self::open_with(SledConfig::at(path))
     }
 
-    /// A temporary database, removed when the last handle is dropped.
+    /// A temporary database, removed when the last handle is dropped, with
+    /// a 1 MiB journal (on Linux it lives in `/dev/shm`, in memory).
     pub fn temporary() -> Result<Self, SledError> {
-        Self::open_with(SledConfig::default())
+        Self::open_with(SledConfig {
+            journal_size: TEMPORARY_JOURNAL_SIZE,
+            ..SledConfig::default()
+        })
     }
 
     /// Opens (or creates) a database as configured.
