@@ -331,7 +331,8 @@ impl SledStore {
             .await
     }
 
-    /// A read, on tokio's blocking pool (inline outside a tokio runtime).
+    /// A read, on tokio's blocking pool (inline outside a tokio runtime);
+    /// also the last-used times, which the writer thread does not write.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&store::Trees) -> maas_core::Result<T> + Send + 'static,

@@ -336,14 +336,20 @@ fn run(shared: &Shared, trees: &Trees, mut journal: Journal) {
         if failed.is_none() && sled_flush {
             failed = trees.flush_blocking().err();
         }
-        if failed.is_none() && journal.wants_checkpoint() {
-            failed = checkpoint(trees, &mut journal).err();
-        }
         if let Some(e) = failed {
             syncer.fail(e);
         }
         if !durable.is_empty() {
             syncer.push(durable);
+        }
+        // Past half full: fold the journal into sled now, while the sync
+        // thread answers this round (its record is written; the checkpoint
+        // voids it only once sled holds it, synced).
+        if syncer.broken().is_none()
+            && journal.wants_checkpoint()
+            && let Err(e) = checkpoint(trees, &mut journal)
+        {
+            syncer.fail(e);
         }
     }
     // Closed: whatever was written behind reaches the disk too, and the
