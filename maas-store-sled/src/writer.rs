@@ -77,7 +77,8 @@ pub(crate) enum Durable {
 pub(crate) enum Lane {
     /// Answers callers wait for: counters, configuration.
     Foreground,
-    /// Batches written behind (last-used times, usage): one job per round.
+    /// Batches written behind (usage, at most 512 buckets each): one job
+    /// per round.
     Background,
 }
 
