@@ -336,27 +336,11 @@ mod tests {
 
     use super::*;
 
-    fn dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "maas-journal-test-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn rand_suffix() -> u64 {
-        use std::time::{SystemTime, UNIX_EPOCH};
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    }
-
     #[test]
     fn records_replay_in_order_and_a_reset_voids_them() {
-        let d = dir();
-        let (mut j, replay) = Journal::open(&d, 64 * 1024).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let (mut j, replay) = Journal::open(d, 64 * 1024).unwrap();
         assert!(replay.is_empty());
         j.reset().unwrap();
         j.note(Journaled::Balances, b"rem:a", Some(&[1; 16]));
@@ -367,7 +351,7 @@ mod tests {
         // Not committed: lost, as in a crash before the sync.
         j.note(Journaled::Usage, b"u", Some(&[3; 80]));
         drop(j);
-        let (mut j, replay) = Journal::open(&d, 64 * 1024).unwrap();
+        let (mut j, replay) = Journal::open(d, 64 * 1024).unwrap();
         assert_eq!(
             replay,
             vec![
@@ -378,15 +362,15 @@ mod tests {
         );
         j.reset().unwrap();
         drop(j);
-        let (_, replay) = Journal::open(&d, 64 * 1024).unwrap();
+        let (_, replay) = Journal::open(d, 64 * 1024).unwrap();
         assert!(replay.is_empty(), "{replay:?}");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn a_torn_record_ends_the_journal() {
-        let d = dir();
-        let (mut j, _) = Journal::open(&d, 64 * 1024).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let (mut j, _) = Journal::open(d, 64 * 1024).unwrap();
         j.reset().unwrap();
         j.note(Journaled::Balances, b"k1", Some(&[1; 16]));
         j.commit().unwrap();
@@ -399,18 +383,17 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[second as usize + RECORD_HEAD + 1] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let (_, replay) = Journal::open(&d, 64 * 1024).unwrap();
+        let (_, replay) = Journal::open(d, 64 * 1024).unwrap();
         assert_eq!(replay.len(), 1);
         assert_eq!(replay[0].1, b"k1");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn a_foreign_file_is_refused() {
-        let d = dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
         std::fs::write(d.join(FILE_NAME), vec![7u8; 128 * 1024]).unwrap();
-        let e = Journal::open(&d, 64 * 1024).unwrap_err();
+        let e = Journal::open(d, 64 * 1024).unwrap_err();
         assert!(e.to_string().contains("no valid header"), "{e}");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

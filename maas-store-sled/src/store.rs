@@ -337,25 +337,25 @@ impl Trees {
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<()> {
-        let tree = self.journaled(which);
-        match value {
-            Some(v) => tree.insert(key, v),
-            None => tree.remove(key),
-        }
-        .map_err(map_sled)?;
+        self.apply(which, key, value)?;
         j.note(which, key, value);
         Ok(())
+    }
+
+    /// Writes `value` (`None`: removes) under `key` of a journaled tree.
+    fn apply(&self, which: Journaled, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let tree = self.journaled(which);
+        match value {
+            Some(v) => tree.insert(key, v).map(drop),
+            None => tree.remove(key).map(drop),
+        }
+        .map_err(map_sled)
     }
 
     /// Applies the journal's entries (on open, before anything else runs).
     pub(crate) fn replay(&self, entries: &[Entry]) -> Result<()> {
         for (which, key, value) in entries {
-            let tree = self.journaled(*which);
-            match value {
-                Some(v) => tree.insert(key.as_slice(), v.as_slice()),
-                None => tree.remove(key.as_slice()),
-            }
-            .map_err(map_sled)?;
+            self.apply(*which, key, value.as_deref())?;
         }
         Ok(())
     }
