@@ -1,6 +1,6 @@
 //! The storage traits of `maas-core` on [`SledStore`]: changes go to the
-//! writer thread (see `crate::writer`), reads to tokio's blocking pool, so
-//! no sled call, which may wait on disk, runs on a runtime worker thread.
+//! writer thread (see `crate::writer`), reads to its reader threads (see
+//! `crate::readers`), so no sled call, which may wait on disk, runs on a runtime worker thread.
 //! Configuration is durable through a sled flush, counters and usage
 //! through the journal (see `crate::journal`).
 

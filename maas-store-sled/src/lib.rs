@@ -82,6 +82,7 @@ mod codec;
 mod counters;
 mod journal;
 mod migrate;
+mod readers;
 mod records;
 mod store;
 mod usage;
@@ -181,6 +182,10 @@ pub struct SledConfig {
     /// The size of the counter journal on disk, in bytes (written once;
     /// a checkpoint folds it into sled when half full). Default 32 MiB.
     pub journal_size: u64,
+    /// How many threads serve reads (and the written-behind last-used
+    /// times): reads can wait on disk, so they run on threads of the store's
+    /// own, never on the async runtime's workers. Default 4.
+    pub read_threads: usize,
 }
 
 impl Default for SledConfig {
@@ -191,6 +196,7 @@ impl Default for SledConfig {
             cache_capacity: 64 * 1024 * 1024,
             lock_wait: Duration::from_secs(1),
             journal_size: journal::DEFAULT_SIZE,
+            read_threads: DEFAULT_READ_THREADS,
         }
     }
 }
@@ -220,8 +226,13 @@ struct Inner {
     /// Declared first, so dropped first: its thread drains and flushes
     /// while the trees are still open.
     writer: writer::Writer,
+    /// Then the readers, which finish the reads queued.
+    readers: readers::Readers,
     t: Arc<store::Trees>,
 }
+
+/// [`SledConfig::read_threads`] by default.
+pub const DEFAULT_READ_THREADS: usize = 4;
 
 fn is_lock_error(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
@@ -295,9 +306,10 @@ impl SledStore {
         trees.replay(&replay).map_err(core)?;
         writer::checkpoint(&trees, &mut journal).map_err(core)?;
         let t = Arc::new(trees);
+        let readers = readers::Readers::start(&t, config.read_threads).map_err(io)?;
         let writer = writer::Writer::start(Arc::clone(&t), journal).map_err(io)?;
         Ok(SledStore {
-            inner: Arc::new(Inner { writer, t }),
+            inner: Arc::new(Inner { writer, readers, t }),
         })
     }
 
@@ -331,20 +343,13 @@ impl SledStore {
             .await
     }
 
-    /// A read, on tokio's blocking pool (inline outside a tokio runtime);
-    /// also the last-used times, which the writer thread does not write.
+    /// A read, on the store's reader threads; also the last-used times,
+    /// which the writer thread does not write.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&store::Trees) -> maas_core::Result<T> + Send + 'static,
     ) -> maas_core::Result<T> {
-        let t = Arc::clone(&self.inner.t);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => rt
-                .spawn_blocking(move || f(&t))
-                .await
-                .map_err(|e| maas_core::Error::internal(format!("a sled read failed: {e}")))?,
-            Err(_) => f(&t),
-        }
+        self.inner.readers.run(f).await
     }
 
     /// The store as the [`Storage`] bundle services are built on.
