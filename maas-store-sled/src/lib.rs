@@ -17,7 +17,7 @@
 //! One sled tree per aggregate (`tenants`, `keyspaces`, `keys`, `audit`,
 //! `balances`, `windows`, `records`, `usage`, `verifications`) plus index
 //! trees (`tenant_names`, `key_hashes`, `key_unique`, `keys_by_keyspace`,
-//! `keys_by_owner`, `key_flags`) and `meta` (format version, audit count).
+//! `keys_by_owner`) and `meta` (format version, audit count).
 //! A record and every index entry that points at it are written in one sled
 //! transaction, so an index never points at nothing and a crash never
 //! leaves half a write. Beside sled's files, `maas-journal` holds the
@@ -100,7 +100,7 @@ pub use store::IntegrityReport;
 const TEMPORARY_JOURNAL_SIZE: u64 = 1 << 20;
 
 /// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Why a database could not be opened (or a sled operation failed).
 #[derive(Debug, thiserror::Error)]

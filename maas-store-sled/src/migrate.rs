@@ -8,6 +8,11 @@
 //! cut short by a crash is simply resumed by the next open, and the format
 //! marker says 2 only once all of them are rewritten and flushed.
 //! Counters, usage buckets and index trees are the same in both formats.
+//!
+//! Format 3 drops the `key_flags` index (every key's deletion mark, by id),
+//! which only an unfiltered listing read: it now reads the `keys` tree. A
+//! format-1 or -2 database loses the tree on open; until the format marker
+//! says 3, nothing reads or writes it.
 
 use maas_core::audit::AuditEvent;
 use maas_core::key::KeyRecord;
@@ -52,8 +57,28 @@ fn keep<T>(v: T) -> T {
     v
 }
 
+/// From format `found` to the current one.
+pub(crate) fn migrate(t: &Trees, found: u32) -> Result<()> {
+    if found < 2 {
+        to_compact(t)?;
+    }
+    if found < 3 {
+        without_flag_index(t)?;
+    }
+    Ok(())
+}
+
+/// Format 2 to 3: the `key_flags` tree goes.
+fn without_flag_index(t: &Trees) -> Result<()> {
+    if t.db().drop_tree(b"key_flags").map_err(map_sled)? {
+        t.db().flush().map_err(map_sled)?;
+        tracing::info!("maas-store-sled: dropped the key_flags index (format 3)");
+    }
+    Ok(())
+}
+
 /// Format 1 to 2: every record compact, audit events with what changed.
-pub(crate) fn to_compact(t: &Trees) -> Result<()> {
+fn to_compact(t: &Trees) -> Result<()> {
     let n = rewrite::<Tenant>(&t.tenants, keep)?
         + rewrite::<Keyspace>(&t.keyspaces, keep)?
         + rewrite::<KeyRecord>(&t.keys, keep)?

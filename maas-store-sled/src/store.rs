@@ -98,7 +98,6 @@ pub(crate) struct Trees {
     pub(crate) key_unique: Tree,
     pub(crate) by_keyspace: Tree,
     pub(crate) by_owner: Tree,
-    pub(crate) key_flags: Tree,
     pub(crate) last_used: Tree,
     pub(crate) audit: Tree,
     pub(crate) balances: Tree,
@@ -127,7 +126,6 @@ struct KeyTx<'a> {
     unique: &'a TransactionalTree,
     by_keyspace: &'a TransactionalTree,
     by_owner: &'a TransactionalTree,
-    flags: &'a TransactionalTree,
 }
 
 fn flag(k: &KeyRecord) -> u8 {
@@ -182,7 +180,6 @@ impl KeyTx<'_> {
         if let Some(o) = &k.owner_id {
             self.by_owner.insert(joined(&[o, id]), owner_value(k))?;
         }
-        self.flags.insert(id.as_bytes(), &f)?;
         Ok(())
     }
 
@@ -214,7 +211,6 @@ impl KeyTx<'_> {
 enum IdAt {
     Value,
     LastPart,
-    Key,
 }
 
 /// What [`SledStore::check_integrity`](crate::SledStore::check_integrity) found.
@@ -248,7 +244,6 @@ impl Trees {
             key_unique: db.open_tree("key_unique")?,
             by_keyspace: db.open_tree("keys_by_keyspace")?,
             by_owner: db.open_tree("keys_by_owner")?,
-            key_flags: db.open_tree("key_flags")?,
             last_used: db.open_tree("key_last_used")?,
             audit: db.open_tree("audit")?,
             balances: db.open_tree("balances")?,
@@ -291,7 +286,7 @@ impl Trees {
                     });
                 }
                 if found < FORMAT_VERSION {
-                    crate::migrate::to_compact(self).map_err(|e| SledError::Corrupt {
+                    crate::migrate::migrate(self, found).map_err(|e| SledError::Corrupt {
                         path: path.to_path_buf(),
                         detail: format!(
                             "migrating from format {found} to {FORMAT_VERSION} failed (the \
@@ -428,10 +423,6 @@ impl Trees {
                 r.problems
                     .push(format!("key {ids}: hash index missing or wrong"));
             }
-            if !has(&self.key_flags, ids.as_bytes(), Some(&f))? {
-                r.problems
-                    .push(format!("key {ids}: flag index missing or wrong"));
-            }
             if !has(
                 &self.by_keyspace,
                 &joined(&[k.keyspace_id.as_str(), ids]),
@@ -458,7 +449,6 @@ impl Trees {
             (&self.key_unique, "unique-name index", IdAt::Value),
             (&self.by_keyspace, "keyspace index", IdAt::LastPart),
             (&self.by_owner, "owner index", IdAt::LastPart),
-            (&self.key_flags, "flag index", IdAt::Key),
         ] {
             for kv in tree.iter() {
                 let (k, v) = kv.map_err(map_sled)?;
@@ -466,7 +456,6 @@ impl Trees {
                 let id: &[u8] = match id_at {
                     IdAt::Value => &v,
                     IdAt::LastPart => last_part(&k),
-                    IdAt::Key => &k,
                 };
                 if !self.keys.contains_key(id).map_err(map_sled)? {
                     r.problems.push(format!(
@@ -645,19 +634,17 @@ impl Trees {
                 &self.key_unique,
                 &self.by_keyspace,
                 &self.by_owner,
-                &self.key_flags,
                 &self.audit,
                 &self.meta,
             )
                 .transaction(
-                    |(keys, hashes, unique, by_keyspace, by_owner, flags, log, meta)| {
+                    |(keys, hashes, unique, by_keyspace, by_owner, log, meta)| {
                         let tx = KeyTx {
                             keys,
                             hashes,
                             unique,
                             by_keyspace,
                             by_owner,
-                            flags,
                         };
                         f(&tx, log, meta)
                     },
@@ -672,7 +659,7 @@ impl Trees {
         let (tree, prefix) = match (&query.owner_id, &query.keyspace_id) {
             (Some(o), _) => (&self.by_owner, joined(&[o, ""])),
             (None, Some(ks)) => (&self.by_keyspace, joined(&[ks.as_str(), ""])),
-            (None, None) => (&self.key_flags, Vec::new()),
+            (None, None) => return self.all_ids(query),
         };
         let mut ids = Vec::new();
         let mut total = 0u64;
@@ -690,6 +677,26 @@ impl Trees {
             total += 1;
             let id = last_part(&k);
             if ids.len() <= size && cursor.is_none_or(|c| id > c) {
+                ids.push(id.to_vec());
+            }
+        }
+        Ok((ids, total))
+    }
+
+    /// Every key's id in order (no index holds them all: the `keys` tree
+    /// itself is read, each record for its deletion mark).
+    fn all_ids(&self, query: &KeyQuery) -> Result<(Vec<Vec<u8>>, u64)> {
+        let size = query.page.size();
+        let cursor = query.page.cursor.as_deref().map(str::as_bytes);
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        for kv in self.keys.iter() {
+            let (id, v) = kv.map_err(map_sled)?;
+            if !query.include_deleted && decode::<KeyRecord>(&v)?.deleted_at.is_some() {
+                continue;
+            }
+            total += 1;
+            if ids.len() <= size && cursor.is_none_or(|c| id.as_ref() > c) {
                 ids.push(id.to_vec());
             }
         }

@@ -1,7 +1,8 @@
 //! A database written by the previous release (format 1: JSON records, audit
 //! events with two whole copies, no journal) opens: it is migrated to the
 //! compact format on open, and every key, balance, tenant, tier, usage
-//! bucket and audit event reads back as it was written.
+//! bucket and audit event reads back as it was written. A format-2 database
+//! (compact, with the `key_flags` index) loses that index on open.
 //!
 //! The fixture (`tests/fixtures/v1/`) was written at commit 1f4e56a by the
 //! program in `tests/fixtures/v1/generate.rs.txt`; `keys.json` holds the
@@ -13,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use maas_core::audit::AuditQuery;
-use maas_core::storage::PageRequest;
+use maas_core::storage::{KeyQuery, PageRequest};
 use maas_core::usage::UsageFilter;
 use maas_core::{
     Clock, KeyHasher, KeyId, KeyService, ManualClock, RefillInterval, TenantService, TierService,
@@ -160,4 +161,86 @@ async fn a_format_1_database_is_migrated_on_open() {
             assert_eq!(v[0], 2, "{tree}");
         }
     }
+
+    // Format 3 has no flag index.
+    assert!(
+        !db.tree_names().iter().any(|n| n.as_ref() == b"key_flags"),
+        "the key_flags tree is gone"
+    );
+}
+
+/// Every key (`include_deleted`: deleted ones too) without a filter, by id.
+async fn all_keys(store: &SledStore, include_deleted: bool) -> Vec<String> {
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp::from_millis(0)));
+    let keys = KeyService::new_with_clock(
+        store.clone().storage(),
+        KeyHasher::from_secret(b"fixture-secret"),
+        clock,
+    );
+    let mut out = Vec::new();
+    let mut page = PageRequest::first(1);
+    loop {
+        let got = keys
+            .list(&KeyQuery {
+                keyspace_id: None,
+                owner_id: None,
+                include_deleted,
+                page: page.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.total, if include_deleted { 3 } else { 2 });
+        out.extend(got.items.iter().map(|k| k.id.to_string()));
+        match got.cursor {
+            Some(c) => page.cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_2_database_loses_its_flag_index_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("maas.db");
+    copy_fixture(&path);
+    let (live, all) = {
+        let store = SledStore::open(&path).unwrap();
+        (all_keys(&store, false).await, all_keys(&store, true).await)
+    };
+    let ids = fixture_keys();
+    let mut want = vec![
+        ids["full"]["id"].as_str().unwrap().to_owned(),
+        ids["plain"]["id"].as_str().unwrap().to_owned(),
+    ];
+    want.sort();
+    assert_eq!(live, want, "listed in id order, the deleted key left out");
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+
+    // Make it what format 2 wrote: a flag per key, and the marker.
+    {
+        let db = sled::open(&path).unwrap();
+        let flags = db.open_tree("key_flags").unwrap();
+        for id in &all {
+            flags.insert(id.as_bytes(), &[0u8]).unwrap();
+        }
+        db.open_tree("meta")
+            .unwrap()
+            .insert("format_version", &2u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(store.format_version(), 3);
+        let report = store.check_integrity().unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(report.keys, 3);
+        assert_eq!(all_keys(&store, false).await, want);
+        assert_eq!(all_keys(&store, true).await, all);
+    }
+    let db = sled::open(&path).unwrap();
+    assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"key_flags"));
+    let marker = db.open_tree("meta").unwrap().get("format_version").unwrap();
+    assert_eq!(marker.unwrap().as_ref(), &3u32.to_be_bytes());
 }
