@@ -81,7 +81,7 @@ pub(crate) type Entry = (Journaled, Vec<u8>, Option<Vec<u8>>);
 /// The journal file and the entries of the round being written.
 #[derive(Debug)]
 pub(crate) struct Journal {
-    /// Shared with the syncing thread, which only syncs it.
+    /// Shared with the writer loop, which syncs it.
     file: Arc<File>,
     path: PathBuf,
     size: u64,
