@@ -23,6 +23,7 @@
 //! | `--config FILE` | `MAAS_CONFIG` | | none |
 //! | `--data-dir DIR` | `MAAS_DATA_DIR` | `data_dir` | `./maas-data` |
 //! | `--memory` | `MAAS_MEMORY` (`true`/`false`, `1`/`0`, ...) | `memory` | false |
+//! | `--sled-cache-mb N` | `MAAS_SLED_CACHE_MB` | `sled_cache_mb` | 64 |
 //! | `--listen ADDR` | `MAAS_LISTEN` | `listen` | `127.0.0.1:8080` |
 //! | `--admin-listen ADDR` | `MAAS_ADMIN_LISTEN` | `admin_listen` | `127.0.0.1:9090` |
 //! | `--simulator-listen ADDR` | `MAAS_SIMULATOR_LISTEN` | `simulator_listen` | `127.0.0.1:8081` |
@@ -69,6 +70,9 @@ struct Cli {
     /// (MAAS_MEMORY: true/false, 1/0, yes/no, on/off).
     #[arg(long, env = "MAAS_MEMORY", value_parser = clap::builder::BoolishValueParser::new())]
     memory: bool,
+    /// sled's page cache in MiB (more keeps more keys' pages in memory).
+    #[arg(long, env = "MAAS_SLED_CACHE_MB", value_name = "N")]
+    sled_cache_mb: Option<u64>,
     /// User API, gateway and Unkey API listener.
     #[arg(long, env = "MAAS_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -129,6 +133,7 @@ fn config(cli: Cli) -> Result<ServerConfig, String> {
     }
     set!(
         data_dir,
+        sled_cache_mb,
         listen,
         admin_listen,
         simulator_listen,

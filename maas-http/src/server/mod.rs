@@ -56,7 +56,7 @@ use maas_core::{
     RateLimiter, StaticTokens, Storage, TierService, UserKeys,
 };
 use maas_store_memory::MemoryStore;
-use maas_store_sled::{SledError, SledStore};
+use maas_store_sled::{SledConfig, SledError, SledStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -64,7 +64,7 @@ use tower::ServiceExt;
 
 pub use config::{
     ConfigError, DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_SIMULATOR_LISTEN,
-    DEFAULT_USERS, MIN_ADMIN_TOKEN, ServerConfig,
+    DEFAULT_SLED_CACHE_MB, DEFAULT_USERS, MAX_SLED_CACHE_MB, MIN_ADMIN_TOKEN, ServerConfig,
 };
 
 use crate::common::{HttpConfig, is_admin, with_common_layers};
@@ -380,8 +380,11 @@ async fn open_store(config: &ServerConfig) -> Result<(Storage, Option<SledStore>
     if config.memory {
         return Ok((MemoryStore::new().storage(), None));
     }
-    let path = config.data_dir.clone();
-    let opened = tokio::task::spawn_blocking(move || SledStore::open(path))
+    let sled = SledConfig {
+        cache_capacity: config.sled_cache_mb.saturating_mul(1024 * 1024),
+        ..SledConfig::at(&config.data_dir)
+    };
+    let opened = tokio::task::spawn_blocking(move || SledStore::open_with(sled))
         .await
         .map_err(|e| ServerError::Store {
             path: config.data_dir.clone(),
