@@ -145,7 +145,8 @@ def load_rows():
     ver = load_result("verify")
     if ver:
         r = ver["result"]
-        src = f"`scripts/load/verify.sh {r['seconds']} {r['connections']} {r['keys']}` at {ver['commit']}"
+        rounds = f"ROUNDS={r['rounds']} " if "rounds" in r else ""
+        src = f"`{rounds}scripts/load/verify.sh {r['seconds']} {r['connections']} {r['keys']}` at {ver['commit']}"
         runs = r["runs"]
         for label, mem, sled, rps_goal, p99_goal in [
             ("", "memory", "sled", 0.80, 2),
@@ -154,7 +155,8 @@ def load_rows():
             m, d = runs[mem], runs[sled]
             share, p99 = d["rps"] / m["rps"], d["p99_us"] / m["p99_us"]
             cpu = lambda x: f", {x['cpu_us']} µs CPU/request" if "cpu_us" in x else ""
-            figures = (f"sled {d['rps']:,.0f} vs memory {m['rps']:,.0f} req/s = {share:.0%}; "
+            med = f"medians of {r['rounds']} interleaved runs: " if "rounds" in r else ""
+            figures = (f"{med}sled {d['rps']:,.0f} vs memory {m['rps']:,.0f} req/s = {share:.0%}; "
                        f"p99 {d['p99_us']:,} vs {m['p99_us']:,} µs = {p99:.2f}× "
                        f"(p50 {d['p50_us']} vs {m['p50_us']} µs{cpu(d)} vs{cpu(m)[1:]})")
             rows.append((f"`keys.verifyKey`, a random key of {r['keys']:,}, 16 connections{label}: sled vs memory",
@@ -300,7 +302,7 @@ def main():
         "scripts/load.sh 10 16            # loopback HTTP load with wrk (writes target/load/load.json)",
         "scripts/load/gateway.sh 10       # gateway vs bare proxy vs the simulator, 1/16/64 connections",
         "scripts/soak.sh 600 200          # 10 min at 200 req/s through the gateway on sled",
-        "scripts/load/verify.sh 10 16 50000   # verifyKey, random keys, memory vs sled, with and without remaining",
+        "scripts/load/verify.sh 10 16 50000   # verifyKey, random keys, memory vs sled, with and without remaining (3 interleaved rounds, medians)",
         "scripts/load/footprint.sh 1000000    # the sled data dir and RSS for 1M keys created over HTTP",
         "scripts/load/kill9.sh 3 3            # SIGKILL under load: what the store kept",
         "scripts/benchmarks.py            # regenerate this file from target/criterion and target/load",
