@@ -33,7 +33,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Where records start; the header fits in one sector, well before.
 pub(crate) const HEADER: u64 = 4096;
@@ -81,8 +80,7 @@ pub(crate) type Entry = (Journaled, Vec<u8>, Option<Vec<u8>>);
 /// The journal file and the entries of the round being written.
 #[derive(Debug)]
 pub(crate) struct Journal {
-    /// Shared with the writer loop, which syncs it.
-    file: Arc<File>,
+    file: File,
     path: PathBuf,
     size: u64,
     epoch: u64,
@@ -218,7 +216,7 @@ impl Journal {
             }
         };
         let journal = Journal {
-            file: Arc::new(file),
+            file,
             path,
             size,
             epoch,
@@ -281,12 +279,12 @@ impl Journal {
     #[cfg(test)]
     pub(crate) fn commit(&mut self) -> std::io::Result<()> {
         self.write()?;
-        self.file.sync_data()
+        self.sync()
     }
 
-    /// The file, for syncing from another thread.
-    pub(crate) fn file(&self) -> Arc<File> {
-        Arc::clone(&self.file)
+    /// Makes what was written durable (`fdatasync`).
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Writes the current round's record, not synced yet: a sync of
@@ -302,7 +300,7 @@ impl Journal {
         record.extend_from_slice(&crc(self.epoch, &self.pending).to_le_bytes());
         record.extend_from_slice(&self.epoch.to_le_bytes());
         record.extend_from_slice(&self.pending);
-        let mut f = &*self.file;
+        let mut f = &self.file;
         f.seek(SeekFrom::Start(self.at))?;
         f.write_all(&record)?;
         self.at += record.len() as u64;
@@ -314,7 +312,7 @@ impl Journal {
     /// the next epoch in the header, records from the start again.
     pub(crate) fn reset(&mut self) -> std::io::Result<()> {
         let epoch = self.epoch + 1;
-        let mut f = &*self.file;
+        let mut f = &self.file;
         f.seek(SeekFrom::Start(0))?;
         f.write_all(&header(epoch))?;
         f.sync_data()?;

@@ -219,7 +219,6 @@ impl Broken {
 /// runs alternating between the two builds, served 16.4-18.2k/s that way
 /// and 17.7-19.9k/s, 6-9% more in each pair, with the sync here.)
 fn run(shared: &Shared, trees: &Trees, mut journal: Journal) {
-    let file = journal.file();
     let mut broken = Broken::default();
     loop {
         let (mut round, chunk) = {
@@ -270,7 +269,7 @@ fn run(shared: &Shared, trees: &Trees, mut journal: Journal) {
         }
         if failed.is_none()
             && !answers.is_empty()
-            && let Err(e) = file.sync_data()
+            && let Err(e) = journal.sync()
         {
             failed = Some(journal_error(&journal, &e));
         }
