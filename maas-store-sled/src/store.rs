@@ -206,6 +206,42 @@ impl KeyTx<'_> {
     }
 }
 
+/// The ids of one page of a key listing, in index order: every match is
+/// counted, the page's ids (and one more, to tell whether more follow) kept.
+struct IdPage<'q> {
+    size: usize,
+    cursor: Option<&'q [u8]>,
+    include_deleted: bool,
+    ids: Vec<Vec<u8>>,
+    total: u64,
+}
+
+impl<'q> IdPage<'q> {
+    fn new(query: &'q KeyQuery) -> Self {
+        IdPage {
+            size: query.page.size(),
+            cursor: query.page.cursor.as_deref().map(str::as_bytes),
+            include_deleted: query.include_deleted,
+            ids: Vec::new(),
+            total: 0,
+        }
+    }
+
+    fn offer(&mut self, id: &[u8], deleted: bool) {
+        if deleted && !self.include_deleted {
+            return;
+        }
+        self.total += 1;
+        if self.ids.len() <= self.size && self.cursor.is_none_or(|c| id > c) {
+            self.ids.push(id.to_vec());
+        }
+    }
+
+    fn done(self) -> (Vec<Vec<u8>>, u64) {
+        (self.ids, self.total)
+    }
+}
+
 /// Where an index entry holds the key id it points at.
 #[derive(Clone, Copy)]
 enum IdAt {
@@ -654,53 +690,32 @@ impl Trees {
 
     /// Ids matching `query` from the narrowest index, with the total.
     fn matching_ids(&self, query: &KeyQuery) -> Result<(Vec<Vec<u8>>, u64)> {
-        let size = query.page.size();
-        let cursor = query.page.cursor.as_deref().map(str::as_bytes);
+        let mut page = IdPage::new(query);
         let (tree, prefix) = match (&query.owner_id, &query.keyspace_id) {
             (Some(o), _) => (&self.by_owner, joined(&[o, ""])),
             (None, Some(ks)) => (&self.by_keyspace, joined(&[ks.as_str(), ""])),
-            (None, None) => return self.all_ids(query),
+            (None, None) => {
+                // No index holds every key: the `keys` tree itself, each
+                // record read for its deletion mark (only when it matters).
+                for kv in self.keys.iter() {
+                    let (id, v) = kv.map_err(map_sled)?;
+                    let deleted =
+                        !query.include_deleted && decode::<KeyRecord>(&v)?.deleted_at.is_some();
+                    page.offer(&id, deleted);
+                }
+                return Ok(page.done());
+            }
         };
-        let mut ids = Vec::new();
-        let mut total = 0u64;
         for kv in tree.scan_prefix(&prefix) {
             let (k, v) = kv.map_err(map_sled)?;
-            let deleted = v.first() == Some(&DELETED);
-            if deleted && !query.include_deleted {
-                continue;
-            }
             if let (Some(_), Some(ks)) = (&query.owner_id, &query.keyspace_id)
                 && v.get(1..) != Some(ks.as_str().as_bytes())
             {
                 continue;
             }
-            total += 1;
-            let id = last_part(&k);
-            if ids.len() <= size && cursor.is_none_or(|c| id > c) {
-                ids.push(id.to_vec());
-            }
+            page.offer(last_part(&k), v.first() == Some(&DELETED));
         }
-        Ok((ids, total))
-    }
-
-    /// Every key's id in order (no index holds them all: the `keys` tree
-    /// itself is read, each record for its deletion mark).
-    fn all_ids(&self, query: &KeyQuery) -> Result<(Vec<Vec<u8>>, u64)> {
-        let size = query.page.size();
-        let cursor = query.page.cursor.as_deref().map(str::as_bytes);
-        let mut ids = Vec::new();
-        let mut total = 0u64;
-        for kv in self.keys.iter() {
-            let (id, v) = kv.map_err(map_sled)?;
-            if !query.include_deleted && decode::<KeyRecord>(&v)?.deleted_at.is_some() {
-                continue;
-            }
-            total += 1;
-            if ids.len() <= size && cursor.is_none_or(|c| id.as_ref() > c) {
-                ids.push(id.to_vec());
-            }
-        }
-        Ok((ids, total))
+        Ok(page.done())
     }
 
     pub(crate) fn create_key(&self, key: &KeyRecord, audit: &AuditEvent) -> Result<()> {

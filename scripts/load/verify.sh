@@ -48,7 +48,7 @@ rss() { awk '/VmRSS/ { print $2 }' "/proc/$SERVER/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER/stat"; }
 TICKS=$(getconf CLK_TCK)
 
-declare -A RPS P50 P99 RSS JSON DATA_KB ROUND_OUT CREATED
+declare -A RPS P50 P99 RSS JSON DATA_KB ROUND_OUT
 NAMES=(memory sled memory+remaining sled+remaining)
 # run_config INDEX NAME ROUND: one configuration, from a fresh server (and a
 # fresh data dir) to its stop: an api, KEYS keys, one bounded wrk run.
