@@ -19,14 +19,12 @@ use maas_core::{Result, Timestamp};
 
 use crate::codec::{decode_balance, decode_limit, encode_balance, encode_limit};
 use crate::journal::{Journal, Journaled};
-use crate::store::{Trees, map_sled};
+use crate::store::Trees;
 
 impl Trees {
     pub(crate) fn balance(&self, id: &str) -> Result<Option<Balance>> {
         Ok(self
-            .balances
-            .get(id.as_bytes())
-            .map_err(map_sled)?
+            .get_journaled(Journaled::Balances, id.as_bytes())?
             .and_then(|v| decode_balance(&v)))
     }
 
@@ -85,9 +83,7 @@ impl Trees {
 
     fn limit_state(&self, id: &str) -> Result<Option<LimitState>> {
         Ok(self
-            .windows
-            .get(id.as_bytes())
-            .map_err(map_sled)?
+            .get_journaled(Journaled::Windows, id.as_bytes())?
             .and_then(|v| decode_limit(&v)))
     }
 

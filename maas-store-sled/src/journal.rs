@@ -7,10 +7,11 @@
 //! (scripts/load/verify.sh with `remaining`: 12-13k verifications/s with a
 //! sled flush per round, 18-24k without). So counters keep their own log:
 //! each writer round appends one record with the new value of every counter
-//! it changed, and syncs it (`fdatasync`) on the writer thread itself. sled
-//! then holds the same values, written behind by its flusher; opening the
-//! store replays the journal into sled, so the last value of each counter
-//! is whichever was last acknowledged (or later).
+//! it changed, and syncs it (`fdatasync`) on the writer thread itself. The
+//! values reach sled later (`crate::overlay`), before a checkpoint voids
+//! their records; opening the store replays the journal into sled, so the
+//! last value of each counter is whichever was last acknowledged (or
+//! later).
 //!
 //! - **Layout.** One preallocated file, `maas-journal` in the database
 //!   directory. A header (magic, format, epoch, CRC) at offset 0; records
@@ -22,8 +23,9 @@
 //!   torn last record (the crash came during its write) ends the journal,
 //!   and so does a record of an older epoch left from before a checkpoint.
 //!   Entries carry values, not deltas, so replaying twice changes nothing.
-//! - **Checkpoint.** When the journal is half full, sled is flushed and its
-//!   data file synced, then the header gets the next epoch: every record
+//! - **Checkpoint.** When the journal is half full, the overlay is drained
+//!   into sled over the next rounds, then sled is flushed and its data file
+//!   synced, then the header gets the next epoch: every record
 //!   before is void at once, and the same file is written from the start
 //!   again. The file is written with zeros once at creation, so later syncs
 //!   never change its size or block map (no metadata to sync).
@@ -268,11 +270,18 @@ impl Journal {
         !self.pending.is_empty()
     }
 
-    /// Whether the current round's record would not fit, or the journal is
-    /// past half full: time for a checkpoint instead of (or after) a record.
+    /// Whether the journal is past half full: time to drain the overlay
+    /// into sled and then checkpoint (`crate::writer`).
     pub(crate) fn wants_checkpoint(&self) -> bool {
+        self.must_checkpoint() || self.at > self.size / 2
+    }
+
+    /// Whether the current round's record would not fit, or the journal is
+    /// past seven eighths full (a drain that did not keep up): a checkpoint
+    /// now, instead of the record.
+    pub(crate) fn must_checkpoint(&self) -> bool {
         let after = self.at + (RECORD_HEAD + self.pending.len()) as u64;
-        after > self.size || self.at > self.size / 2
+        after > self.size || self.at > self.size / 8 * 7
     }
 
     /// Writes the current round's record and syncs it.

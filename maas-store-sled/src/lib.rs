@@ -46,12 +46,14 @@
 //!   sled's log, before the answer.
 //! - **Counters** (remaining uses spent or set, rate-limit takes, token
 //!   limit and budget reservations and settlements, namespace limits) and
-//!   **usage** added by the ledger: written to sled and to the counter
-//!   journal (`maas-journal` in the directory, see the module `journal`),
-//!   whose record for the round is synced (`fdatasync`) before the answer.
-//!   Opening the store replays the journal into sled. So `kill -9` at any
-//!   moment never gives back a use, a rate-limit take or a budget
-//!   reservation that was answered.
+//!   **usage** added by the ledger: written to the counter journal
+//!   (`maas-journal` in the directory, see the module `journal`), whose
+//!   record for the round is synced (`fdatasync`) before the answer, and
+//!   held in memory (the module `overlay`) until they are written into
+//!   sled, once per counter however often it changed, before the journal
+//!   is voided. Opening the store replays the journal into sled. So
+//!   `kill -9` at any moment never gives back a use, a rate-limit take or a
+//!   budget reservation that was answered.
 //! - **Usage not yet added:** the ledger of `maas-core` holds completed
 //!   requests and verification outcomes in memory for up to its
 //!   `flush_interval` (50 ms by default) before it adds them here; a
@@ -82,6 +84,7 @@ mod codec;
 mod counters;
 mod journal;
 mod migrate;
+mod overlay;
 mod readers;
 mod records;
 mod store;

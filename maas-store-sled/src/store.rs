@@ -16,6 +16,7 @@ use sled::{Db, Transactional, Tree};
 
 use crate::codec::{joined, last_part};
 use crate::journal::{Entry, Journal, Journaled};
+use crate::overlay::Overlay;
 use crate::records::{Stored, decode, encode};
 use crate::{FORMAT_VERSION, SledError};
 
@@ -108,6 +109,9 @@ pub(crate) struct Trees {
     pub(crate) usage: Tree,
     /// Verification buckets (see `crate::usage`).
     pub(crate) verifications: Tree,
+    /// Journaled values not yet written into the four trees above
+    /// (`crate::overlay`).
+    pub(crate) overlay: Overlay,
 }
 
 impl fmt::Debug for Trees {
@@ -287,6 +291,7 @@ impl Trees {
             records: db.open_tree("records")?,
             usage: db.open_tree("usage")?,
             verifications: db.open_tree("verifications")?,
+            overlay: Overlay::default(),
             db,
         })
     }
@@ -359,8 +364,9 @@ impl Trees {
         }
     }
 
-    /// Writes `value` (`None`: removes) under `key` of a journaled tree and
-    /// notes it in the round's journal record.
+    /// Sets `key` of a journaled tree to `value` (`None`: removes) and notes
+    /// it in the round's journal record. The value waits in the overlay until
+    /// it is drained into sled (see `crate::overlay`).
     pub(crate) fn put_journaled(
         &self,
         j: &mut Journal,
@@ -368,9 +374,46 @@ impl Trees {
         key: &[u8],
         value: Option<&[u8]>,
     ) -> Result<()> {
-        self.apply(which, key, value)?;
+        self.overlay.put(which, key, value);
         j.note(which, key, value);
         Ok(())
+    }
+
+    /// The value of `key` in a journaled tree: the overlay's, else sled's.
+    pub(crate) fn get_journaled(&self, which: Journaled, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.overlay.get(which, key) {
+            Some(v) => Ok(v),
+            None => Ok(self
+                .journaled(which)
+                .get(key)
+                .map_err(map_sled)?
+                .map(|v| v.to_vec())),
+        }
+    }
+
+    /// The entries of a journaled tree with keys in `[lo, hi)`, in key order:
+    /// sled's, with the overlay's over them. (The overlay is read first: an
+    /// entry drained into sled meanwhile is then found in sled.)
+    pub(crate) fn range_journaled(
+        &self,
+        which: Journaled,
+        lo: &[u8],
+        hi: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let over = self.overlay.range(which, lo, hi);
+        let mut all: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = self
+            .journaled(which)
+            .range(lo..hi)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_sled)?;
+        for (k, v) in over {
+            match v {
+                Some(v) => all.insert(k, v),
+                None => all.remove(&k),
+            };
+        }
+        Ok(all.into_iter().collect())
     }
 
     /// Writes `value` (`None`: removes) under `key` of a journaled tree.

@@ -18,11 +18,9 @@ use maas_core::usage::{
 use maas_core::{Error, Result, Timestamp};
 use std::collections::HashMap;
 
-use sled::Tree;
-
 use crate::codec::joined;
 use crate::journal::{Journal, Journaled};
-use crate::store::{Trees, map_sled};
+use crate::store::Trees;
 
 /// The big-endian minute of a stored key; negative minutes cannot be stored.
 fn minute_bytes(minute: Timestamp) -> Result<[u8; 8]> {
@@ -86,7 +84,6 @@ pub(crate) fn add<const N: usize>(
     what: &'static str,
     entries: &[(Vec<u8>, [u64; N])],
 ) -> Result<()> {
-    let tree = t.journaled(which);
     // A key may come more than once in a batch: each adds to the sum so far.
     let mut sums: Vec<(&[u8], [u64; N])> = Vec::with_capacity(entries.len());
     let mut at: HashMap<&[u8], usize> = HashMap::with_capacity(entries.len());
@@ -94,7 +91,7 @@ pub(crate) fn add<const N: usize>(
         let i = match at.get(k.as_slice()) {
             Some(&i) => i,
             None => {
-                let cur = match tree.get(k).map_err(map_sled)? {
+                let cur = match t.get_journaled(which, k)? {
                     Some(v) => decode_sums::<N>(what, &v)?,
                     None => [0; N],
                 };
@@ -114,13 +111,18 @@ pub(crate) fn add<const N: usize>(
 }
 
 /// The stored entries of minutes in `[from, to)`.
-fn scan(tree: &Tree, from: Timestamp, to: Timestamp) -> Result<Vec<(sled::IVec, sled::IVec)>> {
+fn scan(
+    t: &Trees,
+    which: Journaled,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let from = Timestamp::from_millis(from.as_millis().max(0));
     if to <= from {
         return Ok(Vec::new());
     }
     let (lo, hi) = (minute_bytes(from)?, minute_bytes(to)?);
-    tree.range(lo..hi).map(|kv| kv.map_err(map_sled)).collect()
+    t.range_journaled(which, &lo, &hi)
 }
 
 /// The stored keys and sums of usage buckets.
@@ -152,7 +154,7 @@ pub(crate) fn verification_entries(
 impl Trees {
     pub(crate) fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>> {
         let mut out = Vec::new();
-        for (k, v) in scan(&self.usage, filter.from, filter.to)? {
+        for (k, v) in scan(self, Journaled::Usage, filter.from, filter.to)? {
             let (minute, [tenant, key_id, model, currency]) = split_key::<4>("usage", &k)?;
             let key = UsageKey {
                 minute,
@@ -174,7 +176,7 @@ impl Trees {
         filter: &VerificationFilter,
     ) -> Result<Vec<VerificationBucket>> {
         let mut out = Vec::new();
-        for (k, v) in scan(&self.verifications, filter.from, filter.to)? {
+        for (k, v) in scan(self, Journaled::Verifications, filter.from, filter.to)? {
             let (minute, [keyspace_id, key_id, owner_id]) = split_key::<3>("verification", &k)?;
             let key = VerificationKey {
                 minute,

@@ -36,6 +36,7 @@ use std::thread::{JoinHandle, ThreadId};
 use maas_core::{Error, Result};
 
 use crate::journal::Journal;
+use crate::overlay;
 use crate::store::{Trees, map_sled};
 
 /// Transactions (exclusive) and flushes (shared) of every store in the
@@ -239,6 +240,7 @@ fn run(shared: &Shared, trees: &Trees, mut journal: Journal) {
             }
             continue;
         }
+        let held = trees.overlay.len();
         let mut answers = Vec::with_capacity(round.len());
         let mut sled_flush = false;
         for job in round {
@@ -252,7 +254,7 @@ fn run(shared: &Shared, trees: &Trees, mut journal: Journal) {
             answers.push(answer);
         }
         let mut failed = None;
-        if journal.has_pending() && journal.wants_checkpoint() {
+        if journal.has_pending() && journal.must_checkpoint() {
             // The checkpoint's flush and sync cover this round too.
             journal.discard_pending();
             failed = checkpoint(trees, &mut journal).err();
@@ -279,14 +281,21 @@ fn run(shared: &Shared, trees: &Trees, mut journal: Journal) {
         for answer in answers {
             answer(broken.0.as_ref());
         }
-        // Past half full: fold the journal into sled now (this round's
-        // record is synced; the checkpoint voids it only once sled holds
-        // it, synced).
-        if broken.0.is_none()
-            && journal.wants_checkpoint()
-            && let Err(e) = checkpoint(trees, &mut journal)
-        {
-            broken.fail(e);
+        // Past half full: drain the overlay into sled a bounded part per
+        // round, then checkpoint (this round's record is synced; the
+        // checkpoint voids it only once sled holds it, synced). Past its
+        // cap: drain some anyway.
+        let draining = journal.wants_checkpoint();
+        if broken.0.is_none() && (draining || trees.overlay.len() > overlay::CAP) {
+            let grew = trees.overlay.len().saturating_sub(held);
+            let drained = trees.overlay.drain(trees, DRAIN_PER_ROUND + 2 * grew);
+            let done = match drained {
+                Ok(left) if draining && left == 0 => checkpoint(trees, &mut journal),
+                other => other.map(drop),
+            };
+            if let Err(e) = done {
+                broken.fail(e);
+            }
         }
     }
     // Closed: whatever was written behind reaches the disk too, and the
@@ -305,9 +314,15 @@ fn journal_error(journal: &Journal, e: &std::io::Error) -> Error {
     )
 }
 
-/// Makes sled hold every change (flushed, its data file synced), then voids
-/// the journal's records.
+/// Overlay entries written into sled per writer round while it drains, on
+/// top of twice the entries the round added (so a drain always ends). At
+/// a few microseconds per sled write, about a millisecond per round.
+const DRAIN_PER_ROUND: usize = 256;
+
+/// Makes sled hold every change (the overlay drained, sled flushed, its
+/// data file synced), then voids the journal's records.
 pub(crate) fn checkpoint(trees: &Trees, journal: &mut Journal) -> Result<()> {
+    trees.overlay.drain(trees, usize::MAX)?;
     trees.flush_blocking()?;
     trees.sync_data_file()?;
     journal.reset().map_err(|e| journal_error(journal, &e))
