@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -24,6 +24,7 @@ use crate::audit::Actor;
 use crate::catalog::{self, SnapshotCell};
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
+use crate::identity::Identity;
 use crate::model::check_model_id;
 use crate::patch::Patch;
 use crate::storage::{PageRequest, Storage};
@@ -366,6 +367,13 @@ impl TierIndex {
     pub fn tiers(&self) -> &[Arc<Tier>] {
         &self.ranked
     }
+
+    /// The lowest-level tier (between tiers of that level, the name that
+    /// sorts first), if there is any tier.
+    pub fn lowest(&self) -> Option<&Arc<Tier>> {
+        let level = self.ranked.last()?.level;
+        self.ranked.iter().find(|t| t.level == level)
+    }
 }
 
 /// Settings of a [`TierService`].
@@ -401,7 +409,13 @@ struct TierInner {
     storage: Storage,
     clock: SharedClock,
     snapshot: SnapshotCell<TierIndex>,
+    /// Tenants' tiers by tenant name, with when each was read.
+    tenant_tiers: Mutex<HashMap<String, (Timestamp, Option<String>)>>,
+    snapshot_ttl: Duration,
 }
+
+/// At most this many tenants' tiers are remembered at once.
+const TENANT_TIERS_MAX: usize = 100_000;
 
 impl TierService {
     /// A service over `storage` using the system clock.
@@ -425,6 +439,8 @@ impl TierService {
                 storage,
                 clock,
                 snapshot: SnapshotCell::new(config.snapshot_ttl),
+                tenant_tiers: Mutex::new(HashMap::new()),
+                snapshot_ttl: config.snapshot_ttl,
             }),
         }
     }
@@ -548,6 +564,73 @@ impl TierService {
             .select(groups)
             .cloned()
             .ok_or_else(|| no_mapping(groups))
+    }
+
+    /// The tier a caller is served at. A caller with groups (a user) gets
+    /// the tier they map to ([`Self::lookup`]). A caller without groups (a
+    /// tenant's API key) is served as its tenant (the identity's user
+    /// name): the tenant's `tier`, or the lowest-level tier when it has none
+    /// or does not exist yet. A tenant's tier is read from the store at most
+    /// once per snapshot TTL (changes through the management API of this
+    /// node apply at once, see [`Self::forget_tenant_tiers`]).
+    ///
+    /// [`Error::Forbidden`] when there is no tier at all, or the tenant's
+    /// tier does not exist; the errors of [`Self::lookup`] otherwise.
+    pub async fn tier_of(&self, identity: &Identity) -> Result<Arc<Tier>> {
+        if identity.groups.iter().any(|g| !g.is_empty()) {
+            return self.lookup(&identity.groups).await;
+        }
+        let index = self.snapshot().await?;
+        match self.tenant_tier(&identity.user).await? {
+            Some(name) => index.get(&name).cloned().ok_or_else(|| Error::Forbidden {
+                reason: format!("the tenant's tier '{name}' does not exist").into(),
+            }),
+            None => index.lowest().cloned().ok_or_else(|| Error::Forbidden {
+                reason: "no tier exists".into(),
+            }),
+        }
+    }
+
+    /// The tier name of tenant `name` (`None`: none assigned, or no such
+    /// tenant), cached for the snapshot TTL.
+    async fn tenant_tier(&self, name: &str) -> Result<Option<String>> {
+        let now = self.now();
+        let ttl = catalog::millis(self.inner.snapshot_ttl);
+        let fresh = |at: Timestamp| at <= now && now.as_millis() - at.as_millis() < ttl;
+        if let Some((at, tier)) = self.tenant_tiers().get(name)
+            && fresh(*at)
+        {
+            return Ok(tier.clone());
+        }
+        let tier = self
+            .inner
+            .storage
+            .tenants
+            .get_tenant_by_name(name)
+            .await?
+            .and_then(|t| t.tier);
+        let mut cache = self.tenant_tiers();
+        if cache.len() >= TENANT_TIERS_MAX {
+            cache.retain(|_, (at, _)| fresh(*at));
+            if cache.len() >= TENANT_TIERS_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(name.to_owned(), (now, tier.clone()));
+        Ok(tier)
+    }
+
+    fn tenant_tiers(&self) -> MutexGuard<'_, HashMap<String, (Timestamp, Option<String>)>> {
+        self.inner
+            .tenant_tiers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets the tenants' tiers read so far, so the next request of each
+    /// tenant reads its tier again (after a tenant changed on this node).
+    pub fn forget_tenant_tiers(&self) {
+        self.tenant_tiers().clear();
     }
 
     /// Creates the [`default_tiers`] if there is no tier at all; returns the

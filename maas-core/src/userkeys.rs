@@ -32,6 +32,11 @@ pub const SETTING_KIND: &str = "setting";
 pub const USER_KEYSPACE_SETTING: &str = "user_keyspace";
 /// The prefix of user keys (`maas_…`).
 pub const USER_KEY_PREFIX: &str = "maas";
+/// The prefix of tenants' keys (`sk_…`, seed 003), made by
+/// [`UserKeys::create_tenant_key`].
+pub const TENANT_KEY_PREFIX: &str = "sk";
+/// The key meta field that marks a tenant's key (`"tenant"`).
+pub const KIND_META: &str = "kind";
 /// The name of the user keyspace.
 pub const USER_KEYSPACE_NAME: &str = "user keys";
 /// The key meta field holding the groups of the user who created the key.
@@ -197,17 +202,46 @@ impl UserKeys {
         identity: &Identity,
         name: &str,
     ) -> Result<CreatedUserKey> {
+        self.create_with(actor, identity, name, None).await
+    }
+
+    /// Creates a key named `name` for the tenant named `tenant`, audited as
+    /// `actor`: an `sk_` key ([`TENANT_KEY_PREFIX`]) without groups, so it
+    /// is served as its tenant, at the tenant's tier
+    /// ([`TierService::tier_of`](crate::tier::TierService::tier_of)).
+    pub async fn create_tenant_key(
+        &self,
+        actor: &Actor,
+        tenant: &str,
+        name: &str,
+    ) -> Result<CreatedUserKey> {
+        let identity = Identity::new(tenant, Vec::<String>::new());
+        self.create_with(actor, &identity, name, Some(TENANT_KEY_PREFIX))
+            .await
+    }
+
+    async fn create_with(
+        &self,
+        actor: &Actor,
+        identity: &Identity,
+        name: &str,
+        tenant_prefix: Option<&str>,
+    ) -> Result<CreatedUserKey> {
         let user = identity.user.as_str();
         check_user(user)?;
         check_name(name)?;
         let keyspace = self.keyspace().await?;
         let mut meta = serde_json::Map::new();
         meta.insert(GROUPS_META.to_owned(), serde_json::json!(identity.groups));
+        if tenant_prefix.is_some() {
+            meta.insert(KIND_META.to_owned(), serde_json::json!("tenant"));
+        }
         let new = NewKey {
             name: Some(name.to_owned()),
             unique_name: true,
             owner_id: Some(user.to_owned()),
             meta: Some(meta),
+            prefix: tenant_prefix.map(str::to_owned),
             ..NewKey::in_keyspace(keyspace)
         };
         let created = match self.keys.create(actor, new).await {
@@ -284,8 +318,8 @@ impl UserKeys {
 
 impl UserKeys {
     /// The identity of a user key: its owner, with the groups remembered at
-    /// creation. `Ok(None)` for credentials that are not user keys (no
-    /// `maas_` prefix); a user key that does not verify (unknown, deleted,
+    /// creation (none for a tenant's key). `Ok(None)` for credentials that
+    /// are not user keys (no `maas_` or `sk_` prefix); a user key that does not verify (unknown, deleted,
     /// disabled, expired) is [`Error::Unauthenticated`].
     pub async fn authenticate(&self, credential: &str) -> Result<Option<Identity>> {
         Ok(self.authenticate_key(credential).await?.map(|(i, _)| i))
@@ -294,7 +328,10 @@ impl UserKeys {
     /// As [`Self::authenticate`], with the id of the key that authenticated
     /// (usage and key budgets are counted by it).
     pub async fn authenticate_key(&self, credential: &str) -> Result<Option<(Identity, KeyId)>> {
-        let Some(rest) = credential.strip_prefix(USER_KEY_PREFIX) else {
+        let Some(rest) = credential
+            .strip_prefix(USER_KEY_PREFIX)
+            .or_else(|| credential.strip_prefix(TENANT_KEY_PREFIX))
+        else {
             return Ok(None);
         };
         if !rest.starts_with('_') {

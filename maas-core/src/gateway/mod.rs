@@ -274,8 +274,10 @@ impl Gateway {
     }
 
     /// Authenticates `credential` (the bearer token) and resolves the
-    /// caller's tier. Invalid credentials are [`Error::Unauthenticated`]; a
-    /// caller whose groups map to no tier is [`Error::Forbidden`]; an API
+    /// caller's tier ([`TierService::tier_of`]: a user's groups, or a
+    /// tenant key's tenant). Invalid credentials are
+    /// [`Error::Unauthenticated`]; a caller whose groups map to no tier is
+    /// [`Error::Forbidden`]; an API
     /// key out of uses or rate-limited is [`Error::QuotaExceeded`] or
     /// [`Error::RateLimited`].
     pub async fn authenticate(&self, credential: &str) -> Result<Caller> {
@@ -295,7 +297,7 @@ impl Gateway {
                 }
             },
         };
-        let tier = match s.tiers.lookup(&identity.groups).await {
+        let tier = match s.tiers.tier_of(&identity).await {
             Ok(t) => t,
             Err(e) if e.is_not_found() => {
                 return Err(Error::Forbidden {

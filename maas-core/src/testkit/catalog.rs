@@ -6,12 +6,14 @@ use std::time::Duration;
 use crate::audit::{Actor, AuditEvent, AuditQuery};
 use crate::clock::{Clock, ManualClock};
 use crate::error::Error;
+use crate::identity::Identity;
 use crate::key::{KeyHasher, KeyService, VerifyCode, VerifyOptions};
 use crate::model::{
     CacheSettings, ModelService, ModelServiceConfig, ModelUpdate, NewModel, Pricing,
 };
 use crate::patch::Patch;
 use crate::storage::{PageRequest, Storage};
+use crate::tenant::{NewTenant, TenantService, TenantUpdate};
 use crate::tier::{ModelAccess, NewTier, TierService, TierServiceConfig, TierUpdate};
 use crate::userkeys::UserKeys;
 
@@ -225,6 +227,78 @@ pub async fn tier_lookup_sees_other_nodes_after_ttl(storage: Storage, clock: Man
         here.lookup(&users).await,
         Err(Error::NoTierMapping { .. })
     ));
+}
+
+/// The tier of a caller without groups (a tenant's key): its tenant's
+/// tier, the lowest-level tier when it has none (or does not exist), a 403
+/// when that tier is gone or no tier exists; callers with groups keep the
+/// group lookup. A tenant's tier is read again after the snapshot TTL, or
+/// at once after `forget_tenant_tiers`.
+pub async fn tier_of_tenants(storage: Storage, clock: ManualClock) {
+    let svc = tiers(&storage, &clock);
+    let tenants = TenantService::new_with_clock(storage.clone(), Arc::new(clock.clone()));
+    let admin = Actor::new("admin");
+    let acme = Identity::new("acme", Vec::<String>::new());
+    let forbidden = |r: Result<Arc<crate::tier::Tier>, Error>| match r {
+        Err(Error::Forbidden { reason }) => reason.into_owned(),
+        other => panic!("expected forbidden, got {other:?}"),
+    };
+    assert_eq!(forbidden(svc.tier_of(&acme).await), "no tier exists");
+    for (name, level) in [("gold", 2), ("basic", 0), ("aaa", 0), ("silver", 1)] {
+        svc.create(&admin, new_tier(name, level, &[name]))
+            .await
+            .unwrap();
+    }
+    // No tenant yet, then a tenant without a tier: the lowest level, ties
+    // by name.
+    assert_eq!(svc.tier_of(&acme).await.unwrap().name, "aaa");
+    let t = tenants
+        .create(
+            &admin,
+            NewTenant {
+                name: "acme".into(),
+                ..NewTenant::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(svc.tier_of(&acme).await.unwrap().name, "aaa");
+    // Groups decide for callers that have them.
+    let user = Identity::new("acme", vec!["silver".to_owned()]);
+    assert_eq!(svc.tier_of(&user).await.unwrap().name, "silver");
+    let empty = Identity::new("acme", vec![String::new()]);
+    assert_eq!(svc.tier_of(&empty).await.unwrap().name, "aaa");
+
+    let set = |tier: Patch<String>| TenantUpdate {
+        tier,
+        ..TenantUpdate::default()
+    };
+    tenants
+        .update(&admin, &t.id, set(Patch::Set("gold".into())))
+        .await
+        .unwrap();
+    // Cached until the TTL (another node's change) ...
+    assert_eq!(svc.tier_of(&acme).await.unwrap().name, "aaa");
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(svc.tier_of(&acme).await.unwrap().name, "gold");
+    // ... or until this node forgets.
+    tenants
+        .update(&admin, &t.id, set(Patch::Set("silver".into())))
+        .await
+        .unwrap();
+    svc.forget_tenant_tiers();
+    assert_eq!(svc.tier_of(&acme).await.unwrap().name, "silver");
+    svc.delete(&admin, "silver").await.unwrap();
+    assert_eq!(
+        forbidden(svc.tier_of(&acme).await),
+        "the tenant's tier 'silver' does not exist"
+    );
+    tenants
+        .update(&admin, &t.id, set(Patch::Clear))
+        .await
+        .unwrap();
+    svc.forget_tenant_tiers();
+    assert_eq!(svc.tier_of(&acme).await.unwrap().name, "aaa");
 }
 
 /// `ensure_defaults` creates free, premium and enterprise once; again, or

@@ -132,6 +132,7 @@ scenarios!($;
     keyspace_delete_removes_its_keys,
     tier_lifecycle,
     tier_lookup_sees_other_nodes_after_ttl,
+    tier_of_tenants,
     tier_ensure_defaults_is_idempotent,
     tier_invalid_input_writes_nothing,
     model_lifecycle,

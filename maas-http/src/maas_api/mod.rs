@@ -414,9 +414,9 @@ async fn mint(
             return res;
         }
     };
-    let tier = match s.tiers.lookup(&who.groups).await {
+    let tier = match s.tiers.tier_of(who).await {
         Ok(t) => Some(t),
-        Err(e) if e.is_not_found() => None,
+        Err(e) if e.is_not_found() || matches!(e, Error::Forbidden { .. }) => None,
         Err(e) => return goa(&e, id),
     };
     match s
@@ -523,7 +523,7 @@ async fn list_models(State(s): State<MaasApiState>, id: RequestId, parts: Parts)
         Ok(w) => w,
         Err(r) => return r,
     };
-    let tier = match s.tiers.lookup(&who.groups).await {
+    let tier = match s.tiers.tier_of(&who).await {
         Ok(t) => t,
         Err(e) if e.is_not_found() => {
             return goa(

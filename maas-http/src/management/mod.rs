@@ -147,6 +147,7 @@ fn api() -> OpenApiRouter<ManagementState> {
         .routes(routes!(set_tenant_weight))
         .routes(routes!(set_tenant_quota))
         .routes(routes!(set_tenant_group))
+        .routes(routes!(set_tenant_tier))
         .routes(routes!(fairshare_live))
         .routes(routes!(list_groups, create_group))
         .routes(routes!(set_group_weight))
@@ -357,12 +358,29 @@ async fn create_tenant(
     id: RequestId,
     body: Body<NewTenant>,
 ) -> Reply {
+    if let Some(tier) = &body.0.tier {
+        existing_tier(&s, tier, &id).await?;
+    }
     let t = s
         .scheduling
         .create_tenant(&admin_actor(), body.0)
         .await
         .map_err(fail(&id))?;
+    // A gateway request may have found no tenant of that name: not any more.
+    s.tiers.forget_tenant_tiers();
     created(t)
+}
+
+/// A 400 naming `tier` unless a tier of that name exists.
+async fn existing_tier(s: &ManagementState, name: &str, id: &RequestId) -> Result<(), Response> {
+    match s.tiers.get(name).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Err(problem::render(
+            &Error::invalid("tier", format!("no tier is named '{name}'")),
+            id,
+        )),
+        Err(e) => Err(problem::render(&e, id)),
+    }
 }
 
 /// A tenant.
@@ -386,10 +404,14 @@ async fn update_tenant(
     update: TenantUpdate,
 ) -> Reply {
     let tid = tenant_id(raw, id)?;
-    ok(s.scheduling
+    let t = s
+        .scheduling
         .update_tenant(&admin_actor(), &tid, update)
         .await
-        .map_err(fail(id))?)
+        .map_err(fail(id))?;
+    // The tenant's tier applies to its keys' next requests on this node.
+    s.tiers.forget_tenant_tiers();
+    ok(t)
 }
 
 /// A weight: `{"weight": 1..=1000000}`.
@@ -465,6 +487,51 @@ async fn set_tenant_quota(
     };
     let update = TenantUpdate {
         tokens_per_minute: quota,
+        ..TenantUpdate::default()
+    };
+    update_tenant(&s, &id, &raw, update).await
+}
+
+/// A tenant's tier: `{"tier": name}`, `null` for none.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = TierChange)]
+struct TierChange {
+    /// An existing tier's name, or `null`: none (the tenant's keys are then
+    /// served at the lowest-level tier). Required: a body without it (a
+    /// misspelt field) must not clear the tier.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, required = true)]
+    tier: Patch<String>,
+}
+
+/// Sets the tier a tenant's keys are served at (`null`: the lowest-level
+/// tier). Audited as `tenant.update`.
+#[utoipa::path(put, path = "/tenants/{id}/tier", params(("id" = String, Path, description = "The tenant id")), request_body = TierChange, responses(
+    (status = 200, description = "The tenant", body = maas_core::Tenant),
+    (status = 400, description = "No tier of that name, or no `tier` field", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 404, description = "No such tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn set_tenant_tier(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: Body<TierChange>,
+) -> Reply {
+    let tier = match body.0.tier {
+        Patch::Keep => {
+            return Err(problem::render(
+                &Error::invalid("tier", "is required (null for none)"),
+                &id,
+            ));
+        }
+        Patch::Clear => Patch::Clear,
+        Patch::Set(name) => {
+            existing_tier(&s, &name, &id).await?;
+            Patch::Set(name)
+        }
+    };
+    let update = TenantUpdate {
+        tier,
         ..TenantUpdate::default()
     };
     update_tenant(&s, &id, &raw, update).await
@@ -961,11 +1028,7 @@ async fn create_tenant_key(
     let tenant = s.scheduling.tenants().get(&tid).await.map_err(fail(&id))?;
     let k = s
         .user_keys
-        .create_by(
-            &admin_actor(),
-            &maas_core::identity::Identity::new(tenant.name.as_str(), Vec::<String>::new()),
-            &body.0.name,
-        )
+        .create_tenant_key(&admin_actor(), &tenant.name, &body.0.name)
         .await
         .map_err(fail(&id))?;
     let record = s
