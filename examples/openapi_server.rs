@@ -134,6 +134,7 @@ async fn routers(token: &str) -> maas::core::Result<(Router, Router, Router)> {
         root_keys,
         projects: Projects::new(keys),
         mcp: McpServers::new(storage.clone()),
+        admission: maas_core::AdmissionLimits::new(storage.clone()),
         storage,
     };
     let management = management::router(

@@ -284,7 +284,12 @@ pub async fn management_fixture() -> ManagementFixture {
         usage: UsageLedger::new_with_clock(&storage, UsageConfig::default(), Arc::clone(&c)),
         mcp: McpServers::new_with_clock(storage.clone(), Arc::clone(&c)),
         root_keys: RootKeys::new_with_clock(keys.clone(), Arc::clone(&c)),
-        projects: Projects::new_with_clock(keys, c),
+        projects: Projects::new_with_clock(keys, Arc::clone(&c)),
+        admission: maas_core::AdmissionLimits::with_config(
+            storage.clone(),
+            maas_core::AdmissionConfig::default(),
+            Arc::clone(&c),
+        ),
         storage,
     };
     let router = management::router(

@@ -98,6 +98,16 @@ impl BudgetScope {
         }
     }
 
+    /// The counter of what requests in flight hold of the budget (taken
+    /// with the budget, given back whole at settlement): what separates
+    /// `reserved` from `spent`.
+    fn held_id(&self) -> String {
+        match self {
+            BudgetScope::Tenant(n) => format!("held\x1ftenant\x1f{n}"),
+            BudgetScope::Key(k) => format!("held\x1fkey\x1f{k}"),
+        }
+    }
+
     fn kind(&self) -> LimitKind {
         match self {
             BudgetScope::Tenant(_) => LimitKind::TenantBudget,
@@ -174,6 +184,14 @@ impl Budget {
     fn spec(&self) -> LimitSpec {
         LimitSpec::Period(PeriodSpec {
             limit: self.limit_nanos(),
+            period: self.period,
+        })
+    }
+
+    /// The spec of the [`BudgetScope::held_id`] counter: never refuses.
+    fn held_spec(&self) -> LimitSpec {
+        LimitSpec::Period(PeriodSpec {
+            limit: u64::MAX,
             period: self.period,
         })
     }
@@ -333,6 +351,10 @@ pub struct BudgetStatus {
     pub budget: Budget,
     /// Spent or reserved in this period, in its currency.
     pub used: f64,
+    /// Of `used`: charged by completed requests.
+    pub spent: f64,
+    /// Of `used`: held by requests in flight (their worst case).
+    pub reserved: f64,
     /// Left in this period.
     pub remaining: f64,
     /// When the period ends.
@@ -391,6 +413,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct Reservation {
     limits: AdmissionLimits,
+    /// The kind of each op, for the first `kinds.len()` ops; the ops after
+    /// them are budget holds ([`BudgetScope::held_id`]).
     kinds: Vec<LimitKind>,
     ops: Vec<LimitOp>,
     taken_at: Timestamp,
@@ -435,13 +459,17 @@ impl Reservation {
         let tokens = usage.map(|u| u.input_tokens.saturating_add(u.output_tokens));
         let ops = std::mem::take(&mut self.ops);
         ops.into_iter()
-            .zip(&self.kinds)
-            .map(|(op, kind)| {
-                let used = match (usage, *kind) {
-                    (None, _) => 0,
-                    (Some(_), LimitKind::Requests) => op.cost,
-                    (Some(_), LimitKind::Tokens | LimitKind::TenantTokens) => tokens.unwrap_or(0),
-                    (Some(u), LimitKind::TenantBudget | LimitKind::KeyBudget) => self
+            .enumerate()
+            .map(|(i, op)| {
+                let used = match (usage, self.kinds.get(i).copied()) {
+                    // A budget hold is given back whole; so is everything
+                    // of a request that used nothing.
+                    (None, _) | (_, None) => 0,
+                    (Some(_), Some(LimitKind::Requests)) => op.cost,
+                    (Some(_), Some(LimitKind::Tokens | LimitKind::TenantTokens)) => {
+                        tokens.unwrap_or(0)
+                    }
+                    (Some(u), Some(LimitKind::TenantBudget | LimitKind::KeyBudget)) => self
                         .pricing
                         .as_ref()
                         .map_or(0, |p| cost_nanos(p, u.input_tokens, u.output_tokens)),
@@ -606,6 +634,7 @@ impl AdmissionLimits {
         }
         let budgets = self.budgets(now).await?;
         let mut budget_of = Vec::new();
+        let mut holds = Vec::new();
         if !budgets.by_id.is_empty() {
             let scopes = std::iter::once(BudgetScope::Tenant(req.tenant.to_owned()))
                 .chain(req.key_id.map(|k| BudgetScope::Key(k.to_owned())));
@@ -625,8 +654,15 @@ impl AdmissionLimits {
                     spec: b.spec(),
                     cost,
                 });
+                holds.push(LimitOp {
+                    id: scope.held_id(),
+                    spec: b.held_spec(),
+                    cost,
+                });
             }
         }
+        // After every limit: the kinds cover those ops only.
+        ops.extend(holds);
         let r = self.inner.storage.counters.reserve(&ops, now).await?;
         let headers = headers_of(&kinds, &r.decisions, now);
         if let Some(i) = r.first_denied() {
@@ -739,22 +775,32 @@ impl AdmissionLimits {
             .storage
             .counters
             .reserve(
-                &[LimitOp {
-                    id: scope.counter_id(),
-                    spec: budget.spec(),
-                    cost: 0,
-                }],
+                &[
+                    LimitOp {
+                        id: scope.counter_id(),
+                        spec: budget.spec(),
+                        cost: 0,
+                    },
+                    LimitOp {
+                        id: scope.held_id(),
+                        spec: budget.held_spec(),
+                        cost: 0,
+                    },
+                ],
                 now,
             )
             .await?;
-        let d = r
-            .decisions
-            .first()
-            .copied()
-            .ok_or_else(|| Error::internal("reserve returned no decision"))?;
+        let (Some(d), Some(h)) = (r.decisions.first(), r.decisions.get(1)) else {
+            return Err(Error::internal("reserve returned too few decisions"));
+        };
         let used = d.limit.saturating_sub(d.remaining);
+        // A hold can outlast its charge only across a period's end, where
+        // both start over: never more than what is used.
+        let reserved = h.limit.saturating_sub(h.remaining).min(used);
         Ok(BudgetStatus {
             used: nanos_to_amount(used),
+            spent: nanos_to_amount(used - reserved),
+            reserved: nanos_to_amount(reserved),
             remaining: nanos_to_amount(d.remaining),
             reset: d.reset,
             budget,

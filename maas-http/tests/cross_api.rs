@@ -54,6 +54,7 @@ fn deployment() -> Deployment {
         mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
         root_keys: root_keys.clone(),
         projects: Projects::new_with_clock(keys, clock),
+        admission: maas_core::AdmissionLimits::new(storage.clone()),
         storage: storage.clone(),
     };
     let management = management::router(

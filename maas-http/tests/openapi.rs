@@ -100,6 +100,7 @@ async fn apps() -> Apps {
         root_keys,
         projects: Projects::new_with_clock(keys, c.clone()),
         mcp: McpServers::new_with_clock(storage.clone(), c),
+        admission: maas_core::AdmissionLimits::new(storage.clone()),
         storage,
     };
     let management = management::router(

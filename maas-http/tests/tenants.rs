@@ -26,6 +26,10 @@ fn users_file() -> PathBuf {
 }
 
 async fn server() -> RunningServer {
+    server_on(Arc::new(ManualClock::default())).await
+}
+
+async fn server_on(clock: Arc<ManualClock>) -> RunningServer {
     Server::start(ServerConfig {
         memory: true,
         listen: any_port(),
@@ -33,7 +37,7 @@ async fn server() -> RunningServer {
         simulator_listen: any_port(),
         users: Some(users_file()),
         shutdown_grace_secs: 5,
-        clock: Arc::new(ManualClock::default()),
+        clock,
         ..ServerConfig::default()
     })
     .await
@@ -221,5 +225,236 @@ async fn a_tenant_key_calls_models_at_its_tenants_tier() {
     let globex = created["secret"].as_str().unwrap().to_owned();
     let (status, body) = chat(&s, &globex, SIMULATOR_PREMIUM_MODEL).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    s.shutdown().await.unwrap();
+}
+
+/// A tenant and one `sk_` key of it, at a tier no request count reaches.
+async fn bulk_tenant(s: &RunningServer, name: &str) -> (String, String, String) {
+    let tier = json!({"name": "bulk", "level": 9, "groups": ["bulk-users"],
+        "requests_per_minute": 100000, "tokens_per_minute": 100000000, "models": ["*"]});
+    let (status, body) = admin(s, reqwest::Method::POST, "/api/v1/tiers", Some(tier)).await;
+    assert!(
+        status == StatusCode::CREATED || status == StatusCode::CONFLICT,
+        "{body}"
+    );
+    let (status, t) = admin(
+        s,
+        reqwest::Method::POST,
+        "/api/v1/tenants",
+        Some(json!({"name": name, "tier": "bulk"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    let tid = t["id"].as_str().unwrap().to_owned();
+    let (status, k) = admin(
+        s,
+        reqwest::Method::POST,
+        &format!("/api/v1/tenants/{tid}/keys"),
+        Some(json!({"name": "prod"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{k}");
+    let key_id = k["key"]["id"].as_str().unwrap().to_owned();
+    (tid, key_id, k["secret"].as_str().unwrap().to_owned())
+}
+
+/// The simulator model at 1 USD per token, in and out: a request's worst
+/// case is its prompt estimate plus its `max_tokens` in dollars.
+async fn price_per_token(s: &RunningServer) {
+    let (status, body) = admin(
+        s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/models/{SIMULATOR_MODEL}"),
+        Some(json!({"pricing": {"input_per_million": 1e6, "output_per_million": 1e6, "currency": "USD"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn budgets_over_http_are_never_overspent_and_start_over() {
+    let clock = Arc::new(ManualClock::default());
+    let s = server_on(clock.clone()).await;
+    let (tid, _, secret) = bulk_tenant(&s, "acme").await;
+    price_per_token(&s).await;
+    let path = format!("/api/v1/tenants/{tid}/budget");
+    let (status, body) = admin(&s, reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, b) = admin(
+        &s,
+        reqwest::Method::PUT,
+        &path,
+        Some(json!({"amount": 60.0, "currency": "USD", "period": "daily", "soft_limit": 40.0})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(
+        (&b["amount"], &b["currency"], &b["period"], &b["soft_limit"]),
+        (&json!(60.0), &json!("USD"), &json!("daily"), &json!(40.0))
+    );
+    assert_eq!(
+        (&b["spent"], &b["reserved"], &b["left"]),
+        (&json!(0.0), &json!(0.0), &json!(60.0))
+    );
+    // 2025-01-01 00:00 UTC on the manual clock: the day ends 86,400 s later.
+    let resets_at = b["resets_at"].as_i64().unwrap();
+    assert_eq!(resets_at, 1_735_689_600_000 + 86_400_000);
+
+    // Bad input: a 400 naming the field, and nothing changes.
+    for (bad, field) in [
+        (json!({"amount": -1.0, "period": "daily"}), "amount"),
+        (
+            json!({"amount": 5.0, "period": "daily", "soft_limit": 5.0}),
+            "soft_limit",
+        ),
+        (
+            json!({"amount": 5.0, "period": "daily", "soft_limit": 0.0}),
+            "soft_limit",
+        ),
+        (json!({"amount": 5.0, "period": "yearly"}), "period"),
+        (
+            json!({"amount": 5.0, "period": "daily", "currency": "usd"}),
+            "currency",
+        ),
+        (json!({"amount": 5.0}), "period"),
+    ] {
+        let (status, body) = admin(&s, reqwest::Method::PUT, &path, Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body.to_string().contains(field), "{bad}: {body}");
+    }
+    let (_, same) = admin(&s, reqwest::Method::GET, &path, None).await;
+    assert_eq!(same["amount"], 60.0);
+    assert_eq!(same["soft_limit"], 40.0);
+
+    // Concurrent requests until the budget refuses: never past the amount.
+    let mut spent_by_answers = 0.0;
+    let mut refused = None;
+    for _ in 0..10 {
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let secret = secret.clone();
+                let addr = s.public_addr;
+                tokio::spawn(async move {
+                    let body = json!({"model": SIMULATOR_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+                    let res = reqwest::Client::new()
+                        .post(format!("http://{addr}/v1/chat/completions"))
+                        .bearer_auth(&secret)
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = res.status();
+                    let retry = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                    let body: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+                    (status, retry, body)
+                })
+            })
+            .collect();
+        for c in calls {
+            let (status, retry, body) = c.await.unwrap();
+            match status {
+                StatusCode::OK => {
+                    let u = &body["usage"];
+                    spent_by_answers += u["prompt_tokens"].as_f64().unwrap()
+                        + u["completion_tokens"].as_f64().unwrap();
+                }
+                StatusCode::TOO_MANY_REQUESTS => {
+                    assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+                    refused = Some(retry.unwrap().parse::<i64>().unwrap());
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+        if refused.is_some() {
+            break;
+        }
+    }
+    let retry_after = refused.expect("the budget refused at last");
+    assert_eq!(retry_after, 86_400, "until the day ends");
+    let (_, b) = admin(&s, reqwest::Method::GET, &path, None).await;
+    let spent = b["spent"].as_f64().unwrap();
+    assert!(spent <= 60.0, "{b}");
+    assert!(
+        (spent - spent_by_answers).abs() < 1e-6,
+        "{b} vs {spent_by_answers}"
+    );
+    assert_eq!(b["reserved"], 0.0, "{b}");
+    assert!(
+        (b["left"].as_f64().unwrap() - (60.0 - spent)).abs() < 1e-6,
+        "{b}"
+    );
+
+    // The next day starts over.
+    clock.advance(std::time::Duration::from_secs(86_400));
+    let (status, body) = chat(&s, &secret, SIMULATOR_MODEL).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, b) = admin(&s, reqwest::Method::GET, &path, None).await;
+    assert_eq!(b["resets_at"], resets_at + 86_400_000, "{b}");
+    assert!(b["spent"].as_f64().unwrap() < spent, "{b}");
+
+    // Removed: requests are not counted against it any more.
+    let (status, _) = admin(&s, reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = admin(&s, reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = admin(&s, reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Each change audited.
+    let (_, audit) = admin(&s, reqwest::Method::GET, "/api/v1/audit", None).await;
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target_kind"] == "budget")
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions.len(), 2, "{audit}");
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_budget_refuses_that_key_only() {
+    let s = server().await;
+    let (tid, key_id, secret) = bulk_tenant(&s, "acme").await;
+    let (_, k2) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/tenants/{tid}/keys"),
+        Some(json!({"name": "second"})),
+    )
+    .await;
+    let other = k2["secret"].as_str().unwrap().to_owned();
+    price_per_token(&s).await;
+    let path = format!("/api/v1/keys/{key_id}/budget");
+    // Less than one request's worst case: that key is refused at once.
+    let (status, b) = admin(
+        &s,
+        reqwest::Method::PUT,
+        &path,
+        Some(json!({"amount": 2.0, "period": "monthly"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(
+        (&b["scope"], &b["subject"]),
+        (&json!("key"), &json!(key_id))
+    );
+    assert_eq!(b["resets_at"], 1_738_368_000_000_i64, "2025-02-01");
+    let (status, body) = chat(&s, &secret, SIMULATOR_MODEL).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    let (status, body) = chat(&s, &other, SIMULATOR_MODEL).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A key that is not a tenant's (or no key at all): 404.
+    let (status, _) = admin(
+        &s,
+        reqwest::Method::GET,
+        "/api/v1/keys/key_nope/budget",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     s.shutdown().await.unwrap();
 }

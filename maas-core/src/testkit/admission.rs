@@ -299,6 +299,11 @@ pub async fn admission_budgets(storage: Storage, clock: ManualClock) {
         .await
         .unwrap();
     assert!((status.used - 5.0).abs() < 1e-9, "{status:?}");
+    // All of it held by the request in flight, nothing spent yet.
+    assert!(
+        (status.reserved - 5.0).abs() < 1e-9 && status.spent == 0.0,
+        "{status:?}"
+    );
     assert_eq!(status.reset, Timestamp::from_millis(T0 + 14 * 3_600_000));
     // Used 1000 in + 500 out: 2.0 kept.
     r.reconcile(ActualUsage {
@@ -312,6 +317,10 @@ pub async fn admission_budgets(storage: Storage, clock: ManualClock) {
         .await
         .unwrap();
     assert!((status.used - 2.0).abs() < 1e-9 && (status.remaining - 8.0).abs() < 1e-9);
+    assert!(
+        (status.spent - 2.0).abs() < 1e-9 && status.reserved == 0.0,
+        "{status:?}"
+    );
 
     // 4.0 more: 6.0 of 10 used or held, past the 0.5 soft threshold.
     let r = l.reserve(&priced(0, 2000)).await.unwrap().unwrap();
@@ -325,12 +334,28 @@ pub async fn admission_budgets(storage: Storage, clock: ManualClock) {
         Error::QuotaExceeded { .. }
     ));
     assert_eq!(d.reset, Timestamp::from_millis(T0 + 14 * 3_600_000));
+    let status = l
+        .budget_status(&BudgetScope::Tenant("erin".into()))
+        .await
+        .unwrap();
+    assert!(
+        (status.spent - 2.0).abs() < 1e-9 && (status.reserved - 4.0).abs() < 1e-9,
+        "{status:?}"
+    );
     r.reconcile(ActualUsage {
         input_tokens: 0,
         output_tokens: 2000,
     })
     .await
     .unwrap();
+    let status = l
+        .budget_status(&BudgetScope::Tenant("erin".into()))
+        .await
+        .unwrap();
+    assert!(
+        (status.spent - 6.0).abs() < 1e-9 && status.reserved == 0.0,
+        "{status:?}"
+    );
 
     // Free models and models priced in another currency do not count.
     let eur = Pricing {
@@ -364,7 +389,30 @@ pub async fn admission_budgets(storage: Storage, clock: ManualClock) {
         .budget_status(&BudgetScope::Tenant("erin".into()))
         .await
         .unwrap();
-    assert_eq!(status.used, 0.0);
+    assert_eq!(
+        (status.used, status.spent, status.reserved),
+        (0.0, 0.0, 0.0)
+    );
+    // A request held over the day's end: its hold and charge start over
+    // with the period; what it used is charged to the new day.
+    clock.set(Timestamp::from_millis(T0 + 38 * 3_600_000 - 1));
+    let r = l.reserve(&priced(1000, 2000)).await.unwrap().unwrap();
+    clock.set(Timestamp::from_millis(T0 + 38 * 3_600_000));
+    r.reconcile(ActualUsage {
+        input_tokens: 1000,
+        output_tokens: 0,
+    })
+    .await
+    .unwrap();
+    let status = l
+        .budget_status(&BudgetScope::Tenant("erin".into()))
+        .await
+        .unwrap();
+    // Used 1.0 but reserved 5.0: nothing beyond the reservation to charge.
+    assert_eq!(
+        (status.used, status.spent, status.reserved),
+        (0.0, 0.0, 0.0)
+    );
 
     // A key budget applies to requests made with that key only.
     l.set_budget(

@@ -23,7 +23,9 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use maas_core::admission::{BudgetScope, BudgetStatus, NewBudget};
 use maas_core::audit::AuditQuery;
+use maas_core::counter::Period;
 use maas_core::identity::{Identity, StaticTokens};
 use maas_core::mcp::{McpServers, NewMcpServer};
 use maas_core::projects::Projects;
@@ -32,8 +34,9 @@ use maas_core::scheduling::Scheduling;
 use maas_core::tier::{NewTier, TierService, TierUpdate};
 use maas_core::usage::{Granularity, GroupBy, TimeRange, UsageLedger, UsageScope};
 use maas_core::{
-    Actor, CacheSettings, Error, KeyId, KeyQuery, KeyUpdate, KeyspaceId, ModelService, ModelUpdate,
-    NewModel, NewTenant, PageRequest, Patch, Storage, TenantId, TenantUpdate, Timestamp, UserKeys,
+    Actor, AdmissionLimits, CacheSettings, Error, KeyId, KeyQuery, KeyUpdate, KeyspaceId,
+    ModelService, ModelUpdate, NewModel, NewTenant, PageRequest, Patch, Storage, TenantId,
+    TenantUpdate, Timestamp, UserKeys,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::OpenApi;
@@ -68,6 +71,8 @@ pub struct ManagementState {
     pub mcp: McpServers,
     /// The store (health, audit).
     pub storage: Storage,
+    /// Admission limits (budgets).
+    pub admission: AdmissionLimits,
 }
 
 /// The services the management API drives.
@@ -91,6 +96,9 @@ pub struct ManagementServices {
     pub mcp: McpServers,
     /// The store.
     pub storage: Storage,
+    /// Admission limits: budgets (share the gateway's, so a budget set here
+    /// applies to its next request).
+    pub admission: AdmissionLimits,
 }
 
 impl ManagementState {
@@ -116,6 +124,7 @@ impl ManagementState {
             root_keys,
             projects,
             storage,
+            admission,
         } = services;
         Ok(ManagementState {
             admin: Arc::new(admin),
@@ -128,6 +137,7 @@ impl ManagementState {
             root_keys,
             projects,
             storage,
+            admission,
         })
     }
 }
@@ -148,6 +158,12 @@ fn api() -> OpenApiRouter<ManagementState> {
         .routes(routes!(set_tenant_quota))
         .routes(routes!(set_tenant_group))
         .routes(routes!(set_tenant_tier))
+        .routes(routes!(
+            get_tenant_budget,
+            set_tenant_budget,
+            delete_tenant_budget
+        ))
+        .routes(routes!(get_key_budget, set_key_budget, delete_key_budget))
         .routes(routes!(fairshare_live))
         .routes(routes!(list_groups, create_group))
         .routes(routes!(set_group_weight))
@@ -561,6 +577,240 @@ async fn set_tenant_group(
         ..TenantUpdate::default()
     };
     update_tenant(&s, &id, &raw, update).await
+}
+
+// ----- budgets --------------------------------------------------------------
+
+/// A budget to set: `{"amount", "currency", "period", "soft_limit"}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = BudgetChange)]
+struct BudgetBody {
+    /// The most that may be spent per period (greater than 0).
+    #[schema(example = 5.0)]
+    amount: f64,
+    /// ISO 4217 code; default `USD`. Only models priced in it count.
+    #[serde(default)]
+    #[schema(example = "USD")]
+    currency: Option<String>,
+    /// When it starts over: `daily`, `weekly` (Monday) or `monthly`, at 00:00 UTC.
+    #[schema(value_type = String, example = "daily")]
+    period: Period,
+    /// Past this much spent or reserved, `budget.soft_limit_reached` is
+    /// raised (greater than 0, less than `amount`); none if absent.
+    #[serde(default)]
+    #[schema(example = 4.0)]
+    soft_limit: Option<f64>,
+}
+
+/// A budget with what is spent and held of it in the current period.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = BudgetState)]
+struct BudgetOut {
+    /// `tenant` or `key`.
+    scope: &'static str,
+    /// The tenant's name or the key's id.
+    subject: String,
+    /// The most that may be spent per period.
+    amount: f64,
+    /// Its currency.
+    currency: String,
+    /// `daily`, `weekly` or `monthly`.
+    #[schema(value_type = String)]
+    period: Period,
+    /// The soft limit, if any.
+    soft_limit: Option<f64>,
+    /// Charged in this period by completed requests.
+    spent: f64,
+    /// Held in this period by requests in flight (their worst case).
+    reserved: f64,
+    /// What is left: `amount - spent - reserved`, at least 0.
+    left: f64,
+    /// When the period ends and the budget starts over (unix ms).
+    #[schema(value_type = i64)]
+    resets_at: Timestamp,
+    /// When the budget was last changed (unix ms).
+    #[schema(value_type = i64)]
+    updated_at: Timestamp,
+}
+
+/// Money amounts as answered: to the nano-unit the counters keep.
+fn amount(x: f64) -> f64 {
+    (x * 1e9).round() / 1e9
+}
+
+fn budget_out(st: BudgetStatus) -> BudgetOut {
+    let b = st.budget;
+    let (scope, subject) = match b.scope {
+        BudgetScope::Tenant(n) => ("tenant", n),
+        BudgetScope::Key(k) => ("key", k),
+    };
+    BudgetOut {
+        scope,
+        subject,
+        amount: b.amount,
+        currency: b.currency,
+        period: b.period,
+        soft_limit: b.soft_threshold.map(|f| amount(f * b.amount)),
+        spent: amount(st.spent),
+        reserved: amount(st.reserved),
+        left: amount(st.remaining),
+        resets_at: st.reset,
+        updated_at: b.updated_at,
+    }
+}
+
+/// The budget scope of a tenant (by its name) or of a tenant's key.
+async fn tenant_scope(
+    s: &ManagementState,
+    raw: &str,
+    id: &RequestId,
+) -> Result<BudgetScope, Response> {
+    let tid = tenant_id(raw, id)?;
+    let tenant = s.scheduling.tenants().get(&tid).await.map_err(fail(id))?;
+    Ok(BudgetScope::Tenant(tenant.name))
+}
+
+async fn key_scope(
+    s: &ManagementState,
+    raw: &str,
+    id: &RequestId,
+) -> Result<BudgetScope, Response> {
+    let key_id = tenant_key(s, raw, id).await?;
+    Ok(BudgetScope::Key(key_id.to_string()))
+}
+
+async fn get_budget(s: &ManagementState, scope: &BudgetScope, id: &RequestId) -> Reply {
+    ok(budget_out(
+        s.admission.budget_status(scope).await.map_err(fail(id))?,
+    ))
+}
+
+async fn set_budget(
+    s: &ManagementState,
+    scope: BudgetScope,
+    body: BudgetBody,
+    id: &RequestId,
+) -> Reply {
+    let soft_threshold = match body.soft_limit {
+        None => None,
+        Some(soft) if soft.is_finite() && soft > 0.0 && soft < body.amount => {
+            Some(soft / body.amount)
+        }
+        Some(_) => {
+            return Err(problem::render(
+                &Error::invalid("soft_limit", "must be greater than 0 and less than amount"),
+                id,
+            ));
+        }
+    };
+    let new = NewBudget {
+        amount: body.amount,
+        currency: body.currency,
+        period: body.period,
+        soft_threshold,
+    };
+    s.admission
+        .set_budget(&admin_actor(), scope.clone(), new)
+        .await
+        .map_err(fail(id))?;
+    get_budget(s, &scope, id).await
+}
+
+async fn delete_budget(s: &ManagementState, scope: &BudgetScope, id: &RequestId) -> Reply {
+    s.admission
+        .delete_budget(&admin_actor(), scope)
+        .await
+        .map_err(fail(id))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A tenant's budget, with what is spent and reserved of it in this period.
+#[utoipa::path(get, path = "/tenants/{id}/budget", params(("id" = String, Path, description = "The tenant id")), responses(
+    (status = 200, description = "The budget", body = BudgetOut),
+    (status = 404, description = "No such tenant, or it has no budget", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn get_tenant_budget(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let scope = tenant_scope(&s, &raw, &id).await?;
+    get_budget(&s, &scope, &id).await
+}
+
+/// Sets (creates or replaces) a tenant's budget; audited.
+#[utoipa::path(put, path = "/tenants/{id}/budget", params(("id" = String, Path, description = "The tenant id")), request_body = BudgetBody, responses(
+    (status = 200, description = "The budget", body = BudgetOut),
+    (status = 400, description = "Bad input, naming the field; nothing changed", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 404, description = "No such tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn set_tenant_budget(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: Body<BudgetBody>,
+) -> Reply {
+    let scope = tenant_scope(&s, &raw, &id).await?;
+    set_budget(&s, scope, body.0, &id).await
+}
+
+/// Removes a tenant's budget; audited.
+#[utoipa::path(delete, path = "/tenants/{id}/budget", params(("id" = String, Path, description = "The tenant id")), responses(
+    (status = 204, description = "Removed"),
+    (status = 404, description = "No such tenant, or it has no budget", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn delete_tenant_budget(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let scope = tenant_scope(&s, &raw, &id).await?;
+    delete_budget(&s, &scope, &id).await
+}
+
+/// A tenant key's budget, with what is spent and reserved of it in this period.
+#[utoipa::path(get, path = "/keys/{id}/budget", params(("id" = String, Path, description = "The key id")), responses(
+    (status = 200, description = "The budget", body = BudgetOut),
+    (status = 404, description = "No such key, or it has no budget", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn get_key_budget(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let scope = key_scope(&s, &raw, &id).await?;
+    get_budget(&s, &scope, &id).await
+}
+
+/// Sets (creates or replaces) a tenant key's budget; audited.
+#[utoipa::path(put, path = "/keys/{id}/budget", params(("id" = String, Path, description = "The key id")), request_body = BudgetBody, responses(
+    (status = 200, description = "The budget", body = BudgetOut),
+    (status = 400, description = "Bad input, naming the field; nothing changed", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 404, description = "No such key", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn set_key_budget(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: Body<BudgetBody>,
+) -> Reply {
+    let scope = key_scope(&s, &raw, &id).await?;
+    set_budget(&s, scope, body.0, &id).await
+}
+
+/// Removes a tenant key's budget; audited.
+#[utoipa::path(delete, path = "/keys/{id}/budget", params(("id" = String, Path, description = "The key id")), responses(
+    (status = 204, description = "Removed"),
+    (status = 404, description = "No such key, or it has no budget", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn delete_key_budget(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let scope = key_scope(&s, &raw, &id).await?;
+    delete_budget(&s, &scope, &id).await
 }
 
 // ----- fair share, capacity -------------------------------------------------

@@ -683,17 +683,20 @@ impl Server {
             .await
             .map_err(step("loading the fair-share settings"))?;
 
+        // One instance for the gateway and the management API: a budget
+        // set through the API applies to the gateway's next request.
+        let admission = AdmissionLimits::with_config(
+            storage.clone(),
+            AdmissionConfig::default(),
+            clock.clone(),
+        );
         let gateway = Gateway::new(
             GatewayServices {
                 identity: identity.clone(),
                 user_keys: Some(user_keys.clone()),
                 tiers: tiers.clone(),
                 models: models.clone(),
-                admission: AdmissionLimits::with_config(
-                    storage.clone(),
-                    AdmissionConfig::default(),
-                    clock.clone(),
-                ),
+                admission: admission.clone(),
                 scheduling: scheduling.clone(),
                 usage: Some(usage.clone()),
             },
@@ -737,6 +740,7 @@ impl Server {
                     projects: Projects::new_with_clock(keys.clone(), clock.clone()),
                     mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
                     storage: storage.clone(),
+                    admission: admission.clone(),
                 },
             )
             .map_err(step("setting the admin token"))?,
