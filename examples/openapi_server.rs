@@ -34,6 +34,7 @@ use maas::core::{
     Actor, Clock, KeyHasher, KeyService, ModelService, NewModel, RateLimitConfig, RateLimiter,
     RootKeys, SystemClock, TierService, UserKeys,
 };
+use maas::core::{Authenticator, Gateway, GatewayServices};
 use maas::memory::MemoryStore;
 use maas_http::HttpConfig;
 use maas_http::maas_api::{self, MaasApiState};
@@ -105,15 +106,21 @@ async fn routers(token: &str) -> maas::core::Result<(Router, Router, Router)> {
             Identity::new("openapi", ["premium-users", "system:authenticated"]),
         )])?))
         .with(Arc::new(tokens.clone()));
+    let identity: Arc<dyn Authenticator> = Arc::new(identity);
+    let mut services = GatewayServices::defaults(&storage, identity.clone())?;
+    services.tiers = tiers.clone();
+    services.models = models.clone();
+    services.user_keys = Some(user_keys.clone());
     let maas = maas_api::router(
         MaasApiState {
-            identity: Arc::new(identity),
+            identity,
             tokens,
             tiers: tiers.clone(),
             models: models.clone(),
             user_keys: user_keys.clone(),
             storage: storage.clone(),
             gateway_url: "http://127.0.0.1:8080".into(),
+            gateway: Gateway::new(services, Arc::new(maas::core::SystemClock)),
         },
         &HttpConfig::default(),
     );
@@ -134,7 +141,7 @@ async fn routers(token: &str) -> maas::core::Result<(Router, Router, Router)> {
         root_keys,
         projects: Projects::new(keys),
         mcp: McpServers::new(storage.clone()),
-        admission: maas_core::AdmissionLimits::new(storage.clone()),
+        admission: maas::core::AdmissionLimits::new(storage.clone()),
         storage,
     };
     let management = management::router(

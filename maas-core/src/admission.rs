@@ -361,6 +361,104 @@ pub struct BudgetStatus {
     pub reset: Timestamp,
 }
 
+/// A budget as the APIs show it: its settings, and what is spent, held
+/// and left of it in the current period (amounts to the nano-unit the
+/// counters keep).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BudgetView {
+    /// `tenant` or `key`.
+    pub scope: &'static str,
+    /// The tenant's name or the key's id.
+    pub subject: String,
+    /// The most that may be spent per period.
+    pub amount: f64,
+    /// Its currency (ISO 4217); only models priced in it count.
+    pub currency: String,
+    /// `daily`, `weekly` (from Monday) or `monthly`, from 00:00 UTC.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub period: Period,
+    /// Past this much spent or reserved, admissions warn; none if absent.
+    pub soft_limit: Option<f64>,
+    /// Charged in this period by completed requests.
+    pub spent: f64,
+    /// Held in this period by requests in flight (their worst case).
+    pub reserved: f64,
+    /// What is left: `amount - spent - reserved`, at least 0.
+    pub left: f64,
+    /// When the period ends and the budget starts over (unix ms).
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    pub resets_at: Timestamp,
+    /// When the budget was last changed (unix ms).
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    pub updated_at: Timestamp,
+}
+
+/// An amount rounded to the nano-unit.
+fn nano_rounded(x: f64) -> f64 {
+    (x * NANOS).round() / NANOS
+}
+
+impl From<BudgetStatus> for BudgetView {
+    fn from(st: BudgetStatus) -> Self {
+        let b = st.budget;
+        let (scope, subject) = match b.scope {
+            BudgetScope::Tenant(n) => ("tenant", n),
+            BudgetScope::Key(k) => ("key", k),
+        };
+        BudgetView {
+            scope,
+            subject,
+            amount: b.amount,
+            currency: b.currency,
+            period: b.period,
+            soft_limit: b.soft_threshold.map(|f| nano_rounded(f * b.amount)),
+            spent: nano_rounded(st.spent),
+            reserved: nano_rounded(st.reserved),
+            left: nano_rounded(st.remaining),
+            resets_at: st.reset,
+            updated_at: b.updated_at,
+        }
+    }
+}
+
+/// How much of a limit is left right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Allowance {
+    /// The limit.
+    pub limit: u64,
+    /// What is left of it.
+    pub remaining: u64,
+    /// When it is whole again at the latest (unix ms).
+    #[cfg_attr(feature = "openapi", schema(value_type = i64))]
+    pub reset: Timestamp,
+}
+
+impl From<Decision> for Allowance {
+    fn from(d: Decision) -> Self {
+        Allowance {
+            limit: d.limit,
+            remaining: d.remaining,
+            reset: d.reset,
+        }
+    }
+}
+
+/// What a caller has left of every limit admission counts it against.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Allowances {
+    /// The tier's requests per minute.
+    pub requests: Allowance,
+    /// The tier's tokens per minute.
+    pub tokens: Allowance,
+    /// The tenant's tokens-per-minute quota, if it has one.
+    pub tenant_quota: Option<Allowance>,
+    /// The tenant's budget and the key's, those that exist.
+    pub budgets: Vec<BudgetView>,
+}
+
 /// Settings of [`AdmissionLimits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmissionConfig {
@@ -832,6 +930,73 @@ impl AdmissionLimits {
             .budgets
             .refresh(self.now(), || self.load_budgets())
             .await;
+    }
+
+    /// What `tenant` (calling with `key_id`, at `tier`) has left right now
+    /// of every limit [`Self::reserve`] counts: reads only.
+    pub async fn allowances(
+        &self,
+        tenant: &str,
+        key_id: Option<&str>,
+        tier: &Tier,
+    ) -> Result<Allowances> {
+        let now = self.now();
+        let quota = self.tenant_quota(tenant, now).await?;
+        let minute = |limit: u64| {
+            LimitSpec::Sliding(SlidingSpec {
+                limit: limit.max(1),
+                window_ms: MINUTE_MS,
+            })
+        };
+        let mut ops = vec![
+            LimitOp {
+                id: format!("rpm\x1f{tenant}"),
+                spec: minute(tier.requests_per_minute),
+                cost: 0,
+            },
+            LimitOp {
+                id: format!("tpm\x1f{tenant}"),
+                spec: minute(tier.tokens_per_minute),
+                cost: 0,
+            },
+        ];
+        if let Some(q) = quota {
+            ops.push(LimitOp {
+                id: format!("quota\x1f{tenant}"),
+                spec: minute(q),
+                cost: 0,
+            });
+        }
+        let r = self.inner.storage.counters.reserve(&ops, now).await?;
+        let d = |i: usize| {
+            r.decisions
+                .get(i)
+                .copied()
+                .map(Allowance::from)
+                .ok_or_else(|| Error::internal("reserve returned too few decisions"))
+        };
+        let (requests, tokens) = (d(0)?, d(1)?);
+        let tenant_quota = if quota.is_some() { Some(d(2)?) } else { None };
+        let index = self.budgets(now).await?;
+        let mut budgets = Vec::new();
+        let scopes = std::iter::once(BudgetScope::Tenant(tenant.to_owned()))
+            .chain(key_id.map(|k| BudgetScope::Key(k.to_owned())));
+        for scope in scopes {
+            if index.by_id.contains_key(&scope.record_id()) {
+                match self.budget_status(&scope).await {
+                    Ok(st) => budgets.push(st.into()),
+                    // Removed since the snapshot was taken.
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(Allowances {
+            requests,
+            tokens,
+            tenant_quota,
+            budgets,
+        })
     }
 
     /// Forgets cached tenant quotas (after a quota change through this node).

@@ -16,6 +16,7 @@ use maas_core::{
     Actor, AuditEvent, Error, KeyHasher, KeyService, ManualClock, ModelService, NewModel,
     TierService, UserKeys,
 };
+use maas_core::{Authenticator, Gateway, GatewayServices};
 use maas_http::HttpConfig;
 use maas_http::maas_api::{MaasApiState, router};
 use maas_store_memory::MemoryStore;
@@ -64,14 +65,21 @@ async fn app_with(config: HttpConfig) -> App {
         .unwrap();
     let keys = KeyService::new_with_clock(storage.clone(), KeyHasher::random(), clock.clone());
     let user_keys = UserKeys::new_with_clock(keys, clock.clone());
+    let identity: Arc<dyn Authenticator> = Arc::new(identity);
+    let mut services = GatewayServices::defaults(&storage, identity.clone()).unwrap();
+    services.tiers = tiers.clone();
+    services.models = models.clone();
+    services.user_keys = Some(user_keys.clone());
+    let gateway = Gateway::new(services, clock.clone());
     let state = MaasApiState {
-        identity: Arc::new(identity),
+        identity,
         tokens,
         tiers,
         models,
         user_keys,
         storage,
         gateway_url: "http://gateway.test".into(),
+        gateway,
     };
     App {
         router: router(state.clone(), &config),

@@ -35,6 +35,7 @@ use maas_core::{
     Actor, Clock, KeyHasher, KeyService, ManualClock, ModelService, RateLimitConfig, RateLimiter,
     RootKeys, TierService, Timestamp, UserKeys,
 };
+use maas_core::{Authenticator, Gateway, GatewayServices};
 use maas_http::HttpConfig;
 use maas_http::maas_api::{self, MaasApiState};
 use maas_http::management::{self, ManagementServices, ManagementState};
@@ -74,15 +75,21 @@ async fn apps() -> Apps {
                 .unwrap(),
         ))
         .with(Arc::new(tokens.clone()));
+    let identity: Arc<dyn Authenticator> = Arc::new(identity);
+    let mut services = GatewayServices::defaults(&storage, identity.clone()).unwrap();
+    services.tiers = tiers.clone();
+    services.models = models.clone();
+    services.user_keys = Some(user_keys.clone());
     let maas = maas_api::router(
         MaasApiState {
-            identity: Arc::new(identity),
+            identity,
             tokens,
             tiers: tiers.clone(),
             models: models.clone(),
             user_keys: user_keys.clone(),
             storage: storage.clone(),
             gateway_url: "http://gateway.test".into(),
+            gateway: Gateway::new(services, c.clone()),
         },
         &HttpConfig::default(),
     );

@@ -458,3 +458,114 @@ async fn a_key_budget_refuses_that_key_only() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     s.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn me_shows_a_user_a_user_key_and_a_tenant_key_what_they_have_left() {
+    let s = server().await;
+    // A user (an identity token of the example users: premium).
+    let (status, me) = send(
+        reqwest::Method::GET,
+        s.public_addr,
+        "/v1/me",
+        "dev-premium-token",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["kind"], "user");
+    assert_eq!(me["tier"]["name"], "premium");
+    assert_eq!(me["key_id"], Value::Null);
+    assert_eq!(me["requests"]["limit"], 20);
+    assert_eq!(me["requests"]["remaining"], 20);
+    let user = me["user"].as_str().unwrap().to_owned();
+
+    // Their own API key: the same tier, the key named; a request counts.
+    let (status, k) = send(
+        reqwest::Method::POST,
+        s.public_addr,
+        "/keys",
+        "dev-premium-token",
+        Some(json!({"name": "laptop"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{k}");
+    let user_key = k["api_key"].as_str().unwrap().to_owned();
+    let (status, body) = chat(&s, &user_key, SIMULATOR_MODEL).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, me) = send(
+        reqwest::Method::GET,
+        s.public_addr,
+        "/v1/me",
+        &user_key,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!((&me["kind"], &me["user"]), (&json!("user"), &json!(user)));
+    assert_eq!(me["tier"]["name"], "premium");
+    assert!(me["key_id"].as_str().unwrap().starts_with("key_"), "{me}");
+    assert_eq!(me["requests"]["remaining"], 19, "{me}");
+    assert_eq!(me["key_remaining"], Value::Null);
+
+    // A tenant's key: the tenant's tier, quota and budget.
+    let (tid, _, secret) = bulk_tenant(&s, "acme").await;
+    let (status, body) = admin(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/tenants/{tid}/quota"),
+        Some(json!({"tokens_per_minute": 5000})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    price_per_token(&s).await;
+    let (status, body) = admin(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/tenants/{tid}/budget"),
+        Some(json!({"amount": 100.0, "period": "monthly"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, answer) = chat(&s, &secret, SIMULATOR_MODEL).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let used = answer["usage"]["prompt_tokens"].as_u64().unwrap()
+        + answer["usage"]["completion_tokens"].as_u64().unwrap();
+    let (status, me) = send(reqwest::Method::GET, s.public_addr, "/v1/me", &secret, None).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(
+        (&me["kind"], &me["user"]),
+        (&json!("tenant"), &json!("acme"))
+    );
+    assert_eq!(me["groups"], json!([]));
+    assert_eq!(me["tier"]["name"], "bulk");
+    assert_eq!(me["tenant_quota"]["limit"], 5000);
+    assert_eq!(me["tenant_quota"]["remaining"], 5000 - used, "{me}");
+    let budget = &me["budgets"][0];
+    assert_eq!(
+        (&budget["scope"], &budget["amount"]),
+        (&json!("tenant"), &json!(100.0))
+    );
+    assert_eq!(budget["spent"].as_f64().unwrap(), used as f64, "{me}");
+    assert_eq!(budget["reserved"], 0.0);
+    // Today's usage and cost: the one request.
+    let today = &me["today"];
+    assert_eq!(today["requests"], 1, "{me}");
+    assert_eq!(
+        today["input_tokens"].as_u64().unwrap() + today["output_tokens"].as_u64().unwrap(),
+        used,
+        "{me}"
+    );
+    assert_eq!(today["costs"][0]["amount"].as_f64().unwrap(), used as f64, "{me}");
+
+    // Nothing without a valid credential.
+    let (status, _) = send(
+        reqwest::Method::GET,
+        s.public_addr,
+        "/v1/me",
+        "sk_nope",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    s.shutdown().await.unwrap();
+}

@@ -25,6 +25,7 @@
 //! a gateway that is not tower-based (Pingora, hyper directly) calls them
 //! itself (see `examples/embed_core.rs`).
 
+mod account;
 mod cache;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+pub use account::{Account, AccountTier, CallerKind};
 pub use cache::{CacheKey, MAX_CACHED_BODY, ResponseCache};
 
 use crate::admission::{

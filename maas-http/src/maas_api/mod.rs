@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use maas_core::identity::{Authenticator, Chain, Identity};
 use maas_core::{
-    Actor, Error, ModelService, Storage, TierService, Timestamp, TokenService, UserKeys,
+    Actor, Error, Gateway, ModelService, Storage, TierService, Timestamp, TokenService, UserKeys,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::OpenApi;
@@ -58,6 +58,9 @@ pub struct MaasApiState {
     /// The gateway's base URL: `/v1/models` lists each model at
     /// `{gateway_url}/{id}`.
     pub gateway_url: String,
+    /// The gateway: `/v1/me` takes every credential it takes and shows
+    /// what its admission counts.
+    pub gateway: Gateway,
 }
 
 /// The prefix under which every route is served a second time (seed 002's
@@ -77,6 +80,7 @@ fn api() -> OpenApiRouter<MaasApiState> {
             .routes(routes!(issue_token, revoke_tokens))
             .routes(routes!(issue_token_v1))
             .routes(routes!(list_models))
+            .routes(routes!(me))
     };
     // The second copy's operations need ids of their own.
     let mut again = routes();
@@ -537,6 +541,41 @@ async fn list_models(State(s): State<MaasApiState>, id: RequestId, parts: Parts)
     };
     match s.models.openai_list(&tier, &s.gateway_url).await {
         Ok(list) => Json(list).into_response(),
+        Err(e) => goa(&e, &id),
+    }
+}
+
+/// Who the caller is and what it has left right now: its tier and what is
+/// left of its requests and tokens this minute, its tenant's quota, the
+/// tenant's and the key's budgets, the key's remaining uses, and today's
+/// usage and cost. Takes every credential the gateway takes (a maas token,
+/// an identity token, a user's or a tenant's API key); reads only.
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    operation_id = "me#get",
+    security(("maasToken" = []), ("userApiKey" = [])),
+    responses(
+        (status = 200, description = "The caller and what it has left", body = maas_core::gateway::Account),
+        (status = 401, description = "No credential, or one that is not valid", body = GoaErrorBody, content_type = GOA_ERROR),
+        (status = 403, description = "The caller maps to no tier", body = GoaErrorBody, content_type = GOA_ERROR),
+    )
+)]
+async fn me(State(s): State<MaasApiState>, id: RequestId, parts: Parts) -> Response {
+    let Some(credential) = bearer(&parts) else {
+        return goa(
+            &Error::Unauthenticated {
+                reason: "a bearer credential is required".into(),
+            },
+            &id,
+        );
+    };
+    let caller = match s.gateway.authenticate(credential).await {
+        Ok(c) => c,
+        Err(e) => return goa(&e, &id),
+    };
+    match s.gateway.account(&caller).await {
+        Ok(a) => Json(a).into_response(),
         Err(e) => goa(&e, &id),
     }
 }

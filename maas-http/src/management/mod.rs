@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use maas_core::admission::{BudgetScope, BudgetStatus, NewBudget};
+use maas_core::admission::{BudgetScope, BudgetView, NewBudget};
 use maas_core::audit::AuditQuery;
 use maas_core::counter::Period;
 use maas_core::identity::{Identity, StaticTokens};
@@ -603,63 +603,6 @@ struct BudgetBody {
     soft_limit: Option<f64>,
 }
 
-/// A budget with what is spent and held of it in the current period.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = BudgetState)]
-struct BudgetOut {
-    /// `tenant` or `key`.
-    scope: &'static str,
-    /// The tenant's name or the key's id.
-    subject: String,
-    /// The most that may be spent per period.
-    amount: f64,
-    /// Its currency.
-    currency: String,
-    /// `daily`, `weekly` or `monthly`.
-    #[schema(value_type = String)]
-    period: Period,
-    /// The soft limit, if any.
-    soft_limit: Option<f64>,
-    /// Charged in this period by completed requests.
-    spent: f64,
-    /// Held in this period by requests in flight (their worst case).
-    reserved: f64,
-    /// What is left: `amount - spent - reserved`, at least 0.
-    left: f64,
-    /// When the period ends and the budget starts over (unix ms).
-    #[schema(value_type = i64)]
-    resets_at: Timestamp,
-    /// When the budget was last changed (unix ms).
-    #[schema(value_type = i64)]
-    updated_at: Timestamp,
-}
-
-/// Money amounts as answered: to the nano-unit the counters keep.
-fn amount(x: f64) -> f64 {
-    (x * 1e9).round() / 1e9
-}
-
-fn budget_out(st: BudgetStatus) -> BudgetOut {
-    let b = st.budget;
-    let (scope, subject) = match b.scope {
-        BudgetScope::Tenant(n) => ("tenant", n),
-        BudgetScope::Key(k) => ("key", k),
-    };
-    BudgetOut {
-        scope,
-        subject,
-        amount: b.amount,
-        currency: b.currency,
-        period: b.period,
-        soft_limit: b.soft_threshold.map(|f| amount(f * b.amount)),
-        spent: amount(st.spent),
-        reserved: amount(st.reserved),
-        left: amount(st.remaining),
-        resets_at: st.reset,
-        updated_at: b.updated_at,
-    }
-}
-
 /// The budget scope of a tenant (by its name) or of a tenant's key.
 async fn tenant_scope(
     s: &ManagementState,
@@ -681,7 +624,7 @@ async fn key_scope(
 }
 
 async fn get_budget(s: &ManagementState, scope: &BudgetScope, id: &RequestId) -> Reply {
-    ok(budget_out(
+    ok(BudgetView::from(
         s.admission.budget_status(scope).await.map_err(fail(id))?,
     ))
 }
@@ -727,7 +670,7 @@ async fn delete_budget(s: &ManagementState, scope: &BudgetScope, id: &RequestId)
 
 /// A tenant's budget, with what is spent and reserved of it in this period.
 #[utoipa::path(get, path = "/tenants/{id}/budget", params(("id" = String, Path, description = "The tenant id")), responses(
-    (status = 200, description = "The budget", body = BudgetOut),
+    (status = 200, description = "The budget", body = BudgetView),
     (status = 404, description = "No such tenant, or it has no budget", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]
 async fn get_tenant_budget(
@@ -741,7 +684,7 @@ async fn get_tenant_budget(
 
 /// Sets (creates or replaces) a tenant's budget; audited.
 #[utoipa::path(put, path = "/tenants/{id}/budget", params(("id" = String, Path, description = "The tenant id")), request_body = BudgetBody, responses(
-    (status = 200, description = "The budget", body = BudgetOut),
+    (status = 200, description = "The budget", body = BudgetView),
     (status = 400, description = "Bad input, naming the field; nothing changed", body = ProblemDetails, content_type = PROBLEM_JSON),
     (status = 404, description = "No such tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]
@@ -771,7 +714,7 @@ async fn delete_tenant_budget(
 
 /// A tenant key's budget, with what is spent and reserved of it in this period.
 #[utoipa::path(get, path = "/keys/{id}/budget", params(("id" = String, Path, description = "The key id")), responses(
-    (status = 200, description = "The budget", body = BudgetOut),
+    (status = 200, description = "The budget", body = BudgetView),
     (status = 404, description = "No such key, or it has no budget", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]
 async fn get_key_budget(
@@ -785,7 +728,7 @@ async fn get_key_budget(
 
 /// Sets (creates or replaces) a tenant key's budget; audited.
 #[utoipa::path(put, path = "/keys/{id}/budget", params(("id" = String, Path, description = "The key id")), request_body = BudgetBody, responses(
-    (status = 200, description = "The budget", body = BudgetOut),
+    (status = 200, description = "The budget", body = BudgetView),
     (status = 400, description = "Bad input, naming the field; nothing changed", body = ProblemDetails, content_type = PROBLEM_JSON),
     (status = 404, description = "No such key", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]

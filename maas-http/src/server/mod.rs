@@ -718,6 +718,7 @@ impl Server {
                 user_keys: user_keys.clone(),
                 storage: storage.clone(),
                 gateway_url: public_url.clone(),
+                gateway: gateway.clone(),
             },
             &http,
         );
