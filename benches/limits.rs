@@ -119,6 +119,7 @@ async fn admit_once(limits: &AdmissionLimits, tier: &Tier, tenant: &str) {
     let usage = ActualUsage {
         input_tokens: 200,
         output_tokens: 100,
+        cached_tokens: 0,
     };
     held.reconcile(usage).await.unwrap();
 }

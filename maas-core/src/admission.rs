@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::model::Pricing;
 use crate::storage::Storage;
 use crate::tier::Tier;
-use crate::usage::{cost_nanos, nanos_to_amount};
+use crate::usage::{billed_nanos, nanos_to_amount, worst_case_nanos};
 use crate::validate;
 
 /// The record kind of [`Budget`]s.
@@ -342,6 +342,9 @@ pub struct ActualUsage {
     pub input_tokens: u64,
     /// Completion tokens.
     pub output_tokens: u64,
+    /// Of the prompt tokens, those served from the upstream's prompt cache
+    /// (billed at the cached price).
+    pub cached_tokens: u64,
 }
 
 /// The state of a budget in its current period.
@@ -567,10 +570,11 @@ impl Reservation {
                     (Some(_), Some(LimitKind::Tokens | LimitKind::TenantTokens)) => {
                         tokens.unwrap_or(0)
                     }
-                    (Some(u), Some(LimitKind::TenantBudget | LimitKind::KeyBudget)) => self
-                        .pricing
-                        .as_ref()
-                        .map_or(0, |p| cost_nanos(p, u.input_tokens, u.output_tokens)),
+                    (Some(u), Some(LimitKind::TenantBudget | LimitKind::KeyBudget)) => {
+                        self.pricing.as_ref().map_or(0, |p| {
+                            billed_nanos(p, u.input_tokens, u.cached_tokens, u.output_tokens)
+                        })
+                    }
                 };
                 SettleOp {
                     id: op.id,
@@ -741,7 +745,9 @@ impl AdmissionLimits {
                     continue;
                 };
                 let cost = match req.pricing {
-                    Some(p) if p.currency == b.currency => cost_nanos(p, req.prompt_tokens, output),
+                    Some(p) if p.currency == b.currency => {
+                        worst_case_nanos(p, req.prompt_tokens, output)
+                    }
                     // Free, or priced in another currency: not counted.
                     _ => continue,
                 };

@@ -135,6 +135,12 @@ pub struct Pricing {
     pub input_per_million: f64,
     /// Price of one million output (completion) tokens.
     pub output_per_million: f64,
+    /// Price of one million cached input tokens (those of
+    /// `usage.prompt_tokens_details.cached_tokens`, which are part of the
+    /// prompt tokens and billed once, at this price); absent: the input
+    /// price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million: Option<f64>,
     /// ISO 4217 currency code; default `USD`.
     #[serde(default = "default_currency")]
     pub currency: String,
@@ -150,8 +156,15 @@ impl Pricing {
         Pricing {
             input_per_million,
             output_per_million,
+            cached_input_per_million: None,
             currency: default_currency(),
         }
+    }
+
+    /// The price of one million cached input tokens.
+    pub fn cached_input_price(&self) -> f64 {
+        self.cached_input_per_million
+            .unwrap_or(self.input_per_million)
     }
 
     /// The cost of a request of `input` and `output` tokens.
@@ -164,6 +177,10 @@ impl Pricing {
         for (field, v) in [
             ("pricing.input_per_million", self.input_per_million),
             ("pricing.output_per_million", self.output_per_million),
+            (
+                "pricing.cached_input_per_million",
+                self.cached_input_price(),
+            ),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(Error::invalid(field, "must be a number of at least 0"));

@@ -555,7 +555,11 @@ async fn me_shows_a_user_a_user_key_and_a_tenant_key_what_they_have_left() {
         used,
         "{me}"
     );
-    assert_eq!(today["costs"][0]["amount"].as_f64().unwrap(), used as f64, "{me}");
+    assert_eq!(
+        today["costs"][0]["amount"].as_f64().unwrap(),
+        used as f64,
+        "{me}"
+    );
 
     // Nothing without a valid credential.
     let (status, _) = send(

@@ -628,6 +628,7 @@ impl Admitted {
             r.reconcile(ActualUsage {
                 input_tokens: done.input_tokens,
                 output_tokens: done.output_tokens,
+                cached_tokens: done.cached_tokens,
             })
             .await
         }

@@ -80,6 +80,7 @@ pub async fn admission_reserve_reconcile_release(storage: Storage, clock: Manual
     r.reconcile(ActualUsage {
         input_tokens: 50,
         output_tokens: 100,
+        cached_tokens: 0,
     })
     .await
     .unwrap();
@@ -309,6 +310,7 @@ pub async fn admission_budgets(storage: Storage, clock: ManualClock) {
     r.reconcile(ActualUsage {
         input_tokens: 1000,
         output_tokens: 500,
+        cached_tokens: 0,
     })
     .await
     .unwrap();
@@ -345,6 +347,7 @@ pub async fn admission_budgets(storage: Storage, clock: ManualClock) {
     r.reconcile(ActualUsage {
         input_tokens: 0,
         output_tokens: 2000,
+        cached_tokens: 0,
     })
     .await
     .unwrap();
@@ -401,6 +404,7 @@ pub async fn admission_budgets(storage: Storage, clock: ManualClock) {
     r.reconcile(ActualUsage {
         input_tokens: 1000,
         output_tokens: 0,
+        cached_tokens: 0,
     })
     .await
     .unwrap();
@@ -505,6 +509,82 @@ pub async fn admission_budgets(storage: Storage, clock: ManualClock) {
         .release()
         .await
         .unwrap();
+}
+
+/// Cached prompt tokens are billed once, at the model's cached price; the
+/// reservation holds the worst case (every prompt token at the dearer
+/// price), so a budget is never overshot whatever the upstream reports.
+pub async fn admission_budgets_bill_cached_tokens_once(storage: Storage, clock: ManualClock) {
+    clock.set(Timestamp::from_millis(T0));
+    let l = limits(&storage, &clock);
+    let t = tier(1000, 10_000_000, None);
+    let scope = BudgetScope::Tenant("gina".into());
+    l.set_budget(
+        &Actor::new("admin"),
+        scope.clone(),
+        NewBudget {
+            amount: 1.0,
+            currency: None,
+            period: Period::Monthly,
+            soft_threshold: None,
+        },
+    )
+    .await
+    .unwrap();
+    // Per million: 200 input, 50 cached input, 800 output.
+    let price = Pricing {
+        cached_input_per_million: Some(50.0),
+        ..Pricing::usd(200.0, 800.0)
+    };
+    let r = l
+        .reserve(&AdmissionRequest {
+            pricing: Some(&price),
+            ..req("gina", &t, 1000, Some(100))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    // Held: 1000 x 200 + 100 x 800 per million = 0.28.
+    let st = l.budget_status(&scope).await.unwrap();
+    assert!((st.reserved - 0.28).abs() < 1e-9, "{st:?}");
+    // 800 of the 1000 prompt tokens cached: 200 x 200 + 800 x 50 + 100 x
+    // 800 per million = 0.16, charged once.
+    r.reconcile(ActualUsage {
+        input_tokens: 1000,
+        output_tokens: 100,
+        cached_tokens: 800,
+    })
+    .await
+    .unwrap();
+    let st = l.budget_status(&scope).await.unwrap();
+    assert!(
+        (st.spent - 0.16).abs() < 1e-9 && st.reserved == 0.0,
+        "{st:?}"
+    );
+    // A cache dearer than input: the worst case uses the cached price.
+    let dear = Pricing {
+        cached_input_per_million: Some(400.0),
+        ..Pricing::usd(200.0, 800.0)
+    };
+    let r = l
+        .reserve(&AdmissionRequest {
+            pricing: Some(&dear),
+            ..req("gina", &t, 1000, Some(100))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let st = l.budget_status(&scope).await.unwrap();
+    assert!((st.reserved - 0.48).abs() < 1e-9, "{st:?}");
+    r.reconcile(ActualUsage {
+        input_tokens: 1000,
+        output_tokens: 100,
+        cached_tokens: 1000,
+    })
+    .await
+    .unwrap();
+    let st = l.budget_status(&scope).await.unwrap();
+    assert!((st.spent - 0.64).abs() < 1e-9, "{st:?}");
 }
 
 /// 64 concurrent requests of 100 tokens against 1000 tokens per minute,

@@ -98,6 +98,7 @@ scenarios!($;
     admission_reserve_reconcile_release,
     admission_denials_name_the_limit,
     admission_budgets,
+    admission_budgets_bill_cached_tokens_once,
     admission_concurrent_holds_are_exact,
     scheduling_groups_capacity_tenants,
     gateway_authenticate_admit_complete,

@@ -669,7 +669,10 @@ fn price(i: usize) -> Option<Pricing> {
     match i {
         0 => None,
         1 => Some(Pricing::usd(3.0, 15.0)),
-        2 => Some(Pricing::usd(0.15, 0.6)),
+        2 => Some(Pricing {
+            cached_input_per_million: Some(0.075),
+            ..Pricing::usd(0.15, 0.6)
+        }),
         _ => Some(Pricing {
             currency: "EUR".into(),
             ..Pricing::usd(0.5, 1.25)
@@ -757,7 +760,7 @@ impl Naive {
         self.misses += u64::from(r.cache == Some(CacheOutcome::Miss));
         if let Some(p) = &r.pricing {
             *self.costs.entry(p.currency.clone()).or_default() +=
-                crate::usage::cost_nanos(p, r.input_tokens, r.output_tokens);
+                crate::usage::billed_nanos(p, r.input_tokens, r.cached_tokens, r.output_tokens);
         }
     }
 

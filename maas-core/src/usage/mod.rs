@@ -180,9 +180,9 @@ impl UsageRecord {
     /// The cost of this request in 10⁻⁹ of its pricing's currency (0 when
     /// unpriced), see [`cost_nanos`].
     pub fn cost_nanos(&self) -> u64 {
-        self.pricing
-            .as_ref()
-            .map_or(0, |p| cost_nanos(p, self.input_tokens, self.output_tokens))
+        self.pricing.as_ref().map_or(0, |p| {
+            billed_nanos(p, self.input_tokens, self.cached_tokens, self.output_tokens)
+        })
     }
 }
 
@@ -190,12 +190,34 @@ impl UsageRecord {
 /// ([`Pricing::cost`]), in 10⁻⁹ of its currency, rounded to the nearest
 /// (saturating; a negative or non-finite price costs 0).
 pub fn cost_nanos(pricing: &Pricing, input: u64, output: u64) -> u64 {
-    // cost × 10⁹ = (input × price_in + output × price_out) / 10⁶ × 10⁹
-    let nanos = (input as f64 * pricing.input_per_million
+    billed_nanos(pricing, input, 0, output)
+}
+
+/// The cost of `input` prompt tokens of which `cached` were cached (billed
+/// once, at [`Pricing::cached_input_price`]; the rest at the input price)
+/// and `output` tokens, in 10⁻⁹ of the currency, rounded to the nearest
+/// (saturating; a negative or non-finite price costs 0).
+pub fn billed_nanos(pricing: &Pricing, input: u64, cached: u64, output: u64) -> u64 {
+    let cached = cached.min(input);
+    // cost × 10⁹ = (tokens × price per million) / 10⁶ × 10⁹
+    let nanos = ((input - cached) as f64 * pricing.input_per_million
+        + cached as f64 * pricing.cached_input_price()
         + output as f64 * pricing.output_per_million)
         * 1_000.0;
     // `as` saturates, and maps NaN to 0.
     nanos.round() as u64
+}
+
+/// The most `input` prompt tokens (however many turn out cached) and
+/// `output` tokens can cost: each prompt token at the higher of the input
+/// and cached prices. What a reservation holds of a budget.
+pub fn worst_case_nanos(pricing: &Pricing, input: u64, output: u64) -> u64 {
+    let dearest = Pricing {
+        input_per_million: pricing.input_per_million.max(pricing.cached_input_price()),
+        cached_input_per_million: None,
+        ..pricing.clone()
+    };
+    billed_nanos(&dearest, input, 0, output)
 }
 
 /// Nanos (10⁻⁹ units) as an amount of currency: the nearest `f64` up to

@@ -139,6 +139,36 @@ fn costs_are_exact_nanos() {
     assert_eq!(cost_nanos(&Pricing::usd(0.0001, 0.0), 4, 0), 0); // 0.4 nano
     assert_eq!(cost_nanos(&Pricing::usd(0.0001, 0.0), 6, 0), 1); // 0.6 nano
     assert_eq!(cost_nanos(&Pricing::usd(f64::NAN, -1.0), 5, 5), 0);
+    // Cached prompt tokens are billed once, at the cached price (1,000 of
+    // 4,000 prompt tokens: 3,000 x 2 + 1,000 x 0.5 + 100 x 8 per million).
+    let cached = Pricing {
+        cached_input_per_million: Some(0.5),
+        ..Pricing::usd(2.0, 8.0)
+    };
+    assert_eq!(billed_nanos(&cached, 4000, 1000, 100), 7_300_000);
+    assert_eq!(
+        billed_nanos(&cached, 4000, 0, 100),
+        cost_nanos(&cached, 4000, 100)
+    );
+    // More cached than prompt tokens (a confused upstream): all cached, once.
+    assert_eq!(billed_nanos(&cached, 10, 50, 0), 5_000);
+    // Without a cached price: the input price.
+    let plain = Pricing::usd(2.0, 8.0);
+    assert_eq!(
+        billed_nanos(&plain, 4000, 1000, 100),
+        cost_nanos(&plain, 4000, 100)
+    );
+    // The worst case prices every prompt token at the dearer of the two.
+    assert_eq!(
+        worst_case_nanos(&cached, 4000, 100),
+        cost_nanos(&cached, 4000, 100)
+    );
+    let dear_cache = Pricing {
+        cached_input_per_million: Some(3.0),
+        ..Pricing::usd(2.0, 8.0)
+    };
+    assert_eq!(worst_case_nanos(&dear_cache, 1000, 0), 3_000_000);
+    assert!(billed_nanos(&dear_cache, 1000, 1000, 0) <= worst_case_nanos(&dear_cache, 1000, 0));
     assert_eq!(nanos_to_amount(6_276_000), 0.006276);
     assert_eq!(nanos_to_amount(u64::MAX), 18_446_744_073.709_553);
 }
