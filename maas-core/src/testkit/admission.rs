@@ -20,7 +20,7 @@ use crate::tier::{ModelAccess, Tier};
 /// 2025-03-12T10:00:00Z, a Wednesday.
 const T0: i64 = 1_741_773_600_000;
 
-fn tier(rpm: u64, tpm: u64, max: Option<u64>) -> Tier {
+pub(super) fn tier(rpm: u64, tpm: u64, max: Option<u64>) -> Tier {
     Tier {
         name: "t".into(),
         level: 0,
@@ -35,7 +35,7 @@ fn tier(rpm: u64, tpm: u64, max: Option<u64>) -> Tier {
     }
 }
 
-fn limits(storage: &Storage, clock: &ManualClock) -> AdmissionLimits {
+pub(super) fn limits(storage: &Storage, clock: &ManualClock) -> AdmissionLimits {
     AdmissionLimits::with_config(
         storage.clone(),
         AdmissionConfig {
@@ -47,7 +47,12 @@ fn limits(storage: &Storage, clock: &ManualClock) -> AdmissionLimits {
     )
 }
 
-fn req<'a>(tenant: &'a str, tier: &'a Tier, prompt: u64, max: Option<u64>) -> AdmissionRequest<'a> {
+pub(super) fn req<'a>(
+    tenant: &'a str,
+    tier: &'a Tier,
+    prompt: u64,
+    max: Option<u64>,
+) -> AdmissionRequest<'a> {
     AdmissionRequest {
         tenant,
         key_id: None,

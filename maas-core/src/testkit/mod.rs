@@ -159,6 +159,7 @@ scenarios!($;
     prop_refill_agrees_with_model,
     prop_balance_never_overspends,
     prop_window_never_over_admits,
+    prop_budget_holds_never_overspend,
     prop_reserve_never_over_admits,
     prop_usage_totals_equal_sum_of_records,
 );

@@ -328,3 +328,140 @@ pub async fn prop_window_never_over_admits(storage: Storage, clock: ManualClock)
         }
     });
 }
+
+/// One step of [`prop_budget_holds_never_overspend`].
+#[derive(Debug, Clone)]
+enum BudgetStep {
+    /// Reserve `prompt` tokens and up to `max` output tokens.
+    Reserve { prompt: u64, max: u64 },
+    /// Settle the held request at `at` (modulo the number held) having used
+    /// fractions (per 8) of its prompt and output, part of the prompt cached.
+    Settle {
+        at: usize,
+        input: u64,
+        output: u64,
+        cached: u64,
+    },
+    /// Give the held request at `at` back unused.
+    Release { at: usize },
+}
+
+fn budget_step() -> impl Strategy<Value = BudgetStep> {
+    prop_oneof![
+        (0u64..40, 1u64..40).prop_map(|(prompt, max)| BudgetStep::Reserve { prompt, max }),
+        (0usize..8, 0u64..=8, 0u64..=8, 0u64..=8).prop_map(|(at, input, output, cached)| {
+            BudgetStep::Settle {
+                at,
+                input,
+                output,
+                cached,
+            }
+        }),
+        (0usize..8).prop_map(|at| BudgetStep::Release { at }),
+    ]
+}
+
+/// For any interleaving of reservations, settlements and releases against a
+/// budget, what is spent plus what is reserved never passes the amount;
+/// `reserved` is exactly the worst case of the requests held, `spent`
+/// exactly what the settled ones used (cached tokens at their price), and
+/// a reservation is refused only when its worst case does not fit.
+pub async fn prop_budget_holds_never_overspend(storage: Storage, clock: ManualClock) {
+    use crate::admission::{ActualUsage, BudgetScope, NewBudget};
+    use crate::counter::Period;
+    use crate::model::Pricing;
+    use crate::usage::{billed_nanos, worst_case_nanos};
+
+    let strategy = (1u64..200, proptest::collection::vec(budget_step(), 1..40));
+    run_prop(64, strategy, |(amount, steps)| {
+        let storage = &storage;
+        let clock = &clock;
+        async move {
+            let l = super::admission::limits(storage, clock);
+            let t = super::admission::tier(1_000_000, 1_000_000_000, None);
+            let tenant = fresh_id("budget");
+            let scope = BudgetScope::Tenant(tenant.clone());
+            // A cent per token in, 3 per token out, half a cent cached.
+            let price = Pricing {
+                cached_input_per_million: Some(5_000.0),
+                ..Pricing::usd(10_000.0, 30_000.0)
+            };
+            let amount_nanos = amount * 10_000_000; // amount cents
+            l.set_budget(
+                &crate::audit::Actor::new("admin"),
+                scope.clone(),
+                NewBudget {
+                    amount: amount as f64 / 100.0,
+                    currency: None,
+                    period: Period::Monthly,
+                    soft_threshold: None,
+                },
+            )
+            .await
+            .unwrap();
+            let mut held = Vec::new();
+            let (mut reserved, mut spent) = (0u64, 0u64);
+            for step in steps {
+                match step {
+                    BudgetStep::Reserve { prompt, max } => {
+                        let worst = worst_case_nanos(&price, prompt, max);
+                        let r = l
+                            .reserve(&crate::admission::AdmissionRequest {
+                                pricing: Some(&price),
+                                ..super::admission::req(&tenant, &t, prompt, Some(max))
+                            })
+                            .await
+                            .unwrap();
+                        match r {
+                            Ok(r) => {
+                                prop_assert!(spent + reserved + worst <= amount_nanos);
+                                reserved += worst;
+                                held.push((r, prompt, max, worst));
+                            }
+                            Err(_) => prop_assert!(spent + reserved + worst > amount_nanos),
+                        }
+                    }
+                    BudgetStep::Settle {
+                        at,
+                        input,
+                        output,
+                        cached,
+                    } if !held.is_empty() => {
+                        let (r, prompt, max, worst) = held.remove(at % held.len());
+                        let input = prompt * input / 8;
+                        let usage = ActualUsage {
+                            input_tokens: input,
+                            output_tokens: max * output / 8,
+                            cached_tokens: input * cached / 8,
+                        };
+                        r.reconcile(usage).await.unwrap();
+                        reserved -= worst;
+                        spent += billed_nanos(
+                            &price,
+                            usage.input_tokens,
+                            usage.cached_tokens,
+                            usage.output_tokens,
+                        );
+                    }
+                    BudgetStep::Release { at } if !held.is_empty() => {
+                        let (r, _, _, worst) = held.remove(at % held.len());
+                        r.release().await.unwrap();
+                        reserved -= worst;
+                    }
+                    _ => {}
+                }
+                let st = l.budget_status(&scope).await.unwrap();
+                let nanos = |x: f64| (x * 1e9).round() as u64;
+                prop_assert_eq!(nanos(st.reserved), reserved);
+                prop_assert_eq!(nanos(st.spent), spent);
+                prop_assert!(spent + reserved <= amount_nanos);
+            }
+            for (r, ..) in held {
+                r.release().await.unwrap();
+            }
+            let st = l.budget_status(&scope).await.unwrap();
+            prop_assert_eq!(st.reserved, 0.0);
+            Ok(())
+        }
+    });
+}
