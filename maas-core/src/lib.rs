@@ -43,6 +43,7 @@ pub mod usage;
 pub mod userkeys;
 mod validate;
 mod versioned;
+pub mod webhook;
 
 pub use admission::{
     ActualUsage, AdmissionConfig, AdmissionLimits, AdmissionRequest, Budget, BudgetScope,

@@ -25,6 +25,7 @@ mod rootkeys;
 mod store;
 mod tokens;
 mod usage;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub use rootkeys::*;
 pub use store::*;
 pub use tokens::*;
 pub use usage::*;
+pub use webhooks::*;
 
 macro_rules! scenarios {
     ($d:tt; $($name:ident),* $(,)?) => {
@@ -160,6 +162,7 @@ scenarios!($;
     prop_balance_never_overspends,
     prop_window_never_over_admits,
     prop_budget_holds_never_overspend,
+    webhooks_emit_once_and_retry,
     prop_reserve_never_over_admits,
     prop_usage_totals_equal_sum_of_records,
 );
