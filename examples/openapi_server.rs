@@ -141,6 +141,10 @@ async fn routers(token: &str) -> maas::core::Result<(Router, Router, Router)> {
         root_keys,
         projects: Projects::new(keys),
         mcp: McpServers::new(storage.clone()),
+        webhooks: maas::core::webhook::Webhooks::new(
+            storage.clone(),
+            maas::core::KeyHasher::random(),
+        ),
         admission: maas::core::AdmissionLimits::new(storage.clone()),
         storage,
     };

@@ -285,6 +285,7 @@ pub async fn management_fixture() -> ManagementFixture {
         mcp: McpServers::new_with_clock(storage.clone(), Arc::clone(&c)),
         root_keys: RootKeys::new_with_clock(keys.clone(), Arc::clone(&c)),
         projects: Projects::new_with_clock(keys, Arc::clone(&c)),
+        webhooks: maas_core::webhook::Webhooks::new(storage.clone(), maas_core::KeyHasher::random()),
         admission: maas_core::AdmissionLimits::with_config(
             storage.clone(),
             maas_core::AdmissionConfig::default(),

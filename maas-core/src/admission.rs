@@ -333,6 +333,8 @@ pub struct BudgetWarning {
     pub scope: BudgetScope,
     /// The fraction of the budget used or reserved, 0..=1.
     pub used_fraction: f64,
+    /// When its period ends.
+    pub reset: Timestamp,
 }
 
 /// What a request actually used.
@@ -795,6 +797,7 @@ impl AdmissionLimits {
                 (used >= threshold).then(|| BudgetWarning {
                     scope: b.scope.clone(),
                     used_fraction: used.min(1.0),
+                    reset: d.reset,
                 })
             })
             .collect();

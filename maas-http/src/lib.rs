@@ -38,6 +38,7 @@ pub mod server;
 pub mod simulator;
 mod strict;
 pub mod unkey;
+pub mod webhooks;
 
 pub use common::{ApiJson, Dialect, HttpConfig, RequestId};
 pub use unkey::{Unkey, UnkeyState};

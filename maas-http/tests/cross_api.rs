@@ -54,6 +54,7 @@ fn deployment() -> Deployment {
         mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
         root_keys: root_keys.clone(),
         projects: Projects::new_with_clock(keys, clock),
+        webhooks: maas_core::webhook::Webhooks::new(storage.clone(), KeyHasher::random()),
         admission: maas_core::AdmissionLimits::new(storage.clone()),
         storage: storage.clone(),
     };

@@ -106,6 +106,7 @@ async fn rig_with(tps: f64, upstream: Option<String>, timeout: Duration) -> Rig 
             ),
             scheduling: Scheduling::new(storage.clone(), fs, c.clone()),
             usage: Some(ledger.clone()),
+            webhooks: None,
         },
         c,
     );

@@ -50,6 +50,7 @@ fn services(clock: Arc<ManualClock>) -> ManagementServices {
         mcp: McpServers::new_with_clock(storage.clone(), clock),
         root_keys,
         projects,
+        webhooks: maas_core::webhook::Webhooks::new(storage.clone(), KeyHasher::random()),
         admission: maas_core::AdmissionLimits::new(storage.clone()),
         storage,
     }

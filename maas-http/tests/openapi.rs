@@ -107,6 +107,7 @@ async fn apps() -> Apps {
         root_keys,
         projects: Projects::new_with_clock(keys, c.clone()),
         mcp: McpServers::new_with_clock(storage.clone(), c),
+        webhooks: maas_core::webhook::Webhooks::new(storage.clone(), KeyHasher::random()),
         admission: maas_core::AdmissionLimits::new(storage.clone()),
         storage,
     };

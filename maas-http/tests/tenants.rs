@@ -573,3 +573,204 @@ async fn me_shows_a_user_a_user_key_and_a_tenant_key_what_they_have_left() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     s.shutdown().await.unwrap();
 }
+
+/// A webhook receiver on a free loopback port: each POST is handed over
+/// (headers, body) and answered with the next of `answers` (200 after).
+async fn receiver(
+    answers: Vec<u16>,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(axum::http::HeaderMap, Vec<u8>)>,
+) {
+    use axum::http::StatusCode as S;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let answers = Arc::new(std::sync::Mutex::new(answers.into_iter()));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let tx = tx.clone();
+                let answers = Arc::clone(&answers);
+                async move {
+                    let _ = tx.send((headers, body.to_vec()));
+                    let code = answers.lock().unwrap().next().unwrap_or(200);
+                    S::from_u16(code).unwrap()
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), rx)
+}
+
+/// The next delivery the receiver got: its event, after checking its
+/// signature with `secret`.
+async fn next_event(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(axum::http::HeaderMap, Vec<u8>)>,
+    secret: &str,
+) -> Value {
+    let (headers, body) = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a delivery within 10 s")
+        .unwrap();
+    let signature = headers["x-maas-signature"].to_str().unwrap();
+    assert_eq!(signature, maas_core::webhook::sign(secret, &body));
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(headers["x-maas-event"].to_str().unwrap(), event["type"]);
+    event
+}
+
+/// The webhook's deliveries once its first has `n` attempts recorded.
+async fn attempts(s: &RunningServer, hook: &str, n: usize) -> Value {
+    let path = format!("/api/v1/webhooks/{hook}/deliveries");
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let (_, d) = admin(s, reqwest::Method::GET, &path, None).await;
+            if d[0]["attempts"].as_array().map_or(0, Vec::len) >= n {
+                return d;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the attempt recorded within 10 s")
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_retried_and_told_of_budgets_once() {
+    let clock = Arc::new(ManualClock::default());
+    let s = server_on(clock.clone()).await;
+    // The first delivery fails with a 500; the rest succeed.
+    let (url, mut rx) = receiver(vec![500]).await;
+
+    for (bad, field) in [
+        (json!({"url": "ftp://x", "events": ["webhook.test"]}), "url"),
+        (json!({"url": url, "events": []}), "events"),
+        (json!({"url": url, "events": ["budget.nope"]}), "events"),
+        (json!({"events": ["webhook.test"]}), "url"),
+    ] {
+        let (status, body) = admin(
+            &s,
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body.to_string().contains(field), "{bad}: {body}");
+    }
+    let (_, none) = admin(&s, reqwest::Method::GET, "/api/v1/webhooks", None).await;
+    assert_eq!(none, json!([]));
+    let (status, created) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/webhooks",
+        Some(json!({"url": url, "events": ["budget.soft_limit_reached", "budget.exhausted", "webhook.test"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let hook = created["webhook"]["id"].as_str().unwrap().to_owned();
+    let (_, listed) = admin(&s, reqwest::Method::GET, "/api/v1/webhooks", None).await;
+    assert_eq!(listed[0]["id"], hook.as_str());
+    assert!(!listed.to_string().contains(&secret), "{listed}");
+
+    // A test event: the first attempt answered 500, retried 1 s later.
+    let (status, event) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/webhooks/{hook}/test"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{event}");
+    let first = next_event(&mut rx, &secret).await;
+    assert_eq!(
+        (&first["type"], &first["id"]),
+        (&json!("webhook.test"), &event["id"])
+    );
+    // Once the failed attempt is recorded (retry due 1 s later), 1 s passes.
+    attempts(&s, &hook, 1).await;
+    clock.advance(std::time::Duration::from_secs(1));
+    let again = next_event(&mut rx, &secret).await;
+    assert_eq!(again["id"], first["id"], "the same event, retried");
+    let deliveries = attempts(&s, &hook, 2).await;
+    assert_eq!(deliveries[0]["state"], "delivered", "{deliveries}");
+    let codes: Vec<&Value> = deliveries[0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["status"])
+        .collect();
+    assert_eq!(codes, [&json!(500), &json!(200)], "{deliveries}");
+
+    // A budget with a soft limit: passing it and running out are each told
+    // once, however many requests pass or are refused.
+    let (tid, _, key) = bulk_tenant(&s, "acme").await;
+    price_per_token(&s).await;
+    let (status, body) = admin(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/tenants/{tid}/budget"),
+        Some(json!({"amount": 40.0, "period": "daily", "soft_limit": 20.0})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut refused = 0;
+    for _ in 0..12 {
+        let (status, body) = chat(&s, &key, SIMULATOR_MODEL).await;
+        match status {
+            StatusCode::OK => {}
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(
+        refused >= 2,
+        "the budget ran out and refused more than once"
+    );
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let e = next_event(&mut rx, &secret).await;
+        assert_eq!(
+            (&e["data"]["scope"], &e["data"]["subject"]),
+            (&json!("tenant"), &json!("acme")),
+            "{e}"
+        );
+        assert_eq!(
+            e["data"]["resets_at"],
+            1_735_689_600_000_i64 + 86_400_000,
+            "{e}"
+        );
+        kinds.push(e["type"].as_str().unwrap().to_owned());
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["budget.exhausted", "budget.soft_limit_reached"]);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "nothing more"
+    );
+
+    // Removed: listed no more, its deliveries gone with it.
+    let (status, _) = admin(
+        &s,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/webhooks/{hook}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = admin(
+        &s,
+        reqwest::Method::GET,
+        &format!("/api/v1/webhooks/{hook}/deliveries"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    s.shutdown().await.unwrap();
+}

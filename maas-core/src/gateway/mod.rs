@@ -39,7 +39,8 @@ pub use account::{Account, AccountTier, CallerKind};
 pub use cache::{CacheKey, MAX_CACHED_BODY, ResponseCache};
 
 use crate::admission::{
-    ActualUsage, AdmissionLimits, AdmissionRequest, Denied, RateHeaders, Reservation,
+    ActualUsage, AdmissionLimits, AdmissionRequest, BudgetScope, BudgetWarning, Denied, LimitKind,
+    RateHeaders, Reservation,
 };
 use crate::audit::Actor;
 use crate::clock::{SharedClock, Timestamp};
@@ -54,6 +55,7 @@ use crate::tenant::NewTenant;
 use crate::tier::{Tier, TierService};
 use crate::usage::{CacheOutcome, RequestOutcome, UsageLedger, UsageRecord};
 use crate::userkeys::UserKeys;
+use crate::webhook::{Event, EventType, Webhooks};
 
 /// The message of a 403 for a model outside the caller's tier (seed 002).
 pub const ACCESS_DENIED: &str = "Insufficient permissions for this model";
@@ -75,6 +77,9 @@ pub struct GatewayServices {
     pub scheduling: Scheduling,
     /// Where usage is recorded; `None` records nothing.
     pub usage: Option<UsageLedger>,
+    /// Webhooks told when a budget passes its soft limit or is exhausted
+    /// (in the background, once per budget period), if any.
+    pub webhooks: Option<Webhooks>,
 }
 
 impl GatewayServices {
@@ -101,6 +106,7 @@ impl GatewayServices {
                 storage,
                 crate::usage::UsageConfig::default(),
             )),
+            webhooks: None,
         })
     }
 }
@@ -407,8 +413,12 @@ impl Gateway {
             .await?
         {
             Ok(r) => r,
-            Err(denied) => return Ok(Err(Refused::Limit(denied))),
+            Err(denied) => {
+                self.budget_exhausted(caller, &denied);
+                return Ok(Err(Refused::Limit(denied)));
+            }
         };
+        self.budget_warnings(reservation.warnings());
         let headers = *reservation.headers();
         let cache_key = req.cache_key.filter(|_| model.cache.enabled);
         if let Some(key) = &cache_key {
@@ -459,6 +469,71 @@ impl Gateway {
             cache_key,
             headers,
         }))))
+    }
+
+    /// Tells the webhooks, in the background and once per budget period,
+    /// that the budget which refused `denied` is exhausted.
+    fn budget_exhausted(&self, caller: &Caller, denied: &Denied) {
+        let scope = match denied.kind {
+            LimitKind::TenantBudget => BudgetScope::Tenant(caller.tenant().to_owned()),
+            LimitKind::KeyBudget => match &caller.key_id {
+                Some(k) => BudgetScope::Key(k.to_string()),
+                None => return,
+            },
+            _ => return,
+        };
+        self.budget_event(EventType::BudgetExhausted, &scope, denied.reset, None);
+    }
+
+    /// As [`Self::budget_exhausted`], for budgets past their soft limit.
+    fn budget_warnings(&self, warnings: &[BudgetWarning]) {
+        for w in warnings {
+            self.budget_event(
+                EventType::BudgetSoftLimitReached,
+                &w.scope,
+                w.reset,
+                Some(w.used_fraction),
+            );
+        }
+    }
+
+    fn budget_event(
+        &self,
+        kind: EventType,
+        scope: &BudgetScope,
+        reset: Timestamp,
+        used_fraction: Option<f64>,
+    ) {
+        let Some(hooks) = self.inner.services.webhooks.clone() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (scope_name, subject) = match scope {
+            BudgetScope::Tenant(n) => ("tenant", n.clone()),
+            BudgetScope::Key(k) => ("key", k.clone()),
+        };
+        let once = format!(
+            "{}:{}:{}",
+            kind.as_str(),
+            scope.record_id(),
+            reset.as_millis()
+        );
+        let mut data = serde_json::json!({
+            "scope": scope_name,
+            "subject": subject,
+            "resets_at": reset,
+        });
+        if let Some(f) = used_fraction {
+            data["used_fraction"] = serde_json::json!(f);
+        }
+        let event = Event::new(kind, self.now(), data);
+        rt.spawn(async move {
+            if let Err(e) = hooks.emit_once(&once, &event).await {
+                tracing::warn!(error = %e, event = kind.as_str(), "webhook event not queued");
+            }
+        });
     }
 
     /// Waits until the reservations of requests completed without waiting

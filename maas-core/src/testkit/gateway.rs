@@ -88,6 +88,7 @@ async fn rig(storage: &Storage, clock: &ManualClock, slots: usize) -> Rig {
             ),
             scheduling: scheduling.clone(),
             usage: Some(ledger.clone()),
+            webhooks: None,
         },
         c,
     );

@@ -33,6 +33,7 @@ use maas_core::rootkeys::RootKeys;
 use maas_core::scheduling::Scheduling;
 use maas_core::tier::{NewTier, TierService, TierUpdate};
 use maas_core::usage::{Granularity, GroupBy, TimeRange, UsageLedger, UsageScope};
+use maas_core::webhook::{Delivery, Event, NewWebhook, Webhook, Webhooks};
 use maas_core::{
     Actor, AdmissionLimits, CacheSettings, Error, KeyId, KeyQuery, KeyUpdate, KeyspaceId,
     ModelService, ModelUpdate, NewModel, NewTenant, PageRequest, Patch, Storage, TenantId,
@@ -73,6 +74,8 @@ pub struct ManagementState {
     pub storage: Storage,
     /// Admission limits (budgets).
     pub admission: AdmissionLimits,
+    /// Webhooks.
+    pub webhooks: Webhooks,
 }
 
 /// The services the management API drives.
@@ -99,6 +102,8 @@ pub struct ManagementServices {
     /// Admission limits: budgets (share the gateway's, so a budget set here
     /// applies to its next request).
     pub admission: AdmissionLimits,
+    /// Webhooks.
+    pub webhooks: Webhooks,
 }
 
 impl ManagementState {
@@ -125,6 +130,7 @@ impl ManagementState {
             projects,
             storage,
             admission,
+            webhooks,
         } = services;
         Ok(ManagementState {
             admin: Arc::new(admin),
@@ -138,6 +144,7 @@ impl ManagementState {
             projects,
             storage,
             admission,
+            webhooks,
         })
     }
 }
@@ -164,6 +171,10 @@ fn api() -> OpenApiRouter<ManagementState> {
             delete_tenant_budget
         ))
         .routes(routes!(get_key_budget, set_key_budget, delete_key_budget))
+        .routes(routes!(list_webhooks, create_webhook))
+        .routes(routes!(delete_webhook))
+        .routes(routes!(webhook_deliveries))
+        .routes(routes!(test_webhook))
         .routes(routes!(fairshare_live))
         .routes(routes!(list_groups, create_group))
         .routes(routes!(set_group_weight))
@@ -754,6 +765,120 @@ async fn delete_key_budget(
 ) -> Reply {
     let scope = key_scope(&s, &raw, &id).await?;
     delete_budget(&s, &scope, &id).await
+}
+
+// ----- webhooks -------------------------------------------------------------
+
+/// A webhook as listed: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = WebhookOut)]
+struct WebhookOut {
+    /// Its id (`whk_…`).
+    id: String,
+    /// Where events are posted.
+    url: String,
+    /// What it receives.
+    events: Vec<maas_core::webhook::EventType>,
+    /// When it was created (unix ms).
+    #[schema(value_type = i64)]
+    created_at: Timestamp,
+}
+
+impl From<Webhook> for WebhookOut {
+    fn from(w: Webhook) -> Self {
+        WebhookOut {
+            id: w.id,
+            url: w.url,
+            events: w.events,
+            created_at: w.created_at,
+        }
+    }
+}
+
+/// A new webhook, with its signing secret shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = CreatedWebhook)]
+struct CreatedWebhookOut {
+    /// The webhook.
+    webhook: WebhookOut,
+    /// The signing secret (`whsec_…`): each delivery carries
+    /// `x-maas-signature: sha256=<hex HMAC-SHA256 of the raw body with it>`.
+    /// Not stored: keep it.
+    secret: String,
+}
+
+/// Subscribes a URL to events; the signing secret is in this answer only.
+#[utoipa::path(post, path = "/webhooks", request_body = NewWebhook, responses(
+    (status = 201, description = "The webhook, with its secret", body = CreatedWebhookOut),
+    (status = 400, description = "Bad input, naming the field; nothing changed", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn create_webhook(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    body: Body<NewWebhook>,
+) -> Reply {
+    let c = s
+        .webhooks
+        .create(&admin_actor(), body.0)
+        .await
+        .map_err(fail(&id))?;
+    created(CreatedWebhookOut {
+        webhook: c.webhook.into(),
+        secret: c.secret,
+    })
+}
+
+/// Every webhook (never their secrets).
+#[utoipa::path(get, path = "/webhooks", responses(
+    (status = 200, description = "The webhooks", body = Vec<WebhookOut>),
+))]
+async fn list_webhooks(State(s): State<ManagementState>, id: RequestId) -> Reply {
+    let all = s.webhooks.list().await.map_err(fail(&id))?;
+    ok(all.into_iter().map(WebhookOut::from).collect::<Vec<_>>())
+}
+
+/// Removes a webhook; its pending deliveries are dropped.
+#[utoipa::path(delete, path = "/webhooks/{id}", params(("id" = String, Path, description = "The webhook id")), responses(
+    (status = 204, description = "Removed"),
+    (status = 404, description = "No such webhook", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn delete_webhook(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    s.webhooks
+        .delete(&admin_actor(), &raw)
+        .await
+        .map_err(fail(&id))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A webhook's deliveries, each with every attempt (status code, error, time).
+#[utoipa::path(get, path = "/webhooks/{id}/deliveries", params(("id" = String, Path, description = "The webhook id")), responses(
+    (status = 200, description = "The deliveries, oldest event first", body = Vec<Delivery>),
+    (status = 404, description = "No such webhook", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn webhook_deliveries(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    ok(s.webhooks.deliveries(&raw).await.map_err(fail(&id))?)
+}
+
+/// Sends a `webhook.test` event to the webhook (delivered in the background).
+#[utoipa::path(post, path = "/webhooks/{id}/test", params(("id" = String, Path, description = "The webhook id")), responses(
+    (status = 202, description = "The event, queued", body = Event),
+    (status = 404, description = "No such webhook", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn test_webhook(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let event = s.webhooks.test(&raw).await.map_err(fail(&id))?;
+    Ok((StatusCode::ACCEPTED, Json(event)).into_response())
 }
 
 // ----- fair share, capacity -------------------------------------------------

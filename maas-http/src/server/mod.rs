@@ -50,6 +50,7 @@ use maas_core::rootkeys::RootKeys;
 use maas_core::scheduling::Scheduling;
 use maas_core::token::{TokenConfig, TokenService};
 use maas_core::usage::{FlusherHandle, UsageConfig, UsageLedger};
+use maas_core::webhook::{WebhookConfig, Webhooks};
 use maas_core::{
     Actor, AdmissionConfig, AdmissionLimits, Authenticator, Chain, Gateway, GatewayServices,
     Identity, KeyHasher, KeyService, ModelService, ModelUpdate, NewModel, RateLimitConfig,
@@ -230,6 +231,8 @@ struct Tasks {
     stop: watch::Sender<bool>,
     listeners: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
     upkeep: JoinHandle<()>,
+    /// The webhook dispatcher.
+    dispatcher: JoinHandle<()>,
     flusher: FlusherHandle,
     sync: maas_core::ratelimit::SyncHandle,
     sled: Option<SledStore>,
@@ -243,6 +246,7 @@ impl Drop for RunningServer {
         if let Some(tasks) = self.tasks.take() {
             let _ = tasks.stop.send(true);
             tasks.upkeep.abort();
+            tasks.dispatcher.abort();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
                     let _ = tasks.sync.shutdown().await;
@@ -683,6 +687,12 @@ impl Server {
             .await
             .map_err(step("loading the fair-share settings"))?;
 
+        let webhooks = Webhooks::with_config(
+            storage.clone(),
+            KeyHasher::from_secret(key_secret.as_bytes()),
+            WebhookConfig::default(),
+            clock.clone(),
+        );
         // One instance for the gateway and the management API: a budget
         // set through the API applies to the gateway's next request.
         let admission = AdmissionLimits::with_config(
@@ -699,6 +709,7 @@ impl Server {
                 admission: admission.clone(),
                 scheduling: scheduling.clone(),
                 usage: Some(usage.clone()),
+                webhooks: Some(webhooks.clone()),
             },
             clock.clone(),
         );
@@ -742,6 +753,7 @@ impl Server {
                     mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
                     storage: storage.clone(),
                     admission: admission.clone(),
+                    webhooks: webhooks.clone(),
                 },
             )
             .map_err(step("setting the admin token"))?,
@@ -783,6 +795,12 @@ impl Server {
             scheduling.clone(),
             stopped(stop.subscribe()),
         ));
+        let dispatcher = tokio::spawn(
+            crate::webhooks::Dispatcher::new(webhooks.clone(), Default::default()).run(
+                Some((user_keys.clone(), clock.clone())),
+                stopped(stop.subscribe()),
+            ),
+        );
 
         for w in &warnings {
             tracing::warn!("{w}");
@@ -815,6 +833,7 @@ impl Server {
                 stop,
                 listeners,
                 upkeep,
+                dispatcher,
                 flusher,
                 sync,
                 sled,
@@ -884,6 +903,7 @@ impl RunningServer {
             stop,
             listeners,
             upkeep,
+            dispatcher,
             flusher,
             sync,
             sled,
@@ -909,6 +929,14 @@ impl RunningServer {
             }
         }
         let _ = upkeep.await;
+        // An attempt in flight ends within the dispatcher's timeout; one
+        // cut short is recorded as not done and made again after a restart.
+        if tokio::time::timeout(grace, dispatcher).await.is_err() {
+            tracing::warn!(
+                "webhook deliveries still running after {} s",
+                grace.as_secs()
+            );
+        }
         let mut first: Option<ServerError> = None;
         let mut note = |r: Result<(), ServerError>| {
             if let Err(e) = r {
