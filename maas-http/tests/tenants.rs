@@ -772,5 +772,89 @@ async fn webhooks_are_signed_retried_and_told_of_budgets_once() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Created and removed, audited.
+    let (_, audit) = admin(&s, reqwest::Method::GET, "/api/v1/audit", None).await;
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target_kind"] == "webhook")
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["webhook.delete", "webhook.create"], "{audit}");
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pending_delivery_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_sled = |clock: Arc<ManualClock>| ServerConfig {
+        memory: false,
+        data_dir: dir.path().join("data"),
+        listen: any_port(),
+        admin_listen: any_port(),
+        simulator_listen: any_port(),
+        users: Some(users_file()),
+        shutdown_grace_secs: 5,
+        clock,
+        ..ServerConfig::default()
+    };
+    // A receiver that is not up yet: its port, free for now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Server::start(on_sled(Arc::new(ManualClock::default())))
+        .await
+        .unwrap();
+    let (status, created) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/webhooks",
+        Some(json!({"url": format!("http://127.0.0.1:{port}/hook"), "events": ["webhook.test"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let hook = created["webhook"]["id"].as_str().unwrap().to_owned();
+    let (_, event) = admin(
+        &s,
+        reqwest::Method::POST,
+        &format!("/api/v1/webhooks/{hook}/test"),
+        None,
+    )
+    .await;
+    let d = attempts(&s, &hook, 1).await;
+    assert_eq!(d[0]["state"], "pending", "{d}");
+    assert_eq!(d[0]["attempts"][0]["status"], Value::Null, "{d}");
+    s.shutdown().await.unwrap();
+
+    // The receiver comes up, the server starts again on the same data: the
+    // delivery is made when its retry comes due.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((headers, body.to_vec()));
+                    axum::http::StatusCode::OK
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let clock = Arc::new(ManualClock::default());
+    clock.advance(std::time::Duration::from_secs(1));
+    let s = Server::start(on_sled(clock)).await.unwrap();
+    let got = next_event(&mut rx, &secret).await;
+    assert_eq!(got["id"], event["id"]);
+    let d = attempts(&s, &hook, 2).await;
+    assert_eq!(d[0]["state"], "delivered", "{d}");
     s.shutdown().await.unwrap();
 }
