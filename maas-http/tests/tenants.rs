@@ -858,3 +858,87 @@ async fn a_pending_delivery_survives_a_restart() {
     assert_eq!(d[0]["state"], "delivered", "{d}");
     s.shutdown().await.unwrap();
 }
+
+/// An upstream that answers every chat completion with 1,000 prompt tokens
+/// of which 800 were cached, and 10 completion tokens.
+async fn caching_upstream() -> String {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            axum::Json(json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "cachey",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1000, "completion_tokens": 10, "total_tokens": 1010,
+                          "prompt_tokens_details": {"cached_tokens": 800}}
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn cached_prompt_tokens_are_billed_once_at_the_cached_price() {
+    let s = server().await;
+    let upstream = caching_upstream().await;
+    // Per million: input 1,000, cached input 100, output 10,000 (USD).
+    let (status, body) = admin(
+        &s,
+        reqwest::Method::POST,
+        "/api/v1/models",
+        Some(json!({"id": "cachey", "url": upstream, "pricing": {
+            "input_per_million": 1000.0, "cached_input_per_million": 100.0,
+            "output_per_million": 10000.0, "currency": "USD"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["pricing"]["cached_input_per_million"], 100.0, "{body}");
+    let (tid, _, key) = bulk_tenant(&s, "acme").await;
+    let (status, body) = admin(
+        &s,
+        reqwest::Method::PUT,
+        &format!("/api/v1/tenants/{tid}/budget"),
+        Some(json!({"amount": 10.0, "period": "daily"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, answer) = chat(&s, &key, "cachey").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // 200 uncached x 1,000 + 800 cached x 100 + 10 x 10,000 per million:
+    // 0.2 + 0.08 + 0.1 = 0.38, charged once.
+    let (_, b) = admin(
+        &s,
+        reqwest::Method::GET,
+        &format!("/api/v1/tenants/{tid}/budget"),
+        None,
+    )
+    .await;
+    assert!((b["spent"].as_f64().unwrap() - 0.38).abs() < 1e-9, "{b}");
+    assert_eq!(b["reserved"], 0.0, "{b}");
+    let (status, me) = send(reqwest::Method::GET, s.public_addr, "/v1/me", &key, None).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["today"]["cached_tokens"], 800, "{me}");
+    assert!(
+        (me["today"]["costs"][0]["amount"].as_f64().unwrap() - 0.38).abs() < 1e-9,
+        "{me}"
+    );
+    // A cached price below zero is refused, naming the field.
+    let (status, body) = admin(
+        &s,
+        reqwest::Method::PUT,
+        "/api/v1/models/cachey",
+        Some(
+            json!({"pricing": {"input_per_million": 1.0, "cached_input_per_million": -1.0,
+            "output_per_million": 1.0}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.to_string().contains("cached_input_per_million"),
+        "{body}"
+    );
+    s.shutdown().await.unwrap();
+}
