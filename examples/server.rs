@@ -49,7 +49,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use maas_http::server::{AdminTokenSource, ConfigError, RunningServer, Server, ServerConfig};
+use maas_server::{AdminTokenSource, ConfigError, RunningServer, Server, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// mimalloc: glibc malloc's arena locks showed up in profiles under load.

@@ -244,7 +244,7 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
 
 /// Whether the request's bearer token is one of `admin`'s (compared by
 /// keyed hash, in constant time). The one check behind every admin route.
-pub(crate) async fn is_admin(admin: &maas_core::StaticTokens, parts: &Parts) -> bool {
+pub async fn is_admin(admin: &maas_core::StaticTokens, parts: &Parts) -> bool {
     use maas_core::Authenticator;
     match bearer(parts) {
         Some(token) => matches!(admin.authenticate(token).await, Ok(Some(_))),

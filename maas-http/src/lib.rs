@@ -14,8 +14,8 @@
 //!   (`/v1/chat/completions`, `/v1/completions`, streamed or not) with
 //!   paced, deterministic answers, errors in OpenAI's shape.
 //!
-//! With feature `server`, [`server`] runs them all over one store on a
-//! public and an admin listener, as `examples/server.rs` does.
+//! The `maas-server` crate runs them all over one store on a public and an
+//! admin listener, as `examples/server.rs` does.
 //!
 //! Handlers only parse, call `maas-core` and render: no rule lives here.
 //! Every router answers with an `x-request-id`, limits request bodies
@@ -33,8 +33,6 @@ pub mod management;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
-#[cfg(feature = "server")]
-pub mod server;
 pub mod simulator;
 mod strict;
 pub mod unkey;

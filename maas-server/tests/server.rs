@@ -2,7 +2,6 @@
 //! the admin token, the tiers' views of the simulated models, and the
 //! one-line errors of bad configurations.
 
-#![cfg(feature = "server")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -10,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use maas_core::ManualClock;
-use maas_http::server::{
+use maas_server::{
     ADMIN_TOKEN_FILE, AdminTokenSource, KEY_SECRET_FILE, RunningServer, SIMULATOR_MODEL,
     SIMULATOR_PREMIUM_MODEL, Server, ServerConfig, ServerError,
 };

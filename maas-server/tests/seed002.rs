@@ -5,7 +5,6 @@
 //! SDK driving the same server unchanged (`scripts/openai_sdk.py`; the test installs
 //! the `openai` package with pip when it is missing).
 
-#![cfg(feature = "server")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -14,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use maas_core::{ManualClock, Timestamp};
-use maas_http::server::{RunningServer, Server, ServerConfig};
+use maas_server::{RunningServer, Server, ServerConfig};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {

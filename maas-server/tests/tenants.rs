@@ -3,7 +3,6 @@
 //! key, and that key calls models at the tenant's tier — the lowest-level
 //! tier while the tenant has none.
 
-#![cfg(feature = "server")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -11,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use maas_core::ManualClock;
-use maas_http::server::{
-    RunningServer, SIMULATOR_MODEL, SIMULATOR_PREMIUM_MODEL, Server, ServerConfig,
-};
+use maas_server::{RunningServer, SIMULATOR_MODEL, SIMULATOR_PREMIUM_MODEL, Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -1,7 +1,10 @@
-//! The example server's library part (feature `server`): every API of this
-//! crate over one store, on three listeners, with the background tasks a
+//! # maas-server
+//!
+//! The example server's library part: every API of `maas-http` over one
+//! store (memory or sled), on three listeners, with the background tasks a
 //! deployment needs and a graceful shutdown. `examples/server.rs` is a thin
-//! command line over [`Server::start`].
+//! command line over [`Server::start`]. The choice of storage engine lives
+//! here, so the adapter crate `maas-http` depends on `maas-core` alone.
 //!
 //! | listener | config key | serves |
 //! |---|---|---|
@@ -68,11 +71,11 @@ pub use config::{
     DEFAULT_SLED_CACHE_MB, DEFAULT_USERS, MAX_SLED_CACHE_MB, MIN_ADMIN_TOKEN, ServerConfig,
 };
 
-use crate::common::{HttpConfig, is_admin, with_common_layers};
-use crate::gateway::GatewayConfig;
-use crate::maas_api::{self, MaasApiState};
-use crate::management::{self, ManagementServices, ManagementState};
-use crate::unkey::{self, UnkeyState};
+use maas_http::common::{HttpConfig, is_admin, with_common_layers};
+use maas_http::gateway::GatewayConfig;
+use maas_http::maas_api::{self, MaasApiState};
+use maas_http::management::{self, ManagementServices, ManagementState};
+use maas_http::unkey::{self, UnkeyState};
 
 /// The simulated model every tier may use.
 pub const SIMULATOR_MODEL: &str = "simulator";
@@ -438,7 +441,7 @@ async fn ensure_model(
 
 /// The router of the simulated models.
 fn simulator_router(tokens_per_second: f64, max_concurrent: usize) -> maas_core::Result<Router> {
-    crate::simulator::router(crate::simulator::SimulatorConfig {
+    maas_http::simulator::router(maas_http::simulator::SimulatorConfig {
         tokens_per_second,
         max_concurrent,
         ..Default::default()
@@ -635,7 +638,7 @@ impl Server {
         let usage = UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone());
         keys.attach_usage(usage.clone())
             .map_err(step("attaching the usage ledger"))?;
-        crate::metrics::observe_verifications(&keys)
+        maas_http::metrics::observe_verifications(&keys)
             .map_err(step("attaching the verification metrics"))?;
         let root_keys = RootKeys::new_with_clock(keys.clone(), clock.clone());
         let user_keys = UserKeys::new_with_clock(keys.clone(), clock.clone());
@@ -713,7 +716,7 @@ impl Server {
             },
             clock.clone(),
         );
-        if crate::metrics::prometheus().is_none() {
+        if maas_http::metrics::prometheus().is_none() {
             warnings.push("another metrics recorder is installed: /metrics answers 503".to_owned());
         }
 
@@ -738,7 +741,7 @@ impl Server {
                 .with_admin_token(admin_token.clone())
                 .with_config(http),
         );
-        let gateway_routes = crate::gateway::router(gateway.clone(), GatewayConfig::default());
+        let gateway_routes = maas_http::gateway::router(gateway.clone(), GatewayConfig::default());
         let management = management::router(
             ManagementState::new(
                 &admin_token,
@@ -760,7 +763,7 @@ impl Server {
             &http,
         );
         let metrics = with_common_layers(
-            crate::metrics::router()
+            maas_http::metrics::router()
                 .layer(middleware::from_fn_with_state(admin_auth, require_admin)),
             &http,
         );
@@ -796,7 +799,7 @@ impl Server {
             stopped(stop.subscribe()),
         ));
         let dispatcher = tokio::spawn(
-            crate::webhooks::Dispatcher::new(webhooks.clone(), Default::default()).run(
+            maas_http::webhooks::Dispatcher::new(webhooks.clone(), Default::default()).run(
                 Some((user_keys.clone(), clock.clone())),
                 stopped(stop.subscribe()),
             ),
