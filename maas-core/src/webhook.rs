@@ -41,8 +41,11 @@ use crate::versioned::Versioned;
 
 /// The record kind of webhooks.
 pub const WEBHOOK_KIND: &str = "webhook";
-/// The record kind of deliveries.
+/// The record kind of pending deliveries (what the dispatcher reads).
 pub const DELIVERY_KIND: &str = "webhook_delivery";
+/// The record kind of finished deliveries (delivered or failed), kept for
+/// [`Webhooks::deliveries`] and never read by the dispatcher.
+pub const FINISHED_KIND: &str = "webhook_delivery_done";
 /// The record kind of events emitted once ([`Webhooks::emit_once`]).
 pub const EVENT_MARK_KIND: &str = "webhook_event";
 /// The longest webhook URL accepted.
@@ -249,6 +252,33 @@ impl Entry for Delivery {
             "event": self.event.id, "type": self.event.kind, "state": self.state,
             "attempts": self.attempts.len(),
         }))
+    }
+}
+
+/// A finished delivery, stored under [`FINISHED_KIND`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+struct Finished(Delivery);
+
+impl Versioned for Finished {
+    fn version(&self) -> u64 {
+        self.0.version
+    }
+    fn set_version(&mut self, v: u64) {
+        self.0.version = v;
+    }
+}
+
+impl Entry for Finished {
+    const KIND: &'static str = FINISHED_KIND;
+    fn id(&self) -> &str {
+        &self.0.id
+    }
+    fn created_at(&self) -> Timestamp {
+        self.0.event.created_at
+    }
+    fn audit_value(&self) -> Option<serde_json::Value> {
+        self.0.audit_value()
     }
 }
 
@@ -512,17 +542,27 @@ impl Webhooks {
     pub async fn deliveries(&self, id: &str) -> Result<Vec<Delivery>> {
         self.get(id).await?;
         let prefix = format!("{id}:");
+        let finished = catalog::list_entries::<Finished>(self.records()).await?;
         let mut out: Vec<Delivery> = catalog::list_entries::<Delivery>(self.records())
             .await?
             .into_iter()
+            .chain(finished.into_iter().map(|f| f.0))
             .filter(|d| d.id.starts_with(&prefix))
             .collect();
-        out.sort_by(|a, b| a.event.id.cmp(&b.event.id));
+        // A delivery moved while both were listed: once, its latest state.
+        out.sort_by(|a, b| {
+            a.event
+                .id
+                .cmp(&b.event.id)
+                .then(b.attempts.len().cmp(&a.attempts.len()))
+        });
+        out.dedup_by(|later, earlier| later.id == earlier.id);
         Ok(out)
     }
 
     /// The pending deliveries due at `now`, with their webhooks (deliveries
-    /// of removed webhooks are marked failed).
+    /// of removed webhooks are marked failed). Reads pending deliveries
+    /// only: finished ones have moved to [`FINISHED_KIND`].
     pub async fn due(&self) -> Result<Vec<(Webhook, Delivery)>> {
         let now = self.now();
         let mut out = Vec::new();
@@ -533,7 +573,7 @@ impl Webhooks {
             match self.get(&d.webhook_id).await {
                 Ok(w) => out.push((w, d)),
                 Err(e) if e.is_not_found() => {
-                    self.finish(&d.id, DeliveryState::Failed, None).await?;
+                    self.finish(&d, DeliveryState::Failed).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -552,7 +592,7 @@ impl Webhooks {
     ) -> Result<Delivery> {
         let now = self.now();
         let cfg = self.inner.config;
-        catalog::update_entry(
+        let d = catalog::update_entry(
             self.records(),
             &system(),
             id,
@@ -586,31 +626,34 @@ impl Webhooks {
                 Ok(())
             },
         )
-        .await
+        .await?;
+        if d.state != DeliveryState::Pending {
+            self.move_finished(&d).await?;
+        }
+        Ok(d)
     }
 
-    async fn finish(&self, id: &str, state: DeliveryState, status: Option<u16>) -> Result<()> {
+    /// Moves a finished delivery out of the pending ones: its finished copy
+    /// first, so a crash in between leaves it twice (shown once), never lost.
+    async fn move_finished(&self, d: &Delivery) -> Result<()> {
         let now = self.now();
-        catalog::update_entry(
-            self.records(),
-            &system(),
-            id,
-            "webhook_delivery.attempt",
-            now,
-            |d: &mut Delivery| {
-                d.state = state;
-                if status.is_some() {
-                    d.attempts.push(Attempt {
-                        at: now,
-                        status,
-                        error: None,
-                    });
-                }
-                Ok(())
-            },
-        )
-        .await
-        .map(drop)
+        let done = Finished(Delivery {
+            version: 1,
+            ..d.clone()
+        });
+        match catalog::create_entry(self.records(), &system(), &done, now).await {
+            Ok(()) | Err(Error::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        match catalog::delete_entry::<Delivery>(self.records(), &system(), &d.id, now).await {
+            Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn finish(&self, d: &Delivery, state: DeliveryState) -> Result<()> {
+        let done = Delivery { state, ..d.clone() };
+        self.move_finished(&done).await
     }
 }
 

@@ -140,6 +140,13 @@ pub async fn webhooks_emit_once_and_retry(storage: Storage, clock: ManualClock) 
     assert_eq!(all.len(), 1);
     let codes: Vec<Option<u16>> = all[0].attempts.iter().map(|a| a.status).collect();
     assert_eq!(codes, [Some(500), None, Some(204)]);
+    // Finished deliveries leave the pending ones the dispatcher reads.
+    let pending = storage
+        .records
+        .list_records("webhook_delivery", &crate::storage::PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(pending.total, 0);
 
     // A test event goes to that webhook only, whatever it subscribes to;
     // one that never succeeds is given up after `retry_for`.
