@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use maas_core::ManualClock;
@@ -20,27 +20,13 @@ const FREE: &str = "dev-free-token";
 const PREMIUM: &str = "dev-premium-token";
 const ENTERPRISE: &str = "dev-enterprise-token";
 
-fn any_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn users_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/users.toml")
-}
+mod common;
+use common::{any_port, config_on, model_ids};
 
 /// A memory-backed server on ephemeral loopback ports, with the example
 /// users and a manual clock.
 fn config() -> ServerConfig {
-    ServerConfig {
-        memory: true,
-        listen: any_port(),
-        admin_listen: any_port(),
-        simulator_listen: any_port(),
-        users: Some(users_file()),
-        shutdown_grace_secs: 5,
-        clock: Arc::new(ManualClock::default()),
-        ..ServerConfig::default()
-    }
+    config_on(Arc::new(ManualClock::default()))
 }
 
 fn sled_config(dir: &Path) -> ServerConfig {
@@ -88,14 +74,7 @@ async fn models(s: &RunningServer, dev_token: &str) -> Vec<String> {
     let token = maas_token(s, dev_token).await;
     let (status, body) = get_json(s.public_addr, "/v1/models", Some(&token)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let mut ids: Vec<String> = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids
+    model_ids(&body)
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 
 use maas_core::ManualClock;
@@ -14,31 +14,28 @@ use maas_server::{RunningServer, SIMULATOR_MODEL, SIMULATOR_PREMIUM_MODEL, Serve
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn any_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn users_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/users.toml")
-}
+mod common;
+use common::{any_port, config_on, users_file};
 
 async fn server() -> RunningServer {
     server_on(Arc::new(ManualClock::default())).await
 }
 
 async fn server_on(clock: Arc<ManualClock>) -> RunningServer {
-    Server::start(ServerConfig {
-        memory: true,
-        listen: any_port(),
-        admin_listen: any_port(),
-        simulator_listen: any_port(),
-        users: Some(users_file()),
-        shutdown_grace_secs: 5,
-        clock,
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap()
+    Server::start(config_on(clock)).await.unwrap()
+}
+
+/// The audit actions on targets of `kind`, newest first.
+async fn audit_actions(s: &RunningServer, kind: &str) -> Vec<String> {
+    let (status, audit) = admin(s, reqwest::Method::GET, "/api/v1/audit", None).await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target_kind"] == kind)
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn send(
@@ -87,14 +84,7 @@ async fn chat(s: &RunningServer, key: &str, model: &str) -> (StatusCode, Value) 
 async fn model_ids(s: &RunningServer, key: &str) -> Vec<String> {
     let (status, body) = send(reqwest::Method::GET, s.public_addr, "/v1/models", key, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let mut ids: Vec<String> = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids
+    common::model_ids(&body)
 }
 
 #[tokio::test]
@@ -399,15 +389,10 @@ async fn budgets_over_http_are_never_overspent_and_start_over() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Each change audited.
-    let (_, audit) = admin(&s, reqwest::Method::GET, "/api/v1/audit", None).await;
-    let actions: Vec<&str> = audit["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["target_kind"] == "budget")
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
-    assert_eq!(actions.len(), 2, "{audit}");
+    assert_eq!(
+        audit_actions(&s, "budget").await,
+        ["budget.delete", "budget.create"]
+    );
     s.shutdown().await.unwrap();
 }
 
@@ -770,15 +755,10 @@ async fn webhooks_are_signed_retried_and_told_of_budgets_once() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // Created and removed, audited.
-    let (_, audit) = admin(&s, reqwest::Method::GET, "/api/v1/audit", None).await;
-    let actions: Vec<&str> = audit["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["target_kind"] == "webhook")
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
-    assert_eq!(actions, ["webhook.delete", "webhook.create"], "{audit}");
+    assert_eq!(
+        audit_actions(&s, "webhook").await,
+        ["webhook.delete", "webhook.create"]
+    );
     s.shutdown().await.unwrap();
 }
 
