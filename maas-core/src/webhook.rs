@@ -485,8 +485,26 @@ impl Webhooks {
     }
 
     /// Emits `event` unless an event was emitted under `key` before (by any
-    /// node): `Ok(false)` then.
+    /// node): `Ok(false)` then. The event's id is derived from `key`, so
+    /// nodes emitting it at once queue the same deliveries (each stored
+    /// once); the key is marked only after the deliveries are queued, so a
+    /// crash in between makes the next emit queue what is missing (at least
+    /// once) rather than lose the event.
     pub async fn emit_once(&self, key: &str, event: &Event) -> Result<bool> {
+        if self
+            .records()
+            .get_record(EVENT_MARK_KIND, key)
+            .await?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let hash = blake3::hash(format!("maas webhook event v1\0{key}").as_bytes());
+        let event = Event {
+            id: format!("evt_{}", &hash.to_hex()[..26]),
+            ..event.clone()
+        };
+        self.emit(&event).await?;
         let mark = EventMark {
             id: key.to_owned(),
             event_id: event.id.clone(),
@@ -494,12 +512,9 @@ impl Webhooks {
             version: 1,
         };
         match catalog::create_entry(self.records(), &system(), &mark, event.created_at).await {
-            Ok(()) => {}
-            Err(Error::Conflict { .. }) => return Ok(false),
-            Err(e) => return Err(e),
+            Ok(()) | Err(Error::Conflict { .. }) => Ok(true),
+            Err(e) => Err(e),
         }
-        self.emit(event).await?;
-        Ok(true)
     }
 
     /// Sends a `webhook.test` event to the webhook `id` only.
@@ -538,7 +553,7 @@ impl Webhooks {
         self.inner.queued.notified().await;
     }
 
-    /// Every delivery of the webhook `id`, oldest event first.
+    /// Every delivery of the webhook `id`, oldest event first (by time, then id).
     pub async fn deliveries(&self, id: &str) -> Result<Vec<Delivery>> {
         self.get(id).await?;
         let prefix = format!("{id}:");
@@ -551,9 +566,8 @@ impl Webhooks {
             .collect();
         // A delivery moved while both were listed: once, its latest state.
         out.sort_by(|a, b| {
-            a.event
-                .id
-                .cmp(&b.event.id)
+            (a.event.created_at, &a.event.id)
+                .cmp(&(b.event.created_at, &b.event.id))
                 .then(b.attempts.len().cmp(&a.attempts.len()))
         });
         out.dedup_by(|later, earlier| later.id == earlier.id);
