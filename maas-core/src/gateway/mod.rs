@@ -132,6 +132,9 @@ struct Inner {
     cache: ResponseCache,
     /// Tenants known to exist in the store, with when that was checked.
     known_tenants: Mutex<HashMap<String, Timestamp>>,
+    /// Budget events this node has queued (their once-keys), so requests
+    /// past a soft limit do not each spawn a store read to learn it again.
+    budget_events: Mutex<std::collections::HashSet<String>>,
     /// Settlements of detached or dropped requests still running in the
     /// background.
     settling: AtomicUsize,
@@ -255,6 +258,7 @@ impl Gateway {
                 clock,
                 cache: ResponseCache::new(),
                 known_tenants: Mutex::new(HashMap::new()),
+                budget_events: Mutex::new(std::collections::HashSet::new()),
                 settling: AtomicUsize::new(0),
                 settled: Notify::new(),
             }),
@@ -520,6 +524,20 @@ impl Gateway {
             scope.record_id(),
             reset.as_millis()
         );
+        {
+            let mut seen = self
+                .inner
+                .budget_events
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if seen.contains(&once) {
+                return;
+            }
+            if seen.len() >= KNOWN_TENANTS_MAX {
+                seen.clear();
+            }
+            seen.insert(once.clone());
+        }
         let mut data = serde_json::json!({
             "scope": scope_name,
             "subject": subject,
@@ -529,9 +547,17 @@ impl Gateway {
             data["used_fraction"] = serde_json::json!(f);
         }
         let event = Event::new(kind, self.now(), data);
+        let gateway = self.clone();
         rt.spawn(async move {
             if let Err(e) = hooks.emit_once(&once, &event).await {
                 tracing::warn!(error = %e, event = kind.as_str(), "webhook event not queued");
+                // The next request past the limit tries again.
+                gateway
+                    .inner
+                    .budget_events
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&once);
             }
         });
     }
