@@ -1,0 +1,106 @@
+//! A `redis-server` of the test's own: a free loopback port, a temporary
+//! directory, no persistence; stopped when dropped. The binary is
+//! installed with apt-get when it is missing (Debian's `redis-server`), so
+//! `cargo test` alone passes on a fresh machine.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+static INSTALL: Once = Once::new();
+
+fn installed() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes sure `redis-server` is on the PATH, installing it if it is not.
+fn ensure_installed() {
+    INSTALL.call_once(|| {
+        if installed() {
+            return;
+        }
+        let quiet = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = quiet(&["install", "-y", "-qq", "redis-server"])
+            || (quiet(&["update", "-qq"]) && quiet(&["install", "-y", "-qq", "redis-server"]));
+        assert!(
+            ok && installed(),
+            "the Redis tests need redis-server and could not install it \
+             (apt-get install redis-server)"
+        );
+    });
+}
+
+/// A running `redis-server`.
+pub(crate) struct RedisServer {
+    child: Child,
+    /// `redis://127.0.0.1:{port}/`.
+    pub(crate) url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers (at most 10 s).
+    pub(crate) async fn start() -> Self {
+        ensure_installed();
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let url = format!("redis://127.0.0.1:{port}/");
+        let started = Instant::now();
+        loop {
+            if let Ok(client) = redis::Client::open(url.as_str())
+                && let Ok(mut con) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .is_ok()
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not answer on port {port}"
+            );
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        RedisServer {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
