@@ -15,14 +15,14 @@ use maas_core::counter::{
     SlidingSpec, WindowSpec,
 };
 use maas_core::storage::CounterStore;
-use maas_store_redis::{RedisConfig, RedisCounters};
+use maas_store_redis::{RedisConfig, RedisStore};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 const T0: i64 = 1_735_689_600_000;
 
-async fn replica(server: &RedisServer, prefix: &str) -> RedisCounters {
-    RedisCounters::connect(&RedisConfig {
+async fn replica(server: &RedisServer, prefix: &str) -> RedisStore {
+    RedisStore::connect(&RedisConfig {
         prefix: prefix.into(),
         ..RedisConfig::new(server.url.clone())
     })
@@ -281,11 +281,11 @@ async fn an_unreachable_server_is_unavailable_not_a_hang() {
         .local_addr()
         .unwrap()
         .port();
-    let err = RedisCounters::connect(&RedisConfig::new(format!("redis://127.0.0.1:{port}/")))
+    let err = RedisStore::connect(&RedisConfig::new(format!("redis://127.0.0.1:{port}/")))
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
-    let err = RedisCounters::connect(&RedisConfig::new("not a url"))
+    let err = RedisStore::connect(&RedisConfig::new("not a url"))
         .await
         .unwrap_err();
     assert!(

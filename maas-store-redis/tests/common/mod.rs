@@ -104,3 +104,53 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// The URL of one `redis-server` shared by every test of this process,
+/// started on first use; it stops when the test process ends (a shell
+/// beside it watches the parent), since statics are never dropped.
+pub(crate) fn shared_url() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        ensure_installed();
+        let dir = std::env::temp_dir().join(format!("maas-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = format!(
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir '{}' & \
+             rs=$!; while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $rs; rm -rf '{}'",
+            dir.display(),
+            dir.display(),
+            parent = std::process::id()
+        );
+        // Never waited for: it outlives every test and ends after the
+        // process (the loop above); the OS reaps it then.
+        #[allow(clippy::zombie_processes)]
+        let _watcher = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh starts redis-server");
+        let url = format!("redis://127.0.0.1:{port}/");
+        let started = Instant::now();
+        loop {
+            let ping = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if ping.is_ok() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not answer on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        url
+    })
+}
