@@ -24,6 +24,7 @@
 //! | `--data-dir DIR` | `MAAS_DATA_DIR` | `data_dir` | `./maas-data` |
 //! | `--memory` | `MAAS_MEMORY` (`true`/`false`, `1`/`0`, ...) | `memory` | false |
 //! | `--sled-cache-mb N` | `MAAS_SLED_CACHE_MB` | `sled_cache_mb` | 64 |
+//! | `--redis URL` | `MAAS_REDIS_URL` | `redis` | none: sled (needs both secrets below when set) |
 //! | `--listen ADDR` | `MAAS_LISTEN` | `listen` | `127.0.0.1:8080` |
 //! | `--admin-listen ADDR` | `MAAS_ADMIN_LISTEN` | `admin_listen` | `127.0.0.1:9090` |
 //! | `--simulator-listen ADDR` | `MAAS_SIMULATOR_LISTEN` | `simulator_listen` | `127.0.0.1:8081` |
@@ -73,6 +74,10 @@ struct Cli {
     /// sled's page cache in MiB (more keeps more keys' pages in memory).
     #[arg(long, env = "MAAS_SLED_CACHE_MB", value_name = "N")]
     sled_cache_mb: Option<u64>,
+    /// Keep all state in this Redis (redis://host:port/db): servers with the
+    /// same --redis, MAAS_ADMIN_TOKEN and MAAS_KEY_SECRET are replicas.
+    #[arg(long, env = "MAAS_REDIS_URL", value_name = "URL")]
+    redis: Option<String>,
     /// User API, gateway and Unkey API listener.
     #[arg(long, env = "MAAS_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -150,6 +155,9 @@ fn config(cli: Cli) -> Result<ServerConfig, String> {
     if cli.users.is_some() {
         c.users = cli.users;
     }
+    if cli.redis.is_some() {
+        c.redis = cli.redis;
+    }
     if cli.public_url.is_some() {
         c.public_url = cli.public_url;
     }
@@ -186,6 +194,7 @@ fn announce(s: &RunningServer) {
     println!("maas: simulator on http://{}", s.simulator_addr);
     match &s.data_dir {
         Some(dir) => println!("maas: data in {}", dir.display()),
+        None if s.redis => println!("maas: data in Redis (shared with the other replicas)"),
         None => println!("maas: data in memory (nothing is kept)"),
     }
     match &s.admin_token_source {

@@ -48,6 +48,12 @@ pub struct ServerConfig {
     /// Keep everything in memory (nothing is written, nothing survives a
     /// restart). Default false.
     pub memory: bool,
+    /// Keep everything in this Redis (`redis://host:port/db`, `rediss://`
+    /// for TLS) instead of sled: servers started with the same `redis`, the
+    /// same admin token and the same key secret are replicas of one
+    /// deployment. Both secrets must then be configured (they stay outside
+    /// the store). Default none.
+    pub redis: Option<String>,
     /// sled's page cache, in MiB (at least 1). Beyond the server's own key
     /// cache, a verification of a key not in it reads sled: with 1M keys a
     /// 256 MiB cache served about 25% more random verifications than the
@@ -120,6 +126,7 @@ impl Default for ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             memory: false,
+            redis: None,
             sled_cache_mb: DEFAULT_SLED_CACHE_MB,
             listen: addr(DEFAULT_LISTEN),
             admin_listen: addr(DEFAULT_ADMIN_LISTEN),
@@ -145,6 +152,7 @@ impl fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("data_dir", &self.data_dir)
             .field("memory", &self.memory)
+            .field("redis", &self.redis.as_ref().map(|_| "<url>"))
             .field("sled_cache_mb", &self.sled_cache_mb)
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
@@ -237,6 +245,26 @@ impl ServerConfig {
         }
         if self.key_secret.as_deref().is_some_and(str::is_empty) {
             return invalid("key_secret", "must not be empty".into());
+        }
+        if let Some(url) = &self.redis {
+            let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+            if !schemes.iter().any(|s| url.starts_with(s)) {
+                return invalid(
+                    "redis",
+                    "must be a redis://, rediss:// or redis+unix:// URL".into(),
+                );
+            }
+            if self.memory {
+                return invalid("redis", "cannot be used with memory".into());
+            }
+            if self.admin_token.is_none() || self.key_secret.is_none() {
+                return invalid(
+                    "redis",
+                    "needs MAAS_ADMIN_TOKEN and MAAS_KEY_SECRET: replicas must share both, \
+                     and they stay outside the store"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }

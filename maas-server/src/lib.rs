@@ -60,6 +60,7 @@ use maas_core::{
     RateLimiter, StaticTokens, Storage, TierService, UserKeys,
 };
 use maas_store_memory::MemoryStore;
+use maas_store_redis::{RedisConfig, RedisStore};
 use maas_store_sled::{SledConfig, SledError, SledStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -120,6 +121,12 @@ pub enum ServerError {
     DataDirLocked {
         /// The data directory.
         path: PathBuf,
+    },
+    /// The Redis of `redis` cannot be used.
+    #[error("cannot use the Redis of `redis`: {reason}")]
+    Redis {
+        /// What is wrong (the URL is not repeated: it may hold a password).
+        reason: String,
     },
     /// The store could not be opened.
     #[error("cannot open data dir {}: {reason}", path.display())]
@@ -215,8 +222,10 @@ pub struct RunningServer {
     pub simulator_addr: SocketAddr,
     /// The base URL `/v1/models` lists models under.
     pub public_url: String,
-    /// The data directory (`None` with `memory`).
+    /// The data directory (`None` with `memory` or `redis`).
     pub data_dir: Option<PathBuf>,
+    /// Whether the state is in Redis (shared with other replicas).
+    pub redis: bool,
     /// Where the admin token came from.
     pub admin_token_source: AdminTokenSource,
     /// Things the operator should know (development tokens loaded, no
@@ -386,6 +395,16 @@ fn stored_secret(
 async fn open_store(config: &ServerConfig) -> Result<(Storage, Option<SledStore>), ServerError> {
     if config.memory {
         return Ok((MemoryStore::new().storage(), None));
+    }
+    if let Some(url) = &config.redis {
+        let redis = |e: maas_core::Error| ServerError::Redis {
+            reason: e.to_string(),
+        };
+        let store = RedisStore::connect(&RedisConfig::new(url.clone()))
+            .await
+            .map_err(redis)?;
+        store.check_eviction().await.map_err(redis)?;
+        return Ok((store.storage(), None));
     }
     let sled = SledConfig {
         cache_capacity: config.sled_cache_mb.saturating_mul(1024 * 1024),
@@ -582,7 +601,8 @@ impl Server {
         }
 
         let (storage, sled) = open_store(&config).await?;
-        let data_dir = (!config.memory).then(|| config.data_dir.clone());
+        // With Redis the secrets are configured (checked): no data dir.
+        let data_dir = (!config.memory && config.redis.is_none()).then(|| config.data_dir.clone());
 
         // Secrets: configured, else stored in the data directory, else new
         // (last of what can fail for a configuration mistake, so a token is
@@ -815,6 +835,7 @@ impl Server {
             simulator_addr,
             public_url,
             data_dir,
+            redis: config.redis.is_some(),
             admin_token_source,
             warnings,
             admin_token,

@@ -48,6 +48,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// How many times an operation is tried when other replicas keep changing
 /// its counters in between; past it, the operation fails as unavailable.
@@ -166,6 +168,35 @@ impl RedisStore {
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             }),
         })
+    }
+
+    /// Refuses a server that may evict this store's keys: a
+    /// `maxmemory-policy` of `allkeys-*` drops keys of any kind under
+    /// memory pressure, counters and keys included (`noeviction` and the
+    /// `volatile-*` policies, which only evict keys with a TTL — this store
+    /// sets none — are accepted). A server that does not answer `CONFIG
+    /// GET` (renamed or forbidden by an ACL) is accepted: the operator
+    /// vouches for it.
+    pub async fn check_eviction(&self) -> Result<()> {
+        let mut con = self.inner.con.clone();
+        let got: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut con)
+            .await;
+        match got {
+            Ok(kv) => match kv.get(1) {
+                Some(policy) if policy.starts_with("allkeys") => Err(Error::invalid(
+                    "redis",
+                    format!(
+                        "maxmemory-policy is {policy}: Redis may evict maas's keys and counters                          under memory pressure; set maxmemory-policy noeviction"
+                    ),
+                )),
+                _ => Ok(()),
+            },
+            Err(e) if e.kind() == redis::ErrorKind::Io => Err(unavailable(&e)),
+            Err(_) => Ok(()),
+        }
     }
 
     /// The storage traits bundle over this store.

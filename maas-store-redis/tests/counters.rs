@@ -4,17 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::Arc;
 
-use common::RedisServer;
 use maas_core::Timestamp;
 use maas_core::counter::{
     Balance, BalanceOp, LimitOp, LimitSpec, Period, PeriodSpec, Refill, RefillInterval, SettleOp,
     SlidingSpec, WindowSpec,
 };
 use maas_core::storage::CounterStore;
+use maas_store_redis::testing::RedisServer;
 use maas_store_redis::{RedisConfig, RedisStore};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};

@@ -1,9 +1,10 @@
-//! A `redis-server` of the test's own: a free loopback port, a temporary
-//! directory, no persistence; stopped when dropped. The binary is
-//! installed with apt-get when it is missing (Debian's `redis-server`), so
-//! `cargo test` alone passes on a fresh machine.
+//! Test support (feature `testing`): a `redis-server` of the test's own —
+//! a free loopback port, a temporary directory, no persistence — stopped
+//! when dropped, or one shared by a test process ([`shared_url`]). The
+//! binary is installed with apt-get when it is missing (Debian's
+//! `redis-server`), so `cargo test` alone passes on a fresh machine.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
@@ -45,16 +46,17 @@ fn ensure_installed() {
 }
 
 /// A running `redis-server`.
-pub(crate) struct RedisServer {
+#[derive(Debug)]
+pub struct RedisServer {
     child: Child,
     /// `redis://127.0.0.1:{port}/`.
-    pub(crate) url: String,
+    pub url: String,
     _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// Starts one and waits until it answers (at most 10 s).
-    pub(crate) async fn start() -> Self {
+    pub async fn start() -> Self {
         ensure_installed();
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -108,7 +110,7 @@ impl Drop for RedisServer {
 /// The URL of one `redis-server` shared by every test of this process,
 /// started on first use; it stops when the test process ends (a shell
 /// beside it watches the parent), since statics are never dropped.
-pub(crate) fn shared_url() -> &'static str {
+pub fn shared_url() -> &'static str {
     static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     URL.get_or_init(|| {
         ensure_installed();

@@ -1,0 +1,174 @@
+//! Three example servers on one Redis are replicas of one deployment: what
+//! one counts, the others see, and the limits hold across all of them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use maas_core::ManualClock;
+use maas_server::{RunningServer, Server, ServerConfig};
+use maas_store_redis::testing::RedisServer;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "replica-admin-token-0123456789";
+
+async fn replicas(redis: &RedisServer, n: usize) -> Vec<RunningServer> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let config = ServerConfig {
+            memory: false,
+            redis: Some(redis.url.clone()),
+            admin_token: Some(ADMIN.into()),
+            key_secret: Some("replica-key-secret".into()),
+            ..common::config_on(Arc::new(ManualClock::default()))
+        };
+        out.push(Server::start(config).await.unwrap());
+    }
+    out
+}
+
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .bearer_auth(bearer)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    (
+        status,
+        serde_json::from_str(&res.text().await.unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_on_one_redis_count_as_one() {
+    let redis = RedisServer::start().await;
+    let servers = replicas(&redis, 3).await;
+
+    // A key created on one replica, with 50 uses, verified 150 times spread
+    // over the three: exactly 50 VALID.
+    let (status, api) = post(
+        servers[0].public_addr,
+        "/v1/apis.createApi",
+        ADMIN,
+        json!({"name": "shared"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{api}");
+    let (status, key) = post(
+        servers[1].public_addr,
+        "/v1/keys.createKey",
+        ADMIN,
+        json!({"apiId": api["apiId"], "remaining": 50}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{key}");
+    let secret = key["key"].as_str().unwrap().to_owned();
+    let addrs: Vec<_> = servers.iter().map(|s| s.public_addr).collect();
+    let tasks: Vec<_> = (0..150)
+        .map(|i| {
+            let (addr, secret) = (addrs[i % 3], secret.clone());
+            tokio::spawn(async move {
+                let (_, v) = post(addr, "/v1/keys.verifyKey", ADMIN, json!({"key": secret})).await;
+                v["valid"] == true
+            })
+        })
+        .collect();
+    let mut valid = 0;
+    for t in tasks {
+        valid += usize::from(t.await.unwrap());
+    }
+    assert_eq!(valid, 50);
+
+    // The free tier's 5 requests a minute, across the three replicas: 5
+    // chat completions admitted, the rest 429.
+    let mut admitted = 0;
+    for i in 0..15 {
+        let (status, body) = post(
+            addrs[i % 3],
+            "/v1/chat/completions",
+            "dev-free-token",
+            json!({"model": "simulator", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+        )
+        .await;
+        match status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(admitted, 5);
+
+    // A tenant created through one replica's management API is read by
+    // another's.
+    let (status, t) = post(
+        servers[2].admin_addr,
+        "/api/v1/tenants",
+        ADMIN,
+        json!({"name": "acme"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    let got = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/v1/tenants/{}",
+            servers[0].admin_addr,
+            t["id"].as_str().unwrap()
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn redis_needs_both_secrets_and_a_non_evicting_policy() {
+    let redis = RedisServer::start().await;
+    let base = || ServerConfig {
+        memory: false,
+        redis: Some(redis.url.clone()),
+        ..common::config_on(Arc::new(ManualClock::default()))
+    };
+    let e = Server::start(base()).await.unwrap_err().to_string();
+    assert!(
+        e.contains("MAAS_ADMIN_TOKEN") && e.contains("MAAS_KEY_SECRET"),
+        "{e}"
+    );
+    // allkeys-lru may evict counters: refused, naming the setting.
+    let mut con = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let e = Server::start(ServerConfig {
+        admin_token: Some(ADMIN.into()),
+        key_secret: Some("s".into()),
+        ..base()
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("maxmemory-policy"), "{e}");
+}
