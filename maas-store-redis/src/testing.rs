@@ -48,15 +48,29 @@ fn ensure_installed() {
 /// A running `redis-server`.
 #[derive(Debug)]
 pub struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     /// `redis://127.0.0.1:{port}/`.
     pub url: String,
-    _dir: tempfile::TempDir,
+    port: u16,
+    persistent: bool,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
-    /// Starts one and waits until it answers (at most 10 s).
+    /// Starts one without persistence and waits until it answers (at most
+    /// 10 s).
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Starts one that keeps everything it answered in an append-only file
+    /// synced on every write (`appendfsync always`), so [`Self::stop`] and
+    /// [`Self::restart`] keep the data.
+    pub async fn start_persistent() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> Self {
         ensure_installed();
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -64,16 +78,47 @@ impl RedisServer {
             .local_addr()
             .unwrap()
             .port();
+        let mut s = RedisServer {
+            child: None,
+            url: format!("redis://127.0.0.1:{port}/"),
+            port,
+            persistent,
+            dir,
+        };
+        s.restart().await;
+        s
+    }
+
+    /// Stops the server (SIGKILL: what it answered is in its append-only
+    /// file if it is persistent).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again, on the same port and directory, and waits
+    /// until it answers.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let aof: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(aof)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        let url = format!("redis://127.0.0.1:{port}/");
+        self.child = Some(child);
+        let (url, port) = (self.url.clone(), self.port);
         let started = Instant::now();
         loop {
             if let Ok(client) = redis::Client::open(url.as_str())
@@ -92,18 +137,12 @@ impl RedisServer {
             tokio::task::yield_now().await;
             std::thread::sleep(Duration::from_millis(10));
         }
-        RedisServer {
-            child,
-            url,
-            _dir: dir,
-        }
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
