@@ -48,16 +48,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use maas_core::fairshare::{FairShare, FairShareConfig};
 use maas_core::mcp::McpServers;
+use maas_core::model::ModelServiceConfig;
 use maas_core::projects::Projects;
 use maas_core::rootkeys::RootKeys;
 use maas_core::scheduling::Scheduling;
+use maas_core::tier::TierServiceConfig;
 use maas_core::token::{TokenConfig, TokenService};
 use maas_core::usage::{FlusherHandle, UsageConfig, UsageLedger};
 use maas_core::webhook::{WebhookConfig, Webhooks};
 use maas_core::{
     Actor, AdmissionConfig, AdmissionLimits, Authenticator, Chain, Gateway, GatewayServices,
-    Identity, KeyHasher, KeyService, ModelService, ModelUpdate, NewModel, RateLimitConfig,
-    RateLimiter, StaticTokens, Storage, TierService, UserKeys,
+    Identity, KeyHasher, KeyService, KeyServiceConfig, ModelService, ModelUpdate, NewModel,
+    RateLimitConfig, RateLimiter, StaticTokens, Storage, TierService, UserKeys,
 };
 use maas_store_memory::MemoryStore;
 use maas_store_redis::{RedisConfig, RedisStore};
@@ -95,6 +97,9 @@ pub const ADMIN_TOKEN_PREFIX: &str = "maas_admin_";
 const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 /// How often [`Scheduling::load`] picks up stored fair-share settings.
 const LOAD_EVERY: Duration = Duration::from_secs(10);
+/// With Redis, how stale any cached shared state may be: other replicas'
+/// changes apply within this.
+pub const SHARED_STATE_TTL: Duration = Duration::from_secs(1);
 
 /// Why the server could not start (or did not stop cleanly), as one line.
 #[derive(Debug, thiserror::Error)]
@@ -649,10 +654,21 @@ impl Server {
             (None, None) => (generate_admin(), AdminTokenSource::Generated(None)),
         };
 
-        // Services.
-        let keys = KeyService::new_with_clock(
+        // Services. With Redis, other replicas change the state too: every
+        // cache of it is read again after at most SHARED_STATE_TTL (one
+        // second), so a key disabled, a tier or tenant changed, tokens
+        // revoked or the capacity set on one replica apply on all within a
+        // second. (On one node, changes go through the node's own services,
+        // which refresh their caches at once; the longer defaults only bound
+        // other nodes.)
+        let shared = config.redis.as_ref().map(|_| SHARED_STATE_TTL);
+        let keys = KeyService::new_with_config(
             storage.clone(),
             KeyHasher::from_secret(key_secret.as_bytes()),
+            KeyServiceConfig {
+                cache_ttl: shared.unwrap_or(KeyServiceConfig::default().cache_ttl),
+                ..KeyServiceConfig::default()
+            },
             clock.clone(),
         );
         let usage = UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone());
@@ -662,12 +678,27 @@ impl Server {
             .map_err(step("attaching the verification metrics"))?;
         let root_keys = RootKeys::new_with_clock(keys.clone(), clock.clone());
         let user_keys = UserKeys::new_with_clock(keys.clone(), clock.clone());
-        let tiers = TierService::new_with_clock(storage.clone(), clock.clone());
-        let models = ModelService::new_with_clock(storage.clone(), clock.clone());
-        let tokens =
-            TokenService::open_with_clock(storage.clone(), TokenConfig::default(), clock.clone())
-                .await
-                .map_err(step("opening the token service"))?;
+        let tiers = TierService::new_with_config(
+            storage.clone(),
+            TierServiceConfig {
+                snapshot_ttl: shared.unwrap_or(TierServiceConfig::default().snapshot_ttl),
+            },
+            clock.clone(),
+        );
+        let models = ModelService::new_with_config(
+            storage.clone(),
+            ModelServiceConfig {
+                snapshot_ttl: shared.unwrap_or(ModelServiceConfig::default().snapshot_ttl),
+            },
+            clock.clone(),
+        );
+        let token_config = TokenConfig {
+            refresh: shared.unwrap_or(TokenConfig::default().refresh),
+            ..TokenConfig::default()
+        };
+        let tokens = TokenService::open_with_clock(storage.clone(), token_config, clock.clone())
+            .await
+            .map_err(step("opening the token service"))?;
         let fairshare = FairShare::with_clock(
             FairShareConfig {
                 max_in_flight: config.max_in_flight,
@@ -679,8 +710,11 @@ impl Server {
         )
         .map_err(step("configuring fair share"))?;
         let scheduling = Scheduling::new(storage.clone(), fairshare, clock.clone());
-        let ratelimits =
-            RateLimiter::with_config(storage.clone(), RateLimitConfig::default(), clock.clone());
+        let ratelimit_config = RateLimitConfig {
+            override_ttl: shared.unwrap_or(RateLimitConfig::default().override_ttl),
+            ..RateLimitConfig::default()
+        };
+        let ratelimits = RateLimiter::with_config(storage.clone(), ratelimit_config, clock.clone());
         let static_tokens = StaticTokens::new(users).map_err(step("loading the users"))?;
         let identity: Arc<dyn Authenticator> = Arc::new(
             Chain::new()
@@ -720,7 +754,11 @@ impl Server {
         // set through the API applies to the gateway's next request.
         let admission = AdmissionLimits::with_config(
             storage.clone(),
-            AdmissionConfig::default(),
+            AdmissionConfig {
+                tenant_ttl: shared.unwrap_or(AdmissionConfig::default().tenant_ttl),
+                budget_ttl: shared.unwrap_or(AdmissionConfig::default().budget_ttl),
+                ..AdmissionConfig::default()
+            },
             clock.clone(),
         );
         let gateway = Gateway::new(
@@ -816,6 +854,7 @@ impl Server {
         let upkeep = tokio::spawn(upkeep(
             keys.clone(),
             scheduling.clone(),
+            shared.unwrap_or(LOAD_EVERY),
             stopped(stop.subscribe()),
         ));
         let dispatcher = tokio::spawn(
@@ -866,10 +905,16 @@ impl Server {
     }
 }
 
-/// Key upkeep every second, fair-share settings every ten, until `stop`.
-async fn upkeep(keys: KeyService, scheduling: Scheduling, stop: impl Future<Output = ()>) {
+/// Key upkeep every second, fair-share settings every `load_every`, until
+/// `stop`.
+async fn upkeep(
+    keys: KeyService,
+    scheduling: Scheduling,
+    load_every: Duration,
+    stop: impl Future<Output = ()>,
+) {
     let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
-    let mut load = tokio::time::interval(LOAD_EVERY);
+    let mut load = tokio::time::interval(load_every);
     for t in [&mut maintain, &mut load] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }

@@ -16,6 +16,10 @@ use serde_json::{Value, json};
 const ADMIN: &str = "replica-admin-token-0123456789";
 
 async fn replicas(redis: &RedisServer, n: usize) -> Vec<RunningServer> {
+    replicas_on(redis, n, Arc::new(ManualClock::default())).await
+}
+
+async fn replicas_on(redis: &RedisServer, n: usize, clock: Arc<ManualClock>) -> Vec<RunningServer> {
     let mut out = Vec::new();
     for _ in 0..n {
         let config = ServerConfig {
@@ -23,7 +27,7 @@ async fn replicas(redis: &RedisServer, n: usize) -> Vec<RunningServer> {
             redis: Some(redis.url.clone()),
             admin_token: Some(ADMIN.into()),
             key_secret: Some("replica-key-secret".into()),
-            ..common::config_on(Arc::new(ManualClock::default()))
+            ..common::config_on(clock.clone())
         };
         out.push(Server::start(config).await.unwrap());
     }
@@ -219,4 +223,72 @@ async fn redis_down_is_a_503_and_back_is_200_with_the_data_kept() {
     };
     assert_eq!(v["remaining"], 8, "{v}");
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_replica_applies_on_the_others_within_a_second() {
+    let redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::default());
+    let servers = replicas_on(&redis, 2, clock.clone()).await;
+    let (a, b) = (&servers[0], &servers[1]);
+    let (_, api) = post(
+        a.public_addr,
+        "/v1/apis.createApi",
+        ADMIN,
+        json!({"name": "prop"}),
+    )
+    .await;
+    let (_, key) = post(
+        a.public_addr,
+        "/v1/keys.createKey",
+        ADMIN,
+        json!({"apiId": api["apiId"]}),
+    )
+    .await;
+    let secret = key["key"].as_str().unwrap().to_owned();
+    let verify_on_b = || {
+        post(
+            b.public_addr,
+            "/v1/keys.verifyKey",
+            ADMIN,
+            json!({"key": secret}),
+        )
+    };
+    assert_eq!(verify_on_b().await.1["valid"], true);
+
+    // Disabled through A: B, which has it cached, refuses it a second later.
+    let (status, body) = post(
+        a.public_addr,
+        "/v1/keys.updateKey",
+        ADMIN,
+        json!({"keyId": key["keyId"], "enabled": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    clock.advance(maas_server::SHARED_STATE_TTL);
+    let (_, v) = verify_on_b().await;
+    assert_eq!(
+        (&v["valid"], &v["code"]),
+        (&json!(false), &json!("DISABLED")),
+        "{v}"
+    );
+
+    // A tier created through A's management API serves B's callers a
+    // second later.
+    let tier = json!({"name": "gold", "level": 9, "groups": ["system:authenticated"],
+        "requests_per_minute": 1000, "tokens_per_minute": 1000000, "models": ["*"]});
+    let (status, body) = post(a.admin_addr, "/api/v1/tiers", ADMIN, tier).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    clock.advance(maas_server::SHARED_STATE_TTL);
+    let me = reqwest::Client::new()
+        .get(format!("http://{}/v1/me", b.public_addr))
+        .bearer_auth("dev-free-token")
+        .send()
+        .await
+        .unwrap();
+    let me: Value = serde_json::from_str(&me.text().await.unwrap()).unwrap();
+    assert_eq!(me["tier"]["name"], "gold", "{me}");
+    for s in servers {
+        s.shutdown().await.unwrap();
+    }
 }
