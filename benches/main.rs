@@ -15,6 +15,7 @@ mod common;
 mod fairshare;
 mod http;
 mod limits;
+mod redis;
 mod tokens;
 mod usage;
 mod verify;
@@ -27,4 +28,5 @@ criterion::criterion_main!(
     limits::benches,
     usage::benches,
     http::benches,
+    redis::benches,
 );

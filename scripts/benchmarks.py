@@ -50,6 +50,9 @@ ROWS = [
     ("usage record, warm bucket", "usage/record_warm", "usage/dashmap_update_warm", None, None, ""),
     ("usage record, 10k tenants", "usage/record_of_10k_tenants", "usage/dashmap_update_of_10k", None, None, ""),
     ("keys.verifyKey over HTTP (router)", "unkey_http/verify_key", "unkey_http/liveness", "throughput", 0.60, "≥ 60% of a trivial route's throughput"),
+    ("Redis: reserve of 3 limits (admission)", "redis/reserve_3_limits", "redis/floor_evalsha", "ratio", 1.5, "≤ 1.5× a bare EVALSHA (issue 19)"),
+    ("Redis: settle of 3 limits", "redis/settle_3_limits", "redis/floor_evalsha", "ratio", 1.5, "≤ 1.5× a bare EVALSHA (issue 19)"),
+    ("Redis: spend a remaining use", "redis/spend", "redis/floor_evalsha", "ratio", 1.5, "≤ 1.5× a bare EVALSHA (issue 19)"),
 ]
 
 
