@@ -448,25 +448,37 @@ impl CounterStore for RedisStore {
     }
 
     async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
-        let mut out = Vec::with_capacity(ops.len());
+        // All of them in one read and one write (each op atomic, as the
+        // trait asks; together too), an id seen twice continuing from its
+        // own settlement.
+        let mut ids: Vec<&str> = Vec::with_capacity(ops.len());
         for op in ops {
-            let state = self
-                .update(
-                    vec![self.limit_key(&op.id)],
-                    |s: &[Option<LimitState>]| {
-                        let (next, _) = op.spec.settle(
-                            s.first().copied().flatten(),
-                            op.taken_at,
-                            op.reserved,
-                            op.used,
-                            now,
-                        );
-                        (Some(vec![Some(next)]), next)
-                    },
-                )
-                .await?;
-            out.push(state);
+            if !ids.contains(&op.id.as_str()) {
+                ids.push(&op.id);
+            }
         }
-        Ok(out)
+        let keys = ids.iter().map(|id| self.limit_key(id)).collect();
+        self.update(keys, |s: &[Option<LimitState>]| {
+            let mut states: Vec<Option<LimitState>> = s.to_vec();
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                let Some(p) = ids.iter().position(|i| *i == op.id) else {
+                    continue;
+                };
+                let (next, _) = op.spec.settle(
+                    states.get(p).copied().flatten(),
+                    op.taken_at,
+                    op.reserved,
+                    op.used,
+                    now,
+                );
+                if let Some(slot) = states.get_mut(p) {
+                    *slot = Some(next);
+                }
+                out.push(next);
+            }
+            (Some(states), out)
+        })
+        .await
     }
 }
