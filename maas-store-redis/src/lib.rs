@@ -9,13 +9,15 @@
 //!
 //! ## How a counter operation stays exact
 //!
-//! Every operation reads the counters it touches (one round trip, with
-//! their versions), computes the new states with the same arithmetic as
-//! every other backend (`maas_core::counter`: `Balance::refilled`,
-//! `LimitSpec::take`, `reserve_all`, `LimitSpec::settle`), and writes them
-//! with one Lua script that checks, atomically on the server, that no
-//! version moved; if one did (another replica got there first), it reads
-//! again and retries. So:
+//! Every operation starts from the counters it touches as this process last
+//! wrote or read them (their versions remembered), computes the new states
+//! with the same arithmetic as every other backend (`maas_core::counter`:
+//! `Balance::refilled`, `LimitSpec::take`, `reserve_all`,
+//! `LimitSpec::settle`), and writes them with one Lua script that checks,
+//! atomically on the server, that no version moved; if one did (another
+//! replica got there first), the script answers the current states and the
+//! operation is computed again from them. An answer that writes nothing (a
+//! refusal) is only given from states just read. So:
 //! - no update is lost and a reservation is all or none, whatever the
 //!   number of replicas (the script is the one atomic step);
 //! - the arithmetic cannot drift from the model (it *is* the model): Lua's
@@ -24,10 +26,9 @@
 //! - changes of one counter from one process wait for each other on a
 //!   striped lock, so a retry only happens when another replica wrote in
 //!   between;
-//! - it costs two round trips, more under contention on one counter. A
-//!   one-round-trip script for the common shapes is the next step (the
-//!   issue's latency goal), with this path kept for the values a double
-//!   cannot hold.
+//! - it costs one round trip when this process wrote the counters last,
+//!   two when another replica did (or the first time), more under
+//!   contention across replicas.
 //!
 //! Counters live under `{prefix}b:{id}` (balances) and `{prefix}l:{id}`
 //! (limit counters), as hashes of `v` (version) and `s` (the state, JSON).
@@ -57,12 +58,22 @@ pub const MAX_TRIES: usize = 64;
 
 /// Writes new states if every version is still the one read: `KEYS` the
 /// counters, `ARGV` their versions (`0`: absent) then their new states
-/// (`""`: remove). Returns 1 when written, 0 when a version moved.
+/// (`""`: remove). Returns 1 when written; when a version moved, every
+/// counter's current version and state (`0` and `""`: absent), so the
+/// caller retries without reading again.
 const CAS: &str = r#"
 local n = #KEYS
 for i = 1, n do
   local v = redis.call('HGET', KEYS[i], 'v')
-  if (v or '0') ~= ARGV[i] then return 0 end
+  if (v or '0') ~= ARGV[i] then
+    local now = {}
+    for j = 1, n do
+      local cur = redis.call('HMGET', KEYS[j], 'v', 's')
+      now[2 * j - 1] = cur[1] or '0'
+      now[2 * j] = cur[2] or ''
+    end
+    return now
+  end
 end
 for i = 1, n do
   local s = ARGV[n + i]
@@ -111,6 +122,11 @@ struct Inner {
     cas: redis::Script,
     tx: redis::Script,
     touch: redis::Script,
+    /// The version and JSON state this process last wrote or saw of each
+    /// counter: a change starts from them and checks them in its write (one
+    /// round trip); if another replica moved one, the write answers the
+    /// current states and the change is computed again from those.
+    known: std::sync::Mutex<std::collections::HashMap<String, Row>>,
     /// Changes of one counter from this process wait for each other here,
     /// so only other replicas can move a version under a change (striped
     /// by key; several stripes are taken in index order).
@@ -143,6 +159,19 @@ struct Read<T> {
     state: Option<T>,
 }
 
+/// A counter's version and JSON state as stored (`0`, `None`: absent).
+type Row = (u64, Option<String>);
+
+/// What a compare-and-set answered.
+enum Cas {
+    Written,
+    /// A version moved: each counter's current version and JSON state.
+    Moved(Vec<Row>),
+}
+
+/// At most this many counters' last known versions are remembered.
+const KNOWN_MAX: usize = 100_000;
+
 impl RedisStore {
     /// Connects to the server of `config`.
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
@@ -166,6 +195,7 @@ impl RedisStore {
                 tx: redis::Script::new(store::TX_SCRIPT),
                 touch: redis::Script::new(store::TOUCH_SCRIPT),
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+                known: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -242,33 +272,59 @@ impl RedisStore {
 
     /// Reads `keys` (with their versions) in one round trip.
     async fn read<T: DeserializeOwned>(&self, keys: Vec<String>) -> Result<Vec<Read<T>>> {
-        let mut pipe = redis::pipe();
-        for k in &keys {
-            pipe.cmd("HMGET").arg(k).arg("v").arg("s");
-        }
-        let mut con = self.inner.con.clone();
-        let rows: Vec<(Option<u64>, Option<String>)> = pipe
-            .query_async(&mut con)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let rows = self.read_raw(&keys).await?;
+        Self::decode(keys, rows)
+    }
+
+    fn decode<T: DeserializeOwned>(keys: Vec<String>, rows: Vec<Row>) -> Result<Vec<Read<T>>> {
         keys.into_iter()
             .zip(rows)
             .map(|(key, (version, state))| {
-                let state = match state {
+                let state = match state.filter(|s| !s.is_empty()) {
                     Some(s) => Some(serde_json::from_str(&s).map_err(|_| corrupt(&key))?),
                     None => None,
                 };
                 Ok(Read {
                     key,
-                    version: version.unwrap_or(0),
+                    version,
                     state,
                 })
             })
             .collect()
     }
 
+    fn known(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Row>> {
+        self.inner
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The last known versions and states of `keys`, if all are known.
+    fn remembered(&self, keys: &[String]) -> Option<Vec<Row>> {
+        let known = self.known();
+        keys.iter().map(|k| known.get(k).cloned()).collect()
+    }
+
+    fn remember(&self, keys: &[String], rows: &[Row]) {
+        let mut known = self.known();
+        if known.len() + keys.len() > KNOWN_MAX {
+            known.clear();
+        }
+        for (k, row) in keys.iter().zip(rows) {
+            known.insert(k.clone(), row.clone());
+        }
+    }
+
+    fn forget(&self, keys: &[String]) {
+        let mut known = self.known();
+        for k in keys {
+            known.remove(k);
+        }
+    }
+
     /// Writes `new` states over what `read` saw, if nothing moved since.
-    async fn write<T, S: Serialize>(&self, read: &[Read<T>], new: &[Option<S>]) -> Result<bool> {
+    async fn write<T>(&self, read: &[Read<T>], new: &[Option<String>]) -> Result<Cas> {
         let mut call = self.inner.cas.prepare_invoke();
         for r in read {
             call.key(&r.key);
@@ -277,24 +333,42 @@ impl RedisStore {
             call.arg(r.version);
         }
         for s in new {
-            let json = match s {
-                Some(s) => serde_json::to_string(s)
-                    .map_err(|e| Error::internal(format!("cannot encode a counter: {e}")))?,
-                None => String::new(),
-            };
-            call.arg(json);
+            call.arg(s.as_deref().unwrap_or(""));
         }
         let mut con = self.inner.con.clone();
-        let written: i64 = call
+        let answer: redis::Value = call
             .invoke_async(&mut con)
             .await
             .map_err(|e| unavailable(&e))?;
-        Ok(written == 1)
+        match answer {
+            redis::Value::Int(1) => Ok(Cas::Written),
+            redis::Value::Array(items) => {
+                let strings: Vec<String> = items
+                    .into_iter()
+                    .map(redis::from_redis_value::<String>)
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| Error::internal(format!("redis: unreadable counters: {e}")))?;
+                let rows = strings
+                    .chunks(2)
+                    .map(|c| {
+                        let version = c.first().and_then(|v| v.parse().ok()).unwrap_or(0);
+                        let state = c.get(1).filter(|s| !s.is_empty()).cloned();
+                        (version, state)
+                    })
+                    .collect();
+                Ok(Cas::Moved(rows))
+            }
+            other => Err(Error::internal(format!(
+                "redis: unexpected answer to a counter write: {other:?}"
+            ))),
+        }
     }
 
     /// Runs `step` over the states of `keys` until its writes land: `step`
     /// returns the new states (`None` in the outer option: write nothing)
-    /// and the answer.
+    /// and the answer. It starts from the states this process last knew
+    /// (one round trip when no other replica changed them); an answer
+    /// that writes nothing is only given from states just read.
     async fn update<T, S, R>(
         &self,
         keys: Vec<String>,
@@ -305,24 +379,73 @@ impl RedisStore {
         S: Serialize,
     {
         let _held = self.lock(&keys).await;
+        // (rows, fresh): fresh when read from Redis just now.
+        let mut current: Option<(Vec<Row>, bool)> = self.remembered(&keys).map(|r| (r, false));
         for _ in 0..MAX_TRIES {
-            let read: Vec<Read<T>> = self.read(keys.clone()).await?;
+            let (rows, fresh) = match current.take() {
+                Some(c) => c,
+                None => (self.read_raw(&keys).await?, true),
+            };
+            let read: Vec<Read<T>> = Self::decode(keys.clone(), rows.clone())?;
             let states: Vec<Option<T>> = read.iter().map(|r| r.state.clone()).collect();
             let (new, answer) = step(&states);
-            match new {
-                None => return Ok(answer),
-                Some(new) => {
-                    if self.write(&read, &new).await? {
-                        return Ok(answer);
-                    }
+            let Some(new) = new else {
+                if fresh {
+                    self.remember(&keys, &rows);
+                    return Ok(answer);
+                }
+                // Decided from remembered states: read them and decide again.
+                continue;
+            };
+            let json: Vec<Option<String>> = new
+                .iter()
+                .map(|s| s.as_ref().map(to_json).transpose())
+                .collect::<Result<_>>()?;
+            match self.write(&read, &json).await {
+                Ok(Cas::Written) => {
+                    let after: Vec<Row> = rows
+                        .iter()
+                        .zip(&json)
+                        .map(|((v, _), s)| match s {
+                            Some(s) => (v + 1, Some(s.clone())),
+                            None => (0, None),
+                        })
+                        .collect();
+                    self.remember(&keys, &after);
+                    return Ok(answer);
+                }
+                Ok(Cas::Moved(now)) => current = Some((now, true)),
+                Err(e) => {
+                    // Applied or not: unknown. Start from Redis next time.
+                    self.forget(&keys);
+                    return Err(e);
                 }
             }
         }
+        self.forget(&keys);
         Err(Error::unavailable(
             format!("redis: counters kept changing over {MAX_TRIES} tries"),
             true,
         ))
     }
+
+    /// The versions and raw JSON states of `keys`, in one round trip.
+    async fn read_raw(&self, keys: &[String]) -> Result<Vec<Row>> {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("HMGET").arg(k).arg("v").arg("s");
+        }
+        let mut con = self.inner.con.clone();
+        let rows: Vec<(Option<u64>, Option<String>)> = pipe
+            .query_async(&mut con)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(rows.into_iter().map(|(v, s)| (v.unwrap_or(0), s)).collect())
+    }
+}
+
+fn to_json<S: Serialize>(s: &S) -> Result<String> {
+    serde_json::to_string(s).map_err(|e| Error::internal(format!("cannot encode a counter: {e}")))
 }
 
 #[async_trait]
