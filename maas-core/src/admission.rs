@@ -30,13 +30,23 @@ use serde::{Deserialize, Serialize};
 use crate::audit::Actor;
 use crate::catalog::{self, SnapshotCell};
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
-use crate::counter::{Decision, LimitOp, LimitSpec, Period, PeriodSpec, SettleOp, SlidingSpec};
+use crate::counter::{
+    Decision, LimitOp, LimitSpec, Period, PeriodSpec, SettleOp, SlidingSpec, WindowSpec,
+};
 use crate::error::{Error, Result};
 use crate::model::Pricing;
 use crate::storage::Storage;
 use crate::tier::Tier;
 use crate::usage::{billed_nanos, nanos_to_amount, worst_case_nanos};
 use crate::validate;
+
+/// How long a budget hold of a request that is never settled counts as
+/// `reserved` at most (holds are leases aligned on multiples of this since
+/// the epoch; a request still running at a boundary shows as spent from
+/// then until it settles). An hour: longer than any request's upstream
+/// timeout.
+pub const HOLD_LEASE: Duration = Duration::from_secs(3600);
+const HOLD_LEASE_MS: u64 = 3_600_000;
 
 /// The record kind of [`Budget`]s.
 pub const BUDGET_KIND: &str = "budget";
@@ -188,12 +198,13 @@ impl Budget {
         })
     }
 
-    /// The spec of the [`BudgetScope::held_id`] counter: never refuses.
+    /// The spec of the [`BudgetScope::held_id`] counter: never refuses, and
+    /// its holds are leases of at most [`HOLD_LEASE`]: a hold no settlement
+    /// gave back (the node serving the request died) lapses at the next
+    /// lease boundary, its money staying charged as reserved (the upstream
+    /// may have run).
     fn held_spec(&self) -> LimitSpec {
-        LimitSpec::Period(PeriodSpec {
-            limit: u64::MAX,
-            period: self.period,
-        })
+        LimitSpec::Bucket(WindowSpec::fixed(u64::MAX, HOLD_LEASE_MS))
     }
 }
 

@@ -423,6 +423,25 @@ pub async fn admission_budgets(storage: Storage, clock: ManualClock) {
         (0.0, 0.0, 0.0)
     );
 
+    // A request whose node died before settling: its money stays charged
+    // (the upstream may have run); its hold lapses at the lease boundary.
+    let r = l.reserve(&priced(1000, 2000)).await.unwrap().unwrap();
+    std::mem::forget(r);
+    let status = l
+        .budget_status(&BudgetScope::Tenant("erin".into()))
+        .await
+        .unwrap();
+    assert!((status.reserved - 5.0).abs() < 1e-9, "{status:?}");
+    clock.advance(crate::admission::HOLD_LEASE);
+    let status = l
+        .budget_status(&BudgetScope::Tenant("erin".into()))
+        .await
+        .unwrap();
+    assert!(
+        status.reserved == 0.0 && (status.spent - 5.0).abs() < 1e-9,
+        "charged as reserved, no longer held: {status:?}"
+    );
+
     // A key budget applies to requests made with that key only.
     l.set_budget(
         &admin,
