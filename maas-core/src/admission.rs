@@ -186,6 +186,36 @@ pub struct NewBudget {
     pub soft_threshold: Option<f64>,
 }
 
+impl NewBudget {
+    /// A budget with its soft limit given as an amount, as the management
+    /// API takes it: [`Error::InvalidInput`] (`soft_limit`) unless it is
+    /// greater than 0 and less than `amount` (the other fields are checked
+    /// by [`AdmissionLimits::set_budget`]).
+    pub fn with_soft_limit(
+        amount: f64,
+        currency: Option<String>,
+        period: Period,
+        soft_limit: Option<f64>,
+    ) -> Result<Self> {
+        let soft_threshold = match soft_limit {
+            None => None,
+            Some(soft) if soft.is_finite() && soft > 0.0 && soft < amount => Some(soft / amount),
+            Some(_) => {
+                return Err(Error::invalid(
+                    "soft_limit",
+                    "must be greater than 0 and less than amount",
+                ));
+            }
+        };
+        Ok(NewBudget {
+            amount,
+            currency,
+            period,
+            soft_threshold,
+        })
+    }
+}
+
 impl Budget {
     fn limit_nanos(&self) -> u64 {
         to_nanos(self.amount).max(1)
@@ -719,34 +749,7 @@ impl AdmissionLimits {
         }
         let output = output.max(1);
         let tokens = req.prompt_tokens.saturating_add(output);
-        let minute = |limit: u64| {
-            LimitSpec::Sliding(SlidingSpec {
-                limit,
-                window_ms: MINUTE_MS,
-            })
-        };
-        let mut kinds = Vec::with_capacity(5);
-        let mut ops = Vec::with_capacity(5);
-        kinds.push(LimitKind::Requests);
-        ops.push(LimitOp {
-            id: format!("rpm\x1f{}", req.tenant),
-            spec: minute(tier.requests_per_minute.max(1)),
-            cost: 1,
-        });
-        kinds.push(LimitKind::Tokens);
-        ops.push(LimitOp {
-            id: format!("tpm\x1f{}", req.tenant),
-            spec: minute(tier.tokens_per_minute.max(1)),
-            cost: tokens,
-        });
-        if let Some(quota) = quota {
-            kinds.push(LimitKind::TenantTokens);
-            ops.push(LimitOp {
-                id: format!("quota\x1f{}", req.tenant),
-                spec: minute(quota.max(1)),
-                cost: tokens,
-            });
-        }
+        let (mut kinds, mut ops) = minute_ops(req.tenant, tier, quota, 1, tokens);
         let budgets = self.budgets(now).await?;
         let mut budget_of = Vec::new();
         let mut holds = Vec::new();
@@ -962,31 +965,8 @@ impl AdmissionLimits {
     ) -> Result<Allowances> {
         let now = self.now();
         let quota = self.tenant_quota(tenant, now).await?;
-        let minute = |limit: u64| {
-            LimitSpec::Sliding(SlidingSpec {
-                limit: limit.max(1),
-                window_ms: MINUTE_MS,
-            })
-        };
-        let mut ops = vec![
-            LimitOp {
-                id: format!("rpm\x1f{tenant}"),
-                spec: minute(tier.requests_per_minute),
-                cost: 0,
-            },
-            LimitOp {
-                id: format!("tpm\x1f{tenant}"),
-                spec: minute(tier.tokens_per_minute),
-                cost: 0,
-            },
-        ];
-        if let Some(q) = quota {
-            ops.push(LimitOp {
-                id: format!("quota\x1f{tenant}"),
-                spec: minute(q),
-                cost: 0,
-            });
-        }
+        // The counters reserve takes, taking nothing.
+        let (_, ops) = minute_ops(tenant, tier, quota, 0, 0);
         let r = self.inner.storage.counters.reserve(&ops, now).await?;
         let d = |i: usize| {
             r.decisions
@@ -1023,6 +1003,47 @@ impl AdmissionLimits {
     pub fn forget_quota(&self, tenant: &str) {
         self.inner.quotas.remove(tenant);
     }
+}
+
+/// The per-minute counters of a request of `tenant` at `tier`: requests,
+/// tokens and, with a quota, the tenant's tokens; `requests` and `tokens`
+/// are what each takes.
+fn minute_ops(
+    tenant: &str,
+    tier: &Tier,
+    quota: Option<u64>,
+    requests: u64,
+    tokens: u64,
+) -> (Vec<LimitKind>, Vec<LimitOp>) {
+    let minute = |limit: u64| {
+        LimitSpec::Sliding(SlidingSpec {
+            limit: limit.max(1),
+            window_ms: MINUTE_MS,
+        })
+    };
+    let mut kinds = Vec::with_capacity(5);
+    let mut ops = Vec::with_capacity(5);
+    kinds.push(LimitKind::Requests);
+    ops.push(LimitOp {
+        id: format!("rpm\x1f{tenant}"),
+        spec: minute(tier.requests_per_minute),
+        cost: requests,
+    });
+    kinds.push(LimitKind::Tokens);
+    ops.push(LimitOp {
+        id: format!("tpm\x1f{tenant}"),
+        spec: minute(tier.tokens_per_minute),
+        cost: tokens,
+    });
+    if let Some(quota) = quota {
+        kinds.push(LimitKind::TenantTokens);
+        ops.push(LimitOp {
+            id: format!("quota\x1f{tenant}"),
+            spec: minute(quota),
+            cost: tokens,
+        });
+    }
+    (kinds, ops)
 }
 
 fn headers_of(kinds: &[LimitKind], decisions: &[Decision], now: Timestamp) -> RateHeaders {

@@ -138,7 +138,23 @@ impl TenantService {
         TenantService { storage, clock }
     }
 
-    /// Creates a tenant. [`Error::Conflict`] if the name is taken.
+    /// [`Error::InvalidInput`] (`tier`) unless a tier named `name` exists: a
+    /// tenant is served at its tier, so it may only name one there is.
+    async fn check_tier(&self, name: &str) -> Result<()> {
+        match self
+            .storage
+            .records
+            .get_record(crate::tier::TIER_KIND, name)
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => Err(Error::invalid("tier", format!("no tier is named '{name}'"))),
+        }
+    }
+
+    /// Creates a tenant. [`Error::Conflict`] if the name is taken;
+    /// [`Error::InvalidInput`] (`tier`) if it names a tier that does not
+    /// exist.
     pub async fn create(&self, actor: &Actor, new: NewTenant) -> Result<Tenant> {
         let now = self.clock.now();
         let tenant = Tenant {
@@ -153,6 +169,9 @@ impl TenantService {
             version: 1,
         };
         tenant.validate()?;
+        if let Some(t) = &tenant.tier {
+            self.check_tier(t).await?;
+        }
         let audit = AuditEvent::new(
             now,
             actor,
@@ -189,13 +208,17 @@ impl TenantService {
         self.storage.tenants.list_tenants(page).await
     }
 
-    /// Applies `update`; retried on concurrent changes.
+    /// Applies `update`; retried on concurrent changes. A new tier must
+    /// exist ([`Error::InvalidInput`], `tier`).
     pub async fn update(
         &self,
         actor: &Actor,
         id: &TenantId,
         update: TenantUpdate,
     ) -> Result<Tenant> {
+        if let Patch::Set(t) = &update.tier {
+            self.check_tier(t).await?;
+        }
         let now = self.clock.now();
         let tenants = &self.storage.tenants;
         let (_, after) = versioned::update(

@@ -219,7 +219,8 @@ impl RedisStore {
                 Some(policy) if policy.starts_with("allkeys") => Err(Error::invalid(
                     "redis",
                     format!(
-                        "maxmemory-policy is {policy}: Redis may evict maas's keys and counters                          under memory pressure; set maxmemory-policy noeviction"
+                        "maxmemory-policy is {policy}: Redis may evict maas's keys and counters under \
+                         memory pressure; set maxmemory-policy noeviction"
                     ),
                 )),
                 _ => Ok(()),
@@ -263,11 +264,23 @@ impl RedisStore {
     }
 
     fn balance_key(&self, id: &str) -> String {
-        format!("{}b:{id}", self.inner.prefix)
+        self.k(&format!("b:{id}"))
     }
 
     fn limit_key(&self, id: &str) -> String {
-        format!("{}l:{id}", self.inner.prefix)
+        self.k(&format!("l:{id}"))
+    }
+
+    /// The distinct ids among `ids`, in first-seen order (an id
+    /// may come twice in one reservation or settlement).
+    fn distinct<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut out: Vec<&str> = Vec::new();
+        for id in ids {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        out
     }
 
     /// Reads `keys` (with their versions) in one round trip.
@@ -539,14 +552,9 @@ impl CounterStore for RedisStore {
     }
 
     async fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Result<Reserved> {
-        // Each distinct counter once (an id may come twice in one
-        // reservation: `reserve_all` continues from its own take).
-        let mut ids: Vec<&str> = Vec::with_capacity(ops.len());
-        for op in ops {
-            if !ids.contains(&op.id.as_str()) {
-                ids.push(&op.id);
-            }
-        }
+        // Each distinct counter once (`reserve_all` continues from its own
+        // take of an id that comes twice).
+        let ids = Self::distinct(ops.iter().map(|o| o.id.as_str()));
         let keys = ids.iter().map(|id| self.limit_key(id)).collect();
         self.update(keys, |s: &[Option<LimitState>]| {
             let get = |id: &str| {
@@ -574,12 +582,7 @@ impl CounterStore for RedisStore {
         // All of them in one read and one write (each op atomic, as the
         // trait asks; together too), an id seen twice continuing from its
         // own settlement.
-        let mut ids: Vec<&str> = Vec::with_capacity(ops.len());
-        for op in ops {
-            if !ids.contains(&op.id.as_str()) {
-                ids.push(&op.id);
-            }
-        }
+        let ids = Self::distinct(ops.iter().map(|o| o.id.as_str()));
         let keys = ids.iter().map(|id| self.limit_key(id)).collect();
         self.update(keys, |s: &[Option<LimitState>]| {
             let mut states: Vec<Option<LimitState>> = s.to_vec();

@@ -91,6 +91,22 @@ async fn all_state_survives_a_clean_close_and_reopen() {
 
     let store = SledStore::open(&path).unwrap();
     let (keys, tenants) = services(store.clone());
+    // The tier the tenant names (a tenant may only name an existing tier).
+    maas_core::TierService::new_with_clock(store.clone().storage(), Arc::new(clock.clone()))
+        .create(
+            &admin,
+            maas_core::tier::NewTier {
+                name: "premium".into(),
+                level: 1,
+                groups: vec!["premium-users".into()],
+                requests_per_minute: 10,
+                tokens_per_minute: 1_000,
+                max_tokens_per_request: None,
+                models: maas_core::tier::ModelAccess::All,
+            },
+        )
+        .await
+        .unwrap();
     let acme = tenants
         .create(
             &admin,
@@ -228,7 +244,8 @@ async fn all_state_survives_a_clean_close_and_reopen() {
     assert!(after.5.is_ok(), "{:?}", after.5.problems);
     assert_eq!(after.0.total, 2);
     assert_eq!(after.2.total, 3);
-    assert_eq!(after.4.total, 9);
+    // Nine changes, and the tier the tenant names.
+    assert_eq!(after.4.total, 10);
     let rec = after.3.items.iter().find(|k| k.id == full.key_id).unwrap();
     assert_eq!(rec.last_used_at, Some(clock.now()));
     assert_eq!(rec.environment.as_deref(), Some("live"));

@@ -85,6 +85,22 @@ pub async fn tenant_lifecycle(storage: Storage, clock: ManualClock) {
     assert!(next.cursor.is_none());
 
     clock.advance_millis(1_000);
+    // A tenant may only name a tier that exists.
+    crate::tier::TierService::new_with_clock(storage.clone(), Arc::new(clock.clone()))
+        .create(
+            &admin,
+            crate::tier::NewTier {
+                name: "premium".into(),
+                level: 1,
+                groups: vec!["premium-users".into()],
+                requests_per_minute: 10,
+                tokens_per_minute: 1_000,
+                max_tokens_per_request: None,
+                models: crate::tier::ModelAccess::All,
+            },
+        )
+        .await
+        .unwrap();
     let up = svc
         .update(
             &admin,
@@ -128,6 +144,10 @@ pub async fn tenant_lifecycle(storage: Storage, clock: ManualClock) {
             tokens_per_minute: Patch::Set(0),
             ..Default::default()
         },
+        TenantUpdate {
+            tier: Patch::Set("no-such-tier".into()),
+            ..Default::default()
+        },
     ] {
         let e = svc.update(&admin, &acme.id, bad).await.unwrap_err();
         assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
@@ -164,6 +184,7 @@ pub async fn tenant_lifecycle(storage: Storage, clock: ManualClock) {
             "tenant.create",
             "tenant.delete",
             "tenant.update",
+            "tier.create",
             "tenant.create",
             "tenant.create"
         ]

@@ -385,9 +385,6 @@ async fn create_tenant(
     id: RequestId,
     body: Body<NewTenant>,
 ) -> Reply {
-    if let Some(tier) = &body.0.tier {
-        existing_tier(&s, tier, &id).await?;
-    }
     let t = s
         .scheduling
         .create_tenant(&admin_actor(), body.0)
@@ -396,18 +393,6 @@ async fn create_tenant(
     // A gateway request may have found no tenant of that name: not any more.
     s.tiers.forget_tenant_tiers();
     created(t)
-}
-
-/// A 400 naming `tier` unless a tier of that name exists.
-async fn existing_tier(s: &ManagementState, name: &str, id: &RequestId) -> Result<(), Response> {
-    match s.tiers.get(name).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_not_found() => Err(problem::render(
-            &Error::invalid("tier", format!("no tier is named '{name}'")),
-            id,
-        )),
-        Err(e) => Err(problem::render(&e, id)),
-    }
 }
 
 /// A tenant.
@@ -544,21 +529,14 @@ async fn set_tenant_tier(
     Path(raw): Path<String>,
     body: Body<TierChange>,
 ) -> Reply {
-    let tier = match body.0.tier {
-        Patch::Keep => {
-            return Err(problem::render(
-                &Error::invalid("tier", "is required (null for none)"),
-                &id,
-            ));
-        }
-        Patch::Clear => Patch::Clear,
-        Patch::Set(name) => {
-            existing_tier(&s, &name, &id).await?;
-            Patch::Set(name)
-        }
-    };
+    if body.0.tier.is_keep() {
+        return Err(problem::render(
+            &Error::invalid("tier", "is required (null for none)"),
+            &id,
+        ));
+    }
     let update = TenantUpdate {
-        tier,
+        tier: body.0.tier,
         ..TenantUpdate::default()
     };
     update_tenant(&s, &id, &raw, update).await
@@ -646,24 +624,8 @@ async fn set_budget(
     body: BudgetBody,
     id: &RequestId,
 ) -> Reply {
-    let soft_threshold = match body.soft_limit {
-        None => None,
-        Some(soft) if soft.is_finite() && soft > 0.0 && soft < body.amount => {
-            Some(soft / body.amount)
-        }
-        Some(_) => {
-            return Err(problem::render(
-                &Error::invalid("soft_limit", "must be greater than 0 and less than amount"),
-                id,
-            ));
-        }
-    };
-    let new = NewBudget {
-        amount: body.amount,
-        currency: body.currency,
-        period: body.period,
-        soft_threshold,
-    };
+    let new = NewBudget::with_soft_limit(body.amount, body.currency, body.period, body.soft_limit)
+        .map_err(fail(id))?;
     s.admission
         .set_budget(&admin_actor(), scope.clone(), new)
         .await
