@@ -32,6 +32,8 @@
 //!
 //! Counters live under `{prefix}b:{id}` (balances) and `{prefix}l:{id}`
 //! (limit counters), as hashes of `v` (version) and `s` (the state, JSON).
+//! The braces are literal: the prefix is a Redis Cluster hash tag, so
+//! every key one script touches is in the deployment's one slot.
 
 use std::fmt;
 use std::sync::Arc;
@@ -91,7 +93,12 @@ return 1
 pub struct RedisConfig {
     /// `redis://host:port/db` (or `rediss://`, `redis+unix://`).
     pub url: String,
-    /// Prepended to every key, so deployments can share a server.
+    /// Names this deployment's keys, so deployments can share a server:
+    /// every key is `{prefix}name`, the braces making the prefix a Redis
+    /// Cluster hash tag. All of a deployment's keys hash to one slot, so
+    /// every script's keys do too and the store runs on a Redis Cluster
+    /// as on one server (on one shard of it: a deployment is not spread
+    /// over several). No `{` or `}` in it.
     pub prefix: String,
     /// The longest one command, or connecting, may take before the operation
     /// fails as unavailable. Default 1 s.
@@ -99,11 +106,11 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// The server at `url`, keys prefixed `maas:`.
+    /// The server at `url`, keys named `{maas}…` (the prefix `maas`).
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
-            prefix: "maas:".into(),
+            prefix: "maas".into(),
             timeout: Duration::from_secs(1),
         }
     }
@@ -175,6 +182,12 @@ const KNOWN_MAX: usize = 100_000;
 impl RedisStore {
     /// Connects to the server of `config`.
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
+        if config.prefix.contains(['{', '}']) {
+            return Err(Error::invalid(
+                "redis",
+                "the key prefix must not contain '{' or '}' (it is the deployment's hash tag)",
+            ));
+        }
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| Error::invalid("redis", format!("not a redis URL: {e}")))?;
         // Fail fast, never hang: each attempt and each command is bounded,
@@ -190,7 +203,7 @@ impl RedisStore {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 con,
-                prefix: config.prefix.clone(),
+                prefix: format!("{{{}}}", config.prefix),
                 cas: redis::Script::new(CAS),
                 tx: redis::Script::new(store::TX_SCRIPT),
                 touch: redis::Script::new(store::TOUCH_SCRIPT),

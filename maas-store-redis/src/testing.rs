@@ -53,6 +53,7 @@ pub struct RedisServer {
     pub url: String,
     port: u16,
     persistent: bool,
+    cluster: bool,
     dir: tempfile::TempDir,
 }
 
@@ -60,17 +61,25 @@ impl RedisServer {
     /// Starts one without persistence and waits until it answers (at most
     /// 10 s).
     pub async fn start() -> Self {
-        Self::start_with(false).await
+        Self::start_with(false, false).await
+    }
+
+    /// Starts a Redis Cluster of one node that serves all 16384 slots:
+    /// like a real cluster, it refuses a script or pipeline whose keys are
+    /// in different slots (`CROSSSLOT`), so a store that passes its tests
+    /// on it lays its keys out for a cluster.
+    pub async fn start_cluster() -> Self {
+        Self::start_with(false, true).await
     }
 
     /// Starts one that keeps everything it answered in an append-only file
     /// synced on every write (`appendfsync always`), so [`Self::stop`] and
     /// [`Self::restart`] keep the data.
     pub async fn start_persistent() -> Self {
-        Self::start_with(true).await
+        Self::start_with(true, false).await
     }
 
-    async fn start_with(persistent: bool) -> Self {
+    async fn start_with(persistent: bool, cluster: bool) -> Self {
         ensure_installed();
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -83,10 +92,44 @@ impl RedisServer {
             url: format!("redis://127.0.0.1:{port}/"),
             port,
             persistent,
+            cluster,
             dir,
         };
         s.restart().await;
+        if cluster {
+            s.assign_all_slots().await;
+        }
         s
+    }
+
+    /// Gives this one-node cluster every slot and waits until it says
+    /// `cluster_state:ok` (at most 10 s).
+    async fn assign_all_slots(&self) {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .query_async::<()>(&mut con)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            if info.contains("cluster_state:ok") {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the one-node cluster did not come up: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops the server (SIGKILL: what it answered is in its append-only
@@ -107,10 +150,21 @@ impl RedisServer {
         } else {
             &["--appendonly", "no"]
         };
+        let cluster: &[&str] = if self.cluster {
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]
+        } else {
+            &[]
+        };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(aof)
+            .args(cluster)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -151,9 +205,21 @@ impl Drop for RedisServer {
 /// beside it watches the parent), since statics are never dropped.
 pub fn shared_url() -> &'static str {
     static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    URL.get_or_init(|| {
+    URL.get_or_init(|| shared(false))
+}
+
+/// Like [`shared_url`], a one-node Redis Cluster serving every slot (see
+/// [`RedisServer::start_cluster`]).
+pub fn shared_cluster_url() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| shared(true))
+}
+
+fn shared(cluster: bool) -> String {
+    {
         ensure_installed();
-        let dir = std::env::temp_dir().join(format!("maas-redis-{}", std::process::id()));
+        let kind = if cluster { "cluster" } else { "redis" };
+        let dir = std::env::temp_dir().join(format!("maas-{kind}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -161,11 +227,16 @@ pub fn shared_url() -> &'static str {
             .unwrap()
             .port();
         let script = format!(
-            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir '{}' & \
+            "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no {flags} --dir '{}' & \
              rs=$!; while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $rs; rm -rf '{}'",
             dir.display(),
             dir.display(),
-            parent = std::process::id()
+            parent = std::process::id(),
+            flags = if cluster {
+                "--cluster-enabled yes --cluster-config-file nodes.conf"
+            } else {
+                ""
+            },
         );
         // Never waited for: it outlives every test and ends after the
         // process (the loop above); the OS reaps it then.
@@ -192,6 +263,29 @@ pub fn shared_url() -> &'static str {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        if cluster {
+            let mut con = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .unwrap();
+            redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(0)
+                .arg(16383)
+                .query::<()>(&mut con)
+                .unwrap();
+            while !redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query::<String>(&mut con)
+                .unwrap()
+                .contains("cluster_state:ok")
+            {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the one-node cluster on port {port} did not come up"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         url
-    })
+    }
 }

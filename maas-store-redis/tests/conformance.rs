@@ -8,7 +8,7 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 async fn fresh() -> maas_core::Storage {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let config = maas_store_redis::RedisConfig {
-        prefix: format!("conformance:{n}:"),
+        prefix: format!("conformance-{n}"),
         ..maas_store_redis::RedisConfig::new(maas_store_redis::testing::shared_url())
     };
     match maas_store_redis::RedisStore::connect(&config).await {
