@@ -153,28 +153,31 @@ async fn redis_needs_both_secrets_and_a_non_evicting_policy() {
         e.contains("MAAS_ADMIN_TOKEN") && e.contains("MAAS_KEY_SECRET"),
         "{e}"
     );
-    // allkeys-lru may evict counters: refused, naming the setting.
+    // allkeys-lru may evict counters, volatile-ttl the markers of
+    // counter writes: both refused, naming the setting.
     let mut con = redis::Client::open(redis.url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("allkeys-lru")
-        .query_async(&mut con)
+    for policy in ["allkeys-lru", "volatile-ttl"] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let e = Server::start(ServerConfig {
+            admin_token: Some(ADMIN.into()),
+            key_secret: Some("s".into()),
+            ..base()
+        })
         .await
-        .unwrap();
-    let e = Server::start(ServerConfig {
-        admin_token: Some(ADMIN.into()),
-        key_secret: Some("s".into()),
-        ..base()
-    })
-    .await
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("maxmemory-policy"), "{e}");
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("maxmemory-policy") && e.contains(policy), "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,4 +294,165 @@ async fn a_change_on_one_replica_applies_on_the_others_within_a_second() {
     for s in servers {
         s.shutdown().await.unwrap();
     }
+}
+
+async fn send(
+    method: reqwest::Method,
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("http://{addr}{path}"))
+        .bearer_auth(ADMIN);
+    if let Some(body) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    (
+        status,
+        serde_json::from_str(&res.text().await.unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+/// Set in the environment of the replica that
+/// [`a_replica_killed_between_reserve_and_settle_holds_nothing_forever`]
+/// starts as a process of its own (this test binary, run again): the Redis
+/// URL it serves from.
+const CHILD: &str = "MAAS_TEST_REPLICA_REDIS";
+
+/// The child's part: a replica on `redis_url` (the manual clock at its
+/// default start, like the parent's; a simulator streaming one token a
+/// second), announced on stdout, then kept running until it is killed.
+async fn child_replica(redis_url: String) {
+    let config = ServerConfig {
+        memory: false,
+        redis: Some(redis_url),
+        admin_token: Some(ADMIN.into()),
+        key_secret: Some("replica-key-secret".into()),
+        sim_tokens_per_second: 1.0,
+        ..common::config_on(Arc::new(ManualClock::default()))
+    };
+    let server = Server::start(config).await.unwrap();
+    println!("REPLICA {}", server.public_addr);
+    // Bounded: the parent kills it long before.
+    tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_between_reserve_and_settle_holds_nothing_forever() {
+    use tokio::io::AsyncBufReadExt;
+    if let Ok(url) = std::env::var(CHILD) {
+        return child_replica(url).await;
+    }
+    let redis = RedisServer::start().await;
+    let clock = Arc::new(ManualClock::default());
+    let a = replicas_on(&redis, 1, clock.clone()).await.remove(0);
+
+    // A tenant at a tier no count reaches, its key, a daily budget of 1,000
+    // USD and the simulated model at 1 USD a token: a request's hold is its
+    // prompt estimate plus its max_tokens, in dollars.
+    let tier = json!({"name": "bulk", "level": 9, "groups": ["bulk-users"],
+        "requests_per_minute": 100000, "tokens_per_minute": 100000000, "models": ["*"]});
+    let (status, body) = post(a.admin_addr, "/api/v1/tiers", ADMIN, tier).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, t) = post(
+        a.admin_addr,
+        "/api/v1/tenants",
+        ADMIN,
+        json!({"name": "acme", "tier": "bulk"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    let tid = t["id"].as_str().unwrap().to_owned();
+    let (status, k) = post(
+        a.admin_addr,
+        &format!("/api/v1/tenants/{tid}/keys"),
+        ADMIN,
+        json!({"name": "prod"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{k}");
+    let secret = k["secret"].as_str().unwrap().to_owned();
+    let (status, body) = send(
+        reqwest::Method::PUT,
+        a.admin_addr,
+        &format!("/api/v1/models/{}", maas_server::SIMULATOR_MODEL),
+        Some(json!({"pricing": {"input_per_million": 1e6, "output_per_million": 1e6, "currency": "USD"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let budget = format!("/api/v1/tenants/{tid}/budget");
+    let (status, body) = send(
+        reqwest::Method::PUT,
+        a.admin_addr,
+        &budget,
+        Some(json!({"amount": 1000.0, "currency": "USD", "period": "daily"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Replica B: this test binary again, a process of its own.
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_replica_killed_between_reserve_and_settle_holds_nothing_forever",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CHILD, &redis.url)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let b_addr = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(addr) = line.strip_prefix("REPLICA ") {
+                return addr.parse::<std::net::SocketAddr>().unwrap();
+            }
+        }
+        panic!("the replica process ended without serving");
+    })
+    .await
+    .expect("the replica process serves within a minute");
+
+    // A streamed request on B (100 tokens at one a second): once its first
+    // event is here it is admitted, its budget held in Redis. B is killed.
+    let body = json!({"model": maas_server::SIMULATOR_MODEL, "stream": true, "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let mut res = reqwest::Client::new()
+        .post(format!("http://{b_addr}/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let first = res.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "), "{first:?}");
+    let (_, held) = send(reqwest::Method::GET, a.admin_addr, &budget, None).await;
+    let reserved = held["reserved"].as_f64().unwrap();
+    assert!(reserved >= 100.0, "{held}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    assert!(
+        res.chunk().await.is_err() || res.chunk().await.unwrap().is_none(),
+        "B is gone"
+    );
+
+    // Nobody settles it: A still shows it held, until the hold's lease
+    // ends; then it is charged as reserved (the upstream may have run).
+    let (_, b) = send(reqwest::Method::GET, a.admin_addr, &budget, None).await;
+    assert_eq!(b["reserved"], held["reserved"], "{b}");
+    clock.advance(maas_core::admission::HOLD_LEASE);
+    let (_, b) = send(reqwest::Method::GET, a.admin_addr, &budget, None).await;
+    assert_eq!(b["reserved"], 0.0, "{b}");
+    assert_eq!(b["spent"].as_f64().unwrap(), reserved, "{b}");
+    assert_eq!(b["left"].as_f64().unwrap(), 1000.0 - reserved, "{b}");
+    a.shutdown().await.unwrap();
 }

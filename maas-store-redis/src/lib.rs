@@ -59,12 +59,14 @@ pub mod testing;
 pub const MAX_TRIES: usize = 64;
 
 /// Writes new states if every version is still the one read: `KEYS` the
-/// counters, `ARGV` their versions (`0`: absent) then their new states
-/// (`""`: remove). Returns 1 when written; when a version moved, every
+/// counters then this write's marker, `ARGV` their versions (`0`: absent),
+/// their new states (`""`: remove), then how long the marker lives (ms).
+/// Returns 1 when written (and the marker set, so that a caller who lost
+/// the answer can learn that it was applied); when a version moved, every
 /// counter's current version and state (`0` and `""`: absent), so the
 /// caller retries without reading again.
 const CAS: &str = r#"
-local n = #KEYS
+local n = #KEYS - 1
 for i = 1, n do
   local v = redis.call('HGET', KEYS[i], 'v')
   if (v or '0') ~= ARGV[i] then
@@ -85,6 +87,7 @@ for i = 1, n do
     redis.call('HSET', KEYS[i], 'v', tostring(tonumber(ARGV[i]) + 1), 's', s)
   end
 end
+redis.call('SET', KEYS[n + 1], '1', 'PX', ARGV[2 * n + 1])
 return 1
 "#;
 
@@ -138,6 +141,12 @@ struct Inner {
     /// so only other replicas can move a version under a change (striped
     /// by key; several stripes are taken in index order).
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Names this process's writes (with `writes`): see [`CAS`].
+    nonce: u64,
+    writes: std::sync::atomic::AtomicU64,
+    /// How long a write's marker lives: ten times the command timeout,
+    /// ample for asking after a lost answer.
+    marker_ms: u64,
 }
 
 /// The number of lock stripes of one store.
@@ -174,6 +183,9 @@ enum Cas {
     Written,
     /// A version moved: each counter's current version and JSON state.
     Moved(Vec<Row>),
+    /// The answer was lost (a timeout, a dropped connection): applied or
+    /// not, its marker tells.
+    Lost(Error),
 }
 
 /// At most this many counters' last known versions are remembered.
@@ -209,17 +221,22 @@ impl RedisStore {
                 touch: redis::Script::new(store::TOUCH_SCRIPT),
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 known: std::sync::Mutex::new(std::collections::HashMap::new()),
+                nonce: rand::random(),
+                writes: std::sync::atomic::AtomicU64::new(0),
+                marker_ms: u64::try_from(config.timeout.as_millis().saturating_mul(10))
+                    .unwrap_or(u64::MAX)
+                    .max(1_000),
             }),
         })
     }
 
-    /// Refuses a server that may evict this store's keys: a
-    /// `maxmemory-policy` of `allkeys-*` drops keys of any kind under
-    /// memory pressure, counters and keys included (`noeviction` and the
-    /// `volatile-*` policies, which only evict keys with a TTL — this store
-    /// sets none — are accepted). A server that does not answer `CONFIG
-    /// GET` (renamed or forbidden by an ACL) is accepted: the operator
-    /// vouches for it.
+    /// Refuses a server that may evict this store's keys: any
+    /// `maxmemory-policy` but `noeviction`. The `allkeys-*` policies drop
+    /// keys of any kind under memory pressure, counters and keys included;
+    /// the `volatile-*` ones drop keys with a TTL, which here are the
+    /// markers that make a retried counter write apply once. A server that
+    /// does not answer `CONFIG GET` (renamed or forbidden by an ACL) is
+    /// accepted: the operator vouches for it.
     pub async fn check_eviction(&self) -> Result<()> {
         let mut con = self.inner.con.clone();
         let got: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
@@ -229,7 +246,7 @@ impl RedisStore {
             .await;
         match got {
             Ok(kv) => match kv.get(1) {
-                Some(policy) if policy.starts_with("allkeys") => Err(Error::invalid(
+                Some(policy) if policy != "noeviction" => Err(Error::invalid(
                     "redis",
                     format!(
                         "maxmemory-policy is {policy}: Redis may evict maas's keys and counters under \
@@ -349,23 +366,73 @@ impl RedisStore {
         }
     }
 
-    /// Writes `new` states over what `read` saw, if nothing moved since.
-    async fn write<T>(&self, read: &[Read<T>], new: &[Option<String>]) -> Result<Cas> {
+    /// A key naming one write, set by the write itself (see [`CAS`]).
+    fn marker(&self) -> String {
+        let n = self
+            .inner
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.k(&format!("w:{:x}.{n:x}", self.inner.nonce))
+    }
+
+    /// Whether the write that set `marker` was applied: asked after its
+    /// answer was lost, on the same connection (so after the write, if
+    /// Redis received it) or on a new one (the old one is gone).
+    async fn applied(&self, marker: &str) -> Result<bool> {
+        self.idempotent(|mut con| async move {
+            redis::cmd("EXISTS").arg(marker).query_async(&mut con).await
+        })
+        .await
+    }
+
+    /// Runs a command that changes nothing, again if it met a dropped
+    /// connection (the manager replaces it on the way), at most 3 times.
+    async fn idempotent<T, F, Fut>(&self, mut command: F) -> Result<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let mut tries = 0;
+        loop {
+            match command(self.inner.con.clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if tries < 3 && (e.is_connection_dropped() || e.is_io_error()) => {
+                    tries += 1;
+                }
+                Err(e) => return Err(unavailable(&e)),
+            }
+        }
+    }
+
+    /// Writes `new` states over what `read` saw, if nothing moved since;
+    /// the write sets `marker`.
+    async fn write<T>(
+        &self,
+        read: &[Read<T>],
+        new: &[Option<String>],
+        marker: &str,
+    ) -> Result<Cas> {
         let mut call = self.inner.cas.prepare_invoke();
         for r in read {
             call.key(&r.key);
         }
+        call.key(marker);
         for r in read {
             call.arg(r.version);
         }
         for s in new {
             call.arg(s.as_deref().unwrap_or(""));
         }
+        call.arg(self.inner.marker_ms);
         let mut con = self.inner.con.clone();
-        let answer: redis::Value = call
-            .invoke_async(&mut con)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let answer: redis::Value = match call.invoke_async(&mut con).await {
+            Ok(answer) => answer,
+            // Sent, maybe applied, answer lost.
+            Err(e) if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() => {
+                return Ok(Cas::Lost(unavailable(&e)));
+            }
+            Err(e) => return Err(unavailable(&e)),
+        };
         match answer {
             redis::Value::Int(1) => Ok(Cas::Written),
             redis::Value::Array(items) => {
@@ -427,25 +494,40 @@ impl RedisStore {
                 .iter()
                 .map(|s| s.as_ref().map(to_json).transpose())
                 .collect::<Result<_>>()?;
-            match self.write(&read, &json).await {
-                Ok(Cas::Written) => {
-                    let after: Vec<Row> = rows
-                        .iter()
-                        .zip(&json)
-                        .map(|((v, _), s)| match s {
-                            Some(s) => (v + 1, Some(s.clone())),
-                            None => (0, None),
-                        })
-                        .collect();
-                    self.remember(&keys, &after);
-                    return Ok(answer);
+            let marker = self.marker();
+            let written = match self.write(&read, &json, &marker).await {
+                Ok(Cas::Written) => true,
+                Ok(Cas::Moved(now)) => {
+                    current = Some((now, true));
+                    false
                 }
-                Ok(Cas::Moved(now)) => current = Some((now, true)),
+                // A retry must not apply the change twice: its marker says
+                // whether it landed; if not, it is decided again from
+                // what Redis holds now.
+                Ok(Cas::Lost(e)) => match self.applied(&marker).await {
+                    Ok(landed) => landed,
+                    Err(_) => {
+                        self.forget(&keys);
+                        return Err(e);
+                    }
+                },
                 Err(e) => {
                     // Applied or not: unknown. Start from Redis next time.
                     self.forget(&keys);
                     return Err(e);
                 }
+            };
+            if written {
+                let after: Vec<Row> = rows
+                    .iter()
+                    .zip(&json)
+                    .map(|((v, _), s)| match s {
+                        Some(s) => (v + 1, Some(s.clone())),
+                        None => (0, None),
+                    })
+                    .collect();
+                self.remember(&keys, &after);
+                return Ok(answer);
             }
         }
         self.forget(&keys);
@@ -461,11 +543,10 @@ impl RedisStore {
         for k in keys {
             pipe.cmd("HMGET").arg(k).arg("v").arg("s");
         }
-        let mut con = self.inner.con.clone();
-        let rows: Vec<(Option<u64>, Option<String>)> = pipe
-            .query_async(&mut con)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let pipe = &pipe;
+        let rows: Vec<(Option<u64>, Option<String>)> = self
+            .idempotent(|mut con| async move { pipe.query_async(&mut con).await })
+            .await?;
         Ok(rows.into_iter().map(|(v, s)| (v.unwrap_or(0), s)).collect())
     }
 }
