@@ -1,4 +1,4 @@
-//! # maas-store-redis (in progress)
+//! # maas-store-redis
 //!
 //! The Redis backend of maas: state shared by every replica of a
 //! deployment. [`RedisStore`] implements every storage trait and runs the
@@ -9,26 +9,32 @@
 //!
 //! ## How a counter operation stays exact
 //!
-//! Every operation starts from the counters it touches as this process last
-//! wrote or read them (their versions remembered), computes the new states
-//! with the same arithmetic as every other backend (`maas_core::counter`:
-//! `Balance::refilled`, `LimitSpec::take`, `reserve_all`,
-//! `LimitSpec::settle`), and writes them with one Lua script that checks,
-//! atomically on the server, that no version moved; if one did (another
-//! replica got there first), the script answers the current states and the
-//! operation is computed again from them. An answer that writes nothing (a
-//! refusal) is only given from states just read. So:
-//! - no update is lost and a reservation is all or none, whatever the
-//!   number of replicas (the script is the one atomic step);
-//! - the arithmetic cannot drift from the model (it *is* the model): Lua's
-//!   numbers are doubles, exact only up to 2^53, while budgets count in
-//!   10⁻⁹ units up to 10¹⁸ and hold counters have a limit of `u64::MAX`;
-//! - changes of one counter from one process wait for each other on a
-//!   striped lock, so a retry only happens when another replica wrote in
-//!   between;
-//! - it costs one round trip when this process wrote the counters last,
-//!   two when another replica did (or the first time), more under
-//!   contention across replicas.
+//! The operations of the request path — a remaining use spent, a window
+//! taken, the all-or-none reservation of admission and its settlement —
+//! are each one script run (`script::OPS`): it reads the counters, runs
+//! the arithmetic of `maas_core::counter` on them and writes the result,
+//! atomically on the server. One round trip, whatever other replicas do at
+//! the same moment: no retry, no lock, no lost update, and a reservation is
+//! all or none. The script answers the states it read; the answer given is
+//! the model's own, computed from them, and the script must have written
+//! exactly what the model would have (the two disagreeing is an internal
+//! error, never a silent drift; proptests drive both over arbitrary states).
+//!
+//! Lua's numbers are doubles, exact only up to 2^53, while budgets count in
+//! 10⁻⁹ units up to 10¹⁸ and hold counters have a limit of `u64::MAX`. An
+//! operation with a number past 2^53 (in its limits, its costs or the
+//! stored states) takes the exact path instead: it starts from the
+//! counters as this process last wrote or read them (versions remembered),
+//! computes the new states in Rust, and writes them with a compare-and-set
+//! script that checks no version moved; if one did, the script answers the
+//! current states and the operation is computed again from them (a striped
+//! lock keeps this process's own changes of one counter in turn). The
+//! administrative changes (a balance set or adjusted, a window reset) take
+//! that path too.
+//!
+//! Every counter write also sets a marker key (see `CAS` and
+//! `script::OPS`), so a write whose answer was lost is never applied
+//! twice.
 //!
 //! Counters live under `{prefix}b:{id}` (balances) and `{prefix}l:{id}`
 //! (limit counters), as hashes of `v` (version) and `s` (the state, JSON).
@@ -50,6 +56,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod script;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -130,6 +137,7 @@ struct Inner {
     con: ConnectionManager,
     prefix: String,
     cas: redis::Script,
+    ops: redis::Script,
     tx: redis::Script,
     touch: redis::Script,
     /// The version and JSON state this process last wrote or saw of each
@@ -217,6 +225,7 @@ impl RedisStore {
                 con,
                 prefix: format!("{{{}}}", config.prefix),
                 cas: redis::Script::new(CAS),
+                ops: redis::Script::new(script::OPS),
                 tx: redis::Script::new(store::TX_SCRIPT),
                 touch: redis::Script::new(store::TOUCH_SCRIPT),
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -457,6 +466,125 @@ impl RedisStore {
         }
     }
 
+    /// Runs a counter operation inside Redis ([`script::OPS`] with `args`)
+    /// over `keys`: one round trip, whatever other replicas do. The answer
+    /// is the model's (`step`) from the states the script read, and the
+    /// script must have written what the model would have (else an internal
+    /// error: the two disagree). `None` when the script declined (a number
+    /// past what Lua holds exactly): the caller takes the exact path.
+    async fn compute<T, R>(
+        &self,
+        keys: &[String],
+        mut args: Vec<String>,
+        step: &mut impl FnMut(&[Option<T>]) -> (Option<Vec<Option<T>>>, R),
+    ) -> Result<Option<R>>
+    where
+        T: DeserializeOwned + Clone + PartialEq,
+    {
+        let n = keys.len();
+        if let Some(ttl) = args.get_mut(2) {
+            *ttl = self.inner.marker_ms.to_string();
+        }
+        for _ in 0..3 {
+            let marker = self.marker();
+            let mut call = self.inner.ops.prepare_invoke();
+            for k in keys {
+                call.key(k);
+            }
+            call.key(&marker);
+            for a in &args {
+                call.arg(a);
+            }
+            let mut con = self.inner.con.clone();
+            let (written, read, wrote): (bool, Vec<Row>, Option<Vec<Row>>) = match call
+                .invoke_async::<Vec<redis::Value>>(&mut con)
+                .await
+            {
+                Ok(answer) => {
+                    let strings = |range: std::ops::Range<usize>| -> Result<Vec<Row>> {
+                        answer
+                            .get(range)
+                            .ok_or_else(|| Error::internal("redis: a short counter answer"))?
+                            .iter()
+                            .map(|v| {
+                                let s: String = redis::from_redis_value_ref(v).map_err(|e| {
+                                    Error::internal(format!("redis: unreadable counters: {e}"))
+                                })?;
+                                Ok((0, Some(s).filter(|s| !s.is_empty())))
+                            })
+                            .collect()
+                    };
+                    let status: i64 = answer
+                        .first()
+                        .and_then(|v| redis::from_redis_value_ref(v).ok())
+                        .unwrap_or(-1);
+                    match status {
+                        1 => (true, strings(1..1 + n)?, Some(strings(1 + n..1 + 2 * n)?)),
+                        0 => (false, strings(1..1 + n)?, None),
+                        _ => return Ok(None),
+                    }
+                }
+                // Sent, maybe applied, answer lost: the marker holds
+                // the states it read if it was.
+                Err(e) if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() => {
+                    let lost = unavailable(&e);
+                    let got: Option<String> = match self
+                        .idempotent(|mut con| {
+                            let marker = marker.clone();
+                            async move { redis::cmd("GET").arg(marker).query_async(&mut con).await }
+                        })
+                        .await
+                    {
+                        Ok(got) => got,
+                        Err(_) => {
+                            self.forget(keys);
+                            return Err(lost);
+                        }
+                    };
+                    let Some(got) = got else { continue };
+                    let rows = got
+                        .split('\n')
+                        .map(|s| (0, Some(s.to_owned()).filter(|s| !s.is_empty())))
+                        .collect::<Vec<Row>>();
+                    if rows.len() != n {
+                        return Err(Error::internal("redis: an unreadable write marker"));
+                    }
+                    (true, rows, None)
+                }
+                Err(e) => return Err(unavailable(&e)),
+            };
+            self.forget(keys);
+            let states: Vec<Option<T>> = Self::decode(keys.to_vec(), read)?
+                .into_iter()
+                .map(|r| r.state)
+                .collect();
+            let (new, answer) = step(&states);
+            let agree = match (written, new, wrote) {
+                (false, None, _) => true,
+                (true, Some(_), None) => true,
+                (true, Some(new), Some(wrote)) => {
+                    let wrote: Vec<Option<T>> = Self::decode(keys.to_vec(), wrote)?
+                        .into_iter()
+                        .map(|r| r.state)
+                        .collect();
+                    wrote == new
+                }
+                _ => false,
+            };
+            if !agree {
+                return Err(Error::internal(format!(
+                    "redis: the counter script and the model disagree on {}",
+                    keys.join(", ")
+                )));
+            }
+            return Ok(Some(answer));
+        }
+        Err(Error::unavailable(
+            "redis: a counter write was lost three times",
+            true,
+        ))
+    }
+
     /// Runs `step` over the states of `keys` until its writes land: `step`
     /// returns the new states (`None` in the outer option: write nothing)
     /// and the answer. It starts from the states this process last knew
@@ -576,11 +704,8 @@ impl CounterStore for RedisStore {
         refill: Option<&Refill>,
         now: Timestamp,
     ) -> Result<Spend> {
-        self.update(vec![self.balance_key(id)], |s: &[Option<Balance>]| match s
-            .first()
-            .copied()
-            .flatten()
-        {
+        let keys = vec![self.balance_key(id)];
+        let mut step = |s: &[Option<Balance>]| match s.first().copied().flatten() {
             None => (
                 None,
                 Spend {
@@ -598,8 +723,13 @@ impl CounterStore for RedisStore {
                     },
                 )
             }
-        })
-        .await
+        };
+        if let Some(args) = script::spend_args(cost, refill, now)
+            && let Some(answer) = self.compute(&keys, args, &mut step).await?
+        {
+            return Ok(answer);
+        }
+        self.update(keys, step).await
     }
 
     async fn adjust(
@@ -631,11 +761,22 @@ impl CounterStore for RedisStore {
         now: Timestamp,
     ) -> Result<WindowTake> {
         let spec = LimitSpec::Bucket(*spec);
-        self.update(vec![self.limit_key(id)], |s: &[Option<LimitState>]| {
+        let keys = vec![self.limit_key(id)];
+        let mut step = |s: &[Option<LimitState>]| {
             let (next, take) = spec.take(s.first().copied().flatten(), cost, now);
             (Some(vec![Some(next)]), take)
-        })
-        .await
+        };
+        let op = LimitOp {
+            id: id.to_owned(),
+            spec,
+            cost,
+        };
+        if let Some(args) = script::take_args("T", std::slice::from_ref(&op), &[id], now)
+            && let Some(answer) = self.compute(&keys, args, &mut step).await?
+        {
+            return Ok(answer);
+        }
+        self.update(keys, step).await
     }
 
     async fn reset_window(&self, id: &str) -> Result<()> {
@@ -649,8 +790,8 @@ impl CounterStore for RedisStore {
         // Each distinct counter once (`reserve_all` continues from its own
         // take of an id that comes twice).
         let ids = Self::distinct(ops.iter().map(|o| o.id.as_str()));
-        let keys = ids.iter().map(|id| self.limit_key(id)).collect();
-        self.update(keys, |s: &[Option<LimitState>]| {
+        let keys: Vec<String> = ids.iter().map(|id| self.limit_key(id)).collect();
+        let mut step = |s: &[Option<LimitState>]| {
             let get = |id: &str| {
                 ids.iter()
                     .position(|i| *i == id)
@@ -668,8 +809,13 @@ impl CounterStore for RedisStore {
                 }
             }
             (Some(new), out)
-        })
-        .await
+        };
+        if let Some(args) = script::take_args("R", ops, &ids, now)
+            && let Some(answer) = self.compute(&keys, args, &mut step).await?
+        {
+            return Ok(answer);
+        }
+        self.update(keys, step).await
     }
 
     async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
@@ -677,8 +823,8 @@ impl CounterStore for RedisStore {
         // trait asks; together too), an id seen twice continuing from its
         // own settlement.
         let ids = Self::distinct(ops.iter().map(|o| o.id.as_str()));
-        let keys = ids.iter().map(|id| self.limit_key(id)).collect();
-        self.update(keys, |s: &[Option<LimitState>]| {
+        let keys: Vec<String> = ids.iter().map(|id| self.limit_key(id)).collect();
+        let mut step = |s: &[Option<LimitState>]| {
             let mut states: Vec<Option<LimitState>> = s.to_vec();
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
@@ -698,7 +844,12 @@ impl CounterStore for RedisStore {
                 out.push(next);
             }
             (Some(states), out)
-        })
-        .await
+        };
+        if let Some(args) = script::settle_args(ops, &ids, now)
+            && let Some(answer) = self.compute(&keys, args, &mut step).await?
+        {
+            return Ok(answer);
+        }
+        self.update(keys, step).await
     }
 }
