@@ -149,6 +149,9 @@ struct Inner {
     /// so only other replicas can move a version under a change (striped
     /// by key; several stripes are taken in index order).
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Counters another replica changed lately: operations left until a
+    /// compare-and-set from remembered states is tried again.
+    contended: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Names this process's writes (with `writes`): see [`CAS`].
     nonce: u64,
     writes: std::sync::atomic::AtomicU64,
@@ -199,6 +202,11 @@ enum Cas {
 /// At most this many counters' last known versions are remembered.
 const KNOWN_MAX: usize = 100_000;
 
+/// After another replica was seen changing a counter, this many operations
+/// on it go straight to the script instead of trying a compare-and-set
+/// from remembered states first.
+const CONTENDED_OPS: u32 = 64;
+
 impl RedisStore {
     /// Connects to the server of `config`.
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
@@ -230,6 +238,7 @@ impl RedisStore {
                 touch: redis::Script::new(store::TOUCH_SCRIPT),
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 known: std::sync::Mutex::new(std::collections::HashMap::new()),
+                contended: std::sync::Mutex::new(std::collections::HashMap::new()),
                 nonce: rand::random(),
                 writes: std::sync::atomic::AtomicU64::new(0),
                 marker_ms: u64::try_from(config.timeout.as_millis().saturating_mul(10))
@@ -295,6 +304,60 @@ impl RedisStore {
             }
         }
         guards
+    }
+
+    /// The stripes of `keys` if none is held now (see [`Self::lock`]).
+    fn try_lock(&self, keys: &[String]) -> Option<Vec<tokio::sync::MutexGuard<'_, ()>>> {
+        use std::hash::{Hash, Hasher};
+        let mut idx: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                k.hash(&mut h);
+                (h.finish() % STRIPES as u64) as usize
+            })
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .map(|i| self.inner.stripes.get(i).and_then(|m| m.try_lock().ok()))
+            .collect()
+    }
+
+    /// Whether another replica changed one of `keys` lately (a
+    /// compare-and-set on it failed within its last [`CONTENDED_OPS`]
+    /// operations here); counts this operation.
+    fn contended(&self, keys: &[String]) -> bool {
+        let mut c = self
+            .inner
+            .contended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut any = false;
+        for k in keys {
+            if let Some(left) = c.get_mut(k) {
+                any = true;
+                *left -= 1;
+                if *left == 0 {
+                    c.remove(k);
+                }
+            }
+        }
+        any
+    }
+
+    fn mark_contended(&self, keys: &[String]) {
+        let mut c = self
+            .inner
+            .contended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.len() + keys.len() > KNOWN_MAX {
+            c.clear();
+        }
+        for k in keys {
+            c.insert(k.clone(), CONTENDED_OPS);
+        }
     }
 
     /// `name` under this store's prefix.
@@ -466,6 +529,71 @@ impl RedisStore {
         }
     }
 
+    /// The cheapest way to run a counter operation when this process wrote
+    /// its counters last: one compare-and-set from the remembered states (a
+    /// tiny script). `None` (go on to [`Self::compute`]) when a state is
+    /// not remembered, another operation of this process holds one of the
+    /// counters, another replica changed them lately or just now, or the
+    /// answer would write nothing (a refusal is only given from states just
+    /// read).
+    async fn try_remembered<T, R>(
+        &self,
+        keys: &[String],
+        step: &mut impl FnMut(&[Option<T>]) -> (Option<Vec<Option<T>>>, R),
+    ) -> Result<Option<R>>
+    where
+        T: DeserializeOwned + Serialize + Clone,
+    {
+        if self.contended(keys) {
+            return Ok(None);
+        }
+        let Some(_held) = self.try_lock(keys) else {
+            return Ok(None);
+        };
+        let Some(rows) = self.remembered(keys) else {
+            return Ok(None);
+        };
+        let read: Vec<Read<T>> = Self::decode(keys.to_vec(), rows.clone())?;
+        let states: Vec<Option<T>> = read.iter().map(|r| r.state.clone()).collect();
+        let (Some(new), answer) = step(&states) else {
+            return Ok(None);
+        };
+        let json: Vec<Option<String>> = new
+            .iter()
+            .map(|s| s.as_ref().map(to_json).transpose())
+            .collect::<Result<_>>()?;
+        let marker = self.marker();
+        let landed = match self.write(&read, &json, &marker).await? {
+            Cas::Written => true,
+            Cas::Moved(_) => false,
+            Cas::Lost(e) => match self.applied(&marker).await {
+                Ok(landed) => landed,
+                Err(_) => {
+                    self.forget(keys);
+                    return Err(e);
+                }
+            },
+        };
+        if !landed {
+            self.forget(keys);
+            self.mark_contended(keys);
+            return Ok(None);
+        }
+        self.remember(keys, &Self::after(&rows, &json));
+        Ok(Some(answer))
+    }
+
+    /// The rows after writing `json` over `rows`.
+    fn after(rows: &[Row], json: &[Option<String>]) -> Vec<Row> {
+        rows.iter()
+            .zip(json)
+            .map(|((v, _), s)| match s {
+                Some(s) => (v + 1, Some(s.clone())),
+                None => (0, None),
+            })
+            .collect()
+    }
+
     /// Runs a counter operation inside Redis ([`script::OPS`] with `args`)
     /// over `keys`: one round trip, whatever other replicas do. The answer
     /// is the model's (`step`) from the states the script read, and the
@@ -496,7 +624,8 @@ impl RedisStore {
                 call.arg(a);
             }
             let mut con = self.inner.con.clone();
-            let (written, read, wrote): (bool, Vec<Row>, Option<Vec<Row>>) = match call
+            type Answer = (bool, Vec<Row>, Option<Vec<Row>>, Option<Vec<u64>>);
+            let (written, read, wrote, versions): Answer = match call
                 .invoke_async::<Vec<redis::Value>>(&mut con)
                 .await
             {
@@ -518,9 +647,21 @@ impl RedisStore {
                         .first()
                         .and_then(|v| redis::from_redis_value_ref(v).ok())
                         .unwrap_or(-1);
+                    let versions = |from: usize| -> Option<Vec<u64>> {
+                        answer
+                            .get(from..from + n)?
+                            .iter()
+                            .map(|v| redis::from_redis_value_ref(v).ok())
+                            .collect()
+                    };
                     match status {
-                        1 => (true, strings(1..1 + n)?, Some(strings(1 + n..1 + 2 * n)?)),
-                        0 => (false, strings(1..1 + n)?, None),
+                        1 => (
+                            true,
+                            strings(1..1 + n)?,
+                            Some(strings(1 + n..1 + 2 * n)?),
+                            versions(1 + 2 * n),
+                        ),
+                        0 => (false, strings(1..1 + n)?, None, versions(1 + n)),
                         _ => return Ok(None),
                     }
                 }
@@ -549,11 +690,31 @@ impl RedisStore {
                     if rows.len() != n {
                         return Err(Error::internal("redis: an unreadable write marker"));
                     }
-                    (true, rows, None)
+                    (true, rows, None, None)
                 }
                 Err(e) => return Err(unavailable(&e)),
             };
-            self.forget(keys);
+            // Remembered for a cheap compare-and-set next time: the states
+            // now in Redis, with their versions.
+            match (&versions, &wrote) {
+                (Some(v), Some(w)) => {
+                    let rows: Vec<Row> = v
+                        .iter()
+                        .zip(w)
+                        .map(|(v, (_, s))| (v + 1, s.clone()))
+                        .collect();
+                    self.remember(keys, &rows);
+                }
+                (Some(v), None) if !written => {
+                    let rows: Vec<Row> = v
+                        .iter()
+                        .zip(&read)
+                        .map(|(v, (_, s))| (*v, s.clone()))
+                        .collect();
+                    self.remember(keys, &rows);
+                }
+                _ => self.forget(keys),
+            }
             let states: Vec<Option<T>> = Self::decode(keys.to_vec(), read)?
                 .into_iter()
                 .map(|r| r.state)
@@ -646,15 +807,7 @@ impl RedisStore {
                 }
             };
             if written {
-                let after: Vec<Row> = rows
-                    .iter()
-                    .zip(&json)
-                    .map(|((v, _), s)| match s {
-                        Some(s) => (v + 1, Some(s.clone())),
-                        None => (0, None),
-                    })
-                    .collect();
-                self.remember(&keys, &after);
+                self.remember(&keys, &Self::after(&rows, &json));
                 return Ok(answer);
             }
         }
@@ -724,10 +877,13 @@ impl CounterStore for RedisStore {
                 )
             }
         };
-        if let Some(args) = script::spend_args(cost, refill, now)
-            && let Some(answer) = self.compute(&keys, args, &mut step).await?
-        {
-            return Ok(answer);
+        if let Some(args) = script::spend_args(cost, refill, now) {
+            if let Some(answer) = self.try_remembered(&keys, &mut step).await? {
+                return Ok(answer);
+            }
+            if let Some(answer) = self.compute(&keys, args, &mut step).await? {
+                return Ok(answer);
+            }
         }
         self.update(keys, step).await
     }
@@ -771,10 +927,13 @@ impl CounterStore for RedisStore {
             spec,
             cost,
         };
-        if let Some(args) = script::take_args("T", std::slice::from_ref(&op), &[id], now)
-            && let Some(answer) = self.compute(&keys, args, &mut step).await?
-        {
-            return Ok(answer);
+        if let Some(args) = script::take_args("T", std::slice::from_ref(&op), &[id], now) {
+            if let Some(answer) = self.try_remembered(&keys, &mut step).await? {
+                return Ok(answer);
+            }
+            if let Some(answer) = self.compute(&keys, args, &mut step).await? {
+                return Ok(answer);
+            }
         }
         self.update(keys, step).await
     }
@@ -810,10 +969,13 @@ impl CounterStore for RedisStore {
             }
             (Some(new), out)
         };
-        if let Some(args) = script::take_args("R", ops, &ids, now)
-            && let Some(answer) = self.compute(&keys, args, &mut step).await?
-        {
-            return Ok(answer);
+        if let Some(args) = script::take_args("R", ops, &ids, now) {
+            if let Some(answer) = self.try_remembered(&keys, &mut step).await? {
+                return Ok(answer);
+            }
+            if let Some(answer) = self.compute(&keys, args, &mut step).await? {
+                return Ok(answer);
+            }
         }
         self.update(keys, step).await
     }
@@ -845,10 +1007,13 @@ impl CounterStore for RedisStore {
             }
             (Some(states), out)
         };
-        if let Some(args) = script::settle_args(ops, &ids, now)
-            && let Some(answer) = self.compute(&keys, args, &mut step).await?
-        {
-            return Ok(answer);
+        if let Some(args) = script::settle_args(ops, &ids, now) {
+            if let Some(answer) = self.try_remembered(&keys, &mut step).await? {
+                return Ok(answer);
+            }
+            if let Some(answer) = self.compute(&keys, args, &mut step).await? {
+                return Ok(answer);
+            }
         }
         self.update(keys, step).await
     }

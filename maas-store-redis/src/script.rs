@@ -31,30 +31,39 @@ pub(crate) const EXACT: u64 = (1 << 53) - 1;
 /// period start) of now, `a` (cost, or units reserved), `b` (units used),
 /// and the window index (or period start) of the reservation. For `B`:
 /// cost, whether there is a refill (1/0), the refill's last boundary (ms)
-/// and amount. Answers `{status, read..., written...}` (status 1 written,
-/// 0 nothing written, -1 declined: use the exact path; states as JSON,
-/// `''` when absent). A write also sets the marker to the states read, one
+/// and amount. Answers `{status, read..., written..., versions...}`
+/// (status 1 written, 0 nothing written — then no `written` —, -1
+/// declined: use the exact path; states as JSON, `''` when absent;
+/// versions as read). A write also sets the marker to the states read, one
 /// a line, so a caller whose answer was lost computes the same answer.
 pub(crate) const OPS: &str = r#"
 local EXACT = 9007199254740991
 local n = #KEYS - 1
 local mode = ARGV[1]
 local now = tonumber(ARGV[2])
-local read, cur = {}, {}
+local read, cur, ver = {}, {}, {}
+-- A stored state; nil if a number in it may be past 2^53 (declined).
+local function parse(s)
+  local st = cjson.decode(s)
+  for _, inner in pairs(st) do
+    if type(inner) == 'table' then
+      for _, v in pairs(inner) do
+        if type(v) == 'number' and (v > EXACT or v < -EXACT) then return nil end
+      end
+    elseif type(inner) == 'number' and (inner > EXACT or inner < -EXACT) then
+      return nil
+    end
+  end
+  return st
+end
 for i = 1, n do
-  local s = redis.call('HGET', KEYS[i], 's')
+  local row = redis.call('HMGET', KEYS[i], 'v', 's')
+  local s = row[2]
+  ver[i] = tonumber(row[1] or '0') or 0
   read[i] = s or ''
   if s then
-    local st = cjson.decode(s)
-    for _, inner in pairs(st) do
-      if type(inner) == 'table' then
-        for _, v in pairs(inner) do
-          if type(v) == 'number' and (v > EXACT or v < -EXACT) then return {-1} end
-        end
-      elseif type(inner) == 'number' and (inner > EXACT or inner < -EXACT) then
-        return {-1}
-      end
-    end
+    local st = parse(s)
+    if st == nil then return {-1} end
     cur[i] = st
   else
     cur[i] = false
@@ -215,12 +224,12 @@ if write then
     local s = encode(cur[i])
     out[1 + n + i] = s
     if s ~= '' then
-      local v = tonumber(redis.call('HGET', KEYS[i], 'v') or '0')
-      redis.call('HSET', KEYS[i], 'v', tostring(v + 1), 's', s)
+      redis.call('HSET', KEYS[i], 'v', tostring(ver[i] + 1), 's', s)
     end
   end
   redis.call('SET', KEYS[n + 1], table.concat(read, '\n'), 'PX', ARGV[3])
 end
+for i = 1, n do out[#out + 1] = ver[i] end
 return out
 "#;
 

@@ -512,7 +512,8 @@ async fn the_script_rounds_the_previous_share_up() {
 
 /// Three replicas reserving the same counters at once: each reservation
 /// is one script run — one round trip, no retry however the replicas
-/// interleave — and exactly the limit is admitted.
+/// interleave — but for a few tries of a compare-and-set, and exactly the
+/// limit is admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn contended_reservations_take_one_round_trip_each() {
     let server = RedisServer::start().await;
@@ -577,6 +578,12 @@ async fn contended_reservations_take_one_round_trip_each() {
             .and_then(|rest| rest.split(',').next())
             .map_or(0, |n| n.parse().unwrap())
     };
-    assert_eq!(calls("evalsha"), 150, "{stats}");
+    // A replica tries a cheap compare-and-set from what it wrote last; once
+    // it sees another replica write in between, it goes straight to the
+    // computing script for a while: a few wasted tries per replica at
+    // most, never a retry storm (compare-and-set alone took ~2.5 tries per
+    // reservation here).
+    let evals = calls("evalsha");
+    assert!((150..=165).contains(&evals), "{evals} scripts run: {stats}");
     assert_eq!(calls("eval"), 0, "{stats}");
 }
