@@ -9,8 +9,12 @@
 //! - `spend`: a key's remaining use spent (`CounterStore::spend`);
 //! - `floor_evalsha`: `EVALSHA` of a script returning 1, on the same kind of
 //!   connection: one round trip. Issue 19's goal: reserve and spend ≤ 1.5×
-//!   it (the first version reads, then writes with a compare-and-set script:
-//!   two round trips).
+//!   it.
+//!
+//! Limits and balances are 2^50, within Lua's exact integers, as real ones
+//! are: one client alone, each operation is the compare-and-set from the
+//! states it remembers (the computing script serves contended counters;
+//! `scripts/load/replicas.sh` measures that case).
 //!
 //! `cargo bench -- redis`.
 

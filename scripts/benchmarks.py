@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import subprocess
+import statistics
 import sys
 from pathlib import Path
 
@@ -192,6 +193,21 @@ def load_rows():
                      f"of {last['answered_valid']:,} answered, chat usage {last['answered_chat'] - last['recorded_chat']:,} "
                      f"of {last['answered_chat']:,} (what the ledger held since its last flush, every 50 ms)",
                      "≤ 100 ms of traffic per kill (issue 17)", "—", src))
+    rep = load_result("replicas")
+    if rep:
+        r = rep["result"]
+        n = len(r["rounds"])
+        src = (f"`ROUNDS={n} CALLERS={r.get('callers', 'shared')} scripts/load/replicas.sh {r['seconds']} "
+               f"{r['connections']}` at {rep['commit']}")
+        med = lambda side, key: statistics.median(x[side][key] for x in r["rounds"])
+        sled, rcpu, redis = med("sled", "cpu_us"), med("replicas", "cpu_us"), med("replicas", "redis_cpu_us")
+        who = "one caller on all three" if r.get("callers", "shared") == "shared" else "a caller per replica"
+        rows.append((f"chat through 3 replicas on one Redis ({who}) vs one node on sled: CPU per request",
+                     f"medians of {n} interleaved runs: a replica {rcpu:.0f} µs vs sled {sled:.0f} µs = "
+                     f"{rcpu / sled:.2f}×; Redis {redis:.0f} µs per request; "
+                     f"{med('replicas', 'rps'):,.0f} vs {med('sled', 'rps'):,.0f} req/s "
+                     f"({r.get('replica_workers', 1)} worker thread per replica)",
+                     "≤ 1.3× the sled figure (issue 19)", mark(rcpu <= 1.3 * sled), src))
     soak = load_result("soak")
     if soak:
         r = soak["result"]
@@ -308,6 +324,7 @@ def main():
         "scripts/load/verify.sh 10 16 50000   # verifyKey, random keys, memory vs sled, with and without remaining (3 interleaved rounds, medians)",
         "scripts/load/footprint.sh 1000000    # the sled data dir and RSS for 1M keys created over HTTP",
         "scripts/load/kill9.sh 3 3            # SIGKILL under load: what the store kept",
+        "ROUNDS=3 scripts/load/replicas.sh 10 # 3 replicas on one Redis vs one node on sled, CPU per request",
         "scripts/benchmarks.py            # regenerate this file from target/criterion and target/load",
         "```",
         "",

@@ -17,6 +17,10 @@
 #
 # ROUNDS (default 2) rounds of the two configurations in turn (a shared
 # machine drifts; taking turns keeps the drift from deciding the ratio).
+# CALLERS=own gives each replica a caller of its own instead (no counter
+# shared). REPLICA_WORKERS (default 1): each replica's tokio worker threads
+# — three replicas share this machine's cores, as they would share a
+# node's; the single node keeps the default (one per core).
 # Redis: `redis-server` (installed with apt-get when missing) on
 # 127.0.0.1:26379, a temporary dir, AOF with `appendfsync everysec`; the
 # servers on 127.0.0.1:3808x / 3909x / 3818x. All stopped at the end.
@@ -155,7 +159,7 @@ for r in $(seq "$ROUNDS"); do
   rounds+="${rounds:+,}{\"sled\":$(kv_json "$s"),\"replicas\":$(kv_json "$p")}"
 done
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
-json="{\"seconds\":$SECS,\"connections\":$CONNS,\"rounds\":[$rounds]}"
+json="{\"seconds\":$SECS,\"connections\":$CONNS,\"callers\":\"${CALLERS:-shared}\",\"replica_workers\":$REPLICA_WORKERS,\"rounds\":[$rounds]}"
 sc=$(jq '.rounds[].sled.cpu_us' <<<"$json" | median)
 pc=$(jq '.rounds[].replicas.cpu_us' <<<"$json" | median)
 rc=$(jq '.rounds[].replicas.redis_cpu_us' <<<"$json" | median)
