@@ -33,7 +33,9 @@ const MAX_DESCRIPTION: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Project {
-    /// Its keyspace's id.
+    /// Its keyspace's id (shown as a UUID, seed 001's form).
+    #[serde(with = "crate::id::uuid_form")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "uuid"))]
     pub id: KeyspaceId,
     /// Name.
     pub name: String,
@@ -82,9 +84,13 @@ impl catalog::Entry for ProjectRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectKey {
-    /// The key's id.
+    /// The key's id (shown as a UUID, seed 001's form).
+    #[serde(with = "crate::id::uuid_form")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "uuid"))]
     pub id: KeyId,
-    /// The project.
+    /// The project (shown as a UUID).
+    #[serde(with = "crate::id::uuid_form")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "uuid"))]
     pub project_id: KeyspaceId,
     /// Its name (unique among the project's live keys).
     pub name: String,

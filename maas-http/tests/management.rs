@@ -858,6 +858,11 @@ async fn projects_and_their_keys() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let pid = r.body["id"].as_str().unwrap().to_owned();
     assert_eq!(r.body["description"], "edge data planes");
+    // Seed 001 types ids as UUIDs: shown as one, maas's own form accepted too.
+    let ks = maas_core::KeyspaceId::from_uuid(&pid).expect("a UUID");
+    assert_eq!(&pid[14..15], "7", "a UUIDv7: {pid}");
+    let r2 = call(&a, "GET", &format!("/api/v1/projects/{ks}"), None).await;
+    assert_eq!(r2.body["id"], pid.as_str(), "{}", r2.body);
     assert_invalid(
         &call(
             &a,
@@ -895,6 +900,8 @@ async fn projects_and_their_keys() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let secret = r.body["key"].as_str().unwrap().to_owned();
     let kid = r.body["id"].as_str().unwrap().to_owned();
+    assert!(maas_core::KeyId::from_uuid(&kid).is_some(), "{kid}");
+    assert_eq!(r.body["project_id"], pid.as_str());
     assert_eq!(r.body["scopes"], json!(["data-plane:connect"]));
     assert!(secret.starts_with(r.body["key_prefix"].as_str().unwrap()));
     assert_problem(

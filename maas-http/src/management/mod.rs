@@ -1775,8 +1775,9 @@ async fn delete_root_key(
 
 // ----- projects (seed 001) --------------------------------------------------
 
+/// A project id from a path: its UUID form (seed 001's) or maas's own.
 fn project_id(raw: &str, id: &RequestId) -> Result<KeyspaceId, Response> {
-    KeyspaceId::parse(raw).map_err(|_| problem::render(&Error::not_found("project", raw), id))
+    KeyspaceId::parse_any(raw).map_err(|_| problem::render(&Error::not_found("project", raw), id))
 }
 
 /// A new project.
@@ -1951,8 +1952,8 @@ async fn revoke_project_key(
     Path((raw, key)): Path<(String, String)>,
 ) -> Reply {
     let pid = project_id(&raw, &id)?;
-    let key_id =
-        KeyId::parse(&key).map_err(|_| problem::render(&Error::not_found("API key", &key), &id))?;
+    let key_id = KeyId::parse_any(&key)
+        .map_err(|_| problem::render(&Error::not_found("API key", &key), &id))?;
     s.projects
         .revoke_key(&admin_actor(), &pid, &key_id)
         .await
