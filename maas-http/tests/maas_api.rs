@@ -534,3 +534,87 @@ async fn bodies_must_be_json_objects() {
         }
     }
 }
+
+/// A third party verifies maas tokens with what maas publishes: the
+/// discovery document names the issuer and the key set, and the key set
+/// verifies a minted token's signature (EdDSA), with no call to maas.
+#[tokio::test]
+async fn maas_tokens_verify_with_the_published_jwks() {
+    let a = app().await;
+    let r = call(
+        &a.router,
+        "POST",
+        "/tokens",
+        Some(ALICE),
+        Some(r#"{"ttl":"1h"}"#),
+    )
+    .await;
+    let token = r.body["token"].as_str().unwrap().to_owned();
+
+    let conf = call(
+        &a.router,
+        "GET",
+        "/.well-known/openid-configuration",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(conf.status, StatusCode::OK);
+    assert_eq!(conf.body["issuer"], "maas");
+    assert_eq!(
+        conf.body["jwks_uri"],
+        "http://gateway.test/.well-known/jwks.json"
+    );
+    assert_eq!(
+        conf.body["id_token_signing_alg_values_supported"],
+        json!(["EdDSA"])
+    );
+    let set = call(&a.router, "GET", "/.well-known/jwks.json", None, None).await;
+    assert_eq!(set.status, StatusCode::OK);
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(set.body).unwrap();
+    assert_eq!(set.keys.len(), 1);
+    for k in &set.keys {
+        // Public keys only.
+        assert!(
+            matches!(
+                k.algorithm,
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_)
+            ),
+            "{k:?}"
+        );
+    }
+
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    let jwk = set.find(header.kid.as_deref().unwrap()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_issuer(&["maas"]);
+    v.set_audience(&["maas"]);
+    v.validate_exp = false; // minted on the test's manual clock
+    let claims = jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &v,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], "alice");
+    // Claims changed under the same signature do not verify.
+    use base64::Engine as _;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut changed = claims.clone();
+    changed["sub"] = json!("mallory");
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(changed.to_string()),
+        parts[2]
+    );
+    assert!(
+        jsonwebtoken::decode::<Value>(
+            &forged,
+            &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+            &v
+        )
+        .is_err()
+    );
+}

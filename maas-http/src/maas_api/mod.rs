@@ -85,7 +85,75 @@ fn api() -> OpenApiRouter<MaasApiState> {
     // The second copy's operations need ids of their own.
     let mut again = routes();
     crate::openapi::suffix_operation_ids(again.get_openapi_mut(), ".maas-api");
-    routes().nest(SEED_002_PREFIX, again)
+    routes()
+        .nest(SEED_002_PREFIX, again)
+        .routes(routes!(jwks))
+        .routes(routes!(openid_configuration))
+}
+
+/// How long a JWT-verifying proxy may cache the key set and the discovery
+/// document, in seconds.
+const JWKS_MAX_AGE_SECS: u64 = 60;
+
+/// The public keys that verify maas tokens, as a JWKS document, so any
+/// JWT-verifying proxy (Envoy `jwt_authn`, Authorino, Kong) checks maas
+/// tokens without calling maas. Cacheable for a minute; retired keys leave
+/// when retired (retire a key only after the longest token it signed has
+/// expired).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    operation_id = "wellknown#jwks",
+    responses((status = 200, description = "The public keys (RFC 7517)", body = Object)),
+)]
+async fn jwks(State(s): State<MaasApiState>) -> Response {
+    (
+        [(
+            axum::http::header::CACHE_CONTROL,
+            format!("public, max-age={JWKS_MAX_AGE_SECS}"),
+        )],
+        Json(s.tokens.jwks()),
+    )
+        .into_response()
+}
+
+/// OpenID discovery (the parts a JWT verifier reads): the issuer of maas
+/// tokens and where their keys are.
+#[utoipa::path(
+    get,
+    path = "/.well-known/openid-configuration",
+    operation_id = "wellknown#openidConfiguration",
+    responses((status = 200, description = "The issuer and its key set", body = Object)),
+)]
+async fn openid_configuration(State(s): State<MaasApiState>) -> Response {
+    let base = s.gateway_url.trim_end_matches('/');
+    let keys = s.tokens.jwks();
+    let mut algs: Vec<String> = keys
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| k.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    algs.sort_unstable();
+    algs.dedup();
+    (
+        [(
+            axum::http::header::CACHE_CONTROL,
+            format!("public, max-age={JWKS_MAX_AGE_SECS}"),
+        )],
+        Json(serde_json::json!({
+            "issuer": s.tokens.config().issuer,
+            "jwks_uri": format!("{base}/.well-known/jwks.json"),
+            "id_token_signing_alg_values_supported": algs,
+            "subject_types_supported": ["public"],
+            "response_types_supported": ["token"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "groups", "tier"],
+        })),
+    )
+        .into_response()
 }
 
 /// The MaaS API, with request ids, tracing and the body limit of `config`.
