@@ -15,10 +15,12 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod artifact;
 pub mod audit;
 mod catalog;
 pub mod clock;
 pub mod counter;
+pub mod dataplane;
 pub mod error;
 pub mod fairshare;
 pub mod gateway;

@@ -13,7 +13,9 @@ use crate::audit::Actor;
 use crate::catalog;
 use std::sync::Arc;
 
+use crate::artifact::Artifacts;
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
+use crate::dataplane::DataPlanes;
 use crate::error::{Error, Result};
 use crate::id::{KeyId, KeyspaceId};
 use crate::key::{Key, KeyService, NewKey};
@@ -172,11 +174,14 @@ fn check_description(d: Option<&str>) -> Result<()> {
     }
 }
 
-/// Projects and their API keys. Cheap to clone.
+/// Projects and their API keys, the data planes connected to them and the
+/// artifacts deployed to those. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Projects {
     keys: KeyService,
     clock: SharedClock,
+    data_planes: DataPlanes,
+    artifacts: Arc<tokio::sync::OnceCell<Artifacts>>,
 }
 
 impl Projects {
@@ -187,7 +192,83 @@ impl Projects {
 
     /// Projects over `keys`, on `clock`.
     pub fn new_with_clock(keys: KeyService, clock: Arc<dyn Clock>) -> Self {
-        Projects { keys, clock }
+        Projects {
+            keys,
+            data_planes: DataPlanes::new(clock.clone(), crate::dataplane::DEFAULT_HEARTBEAT),
+            clock,
+            artifacts: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// The same projects, telling data planes to heartbeat every
+    /// `interval` (default 30 s, seed 001's).
+    pub fn with_heartbeat(mut self, interval: std::time::Duration) -> Self {
+        self.data_planes = DataPlanes::new(self.clock.clone(), interval);
+        self
+    }
+
+    /// The data planes connected to this control plane.
+    pub fn data_planes(&self) -> &DataPlanes {
+        &self.data_planes
+    }
+
+    /// The artifacts (opened, with their signing key, on first use).
+    pub async fn artifacts(&self) -> Result<&Artifacts> {
+        self.artifacts
+            .get_or_try_init(|| Artifacts::open(self.keys.storage().clone(), self.clock.clone()))
+            .await
+    }
+
+    /// Checks a data plane's credentials: `secret` must be a live key of
+    /// project `id` with the scope [`DEFAULT_SCOPE`] (`data-plane:connect`).
+    /// Returns the key's id; refuses with `Unauthenticated` otherwise
+    /// (without saying which part failed).
+    pub async fn authorize_data_plane(&self, id: &KeyspaceId, secret: &str) -> Result<KeyId> {
+        let refused = || Error::Unauthenticated {
+            reason: "not a live data-plane:connect key of this project".into(),
+        };
+        let v = self
+            .keys
+            .verify(
+                secret,
+                &crate::key::VerifyOptions {
+                    keyspace_id: Some(id),
+                    permissions: None,
+                },
+            )
+            .await?;
+        if !v.valid() || !v.permissions().iter().any(|p| p == DEFAULT_SCOPE) {
+            return Err(refused());
+        }
+        v.key_id().cloned().ok_or_else(refused)
+    }
+
+    /// Checks a data plane's key without knowing its project: a live key
+    /// with the scope [`DEFAULT_SCOPE`] of some project. Returns the
+    /// project and the key.
+    pub async fn authorize_any_data_plane(&self, secret: &str) -> Result<(KeyspaceId, KeyId)> {
+        let refused = || Error::Unauthenticated {
+            reason: "not a live data-plane:connect project key".into(),
+        };
+        let v = self
+            .keys
+            .verify(
+                secret,
+                &crate::key::VerifyOptions {
+                    keyspace_id: None,
+                    permissions: None,
+                },
+            )
+            .await?;
+        if !v.valid() || !v.permissions().iter().any(|p| p == DEFAULT_SCOPE) {
+            return Err(refused());
+        }
+        let (Some(project), Some(key)) = (v.keyspace_id().cloned(), v.key_id().cloned()) else {
+            return Err(refused());
+        };
+        // A key of a project, not of another keyspace.
+        self.record(&project).await.map_err(|_| refused())?;
+        Ok((project, key))
     }
 
     fn records(&self) -> &dyn crate::storage::RecordStore {
@@ -316,6 +397,7 @@ impl Projects {
     pub async fn delete(&self, actor: &Actor, id: &KeyspaceId) -> Result<()> {
         self.record(id).await?;
         self.keys.delete_keyspace(actor, id).await?;
+        self.data_planes.forget_project(id);
         catalog::delete_entry::<ProjectRecord>(self.records(), actor, id.as_str(), self.clock.now())
             .await
     }
@@ -389,6 +471,12 @@ impl Projects {
         if &key.keyspace_id != id || key.deleted_at.is_some() {
             return Err(not_found());
         }
-        self.keys.delete(actor, key_id).await
+        self.keys.delete(actor, key_id).await?;
+        // Its data planes are disconnected at once (seed 001).
+        self.data_planes.disconnect_key(
+            key_id,
+            "the API key this data plane registered with was revoked",
+        );
+        Ok(())
     }
 }

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod common;
+pub mod controlplane;
 pub mod gateway;
 pub mod layer;
 pub mod maas_api;

@@ -152,6 +152,7 @@ fn merged() -> (OpenApi, Vec<String>) {
         crate::maas_api::openapi(),
         crate::unkey::openapi(),
         crate::management::openapi(),
+        crate::controlplane::openapi(),
     ] {
         let components = doc.components.get_or_insert_with(Components::new);
         if let Some(theirs) = &part.components {
@@ -178,6 +179,10 @@ fn merged() -> (OpenApi, Vec<String>) {
             "An Unkey root key (`POST /api/v1/root-keys`) or the deployment's admin token.",
         ),
         ("adminToken", "The deployment's admin token."),
+        (
+            "projectKey",
+            "A project API key with the scope `data-plane:connect` (`POST /api/v1/projects/{id}/api-keys`).",
+        ),
     ] {
         components.security_schemes.insert(
             name.to_owned(),

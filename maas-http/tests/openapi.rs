@@ -98,6 +98,7 @@ async fn apps() -> Apps {
         UnkeyState::new(root_keys.clone(), limiter, usage.clone()).with_admin_token(TOKEN),
     );
     let fs = FairShare::with_clock(FairShareConfig::default(), clock.clone()).unwrap();
+    let projects = Projects::new_with_clock(keys, c.clone());
     let services = ManagementServices {
         scheduling: Scheduling::new(storage.clone(), fs, c.clone()),
         tiers,
@@ -105,16 +106,21 @@ async fn apps() -> Apps {
         user_keys,
         usage,
         root_keys,
-        projects: Projects::new_with_clock(keys, c.clone()),
+        projects: projects.clone(),
         mcp: McpServers::new_with_clock(storage.clone(), c),
         webhooks: maas_core::webhook::Webhooks::new(storage.clone(), KeyHasher::random()),
         admission: maas_core::AdmissionLimits::new(storage.clone()),
         storage,
     };
+    // The control plane's data-plane routes share the admin listener.
     let management = management::router(
         ManagementState::new(TOKEN, services).unwrap(),
         &HttpConfig::default(),
-    );
+    )
+    .merge(maas_http::controlplane::router(
+        maas_http::controlplane::ControlPlaneState { projects },
+        &HttpConfig::default(),
+    ));
     Apps {
         maas,
         unkey,
@@ -210,9 +216,9 @@ async fn every_documented_operation_is_routed() {
             "{method} {template} is documented but not routed: {status} {body}"
         );
         // The token is an identity, a root key and the admin token, not a
-        // maas token or user API key (`/v1/models`).
+        // maas token, a user API key (`/v1/models`) or a project key.
         let security = doc["paths"][template][method]["security"].to_string();
-        if !security.contains("maasToken") {
+        if !security.contains("maasToken") && !security.contains("projectKey") {
             assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
         }
         assert!(
@@ -434,8 +440,10 @@ fn operations_have_unique_ids_success_responses_and_known_tags() {
                 .unwrap_or_else(|| panic!("{method} {path}: no operationId"));
             assert!(ids.insert(id.to_owned()), "operationId {id} twice");
             let responses = op["responses"].as_object().unwrap();
+            // A WebSocket's success is its upgrade.
             assert!(
-                responses.keys().any(|s| s.starts_with('2')),
+                responses.keys().any(|s| s.starts_with('2'))
+                    || (path.starts_with("/ws/") && responses.contains_key("101")),
                 "{method} {path}: no success response"
             );
             assert!(responses.contains_key("default"), "{method} {path}");
@@ -465,6 +473,20 @@ fn every_management_operation_needs_the_admin_token() {
     let doc = document();
     for (method, path, tag) in operations(&doc) {
         let op = &doc["paths"][&path][&method];
+        // The data-plane routes of the control plane (seed 001) take a
+        // project key, not the admin token.
+        if tag == "management" && path == "/artifacts/{id}/download" {
+            assert_eq!(op["security"], serde_json::json!([{"projectKey": []}]));
+            continue;
+        }
+        if tag == "management" && path == "/ws/data-plane" {
+            assert_eq!(
+                op["security"],
+                serde_json::json!([{}]),
+                "registers with a key"
+            );
+            continue;
+        }
         if tag == "management" {
             assert!(path.starts_with("/api/v1/"), "{path}");
             assert_eq!(

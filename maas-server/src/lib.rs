@@ -214,6 +214,8 @@ pub struct ServerServices {
     pub usage: UsageLedger,
     /// Namespace rate limits (Unkey API).
     pub ratelimits: RateLimiter,
+    /// Projects, their data planes and artifacts (seed 001).
+    pub projects: Projects,
 }
 
 /// A running server: its addresses, its admin token, its services;
@@ -800,6 +802,14 @@ impl Server {
                 .with_config(http),
         );
         let gateway_routes = maas_http::gateway::router(gateway.clone(), GatewayConfig::default());
+        let projects = Projects::new_with_clock(keys.clone(), clock.clone());
+        let projects_kept = projects.clone();
+        let control_plane = maas_http::controlplane::router(
+            maas_http::controlplane::ControlPlaneState {
+                projects: projects.clone(),
+            },
+            &http,
+        );
         let management = management::router(
             ManagementState::new(
                 &admin_token,
@@ -810,7 +820,7 @@ impl Server {
                     user_keys: user_keys.clone(),
                     usage: usage.clone(),
                     root_keys: root_keys.clone(),
-                    projects: Projects::new_with_clock(keys.clone(), clock.clone()),
+                    projects,
                     mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
                     storage: storage.clone(),
                     admission: admission.clone(),
@@ -835,12 +845,19 @@ impl Server {
                 2
             }
         });
-        // Indices: 0 metrics, 1 open health (the MaaS API's), 2 management.
-        let admin_app = dispatch(vec![metrics, maas, management], |path| match path {
-            "/metrics" => 0,
-            "/health" => 1,
-            _ => 2,
-        });
+        // Indices: 0 metrics, 1 open health (the MaaS API's), 2 management,
+        // 3 the data planes' routes (seed 001: project keys, not the admin
+        // token).
+        let admin_app = dispatch(
+            vec![metrics, maas, management, control_plane],
+            |path| match path {
+                "/metrics" => 0,
+                "/health" => 1,
+                "/ws/data-plane" => 3,
+                p if p.starts_with("/artifacts/") => 3,
+                _ => 2,
+            },
+        );
 
         // Serving and background tasks.
         let (stop, _) = watch::channel(false);
@@ -890,6 +907,7 @@ impl Server {
                 scheduling,
                 usage,
                 ratelimits,
+                projects: projects_kept,
             },
             grace: Duration::from_secs(config.shutdown_grace_secs),
             tasks: Some(Tasks {
@@ -981,6 +999,12 @@ impl RunningServer {
             return Ok(());
         };
         let grace = self.grace;
+        // Connected data planes are told and closed: their sessions would
+        // otherwise hold the admin listener open for the whole grace.
+        self.services
+            .projects
+            .data_planes()
+            .close_all("the control plane is shutting down");
         let _ = stop.send(true);
         let deadline = tokio::time::Instant::now() + grace;
         for (key, mut task) in listeners {

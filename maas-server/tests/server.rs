@@ -361,3 +361,77 @@ async fn shutdown_stops_accepting() {
         );
     }
 }
+
+/// The example server is a control plane: a project key registers a data
+/// plane on the admin listener's `/ws/data-plane`; the public listener
+/// publishes the token keys for third parties.
+#[tokio::test]
+async fn the_admin_listener_takes_data_planes_and_the_public_one_publishes_token_keys() {
+    use futures_util::{SinkExt, StreamExt};
+    let s = Server::start(config()).await.unwrap();
+    let admin = |method: reqwest::Method, path: &str, body: Value| {
+        let url = format!("http://{}{path}", s.admin_addr);
+        let token = s.admin_token().to_owned();
+        async move {
+            let res = reqwest::Client::new()
+                .request(method, url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            serde_json::from_str::<Value>(&res.text().await.unwrap()).unwrap()
+        }
+    };
+    let project = admin(
+        reqwest::Method::POST,
+        "/api/v1/projects",
+        serde_json::json!({"name": "edge"}),
+    )
+    .await;
+    let pid = project["id"].as_str().unwrap().to_owned();
+    let key = admin(
+        reqwest::Method::POST,
+        &format!("/api/v1/projects/{pid}/api-keys"),
+        serde_json::json!({"name": "dp"}),
+    )
+    .await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/data-plane", s.admin_addr))
+            .await
+            .unwrap();
+    let register =
+        serde_json::json!({"type": "register", "project_id": pid, "api_key": key["key"]});
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        register.to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(m))) = ws.next().await else {
+        panic!("no answer");
+    };
+    let m: Value = serde_json::from_str(&m).unwrap();
+    assert_eq!(m["type"], "registered", "{m}");
+    assert_eq!(m["heartbeat_interval_secs"], 30);
+
+    let (status, jwks) = get_json(s.public_addr, "/.well-known/jwks.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(jwks["keys"][0]["alg"], "EdDSA", "{jwks}");
+    let (status, conf) = get_json(s.public_addr, "/.well-known/openid-configuration", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        conf["jwks_uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/.well-known/jwks.json"),
+        "{conf}"
+    );
+    // Shutting down closes the data plane's socket, telling it why (instead
+    // of holding the listener open for the grace period).
+    s.shutdown().await.unwrap();
+    let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(m))) = ws.next().await else {
+        panic!("no disconnect");
+    };
+    assert!(m.contains("disconnect"), "{m}");
+}

@@ -14,7 +14,7 @@
 // response about to be sent, not worth boxing.
 #![allow(clippy::result_large_err)]
 
-mod problem;
+pub(crate) mod problem;
 
 use std::sync::Arc;
 
@@ -201,6 +201,9 @@ fn api() -> OpenApiRouter<ManagementState> {
         .routes(routes!(get_project, update_project, delete_project))
         .routes(routes!(list_project_keys, create_project_key))
         .routes(routes!(revoke_project_key))
+        .routes(routes!(list_data_planes))
+        .routes(routes!(get_data_plane, delete_data_plane))
+        .routes(routes!(deploy))
         .routes(routes!(list_root_keys, create_root_key))
         .routes(routes!(delete_root_key))
         .routes(routes!(list_mcp, create_mcp))
@@ -1959,4 +1962,137 @@ async fn revoke_project_key(
         .await
         .map_err(fail(&id))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ----- data planes (seed 001) -------------------------------------------------
+
+/// The data planes of a project: connected now, or since (offline).
+#[utoipa::path(get, path = "/projects/{id}/data-planes", params(("id" = String, Path, description = "The project id (a UUID)")), responses(
+    (status = 200, description = "The data planes", body = Vec<maas_core::dataplane::DataPlane>),
+    (status = 404, description = "No such project", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn list_data_planes(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+) -> Reply {
+    let pid = project_id(&raw, &id)?;
+    s.projects.get(&pid).await.map_err(fail(&id))?;
+    ok(s.projects.data_planes().list(&pid))
+}
+
+/// One data plane of a project.
+#[utoipa::path(get, path = "/projects/{id}/data-planes/{dp}", params(("id" = String, Path, description = "The project id (a UUID)"), ("dp" = String, Path, description = "The data plane id (a UUID)")), responses(
+    (status = 200, description = "The data plane", body = maas_core::dataplane::DataPlane),
+    (status = 404, description = "No such project or data plane", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn get_data_plane(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path((raw, dp)): Path<(String, String)>,
+) -> Reply {
+    let pid = project_id(&raw, &id)?;
+    s.projects.get(&pid).await.map_err(fail(&id))?;
+    match s.projects.data_planes().get(&pid, &dp.to_ascii_lowercase()) {
+        Some(d) => ok(d),
+        None => Err(problem::render(&Error::not_found("data plane", &dp), &id)),
+    }
+}
+
+/// Disconnects a data plane (its WebSocket closes at once) and forgets it.
+#[utoipa::path(delete, path = "/projects/{id}/data-planes/{dp}", params(("id" = String, Path, description = "The project id (a UUID)"), ("dp" = String, Path, description = "The data plane id (a UUID)")), responses(
+    (status = 204, description = "Disconnected"),
+    (status = 404, description = "No such project or data plane", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn delete_data_plane(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path((raw, dp)): Path<(String, String)>,
+) -> Reply {
+    let pid = project_id(&raw, &id)?;
+    s.projects.get(&pid).await.map_err(fail(&id))?;
+    if s.projects
+        .data_planes()
+        .remove(&pid, &dp.to_ascii_lowercase())
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(problem::render(&Error::not_found("data plane", &dp), &id))
+    }
+}
+
+/// Seed 001's `DeployRequest`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    /// The artifact to deploy (a UUID); the current configuration, built
+    /// now, when absent.
+    #[serde(default)]
+    #[schema(format = "uuid")]
+    artifact_id: Option<String>,
+}
+
+/// Seed 001's `DeployResponse`.
+#[derive(Debug, Serialize, ToSchema)]
+struct DeployResponse {
+    /// The artifact deployed.
+    #[schema(format = "uuid")]
+    artifact_id: String,
+    /// How many connected data planes were told.
+    data_planes_notified: usize,
+}
+
+/// Deploys to a project's data planes: the artifact named, or (empty body)
+/// one built now from the current configuration. Every connected data
+/// plane is told at once (`artifact_available`); those connecting later
+/// get it when they register.
+#[utoipa::path(post, path = "/projects/{id}/deploy", params(("id" = String, Path, description = "The project id (a UUID)")), request_body(content = DeployRequest, description = "Optional: an empty body deploys the current configuration"), responses(
+    (status = 200, description = "Deployment initiated", body = DeployResponse),
+    (status = 404, description = "No such project or artifact", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
+async fn deploy(
+    State(s): State<ManagementState>,
+    id: RequestId,
+    Path(raw): Path<String>,
+    body: axum::body::Bytes,
+) -> Reply {
+    let pid = project_id(&raw, &id)?;
+    s.projects.get(&pid).await.map_err(fail(&id))?;
+    let request: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DeployRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            problem::render(
+                &Error::invalid("body", format!("not a DeployRequest: {e}")),
+                &id,
+            )
+        })?
+    };
+    let artifacts = s.projects.artifacts().await.map_err(fail(&id))?;
+    let meta = match request.artifact_id {
+        Some(a) => {
+            let a = a.to_ascii_lowercase();
+            match artifacts.get(&a).await.map_err(fail(&id))? {
+                Some((meta, _)) => meta,
+                None => return Err(problem::render(&Error::not_found("artifact", &a), &id)),
+            }
+        }
+        None => {
+            let bytes = crate::controlplane::build_artifact(&s)
+                .await
+                .map_err(fail(&id))?;
+            artifacts
+                .publish(&admin_actor(), &bytes)
+                .await
+                .map_err(fail(&id))?
+        }
+    };
+    let notified = s
+        .projects
+        .data_planes()
+        .deploy(&pid, crate::controlplane::announcement(&meta));
+    ok(DeployResponse {
+        artifact_id: meta.artifact_id,
+        data_planes_notified: notified,
+    })
 }

@@ -171,7 +171,7 @@ impl Dialect for Problem {
 }
 
 /// Renders `err` as a problem.
-pub(super) fn render(err: &Error, id: &RequestId) -> Response {
+pub(crate) fn render(err: &Error, id: &RequestId) -> Response {
     Problem::render(err, id)
 }
 

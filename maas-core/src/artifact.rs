@@ -1,0 +1,356 @@
+//! Configuration artifacts for data planes: canonical bytes, their SHA-256,
+//! a sequence number that only grows (kept in the store, so it survives
+//! restarts) and an Ed25519 signature data planes check with the control
+//! plane's public key.
+//!
+//! [`Artifacts::publish`] stores an artifact built from configuration
+//! (what goes in is the caller's: never a secret); [`Artifacts::get`]
+//! serves it for download; [`verify`] is what a data plane runs before it
+//! applies one.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::audit::{Actor, AuditEvent};
+use crate::clock::{SharedClock, Timestamp};
+use crate::error::{Error, Result};
+use crate::storage::{Record, Storage};
+
+/// The record kind of stored artifacts.
+pub const ARTIFACT_KIND: &str = "artifact";
+const HEAD_KIND: &str = "artifact_head";
+const KEY_KIND: &str = "artifact_signing_key";
+const SINGLETON: &str = "current";
+/// How many artifacts are kept (the newest); older ones are deleted.
+pub const KEEP: usize = 3;
+
+/// PKCS#8 v1 prefix of an Ed25519 private key (RFC 8410), before its
+/// 32-byte seed.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// What describes an artifact (its bytes aside).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactMeta {
+    /// Its id (a UUID).
+    pub artifact_id: String,
+    /// Its sequence number: each artifact's is greater than the last's.
+    pub sequence: u64,
+    /// SHA-256 of its bytes, lower-case hex.
+    pub sha256: String,
+    /// Ed25519 signature of its bytes, base64url without padding.
+    pub signature: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was built.
+    pub created_at: Timestamp,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    meta: ArtifactMeta,
+    /// The bytes, base64url.
+    bytes: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head {
+    sequence: u64,
+    /// The ids kept, oldest first.
+    kept: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SigningSeed {
+    /// 32 bytes, base64url.
+    seed: String,
+}
+
+/// Builds, signs, stores and serves artifacts. Cheap to clone.
+#[derive(Clone)]
+pub struct Artifacts {
+    storage: Storage,
+    clock: SharedClock,
+    signer: Arc<(EncodingKey, String)>,
+}
+
+impl std::fmt::Debug for Artifacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Artifacts")
+            .field("public_key", &self.signer.1)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `bytes`' SHA-256, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Checks an artifact as a data plane must before applying it: its size,
+/// its SHA-256 and its signature by `public_key` (base64url Ed25519, as
+/// [`Artifacts::public_key`] gives it).
+pub fn verify(meta: &ArtifactMeta, bytes: &[u8], public_key: &str) -> Result<()> {
+    if u64::try_from(bytes.len()).ok() != Some(meta.size) {
+        return Err(Error::invalid(
+            "artifact",
+            format!("is {} bytes, announced {}", bytes.len(), meta.size),
+        ));
+    }
+    if sha256_hex(bytes) != meta.sha256 {
+        return Err(Error::invalid("artifact", "does not match its sha256"));
+    }
+    let key = DecodingKey::from_ed_components(public_key)
+        .map_err(|_| Error::invalid("public_key", "is not an Ed25519 public key"))?;
+    match jsonwebtoken::crypto::verify(&meta.signature, bytes, &key, Algorithm::EdDSA) {
+        Ok(true) => Ok(()),
+        _ => Err(Error::invalid(
+            "artifact",
+            "its signature does not verify with the control plane's key",
+        )),
+    }
+}
+
+impl Artifacts {
+    /// Artifacts kept in `storage`, signed with the deployment's artifact
+    /// key (generated and stored on first use).
+    pub async fn open(storage: Storage, clock: SharedClock) -> Result<Self> {
+        let seed = match storage.records.get_record(KEY_KIND, SINGLETON).await? {
+            Some(r) => {
+                let s: SigningSeed = serde_json::from_value(r.body)
+                    .map_err(|_| Error::internal("the artifact signing key is unreadable"))?;
+                URL_SAFE_NO_PAD
+                    .decode(s.seed)
+                    .map_err(|_| Error::internal("the artifact signing key is unreadable"))?
+            }
+            None => {
+                let mut seed = [0u8; 32];
+                rand::rng().fill_bytes(&mut seed);
+                let now = clock.now();
+                let record = Record {
+                    kind: KEY_KIND.into(),
+                    id: SINGLETON.into(),
+                    body: serde_json::json!({"seed": URL_SAFE_NO_PAD.encode(seed)}),
+                    created_at: now,
+                    updated_at: now,
+                    version: 1,
+                };
+                let event = AuditEvent::new(
+                    now,
+                    &Actor::system(),
+                    "artifact_key.create",
+                    KEY_KIND,
+                    SINGLETON,
+                    None,
+                    None,
+                );
+                match storage.records.create_record(&record, event).await {
+                    Ok(()) => seed.to_vec(),
+                    // Another node made it first: use that one.
+                    Err(Error::Conflict { .. }) => {
+                        return Box::pin(Self::open(storage, clock)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if seed.len() != 32 {
+            return Err(Error::internal("the artifact signing key is not 32 bytes"));
+        }
+        let mut der = ED25519_PKCS8_PREFIX.to_vec();
+        der.extend_from_slice(&seed);
+        let key = EncodingKey::from_ed_der(&der);
+        let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::EdDSA)
+            .map_err(|e| Error::internal(format!("the artifact signing key: {e}")))?;
+        let public = match jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(p) => p.x,
+            _ => return Err(Error::internal("the artifact signing key is not Ed25519")),
+        };
+        Ok(Artifacts {
+            storage,
+            clock,
+            signer: Arc::new((key, public)),
+        })
+    }
+
+    /// The public key that verifies artifacts: Ed25519, base64url (a JWK's
+    /// `x`).
+    pub fn public_key(&self) -> &str {
+        &self.signer.1
+    }
+
+    /// Signs and stores `bytes` as the next artifact; the oldest beyond
+    /// [`KEEP`] are deleted.
+    pub async fn publish(&self, actor: &Actor, bytes: &[u8]) -> Result<ArtifactMeta> {
+        let signature = jsonwebtoken::crypto::sign(bytes, &self.signer.0, Algorithm::EdDSA)
+            .map_err(|e| Error::internal(format!("cannot sign an artifact: {e}")))?;
+        let sha256 = sha256_hex(bytes);
+        for _ in 0..16 {
+            let now = self.clock.now();
+            let head_rec = self
+                .storage
+                .records
+                .get_record(HEAD_KIND, SINGLETON)
+                .await?;
+            let (mut head, version) = match &head_rec {
+                Some(r) => (
+                    serde_json::from_value::<Head>(r.body.clone())
+                        .map_err(|_| Error::internal("the artifact head is unreadable"))?,
+                    r.version,
+                ),
+                None => (
+                    Head {
+                        sequence: 0,
+                        kept: Vec::new(),
+                    },
+                    0,
+                ),
+            };
+            let meta = ArtifactMeta {
+                artifact_id: crate::id::KeyId::generate(now)
+                    .to_uuid()
+                    .unwrap_or_default(),
+                sequence: head.sequence + 1,
+                sha256: sha256.clone(),
+                signature: signature.clone(),
+                size: u64::try_from(bytes.len()).unwrap_or(u64::MAX),
+                created_at: now,
+            };
+            // The sequence first: whoever moves the head owns the number.
+            head.sequence = meta.sequence;
+            head.kept.push(meta.artifact_id.clone());
+            let dropped: Vec<String> = if head.kept.len() > KEEP {
+                head.kept.drain(..head.kept.len() - KEEP).collect()
+            } else {
+                Vec::new()
+            };
+            let body = serde_json::to_value(&head)
+                .map_err(|e| Error::internal(format!("cannot encode the artifact head: {e}")))?;
+            let after = serde_json::to_value(&meta).ok();
+            let event = |action: &str, id: &str| {
+                AuditEvent::new(now, actor, action, HEAD_KIND, id, None, after.clone())
+            };
+            let r = Record {
+                kind: HEAD_KIND.into(),
+                id: SINGLETON.into(),
+                body,
+                created_at: head_rec.as_ref().map_or(now, |h| h.created_at),
+                updated_at: now,
+                version: version + 1,
+            };
+            let moved = match head_rec {
+                Some(_) => {
+                    self.storage
+                        .records
+                        .update_record(&r, version, event("artifact.publish", &meta.artifact_id))
+                        .await
+                }
+                None => {
+                    self.storage
+                        .records
+                        .create_record(&r, event("artifact.publish", &meta.artifact_id))
+                        .await
+                }
+            };
+            match moved {
+                Ok(_) => {}
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+            let stored = Stored {
+                meta: meta.clone(),
+                bytes: URL_SAFE_NO_PAD.encode(bytes),
+            };
+            let record = Record {
+                kind: ARTIFACT_KIND.into(),
+                id: meta.artifact_id.clone(),
+                body: serde_json::to_value(&stored)
+                    .map_err(|e| Error::internal(format!("cannot encode an artifact: {e}")))?,
+                created_at: now,
+                updated_at: now,
+                version: 1,
+            };
+            self.storage
+                .records
+                .create_record(
+                    &record,
+                    AuditEvent::new(
+                        now,
+                        actor,
+                        "artifact.create",
+                        ARTIFACT_KIND,
+                        &meta.artifact_id,
+                        None,
+                        None,
+                    ),
+                )
+                .await?;
+            for id in dropped {
+                let gone = AuditEvent::new(
+                    now,
+                    actor,
+                    "artifact.delete",
+                    ARTIFACT_KIND,
+                    &id,
+                    None,
+                    None,
+                );
+                match self
+                    .storage
+                    .records
+                    .delete_record(ARTIFACT_KIND, &id, gone)
+                    .await
+                {
+                    Err(e) if !e.is_not_found() => return Err(e),
+                    _ => {}
+                }
+            }
+            return Ok(meta);
+        }
+        Err(Error::unavailable(
+            "artifacts kept being published concurrently",
+            true,
+        ))
+    }
+
+    /// Artifact `id` and its bytes, if kept.
+    pub async fn get(&self, id: &str) -> Result<Option<(ArtifactMeta, Vec<u8>)>> {
+        let Some(r) = self.storage.records.get_record(ARTIFACT_KIND, id).await? else {
+            return Ok(None);
+        };
+        let stored: Stored = serde_json::from_value(r.body)
+            .map_err(|_| Error::internal(format!("artifact {id} is unreadable")))?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(stored.bytes)
+            .map_err(|_| Error::internal(format!("artifact {id} is unreadable")))?;
+        Ok(Some((stored.meta, bytes)))
+    }
+
+    /// The newest artifact's description, if any.
+    pub async fn latest(&self) -> Result<Option<ArtifactMeta>> {
+        let Some(r) = self
+            .storage
+            .records
+            .get_record(HEAD_KIND, SINGLETON)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let head: Head = serde_json::from_value(r.body)
+            .map_err(|_| Error::internal("the artifact head is unreadable"))?;
+        match head.kept.last() {
+            Some(id) => Ok(self.get(id).await?.map(|(m, _)| m)),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The control plane's side of seed 001's data-plane protocol, on the
+//! management API's listener: `GET /ws/data-plane` (the WebSocket data
+//! planes register, heartbeat and hear of artifacts on) and
+//! `GET /artifacts/{id}/download` (the artifact's bytes, to a data plane's
+//! project key). The REST routes (list, get, disconnect, deploy) are the
+//! management API's.
+//!
+//! Protocol (seed 001; extra fields and messages are allowed):
+//! - data plane → control plane: `{"type":"register","project_id","api_key",
+//!   "name"?,"metadata"?,"data_plane_id"?}` first, within 10 s; then
+//!   `{"type":"heartbeat","artifact_id"?}`, and `artifact_applied` /
+//!   `artifact_rejected` (`artifact_id`, `reason`).
+//! - control plane → data plane: `{"type":"registered","data_plane_id",
+//!   "heartbeat_interval_secs","artifact_public_key"}`, `{"type":
+//!   "heartbeat_ack"}`, `{"type":"artifact_available","artifact_id",
+//!   "download_url","sha256","sequence","size","signature"}`, and before a
+//!   close `{"type":"disconnect","reason"}` or `{"type":"error","message"}`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use maas_core::artifact::ArtifactMeta;
+use maas_core::dataplane::{Announcement, Push};
+use maas_core::projects::Projects;
+use maas_core::{Error, KeyspaceId};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::common::{HttpConfig, RequestId, with_common_layers};
+use crate::management::ManagementState;
+use crate::management::problem;
+
+/// How long a new connection has to register.
+const REGISTER_WITHIN: Duration = Duration::from_secs(10);
+
+/// What the control-plane routes need.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneState {
+    /// Projects, their keys, data planes and artifacts.
+    pub projects: Projects,
+}
+
+/// `GET /ws/data-plane` and `GET /artifacts/{id}/download`, with request
+/// ids, tracing and the body limit of `config`. Merge it into the
+/// management API's listener: these routes authenticate with project keys,
+/// not the admin token.
+pub fn router(state: ControlPlaneState, config: &HttpConfig) -> Router {
+    let (routes, _) = api().split_for_parts();
+    with_common_layers(routes.with_state(state), config)
+}
+
+fn api() -> OpenApiRouter<ControlPlaneState> {
+    OpenApiRouter::new()
+        .routes(routes!(upgrade))
+        .routes(routes!(download))
+}
+
+/// The OpenAPI operations of [`router`]'s routes (tag `management`, a
+/// project key on each).
+pub fn openapi() -> OpenApi {
+    let mut doc = api().into_openapi();
+    crate::openapi::finish_api(&mut doc, crate::openapi::MANAGEMENT);
+    doc
+}
+
+/// The download URL of artifact `id` (a path on this listener).
+pub fn download_url(id: &str) -> String {
+    format!("/artifacts/{id}/download")
+}
+
+/// What data planes are told of `meta`.
+pub fn announcement(meta: &ArtifactMeta) -> Announcement {
+    Announcement {
+        artifact_id: meta.artifact_id.clone(),
+        download_url: download_url(&meta.artifact_id),
+        sha256: meta.sha256.clone(),
+        sequence: meta.sequence,
+        size: meta.size,
+        signature: meta.signature.clone(),
+    }
+}
+
+/// The configuration a data plane serves from, as canonical bytes (JSON,
+/// every list in id order): tiers, models (with pricing and cache
+/// settings), fair share (capacity and groups) and tenants (tier, weight,
+/// group, quota). Never a secret.
+pub async fn build_artifact(s: &ManagementState) -> maas_core::Result<Vec<u8>> {
+    let mut tiers = s.tiers.list().await?;
+    tiers.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut models = s.models.list().await?;
+    models.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut groups = s.scheduling.list_groups().await?;
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut tenants = Vec::new();
+    let mut page = maas_core::storage::PageRequest::first(maas_core::storage::MAX_PAGE_SIZE);
+    loop {
+        let got = s.scheduling.tenants().list(&page).await?;
+        tenants.extend(got.items);
+        match got.cursor {
+            Some(c) => page.cursor = Some(c),
+            None => break,
+        }
+    }
+    tenants.sort_by(|a, b| a.id.cmp(&b.id));
+    let content = json!({
+        "format": 1,
+        "tiers": tiers,
+        "models": models,
+        "fair_share": {"capacity": s.scheduling.capacity(), "groups": groups},
+        "tenants": tenants,
+    });
+    serde_json::to_vec(&content).map_err(|e| Error::internal(format!("cannot encode: {e}")))
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    project_id: Option<String>,
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    data_plane_id: Option<String>,
+    #[serde(default)]
+    artifact_id: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ArtifactAvailable<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    artifact: &'a Announcement,
+}
+
+/// The WebSocket data planes connect on (seed 001's protocol, in this
+/// module's documentation): `register` with a project id and a project key
+/// with the scope `data-plane:connect` first; a bad one gets an `error`
+/// message and the socket closes.
+#[utoipa::path(
+    get,
+    path = "/ws/data-plane",
+    operation_id = "dataPlaneWebSocket",
+    security(()),
+    responses(
+        (status = 101, description = "WebSocket upgrade successful"),
+        (status = 400, description = "Not a WebSocket upgrade"),
+    )
+)]
+async fn upgrade(State(s): State<ControlPlaneState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(64 * 1024)
+        .on_upgrade(move |socket| session(s, socket))
+}
+
+async fn send(socket: &mut WebSocket, v: serde_json::Value) -> bool {
+    socket
+        .send(Message::Text(v.to_string().into()))
+        .await
+        .is_ok()
+}
+
+/// Tells the peer why, and closes.
+async fn refuse(socket: &mut WebSocket, message: &str) {
+    let _ = send(socket, json!({"type": "error", "message": message})).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1008,
+            reason: "refused".into(),
+        })))
+        .await;
+}
+
+/// The next text message, skipping pings; `None` when the socket ends.
+async fn next_text(socket: &mut WebSocket) -> Option<String> {
+    loop {
+        match socket.recv().await? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Binary(_)) => return Some(String::new()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn session(s: ControlPlaneState, mut socket: WebSocket) {
+    let Ok(Some(first)) = tokio::time::timeout(REGISTER_WITHIN, next_text(&mut socket)).await
+    else {
+        refuse(&mut socket, "register first, within 10 seconds").await;
+        return;
+    };
+    let register = match serde_json::from_str::<Incoming>(&first) {
+        Ok(m) if m.kind == "register" => m,
+        _ => {
+            refuse(
+                &mut socket,
+                "the first message must be {\"type\":\"register\",\"project_id\",\"api_key\"}",
+            )
+            .await;
+            return;
+        }
+    };
+    let (Some(raw_project), Some(secret)) = (register.project_id, register.api_key) else {
+        refuse(&mut socket, "register needs project_id and api_key").await;
+        return;
+    };
+    let Ok(project) = KeyspaceId::parse_any(&raw_project) else {
+        refuse(&mut socket, "invalid API key or project").await;
+        return;
+    };
+    let key = match s.projects.authorize_data_plane(&project, &secret).await {
+        Ok(k) => k,
+        Err(Error::Unavailable { .. }) => {
+            refuse(
+                &mut socket,
+                "the control plane's store is unavailable; retry",
+            )
+            .await;
+            return;
+        }
+        Err(_) => {
+            refuse(&mut socket, "invalid API key or project").await;
+            return;
+        }
+    };
+    let planes = s.projects.data_planes();
+    let public_key = match s.projects.artifacts().await {
+        Ok(a) => a.public_key().to_owned(),
+        Err(_) => {
+            refuse(
+                &mut socket,
+                "the control plane's store is unavailable; retry",
+            )
+            .await;
+            return;
+        }
+    };
+    let metadata = register.metadata.unwrap_or_else(|| json!({}));
+    let mut reg = planes.register(
+        &project,
+        &key,
+        register.name,
+        metadata,
+        register.data_plane_id.as_deref(),
+    );
+    let id = reg.id.clone();
+    let registered = json!({
+        "type": "registered",
+        "data_plane_id": id,
+        "heartbeat_interval_secs": planes.heartbeat().as_secs(),
+        "artifact_public_key": public_key,
+    });
+    if !send(&mut socket, registered).await {
+        planes.disconnected(&id, reg.session);
+        return;
+    }
+    if let Some(a) = reg.current.take() {
+        let msg = ArtifactAvailable {
+            kind: "artifact_available",
+            artifact: &a,
+        };
+        if !send(&mut socket, json!(msg)).await {
+            planes.disconnected(&id, reg.session);
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            msg = next_text(&mut socket) => {
+                let Some(text) = msg else { break };
+                let Ok(m) = serde_json::from_str::<Incoming>(&text) else {
+                    let _ = send(&mut socket, json!({"type": "error", "message": "not a message of this protocol"})).await;
+                    continue;
+                };
+                match m.kind.as_str() {
+                    "heartbeat" => {
+                        planes.heartbeat_of(&id, m.artifact_id.map(|a| a.to_ascii_lowercase()));
+                        if !send(&mut socket, json!({"type": "heartbeat_ack"})).await {
+                            break;
+                        }
+                    }
+                    "artifact_applied" => planes.heartbeat_of(&id, m.artifact_id.map(|a| a.to_ascii_lowercase())),
+                    "artifact_rejected" => {
+                        planes.heartbeat_of(&id, None);
+                        tracing::warn!(
+                            data_plane = %id,
+                            artifact = m.artifact_id.as_deref().unwrap_or("?"),
+                            reason = m.reason.as_deref().unwrap_or("?"),
+                            "a data plane rejected an artifact"
+                        );
+                    }
+                    _ => {
+                        let _ = send(&mut socket, json!({"type": "error", "message": format!("unknown message type '{}'", m.kind)})).await;
+                    }
+                }
+            }
+            push = reg.pushes.recv() => match push {
+                Some(Push::Artifact(a)) => {
+                    let msg = ArtifactAvailable { kind: "artifact_available", artifact: &a };
+                    if !send(&mut socket, json!(msg)).await {
+                        break;
+                    }
+                }
+                Some(Push::Close(reason)) => {
+                    let _ = send(&mut socket, json!({"type": "disconnect", "reason": reason})).await;
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "disconnected".into() }))).await;
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    planes.disconnected(&id, reg.session);
+}
+
+/// An artifact's bytes, to a live data-plane key of a project (bearer):
+/// what `artifact_available` announced, with its SHA-256, sequence and
+/// signature as headers.
+#[utoipa::path(
+    get,
+    path = "/artifacts/{id}/download",
+    operation_id = "downloadArtifact",
+    params(("id" = String, Path, description = "The artifact id (a UUID)")),
+    security(("projectKey" = [])),
+    responses(
+        (status = 200, description = "The artifact's bytes (JSON)", content_type = "application/json"),
+        (status = 401, description = "Not a live data-plane:connect project key", body = crate::management::ProblemDetails, content_type = crate::management::PROBLEM_JSON),
+        (status = 404, description = "No such artifact (only the newest three are kept)", body = crate::management::ProblemDetails, content_type = crate::management::PROBLEM_JSON),
+    )
+)]
+async fn download(
+    State(s): State<ControlPlaneState>,
+    id: RequestId,
+    Path(artifact): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let unauthenticated = || {
+        problem::render(
+            &Error::Unauthenticated {
+                reason: "a data-plane:connect project key is required as the bearer".into(),
+            },
+            &id,
+        )
+    };
+    let Some(secret) = bearer_of(&headers) else {
+        return unauthenticated();
+    };
+    if s.projects.authorize_any_data_plane(&secret).await.is_err() {
+        return unauthenticated();
+    }
+    let artifacts = match s.projects.artifacts().await {
+        Ok(a) => a,
+        Err(e) => return problem::render(&e, &id),
+    };
+    let artifact = artifact.to_ascii_lowercase();
+    match artifacts.get(&artifact).await {
+        Ok(Some((meta, bytes))) => {
+            let mut res = (StatusCode::OK, bytes).into_response();
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            for (name, value) in [
+                ("x-maas-artifact-sha256", meta.sha256),
+                ("x-maas-artifact-sequence", meta.sequence.to_string()),
+                ("x-maas-artifact-signature", meta.signature),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.insert(name, v);
+                }
+            }
+            res
+        }
+        Ok(None) => problem::render(&Error::not_found("artifact", &artifact), &id),
+        Err(e) => problem::render(&e, &id),
+    }
+}
+
+fn bearer_of(headers: &axum::http::HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
