@@ -25,6 +25,9 @@
 //! | `--memory` | `MAAS_MEMORY` (`true`/`false`, `1`/`0`, ...) | `memory` | false |
 //! | `--sled-cache-mb N` | `MAAS_SLED_CACHE_MB` | `sled_cache_mb` | 64 |
 //! | `--redis URL` | `MAAS_REDIS_URL` | `redis` | none: sled (needs both secrets below when set) |
+//! | `--control-plane URL` | `MAAS_CONTROL_PLANE` | `control_plane` | none: configured here (set: a data plane of that control plane's admin listener) |
+//! | `--project-id ID` | `MAAS_PROJECT_ID` | `project_id` | none (with `--control-plane`) |
+//! | | `MAAS_PROJECT_KEY` | | none (with `--control-plane`: a `data-plane:connect` key of the project) |
 //! | `--listen ADDR` | `MAAS_LISTEN` | `listen` | `127.0.0.1:8080` |
 //! | `--admin-listen ADDR` | `MAAS_ADMIN_LISTEN` | `admin_listen` | `127.0.0.1:9090` |
 //! | `--simulator-listen ADDR` | `MAAS_SIMULATOR_LISTEN` | `simulator_listen` | `127.0.0.1:8081` |
@@ -78,6 +81,13 @@ struct Cli {
     /// same --redis, MAAS_ADMIN_TOKEN and MAAS_KEY_SECRET are replicas.
     #[arg(long, env = "MAAS_REDIS_URL", value_name = "URL")]
     redis: Option<String>,
+    /// Serve as a data plane of this control plane (its admin listener,
+    /// http://host:port); needs --project-id and MAAS_PROJECT_KEY.
+    #[arg(long, env = "MAAS_CONTROL_PLANE", value_name = "URL")]
+    control_plane: Option<String>,
+    /// The project this data plane belongs to (its UUID).
+    #[arg(long, env = "MAAS_PROJECT_ID", value_name = "ID")]
+    project_id: Option<String>,
     /// User API, gateway and Unkey API listener.
     #[arg(long, env = "MAAS_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -158,6 +168,13 @@ fn config(cli: Cli) -> Result<ServerConfig, String> {
     if cli.redis.is_some() {
         c.redis = cli.redis;
     }
+    if cli.control_plane.is_some() {
+        c.control_plane = cli.control_plane;
+    }
+    if cli.project_id.is_some() {
+        c.project_id = cli.project_id;
+    }
+    c.project_key = secret_env("MAAS_PROJECT_KEY")?;
     if cli.public_url.is_some() {
         c.public_url = cli.public_url;
     }

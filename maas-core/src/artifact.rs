@@ -354,3 +354,189 @@ impl Artifacts {
         }
     }
 }
+
+/// The record kinds an artifact carries: the configuration a data plane
+/// serves from. Never the token key ring (it holds private keys), webhooks
+/// or projects (the control plane's own business).
+pub const CONFIG_KINDS: &[&str] = &[
+    crate::tier::TIER_KIND,
+    crate::model::MODEL_KIND,
+    crate::scheduling::GROUP_KIND,
+    crate::scheduling::CAPACITY_KIND,
+    crate::admission::BUDGET_KIND,
+    crate::ratelimit::OVERRIDE_KIND,
+];
+
+/// What an artifact holds (format 1): configuration records of
+/// [`CONFIG_KINDS`] and the tenants, each list in id order, so the same
+/// configuration gives the same bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Content {
+    /// 1.
+    pub format: u32,
+    /// The records, by kind then id.
+    pub records: Vec<Record>,
+    /// The tenants, by id.
+    pub tenants: Vec<crate::tenant::Tenant>,
+}
+
+impl Content {
+    /// The configuration now in `storage`.
+    pub async fn of(storage: &Storage) -> Result<Self> {
+        let mut records = Vec::new();
+        for kind in CONFIG_KINDS {
+            let mut page = crate::storage::PageRequest::first(crate::storage::MAX_PAGE_SIZE);
+            loop {
+                let got = storage.records.list_records(kind, &page).await?;
+                records.extend(got.items);
+                match got.cursor {
+                    Some(c) => page.cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+        records.sort_by(|a, b| (&a.kind, &a.id).cmp(&(&b.kind, &b.id)));
+        let mut tenants = Vec::new();
+        let mut page = crate::storage::PageRequest::first(crate::storage::MAX_PAGE_SIZE);
+        loop {
+            let got = storage.tenants.list_tenants(&page).await?;
+            tenants.extend(got.items);
+            match got.cursor {
+                Some(c) => page.cursor = Some(c),
+                None => break,
+            }
+        }
+        tenants.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Content {
+            format: 1,
+            records,
+            tenants,
+        })
+    }
+
+    /// Canonical bytes (compact JSON).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|e| Error::internal(format!("cannot encode: {e}")))
+    }
+
+    /// Reads bytes an artifact carries.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let c: Content = serde_json::from_slice(bytes)
+            .map_err(|e| Error::invalid("artifact", format!("unreadable: {e}")))?;
+        if c.format != 1 {
+            return Err(Error::invalid(
+                "artifact",
+                format!("format {} is not one this data plane reads", c.format),
+            ));
+        }
+        if let Some(r) = c
+            .records
+            .iter()
+            .find(|r| !CONFIG_KINDS.contains(&r.kind.as_str()))
+        {
+            return Err(Error::invalid(
+                "artifact",
+                format!("carries a record of kind '{}'", r.kind),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Makes `storage`'s configuration this one: records and tenants
+    /// created, replaced or removed to match (each change one store
+    /// operation, audited as `actor`). What the data plane's caches hold is
+    /// read again within their refresh.
+    pub async fn apply(&self, storage: &Storage, actor: &Actor, now: Timestamp) -> Result<()> {
+        let event = |action: &str, kind: &str, id: &str| {
+            AuditEvent::new(now, actor, action, kind, id, None, None)
+        };
+        let ours = Content::of(storage).await?;
+        let mut have: std::collections::HashMap<(&str, &str), &Record> = ours
+            .records
+            .iter()
+            .map(|r| ((r.kind.as_str(), r.id.as_str()), r))
+            .collect();
+        for r in &self.records {
+            match have.remove(&(r.kind.as_str(), r.id.as_str())) {
+                Some(old) if old.body == r.body => {}
+                Some(old) => {
+                    let new = Record {
+                        version: old.version + 1,
+                        ..r.clone()
+                    };
+                    storage
+                        .records
+                        .update_record(&new, old.version, event("artifact.apply", &r.kind, &r.id))
+                        .await?;
+                }
+                None => {
+                    let new = Record {
+                        version: 1,
+                        ..r.clone()
+                    };
+                    storage
+                        .records
+                        .create_record(&new, event("artifact.apply", &r.kind, &r.id))
+                        .await?;
+                }
+            }
+        }
+        for ((kind, id), _) in have {
+            match storage
+                .records
+                .delete_record(kind, id, event("artifact.apply", kind, id))
+                .await
+            {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        let mut tenants: std::collections::HashMap<&crate::id::TenantId, &crate::tenant::Tenant> =
+            ours.tenants.iter().map(|t| (&t.id, t)).collect();
+        for t in &self.tenants {
+            match tenants.remove(&t.id) {
+                Some(old)
+                    if *old
+                        == (crate::tenant::Tenant {
+                            version: old.version,
+                            ..t.clone()
+                        }) => {}
+                Some(old) => {
+                    let new = crate::tenant::Tenant {
+                        version: old.version + 1,
+                        ..t.clone()
+                    };
+                    storage
+                        .tenants
+                        .update_tenant(
+                            &new,
+                            old.version,
+                            event("artifact.apply", "tenant", t.id.as_str()),
+                        )
+                        .await?;
+                }
+                None => {
+                    let new = crate::tenant::Tenant {
+                        version: 1,
+                        ..t.clone()
+                    };
+                    storage
+                        .tenants
+                        .create_tenant(&new, event("artifact.apply", "tenant", t.id.as_str()))
+                        .await?;
+                }
+            }
+        }
+        for (id, _) in tenants {
+            match storage
+                .tenants
+                .delete_tenant(id, event("artifact.apply", "tenant", id.as_str()))
+                .await
+            {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

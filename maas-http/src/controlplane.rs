@@ -87,36 +87,12 @@ pub fn announcement(meta: &ArtifactMeta) -> Announcement {
     }
 }
 
-/// The configuration a data plane serves from, as canonical bytes (JSON,
-/// every list in id order): tiers, models (with pricing and cache
-/// settings), fair share (capacity and groups) and tenants (tier, weight,
-/// group, quota). Never a secret.
+/// The configuration a data plane serves from, as canonical bytes: see
+/// [`maas_core::artifact::Content`]. Never a secret.
 pub async fn build_artifact(s: &ManagementState) -> maas_core::Result<Vec<u8>> {
-    let mut tiers = s.tiers.list().await?;
-    tiers.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut models = s.models.list().await?;
-    models.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut groups = s.scheduling.list_groups().await?;
-    groups.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut tenants = Vec::new();
-    let mut page = maas_core::storage::PageRequest::first(maas_core::storage::MAX_PAGE_SIZE);
-    loop {
-        let got = s.scheduling.tenants().list(&page).await?;
-        tenants.extend(got.items);
-        match got.cursor {
-            Some(c) => page.cursor = Some(c),
-            None => break,
-        }
-    }
-    tenants.sort_by(|a, b| a.id.cmp(&b.id));
-    let content = json!({
-        "format": 1,
-        "tiers": tiers,
-        "models": models,
-        "fair_share": {"capacity": s.scheduling.capacity(), "groups": groups},
-        "tenants": tenants,
-    });
-    serde_json::to_vec(&content).map_err(|e| Error::internal(format!("cannot encode: {e}")))
+    maas_core::artifact::Content::of(&s.storage)
+        .await?
+        .to_bytes()
 }
 
 #[derive(Deserialize)]

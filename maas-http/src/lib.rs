@@ -27,6 +27,7 @@
 
 pub mod common;
 pub mod controlplane;
+pub mod dataplane;
 pub mod gateway;
 pub mod layer;
 pub mod maas_api;

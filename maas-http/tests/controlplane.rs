@@ -264,12 +264,13 @@ async fn the_seed_protocol_step_by_step() {
     };
     verify(&meta, &bytes, &public_key).unwrap();
     let content: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(content["format"], 1);
     assert!(
-        content["tiers"]
+        content["records"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|t| t["name"] == "gold"),
+            .any(|r| r["kind"] == "tier" && r["id"] == "gold"),
         "{content}"
     );
     // No secret in it: neither key's secret nor the admin token.

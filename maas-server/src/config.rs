@@ -54,6 +54,20 @@ pub struct ServerConfig {
     /// deployment. Both secrets must then be configured (they stay outside
     /// the store). Default none.
     pub redis: Option<String>,
+    /// Serve as a data plane of this control plane (its admin listener,
+    /// `http://host:port`): the configuration (tiers, models, fair share,
+    /// tenants) comes from the artifacts it deploys, the last good one kept
+    /// in `{data_dir}/control-plane`. Needs `project_id` and
+    /// `project_key`. Default none.
+    pub control_plane: Option<String>,
+    /// The project this data plane belongs to (its UUID), with
+    /// `control_plane`.
+    pub project_id: Option<String>,
+    /// A project key with the scope `data-plane:connect`, with
+    /// `control_plane`. Not read from the file (`MAAS_PROJECT_KEY` in the
+    /// example).
+    #[serde(skip)]
+    pub project_key: Option<String>,
     /// sled's page cache, in MiB (at least 1). Beyond the server's own key
     /// cache, a verification of a key not in it reads sled: with 1M keys a
     /// 256 MiB cache served about 25% more random verifications than the
@@ -127,6 +141,9 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             memory: false,
             redis: None,
+            control_plane: None,
+            project_id: None,
+            project_key: None,
             sled_cache_mb: DEFAULT_SLED_CACHE_MB,
             listen: addr(DEFAULT_LISTEN),
             admin_listen: addr(DEFAULT_ADMIN_LISTEN),
@@ -153,6 +170,12 @@ impl fmt::Debug for ServerConfig {
             .field("data_dir", &self.data_dir)
             .field("memory", &self.memory)
             .field("redis", &self.redis.as_ref().map(|_| "<url>"))
+            .field("control_plane", &self.control_plane)
+            .field("project_id", &self.project_id)
+            .field(
+                "project_key",
+                &self.project_key.as_ref().map(|_| "<secret>"),
+            )
             .field("sled_cache_mb", &self.sled_cache_mb)
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
@@ -245,6 +268,24 @@ impl ServerConfig {
         }
         if self.key_secret.as_deref().is_some_and(str::is_empty) {
             return invalid("key_secret", "must not be empty".into());
+        }
+        if let Some(url) = &self.control_plane {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid(
+                    "control_plane",
+                    "must be the control plane's admin listener, an http:// or https:// URL".into(),
+                );
+            }
+            if self.project_id.is_none() || self.project_key.is_none() {
+                return invalid(
+                    "control_plane",
+                    "needs project_id and MAAS_PROJECT_KEY (a data-plane:connect key of that project)"
+                        .into(),
+                );
+            }
+            if self.redis.is_some() {
+                return invalid("control_plane", "cannot be used with redis yet".into());
+            }
         }
         if let Some(url) = &self.redis {
             let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];

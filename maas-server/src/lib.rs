@@ -255,6 +255,8 @@ struct Tasks {
     flusher: FlusherHandle,
     sync: maas_core::ratelimit::SyncHandle,
     sled: Option<SledStore>,
+    /// The connection to the control plane, on a data plane.
+    data_plane: Option<maas_http::dataplane::DataPlaneHandle>,
 }
 
 impl Drop for RunningServer {
@@ -663,7 +665,10 @@ impl Server {
         // second. (On one node, changes go through the node's own services,
         // which refresh their caches at once; the longer defaults only bound
         // other nodes.)
-        let shared = config.redis.as_ref().map(|_| SHARED_STATE_TTL);
+        // A data plane's configuration is written by the artifacts it
+        // applies, under its services: they read it again as replicas do.
+        let shared =
+            (config.redis.is_some() || config.control_plane.is_some()).then_some(SHARED_STATE_TTL);
         let keys = KeyService::new_with_config(
             storage.clone(),
             KeyHasher::from_secret(key_secret.as_bytes()),
@@ -859,6 +864,34 @@ impl Server {
             },
         );
 
+        // A data plane: the control plane's artifacts, the kept one first.
+        let data_plane = match (
+            &config.control_plane,
+            &config.project_id,
+            &config.project_key,
+        ) {
+            (Some(url), Some(project), Some(key)) => Some(
+                maas_http::dataplane::start(
+                    maas_http::dataplane::DataPlaneConfig {
+                        control_plane: url.clone(),
+                        project_id: project.clone(),
+                        project_key: key.clone(),
+                        name: None,
+                        data_dir: (!config.memory).then(|| config.data_dir.join("control-plane")),
+                        public_key: None,
+                    },
+                    Arc::new(StoreApplier {
+                        storage: storage.clone(),
+                        scheduling: scheduling.clone(),
+                        clock: clock.clone(),
+                    }),
+                    clock.clone(),
+                )
+                .await,
+            ),
+            _ => None,
+        };
+
         // Serving and background tasks.
         let (stop, _) = watch::channel(false);
         let listeners = vec![
@@ -918,8 +951,33 @@ impl Server {
                 flusher,
                 sync,
                 sled,
+                data_plane,
             }),
         })
+    }
+}
+
+/// Applies the control plane's artifacts to a data plane's store, then
+/// reloads fair share (groups, capacity, tenants) at once; the other
+/// services read theirs again within `SHARED_STATE_TTL`.
+struct StoreApplier {
+    storage: Storage,
+    scheduling: Scheduling,
+    clock: maas_core::clock::SharedClock,
+}
+
+#[async_trait::async_trait]
+impl maas_http::dataplane::Apply for StoreApplier {
+    async fn apply(&self, bytes: &[u8]) -> maas_core::Result<()> {
+        let content = maas_core::artifact::Content::from_bytes(bytes)?;
+        content
+            .apply(
+                &self.storage,
+                &maas_core::audit::Actor::new("control-plane"),
+                self.clock.now(),
+            )
+            .await?;
+        self.scheduling.load().await
     }
 }
 
@@ -968,6 +1026,11 @@ impl RunningServer {
         &self.services
     }
 
+    /// On a data plane, where its connection to the control plane stands.
+    pub fn data_plane(&self) -> Option<maas_http::dataplane::DataPlaneStatus> {
+        Some(self.tasks.as_ref()?.data_plane.as_ref()?.status())
+    }
+
     /// The gateway's per-request path.
     pub fn gateway(&self) -> &Gateway {
         &self.services.gateway
@@ -994,11 +1057,15 @@ impl RunningServer {
             flusher,
             sync,
             sled,
+            data_plane,
         }) = self.tasks.take()
         else {
             return Ok(());
         };
         let grace = self.grace;
+        if let Some(dp) = data_plane {
+            dp.shutdown().await;
+        }
         // Connected data planes are told and closed: their sessions would
         // otherwise hold the admin listener open for the whole grace.
         self.services

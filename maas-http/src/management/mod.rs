@@ -2058,16 +2058,18 @@ async fn deploy(
 ) -> Reply {
     let pid = project_id(&raw, &id)?;
     s.projects.get(&pid).await.map_err(fail(&id))?;
-    let request: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        DeployRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            problem::render(
-                &Error::invalid("body", format!("not a DeployRequest: {e}")),
-                &id,
-            )
-        })?
-    };
+    // No body, `null` or `{}`: the current configuration.
+    let request: DeployRequest =
+        if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
+            DeployRequest::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                problem::render(
+                    &Error::invalid("body", format!("not a DeployRequest: {e}")),
+                    &id,
+                )
+            })?
+        };
     let artifacts = s.projects.artifacts().await.map_err(fail(&id))?;
     let meta = match request.artifact_id {
         Some(a) => {

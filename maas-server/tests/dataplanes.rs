@@ -1,0 +1,197 @@
+//! A control plane and a data plane, both example servers on loopback
+//! (seed 001): the data plane registers, applies the artifacts deployed
+//! and serves from them; with the control plane gone it keeps serving, and
+//! restarted meanwhile it starts from its last good artifact; the control
+//! plane back on its address, the data plane reconnects.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use maas_core::ManualClock;
+use maas_server::{RunningServer, SHARED_STATE_TTL, Server, ServerConfig};
+use serde_json::{Value, json};
+
+async fn admin(s: &RunningServer, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let res = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", s.admin_addr))
+        .bearer_auth(s.admin_token())
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let v: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap_or(Value::Null);
+    assert!(status.is_success(), "{path}: {status} {v}");
+    v
+}
+
+/// The model ids a user of the free tier sees on `s` (with a maas token
+/// minted there).
+async fn models(s: &RunningServer) -> Vec<String> {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/tokens", s.public_addr))
+        .bearer_auth("dev-free-token")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let token: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    let res = reqwest::Client::new()
+        .get(format!("http://{}/v1/models", s.public_addr))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    assert!(body["data"].is_array(), "{body}");
+    common::model_ids(&body)
+}
+
+/// Waits (at most 10 s) until `s`'s data plane has applied sequence `n`.
+async fn applied(s: &RunningServer, n: u64) {
+    for _ in 0..500 {
+        if s.data_plane()
+            .and_then(|d| d.applied)
+            .is_some_and(|m| m.sequence >= n)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("artifact {n} not applied: {:?}", s.data_plane());
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_serves_what_the_control_plane_deploys() {
+    let cp_dir = tempfile::tempdir().unwrap();
+    let dp_dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::default());
+    let cp_admin = free_port();
+    let cp_config = || ServerConfig {
+        memory: false,
+        data_dir: cp_dir.path().to_path_buf(),
+        admin_listen: cp_admin,
+        admin_token: Some("control-plane-admin-token".into()),
+        ..common::config_on(clock.clone())
+    };
+    let cp = Server::start(cp_config()).await.unwrap();
+    let project = admin(
+        &cp,
+        reqwest::Method::POST,
+        "/api/v1/projects",
+        json!({"name": "edge"}),
+    )
+    .await;
+    let pid = project["id"].as_str().unwrap().to_owned();
+    let key = admin(
+        &cp,
+        reqwest::Method::POST,
+        &format!("/api/v1/projects/{pid}/api-keys"),
+        json!({"name": "dp"}),
+    )
+    .await;
+    admin(
+        &cp,
+        reqwest::Method::POST,
+        "/api/v1/models",
+        json!({"id": "edge-model", "url": "http://127.0.0.1:9/v1"}),
+    )
+    .await;
+    let deployed = admin(
+        &cp,
+        reqwest::Method::POST,
+        &format!("/api/v1/projects/{pid}/deploy"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(deployed["data_planes_notified"], 0, "nobody connected yet");
+
+    let dp_config = || ServerConfig {
+        memory: false,
+        data_dir: dp_dir.path().to_path_buf(),
+        control_plane: Some(format!("http://{cp_admin}")),
+        project_id: Some(pid.clone()),
+        project_key: Some(key["key"].as_str().unwrap().to_owned()),
+        ..common::config_on(clock.clone())
+    };
+    let dp = Server::start(dp_config()).await.unwrap();
+    assert!(
+        !models(&dp).await.contains(&"edge-model".to_owned()),
+        "not before the artifact"
+    );
+    // Registered: given the current artifact at once, applied, served.
+    applied(&dp, 1).await;
+    clock.advance(SHARED_STATE_TTL);
+    assert!(models(&dp).await.contains(&"edge-model".to_owned()));
+    let status = dp.data_plane().unwrap();
+    assert!(status.connected);
+    let listed = admin(
+        &cp,
+        reqwest::Method::GET,
+        &format!("/api/v1/projects/{pid}/data-planes"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(listed[0]["id"], status.data_plane_id.unwrap().as_str());
+
+    // A change at the control plane, deployed: applied and served.
+    admin(
+        &cp,
+        reqwest::Method::POST,
+        "/api/v1/models",
+        json!({"id": "edge-model-2", "url": "http://127.0.0.1:9/v1"}),
+    )
+    .await;
+    let deployed = admin(
+        &cp,
+        reqwest::Method::POST,
+        &format!("/api/v1/projects/{pid}/deploy"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(deployed["data_planes_notified"], 1);
+    applied(&dp, 2).await;
+    clock.advance(SHARED_STATE_TTL);
+    assert!(models(&dp).await.contains(&"edge-model-2".to_owned()));
+
+    // The control plane gone: the data plane keeps serving; restarted
+    // meanwhile, it starts from its kept artifact.
+    cp.shutdown().await.unwrap();
+    assert!(models(&dp).await.contains(&"edge-model-2".to_owned()));
+    dp.shutdown().await.unwrap();
+    let dp = Server::start(dp_config()).await.unwrap();
+    let status = dp.data_plane().unwrap();
+    assert_eq!(status.applied.map(|m| m.sequence), Some(2), "the kept one");
+    assert!(!status.connected);
+    clock.advance(SHARED_STATE_TTL);
+    assert!(models(&dp).await.contains(&"edge-model-2".to_owned()));
+
+    // The control plane back on its address: the data plane reconnects
+    // (backoff at most a few seconds here) and is listed again.
+    let cp = Server::start(cp_config()).await.unwrap();
+    let mut online = false;
+    for _ in 0..500 {
+        if dp.data_plane().is_some_and(|d| d.connected) {
+            online = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(online, "reconnected: {:?}", dp.data_plane());
+    dp.shutdown().await.unwrap();
+    cp.shutdown().await.unwrap();
+}
