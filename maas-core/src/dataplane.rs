@@ -100,6 +100,40 @@ pub struct Announcement {
     pub signature: String,
 }
 
+impl Announcement {
+    /// What data planes are told of artifact `meta`: downloaded from
+    /// [`download_url`].
+    pub fn of(meta: &crate::artifact::ArtifactMeta) -> Self {
+        Announcement {
+            artifact_id: meta.artifact_id.clone(),
+            download_url: download_url(&meta.artifact_id),
+            sha256: meta.sha256.clone(),
+            sequence: meta.sequence,
+            size: meta.size,
+            signature: meta.signature.clone(),
+        }
+    }
+}
+
+/// Where artifact `id` is downloaded from (a path on the control plane's
+/// admin listener, seed 001's form).
+pub fn download_url(id: &str) -> String {
+    format!("/artifacts/{id}/download")
+}
+
+/// Whether an audited change (its action and target kind) changes what
+/// data planes serve: configuration records and tenants.
+pub fn changes_configuration(action: &str, target_kind: &str) -> bool {
+    let _ = action;
+    target_kind == "tenant" || crate::artifact::CONFIG_KINDS.contains(&target_kind)
+}
+
+/// Whether an audited change must reach data planes at once (a removal or
+/// a revocation), not after the debounce.
+pub fn is_revocation(action: &str) -> bool {
+    action.ends_with(".delete") || action.contains("revoke") || action.contains("disable")
+}
+
 struct Entry {
     project: KeyspaceId,
     key: KeyId,

@@ -219,6 +219,114 @@ impl Projects {
             .await
     }
 
+    /// Builds and deploys artifacts as the configuration changes, until
+    /// `stop` turns true: the audit log is looked at every `every`; a burst
+    /// of changes becomes one artifact once quiet for `debounce`, a removal
+    /// or revocation goes out at once. Each artifact is made the current
+    /// one of every project and announced to their connected data planes.
+    pub async fn run_auto_deploy(
+        &self,
+        every: std::time::Duration,
+        debounce: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let storage = self.keys.storage().clone();
+        let newest = |storage: crate::storage::Storage| async move {
+            storage
+                .audit
+                .list_audit(&crate::audit::AuditQuery {
+                    before_seq: None,
+                    limit: 1,
+                })
+                .await
+                .map(|p| p.items.first().map_or(0, |e| e.seq))
+        };
+        let mut seen = newest(storage.clone()).await.unwrap_or(0);
+        let mut pending: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            // The configuration changes since `seen`, newest first.
+            let mut urgent = false;
+            let mut changed = false;
+            let mut before = None;
+            let mut top = seen;
+            'pages: loop {
+                let page = match storage
+                    .audit
+                    .list_audit(&crate::audit::AuditQuery {
+                        before_seq: before,
+                        limit: 200,
+                    })
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!("auto-deploy: reading the audit log: {e}");
+                        break 'pages;
+                    }
+                };
+                for e in &page.items {
+                    if e.seq <= seen {
+                        break 'pages;
+                    }
+                    top = top.max(e.seq);
+                    if crate::dataplane::changes_configuration(&e.action, &e.target_kind) {
+                        changed = true;
+                        urgent |= crate::dataplane::is_revocation(&e.action);
+                    }
+                }
+                match page.items.last() {
+                    Some(last) if page.cursor.is_some() => before = Some(last.seq),
+                    _ => break 'pages,
+                }
+            }
+            seen = top;
+            let now = tokio::time::Instant::now();
+            if changed {
+                pending = Some(if urgent { now - debounce } else { now });
+            }
+            let Some(since) = pending else { continue };
+            if now.duration_since(since) < debounce {
+                continue;
+            }
+            pending = None;
+            if let Err(e) = self.deploy_current().await {
+                tracing::warn!("auto-deploy: {e}");
+                // Try again at the next look.
+                pending = Some(now - debounce);
+            }
+        }
+    }
+
+    /// Builds an artifact of the configuration now, makes it every
+    /// project's current one and announces it to their connected data
+    /// planes. Returns it and how many data planes were told; `None` (and
+    /// nothing built) when there is no project: no data plane to serve.
+    pub async fn deploy_current(&self) -> Result<Option<(crate::artifact::ArtifactMeta, usize)>> {
+        let projects = self.list().await?;
+        if projects.is_empty() {
+            return Ok(None);
+        }
+        let content = crate::artifact::Content::of(self.keys.storage()).await?;
+        let meta = self
+            .artifacts()
+            .await?
+            .publish(&Actor::system(), &content.to_bytes()?)
+            .await?;
+        let announcement = crate::dataplane::Announcement::of(&meta);
+        let told = projects
+            .iter()
+            .map(|p| self.data_planes.deploy(&p.id, announcement.clone()))
+            .sum();
+        Ok(Some((meta, told)))
+    }
+
     /// Checks a data plane's credentials: `secret` must be a live key of
     /// project `id` with the scope [`DEFAULT_SCOPE`] (`data-plane:connect`).
     /// Returns the key's id; refuses with `Unauthenticated` otherwise

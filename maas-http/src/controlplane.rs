@@ -70,21 +70,11 @@ pub fn openapi() -> OpenApi {
     doc
 }
 
-/// The download URL of artifact `id` (a path on this listener).
-pub fn download_url(id: &str) -> String {
-    format!("/artifacts/{id}/download")
-}
+pub use maas_core::dataplane::download_url;
 
 /// What data planes are told of `meta`.
 pub fn announcement(meta: &ArtifactMeta) -> Announcement {
-    Announcement {
-        artifact_id: meta.artifact_id.clone(),
-        download_url: download_url(&meta.artifact_id),
-        sha256: meta.sha256.clone(),
-        sequence: meta.sequence,
-        size: meta.size,
-        signature: meta.signature.clone(),
-    }
+    Announcement::of(meta)
 }
 
 /// The configuration a data plane serves from, as canonical bytes: see
@@ -213,8 +203,8 @@ async fn session(s: ControlPlaneState, mut socket: WebSocket) {
         }
     };
     let planes = s.projects.data_planes();
-    let public_key = match s.projects.artifacts().await {
-        Ok(a) => a.public_key().to_owned(),
+    let (public_key, latest) = match s.projects.artifacts().await {
+        Ok(a) => (a.public_key().to_owned(), a.latest().await.ok().flatten()),
         Err(_) => {
             refuse(
                 &mut socket,
@@ -243,7 +233,13 @@ async fn session(s: ControlPlaneState, mut socket: WebSocket) {
         planes.disconnected(&id, reg.session);
         return;
     }
-    if let Some(a) = reg.current.take() {
+    // The project's current artifact; after a restart of the control
+    // plane, the newest one built.
+    if let Some(a) = reg
+        .current
+        .take()
+        .or_else(|| latest.as_ref().map(Announcement::of))
+    {
         let msg = ArtifactAvailable {
             kind: "artifact_available",
             artifact: &a,

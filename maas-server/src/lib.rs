@@ -101,6 +101,13 @@ const LOAD_EVERY: Duration = Duration::from_secs(10);
 /// changes apply within this.
 pub const SHARED_STATE_TTL: Duration = Duration::from_secs(1);
 
+/// How often a control plane looks for configuration changes to deploy.
+pub const AUTO_DEPLOY_EVERY: Duration = Duration::from_millis(100);
+
+/// How long a control plane waits for a burst of changes to end before it
+/// builds one artifact of them (removals and revocations go at once).
+pub const AUTO_DEPLOY_DEBOUNCE: Duration = Duration::from_millis(250);
+
 /// Why the server could not start (or did not stop cleanly), as one line.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -257,6 +264,9 @@ struct Tasks {
     sled: Option<SledStore>,
     /// The connection to the control plane, on a data plane.
     data_plane: Option<maas_http::dataplane::DataPlaneHandle>,
+    /// Artifacts built and deployed as the configuration changes, on a
+    /// control plane.
+    auto_deploy: Option<JoinHandle<()>>,
 }
 
 impl Drop for RunningServer {
@@ -901,6 +911,17 @@ impl Server {
         ];
         let flusher = usage.spawn_flusher();
         let sync = ratelimits.spawn_sync();
+        // A control plane (any server that is not a data plane) builds and
+        // deploys artifacts as its configuration changes.
+        let auto_deploy = config.control_plane.is_none().then(|| {
+            let projects = projects_kept.clone();
+            let stop = stop.subscribe();
+            tokio::spawn(async move {
+                projects
+                    .run_auto_deploy(AUTO_DEPLOY_EVERY, AUTO_DEPLOY_DEBOUNCE, stop)
+                    .await;
+            })
+        });
         let upkeep = tokio::spawn(upkeep(
             keys.clone(),
             scheduling.clone(),
@@ -952,6 +973,7 @@ impl Server {
                 sync,
                 sled,
                 data_plane,
+                auto_deploy,
             }),
         })
     }
@@ -1058,6 +1080,7 @@ impl RunningServer {
             sync,
             sled,
             data_plane,
+            auto_deploy,
         }) = self.tasks.take()
         else {
             return Ok(());
@@ -1089,6 +1112,9 @@ impl RunningServer {
             }
         }
         let _ = upkeep.await;
+        if let Some(task) = auto_deploy {
+            let _ = task.await;
+        }
         // An attempt in flight ends within the dispatcher's timeout; one
         // cut short is recorded as not done and made again after a restart.
         if tokio::time::timeout(grace, dispatcher).await.is_err() {

@@ -68,6 +68,20 @@ async fn applied(s: &RunningServer, n: u64) {
     panic!("artifact {n} not applied: {:?}", s.data_plane());
 }
 
+/// Waits (at most 10 s) until `s` serves model `id`, moving the manual
+/// clock past its caches' refresh each time; how long it took.
+async fn served(s: &RunningServer, clock: &ManualClock, id: &str) -> Duration {
+    let started = std::time::Instant::now();
+    for _ in 0..500 {
+        clock.advance(SHARED_STATE_TTL);
+        if models(s).await.iter().any(|m| m == id) {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{id} not served: {:?}", s.data_plane());
+}
+
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -148,7 +162,8 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     .await;
     assert_eq!(listed[0]["id"], status.data_plane_id.unwrap().as_str());
 
-    // A change at the control plane, deployed: applied and served.
+    // A change at the control plane: built, deployed and served without a
+    // deploy call (the control plane deploys what changes).
     admin(
         &cp,
         reqwest::Method::POST,
@@ -156,6 +171,9 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         json!({"id": "edge-model-2", "url": "http://127.0.0.1:9/v1"}),
     )
     .await;
+    let took = served(&dp, &clock, "edge-model-2").await;
+    eprintln!("a model created at the control plane was served by the data plane after {took:?}");
+    // An explicit deploy tells the connected data plane.
     let deployed = admin(
         &cp,
         reqwest::Method::POST,
@@ -164,9 +182,6 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     )
     .await;
     assert_eq!(deployed["data_planes_notified"], 1);
-    applied(&dp, 2).await;
-    clock.advance(SHARED_STATE_TTL);
-    assert!(models(&dp).await.contains(&"edge-model-2".to_owned()));
 
     // The control plane gone: the data plane keeps serving; restarted
     // meanwhile, it starts from its kept artifact.
@@ -175,7 +190,7 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     dp.shutdown().await.unwrap();
     let dp = Server::start(dp_config()).await.unwrap();
     let status = dp.data_plane().unwrap();
-    assert_eq!(status.applied.map(|m| m.sequence), Some(2), "the kept one");
+    assert!(status.applied.is_some(), "the kept one");
     assert!(!status.connected);
     clock.advance(SHARED_STATE_TTL);
     assert!(models(&dp).await.contains(&"edge-model-2".to_owned()));
