@@ -286,17 +286,7 @@ impl RedisStore {
     /// Holds the stripes of `keys` (in index order: no deadlock) until the
     /// guards drop.
     pub(crate) async fn lock(&self, keys: &[String]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
-        use std::hash::{Hash, Hasher};
-        let mut idx: Vec<usize> = keys
-            .iter()
-            .map(|k| {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                k.hash(&mut h);
-                (h.finish() % STRIPES as u64) as usize
-            })
-            .collect();
-        idx.sort_unstable();
-        idx.dedup();
+        let idx = Self::stripes_of(keys);
         let mut guards = Vec::with_capacity(idx.len());
         for i in idx {
             if let Some(m) = self.inner.stripes.get(i) {
@@ -306,8 +296,8 @@ impl RedisStore {
         guards
     }
 
-    /// The stripes of `keys` if none is held now (see [`Self::lock`]).
-    fn try_lock(&self, keys: &[String]) -> Option<Vec<tokio::sync::MutexGuard<'_, ()>>> {
+    /// The stripe indexes of `keys`, sorted, each once.
+    fn stripes_of(keys: &[String]) -> Vec<usize> {
         use std::hash::{Hash, Hasher};
         let mut idx: Vec<usize> = keys
             .iter()
@@ -319,7 +309,13 @@ impl RedisStore {
             .collect();
         idx.sort_unstable();
         idx.dedup();
-        idx.into_iter()
+        idx
+    }
+
+    /// The stripes of `keys` if none is held now (see [`Self::lock`]).
+    fn try_lock(&self, keys: &[String]) -> Option<Vec<tokio::sync::MutexGuard<'_, ()>>> {
+        Self::stripes_of(keys)
+            .into_iter()
             .map(|i| self.inner.stripes.get(i).and_then(|m| m.try_lock().ok()))
             .collect()
     }

@@ -107,12 +107,17 @@ const JWKS_MAX_AGE_SECS: u64 = 60;
     responses((status = 200, description = "The public keys (RFC 7517)", body = Object)),
 )]
 async fn jwks(State(s): State<MaasApiState>) -> Response {
+    cacheable(s.tokens.jwks())
+}
+
+/// `body` as JSON, cacheable for [`JWKS_MAX_AGE_SECS`].
+fn cacheable(body: serde_json::Value) -> Response {
     (
         [(
             axum::http::header::CACHE_CONTROL,
             format!("public, max-age={JWKS_MAX_AGE_SECS}"),
         )],
-        Json(s.tokens.jwks()),
+        Json(body),
     )
         .into_response()
 }
@@ -139,21 +144,14 @@ async fn openid_configuration(State(s): State<MaasApiState>) -> Response {
         .unwrap_or_default();
     algs.sort_unstable();
     algs.dedup();
-    (
-        [(
-            axum::http::header::CACHE_CONTROL,
-            format!("public, max-age={JWKS_MAX_AGE_SECS}"),
-        )],
-        Json(serde_json::json!({
-            "issuer": s.tokens.config().issuer,
-            "jwks_uri": format!("{base}/.well-known/jwks.json"),
-            "id_token_signing_alg_values_supported": algs,
-            "subject_types_supported": ["public"],
-            "response_types_supported": ["token"],
-            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "groups", "tier"],
-        })),
-    )
-        .into_response()
+    cacheable(serde_json::json!({
+        "issuer": s.tokens.config().issuer,
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "id_token_signing_alg_values_supported": algs,
+        "subject_types_supported": ["public"],
+        "response_types_supported": ["token"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "groups", "tier"],
+    }))
 }
 
 /// The MaaS API, with request ids, tracing and the body limit of `config`.
