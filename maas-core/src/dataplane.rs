@@ -121,10 +121,9 @@ pub fn download_url(id: &str) -> String {
     format!("/artifacts/{id}/download")
 }
 
-/// Whether an audited change (its action and target kind) changes what
-/// data planes serve: configuration records and tenants.
-pub fn changes_configuration(action: &str, target_kind: &str) -> bool {
-    let _ = action;
+/// Whether an audited change (by its target's kind) changes what data
+/// planes serve: configuration records and tenants.
+pub fn changes_configuration(target_kind: &str) -> bool {
     target_kind == "tenant" || crate::artifact::CONFIG_KINDS.contains(&target_kind)
 }
 

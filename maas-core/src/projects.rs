@@ -276,7 +276,7 @@ impl Projects {
                         break 'pages;
                     }
                     top = top.max(e.seq);
-                    if crate::dataplane::changes_configuration(&e.action, &e.target_kind) {
+                    if crate::dataplane::changes_configuration(&e.target_kind) {
                         changed = true;
                         urgent |= crate::dataplane::is_revocation(&e.action);
                     }
@@ -302,6 +302,37 @@ impl Projects {
                 pending = Some(now - debounce);
             }
         }
+    }
+
+    /// Deploys to project `id`'s data planes: artifact `artifact` if given
+    /// (one still kept), else one built now from the configuration. It
+    /// becomes the project's current artifact, announced to its connected
+    /// data planes; returns it and how many were told.
+    pub async fn deploy(
+        &self,
+        actor: &Actor,
+        id: &KeyspaceId,
+        artifact: Option<&str>,
+    ) -> Result<(crate::artifact::ArtifactMeta, usize)> {
+        self.record(id).await?;
+        let artifacts = self.artifacts().await?;
+        let meta = match artifact {
+            Some(a) => {
+                let a = a.to_ascii_lowercase();
+                match artifacts.get(&a).await? {
+                    Some((meta, _)) => meta,
+                    None => return Err(Error::not_found("artifact", &a)),
+                }
+            }
+            None => {
+                let content = crate::artifact::Content::of(self.keys.storage()).await?;
+                artifacts.publish(actor, &content.to_bytes()?).await?
+            }
+        };
+        let told = self
+            .data_planes
+            .deploy(id, crate::dataplane::Announcement::of(&meta));
+        Ok((meta, told))
     }
 
     /// Builds an artifact of the configuration now, makes it every

@@ -23,7 +23,6 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use maas_core::artifact::ArtifactMeta;
 use maas_core::dataplane::{Announcement, Push};
 use maas_core::projects::Projects;
 use maas_core::{Error, KeyspaceId};
@@ -34,7 +33,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::common::{HttpConfig, RequestId, with_common_layers};
-use crate::management::ManagementState;
 use crate::management::problem;
 
 /// How long a new connection has to register.
@@ -71,19 +69,6 @@ pub fn openapi() -> OpenApi {
 }
 
 pub use maas_core::dataplane::download_url;
-
-/// What data planes are told of `meta`.
-pub fn announcement(meta: &ArtifactMeta) -> Announcement {
-    Announcement::of(meta)
-}
-
-/// The configuration a data plane serves from, as canonical bytes: see
-/// [`maas_core::artifact::Content`]. Never a secret.
-pub async fn build_artifact(s: &ManagementState) -> maas_core::Result<Vec<u8>> {
-    maas_core::artifact::Content::of(&s.storage)
-        .await?
-        .to_bytes()
-}
 
 #[derive(Deserialize)]
 struct Incoming {

@@ -2057,7 +2057,6 @@ async fn deploy(
     body: axum::body::Bytes,
 ) -> Reply {
     let pid = project_id(&raw, &id)?;
-    s.projects.get(&pid).await.map_err(fail(&id))?;
     // No body, `null` or `{}`: the current configuration.
     let request: DeployRequest =
         if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
@@ -2070,29 +2069,11 @@ async fn deploy(
                 )
             })?
         };
-    let artifacts = s.projects.artifacts().await.map_err(fail(&id))?;
-    let meta = match request.artifact_id {
-        Some(a) => {
-            let a = a.to_ascii_lowercase();
-            match artifacts.get(&a).await.map_err(fail(&id))? {
-                Some((meta, _)) => meta,
-                None => return Err(problem::render(&Error::not_found("artifact", &a), &id)),
-            }
-        }
-        None => {
-            let bytes = crate::controlplane::build_artifact(&s)
-                .await
-                .map_err(fail(&id))?;
-            artifacts
-                .publish(&admin_actor(), &bytes)
-                .await
-                .map_err(fail(&id))?
-        }
-    };
-    let notified = s
+    let (meta, notified) = s
         .projects
-        .data_planes()
-        .deploy(&pid, crate::controlplane::announcement(&meta));
+        .deploy(&admin_actor(), &pid, request.artifact_id.as_deref())
+        .await
+        .map_err(fail(&id))?;
     ok(DeployResponse {
         artifact_id: meta.artifact_id,
         data_planes_notified: notified,
