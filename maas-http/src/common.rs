@@ -59,7 +59,7 @@ impl RequestId {
     }
 
     /// A client-sent id worth keeping: 1..=128 visible ASCII characters.
-    fn from_header(v: &HeaderValue) -> Option<Self> {
+    pub fn from_header(v: &HeaderValue) -> Option<Self> {
         let s = v.to_str().ok()?;
         let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
         ok.then(|| RequestId(s.to_owned()))

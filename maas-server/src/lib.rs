@@ -515,6 +515,81 @@ fn dispatch(routers: Vec<Router>, pick: fn(&str) -> usize) -> Router {
     }))
 }
 
+/// `/health` to the first router, the rest to the second.
+fn health_first(path: &str) -> usize {
+    usize::from(path != "/health")
+}
+
+/// A data plane's `/health`: 200 while it serves (from its last good
+/// configuration too), with its connection to the control plane and how
+/// old its configuration is.
+fn data_plane_health(
+    status: watch::Receiver<maas_http::dataplane::DataPlaneStatus>,
+    url: String,
+    clock: maas_core::clock::SharedClock,
+    http: &HttpConfig,
+) -> Router {
+    let handler = move || {
+        let s = status.borrow().clone();
+        let now = clock.now();
+        let age = s
+            .applied_at
+            .map(|t| (now.as_millis() - t.as_millis()).max(0) / 1000);
+        let body = serde_json::json!({
+            "status": "ok",
+            "control_plane": {
+                "url": url,
+                "connected": s.connected,
+                "data_plane_id": s.data_plane_id,
+                "artifact_id": s.applied.as_ref().map(|m| m.artifact_id.clone()),
+                "sequence": s.applied.as_ref().map(|m| m.sequence),
+                "configuration_age_secs": age,
+                "last_rejection": s.last_rejection,
+            },
+        });
+        async move { axum::Json(body) }
+    };
+    with_common_layers(
+        Router::new().route("/health", axum::routing::get(handler)),
+        http,
+    )
+}
+
+/// On a data plane: a change through the management API is refused (409,
+/// problem+json) naming the control plane that owns the configuration.
+async fn refuse_changes(
+    State((control_plane, admin)): State<(Arc<str>, Arc<StaticTokens>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use maas_http::common::Dialect as _;
+    let reads = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if reads || !req.uri().path().starts_with("/api/v1/") {
+        return next.run(req).await;
+    }
+    // Not the admin: the management API's own 401 answers.
+    let (parts, body) = req.into_parts();
+    if !is_admin(&admin, &parts).await {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let req = Request::from_parts(parts, body);
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(maas_http::common::RequestId::from_header)
+        .unwrap_or_else(maas_http::common::RequestId::generate);
+    maas_http::management::Problem::render(
+        &maas_core::Error::conflict(format!(
+            "this server is a data plane: its configuration comes from the control plane at \
+             {control_plane}; make the change there"
+        )),
+        &id,
+    )
+}
+
 /// `/metrics` answers only the admin token (401 otherwise).
 async fn require_admin(
     State(admin): State<Arc<StaticTokens>>,
@@ -817,6 +892,34 @@ impl Server {
                 .with_config(http),
         );
         let gateway_routes = maas_http::gateway::router(gateway.clone(), GatewayConfig::default());
+        // A data plane: the control plane's artifacts, the kept one first.
+        let data_plane = match (
+            &config.control_plane,
+            &config.project_id,
+            &config.project_key,
+        ) {
+            (Some(url), Some(project), Some(key)) => Some(
+                maas_http::dataplane::start(
+                    maas_http::dataplane::DataPlaneConfig {
+                        control_plane: url.clone(),
+                        project_id: project.clone(),
+                        project_key: key.clone(),
+                        name: None,
+                        data_dir: (!config.memory).then(|| config.data_dir.join("control-plane")),
+                        public_key: None,
+                    },
+                    Arc::new(StoreApplier {
+                        storage: storage.clone(),
+                        scheduling: scheduling.clone(),
+                        clock: clock.clone(),
+                    }),
+                    clock.clone(),
+                )
+                .await,
+            ),
+            _ => None,
+        };
+
         let projects = Projects::new_with_clock(keys.clone(), clock.clone());
         let projects_kept = projects.clone();
         let control_plane = maas_http::controlplane::router(
@@ -846,12 +949,25 @@ impl Server {
             &http,
         );
         let metrics = with_common_layers(
-            maas_http::metrics::router()
-                .layer(middleware::from_fn_with_state(admin_auth, require_admin)),
+            maas_http::metrics::router().layer(middleware::from_fn_with_state(
+                admin_auth.clone(),
+                require_admin,
+            )),
             &http,
         );
         // Indices: 0 gateway, 1 Unkey, 2 MaaS API.
-        let public_app = dispatch(vec![gateway_routes, unkey, maas.clone()], |path| {
+        // A data plane's /health tells its control-plane connection.
+        let (maas_public, maas_admin) = match (&data_plane, &config.control_plane) {
+            (Some(dp), Some(url)) => {
+                let health = data_plane_health(dp.watch(), url.clone(), clock.clone(), &http);
+                (
+                    dispatch(vec![health.clone(), maas.clone()], health_first),
+                    dispatch(vec![health, maas.clone()], health_first),
+                )
+            }
+            _ => (maas.clone(), maas.clone()),
+        };
+        let public_app = dispatch(vec![gateway_routes, unkey, maas_public], |path| {
             if is_gateway(path) {
                 0
             } else if is_unkey(path) {
@@ -863,8 +979,17 @@ impl Server {
         // Indices: 0 metrics, 1 open health (the MaaS API's), 2 management,
         // 3 the data planes' routes (seed 001: project keys, not the admin
         // token).
+        // On a data plane the configuration belongs to the control plane:
+        // the management API reads, and refuses changes naming it.
+        let management = match &config.control_plane {
+            Some(url) => management.layer(middleware::from_fn_with_state(
+                (Arc::<str>::from(url.as_str()), admin_auth),
+                refuse_changes,
+            )),
+            None => management,
+        };
         let admin_app = dispatch(
-            vec![metrics, maas, management, control_plane],
+            vec![metrics, maas_admin, management, control_plane],
             |path| match path {
                 "/metrics" => 0,
                 "/health" => 1,
@@ -873,34 +998,6 @@ impl Server {
                 _ => 2,
             },
         );
-
-        // A data plane: the control plane's artifacts, the kept one first.
-        let data_plane = match (
-            &config.control_plane,
-            &config.project_id,
-            &config.project_key,
-        ) {
-            (Some(url), Some(project), Some(key)) => Some(
-                maas_http::dataplane::start(
-                    maas_http::dataplane::DataPlaneConfig {
-                        control_plane: url.clone(),
-                        project_id: project.clone(),
-                        project_key: key.clone(),
-                        name: None,
-                        data_dir: (!config.memory).then(|| config.data_dir.join("control-plane")),
-                        public_key: None,
-                    },
-                    Arc::new(StoreApplier {
-                        storage: storage.clone(),
-                        scheduling: scheduling.clone(),
-                        clock: clock.clone(),
-                    }),
-                    clock.clone(),
-                )
-                .await,
-            ),
-            _ => None,
-        };
 
         // Serving and background tasks.
         let (stop, _) = watch::channel(false);

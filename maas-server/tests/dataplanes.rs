@@ -82,6 +82,15 @@ async fn served(s: &RunningServer, clock: &ManualClock, id: &str) -> Duration {
     panic!("{id} not served: {:?}", s.data_plane());
 }
 
+/// A data plane's `/health` (public listener).
+async fn health(s: &RunningServer) -> Value {
+    let res = reqwest::get(format!("http://{}/health", s.public_addr))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    serde_json::from_str(&res.text().await.unwrap()).unwrap()
+}
+
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -161,6 +170,35 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     )
     .await;
     assert_eq!(listed[0]["id"], status.data_plane_id.unwrap().as_str());
+    let h = health(&dp).await;
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["control_plane"]["connected"], true, "{h}");
+    assert!(h["control_plane"]["sequence"].as_u64().unwrap() >= 1);
+
+    // Its configuration is the control plane's: changes are refused there,
+    // naming it (reads answer; without the admin token, 401 as ever).
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/models", dp.admin_addr))
+        .bearer_auth(dp.admin_token())
+        .header("content-type", "application/json")
+        .body(json!({"id": "local", "url": "http://127.0.0.1:9/v1"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let detail = refused.text().await.unwrap();
+    assert!(detail.contains(&cp_admin.to_string()), "{detail}");
+    let anonymous = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/models", dp.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    admin(&dp, reqwest::Method::GET, "/api/v1/models", Value::Null).await;
 
     // A change at the control plane: built, deployed and served without a
     // deploy call (the control plane deploys what changes).
@@ -187,6 +225,18 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     // meanwhile, it starts from its kept artifact.
     cp.shutdown().await.unwrap();
     assert!(models(&dp).await.contains(&"edge-model-2".to_owned()));
+    for _ in 0..500 {
+        if health(&dp).await["control_plane"]["connected"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let h = health(&dp).await;
+    assert_eq!(
+        (&h["status"], &h["control_plane"]["connected"]),
+        (&json!("ok"), &json!(false)),
+        "serving without its control plane: {h}"
+    );
     dp.shutdown().await.unwrap();
     let dp = Server::start(dp_config()).await.unwrap();
     let status = dp.data_plane().unwrap();
