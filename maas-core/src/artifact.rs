@@ -365,11 +365,16 @@ pub const CONFIG_KINDS: &[&str] = &[
     crate::scheduling::CAPACITY_KIND,
     crate::admission::BUDGET_KIND,
     crate::ratelimit::OVERRIDE_KIND,
+    crate::userkeys::SETTING_KIND,
 ];
 
 /// What an artifact holds (format 1): configuration records of
-/// [`CONFIG_KINDS`] and the tenants, each list in id order, so the same
-/// configuration gives the same bytes.
+/// [`CONFIG_KINDS`] (the settings name the user and root keyspaces), the
+/// tenants, and the keyspaces that are not projects with their live keys
+/// (as stored: the keyed hash of each secret, never the secret), each list
+/// in id order, so the same configuration gives the same bytes. A data
+/// plane verifies those keys with the deployment's key secret
+/// (`MAAS_KEY_SECRET`), which stays outside artifacts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Content {
     /// 1.
@@ -378,6 +383,12 @@ pub struct Content {
     pub records: Vec<Record>,
     /// The tenants, by id.
     pub tenants: Vec<crate::tenant::Tenant>,
+    /// The keyspaces that are not projects, by id.
+    #[serde(default)]
+    pub keyspaces: Vec<crate::keyspace::Keyspace>,
+    /// Their live keys, by id.
+    #[serde(default)]
+    pub keys: Vec<crate::key::KeyRecord>,
 }
 
 impl Content {
@@ -407,10 +418,58 @@ impl Content {
             }
         }
         tenants.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut projects = std::collections::HashSet::new();
+        let mut page = crate::storage::PageRequest::first(crate::storage::MAX_PAGE_SIZE);
+        loop {
+            let got = storage
+                .records
+                .list_records(crate::projects::PROJECT_KIND, &page)
+                .await?;
+            projects.extend(got.items.into_iter().map(|r| r.id));
+            match got.cursor {
+                Some(c) => page.cursor = Some(c),
+                None => break,
+            }
+        }
+        let mut keyspaces = Vec::new();
+        let mut page = crate::storage::PageRequest::first(crate::storage::MAX_PAGE_SIZE);
+        loop {
+            let got = storage.keyspaces.list_keyspaces(&page).await?;
+            keyspaces.extend(
+                got.items
+                    .into_iter()
+                    .filter(|k| !projects.contains(k.id.as_str())),
+            );
+            match got.cursor {
+                Some(c) => page.cursor = Some(c),
+                None => break,
+            }
+        }
+        keyspaces.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut keys = Vec::new();
+        for ks in &keyspaces {
+            let mut query = crate::storage::KeyQuery {
+                keyspace_id: Some(ks.id.clone()),
+                owner_id: None,
+                include_deleted: false,
+                page: crate::storage::PageRequest::first(crate::storage::MAX_PAGE_SIZE),
+            };
+            loop {
+                let got = storage.keys.list_keys(&query).await?;
+                keys.extend(got.items);
+                match got.cursor {
+                    Some(c) => query.page.cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Content {
             format: 1,
             records,
             tenants,
+            keyspaces,
+            keys,
         })
     }
 
@@ -536,6 +595,105 @@ impl Content {
                 Err(e) if !e.is_not_found() => return Err(e),
                 _ => {}
             }
+        }
+        // Keyspaces first (keys name theirs); a local keyspace not in the
+        // artifact is left (its keys are retired below).
+        let have: std::collections::HashMap<_, _> =
+            ours.keyspaces.iter().map(|k| (k.id.clone(), k)).collect();
+        for k in &self.keyspaces {
+            match have.get(&k.id) {
+                Some(old)
+                    if **old
+                        == (crate::keyspace::Keyspace {
+                            version: old.version,
+                            ..k.clone()
+                        }) => {}
+                Some(old) => {
+                    let new = crate::keyspace::Keyspace {
+                        version: old.version + 1,
+                        ..k.clone()
+                    };
+                    storage
+                        .keyspaces
+                        .update_keyspace(
+                            &new,
+                            old.version,
+                            event("artifact.apply", "keyspace", k.id.as_str()),
+                        )
+                        .await?;
+                }
+                None => {
+                    let new = crate::keyspace::Keyspace {
+                        version: 1,
+                        ..k.clone()
+                    };
+                    storage
+                        .keyspaces
+                        .create_keyspace(&new, event("artifact.apply", "keyspace", k.id.as_str()))
+                        .await?;
+                }
+            }
+        }
+        let mut keys: std::collections::HashMap<&crate::id::KeyId, &crate::key::KeyRecord> =
+            ours.keys.iter().map(|k| (&k.id, k)).collect();
+        for k in &self.keys {
+            // Stored by id (deleted ones too: one retired earlier comes back).
+            let old = match keys.remove(&k.id) {
+                Some(old) => Some(old.clone()),
+                None => storage.keys.get_key(&k.id).await?,
+            };
+            match old {
+                // Its last use is the data plane's own.
+                Some(old)
+                    if old
+                        == (crate::key::KeyRecord {
+                            version: old.version,
+                            last_used_at: old.last_used_at,
+                            ..k.clone()
+                        }) => {}
+                Some(old) => {
+                    let new = crate::key::KeyRecord {
+                        version: old.version + 1,
+                        last_used_at: old.last_used_at,
+                        ..k.clone()
+                    };
+                    storage
+                        .keys
+                        .update_key(
+                            &new,
+                            old.version,
+                            event("artifact.apply", "key", k.id.as_str()),
+                        )
+                        .await?;
+                }
+                None => {
+                    let new = crate::key::KeyRecord {
+                        version: 1,
+                        ..k.clone()
+                    };
+                    storage
+                        .keys
+                        .create_key(&new, event("artifact.apply", "key", k.id.as_str()))
+                        .await?;
+                }
+            }
+        }
+        // Live here, gone there: retired (soft-deleted), so it stops
+        // verifying here too.
+        for (_, old) in keys {
+            let new = crate::key::KeyRecord {
+                version: old.version + 1,
+                deleted_at: Some(now),
+                ..old.clone()
+            };
+            storage
+                .keys
+                .update_key(
+                    &new,
+                    old.version,
+                    event("artifact.apply", "key", old.id.as_str()),
+                )
+                .await?;
         }
         Ok(())
     }

@@ -124,7 +124,8 @@ pub fn download_url(id: &str) -> String {
 /// Whether an audited change (by its target's kind) changes what data
 /// planes serve: configuration records and tenants.
 pub fn changes_configuration(target_kind: &str) -> bool {
-    target_kind == "tenant" || crate::artifact::CONFIG_KINDS.contains(&target_kind)
+    matches!(target_kind, "tenant" | "key" | "keyspace")
+        || crate::artifact::CONFIG_KINDS.contains(&target_kind)
 }
 
 /// Whether an audited change must reach data planes at once (a removal or

@@ -104,11 +104,15 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     let dp_dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::default());
     let cp_admin = free_port();
+    // The deployment's key secret: data planes hash API keys as the
+    // control plane does (it is never in an artifact).
+    const KEY_SECRET: &str = "deployment-key-secret";
     let cp_config = || ServerConfig {
         memory: false,
         data_dir: cp_dir.path().to_path_buf(),
         admin_listen: cp_admin,
         admin_token: Some("control-plane-admin-token".into()),
+        key_secret: Some(KEY_SECRET.into()),
         ..common::config_on(clock.clone())
     };
     let cp = Server::start(cp_config()).await.unwrap();
@@ -149,6 +153,7 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         control_plane: Some(format!("http://{cp_admin}")),
         project_id: Some(pid.clone()),
         project_key: Some(key["key"].as_str().unwrap().to_owned()),
+        key_secret: Some(KEY_SECRET.into()),
         ..common::config_on(clock.clone())
     };
     let dp = Server::start(dp_config()).await.unwrap();
@@ -220,6 +225,73 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     )
     .await;
     assert_eq!(deployed["data_planes_notified"], 1);
+
+    // A tenant's API key made at the control plane works on the data plane;
+    // deleted there, it is refused here too.
+    let tenant = admin(
+        &cp,
+        reqwest::Method::POST,
+        "/api/v1/tenants",
+        json!({"name": "acme"}),
+    )
+    .await;
+    let tkey = admin(
+        &cp,
+        reqwest::Method::POST,
+        &format!("/api/v1/tenants/{}/keys", tenant["id"].as_str().unwrap()),
+        json!({"name": "prod"}),
+    )
+    .await;
+    let secret = tkey["secret"].as_str().unwrap().to_owned();
+    let me = |s: &RunningServer| {
+        let url = format!("http://{}/v1/me", s.public_addr);
+        let secret = secret.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(secret)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut status = 0;
+    for _ in 0..500 {
+        clock.advance(SHARED_STATE_TTL);
+        status = me(&dp).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "the key works on the data plane");
+    eprintln!(
+        "a key created at the control plane worked on the data plane after {:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    let kid = tkey["key"]["id"].as_str().unwrap();
+    let res = reqwest::Client::new()
+        .delete(format!("http://{}/api/v1/keys/{kid}", cp.admin_addr))
+        .bearer_auth(cp.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    for _ in 0..500 {
+        clock.advance(SHARED_STATE_TTL);
+        status = me(&dp).await;
+        if status == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 401, "deleted at the control plane, refused here");
+    let took = started.elapsed();
+    eprintln!("a key deleted at the control plane was refused on the data plane after {took:?}");
 
     // The control plane gone: the data plane keeps serving; restarted
     // meanwhile, it starts from its kept artifact.
