@@ -501,11 +501,18 @@ impl Content {
         Ok(c)
     }
 
-    /// Makes `storage`'s configuration this one: records and tenants
-    /// created, replaced or removed to match (each change one store
-    /// operation, audited as `actor`). What the data plane's caches hold is
-    /// read again within their refresh.
-    pub async fn apply(&self, storage: &Storage, actor: &Actor, now: Timestamp) -> Result<()> {
+    /// Makes `storage`'s configuration this one: records, tenants,
+    /// keyspaces and keys created, replaced or removed to match (each
+    /// change one store operation, audited as `actor`). Returns the keys it
+    /// changed (for [`KeyService::reload`](crate::KeyService::reload)); what
+    /// other caches hold is read again within their refresh.
+    pub async fn apply(
+        &self,
+        storage: &Storage,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<Vec<crate::id::KeyId>> {
+        let mut changed_keys = Vec::new();
         let event = |action: &str, kind: &str, id: &str| {
             AuditEvent::new(now, actor, action, kind, id, None, None)
         };
@@ -652,6 +659,7 @@ impl Content {
                             ..k.clone()
                         }) => {}
                 Some(old) => {
+                    changed_keys.push(k.id.clone());
                     let new = crate::key::KeyRecord {
                         version: old.version + 1,
                         last_used_at: old.last_used_at,
@@ -681,6 +689,7 @@ impl Content {
         // Live here, gone there: retired (soft-deleted), so it stops
         // verifying here too.
         for (_, old) in keys {
+            changed_keys.push(old.id.clone());
             let new = crate::key::KeyRecord {
                 version: old.version + 1,
                 deleted_at: Some(now),
@@ -695,6 +704,6 @@ impl Content {
                 )
                 .await?;
         }
-        Ok(())
+        Ok(changed_keys)
     }
 }

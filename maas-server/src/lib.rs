@@ -911,6 +911,7 @@ impl Server {
                     Arc::new(StoreApplier {
                         storage: storage.clone(),
                         scheduling: scheduling.clone(),
+                        keys: keys.clone(),
                         clock: clock.clone(),
                     }),
                     clock.clone(),
@@ -1077,11 +1078,12 @@ impl Server {
 }
 
 /// Applies the control plane's artifacts to a data plane's store, then
-/// reloads fair share (groups, capacity, tenants) at once; the other
-/// services read theirs again within `SHARED_STATE_TTL`.
+/// reloads the changed keys and fair share (groups, capacity, tenants) at
+/// once; the other services read theirs again within `SHARED_STATE_TTL`.
 struct StoreApplier {
     storage: Storage,
     scheduling: Scheduling,
+    keys: KeyService,
     clock: maas_core::clock::SharedClock,
 }
 
@@ -1089,13 +1091,16 @@ struct StoreApplier {
 impl maas_http::dataplane::Apply for StoreApplier {
     async fn apply(&self, bytes: &[u8]) -> maas_core::Result<()> {
         let content = maas_core::artifact::Content::from_bytes(bytes)?;
-        content
+        let changed = content
             .apply(
                 &self.storage,
                 &maas_core::audit::Actor::new("control-plane"),
                 self.clock.now(),
             )
             .await?;
+        // A key disabled or deleted at the control plane is refused here
+        // as soon as the artifact is applied, not a cache refresh later.
+        self.keys.reload(&changed).await?;
         self.scheduling.load().await
     }
 }

@@ -962,6 +962,21 @@ impl KeyService {
         synced
     }
 
+    /// Reads keys `ids` from the store into the verification cache now, if
+    /// cached: a change written under this service (an artifact applied on
+    /// a data plane) then applies at once instead of within `cache_ttl`.
+    pub async fn reload(&self, ids: &[KeyId]) -> Result<()> {
+        let now = self.now();
+        for id in ids {
+            if let Some(r) = self.inner.storage.keys.get_key(id).await?
+                && self.inner.cache.version(&r.hash).is_some()
+            {
+                self.inner.cache.upsert(r.hash, r, now);
+            }
+        }
+        Ok(())
+    }
+
     /// How many keys the verification cache holds.
     pub fn cached_keys(&self) -> usize {
         self.inner.cache.len()
