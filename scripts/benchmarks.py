@@ -208,6 +208,14 @@ def load_rows():
                      f"{med('replicas', 'rps'):,.0f} vs {med('sled', 'rps'):,.0f} req/s "
                      f"({r.get('replica_workers', 1)} worker thread per replica)",
                      "≤ 1.3× the sled figure (issue 19)", mark(rcpu <= 1.3 * sled), src))
+    rev = load_result("revocation")
+    if rev:
+        r = rev["result"]
+        src = f"`scripts/load/revocation.sh {r['keys']}` at {rev['commit']}"
+        rows.append((f"a key deleted at the control plane to refusal on 2 data planes ({r['keys']} keys)",
+                     f"min {r['min_ms']} ms, p50 {r['p50_ms']} ms, p90 {r['p90_ms']} ms, p99 {r['p99_ms']} ms, "
+                     f"max {r['max_ms']} ms",
+                     "p99 ≤ 1 s (issue 20)", mark(r["p99_ms"] <= 1000), src))
     soak = load_result("soak")
     if soak:
         r = soak["result"]
@@ -325,6 +333,7 @@ def main():
         "scripts/load/footprint.sh 1000000    # the sled data dir and RSS for 1M keys created over HTTP",
         "scripts/load/kill9.sh 3 3            # SIGKILL under load: what the store kept",
         "ROUNDS=3 scripts/load/replicas.sh 10 # 3 replicas on one Redis vs one node on sled, CPU per request",
+        "scripts/load/revocation.sh 50        # a key deleted at the control plane to refusal on 2 data planes",
         "scripts/benchmarks.py            # regenerate this file from target/criterion and target/load",
         "```",
         "",

@@ -142,8 +142,9 @@ impl UserKeys {
         catalog::setting_keyspace(&*self.keys.storage().records, USER_KEYSPACE_SETTING).await
     }
 
-    /// The user keyspace if it exists (never creates it).
-    async fn existing_keyspace(&self) -> Result<Option<KeyspaceId>> {
+    /// The user keyspace if it exists (never creates it): what a scan of
+    /// user keys should look at (nothing, before the first key).
+    pub async fn existing_keyspace(&self) -> Result<Option<KeyspaceId>> {
         if let Some(id) = self.keyspace.get() {
             return Ok(Some(id.clone()));
         }

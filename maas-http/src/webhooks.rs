@@ -142,8 +142,11 @@ impl Dispatcher {
                 _ = poll.tick() => {}
                 _ = scan.tick() => {
                     if let Some((keys, clock)) = &expiring {
-                        let scanned = match keys.keyspace().await {
-                            Ok(ks) => scan_expiring(&self.webhooks, keys.key_service(), &ks, &**clock).await,
+                        // Never creates the keyspace: on a data plane the
+                        // control plane's arrives with its first artifact.
+                        let scanned = match keys.existing_keyspace().await {
+                            Ok(Some(ks)) => scan_expiring(&self.webhooks, keys.key_service(), &ks, &**clock).await,
+                            Ok(None) => Ok(0),
                             Err(e) => Err(e),
                         };
                         if let Err(e) = scanned {

@@ -157,6 +157,13 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         ..common::config_on(clock.clone())
     };
     let dp = Server::start(dp_config()).await.unwrap();
+    // A second data plane of the project, on memory (nothing kept).
+    let dp2 = Server::start(ServerConfig {
+        memory: true,
+        ..dp_config()
+    })
+    .await
+    .unwrap();
     assert!(
         !models(&dp).await.contains(&"edge-model".to_owned()),
         "not before the artifact"
@@ -174,7 +181,15 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         Value::Null,
     )
     .await;
-    assert_eq!(listed[0]["id"], status.data_plane_id.unwrap().as_str());
+    let dp_id = status.data_plane_id.unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == dp_id.as_str()),
+        "{listed}"
+    );
     let h = health(&dp).await;
     assert_eq!(h["status"], "ok");
     assert_eq!(h["control_plane"]["connected"], true, "{h}");
@@ -224,7 +239,7 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         Value::Null,
     )
     .await;
-    assert_eq!(deployed["data_planes_notified"], 1);
+    assert_eq!(deployed["data_planes_notified"], 2, "both");
 
     // A tenant's API key made at the control plane works on the data plane;
     // deleted there, it is refused here too.
@@ -259,15 +274,21 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     };
     let started = std::time::Instant::now();
     let mut status = 0;
+    let mut status2 = 0;
     for _ in 0..500 {
         clock.advance(SHARED_STATE_TTL);
         status = me(&dp).await;
-        if status == 200 {
+        status2 = me(&dp2).await;
+        if (status, status2) == (200, 200) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(status, 200, "the key works on the data plane");
+    assert_eq!(
+        (status, status2),
+        (200, 200),
+        "the key works on both data planes"
+    );
     eprintln!(
         "a key created at the control plane worked on the data plane after {:?}",
         started.elapsed()
@@ -285,14 +306,37 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     // reloads the changed keys.
     for _ in 0..500 {
         status = me(&dp).await;
-        if status == 401 {
+        status2 = me(&dp2).await;
+        if (status, status2) == (401, 401) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(status, 401, "deleted at the control plane, refused here");
+    assert_eq!(
+        (status, status2),
+        (401, 401),
+        "deleted at the control plane, refused on both"
+    );
     let took = started.elapsed();
     eprintln!("a key deleted at the control plane was refused on the data plane after {took:?}");
+
+    let listed = admin(
+        &cp,
+        reqwest::Method::GET,
+        &format!("/api/v1/projects/{pid}/data-planes"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "online"),
+        "{listed}"
+    );
+    dp2.shutdown().await.unwrap();
 
     // The control plane gone: the data plane keeps serving; restarted
     // meanwhile, it starts from its kept artifact.
