@@ -590,6 +590,57 @@ async fn refuse_changes(
     )
 }
 
+/// Whether a public-listener request changes API keys or Unkey apis: the
+/// MaaS API's `POST /keys` and `DELETE /keys/{name}` (also under
+/// `/maas-api`), and the Unkey API's key and api changes (not
+/// `keys.verifyKey` nor `ratelimits.limit`, which only count).
+fn changes_keys(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    let path = path.strip_prefix("/maas-api").unwrap_or(path);
+    match *method {
+        Method::POST => matches!(
+            path,
+            "/keys"
+                | "/v1/keys"
+                | "/v1/keys.createKey"
+                | "/v1/keys.updateKey"
+                | "/v1/keys.updateRemaining"
+                | "/v1/keys.deleteKey"
+                | "/v1/apis.createApi"
+                | "/v1/apis.deleteApi"
+        ),
+        Method::DELETE => path.starts_with("/keys/"),
+        _ => false,
+    }
+}
+
+/// On a data plane: a change of API keys on the public listener is refused
+/// (409, in the API's own error shape) naming the control plane.
+async fn refuse_key_changes(
+    State(control_plane): State<Arc<str>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use maas_http::common::Dialect as _;
+    if !changes_keys(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(maas_http::common::RequestId::from_header)
+        .unwrap_or_else(maas_http::common::RequestId::generate);
+    let err = maas_core::Error::conflict(format!(
+        "this server is a data plane: API keys are made at the control plane \
+         ({control_plane}); make the change there"
+    ));
+    if req.uri().path().starts_with("/v1/") {
+        maas_http::unkey::Unkey::render(&err, &id)
+    } else {
+        maas_http::maas_api::Goa::render(&err, &id)
+    }
+}
+
 /// `/metrics` answers only the admin token (401 otherwise).
 async fn require_admin(
     State(admin): State<Arc<StaticTokens>>,
@@ -977,6 +1028,15 @@ impl Server {
                 2
             }
         });
+        // On a data plane, API keys and Unkey apis are the control plane's:
+        // made here they would be local state that its artifacts undo.
+        let public_app = match &config.control_plane {
+            Some(url) => public_app.layer(middleware::from_fn_with_state(
+                Arc::<str>::from(url.as_str()),
+                refuse_key_changes,
+            )),
+            None => public_app,
+        };
         // Indices: 0 metrics, 1 open health (the MaaS API's), 2 management,
         // 3 the data planes' routes (seed 001: project keys, not the admin
         // token).

@@ -219,6 +219,21 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         .unwrap();
     assert_eq!(anonymous.status(), 401);
     admin(&dp, reqwest::Method::GET, "/api/v1/models", Value::Null).await;
+    // API keys too, on the public listener, in each API's own shape.
+    for (path, shape) in [("/keys", "name"), ("/v1/keys.createKey", "error")] {
+        let res = reqwest::Client::new()
+            .post(format!("http://{}{path}", dp.public_addr))
+            .bearer_auth("dev-free-token")
+            .header("content-type", "application/json")
+            .body(json!({"name": "mine", "apiId": "x"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 409, "{path}");
+        let body: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+        assert!(body.get(shape).is_some(), "{path}: {body}");
+        assert!(body.to_string().contains(&cp_admin.to_string()), "{body}");
+    }
 
     // A change at the control plane: built, deployed and served without a
     // deploy call (the control plane deploys what changes).
