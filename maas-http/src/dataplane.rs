@@ -170,6 +170,19 @@ struct Available {
 impl Runner {
     fn set(&self, f: impl FnOnce(&mut DataPlaneStatus)) {
         self.status.send_modify(f);
+        let s = self.status.borrow();
+        ::metrics::gauge!(crate::metrics::DATA_PLANE_CONNECTED).set(if s.connected {
+            1.0
+        } else {
+            0.0
+        });
+        if let Some(m) = &s.applied {
+            ::metrics::gauge!(crate::metrics::DATA_PLANE_SEQUENCE).set(m.sequence as f64);
+        }
+        if let Some(t) = s.applied_at {
+            ::metrics::gauge!(crate::metrics::DATA_PLANE_APPLIED_AT)
+                .set(t.as_millis() as f64 / 1000.0);
+        }
     }
 
     /// Applies the artifact kept in the data dir, if any and good.

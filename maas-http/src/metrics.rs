@@ -37,6 +37,13 @@ pub const QUEUED: &str = "maas_queued";
 pub const TOKENS: &str = "maas_tokens_total";
 /// Time from forwarding a request upstream to its response head, in seconds.
 pub const UPSTREAM_LATENCY: &str = "maas_upstream_latency_seconds";
+/// Gauge: on a data plane, 1 while registered with its control plane.
+pub const DATA_PLANE_CONNECTED: &str = "maas_data_plane_connected";
+/// Gauge: on a data plane, the sequence of the artifact in force.
+pub const DATA_PLANE_SEQUENCE: &str = "maas_data_plane_artifact_sequence";
+/// Gauge: on a data plane, when the artifact in force was applied (unix
+/// seconds; its configuration's age is `time() -` this).
+pub const DATA_PLANE_APPLIED_AT: &str = "maas_data_plane_artifact_applied_timestamp_seconds";
 
 /// Histogram buckets, in seconds: 100 µs to 60 s.
 const BUCKETS: &[f64] = &[
@@ -59,6 +66,19 @@ fn describe() {
         UPSTREAM_LATENCY,
         Unit::Seconds,
         "Time to the upstream's response head"
+    );
+    describe_gauge!(
+        DATA_PLANE_CONNECTED,
+        "On a data plane: 1 while registered with its control plane"
+    );
+    describe_gauge!(
+        DATA_PLANE_SEQUENCE,
+        "On a data plane: the sequence of the artifact in force"
+    );
+    describe_gauge!(
+        DATA_PLANE_APPLIED_AT,
+        Unit::Seconds,
+        "On a data plane: when the artifact in force was applied (unix time)"
     );
 }
 

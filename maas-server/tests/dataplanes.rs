@@ -194,6 +194,22 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     assert_eq!(h["status"], "ok");
     assert_eq!(h["control_plane"]["connected"], true, "{h}");
     assert!(h["control_plane"]["sequence"].as_u64().unwrap() >= 1);
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{}/metrics", dp.admin_addr))
+        .bearer_auth(dp.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "maas_data_plane_connected 1",
+        "maas_data_plane_artifact_sequence ",
+        "maas_data_plane_artifact_applied_timestamp_seconds ",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
 
     // Its configuration is the control plane's: changes are refused there,
     // naming it (reads answer; without the admin token, 401 as ever).
