@@ -366,6 +366,7 @@ pub const CONFIG_KINDS: &[&str] = &[
     crate::admission::BUDGET_KIND,
     crate::ratelimit::OVERRIDE_KIND,
     crate::userkeys::SETTING_KIND,
+    crate::token::REVOCATION_KIND,
 ];
 
 /// What an artifact holds (format 1): configuration records of
@@ -389,6 +390,10 @@ pub struct Content {
     /// Their live keys, by id.
     #[serde(default)]
     pub keys: Vec<crate::key::KeyRecord>,
+    /// The public keys that verify maas tokens minted here (a JWKS
+    /// document; never the private ones).
+    #[serde(default)]
+    pub token_keys: Option<serde_json::Value>,
 }
 
 impl Content {
@@ -470,6 +475,7 @@ impl Content {
             tenants,
             keyspaces,
             keys,
+            token_keys: crate::token::public_jwks(storage).await?,
         })
     }
 

@@ -124,14 +124,20 @@ pub fn download_url(id: &str) -> String {
 /// Whether an audited change (by its target's kind) changes what data
 /// planes serve: configuration records and tenants.
 pub fn changes_configuration(target_kind: &str) -> bool {
-    matches!(target_kind, "tenant" | "key" | "keyspace")
-        || crate::artifact::CONFIG_KINDS.contains(&target_kind)
+    // `signing_key`: the token ring rotated; `subject`: tokens revoked.
+    matches!(
+        target_kind,
+        "tenant" | "key" | "keyspace" | "signing_key" | "subject"
+    ) || crate::artifact::CONFIG_KINDS.contains(&target_kind)
 }
 
 /// Whether an audited change must reach data planes at once (a removal or
 /// a revocation), not after the debounce.
 pub fn is_revocation(action: &str) -> bool {
-    action.ends_with(".delete") || action.contains("revoke") || action.contains("disable")
+    action.ends_with(".delete")
+        || action.ends_with(".retire")
+        || action.contains("revoke")
+        || action.contains("disable")
 }
 
 struct Entry {

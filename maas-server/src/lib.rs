@@ -963,6 +963,7 @@ impl Server {
                         storage: storage.clone(),
                         scheduling: scheduling.clone(),
                         keys: keys.clone(),
+                        tokens: tokens.clone(),
                         clock: clock.clone(),
                     }),
                     clock.clone(),
@@ -1144,6 +1145,7 @@ struct StoreApplier {
     storage: Storage,
     scheduling: Scheduling,
     keys: KeyService,
+    tokens: TokenService,
     clock: maas_core::clock::SharedClock,
 }
 
@@ -1161,6 +1163,11 @@ impl maas_http::dataplane::Apply for StoreApplier {
         // A key disabled or deleted at the control plane is refused here
         // as soon as the artifact is applied, not a cache refresh later.
         self.keys.reload(&changed).await?;
+        // maas tokens minted at the control plane verify here too (their
+        // revocations came with the records).
+        if let Some(jwks) = &content.token_keys {
+            self.tokens.trust_jwks(jwks)?;
+        }
         self.scheduling.load().await
     }
 }

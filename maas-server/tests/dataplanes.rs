@@ -351,6 +351,71 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     let took = started.elapsed();
     eprintln!("a key deleted at the control plane was refused on the data plane after {took:?}");
 
+    // A maas token minted at the control plane verifies on the data plane
+    // (the control plane's public keys came with the artifact); revoked
+    // there (`DELETE /tokens`), it is refused here too.
+    let minted: Value = serde_json::from_str(
+        &reqwest::Client::new()
+            .post(format!("http://{}/v1/tokens", cp.public_addr))
+            .bearer_auth("dev-free-token")
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let token = minted["token"].as_str().unwrap().to_owned();
+    let list_models = |s: &RunningServer| {
+        let url = format!("http://{}/v1/models", s.public_addr);
+        let token = token.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        list_models(&dp).await,
+        200,
+        "a control-plane token on the data plane"
+    );
+    assert_eq!(list_models(&dp2).await, 200);
+    let res = reqwest::Client::new()
+        .delete(format!("http://{}/tokens", cp.public_addr))
+        .bearer_auth("dev-free-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let started = std::time::Instant::now();
+    let mut refused = (0, 0);
+    for _ in 0..500 {
+        clock.advance(SHARED_STATE_TTL);
+        refused = (list_models(&dp).await, list_models(&dp2).await);
+        if refused == (401, 401) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        refused,
+        (401, 401),
+        "revoked at the control plane, refused on both"
+    );
+    eprintln!(
+        "tokens revoked at the control plane were refused on both data planes after {:?}",
+        started.elapsed()
+    );
+
     let listed = admin(
         &cp,
         reqwest::Method::GET,

@@ -16,6 +16,7 @@ use crate::identity::Identity;
 
 pub use keys::{SigningAlgorithm, SigningKeyInfo};
 pub use service::{Claims, MintedToken, TokenConfig, TokenService};
+pub(crate) use service::{REVOCATION_KIND, public_jwks};
 pub use ttl::{TTL_FORMAT_MESSAGE, format_duration, parse_duration, parse_ttl};
 
 /// Why a token was refused. Each cause has its own variant, checked in this

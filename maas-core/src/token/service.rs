@@ -1,5 +1,8 @@
 //! [`TokenService`]: mint, verify and revoke maas tokens.
 
+use std::collections::HashMap;
+
+use crate::token::jwt::VerifyKey;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -26,7 +29,7 @@ use crate::key::{KeyHash, KeyHasher};
 use crate::storage::Storage;
 use crate::validate;
 
-const REVOCATION_KIND: &str = "token_revocation";
+pub(crate) const REVOCATION_KIND: &str = "token_revocation";
 /// A kid unknown to this node reloads the ring at most this often.
 const UNKNOWN_KID_RELOAD_MS: i64 = 1_000;
 const MAX_GROUPS: usize = 256;
@@ -183,6 +186,9 @@ struct Inner {
     cache_hasher: KeyHasher,
     cache: DashMap<KeyHash, CachedToken>,
     subjects: DashMap<String, SubjectState>,
+    /// Public keys of another issuer of maas tokens this node also
+    /// verifies (a data plane: its control plane's), by kid.
+    trusted: RwLock<HashMap<String, VerifyKey>>,
 }
 
 /// Mints, verifies and revokes maas tokens (short-lived JWTs).
@@ -248,6 +254,7 @@ impl TokenService {
                 cache_hasher: KeyHasher::random(),
                 cache: DashMap::new(),
                 subjects: DashMap::new(),
+                trusted: RwLock::new(HashMap::new()),
             }),
         })
     }
@@ -457,10 +464,14 @@ impl TokenService {
         if stale || unknown {
             ring = self.reload_ring(now).await?;
         }
-        let Some(key) = ring.verify.get(kid) else {
-            return Ok(Err(TokenRejection::UnknownKey));
+        let key = match ring.verify.get(kid) {
+            Some(k) => k.clone(),
+            None => match self.trusted_key(kid) {
+                Some(k) => k,
+                None => return Ok(Err(TokenRejection::UnknownKey)),
+            },
         };
-        if let Err(r) = jwt::check_signature(&parts, key) {
+        if let Err(r) = jwt::check_signature(&parts, &key) {
             return Ok(Err(r));
         }
         let c: InClaims = match jwt::claims(&parts) {
@@ -625,6 +636,48 @@ impl TokenService {
         Ok(stored.info())
     }
 
+    fn trusted_key(&self, kid: &str) -> Option<VerifyKey> {
+        self.inner
+            .trusted
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(kid)
+            .cloned()
+    }
+
+    /// Also verifies tokens signed by the keys of `jwks` (a JWKS document:
+    /// a data plane's control plane's public keys), replacing the ones
+    /// trusted before (a retired key stops verifying). Issuer, audience,
+    /// expiry and revocations are checked as for this node's own tokens.
+    /// Returns how many keys are trusted.
+    pub fn trust_jwks(&self, jwks: &serde_json::Value) -> Result<usize> {
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.clone())
+            .map_err(|e| Error::invalid("jwks", format!("not a JWKS document: {e}")))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let (Some(kid), Some(alg)) = (jwk.common.key_id.clone(), jwk.common.key_algorithm)
+            else {
+                continue;
+            };
+            let alg = match alg {
+                jsonwebtoken::jwk::KeyAlgorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+                jsonwebtoken::jwk::KeyAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+                jsonwebtoken::jwk::KeyAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+                _ => continue,
+            };
+            let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
+                .map_err(|e| Error::invalid("jwks", format!("key {kid}: {e}")))?;
+            keys.insert(kid, VerifyKey { alg, key });
+        }
+        let n = keys.len();
+        *self
+            .inner
+            .trusted
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = keys;
+        Ok(n)
+    }
+
     /// The public keys as a JWKS document (`{"keys": [...]}`); HS256 keys
     /// are secret and never listed.
     pub fn jwks(&self) -> serde_json::Value {
@@ -751,6 +804,16 @@ impl TokenService {
     pub async fn refresh(&self) -> Result<()> {
         self.reload_ring(self.now().as_millis()).await.map(|_| ())
     }
+}
+
+/// The public keys of the token ring stored in `storage`, as a JWKS
+/// document (none: `None`), without a `TokenService`.
+pub(crate) async fn public_jwks(storage: &Storage) -> Result<Option<serde_json::Value>> {
+    let Some((stored, version)) = read_ring(storage).await? else {
+        return Ok(None);
+    };
+    let ring = KeyRing::parse(&stored, version)?;
+    Ok(serde_json::to_value(&ring.jwks).ok())
 }
 
 async fn read_ring(storage: &Storage) -> Result<Option<(StoredRing, u64)>> {
