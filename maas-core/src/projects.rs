@@ -251,39 +251,47 @@ impl Projects {
             if *stop.borrow() {
                 return;
             }
+            // Nothing new (the usual case): one newest event read, no page.
+            let newest_now = newest(storage.clone()).await.unwrap_or(seen);
+            if newest_now <= seen && pending.is_none() {
+                continue;
+            }
+            let fresh = newest_now > seen;
             // The configuration changes since `seen`, newest first.
             let mut urgent = false;
             let mut changed = false;
             let mut before = None;
             let mut top = seen;
-            'pages: loop {
-                let page = match storage
-                    .audit
-                    .list_audit(&crate::audit::AuditQuery {
-                        before_seq: before,
-                        limit: 200,
-                    })
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!("auto-deploy: reading the audit log: {e}");
-                        break 'pages;
+            if fresh {
+                'pages: loop {
+                    let page = match storage
+                        .audit
+                        .list_audit(&crate::audit::AuditQuery {
+                            before_seq: before,
+                            limit: 200,
+                        })
+                        .await
+                    {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!("auto-deploy: reading the audit log: {e}");
+                            break 'pages;
+                        }
+                    };
+                    for e in &page.items {
+                        if e.seq <= seen {
+                            break 'pages;
+                        }
+                        top = top.max(e.seq);
+                        if crate::dataplane::changes_configuration(&e.target_kind) {
+                            changed = true;
+                            urgent |= crate::dataplane::is_revocation(&e.action);
+                        }
                     }
-                };
-                for e in &page.items {
-                    if e.seq <= seen {
-                        break 'pages;
+                    match page.items.last() {
+                        Some(last) if page.cursor.is_some() => before = Some(last.seq),
+                        _ => break 'pages,
                     }
-                    top = top.max(e.seq);
-                    if crate::dataplane::changes_configuration(&e.target_kind) {
-                        changed = true;
-                        urgent |= crate::dataplane::is_revocation(&e.action);
-                    }
-                }
-                match page.items.last() {
-                    Some(last) if page.cursor.is_some() => before = Some(last.seq),
-                    _ => break 'pages,
                 }
             }
             seen = top;

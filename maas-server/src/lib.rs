@@ -555,6 +555,15 @@ fn data_plane_health(
     )
 }
 
+/// The request's id: the client's `x-request-id` if worth keeping, else a
+/// new one (these refusals answer before the common layers set it).
+fn request_id_of(req: &Request) -> maas_http::common::RequestId {
+    req.headers()
+        .get("x-request-id")
+        .and_then(maas_http::common::RequestId::from_header)
+        .unwrap_or_else(maas_http::common::RequestId::generate)
+}
+
 /// On a data plane: a change through the management API is refused (409,
 /// problem+json) naming the control plane that owns the configuration.
 async fn refuse_changes(
@@ -576,11 +585,7 @@ async fn refuse_changes(
         return next.run(Request::from_parts(parts, body)).await;
     }
     let req = Request::from_parts(parts, body);
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(maas_http::common::RequestId::from_header)
-        .unwrap_or_else(maas_http::common::RequestId::generate);
+    let id = request_id_of(&req);
     maas_http::management::Problem::render(
         &maas_core::Error::conflict(format!(
             "this server is a data plane: its configuration comes from the control plane at \
@@ -625,11 +630,7 @@ async fn refuse_key_changes(
     if !changes_keys(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(maas_http::common::RequestId::from_header)
-        .unwrap_or_else(maas_http::common::RequestId::generate);
+    let id = request_id_of(&req);
     let err = maas_core::Error::conflict(format!(
         "this server is a data plane: API keys are made at the control plane \
          ({control_plane}); make the change there"

@@ -54,32 +54,57 @@ async fn models(s: &RunningServer) -> Vec<String> {
     common::model_ids(&body)
 }
 
-/// Waits (at most 10 s) until `s`'s data plane has applied sequence `n`.
-async fn applied(s: &RunningServer, n: u64) {
+/// Asks `probe` every 20 ms, at most 10 s, until `done` holds of its
+/// answer (an event, not a window: no time is waited out); the last answer
+/// and how long it took.
+async fn eventually<T, F, Fut>(mut probe: F, done: impl Fn(&T) -> bool) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let started = std::time::Instant::now();
+    let mut last = probe().await;
     for _ in 0..500 {
-        if s.data_plane()
-            .and_then(|d| d.applied)
-            .is_some_and(|m| m.sequence >= n)
-        {
-            return;
+        if done(&last) {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+        last = probe().await;
     }
-    panic!("artifact {n} not applied: {:?}", s.data_plane());
+    (last, started.elapsed())
 }
 
-/// Waits (at most 10 s) until `s` serves model `id`, moving the manual
-/// clock past its caches' refresh each time; how long it took.
+/// Waits until `s`'s data plane has applied sequence `n`.
+async fn applied(s: &RunningServer, n: u64) {
+    let (seq, _) = eventually(
+        || async { s.data_plane().and_then(|d| d.applied).map(|m| m.sequence) },
+        |seq| seq.is_some_and(|q| q >= n),
+    )
+    .await;
+    assert!(
+        seq.is_some_and(|q| q >= n),
+        "artifact {n} not applied: {:?}",
+        s.data_plane()
+    );
+}
+
+/// Waits until `s` serves model `id`, moving the manual clock past its
+/// caches' refresh each time; how long it took.
 async fn served(s: &RunningServer, clock: &ManualClock, id: &str) -> Duration {
-    let started = std::time::Instant::now();
-    for _ in 0..500 {
-        clock.advance(SHARED_STATE_TTL);
-        if models(s).await.iter().any(|m| m == id) {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{id} not served: {:?}", s.data_plane());
+    let (ids, took) = eventually(
+        || async {
+            clock.advance(SHARED_STATE_TTL);
+            models(s).await
+        },
+        |ids| ids.iter().any(|m| m == id),
+    )
+    .await;
+    assert!(
+        ids.iter().any(|m| m == id),
+        "{id} not served: {:?}",
+        s.data_plane()
+    );
+    took
 }
 
 /// A data plane's `/health` (public listener).
@@ -303,28 +328,13 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
                 .as_u16()
         }
     };
-    let started = std::time::Instant::now();
-    let mut status = 0;
-    let mut status2 = 0;
-    for _ in 0..500 {
+    let both = || async {
         clock.advance(SHARED_STATE_TTL);
-        status = me(&dp).await;
-        status2 = me(&dp2).await;
-        if (status, status2) == (200, 200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        (status, status2),
-        (200, 200),
-        "the key works on both data planes"
-    );
-    eprintln!(
-        "a key created at the control plane worked on the data plane after {:?}",
-        started.elapsed()
-    );
-    let started = std::time::Instant::now();
+        (me(&dp).await, me(&dp2).await)
+    };
+    let (status, took) = eventually(both, |s| *s == (200, 200)).await;
+    assert_eq!(status, (200, 200), "the key works on both data planes");
+    eprintln!("a key created at the control plane worked on the data plane after {took:?}");
     let kid = tkey["key"]["id"].as_str().unwrap();
     let res = reqwest::Client::new()
         .delete(format!("http://{}/api/v1/keys/{kid}", cp.admin_addr))
@@ -335,20 +345,16 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     assert!(res.status().is_success(), "{}", res.status());
     // No cache refresh needed (the clock stays): applying the artifact
     // reloads the changed keys.
-    for _ in 0..500 {
-        status = me(&dp).await;
-        status2 = me(&dp2).await;
-        if (status, status2) == (401, 401) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (status, took) = eventually(
+        || async { (me(&dp).await, me(&dp2).await) },
+        |s| *s == (401, 401),
+    )
+    .await;
     assert_eq!(
-        (status, status2),
+        status,
         (401, 401),
         "deleted at the control plane, refused on both"
     );
-    let took = started.elapsed();
     eprintln!("a key deleted at the control plane was refused on the data plane after {took:?}");
 
     // A maas token minted at the control plane verifies on the data plane
@@ -396,24 +402,21 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
-    let started = std::time::Instant::now();
-    let mut refused = (0, 0);
-    for _ in 0..500 {
-        clock.advance(SHARED_STATE_TTL);
-        refused = (list_models(&dp).await, list_models(&dp2).await);
-        if refused == (401, 401) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (refused, took) = eventually(
+        || async {
+            clock.advance(SHARED_STATE_TTL);
+            (list_models(&dp).await, list_models(&dp2).await)
+        },
+        |s| *s == (401, 401),
+    )
+    .await;
     assert_eq!(
         refused,
         (401, 401),
         "revoked at the control plane, refused on both"
     );
     eprintln!(
-        "tokens revoked at the control plane were refused on both data planes after {:?}",
-        started.elapsed()
+        "tokens revoked at the control plane were refused on both data planes after {took:?}"
     );
 
     let listed = admin(
@@ -438,13 +441,7 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     // meanwhile, it starts from its kept artifact.
     cp.shutdown().await.unwrap();
     assert!(models(&dp).await.contains(&"edge-model-2".to_owned()));
-    for _ in 0..500 {
-        if health(&dp).await["control_plane"]["connected"] == false {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let h = health(&dp).await;
+    let (h, _) = eventually(|| health(&dp), |h| h["control_plane"]["connected"] == false).await;
     assert_eq!(
         (&h["status"], &h["control_plane"]["connected"]),
         (&json!("ok"), &json!(false)),
@@ -461,14 +458,11 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     // The control plane back on its address: the data plane reconnects
     // (backoff at most a few seconds here) and is listed again.
     let cp = Server::start(cp_config()).await.unwrap();
-    let mut online = false;
-    for _ in 0..500 {
-        if dp.data_plane().is_some_and(|d| d.connected) {
-            online = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (online, _) = eventually(
+        || async { dp.data_plane().is_some_and(|d| d.connected) },
+        |online| *online,
+    )
+    .await;
     assert!(online, "reconnected: {:?}", dp.data_plane());
     dp.shutdown().await.unwrap();
     cp.shutdown().await.unwrap();

@@ -590,6 +590,29 @@ impl RedisStore {
             .collect()
     }
 
+    /// A counter operation of the request path: the cheap compare-and-set
+    /// from remembered states, else the computing script with `args`, else
+    /// (no `args`, or declined: numbers past 2^53) the exact path.
+    async fn counter_op<T, R>(
+        &self,
+        keys: Vec<String>,
+        args: Option<Vec<String>>,
+        mut step: impl FnMut(&[Option<T>]) -> (Option<Vec<Option<T>>>, R),
+    ) -> Result<R>
+    where
+        T: DeserializeOwned + Serialize + Clone + PartialEq,
+    {
+        if let Some(args) = args {
+            if let Some(answer) = self.try_remembered(&keys, &mut step).await? {
+                return Ok(answer);
+            }
+            if let Some(answer) = self.compute(&keys, args, &mut step).await? {
+                return Ok(answer);
+            }
+        }
+        self.update(keys, step).await
+    }
+
     /// Runs a counter operation inside Redis ([`script::OPS`] with `args`)
     /// over `keys`: one round trip, whatever other replicas do. The answer
     /// is the model's (`step`) from the states the script read, and the
@@ -854,7 +877,7 @@ impl CounterStore for RedisStore {
         now: Timestamp,
     ) -> Result<Spend> {
         let keys = vec![self.balance_key(id)];
-        let mut step = |s: &[Option<Balance>]| match s.first().copied().flatten() {
+        let step = |s: &[Option<Balance>]| match s.first().copied().flatten() {
             None => (
                 None,
                 Spend {
@@ -873,15 +896,8 @@ impl CounterStore for RedisStore {
                 )
             }
         };
-        if let Some(args) = script::spend_args(cost, refill, now) {
-            if let Some(answer) = self.try_remembered(&keys, &mut step).await? {
-                return Ok(answer);
-            }
-            if let Some(answer) = self.compute(&keys, args, &mut step).await? {
-                return Ok(answer);
-            }
-        }
-        self.update(keys, step).await
+        self.counter_op(keys, script::spend_args(cost, refill, now), step)
+            .await
     }
 
     async fn adjust(
@@ -914,7 +930,7 @@ impl CounterStore for RedisStore {
     ) -> Result<WindowTake> {
         let spec = LimitSpec::Bucket(*spec);
         let keys = vec![self.limit_key(id)];
-        let mut step = |s: &[Option<LimitState>]| {
+        let step = |s: &[Option<LimitState>]| {
             let (next, take) = spec.take(s.first().copied().flatten(), cost, now);
             (Some(vec![Some(next)]), take)
         };
@@ -923,15 +939,12 @@ impl CounterStore for RedisStore {
             spec,
             cost,
         };
-        if let Some(args) = script::take_args("T", std::slice::from_ref(&op), &[id], now) {
-            if let Some(answer) = self.try_remembered(&keys, &mut step).await? {
-                return Ok(answer);
-            }
-            if let Some(answer) = self.compute(&keys, args, &mut step).await? {
-                return Ok(answer);
-            }
-        }
-        self.update(keys, step).await
+        self.counter_op(
+            keys,
+            script::take_args("T", std::slice::from_ref(&op), &[id], now),
+            step,
+        )
+        .await
     }
 
     async fn reset_window(&self, id: &str) -> Result<()> {
@@ -946,7 +959,7 @@ impl CounterStore for RedisStore {
         // take of an id that comes twice).
         let ids = Self::distinct(ops.iter().map(|o| o.id.as_str()));
         let keys: Vec<String> = ids.iter().map(|id| self.limit_key(id)).collect();
-        let mut step = |s: &[Option<LimitState>]| {
+        let step = |s: &[Option<LimitState>]| {
             let get = |id: &str| {
                 ids.iter()
                     .position(|i| *i == id)
@@ -965,15 +978,8 @@ impl CounterStore for RedisStore {
             }
             (Some(new), out)
         };
-        if let Some(args) = script::take_args("R", ops, &ids, now) {
-            if let Some(answer) = self.try_remembered(&keys, &mut step).await? {
-                return Ok(answer);
-            }
-            if let Some(answer) = self.compute(&keys, args, &mut step).await? {
-                return Ok(answer);
-            }
-        }
-        self.update(keys, step).await
+        self.counter_op(keys, script::take_args("R", ops, &ids, now), step)
+            .await
     }
 
     async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
@@ -982,7 +988,7 @@ impl CounterStore for RedisStore {
         // own settlement.
         let ids = Self::distinct(ops.iter().map(|o| o.id.as_str()));
         let keys: Vec<String> = ids.iter().map(|id| self.limit_key(id)).collect();
-        let mut step = |s: &[Option<LimitState>]| {
+        let step = |s: &[Option<LimitState>]| {
             let mut states: Vec<Option<LimitState>> = s.to_vec();
             let mut out = Vec::with_capacity(ops.len());
             for op in ops {
@@ -1003,14 +1009,7 @@ impl CounterStore for RedisStore {
             }
             (Some(states), out)
         };
-        if let Some(args) = script::settle_args(ops, &ids, now) {
-            if let Some(answer) = self.try_remembered(&keys, &mut step).await? {
-                return Ok(answer);
-            }
-            if let Some(answer) = self.compute(&keys, args, &mut step).await? {
-                return Ok(answer);
-            }
-        }
-        self.update(keys, step).await
+        self.counter_op(keys, script::settle_args(ops, &ids, now), step)
+            .await
     }
 }

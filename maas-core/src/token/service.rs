@@ -464,14 +464,20 @@ impl TokenService {
         if stale || unknown {
             ring = self.reload_ring(now).await?;
         }
+        // This node's own keys without a copy; a trusted issuer's, cloned
+        // out of its lock (only for tokens not in the verified cache).
+        let trusted;
         let key = match ring.verify.get(kid) {
-            Some(k) => k.clone(),
+            Some(k) => k,
             None => match self.trusted_key(kid) {
-                Some(k) => k,
+                Some(k) => {
+                    trusted = k;
+                    &trusted
+                }
                 None => return Ok(Err(TokenRejection::UnknownKey)),
             },
         };
-        if let Err(r) = jwt::check_signature(&parts, &key) {
+        if let Err(r) = jwt::check_signature(&parts, key) {
             return Ok(Err(r));
         }
         let c: InClaims = match jwt::claims(&parts) {
