@@ -337,6 +337,13 @@ pub trait UsageStore: Send + Sync + fmt::Debug {
     async fn add_usage(&self, buckets: &[UsageBucket]) -> Result<()>;
     /// Adds each verification bucket into the stored one with its key.
     async fn add_verifications(&self, buckets: &[VerificationBucket]) -> Result<()>;
+    /// Adds `report`'s buckets, as [`Self::add_usage`] and
+    /// [`Self::add_verifications`] together, if its sequence is above the
+    /// last one added from its source, and remembers that sequence — all
+    /// atomically: `Ok(false)` (nothing added) for a report already added
+    /// or older; concurrent calls with one report add it once. The caller
+    /// has checked it ([`UsageReport::check`](crate::usage::UsageReport::check)).
+    async fn add_report(&self, report: &crate::usage::UsageReport) -> Result<bool>;
     /// The stored usage buckets `filter` selects, sorted by key.
     async fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>>;
     /// The stored verification buckets `filter` selects, sorted by key.

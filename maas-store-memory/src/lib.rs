@@ -526,6 +526,10 @@ impl UsageStore for MemoryStore {
         self.usage.add_verifications(buckets).await
     }
 
+    async fn add_report(&self, report: &maas_core::usage::UsageReport) -> Result<bool> {
+        self.usage.add_report(report).await
+    }
+
     async fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>> {
         self.usage.usage_buckets(filter).await
     }

@@ -28,8 +28,8 @@ use maas_core::storage::{
     TenantStore, UsageStore, audit_page_size, version_conflict,
 };
 use maas_core::usage::{
-    UsageBucket, UsageFilter, UsageKey, UsageSums, VerificationBucket, VerificationFilter,
-    VerificationKey, VerificationSums,
+    UsageBucket, UsageFilter, UsageKey, UsageReport, UsageSums, VerificationBucket,
+    VerificationFilter, VerificationKey, VerificationSums,
 };
 use maas_core::{
     Error, KeyId, KeyRecord, KeyspaceId, Result, Tenant, TenantId, Timestamp, keyspace::Keyspace,
@@ -818,69 +818,190 @@ struct Stored<K, S> {
     sums: S,
 }
 
-impl RedisStore {
-    /// Adds `entries` into the stored buckets of `space` (`u` or `vb`): read,
-    /// add (saturating, the model's `add`), write if nothing moved, retried.
-    async fn add_buckets<K, S>(
-        &self,
-        space: &str,
-        entries: Vec<(K, S)>,
-        minute: impl Fn(&K) -> i64,
-        add: impl Fn(&mut S, &S),
-    ) -> Result<()>
-    where
-        K: Serialize + DeserializeOwned + Ord + Clone,
-        S: Serialize + DeserializeOwned + Default + Copy,
-    {
-        // One entry per key, summed.
-        let mut merged: BTreeMap<K, S> = BTreeMap::new();
-        for (k, s) in entries {
-            add(merged.entry(k).or_default(), &s);
+/// Buckets to add into one space (`u` or `vb`): one per key, summed, each
+/// with its Redis key.
+struct Staged<K, S> {
+    space: &'static str,
+    entries: Vec<(String, K, S)>,
+}
+
+/// What a bucket space needs: its keys' minute and its sums' addition.
+trait Space: Sized {
+    type Sums: Serialize + DeserializeOwned + Default + Copy;
+    fn minute(&self) -> i64;
+    fn add(a: &mut Self::Sums, b: &Self::Sums);
+}
+
+impl Space for UsageKey {
+    type Sums = UsageSums;
+    fn minute(&self) -> i64 {
+        self.minute.as_millis()
+    }
+    fn add(a: &mut UsageSums, b: &UsageSums) {
+        a.add(b);
+    }
+}
+
+impl Space for VerificationKey {
+    type Sums = VerificationSums;
+    fn minute(&self) -> i64 {
+        self.minute.as_millis()
+    }
+    fn add(a: &mut VerificationSums, b: &VerificationSums) {
+        a.add(b);
+    }
+}
+
+impl<K> Staged<K, K::Sums>
+where
+    K: Space + Serialize + DeserializeOwned + Ord + Clone,
+{
+    fn new(
+        s: &RedisStore,
+        space: &'static str,
+        entries: impl IntoIterator<Item = (K, K::Sums)>,
+    ) -> Result<Self> {
+        let mut merged: BTreeMap<K, K::Sums> = BTreeMap::new();
+        for (k, sums) in entries {
+            K::add(merged.entry(k).or_default(), &sums);
         }
-        let keys: Vec<(String, K, S)> = merged
+        let entries = merged
             .into_iter()
-            .map(|(k, s)| Ok((self.k(&format!("{space}:{}", to_json(&k)?)), k, s)))
+            .map(|(k, sums)| Ok((s.k(&format!("{space}:{}", to_json(&k)?)), k, sums)))
             .collect::<Result<_>>()?;
-        if keys.is_empty() {
+        Ok(Staged { space, entries })
+    }
+
+    fn names(&self) -> impl Iterator<Item = &String> {
+        self.entries.iter().map(|(n, ..)| n)
+    }
+
+    /// Asks for each bucket's version and stored value.
+    fn read(&self, pipe: &mut redis::Pipeline) {
+        for n in self.names() {
+            pipe.cmd("HMGET").arg(n).arg("v").arg("s");
+        }
+    }
+
+    /// Writes each bucket, its stored sums (as `rows` read them) plus what
+    /// is added, on the condition that nothing moved since.
+    fn write(
+        &self,
+        s: &RedisStore,
+        tx: &mut Tx,
+        rows: impl Iterator<Item = (Option<u64>, Option<String>)>,
+    ) -> Result<()> {
+        for ((name, key, add_sums), (version, json)) in self.entries.iter().zip(rows) {
+            let version = version.unwrap_or(0);
+            let mut sums = match json {
+                Some(j) => from_json::<Stored<K, K::Sums>>(name, &j)?.sums,
+                None => K::Sums::default(),
+            };
+            K::add(&mut sums, add_sums);
+            tx.version(name.clone(), version, Error::conflict("moved"));
+            tx.put(
+                name.clone(),
+                version + 1,
+                &Stored {
+                    key: key.clone(),
+                    sums,
+                },
+            )?;
+            tx.op(
+                "Z",
+                s.k(&format!("{}:idx", self.space)),
+                &[&format!("{:020}\u{1f}{}", key.minute(), to_json(key)?)],
+            );
+        }
+        Ok(())
+    }
+}
+
+type Row = (Option<u64>, Option<String>);
+
+impl RedisStore {
+    /// Adds `staged` into its stored buckets: read, add (saturating, the
+    /// model's `add`), write if nothing moved, retried.
+    async fn add_buckets<K>(&self, staged: Staged<K, K::Sums>) -> Result<()>
+    where
+        K: Space + Serialize + DeserializeOwned + Ord + Clone,
+    {
+        if staged.entries.is_empty() {
             return Ok(());
         }
-        let names: Vec<String> = keys.iter().map(|(n, ..)| n.clone()).collect();
+        let names: Vec<String> = staged.names().cloned().collect();
         let _held = self.lock(&names).await;
         for _ in 0..crate::MAX_TRIES {
             let mut pipe = redis::pipe();
-            for n in &names {
-                pipe.cmd("HMGET").arg(n).arg("v").arg("s");
-            }
+            staged.read(&mut pipe);
             let mut con = self.inner.con.clone();
-            let rows: Vec<(Option<u64>, Option<String>)> = pipe
+            let rows: Vec<Row> = pipe
                 .query_async(&mut con)
                 .await
                 .map_err(|e| unavailable(&e))?;
             let mut tx = Tx::new();
-            for ((name, key, add_sums), (version, json)) in keys.iter().zip(rows) {
-                let version = version.unwrap_or(0);
-                let mut sums = match json {
-                    Some(j) => from_json::<Stored<K, S>>(name, &j)?.sums,
-                    None => S::default(),
-                };
-                add(&mut sums, add_sums);
-                tx.version(name.clone(), version, Error::conflict("moved"));
-                tx.put(
-                    name.clone(),
-                    version + 1,
-                    &Stored {
-                        key: key.clone(),
-                        sums,
-                    },
-                )?;
-                tx.op(
-                    "Z",
-                    self.k(&format!("{space}:idx")),
-                    &[&format!("{:020}\u{1f}{}", minute(key), to_json(key)?)],
-                );
-            }
+            staged.write(self, &mut tx, rows.into_iter())?;
             match self.run(tx).await {
                 Ok(_) => return Ok(()),
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::unavailable(
+            "redis: usage buckets kept changing",
+            true,
+        ))
+    }
+
+    /// [`UsageStore::add_report`]: the buckets of both spaces and the
+    /// source's last sequence (`rep:{source}`, its version and the sequence)
+    /// in one conditional transaction.
+    async fn add_report_tx(&self, report: &UsageReport) -> Result<bool> {
+        let usage = Staged::new(
+            self,
+            "u",
+            report.usage.iter().map(|b| (b.key.clone(), b.sums)),
+        )?;
+        let verifications = Staged::new(
+            self,
+            "vb",
+            report.verifications.iter().map(|b| (b.key.clone(), b.sums)),
+        )?;
+        let marker = self.k(&format!("rep:{}", report.source));
+        let mut names: Vec<String> = usage
+            .names()
+            .chain(verifications.names())
+            .cloned()
+            .collect();
+        names.push(marker.clone());
+        let _held = self.lock(&names).await;
+        for _ in 0..crate::MAX_TRIES {
+            let mut pipe = redis::pipe();
+            usage.read(&mut pipe);
+            verifications.read(&mut pipe);
+            pipe.cmd("HMGET").arg(&marker).arg("v").arg("s");
+            let mut con = self.inner.con.clone();
+            let mut rows: Vec<Row> = pipe
+                .query_async(&mut con)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            let (version, last) = rows.pop().unwrap_or((None, None));
+            let last: u64 = match last {
+                Some(j) => from_json(&marker, &j)?,
+                None => 0,
+            };
+            if last >= report.sequence {
+                return Ok(false);
+            }
+            let mut rows = rows.into_iter();
+            let mut tx = Tx::new();
+            usage.write(self, &mut tx, rows.by_ref().take(usage.entries.len()))?;
+            verifications.write(self, &mut tx, rows)?;
+            let version = version.unwrap_or(0);
+            tx.version(marker.clone(), version, Error::conflict("moved"));
+            tx.put(marker.clone(), version + 1, &report.sequence)?;
+            match self.run(tx).await {
+                Ok(_) => return Ok(true),
                 Err(Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }
@@ -936,25 +1057,25 @@ impl RedisStore {
 #[async_trait]
 impl UsageStore for RedisStore {
     async fn add_usage(&self, buckets: &[UsageBucket]) -> Result<()> {
-        let entries = buckets.iter().map(|b| (b.key.clone(), b.sums)).collect();
-        self.add_buckets(
+        self.add_buckets(Staged::new(
+            self,
             "u",
-            entries,
-            |k: &UsageKey| k.minute.as_millis(),
-            |a: &mut UsageSums, b| a.add(b),
-        )
+            buckets.iter().map(|b| (b.key.clone(), b.sums)),
+        )?)
         .await
     }
 
     async fn add_verifications(&self, buckets: &[VerificationBucket]) -> Result<()> {
-        let entries = buckets.iter().map(|b| (b.key.clone(), b.sums)).collect();
-        self.add_buckets(
+        self.add_buckets(Staged::new(
+            self,
             "vb",
-            entries,
-            |k: &VerificationKey| k.minute.as_millis(),
-            |a: &mut VerificationSums, b| a.add(b),
-        )
+            buckets.iter().map(|b| (b.key.clone(), b.sums)),
+        )?)
         .await
+    }
+
+    async fn add_report(&self, report: &UsageReport) -> Result<bool> {
+        self.add_report_tx(report).await
     }
 
     async fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>> {

@@ -275,6 +275,17 @@ impl UsageStore for SledStore {
             .await
     }
 
+    async fn add_report(&self, report: &maas_core::usage::UsageReport) -> Result<bool> {
+        let usage = usage_entries(&report.usage)?;
+        let verifications = verification_entries(&report.verifications)?;
+        let (source, sequence) = (report.source.clone(), report.sequence);
+        self.writer()
+            .run(Lane::Background, Durable::Journal, move |t, j| {
+                crate::usage::add_report(t, j, &source, sequence, &usage, &verifications)
+            })
+            .await
+    }
+
     async fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>> {
         let filter = filter.clone();
         self.read(move |t| t.usage_buckets(&filter)).await

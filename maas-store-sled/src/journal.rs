@@ -61,6 +61,8 @@ pub(crate) enum Journaled {
     Usage = 3,
     /// Verification buckets.
     Verifications = 4,
+    /// The last sequence added of each usage-report source.
+    Reports = 5,
 }
 
 impl Journaled {
@@ -70,6 +72,7 @@ impl Journaled {
             2 => Journaled::Windows,
             3 => Journaled::Usage,
             4 => Journaled::Verifications,
+            5 => Journaled::Reports,
             _ => return None,
         })
     }

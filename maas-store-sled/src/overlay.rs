@@ -40,7 +40,7 @@ type Value = Option<Vec<u8>>;
 /// The journaled values of each journaled tree not yet written into sled.
 #[derive(Debug, Default)]
 pub(crate) struct Overlay {
-    trees: [Mutex<BTreeMap<Vec<u8>, Value>>; 4],
+    trees: [Mutex<BTreeMap<Vec<u8>, Value>>; 5],
     len: AtomicUsize,
 }
 
@@ -50,14 +50,16 @@ fn slot(which: Journaled) -> usize {
         Journaled::Windows => 1,
         Journaled::Usage => 2,
         Journaled::Verifications => 3,
+        Journaled::Reports => 4,
     }
 }
 
-const ALL: [Journaled; 4] = [
+const ALL: [Journaled; 5] = [
     Journaled::Balances,
     Journaled::Windows,
     Journaled::Usage,
     Journaled::Verifications,
+    Journaled::Reports,
 ];
 
 impl Overlay {

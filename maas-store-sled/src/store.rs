@@ -109,6 +109,9 @@ pub(crate) struct Trees {
     pub(crate) usage: Tree,
     /// Verification buckets (see `crate::usage`).
     pub(crate) verifications: Tree,
+    /// The last sequence added of each usage-report source: key = the
+    /// source, value = 8 bytes big-endian.
+    pub(crate) reports: Tree,
     /// Journaled values not yet written into the four trees above
     /// (`crate::overlay`).
     pub(crate) overlay: Overlay,
@@ -291,6 +294,7 @@ impl Trees {
             records: db.open_tree("records")?,
             usage: db.open_tree("usage")?,
             verifications: db.open_tree("verifications")?,
+            reports: db.open_tree("usage_reports")?,
             overlay: Overlay::default(),
             db,
         })
@@ -361,6 +365,7 @@ impl Trees {
             Journaled::Windows => &self.windows,
             Journaled::Usage => &self.usage,
             Journaled::Verifications => &self.verifications,
+            Journaled::Reports => &self.reports,
         }
     }
 

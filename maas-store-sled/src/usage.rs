@@ -110,6 +110,43 @@ pub(crate) fn add<const N: usize>(
     Ok(())
 }
 
+/// Adds a usage report's entries unless its source's last sequence is at or
+/// above `sequence`, and notes the sequence: one journal record with the
+/// buckets, so a crash keeps both or neither.
+pub(crate) fn add_report(
+    t: &Trees,
+    j: &mut Journal,
+    source: &str,
+    sequence: u64,
+    usage: &[(Vec<u8>, [u64; 10])],
+    verifications: &[(Vec<u8>, [u64; 4])],
+) -> Result<bool> {
+    let last = match t.get_journaled(Journaled::Reports, source.as_bytes())? {
+        Some(v) => u64::from_be_bytes(
+            <[u8; 8]>::try_from(v.as_slice()).map_err(|_| corrupt("usage report"))?,
+        ),
+        None => 0,
+    };
+    if last >= sequence {
+        return Ok(false);
+    }
+    add(t, j, Journaled::Usage, "usage", usage)?;
+    add(
+        t,
+        j,
+        Journaled::Verifications,
+        "verification",
+        verifications,
+    )?;
+    t.put_journaled(
+        j,
+        Journaled::Reports,
+        source.as_bytes(),
+        Some(&sequence.to_be_bytes()),
+    )?;
+    Ok(true)
+}
+
 /// The stored entries of minutes in `[from, to)`.
 fn scan(
     t: &Trees,

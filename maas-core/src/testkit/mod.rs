@@ -152,6 +152,8 @@ scenarios!($;
     usage_adds_merge_into_buckets,
     usage_filters_and_half_open_ranges,
     usage_concurrent_adds_all_land,
+    usage_reports_add_once,
+    usage_reports_concurrent_resends_count_once,
     usage_verification_buckets,
     usage_ledger_writes_behind,
     usage_costs_with_a_price_change,

@@ -253,6 +253,10 @@ impl UsageStore for Probe {
         self.w().await;
         self.inner.usage.add_verifications(b).await
     }
+    async fn add_report(&self, r: &crate::usage::UsageReport) -> Result<bool> {
+        self.w().await;
+        self.inner.usage.add_report(r).await
+    }
     async fn usage_buckets(&self, f: &UsageFilter) -> Result<Vec<UsageBucket>> {
         self.r();
         self.inner.usage.usage_buckets(f).await

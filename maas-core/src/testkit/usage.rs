@@ -21,9 +21,9 @@ use crate::patch::Patch;
 use crate::storage::Storage;
 use crate::usage::{
     CacheOutcome, DAY_MS, Granularity, GroupBy, HOUR_MS, MINUTE_MS, RequestOutcome, TimeRange,
-    UsageBucket, UsageConfig, UsageFilter, UsageKey, UsageLedger, UsageRecord, UsageScope,
-    UsageSums, VerificationBucket, VerificationFilter, VerificationKey, VerificationScope,
-    VerificationSums,
+    UsageBucket, UsageConfig, UsageFilter, UsageKey, UsageLedger, UsageRecord, UsageReport,
+    UsageScope, UsageSums, VerificationBucket, VerificationFilter, VerificationKey,
+    VerificationScope, VerificationSums,
 };
 
 fn ukey(minute: Timestamp, tenant: &str, key: &str, model: &str, currency: &str) -> UsageKey {
@@ -253,6 +253,142 @@ pub async fn usage_concurrent_adds_all_land(storage: Storage, clock: ManualClock
         .unwrap();
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].sums.success, 400);
+}
+
+fn report(source: &str, sequence: u64, m: Timestamp, tenant: &str) -> UsageReport {
+    UsageReport {
+        source: source.into(),
+        sequence,
+        usage: vec![
+            ub(ukey(m, tenant, "key_1", "llama", "USD"), sums(2, 10, 500)),
+            ub(ukey(m, "shared", "", "llama", ""), sums(1, 1, 0)),
+        ],
+        verifications: vec![VerificationBucket {
+            key: VerificationKey {
+                minute: m,
+                keyspace_id: "ks".into(),
+                key_id: "key_1".into(),
+                owner_id: String::new(),
+            },
+            sums: VerificationSums::of(VerifyCode::Valid),
+        }],
+    }
+}
+
+async fn verifications_in(storage: &Storage, m: Timestamp) -> u64 {
+    storage
+        .usage
+        .verification_buckets(&VerificationFilter::range(m, m.add_millis(MINUTE_MS)))
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.sums.success)
+        .sum()
+}
+
+/// A report is added once: sent again, or older than the last one of its
+/// source, it adds nothing and answers `false`; sources are independent;
+/// usage and verifications land together.
+pub async fn usage_reports_add_once(storage: Storage, clock: ManualClock) {
+    let m = minute(&clock, 0);
+    let usage = &storage.usage;
+    assert!(
+        usage
+            .add_report(&report("dp-a", 1, m, "acme"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !usage
+            .add_report(&report("dp-a", 1, m, "acme"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        usage
+            .add_report(&report("dp-a", 3, m, "acme"))
+            .await
+            .unwrap()
+    );
+    // A gap is allowed (the sender may have lost reports); older is not.
+    assert!(
+        !usage
+            .add_report(&report("dp-a", 2, m, "acme"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        usage
+            .add_report(&report("dp-b", 1, m, "beta"))
+            .await
+            .unwrap()
+    );
+    // An empty report moves the sequence on.
+    let empty = UsageReport {
+        usage: vec![],
+        verifications: vec![],
+        ..report("dp-b", 2, m, "beta")
+    };
+    assert!(usage.add_report(&empty).await.unwrap());
+    assert!(
+        !usage
+            .add_report(&report("dp-b", 2, m, "beta"))
+            .await
+            .unwrap()
+    );
+    let all = all_usage(&storage).await;
+    let of = |t: &str| {
+        all.iter()
+            .find(|b| b.key.tenant == t)
+            .map(|b| b.sums.requests)
+    };
+    assert_eq!(of("acme"), Some(4));
+    assert_eq!(of("beta"), Some(2));
+    assert_eq!(of("shared"), Some(3));
+    assert_eq!(verifications_in(&storage, m).await, 3);
+}
+
+/// Eight tasks send the same twenty reports of one source at once, as a
+/// data plane resending after a lost acknowledgement to two control-plane
+/// replicas might: each report is counted exactly once.
+pub async fn usage_reports_concurrent_resends_count_once(storage: Storage, clock: ManualClock) {
+    let m = minute(&clock, 0);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let usage = Arc::clone(&storage.usage);
+        tasks.push(tokio::spawn(async move {
+            let mut added = 0u64;
+            for seq in 1..=20 {
+                if usage
+                    .add_report(&report("dp", seq, m, "acme"))
+                    .await
+                    .unwrap()
+                {
+                    added += 1;
+                }
+            }
+            added
+        }));
+    }
+    let mut added = 0;
+    for t in tasks {
+        added += t.await.unwrap();
+    }
+    // Each task sends in order, so every sequence is added by the first
+    // task to send it, and by no other.
+    assert_eq!(added, 20);
+    let all = all_usage(&storage).await;
+    let acme = all.iter().find(|b| b.key.tenant == "acme").unwrap().sums;
+    assert_eq!(acme.requests, 2 * added);
+    assert_eq!(acme.cost_nanos, 500 * added);
+    assert_eq!(verifications_in(&storage, m).await, added);
+    assert!(
+        !storage
+            .usage
+            .add_report(&report("dp", 20, m, "acme"))
+            .await
+            .unwrap()
+    );
 }
 
 /// Verification buckets merge, filter by keyspace, key and owner, and

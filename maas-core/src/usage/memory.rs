@@ -1,26 +1,28 @@
 //! [`MemoryUsageStore`]: the usage store in memory, for the memory backend,
 //! embedding and tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
 use super::{
-    UsageBucket, UsageFilter, UsageKey, UsageSums, VerificationBucket, VerificationFilter,
-    VerificationKey, VerificationSums,
+    UsageBucket, UsageFilter, UsageKey, UsageReport, UsageSums, VerificationBucket,
+    VerificationFilter, VerificationKey, VerificationSums,
 };
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::storage::UsageStore;
 
 /// A [`UsageStore`] in two ordered maps, each under its own lock: a batch is
-/// added under one lock acquisition, so it is atomic. Nothing survives the
-/// process.
+/// added under one lock acquisition, so it is atomic. A report takes the
+/// reports' lock, then both maps'. Nothing survives the process.
 #[derive(Debug, Default)]
 pub struct MemoryUsageStore {
     usage: Mutex<BTreeMap<UsageKey, UsageSums>>,
     verifications: Mutex<BTreeMap<VerificationKey, VerificationSums>>,
+    /// The last sequence added of each report source.
+    reports: Mutex<HashMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -64,6 +66,30 @@ impl UsageStore for MemoryUsageStore {
             map.entry(b.key.clone()).or_default().add(&b.sums);
         }
         Ok(())
+    }
+
+    async fn add_report(&self, report: &UsageReport) -> Result<bool> {
+        let mut reports = lock(&self.reports);
+        if reports
+            .get(&report.source)
+            .is_some_and(|&last| last >= report.sequence)
+        {
+            return Ok(false);
+        }
+        {
+            let mut map = lock(&self.usage);
+            for b in &report.usage {
+                map.entry(b.key.clone()).or_default().add(&b.sums);
+            }
+        }
+        {
+            let mut map = lock(&self.verifications);
+            for b in &report.verifications {
+                map.entry(b.key.clone()).or_default().add(&b.sums);
+            }
+        }
+        reports.insert(report.source.clone(), report.sequence);
+        Ok(true)
     }
 
     async fn usage_buckets(&self, filter: &UsageFilter) -> Result<Vec<UsageBucket>> {

@@ -472,6 +472,66 @@ pub struct VerificationBucket {
     pub sums: VerificationSums,
 }
 
+/// Usage and verifications another node counted, sent to be added here once
+/// (a data plane's report to its control plane): the buckets of `sequence`
+/// of the stream `source`. [`UsageStore::add_report`] adds it only when
+/// `sequence` is above the last one added from `source`, so a report sent
+/// again after a lost acknowledgement is not counted twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// The stream: who counted (1..=64 ASCII letters, digits, `-`, `_`,
+    /// `.`, `:`).
+    pub source: String,
+    /// The report's place in its stream, from 1; each report's is above the
+    /// one before.
+    pub sequence: u64,
+    /// Usage buckets.
+    #[serde(default)]
+    pub usage: Vec<UsageBucket>,
+    /// Verification buckets.
+    #[serde(default)]
+    pub verifications: Vec<VerificationBucket>,
+}
+
+impl UsageReport {
+    /// The longest source name.
+    pub const MAX_SOURCE: usize = 64;
+
+    /// Checks the source, the sequence and every bucket's key (as
+    /// [`UsageLedger::record`] checks records).
+    pub fn check(&self) -> Result<()> {
+        if self.source.is_empty()
+            || self.source.len() > Self::MAX_SOURCE
+            || !self
+                .source
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return Err(Error::invalid(
+                "source",
+                "must be 1 to 64 ASCII letters, digits, '-', '_', '.' or ':'",
+            ));
+        }
+        if self.sequence == 0 {
+            return Err(Error::invalid("sequence", "must be at least 1"));
+        }
+        for b in &self.usage {
+            check_minute(b.key.minute)?;
+            check_part("tenant", &b.key.tenant, true)?;
+            check_part("model", &b.key.model, true)?;
+            check_part("key_id", &b.key.key_id, false)?;
+            check_part("currency", &b.key.currency, false)?;
+        }
+        for b in &self.verifications {
+            check_minute(b.key.minute)?;
+            check_part("keyspace_id", &b.key.keyspace_id, true)?;
+            check_part("key_id", &b.key.key_id, true)?;
+            check_part("owner_id", &b.key.owner_id, false)?;
+        }
+        Ok(())
+    }
+}
+
 /// Which usage buckets to read: minutes in `[from, to)` matching every
 /// filter that is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -660,6 +720,14 @@ fn check_part(field: &'static str, s: &str, required: bool) -> Result<()> {
     }
     if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a bucket's minute: a minute's start, not before the epoch.
+fn check_minute(minute: Timestamp) -> Result<()> {
+    if minute_of(minute)? != minute.as_millis() {
+        return Err(Error::invalid("minute", "must be the start of a minute"));
     }
     Ok(())
 }

@@ -65,6 +65,10 @@ impl UsageStore for Flaky {
         self.gate()?;
         self.inner.add_verifications(b).await
     }
+    async fn add_report(&self, r: &super::UsageReport) -> crate::Result<bool> {
+        self.gate()?;
+        self.inner.add_report(r).await
+    }
     async fn usage_buckets(&self, f: &UsageFilter) -> crate::Result<Vec<UsageBucket>> {
         self.inner.usage_buckets(f).await
     }
