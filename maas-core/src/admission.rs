@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::model::Pricing;
 use crate::storage::Storage;
 use crate::tier::Tier;
-use crate::usage::{billed_nanos, nanos_to_amount, worst_case_nanos};
+use crate::usage::{UsageBucket, billed_nanos, nanos_to_amount, worst_case_nanos};
 use crate::validate;
 
 /// How long a budget hold of a request that is never settled counts as
@@ -830,6 +830,38 @@ impl AdmissionLimits {
     }
 
     // ----- budgets ----------------------------------------------------------
+
+    /// Charges the budgets of usage served elsewhere (a data plane's
+    /// report): each bucket's cost counts against its tenant's and its key's
+    /// budgets in the bucket's currency, in the period of its minute. Nothing
+    /// is held or refused: the requests were served already.
+    pub async fn charge_reported(&self, usage: &[UsageBucket]) -> Result<()> {
+        let budgets = self.budgets(self.now()).await?;
+        if budgets.by_id.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::new();
+        for b in usage.iter().filter(|b| b.sums.cost_nanos > 0) {
+            let scopes = std::iter::once(BudgetScope::Tenant(b.key.tenant.clone()))
+                .chain((!b.key.key_id.is_empty()).then(|| BudgetScope::Key(b.key.key_id.clone())));
+            for scope in scopes {
+                match budgets.by_id.get(&scope.record_id()) {
+                    Some(budget) if budget.currency == b.key.currency => ops.push(SettleOp {
+                        id: scope.counter_id(),
+                        spec: budget.spec(),
+                        taken_at: b.key.minute,
+                        reserved: 0,
+                        used: b.sums.cost_nanos,
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.settle(&ops).await
+    }
 
     /// Sets (creates or replaces) the budget of `scope`.
     pub async fn set_budget(

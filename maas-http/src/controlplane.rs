@@ -8,13 +8,20 @@
 //! Protocol (seed 001; extra fields and messages are allowed):
 //! - data plane → control plane: `{"type":"register","project_id","api_key",
 //!   "name"?,"metadata"?,"data_plane_id"?}` first, within 10 s; then
-//!   `{"type":"heartbeat","artifact_id"?}`, and `artifact_applied` /
-//!   `artifact_rejected` (`artifact_id`, `reason`).
+//!   `{"type":"heartbeat","artifact_id"?}`, `artifact_applied` /
+//!   `artifact_rejected` (`artifact_id`, `reason`), and `{"type":
+//!   "usage_report","source","sequence","usage":[…],"verifications":[…]}`
+//!   (a [`UsageReport`]: what the data plane served, added here once per
+//!   source and sequence, then charged to budgets).
 //! - control plane → data plane: `{"type":"registered","data_plane_id",
 //!   "heartbeat_interval_secs","artifact_public_key"}`, `{"type":
 //!   "heartbeat_ack"}`, `{"type":"artifact_available","artifact_id",
-//!   "download_url","sha256","sequence","size","signature"}`, and before a
-//!   close `{"type":"disconnect","reason"}` or `{"type":"error","message"}`.
+//!   "download_url","sha256","sequence","size","signature"}`, the answer to
+//!   each usage report — `{"type":"usage_ack","sequence"}` (added, or added
+//!   before), `{"type":"usage_rejected","sequence","reason"}` (invalid: do
+//!   not send it again) or `{"type":"usage_retry","sequence","reason"}` (the
+//!   store failed: send it again later) — and before a close
+//!   `{"type":"disconnect","reason"}` or `{"type":"error","message"}`.
 
 use std::time::Duration;
 
@@ -23,8 +30,10 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use maas_core::admission::AdmissionLimits;
 use maas_core::dataplane::{Announcement, Push};
 use maas_core::projects::Projects;
+use maas_core::usage::{UsageLedger, UsageReport};
 use maas_core::{Error, KeyspaceId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -38,11 +47,39 @@ use crate::management::problem;
 /// How long a new connection has to register.
 const REGISTER_WITHIN: Duration = Duration::from_secs(10);
 
+/// The largest message a data plane may send (a usage report of a few
+/// thousand buckets fits).
+const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
 /// What the control-plane routes need.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneState {
     /// Projects, their keys, data planes and artifacts.
     pub projects: Projects,
+    /// Where data planes' usage reports are added (`None`: they are refused
+    /// with `usage_rejected`).
+    pub usage: Option<UsageLedger>,
+    /// Whose budgets reported usage is charged to.
+    pub admission: Option<AdmissionLimits>,
+}
+
+impl ControlPlaneState {
+    /// Routes for `projects`, taking no usage reports.
+    pub fn new(projects: Projects) -> Self {
+        ControlPlaneState {
+            projects,
+            usage: None,
+            admission: None,
+        }
+    }
+
+    /// Adds data planes' usage reports to `usage` and charges them to the
+    /// budgets of `admission`.
+    pub fn with_usage(mut self, usage: UsageLedger, admission: AdmissionLimits) -> Self {
+        self.usage = Some(usage);
+        self.admission = Some(admission);
+        self
+    }
 }
 
 /// `GET /ws/data-plane` and `GET /artifacts/{id}/download`, with request
@@ -113,7 +150,7 @@ struct ArtifactAvailable<'a> {
     )
 )]
 async fn upgrade(State(s): State<ControlPlaneState>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(64 * 1024)
+    ws.max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| session(s, socket))
 }
 
@@ -243,6 +280,12 @@ async fn session(s: ControlPlaneState, mut socket: WebSocket) {
                     continue;
                 };
                 match m.kind.as_str() {
+                    "usage_report" => {
+                        let answer = take_report(&s, &id, &text).await;
+                        if !send(&mut socket, answer).await {
+                            break;
+                        }
+                    }
                     "heartbeat" => {
                         planes.heartbeat_of(&id, m.artifact_id.map(|a| a.to_ascii_lowercase()));
                         if !send(&mut socket, json!({"type": "heartbeat_ack"})).await {
@@ -281,6 +324,42 @@ async fn session(s: ControlPlaneState, mut socket: WebSocket) {
         }
     }
     planes.disconnected(&id, reg.session);
+}
+
+/// Adds a data plane's usage report (once per source and sequence) and
+/// charges its cost to budgets; the answer to send back.
+async fn take_report(s: &ControlPlaneState, data_plane: &str, text: &str) -> serde_json::Value {
+    let report = match serde_json::from_str::<UsageReport>(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let sequence = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v["sequence"].as_u64());
+            return json!({"type": "usage_rejected", "sequence": sequence, "reason": format!("not a usage report: {e}")});
+        }
+    };
+    let sequence = report.sequence;
+    let Some(ledger) = &s.usage else {
+        return json!({"type": "usage_rejected", "sequence": sequence, "reason": "this control plane takes no usage reports"});
+    };
+    match ledger.add_report(&report).await {
+        Ok(added) => {
+            if added
+                && let Some(admission) = &s.admission
+                && let Err(e) = admission.charge_reported(&report.usage).await
+            {
+                // Counted in usage; the budgets miss it (they are
+                // counters of their own, checked before requests).
+                tracing::warn!(data_plane, "reported usage not charged to budgets: {e}");
+            }
+            json!({"type": "usage_ack", "sequence": sequence, "added": added})
+        }
+        Err(e @ Error::InvalidInput { .. }) => {
+            tracing::warn!(data_plane, "a usage report refused: {e}");
+            json!({"type": "usage_rejected", "sequence": sequence, "reason": e.to_string()})
+        }
+        Err(e) => json!({"type": "usage_retry", "sequence": sequence, "reason": e.to_string()}),
+    }
 }
 
 /// An artifact's bytes, to a live data-plane key of a project (bearer):

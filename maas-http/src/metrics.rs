@@ -44,6 +44,9 @@ pub const DATA_PLANE_SEQUENCE: &str = "maas_data_plane_artifact_sequence";
 /// Gauge: on a data plane, when the artifact in force was applied (unix
 /// seconds; its configuration's age is `time() -` this).
 pub const DATA_PLANE_APPLIED_AT: &str = "maas_data_plane_artifact_applied_timestamp_seconds";
+/// Gauge: on a data plane, usage reports waiting for the control plane's
+/// acknowledgement.
+pub const DATA_PLANE_REPORTS_WAITING: &str = "maas_data_plane_usage_reports_waiting";
 
 /// Histogram buckets, in seconds: 100 µs to 60 s.
 const BUCKETS: &[f64] = &[
@@ -79,6 +82,10 @@ fn describe() {
         DATA_PLANE_APPLIED_AT,
         Unit::Seconds,
         "On a data plane: when the artifact in force was applied (unix time)"
+    );
+    describe_gauge!(
+        DATA_PLANE_REPORTS_WAITING,
+        "On a data plane: usage reports waiting for the control plane's acknowledgement"
     );
 }
 

@@ -34,6 +34,8 @@ struct ControlPlane {
     base: String,
     ws: String,
     clock: Arc<ManualClock>,
+    usage: UsageLedger,
+    admission: maas_core::AdmissionLimits,
 }
 
 async fn control_plane() -> ControlPlane {
@@ -44,23 +46,29 @@ async fn control_plane() -> ControlPlane {
     let keys = KeyService::new_with_clock(storage.clone(), KeyHasher::random(), clock.clone());
     let projects = Projects::new_with_clock(keys.clone(), clock.clone())
         .with_heartbeat(Duration::from_secs(10));
+    let usage = UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone());
+    let admission = maas_core::AdmissionLimits::with_config(
+        storage.clone(),
+        maas_core::admission::AdmissionConfig::default(),
+        clock.clone(),
+    );
     let services = ManagementServices {
         scheduling: Scheduling::new(storage.clone(), fs, clock.clone()),
         tiers: TierService::new_with_clock(storage.clone(), clock.clone()),
         models: ModelService::new_with_clock(storage.clone(), clock.clone()),
         user_keys: UserKeys::new_with_clock(keys.clone(), clock.clone()),
-        usage: UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone()),
+        usage: usage.clone(),
         mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
         root_keys: RootKeys::new_with_clock(keys, clock.clone()),
         projects: projects.clone(),
         webhooks: maas_core::webhook::Webhooks::new(storage.clone(), KeyHasher::random()),
-        admission: maas_core::AdmissionLimits::new(storage.clone()),
+        admission: admission.clone(),
         storage,
     };
     let state = ManagementState::new(ADMIN, services).unwrap();
     let config = HttpConfig::default();
     let app = management::router(state, &config).merge(controlplane::router(
-        ControlPlaneState { projects },
+        ControlPlaneState::new(projects).with_usage(usage.clone(), admission.clone()),
         &config,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -70,6 +78,8 @@ async fn control_plane() -> ControlPlane {
         base: format!("http://{addr}"),
         ws: format!("ws://{addr}/ws/data-plane"),
         clock,
+        usage,
+        admission,
     }
 }
 
@@ -400,4 +410,131 @@ async fn the_seed_protocol_step_by_step() {
     )
     .await;
     assert_eq!(status, 404);
+}
+
+/// A data plane's usage reports: acknowledged, added once (a report sent
+/// again is acknowledged and not counted), charged to the tenant's budget;
+/// an invalid one is refused for good and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reports_are_counted_once_and_charged_to_budgets() {
+    use maas_core::admission::{BudgetScope, NewBudget};
+    use maas_core::usage::{GroupBy, TimeRange, UsageScope};
+
+    let cp = control_plane().await;
+    let (_, project) = admin(
+        &cp,
+        reqwest::Method::POST,
+        "/api/v1/projects",
+        Some(json!({"name": "edge"})),
+    )
+    .await;
+    let pid = project["id"].as_str().unwrap().to_owned();
+    let (_, key) = admin(
+        &cp,
+        reqwest::Method::POST,
+        &format!("/api/v1/projects/{pid}/api-keys"),
+        Some(json!({"name": "dp"})),
+    )
+    .await;
+    cp.admission
+        .set_budget(
+            &maas_core::Actor::new("admin"),
+            BudgetScope::Tenant("acme".into()),
+            NewBudget {
+                amount: 10.0,
+                currency: Some("USD".into()),
+                period: maas_core::counter::Period::Daily,
+                soft_threshold: None,
+            },
+        )
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(&cp.ws).await.unwrap();
+    say(
+        &mut ws,
+        json!({"type": "register", "project_id": pid, "api_key": key["key"]}),
+    )
+    .await;
+    assert_eq!(hear(&mut ws).await.unwrap()["type"], "registered");
+
+    let now = maas_core::Clock::now(&*cp.clock).as_millis();
+    let minute = now - now % 60_000;
+    let report = |sequence: u64| {
+        json!({
+            "type": "usage_report",
+            "source": "0190a6e0-0000-4000-8000-000000000001",
+            "sequence": sequence,
+            "usage": [{
+                "key": {"minute": minute, "tenant": "acme", "key_id": "key_1", "model": "m", "currency": "USD"},
+                "sums": {"requests": 3, "errors": 0, "cancelled": 0, "input_tokens": 30,
+                         "output_tokens": 60, "cached_tokens": 0, "estimated": 0,
+                         "cache_hits": 0, "cache_misses": 0, "cost_nanos": 2_500_000_000u64},
+            }],
+            "verifications": [{
+                "key": {"minute": minute, "keyspace_id": "ks_1", "key_id": "key_1", "owner_id": ""},
+                "sums": {"success": 3, "rate_limited": 1, "usage_exceeded": 0, "other": 0},
+            }],
+        })
+    };
+    // Skip anything else the control plane sends (the current artifact).
+    async fn answer(ws: &mut Socket) -> Value {
+        loop {
+            let m = hear(ws).await.unwrap();
+            if m["type"].as_str().unwrap().starts_with("usage_") {
+                return m;
+            }
+        }
+    }
+    say(&mut ws, report(1)).await;
+    assert_eq!(
+        answer(&mut ws).await,
+        json!({"type": "usage_ack", "sequence": 1, "added": true})
+    );
+    // The acknowledgement was lost, say: sent again, acknowledged, not added.
+    say(&mut ws, report(1)).await;
+    assert_eq!(
+        answer(&mut ws).await,
+        json!({"type": "usage_ack", "sequence": 1, "added": false})
+    );
+    // Invalid: refused for good, nothing changes.
+    let mut bad = report(2);
+    bad["usage"][0]["key"]["tenant"] = json!("");
+    say(&mut ws, bad).await;
+    let m = answer(&mut ws).await;
+    assert_eq!(
+        (&m["type"], &m["sequence"]),
+        (&json!("usage_rejected"), &json!(2)),
+        "{m}"
+    );
+    assert!(m["reason"].as_str().unwrap().contains("tenant"), "{m}");
+    say(&mut ws, json!({"type": "usage_report", "sequence": 3})).await;
+    assert_eq!(answer(&mut ws).await["type"], "usage_rejected");
+
+    let range = TimeRange::new(
+        maas_core::Timestamp::from_millis(minute),
+        maas_core::Timestamp::from_millis(minute + 60_000),
+    );
+    let rows = cp
+        .usage
+        .totals(range, GroupBy::Tenant, &UsageScope::default())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].group.as_str(), rows[0].usage.requests),
+        ("acme", 3)
+    );
+    let v = cp
+        .usage
+        .verifications(range, &maas_core::usage::VerificationScope::key("key_1"))
+        .await
+        .unwrap();
+    assert_eq!(v.iter().map(|d| d.success).sum::<u64>(), 3, "{v:?}");
+    assert_eq!(v.iter().map(|d| d.rate_limited).sum::<u64>(), 1, "{v:?}");
+    let budget = cp
+        .admission
+        .budget_status(&BudgetScope::Tenant("acme".into()))
+        .await
+        .unwrap();
+    assert!((budget.spent - 2.5).abs() < 1e-9, "{budget:?}");
 }

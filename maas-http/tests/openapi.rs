@@ -118,7 +118,7 @@ async fn apps() -> Apps {
         &HttpConfig::default(),
     )
     .merge(maas_http::controlplane::router(
-        maas_http::controlplane::ControlPlaneState { projects },
+        maas_http::controlplane::ControlPlaneState::new(projects),
         &HttpConfig::default(),
     ));
     Apps {

@@ -54,7 +54,7 @@ use maas_core::rootkeys::RootKeys;
 use maas_core::scheduling::Scheduling;
 use maas_core::tier::TierServiceConfig;
 use maas_core::token::{TokenConfig, TokenService};
-use maas_core::usage::{FlusherHandle, UsageConfig, UsageLedger};
+use maas_core::usage::{FlusherHandle, UsageConfig, UsageLedger, UsageOutbox};
 use maas_core::webhook::{WebhookConfig, Webhooks};
 use maas_core::{
     Actor, AdmissionConfig, AdmissionLimits, Authenticator, Chain, Gateway, GatewayServices,
@@ -815,7 +815,17 @@ impl Server {
             },
             clock.clone(),
         );
-        let usage = UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone());
+        // A data plane's ledger also hands what it writes to the outbox its
+        // usage reports to the control plane are made of.
+        let outbox = config.control_plane.is_some().then(UsageOutbox::new);
+        let usage = match &outbox {
+            Some(o) => UsageLedger::on_store(
+                o.wrap(Arc::clone(&storage.usage)),
+                UsageConfig::default(),
+                clock.clone(),
+            ),
+            None => UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone()),
+        };
         keys.attach_usage(usage.clone())
             .map_err(step("attaching the usage ledger"))?;
         maas_http::metrics::observe_verifications(&keys)
@@ -959,6 +969,7 @@ impl Server {
                         name: None,
                         data_dir: (!config.memory).then(|| config.data_dir.join("control-plane")),
                         public_key: None,
+                        usage: outbox.clone(),
                     },
                     Arc::new(StoreApplier {
                         storage: storage.clone(),
@@ -977,9 +988,8 @@ impl Server {
         let projects = Projects::new_with_clock(keys.clone(), clock.clone());
         let projects_kept = projects.clone();
         let control_plane = maas_http::controlplane::router(
-            maas_http::controlplane::ControlPlaneState {
-                projects: projects.clone(),
-            },
+            maas_http::controlplane::ControlPlaneState::new(projects.clone())
+                .with_usage(usage.clone(), admission.clone()),
             &http,
         );
         let management = management::router(
@@ -1256,9 +1266,6 @@ impl RunningServer {
             return Ok(());
         };
         let grace = self.grace;
-        if let Some(dp) = data_plane {
-            dp.shutdown().await;
-        }
         // Connected data planes are told and closed: their sessions would
         // otherwise hold the admin listener open for the whole grace.
         self.services
@@ -1321,6 +1328,11 @@ impl RunningServer {
         );
         note(sync.shutdown().await.map_err(step("flushing rate limits")));
         note(flusher.shutdown().await.map_err(step("flushing usage")));
+        // After the last flush: the usage it wrote is kept as a report, to
+        // go to the control plane at the next start.
+        if let Some(dp) = data_plane {
+            dp.shutdown().await;
+        }
         if let Some(store) = &sled {
             note(store.flush().await.map_err(step("flushing the store")));
         }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use maas_core::ManualClock;
+use maas_core::{Clock, ManualClock};
 use maas_server::{RunningServer, SHARED_STATE_TTL, Server, ServerConfig};
 use serde_json::{Value, json};
 
@@ -335,6 +335,51 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     let (status, took) = eventually(both, |s| *s == (200, 200)).await;
     assert_eq!(status, (200, 200), "the key works on both data planes");
     eprintln!("a key created at the control plane worked on the data plane after {took:?}");
+
+    // Usage served on the data planes shows at the control plane: each
+    // reports what it served (batched every second, acknowledged, counted
+    // once there).
+    for s in [&dp, &dp2] {
+        let res = reqwest::Client::new()
+            .post(format!("http://{}/v1/chat/completions", s.public_addr))
+            .bearer_auth(&secret)
+            .header("content-type", "application/json")
+            .body(
+                json!({"model": "simulator", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        assert_eq!(status, 200, "{}", res.text().await.unwrap());
+    }
+    let now = clock.now().as_millis();
+    let usage_path = format!(
+        "/api/v1/usage?from={}&to={}",
+        now - 3_600_000,
+        now + 3_600_000
+    );
+    let acme_requests = |rows: &Value| {
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["group"] == "acme")
+            .map(|r| r["usage"]["requests"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let (rows, took) = eventually(
+        || admin(&cp, reqwest::Method::GET, &usage_path, Value::Null),
+        |rows| acme_requests(rows) >= 2,
+    )
+    .await;
+    assert_eq!(
+        acme_requests(&rows),
+        2,
+        "both data planes' requests, once: {rows}"
+    );
+    assert!(took < Duration::from_secs(10));
+    eprintln!("usage served on the data planes showed at the control plane after {took:?}");
     let kid = tkey["key"]["id"].as_str().unwrap();
     let res = reqwest::Client::new()
         .delete(format!("http://{}/api/v1/keys/{kid}", cp.admin_addr))
@@ -447,6 +492,18 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         (&json!("ok"), &json!(false)),
         "serving without its control plane: {h}"
     );
+    // What it serves meanwhile (the upstream is the control plane's
+    // simulator, gone too: a 502, still a request to account for) is kept
+    // across its restart and reported once the control plane is back.
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", dp.public_addr))
+        .bearer_auth("dev-free-token")
+        .header("content-type", "application/json")
+        .body(json!({"model": "simulator", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
     dp.shutdown().await.unwrap();
     let dp = Server::start(dp_config()).await.unwrap();
     let status = dp.data_plane().unwrap();
@@ -464,6 +521,24 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     )
     .await;
     assert!(online, "reconnected: {:?}", dp.data_plane());
+    let free_user = |rows: &Value| {
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["group"] == "free-user")
+            .map(|r| r["usage"]["errors"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let (rows, _) = eventually(
+        || admin(&cp, reqwest::Method::GET, &usage_path, Value::Null),
+        |rows| free_user(rows) >= 1,
+    )
+    .await;
+    assert_eq!(
+        free_user(&rows),
+        1,
+        "served while the control plane was down, reported after: {rows}"
+    );
     dp.shutdown().await.unwrap();
     cp.shutdown().await.unwrap();
 }

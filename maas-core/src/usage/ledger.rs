@@ -16,8 +16,9 @@ use tokio::task::JoinHandle;
 use super::report::{self, GroupBy, UsageScope, VerificationScope};
 use super::{
     CacheRow, CostRow, Granularity, TenantSeries, TimeRange, UsageBucket, UsageFilter, UsageKey,
-    UsageRecord, UsageRow, UsageSums, VerificationBucket, VerificationDay, VerificationFilter,
-    VerificationKey, VerificationRecord, VerificationSums, check_part, minute_of,
+    UsageRecord, UsageReport, UsageRow, UsageSums, VerificationBucket, VerificationDay,
+    VerificationFilter, VerificationKey, VerificationRecord, VerificationSums, check_part,
+    minute_of,
 };
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
@@ -478,6 +479,15 @@ impl UsageLedger {
         if n == self.inner.config.max_pending {
             self.inner.wake.notify_one();
         }
+    }
+
+    /// Adds another node's report straight to the store (not through the
+    /// pending buckets), once per source sequence: `Ok(false)` when it was
+    /// added before. Checked first ([`UsageReport::check`]); invalid input
+    /// adds nothing.
+    pub async fn add_report(&self, report: &UsageReport) -> Result<bool> {
+        report.check()?;
+        self.inner.store.add_report(report).await
     }
 
     /// How much is pending and how the last flush went.

@@ -73,6 +73,7 @@
 
 mod ledger;
 mod memory;
+mod outbox;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -90,6 +91,7 @@ use crate::model::Pricing;
 pub use crate::storage::UsageStore;
 pub use ledger::{FlusherHandle, LedgerStatus, UsageConfig, UsageLedger};
 pub use memory::MemoryUsageStore;
+pub use outbox::UsageOutbox;
 pub use report::{
     CacheRow, Cost, CostRow, GroupBy, SeriesPoint, TenantSeries, UsageRow, UsageScope,
     UsageSummary, VerificationDay, VerificationScope,

@@ -8,6 +8,11 @@
 //! reached, so a data plane restarted while the control plane is down
 //! serves its last configuration. A lost connection is retried with
 //! jittered exponential backoff (100 ms to 30 s).
+//!
+//! Given a [`UsageOutbox`] (between the data plane's usage ledger and its
+//! store), it reports what it served to the control plane: see
+//! [`reports`](self::reports) — batched every second, kept until
+//! acknowledged, sent again until then, counted once there.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,12 +22,23 @@ use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use maas_core::artifact::{ArtifactMeta, verify};
 use maas_core::clock::{SharedClock, Timestamp};
+use maas_core::usage::UsageOutbox;
 use maas_core::{Error, Result};
 use rand::RngExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, Notify, watch};
 use tokio_tungstenite::tungstenite::Message;
+
+mod reports;
+use reports::ReportQueue;
+pub use reports::{MAX_BUCKETS, MAX_QUEUED};
+
+/// How often what the ledger wrote is taken into a usage report.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a usage report may go unanswered before it is sent again.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a data plane connects and how it identifies itself.
 #[derive(Clone)]
@@ -41,6 +57,10 @@ pub struct DataPlaneConfig {
     /// `None`, the key the control plane gives at registration is used
     /// (and kept with the artifact).
     pub public_key: Option<String>,
+    /// What the data plane's usage ledger wrote, to report to the control
+    /// plane (`None`: nothing is reported). Reports wait in
+    /// `{data_dir}/usage-reports` until acknowledged.
+    pub usage: Option<UsageOutbox>,
 }
 
 impl std::fmt::Debug for DataPlaneConfig {
@@ -51,6 +71,7 @@ impl std::fmt::Debug for DataPlaneConfig {
             .field("project_key", &"<secret>")
             .field("name", &self.name)
             .field("data_dir", &self.data_dir)
+            .field("usage", &self.usage.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -85,6 +106,7 @@ pub struct DataPlaneHandle {
     status: watch::Receiver<DataPlaneStatus>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    collector: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl DataPlaneHandle {
@@ -98,10 +120,14 @@ impl DataPlaneHandle {
         self.status.clone()
     }
 
-    /// Closes the connection and stops.
+    /// Closes the connection and stops; usage collected and not reported
+    /// yet is kept in the data dir for the next start.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Some(c) = self.collector {
+            let _ = c.await;
+        }
     }
 }
 
@@ -125,6 +151,24 @@ pub async fn start(
 ) -> DataPlaneHandle {
     let (tx, rx) = watch::channel(DataPlaneStatus::default());
     let (stop, stopped) = watch::channel(false);
+    let mut collector = None;
+    let reports = match config.usage.clone() {
+        Some(outbox) => {
+            let queue =
+                ReportQueue::open(config.data_dir.as_ref().map(|d| d.join("usage-reports"))).await;
+            let reports = Reports {
+                queue: Arc::new(Mutex::new(queue)),
+                ready: Arc::new(Notify::new()),
+            };
+            collector = Some(tokio::spawn(collect(
+                outbox,
+                reports.clone(),
+                stopped.clone(),
+            )));
+            Some(reports)
+        }
+        None => None,
+    };
     let mut run = Runner {
         http: reqwest::Client::new(),
         config,
@@ -132,6 +176,7 @@ pub async fn start(
         clock,
         status: tx,
         public_key: None,
+        reports,
     };
     run.load_kept().await;
     let task = tokio::spawn(async move { run.run(stopped).await });
@@ -139,6 +184,35 @@ pub async fn start(
         status: rx,
         stop,
         task,
+        collector,
+    }
+}
+
+/// The usage reports and the signal that one is ready to go.
+#[derive(Clone)]
+struct Reports {
+    queue: Arc<Mutex<ReportQueue>>,
+    ready: Arc<Notify>,
+}
+
+/// Takes what the ledger wrote into reports every [`REPORT_EVERY`], and a
+/// last time when stopped (so a data plane shut down keeps it for its next
+/// start).
+async fn collect(outbox: UsageOutbox, reports: Reports, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stopped.changed() => true,
+        };
+        if !outbox.is_empty() {
+            reports.queue.lock().await.collect(&outbox).await;
+            reports.ready.notify_one();
+        }
+        if stop || *stopped.borrow() {
+            return;
+        }
     }
 }
 
@@ -150,6 +224,8 @@ struct Runner {
     status: watch::Sender<DataPlaneStatus>,
     /// The key artifacts are checked with (pinned, or learned).
     public_key: Option<String>,
+    /// Usage reports to send, if any.
+    reports: Option<Reports>,
 }
 
 /// An announced artifact (seed 001's `artifact_available` and its extra
@@ -326,8 +402,28 @@ impl Runner {
         tracing::info!("registered with the control plane");
         let mut beat = tokio::time::interval(interval);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The usage report sent and not answered yet, and when to send it
+        // again if no answer comes.
+        let mut in_flight: Option<(u64, tokio::time::Instant)> = None;
+        let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+        if !self.send_report(&mut ws, &mut in_flight).await {
+            return Ok(false);
+        }
         loop {
+            let ready = self.reports.as_ref().map(|r| Arc::clone(&r.ready));
+            let resend_at = in_flight.map_or_else(far, |(_, at)| at);
             tokio::select! {
+                () = async { match &ready { Some(r) => r.notified().await, None => std::future::pending().await } }, if in_flight.is_none() => {
+                    if !self.send_report(&mut ws, &mut in_flight).await {
+                        return Ok(false);
+                    }
+                }
+                () = tokio::time::sleep_until(resend_at), if in_flight.is_some() => {
+                    in_flight = None;
+                    if !self.send_report(&mut ws, &mut in_flight).await {
+                        return Ok(false);
+                    }
+                }
                 _ = beat.tick() => {
                     let applied = self.status.borrow().applied.as_ref().map(|m| m.artifact_id.clone());
                     let hb = json!({"type": "heartbeat", "artifact_id": applied});
@@ -359,6 +455,29 @@ impl Runner {
                                 return Ok(false);
                             }
                         }
+                        Some(kind @ ("usage_ack" | "usage_rejected" | "usage_retry")) => {
+                            let sequence = msg["sequence"].as_u64();
+                            if in_flight.map(|(s, _)| s) != sequence {
+                                continue;
+                            }
+                            in_flight = None;
+                            let Some(seq) = sequence else { continue };
+                            if kind == "usage_retry" {
+                                // Sent again in a second.
+                                tracing::warn!(sequence = seq, "the control plane could not take a usage report yet: {}", msg["reason"]);
+                                in_flight = Some((seq, tokio::time::Instant::now() + REPORT_EVERY));
+                                continue;
+                            }
+                            if kind == "usage_rejected" {
+                                tracing::warn!(sequence = seq, "the control plane refused a usage report for good: {}", msg["reason"]);
+                            }
+                            if let Some(r) = &self.reports {
+                                r.queue.lock().await.done(seq).await;
+                            }
+                            if !self.send_report(&mut ws, &mut in_flight).await {
+                                return Ok(false);
+                            }
+                        }
                         Some("disconnect") => {
                             tracing::warn!("the control plane disconnected us: {}", msg["reason"]);
                             return Ok(false);
@@ -373,6 +492,38 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Sends the first usage report waiting, if any and none is in flight;
+    /// `false` when the socket failed.
+    async fn send_report<S>(
+        &self,
+        ws: &mut S,
+        in_flight: &mut Option<(u64, tokio::time::Instant)>,
+    ) -> bool
+    where
+        S: futures_util::Sink<Message> + Unpin,
+    {
+        if in_flight.is_some() {
+            return true;
+        }
+        let Some(reports) = &self.reports else {
+            return true;
+        };
+        let msg = {
+            let mut q = reports.queue.lock().await;
+            let Some(report) = q.next_to_send() else {
+                return true;
+            };
+            let mut v = json!(report);
+            v["type"] = json!("usage_report");
+            *in_flight = Some((
+                report.sequence,
+                tokio::time::Instant::now() + REPORT_TIMEOUT,
+            ));
+            v.to_string()
+        };
+        ws.send(Message::Text(msg.into())).await.is_ok()
     }
 
     /// Downloads, checks and applies `a`: `Ok(true)` applied, `Ok(false)`
@@ -450,21 +601,28 @@ impl Runner {
 /// the last, synced, renamed over it, the directory synced.
 async fn keep(dir: &Path, meta: &ArtifactMeta, key: &str, bytes: &[u8]) -> std::io::Result<()> {
     use base64::Engine as _;
-    let dir = dir.to_owned();
     let kept = serde_json::to_vec(&Kept {
         meta: meta.clone(),
         public_key: key.to_owned(),
         bytes: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
     })
     .map_err(std::io::Error::other)?;
+    write_durably(dir, KEPT_FILE, kept).await
+}
+
+/// Writes `bytes` to `dir/name` whole or not at all: written beside, synced,
+/// renamed over, the directory synced.
+async fn write_durably(dir: &Path, name: &str, bytes: Vec<u8>) -> std::io::Result<()> {
+    let dir = dir.to_owned();
+    let name = name.to_owned();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!("{KEPT_FILE}.tmp"));
+        let tmp = dir.join(format!("{name}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&kept)?;
+        f.write_all(&bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(KEPT_FILE))?;
+        std::fs::rename(&tmp, dir.join(&name))?;
         std::fs::File::open(&dir)?.sync_all()
     })
     .await
