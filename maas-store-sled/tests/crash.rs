@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use maas_core::counter::{LimitOp, LimitSpec, Period, PeriodSpec};
-use maas_core::usage::UsageFilter;
+use maas_core::usage::{UsageFilter, UsageReport};
 use maas_core::{
     Actor, KeyHasher, KeyId, KeyService, NewKey, NewKeyspace, Timestamp, VerifyCode, VerifyOptions,
 };
@@ -174,11 +174,13 @@ impl Seeded {
 }
 
 /// Totals the money writer acknowledged.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Money {
     spent: u64,
     reserved: u64,
     usage: u64,
+    /// The last acknowledged sequence of each report source.
+    reports: HashMap<String, u64>,
 }
 
 impl Money {
@@ -188,6 +190,11 @@ impl Money {
             (Some("SPENT"), None) => self.spent += 1,
             (Some("RESERVED"), Some(n)) => self.reserved += n.parse::<u64>().unwrap(),
             (Some("USAGE"), Some(n)) => self.usage += n.parse::<u64>().unwrap(),
+            (Some("REPORT"), Some(source)) => {
+                let n: u64 = parts.next().unwrap().parse().unwrap();
+                let last = self.reports.entry(source.to_owned()).or_default();
+                *last = (*last).max(n);
+            }
             _ => panic!("unexpected line from the writer: {line:?}"),
         }
     }
@@ -279,32 +286,70 @@ fn killed_spender_never_spends_an_acknowledged_credit_twice() {
                 )
                 .await
                 .expect("read the budget");
-            let usage: u64 = storage
+            let buckets = storage
                 .usage
                 .usage_buckets(&UsageFilter::range(
                     Timestamp::from_millis(0),
                     at.add_millis(3_600_000),
                 ))
                 .await
-                .expect("usage")
-                .iter()
-                .map(|b| b.sums.requests)
-                .sum();
+                .expect("usage");
+            let requests_of = |tenant: &str| -> u64 {
+                buckets
+                    .iter()
+                    .filter(|b| b.key.tenant == tenant)
+                    .map(|b| b.sums.requests)
+                    .sum()
+            };
+            // Each report adds one request: a source's requests are its
+            // last sequence stored, and the sequence stored with them
+            // (a report at it is not added again; the next one is).
+            let mut reports = HashMap::new();
+            for source in acked.reports.keys() {
+                let n = requests_of(source);
+                let report = |sequence| UsageReport {
+                    source: source.clone(),
+                    sequence,
+                    usage: vec![],
+                    verifications: vec![],
+                };
+                // Sources of earlier runs were probed (and moved on) then.
+                if !source.starts_with(&format!("r{run}-")) {
+                    reports.insert(source.clone(), n);
+                    continue;
+                }
+                if n > 0 {
+                    assert!(
+                        !storage.usage.add_report(&report(n)).await.unwrap(),
+                        "{source}: {n} requests, sequence {n} not stored with them"
+                    );
+                }
+                assert!(
+                    storage.usage.add_report(&report(n + 1)).await.unwrap(),
+                    "{source}: {n} requests, a later sequence stored"
+                );
+                reports.insert(source.clone(), n);
+            }
             Money {
                 spent: u64::try_from(REMAINING - left).expect("never more than the balance"),
                 reserved: u64::MAX / 4 - budget.decisions[0].remaining,
-                usage,
+                usage: requests_of("crash-tenant"),
+                reports,
             }
         });
         assert!(
             acked.spent <= stored.spent
                 && acked.reserved <= stored.reserved
-                && acked.usage <= stored.usage,
+                && acked.usage <= stored.usage
+                && acked
+                    .reports
+                    .iter()
+                    .all(|(source, n)| stored.reports.get(source).is_some_and(|s| s >= n)),
             "run {run} (killed after {kill_after} acks + {extra:?}): acknowledged {acked:?}, stored {stored:?}"
         );
     }
     assert!(
-        acked.spent > 0 && acked.reserved > 0 && acked.usage > 0,
+        acked.spent > 0 && acked.reserved > 0 && acked.usage > 0 && !acked.reports.is_empty(),
         "{acked:?}"
     );
 }

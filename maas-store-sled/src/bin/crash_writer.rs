@@ -8,8 +8,10 @@
 //!   `UPD <id> <name>` per rename.
 //! - `maas-sled-crash-writer <db> <secret> <run> money <key> [journal bytes]`:
 //!   spends the remaining uses of `<key>` by verifying it, reserves a monthly
-//!   budget and records usage, from several tasks at once, printing `SPENT`,
-//!   `RESERVED <units>` and `USAGE <requests>` per acknowledged write. A
+//!   budget, records usage and adds usage reports (source `r<run>-<task>`,
+//!   one request each, sequences 1, 2, …), from several tasks at once,
+//!   printing `SPENT`, `RESERVED <units>`, `USAGE <requests>` and `REPORT
+//!   <source> <sequence>` per acknowledged write. A
 //!   small journal makes checkpoints frequent, so kills land in them too.
 //!
 //! Not part of the library's API.
@@ -19,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use maas_core::counter::{LimitOp, LimitSpec, Period, PeriodSpec};
-use maas_core::usage::{UsageConfig, UsageLedger, UsageRecord};
+use maas_core::usage::{
+    UsageBucket, UsageConfig, UsageKey, UsageLedger, UsageRecord, UsageReport, UsageSums,
+};
 use maas_core::{
     Actor, Clock, KeyHasher, KeyRateLimit, KeyService, KeyUpdate, ManualClock, NewKey, NewKeyspace,
     PageRequest, Patch, RateLimitKind, SystemClock, Timestamp, VerifyOptions,
@@ -52,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(n) => n.parse()?,
             None => SledConfig::default().journal_size,
         };
-        return money(&path, &secret, &key, journal);
+        return money(&path, &secret, &key, journal, &run);
     }
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     rt.block_on(async move {
@@ -127,6 +131,7 @@ enum Ack {
     Spent,
     Reserved(u64),
     Usage(u64),
+    Report(String, u64),
 }
 
 /// Spends, reserves and records usage from [`TASKS`] tasks until killed
@@ -136,6 +141,7 @@ fn money(
     secret: &str,
     key: &str,
     journal_size: u64,
+    run: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // One runtime thread is enough: the tasks wait on the store's writer
     // thread, whose rounds their writes share.
@@ -164,9 +170,11 @@ fn money(
                 acks.clone(),
             );
             let key = key.to_owned();
+            let source = format!("r{run}-{task}");
+            let mut sequence = 0;
             tokio::spawn(async move {
                 for i in 0..MAX_KEYS {
-                    let ack = match (task + i) % 3 {
+                    let ack = match (task + i) % 4 {
                         0 => {
                             let v = keys
                                 .verify(&key, &VerifyOptions::default())
@@ -193,6 +201,36 @@ fn money(
                             }
                             Ack::Reserved(units)
                         }
+                        2 => {
+                            sequence += 1;
+                            let minute = clock.now().as_millis() / 60_000 * 60_000;
+                            let report = UsageReport {
+                                source: source.clone(),
+                                sequence,
+                                usage: vec![UsageBucket {
+                                    key: UsageKey {
+                                        minute: Timestamp::from_millis(minute),
+                                        tenant: source.clone(),
+                                        key_id: String::new(),
+                                        model: "model".into(),
+                                        currency: String::new(),
+                                    },
+                                    sums: UsageSums {
+                                        requests: 1,
+                                        ..UsageSums::default()
+                                    },
+                                }],
+                                verifications: vec![],
+                            };
+                            if !ledger
+                                .add_report(&report)
+                                .await
+                                .map_err(|e| e.to_string())?
+                            {
+                                return Err("a new report was not added".into());
+                            }
+                            Ack::Report(source.clone(), sequence)
+                        }
                         _ => {
                             let r = UsageRecord::new(clock.now(), "crash-tenant", "model");
                             ledger.record(&r).map_err(|e| e.to_string())?;
@@ -214,6 +252,7 @@ fn money(
                 Ack::Spent => writeln!(out, "SPENT")?,
                 Ack::Reserved(n) => writeln!(out, "RESERVED {n}")?,
                 Ack::Usage(n) => writeln!(out, "USAGE {n}")?,
+                Ack::Report(source, n) => writeln!(out, "REPORT {source} {n}")?,
             }
             out.flush()?;
         }
