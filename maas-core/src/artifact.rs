@@ -460,7 +460,7 @@ impl Content {
                 page: crate::storage::PageRequest::first(crate::storage::MAX_PAGE_SIZE),
             };
             loop {
-                let got = storage.keys.list_keys(&query).await?;
+                let got = storage.keys.scan_keys(&query).await?;
                 keys.extend(got.items);
                 match got.cursor {
                     Some(c) => query.page.cursor = Some(c),

@@ -204,6 +204,13 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     async fn get_key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>>;
     /// Keys matching `query`, by id.
     async fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>>;
+    /// [`Self::list_keys`] for a caller that reads page after page and
+    /// needs no count (building an artifact): the same items and cursor,
+    /// but `total` may be 0, so a backend whose count costs a scan of the
+    /// whole index answers in time proportional to the page.
+    async fn scan_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
+        self.list_keys(query).await
+    }
     /// Replaces the key (optimistic, as [`TenantStore::update_tenant`]). This
     /// covers every change: fields, enable/disable, reroll (a new hash: the old
     /// one stops resolving), soft delete and restore (`deleted_at`). Unique

@@ -121,7 +121,12 @@ impl KeyStore for SledStore {
 
     async fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
         let query = query.clone();
-        self.read(move |t| t.list_keys(&query)).await
+        self.read(move |t| t.list_keys(&query, true)).await
+    }
+
+    async fn scan_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
+        let query = query.clone();
+        self.read(move |t| t.list_keys(&query, false)).await
     }
 
     async fn update_key(

@@ -244,6 +244,11 @@ impl<'q> IdPage<'q> {
         }
     }
 
+    /// Whether it holds the page and one more (there is a next page).
+    fn full(&self) -> bool {
+        self.ids.len() > self.size
+    }
+
     fn done(self) -> (Vec<Vec<u8>>, u64) {
         (self.ids, self.total)
     }
@@ -737,25 +742,47 @@ impl Trees {
     }
 
     /// Ids matching `query` from the narrowest index, with the total.
-    fn matching_ids(&self, query: &KeyQuery) -> Result<(Vec<Vec<u8>>, u64)> {
+    /// The ids of `query`'s page (one more than the page, if there is more)
+    /// and, when `count` is set, how many match in all; without `count` the
+    /// scan starts at the cursor and stops after the page.
+    fn matching_ids(&self, query: &KeyQuery, count: bool) -> Result<(Vec<Vec<u8>>, u64)> {
         let mut page = IdPage::new(query);
+        let cursor = query.page.cursor.as_deref().unwrap_or_default().as_bytes();
         let (tree, prefix) = match (&query.owner_id, &query.keyspace_id) {
             (Some(o), _) => (&self.by_owner, joined(&[o, ""])),
             (None, Some(ks)) => (&self.by_keyspace, joined(&[ks.as_str(), ""])),
             (None, None) => {
                 // No index holds every key: the `keys` tree itself, each
                 // record read for its deletion mark (only when it matters).
-                for kv in self.keys.iter() {
+                let iter = if count {
+                    self.keys.iter()
+                } else {
+                    self.keys.range(cursor..)
+                };
+                for kv in iter {
                     let (id, v) = kv.map_err(map_sled)?;
                     let deleted =
                         !query.include_deleted && decode::<KeyRecord>(&v)?.deleted_at.is_some();
                     page.offer(&id, deleted);
+                    if !count && page.full() {
+                        break;
+                    }
                 }
                 return Ok(page.done());
             }
         };
-        for kv in tree.scan_prefix(&prefix) {
+        let iter = if count {
+            tree.scan_prefix(&prefix)
+        } else {
+            let mut from = prefix.clone();
+            from.extend_from_slice(cursor);
+            tree.range(from..)
+        };
+        for kv in iter {
             let (k, v) = kv.map_err(map_sled)?;
+            if !k.starts_with(&prefix) || (!count && page.full()) {
+                break;
+            }
             if let (Some(_), Some(ks)) = (&query.owner_id, &query.keyspace_id)
                 && v.get(1..) != Some(ks.as_str().as_bytes())
             {
@@ -798,8 +825,10 @@ impl Trees {
         }
     }
 
-    pub(crate) fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
-        let (ids, total) = self.matching_ids(query)?;
+    /// A page of keys; `count`: with the number of all that match (a scan
+    /// of the whole index), else `total` is 0.
+    pub(crate) fn list_keys(&self, query: &KeyQuery, count: bool) -> Result<Page<KeyRecord>> {
+        let (ids, total) = self.matching_ids(query, count)?;
         let mut items = Vec::with_capacity(ids.len());
         for id in &ids {
             if let Some(k) = self.get::<KeyRecord>(&self.keys, id)? {

@@ -133,6 +133,7 @@ scenarios!($;
     update_invalid_input_changes_nothing,
     last_used_is_written_behind,
     keyspace_delete_removes_its_keys,
+    keys_scan_pages_like_list,
     tier_lifecycle,
     tier_lookup_sees_other_nodes_after_ttl,
     tier_of_tenants,
