@@ -45,7 +45,9 @@ pub struct ArtifactMeta {
     pub sequence: u64,
     /// SHA-256 of its bytes, lower-case hex.
     pub sha256: String,
-    /// Ed25519 signature of its bytes, base64url without padding.
+    /// Ed25519 signature of its `sha256` (the 64 lower-case hex digits
+    /// as ASCII), base64url without padding: signing the digest keeps the
+    /// signature's cost independent of the artifact's size.
     pub signature: String,
     /// Its size in bytes.
     pub size: u64,
@@ -73,13 +75,19 @@ struct SigningSeed {
     seed: String,
 }
 
-/// Builds, signs, stores and serves artifacts. Cheap to clone.
+/// Builds, signs, stores and serves artifacts. Cheap to clone (clones
+/// share the newest artifact read or published, kept in memory, so every
+/// data plane downloading it does not read and decode it from the store).
 #[derive(Clone)]
 pub struct Artifacts {
     storage: Storage,
     clock: SharedClock,
     signer: Arc<(EncodingKey, String)>,
+    newest: Arc<std::sync::Mutex<Option<Cached>>>,
 }
+
+/// An artifact kept in memory.
+type Cached = (ArtifactMeta, Arc<Vec<u8>>);
 
 impl std::fmt::Debug for Artifacts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,7 +120,12 @@ pub fn verify(meta: &ArtifactMeta, bytes: &[u8], public_key: &str) -> Result<()>
     }
     let key = DecodingKey::from_ed_components(public_key)
         .map_err(|_| Error::invalid("public_key", "is not an Ed25519 public key"))?;
-    match jsonwebtoken::crypto::verify(&meta.signature, bytes, &key, Algorithm::EdDSA) {
+    match jsonwebtoken::crypto::verify(
+        &meta.signature,
+        meta.sha256.as_bytes(),
+        &key,
+        Algorithm::EdDSA,
+    ) {
         Ok(true) => Ok(()),
         _ => Err(Error::invalid(
             "artifact",
@@ -180,6 +193,7 @@ impl Artifacts {
             storage,
             clock,
             signer: Arc::new((key, public)),
+            newest: Arc::default(),
         })
     }
 
@@ -192,9 +206,10 @@ impl Artifacts {
     /// Signs and stores `bytes` as the next artifact; the oldest beyond
     /// [`KEEP`] are deleted.
     pub async fn publish(&self, actor: &Actor, bytes: &[u8]) -> Result<ArtifactMeta> {
-        let signature = jsonwebtoken::crypto::sign(bytes, &self.signer.0, Algorithm::EdDSA)
-            .map_err(|e| Error::internal(format!("cannot sign an artifact: {e}")))?;
         let sha256 = sha256_hex(bytes);
+        let signature =
+            jsonwebtoken::crypto::sign(sha256.as_bytes(), &self.signer.0, Algorithm::EdDSA)
+                .map_err(|e| Error::internal(format!("cannot sign an artifact: {e}")))?;
         for _ in 0..16 {
             let now = self.clock.now();
             let head_rec = self
@@ -295,6 +310,7 @@ impl Artifacts {
                     ),
                 )
                 .await?;
+            self.remember(&meta, Arc::new(bytes.to_vec()));
             for id in dropped {
                 let gone = AuditEvent::new(
                     now,
@@ -323,16 +339,47 @@ impl Artifacts {
         ))
     }
 
+    fn cached(&self, id: &str) -> Option<Cached> {
+        let newest = self
+            .newest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        newest
+            .as_ref()
+            .filter(|(m, _)| m.artifact_id == id)
+            .map(|(m, b)| (m.clone(), Arc::clone(b)))
+    }
+
+    /// Keeps `meta` in memory if it is the newest seen.
+    fn remember(&self, meta: &ArtifactMeta, bytes: Arc<Vec<u8>>) {
+        let mut newest = self
+            .newest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if newest
+            .as_ref()
+            .is_none_or(|(m, _)| m.sequence < meta.sequence)
+        {
+            *newest = Some((meta.clone(), bytes));
+        }
+    }
+
     /// Artifact `id` and its bytes, if kept.
-    pub async fn get(&self, id: &str) -> Result<Option<(ArtifactMeta, Vec<u8>)>> {
+    pub async fn get(&self, id: &str) -> Result<Option<(ArtifactMeta, Arc<Vec<u8>>)>> {
+        if let Some(c) = self.cached(id) {
+            return Ok(Some(c));
+        }
         let Some(r) = self.storage.records.get_record(ARTIFACT_KIND, id).await? else {
             return Ok(None);
         };
         let stored: Stored = serde_json::from_value(r.body)
             .map_err(|_| Error::internal(format!("artifact {id} is unreadable")))?;
-        let bytes = URL_SAFE_NO_PAD
-            .decode(stored.bytes)
-            .map_err(|_| Error::internal(format!("artifact {id} is unreadable")))?;
+        let bytes = Arc::new(
+            URL_SAFE_NO_PAD
+                .decode(stored.bytes)
+                .map_err(|_| Error::internal(format!("artifact {id} is unreadable")))?,
+        );
+        self.remember(&stored.meta, Arc::clone(&bytes));
         Ok(Some((stored.meta, bytes)))
     }
 
@@ -352,6 +399,107 @@ impl Artifacts {
             Some(id) => Ok(self.get(id).await?.map(|(m, _)| m)),
             None => Ok(None),
         }
+    }
+}
+
+/// Whether `a` and `b` are the same key but for what a data plane keeps of
+/// its own (its version and last use).
+fn same_key(a: &crate::key::KeyRecord, b: &crate::key::KeyRecord) -> bool {
+    // Every field named: a field added to keys is compared or skipped on
+    // purpose.
+    let crate::key::KeyRecord {
+        id,
+        keyspace_id,
+        hash,
+        start,
+        prefix,
+        byte_length,
+        owner_id,
+        name,
+        unique_name,
+        meta,
+        created_at,
+        updated_at,
+        expires,
+        remaining_limited,
+        refill,
+        ratelimit,
+        roles,
+        permissions,
+        enabled,
+        environment,
+        last_used_at: _,
+        deleted_at,
+        version: _,
+    } = b;
+    a.id == *id
+        && a.keyspace_id == *keyspace_id
+        && a.hash == *hash
+        && a.start == *start
+        && a.prefix == *prefix
+        && a.byte_length == *byte_length
+        && a.owner_id == *owner_id
+        && a.name == *name
+        && a.unique_name == *unique_name
+        && a.meta == *meta
+        && a.created_at == *created_at
+        && a.updated_at == *updated_at
+        && a.expires == *expires
+        && a.remaining_limited == *remaining_limited
+        && a.refill == *refill
+        && a.ratelimit == *ratelimit
+        && a.roles == *roles
+        && a.permissions == *permissions
+        && a.enabled == *enabled
+        && a.environment == *environment
+        && a.deleted_at == *deleted_at
+}
+
+/// Store writes running concurrently, at most [`Writes::MAX`] at once,
+/// each answering the key it changed, if any; the first failure is returned
+/// (the writes in flight finish).
+#[derive(Default)]
+struct Writes {
+    set: tokio::task::JoinSet<Result<Option<crate::id::KeyId>>>,
+    changed: Vec<crate::id::KeyId>,
+}
+
+impl Writes {
+    const MAX: usize = 64;
+
+    async fn spawn(
+        &mut self,
+        write: impl std::future::Future<Output = Result<Option<crate::id::KeyId>>> + Send + 'static,
+    ) -> Result<()> {
+        while self.set.len() >= Self::MAX {
+            self.next().await?;
+        }
+        self.set.spawn(write);
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<()> {
+        match self.set.join_next().await {
+            Some(Ok(r)) => {
+                self.changed.extend(r?);
+                Ok(())
+            }
+            Some(Err(e)) => Err(Error::internal(format!("an artifact write failed: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every write: the keys they changed.
+    async fn finish(mut self) -> Result<Vec<crate::id::KeyId>> {
+        let mut first = Ok(());
+        while !self.set.is_empty() {
+            if let Err(e) = self.next().await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first.map(|()| self.changed)
     }
 }
 
@@ -518,7 +666,6 @@ impl Content {
         actor: &Actor,
         now: Timestamp,
     ) -> Result<Vec<crate::id::KeyId>> {
-        let mut changed_keys = Vec::new();
         let event = |action: &str, kind: &str, id: &str| {
             AuditEvent::new(now, actor, action, kind, id, None, None)
         };
@@ -649,45 +796,57 @@ impl Content {
         }
         let mut keys: std::collections::HashMap<&crate::id::KeyId, &crate::key::KeyRecord> =
             ours.keys.iter().map(|k| (&k.id, k)).collect();
-        for k in &self.keys {
-            // Stored by id (deleted ones too: one retired earlier comes back).
-            let old = match keys.remove(&k.id) {
-                Some(old) => Some(old.clone()),
-                None => storage.keys.get_key(&k.id).await?,
-            };
-            match old {
+        // Keys are many: their writes run concurrently (a backend that
+        // commits in rounds, as sled does, groups them).
+        let mut writes = Writes::default();
+        for (i, k) in self.keys.iter().enumerate() {
+            // A long diff yields now and then: requests on this worker wait
+            // for a slice of it, not all of it.
+            if i % 1024 == 1023 {
+                tokio::task::yield_now().await;
+            }
+            match keys.remove(&k.id) {
                 // Its last use is the data plane's own.
-                Some(old)
-                    if old
-                        == (crate::key::KeyRecord {
-                            version: old.version,
-                            last_used_at: old.last_used_at,
-                            ..k.clone()
-                        }) => {}
+                Some(old) if same_key(old, k) => {}
                 Some(old) => {
-                    changed_keys.push(k.id.clone());
                     let new = crate::key::KeyRecord {
                         version: old.version + 1,
                         last_used_at: old.last_used_at,
                         ..k.clone()
                     };
-                    storage
-                        .keys
-                        .update_key(
-                            &new,
-                            old.version,
-                            event("artifact.apply", "key", k.id.as_str()),
-                        )
+                    let (store, version) = (storage.clone(), old.version);
+                    let ev = event("artifact.apply", "key", k.id.as_str());
+                    writes
+                        .spawn(async move {
+                            store.keys.update_key(&new, version, ev).await?;
+                            Ok(Some(new.id))
+                        })
                         .await?;
                 }
+                // Not live here: new, or retired earlier and back.
                 None => {
-                    let new = crate::key::KeyRecord {
-                        version: 1,
-                        ..k.clone()
-                    };
-                    storage
-                        .keys
-                        .create_key(&new, event("artifact.apply", "key", k.id.as_str()))
+                    let (store, k) = (storage.clone(), k.clone());
+                    let ev = event("artifact.apply", "key", k.id.as_str());
+                    writes
+                        .spawn(async move {
+                            match store.keys.get_key(&k.id).await? {
+                                Some(old) if same_key(&old, &k) => Ok(None),
+                                Some(old) => {
+                                    let new = crate::key::KeyRecord {
+                                        version: old.version + 1,
+                                        last_used_at: old.last_used_at,
+                                        ..k
+                                    };
+                                    store.keys.update_key(&new, old.version, ev).await?;
+                                    Ok(Some(new.id))
+                                }
+                                None => {
+                                    let new = crate::key::KeyRecord { version: 1, ..k };
+                                    store.keys.create_key(&new, ev).await?;
+                                    Ok(None)
+                                }
+                            }
+                        })
                         .await?;
                 }
             }
@@ -695,21 +854,20 @@ impl Content {
         // Live here, gone there: retired (soft-deleted), so it stops
         // verifying here too.
         for (_, old) in keys {
-            changed_keys.push(old.id.clone());
             let new = crate::key::KeyRecord {
                 version: old.version + 1,
                 deleted_at: Some(now),
                 ..old.clone()
             };
-            storage
-                .keys
-                .update_key(
-                    &new,
-                    old.version,
-                    event("artifact.apply", "key", old.id.as_str()),
-                )
+            let (store, version) = (storage.clone(), old.version);
+            let ev = event("artifact.apply", "key", old.id.as_str());
+            writes
+                .spawn(async move {
+                    store.keys.update_key(&new, version, ev).await?;
+                    Ok(Some(new.id))
+                })
                 .await?;
         }
-        Ok(changed_keys)
+        writes.finish().await
     }
 }

@@ -404,7 +404,8 @@ async fn download(
     let artifact = artifact.to_ascii_lowercase();
     match artifacts.get(&artifact).await {
         Ok(Some((meta, bytes))) => {
-            let mut res = (StatusCode::OK, bytes).into_response();
+            // Served from the shared copy, not copied per download.
+            let mut res = (StatusCode::OK, bytes::Bytes::from_owner(Shared(bytes))).into_response();
             let h = res.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
@@ -423,6 +424,15 @@ async fn download(
         }
         Ok(None) => problem::render(&Error::not_found("artifact", &artifact), &id),
         Err(e) => problem::render(&e, &id),
+    }
+}
+
+/// An artifact's shared bytes as a response body.
+struct Shared(std::sync::Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 

@@ -1163,7 +1163,13 @@ struct StoreApplier {
 #[async_trait::async_trait]
 impl maas_http::dataplane::Apply for StoreApplier {
     async fn apply(&self, bytes: &[u8]) -> maas_core::Result<()> {
-        let content = maas_core::artifact::Content::from_bytes(bytes)?;
+        // Parsing a large artifact (50 MB for 100k keys) takes a while: off
+        // the runtime's workers, so requests are not held behind it.
+        let owned = bytes.to_vec();
+        let content =
+            tokio::task::spawn_blocking(move || maas_core::artifact::Content::from_bytes(&owned))
+                .await
+                .map_err(|e| maas_core::Error::internal(format!("parsing the artifact: {e}")))??;
         let changed = content
             .apply(
                 &self.storage,

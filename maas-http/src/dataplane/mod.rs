@@ -579,7 +579,14 @@ impl Runner {
             size: a.size,
             created_at: self.clock.now(),
         };
-        verify(&meta, &bytes, &key)?;
+        // Hashing a large artifact takes a while: off the runtime's workers.
+        let checked = {
+            let (meta, bytes, key) = (meta.clone(), bytes.clone(), key.clone());
+            tokio::task::spawn_blocking(move || verify(&meta, &bytes, &key))
+                .await
+                .map_err(|e| Error::internal(format!("checking the artifact: {e}")))
+        };
+        checked??;
         self.applier.apply(&bytes).await?;
         if let Some(dir) = &self.config.data_dir
             && let Err(e) = keep(dir, &meta, &key, &bytes).await
@@ -601,11 +608,17 @@ impl Runner {
 /// the last, synced, renamed over it, the directory synced.
 async fn keep(dir: &Path, meta: &ArtifactMeta, key: &str, bytes: &[u8]) -> std::io::Result<()> {
     use base64::Engine as _;
-    let kept = serde_json::to_vec(&Kept {
-        meta: meta.clone(),
-        public_key: key.to_owned(),
-        bytes: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+    // Encoding a large artifact takes a while: off the runtime's workers.
+    let (meta, key, bytes) = (meta.clone(), key.to_owned(), bytes.to_vec());
+    let kept = tokio::task::spawn_blocking(move || {
+        serde_json::to_vec(&Kept {
+            meta,
+            public_key: key,
+            bytes: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+        })
     })
+    .await
+    .map_err(std::io::Error::other)?
     .map_err(std::io::Error::other)?;
     write_durably(dir, KEPT_FILE, kept).await
 }
