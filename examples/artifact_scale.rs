@@ -30,6 +30,9 @@ struct Args {
     /// Tasks verifying on the data plane during the apply (1..=64).
     #[arg(long, default_value_t = 4)]
     verifiers: usize,
+    /// Where to write the figures as JSON.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
 const SECRET: &[u8] = b"artifact-scale-key-secret";
@@ -224,7 +227,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         during.len()
     );
 
-    std::fs::create_dir_all("target/load")?;
     let json = serde_json::json!({
         "keys": n,
         "bytes": bytes.len(),
