@@ -242,9 +242,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "verify_floor_max_us": fmax.as_secs_f64() * 1e6,
         "verify_during_max_us": dmax.as_secs_f64() * 1e6,
     });
-    std::fs::write(
-        "target/load/artifact.json",
-        serde_json::to_vec_pretty(&json)?,
-    )?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_vec(&json)?)?;
+    }
     Ok(())
 }
