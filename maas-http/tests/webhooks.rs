@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use maas_core::webhook::{EventType, NewWebhook, Webhooks};
-use maas_core::{Actor, Clock, KeyHasher, KeyService, ManualClock, NewKey, NewKeyspace};
-use maas_http::webhooks::scan_expiring;
+use maas_core::{
+    Actor, Clock, KeyHasher, KeyService, ManualClock, NewKey, NewKeyspace, PageRequest, UserKeys,
+};
+use maas_http::webhooks::{Dispatcher, DispatcherConfig, scan_expiring};
 use maas_store_memory::MemoryStore;
 
 #[tokio::test]
@@ -88,4 +90,38 @@ async fn keys_expiring_within_a_day_are_told_once() {
         scan_expiring(&hooks, &keys, &ks.id, &clock).await.unwrap(),
         0
     );
+}
+
+/// The dispatcher's scan looks at the users' keyspace only if it exists:
+/// it never creates it (on a data plane the control plane's arrives with
+/// its first artifact, under the control plane's id).
+#[tokio::test(start_paused = true)]
+async fn the_expiring_scan_never_creates_the_user_keyspace() {
+    let storage = MemoryStore::new().storage();
+    let clock = Arc::new(ManualClock::default());
+    let hasher = KeyHasher::random();
+    let keys = KeyService::new_with_clock(storage.clone(), hasher.clone(), clock.clone());
+    let hooks = Webhooks::with_config(storage.clone(), hasher, Default::default(), clock.clone());
+    let dispatcher = Dispatcher::new(
+        hooks,
+        DispatcherConfig {
+            expiring_scan: Duration::from_millis(10),
+            ..DispatcherConfig::default()
+        },
+    );
+    let user_keys = UserKeys::new_with_clock(keys, clock.clone());
+    // Paused time: a hundred scans pass at once.
+    dispatcher
+        .run(
+            Some((user_keys.clone(), clock.clone())),
+            tokio::time::sleep(Duration::from_secs(1)),
+        )
+        .await;
+    assert_eq!(user_keys.existing_keyspace().await.unwrap(), None);
+    let all = storage
+        .keyspaces
+        .list_keyspaces(&PageRequest::first(10))
+        .await
+        .unwrap();
+    assert!(all.items.is_empty(), "{:?}", all.items);
 }

@@ -456,6 +456,18 @@ impl KeyService {
     /// Keys matching `query`, by id, with the total count.
     pub async fn list(&self, query: &KeyQuery) -> Result<Page<Key>> {
         let page = self.inner.storage.keys.list_keys(query).await?;
+        self.views(page).await
+    }
+
+    /// [`Self::list`] without the count (`total` may be 0): for reading
+    /// every page, in time proportional to the pages on every backend
+    /// ([`KeyStore::scan_keys`](crate::storage::KeyStore::scan_keys)).
+    pub async fn scan(&self, query: &KeyQuery) -> Result<Page<Key>> {
+        let page = self.inner.storage.keys.scan_keys(query).await?;
+        self.views(page).await
+    }
+
+    async fn views(&self, page: Page<KeyRecord>) -> Result<Page<Key>> {
         let mut items = Vec::with_capacity(page.items.len());
         for r in &page.items {
             items.push(self.view(r).await?);
