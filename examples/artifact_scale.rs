@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures_util::StreamExt as _;
-use maas_core::artifact::{Artifacts, Content};
+use maas_core::artifact::{Artifacts, Content, KeyTable};
 use maas_core::{
     Actor, Clock, KeyHasher, KeyService, KeyUpdate, NewKey, NewKeyspace, SystemClock, VerifyOptions,
 };
@@ -83,6 +83,21 @@ async fn verify_while(
     all
 }
 
+/// Applies `content` as the example server's data plane does: the
+/// configuration into the store, the keys into the table (off the
+/// runtime's workers); the keys changed.
+async fn apply(
+    mut content: Content,
+    dp: &maas_core::storage::Storage,
+    table: &Arc<KeyTable>,
+    admin: &Actor,
+    now: maas_core::Timestamp,
+) -> Result<Vec<maas_core::KeyId>, Box<dyn std::error::Error>> {
+    content.apply_config(dp, admin, now).await?;
+    let (table, keys) = (Arc::clone(table), std::mem::take(&mut content.keys));
+    Ok(tokio::task::spawn_blocking(move || table.replace(keys, now)).await?)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
@@ -140,7 +155,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // A fresh data plane applies it.
-    let dp = SledStore::open(dirs.1.path().join("dp.db"))?.storage();
+    // As the example server's data plane: its keys a table in memory.
+    let mut dp = SledStore::open(dirs.1.path().join("dp.db"))?.storage();
+    let table = Arc::new(KeyTable::new());
+    dp.keys = table.clone();
     let dp_keys =
         KeyService::new_with_clock(dp.clone(), KeyHasher::from_secret(SECRET), clock.clone());
     let started = Instant::now();
@@ -148,7 +166,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     verified?;
     let parsed = Content::from_bytes(&downloaded)?;
     let check = started.elapsed();
-    parsed.apply(&dp, &admin, clock.now()).await?;
+    apply(parsed, &dp, &table, &admin, clock.now()).await?;
     let first_apply = started.elapsed();
     println!("first apply on a fresh data plane: {first_apply:?} (checking and parsing {check:?})");
 
@@ -209,7 +227,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Content::from_bytes(&next3)
     })
     .await??;
-    let changed = parsed.apply(&dp, &admin, clock.now()).await?;
+    let changed = apply(parsed, &dp, &table, &admin, clock.now()).await?;
     dp_keys.reload(&changed).await?;
     let apply = started.elapsed();
     let _ = stop.send(true);

@@ -231,7 +231,7 @@ def load_rows():
                      f"{r['verify_floor_max_us'] / 1e3:.1f} ms)",
                      "≤ 1 s, requests not stalled (issue 20)", mark(r["apply_ms"] <= 1000), src))
         rows.append((f"an artifact of {r['keys']:,} keys applied on a fresh data plane (sled)",
-                     f"{r['first_apply_ms'] / 1e3:.1f} s (every key written to the store and its indexes)",
+                     f"{r['first_apply_ms']:.0f} ms (checked, parsed, its keys into the data plane's in-memory table)",
                      "≤ 1 s (issue 20)", mark(r["first_apply_ms"] <= 1000), src))
     soak = load_result("soak")
     if soak:

@@ -10,6 +10,9 @@
 
 use std::sync::Arc;
 
+mod keys;
+pub use keys::KeyTable;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
@@ -547,6 +550,11 @@ pub struct Content {
 impl Content {
     /// The configuration now in `storage`.
     pub async fn of(storage: &Storage) -> Result<Self> {
+        Self::read(storage, true).await
+    }
+
+    /// The configuration in `storage`; its keys only if `with_keys`.
+    async fn read(storage: &Storage, with_keys: bool) -> Result<Self> {
         let mut records = Vec::new();
         for kind in CONFIG_KINDS {
             let mut page = crate::storage::PageRequest::first(crate::storage::MAX_PAGE_SIZE);
@@ -600,7 +608,7 @@ impl Content {
         }
         keyspaces.sort_by(|a, b| a.id.cmp(&b.id));
         let mut keys = Vec::new();
-        for ks in &keyspaces {
+        for ks in keyspaces.iter().filter(|_| with_keys) {
             let mut query = crate::storage::KeyQuery {
                 keyspace_id: Some(ks.id.clone()),
                 owner_id: None,
@@ -670,6 +678,34 @@ impl Content {
             AuditEvent::new(now, actor, action, kind, id, None, None)
         };
         let ours = Content::of(storage).await?;
+        self.apply_config_over(&ours, storage, actor, now).await?;
+        self.apply_keys(&ours, storage, now, &event).await
+    }
+
+    /// [`Self::apply`] but for the keys: records, tenants and keyspaces
+    /// (for a data plane whose keys are a [`KeyTable`], given them with
+    /// [`KeyTable::replace`]).
+    pub async fn apply_config(
+        &self,
+        storage: &Storage,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<()> {
+        let ours = Content::read(storage, false).await?;
+        self.apply_config_over(&ours, storage, actor, now).await
+    }
+
+    /// Writes what differs from `ours` but for the keys.
+    async fn apply_config_over(
+        &self,
+        ours: &Content,
+        storage: &Storage,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<()> {
+        let event = |action: &str, kind: &str, id: &str| {
+            AuditEvent::new(now, actor, action, kind, id, None, None)
+        };
         let mut have: std::collections::HashMap<(&str, &str), &Record> = ours
             .records
             .iter()
@@ -794,6 +830,17 @@ impl Content {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Writes the keys that differ from `ours`' to `storage`.
+    async fn apply_keys(
+        &self,
+        ours: &Content,
+        storage: &Storage,
+        now: Timestamp,
+        event: &impl Fn(&str, &str, &str) -> AuditEvent,
+    ) -> Result<Vec<crate::id::KeyId>> {
         let mut keys: std::collections::HashMap<&crate::id::KeyId, &crate::key::KeyRecord> =
             ours.keys.iter().map(|k| (&k.id, k)).collect();
         // Keys are many: their writes run concurrently (a backend that
