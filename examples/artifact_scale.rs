@@ -247,6 +247,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let json = serde_json::json!({
         "keys": n,
+        "verifiers": verifiers,
         "bytes": bytes.len(),
         "build_ms": build.as_secs_f64() * 1e3,
         "publish_ms": publish.as_secs_f64() * 1e3,
