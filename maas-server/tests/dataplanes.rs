@@ -286,7 +286,10 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     )
     .await;
     let took = served(&dp, &clock, "edge-model-2").await;
-    eprintln!("a model created at the control plane was served by the data plane after {took:?}");
+    let took2 = served(&dp2, &clock, "edge-model-2").await;
+    eprintln!(
+        "a model created at the control plane was served by the data planes after {took:?} and {took2:?}"
+    );
     // An explicit deploy tells the connected data plane.
     let deployed = admin(
         &cp,
@@ -378,7 +381,6 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         2,
         "both data planes' requests, once: {rows}"
     );
-    assert!(took < Duration::from_secs(10));
     eprintln!("usage served on the data planes showed at the control plane after {took:?}");
     let kid = tkey["key"]["id"].as_str().unwrap();
     let res = reqwest::Client::new()
@@ -521,6 +523,26 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
     )
     .await;
     assert!(online, "reconnected: {:?}", dp.data_plane());
+    let dp_id = dp.data_plane().unwrap().data_plane_id.unwrap();
+    let list_path = format!("/api/v1/projects/{pid}/data-planes");
+    let (listed, _) = eventually(
+        || admin(&cp, reqwest::Method::GET, &list_path, Value::Null),
+        |l| {
+            l.as_array()
+                .into_iter()
+                .flatten()
+                .any(|d| d["id"] == dp_id.as_str() && d["status"] == "online")
+        },
+    )
+    .await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == dp_id.as_str() && d["status"] == "online"),
+        "listed online again by the restarted control plane: {listed}"
+    );
     let free_user = |rows: &Value| {
         rows.as_array()
             .into_iter()
