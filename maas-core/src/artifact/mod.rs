@@ -458,54 +458,6 @@ fn same_key(a: &crate::key::KeyRecord, b: &crate::key::KeyRecord) -> bool {
         && a.deleted_at == *deleted_at
 }
 
-/// Store writes running concurrently, at most [`Writes::MAX`] at once,
-/// each answering the key it changed, if any; the first failure is returned
-/// (the writes in flight finish).
-#[derive(Default)]
-struct Writes {
-    set: tokio::task::JoinSet<Result<Option<crate::id::KeyId>>>,
-    changed: Vec<crate::id::KeyId>,
-}
-
-impl Writes {
-    const MAX: usize = 64;
-
-    async fn spawn(
-        &mut self,
-        write: impl std::future::Future<Output = Result<Option<crate::id::KeyId>>> + Send + 'static,
-    ) -> Result<()> {
-        while self.set.len() >= Self::MAX {
-            self.next().await?;
-        }
-        self.set.spawn(write);
-        Ok(())
-    }
-
-    async fn next(&mut self) -> Result<()> {
-        match self.set.join_next().await {
-            Some(Ok(r)) => {
-                self.changed.extend(r?);
-                Ok(())
-            }
-            Some(Err(e)) => Err(Error::internal(format!("an artifact write failed: {e}"))),
-            None => Ok(()),
-        }
-    }
-
-    /// Waits for every write: the keys they changed.
-    async fn finish(mut self) -> Result<Vec<crate::id::KeyId>> {
-        let mut first = Ok(());
-        while !self.set.is_empty() {
-            if let Err(e) = self.next().await
-                && first.is_ok()
-            {
-                first = Err(e);
-            }
-        }
-        first.map(|()| self.changed)
-    }
-}
-
 /// The record kinds an artifact carries: the configuration a data plane
 /// serves from. Never the token key ring (it holds private keys), webhooks
 /// or projects (the control plane's own business).
@@ -663,28 +615,12 @@ impl Content {
         Ok(c)
     }
 
-    /// Makes `storage`'s configuration this one: records, tenants,
-    /// keyspaces and keys created, replaced or removed to match (each
-    /// change one store operation, audited as `actor`). Returns the keys it
-    /// changed (for [`KeyService::reload`](crate::KeyService::reload)); what
-    /// other caches hold is read again within their refresh.
-    pub async fn apply(
-        &self,
-        storage: &Storage,
-        actor: &Actor,
-        now: Timestamp,
-    ) -> Result<Vec<crate::id::KeyId>> {
-        let event = |action: &str, kind: &str, id: &str| {
-            AuditEvent::new(now, actor, action, kind, id, None, None)
-        };
-        let ours = Content::of(storage).await?;
-        self.apply_config_over(&ours, storage, actor, now).await?;
-        self.apply_keys(&ours, storage, now, &event).await
-    }
-
-    /// [`Self::apply`] but for the keys: records, tenants and keyspaces
-    /// (for a data plane whose keys are a [`KeyTable`], given them with
-    /// [`KeyTable::replace`]).
+    /// Makes `storage`'s configuration this one but for the keys: records,
+    /// tenants and keyspaces created, replaced or removed to match (each
+    /// change one store operation, audited as `actor`); a local keyspace
+    /// not in the artifact is left. The keys go to a data plane's
+    /// [`KeyTable`] ([`KeyTable::replace`], after this: keys name their
+    /// keyspaces); what caches hold is read again within their refresh.
     pub async fn apply_config(
         &self,
         storage: &Storage,
@@ -692,17 +628,6 @@ impl Content {
         now: Timestamp,
     ) -> Result<()> {
         let ours = Content::read(storage, false).await?;
-        self.apply_config_over(&ours, storage, actor, now).await
-    }
-
-    /// Writes what differs from `ours` but for the keys.
-    async fn apply_config_over(
-        &self,
-        ours: &Content,
-        storage: &Storage,
-        actor: &Actor,
-        now: Timestamp,
-    ) -> Result<()> {
         let event = |action: &str, kind: &str, id: &str| {
             AuditEvent::new(now, actor, action, kind, id, None, None)
         };
@@ -792,8 +717,8 @@ impl Content {
                 _ => {}
             }
         }
-        // Keyspaces first (keys name theirs); a local keyspace not in the
-        // artifact is left (its keys are retired below).
+        // Keyspaces (the keys, applied after, name theirs); a local
+        // keyspace not in the artifact is left.
         let have: std::collections::HashMap<_, _> =
             ours.keyspaces.iter().map(|k| (k.id.clone(), k)).collect();
         for k in &self.keyspaces {
@@ -831,90 +756,5 @@ impl Content {
             }
         }
         Ok(())
-    }
-
-    /// Writes the keys that differ from `ours`' to `storage`.
-    async fn apply_keys(
-        &self,
-        ours: &Content,
-        storage: &Storage,
-        now: Timestamp,
-        event: &impl Fn(&str, &str, &str) -> AuditEvent,
-    ) -> Result<Vec<crate::id::KeyId>> {
-        let mut keys: std::collections::HashMap<&crate::id::KeyId, &crate::key::KeyRecord> =
-            ours.keys.iter().map(|k| (&k.id, k)).collect();
-        // Keys are many: their writes run concurrently (a backend that
-        // commits in rounds, as sled does, groups them).
-        let mut writes = Writes::default();
-        for (i, k) in self.keys.iter().enumerate() {
-            // A long diff yields now and then: requests on this worker wait
-            // for a slice of it, not all of it.
-            if i % 1024 == 1023 {
-                tokio::task::yield_now().await;
-            }
-            match keys.remove(&k.id) {
-                // Its last use is the data plane's own.
-                Some(old) if same_key(old, k) => {}
-                Some(old) => {
-                    let new = crate::key::KeyRecord {
-                        version: old.version + 1,
-                        last_used_at: old.last_used_at,
-                        ..k.clone()
-                    };
-                    let (store, version) = (storage.clone(), old.version);
-                    let ev = event("artifact.apply", "key", k.id.as_str());
-                    writes
-                        .spawn(async move {
-                            store.keys.update_key(&new, version, ev).await?;
-                            Ok(Some(new.id))
-                        })
-                        .await?;
-                }
-                // Not live here: new, or retired earlier and back.
-                None => {
-                    let (store, k) = (storage.clone(), k.clone());
-                    let ev = event("artifact.apply", "key", k.id.as_str());
-                    writes
-                        .spawn(async move {
-                            match store.keys.get_key(&k.id).await? {
-                                Some(old) if same_key(&old, &k) => Ok(None),
-                                Some(old) => {
-                                    let new = crate::key::KeyRecord {
-                                        version: old.version + 1,
-                                        last_used_at: old.last_used_at,
-                                        ..k
-                                    };
-                                    store.keys.update_key(&new, old.version, ev).await?;
-                                    Ok(Some(new.id))
-                                }
-                                None => {
-                                    let new = crate::key::KeyRecord { version: 1, ..k };
-                                    store.keys.create_key(&new, ev).await?;
-                                    Ok(None)
-                                }
-                            }
-                        })
-                        .await?;
-                }
-            }
-        }
-        // Live here, gone there: retired (soft-deleted), so it stops
-        // verifying here too.
-        for (_, old) in keys {
-            let new = crate::key::KeyRecord {
-                version: old.version + 1,
-                deleted_at: Some(now),
-                ..old.clone()
-            };
-            let (store, version) = (storage.clone(), old.version);
-            let ev = event("artifact.apply", "key", old.id.as_str());
-            writes
-                .spawn(async move {
-                    store.keys.update_key(&new, version, ev).await?;
-                    Ok(Some(new.id))
-                })
-                .await?;
-        }
-        writes.finish().await
     }
 }
