@@ -189,6 +189,28 @@ impl KeyQuery {
                 .is_none_or(|o| k.owner_id.as_deref() == Some(o))
             && (self.include_deleted || k.deleted_at.is_none())
     }
+
+    /// This query's page of keys held in memory: `keys` by id, with the ids
+    /// of each keyspace and of each owner (the narrowest index that applies
+    /// is walked). A helper for stores that hold keys in memory.
+    pub fn page_of<'a>(
+        &self,
+        keys: &'a std::collections::BTreeMap<KeyId, KeyRecord>,
+        by_keyspace: &'a std::collections::HashMap<KeyspaceId, std::collections::BTreeSet<KeyId>>,
+        by_owner: &'a std::collections::HashMap<String, std::collections::BTreeSet<KeyId>>,
+    ) -> Page<&'a KeyRecord> {
+        let ids: Box<dyn Iterator<Item = &KeyId>> = match (&self.keyspace_id, &self.owner_id) {
+            (Some(ks), _) => Box::new(by_keyspace.get(ks).into_iter().flatten()),
+            (None, Some(o)) => Box::new(by_owner.get(o).into_iter().flatten()),
+            (None, None) => Box::new(keys.keys()),
+        };
+        let matching: Vec<&KeyRecord> = ids
+            .filter_map(|id| keys.get(id))
+            .filter(|k| self.matches(k))
+            .collect();
+        let total = matching.len() as u64;
+        self.page.paginate(matching, |k| k.id.as_str(), total)
+    }
 }
 
 /// Keys: records of long-lived secrets (the secret itself is never stored).

@@ -306,20 +306,8 @@ impl KeyStore for MemoryStore {
 
     async fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
         let s = self.read();
-        // Walk the narrowest index that applies.
-        let ids: Box<dyn Iterator<Item = &KeyId>> = match (&query.keyspace_id, &query.owner_id) {
-            (Some(ks), _) => Box::new(s.by_keyspace.get(ks).into_iter().flatten()),
-            (None, Some(o)) => Box::new(s.by_owner.get(o).into_iter().flatten()),
-            (None, None) => Box::new(s.keys.keys()),
-        };
-        let matching: Vec<&KeyRecord> = ids
-            .filter_map(|id| s.keys.get(id))
-            .filter(|k| query.matches(k))
-            .collect();
-        let total = matching.len() as u64;
         Ok(query
-            .page
-            .paginate(matching, |k| k.id.as_str(), total)
+            .page_of(&s.keys, &s.by_keyspace, &s.by_owner)
             .map(Clone::clone))
     }
 

@@ -37,8 +37,8 @@ pub struct KeyTable {
 struct Table {
     keys: BTreeMap<KeyId, KeyRecord>,
     by_hash: HashMap<KeyHash, KeyId>,
-    by_keyspace: BTreeMap<KeyspaceId, BTreeSet<KeyId>>,
-    by_owner: BTreeMap<String, BTreeSet<KeyId>>,
+    by_keyspace: HashMap<KeyspaceId, BTreeSet<KeyId>>,
+    by_owner: HashMap<String, BTreeSet<KeyId>>,
 }
 
 impl Table {
@@ -152,19 +152,8 @@ impl KeyStore for KeyTable {
 
     async fn list_keys(&self, query: &KeyQuery) -> Result<Page<KeyRecord>> {
         let t = self.current();
-        let ids: Box<dyn Iterator<Item = &KeyId>> = match (&query.keyspace_id, &query.owner_id) {
-            (Some(ks), _) => Box::new(t.by_keyspace.get(ks).into_iter().flatten()),
-            (None, Some(o)) => Box::new(t.by_owner.get(o).into_iter().flatten()),
-            (None, None) => Box::new(t.keys.keys()),
-        };
-        let matching: Vec<&KeyRecord> = ids
-            .filter_map(|id| t.keys.get(id))
-            .filter(|k| query.matches(k))
-            .collect();
-        let total = matching.len() as u64;
         Ok(query
-            .page
-            .paginate(matching, |k| k.id.as_str(), total)
+            .page_of(&t.keys, &t.by_keyspace, &t.by_owner)
             .map(|k| self.with_last_used(k.clone())))
     }
 
@@ -190,23 +179,8 @@ mod tests {
     use crate::storage::PageRequest;
 
     fn key(i: u8, ks: &str, owner: Option<&str>) -> KeyRecord {
-        let hash = KeyHash::from_bytes([i; 32]);
-        let mut r: KeyRecord = serde_json::from_value(serde_json::json!({
-            "id": format!("key_{i:03}"),
-            "keyspaceId": ks,
-            "hash": hash.to_hex(),
-            "start": "x",
-            "byteLength": 16,
-            "uniqueName": false,
-            "createdAt": 0,
-            "updatedAt": 0,
-            "remainingLimited": false,
-            "roles": [],
-            "permissions": [],
-            "enabled": true,
-            "version": 1
-        }))
-        .unwrap_or_else(|e| panic!("{e}"));
+        let mut r = crate::key::sample_record(i);
+        r.keyspace_id = serde_json::from_value(serde_json::json!(ks)).unwrap();
         r.owner_id = owner.map(str::to_owned);
         r
     }

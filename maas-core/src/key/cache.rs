@@ -405,24 +405,8 @@ mod tests {
     }
 
     fn record(i: u8) -> (KeyHash, KeyRecord) {
-        let hash = KeyHash::from_bytes([i; 32]);
-        let r: KeyRecord = serde_json::from_value(serde_json::json!({
-            "id": format!("key_{i}"),
-            "keyspaceId": "ks_1",
-            "hash": hash.to_hex(),
-            "start": "x",
-            "byteLength": 16,
-            "uniqueName": false,
-            "createdAt": 0,
-            "updatedAt": 0,
-            "remainingLimited": false,
-            "roles": [],
-            "permissions": [],
-            "enabled": true,
-            "version": 1
-        }))
-        .unwrap_or_else(|e| panic!("{e}"));
-        (hash, r)
+        let r = crate::key::sample_record(i);
+        (r.hash, r)
     }
 
     /// Insertions, evictions, hits, last uses and purges from several
@@ -485,7 +469,7 @@ mod tests {
         }
         let pending = cache.take_dirty();
         assert_eq!(pending.len(), 1);
-        assert_eq!((pending[0].0, pending[0].1.as_str()), (None, "key_39"));
+        assert_eq!((pending[0].0, pending[0].1.as_str()), (None, "key_039"));
         cache.requeue(pending);
         assert_eq!(cache.take_dirty().len(), 1, "kept after a failed write");
         // Re-upserting a cached key neither evicts nor grows.

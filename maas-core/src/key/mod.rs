@@ -454,3 +454,26 @@ impl std::fmt::Debug for CreatedKey {
 pub(crate) fn check_labels(field: &'static str, items: Vec<String>) -> Result<Vec<String>> {
     validate::labels(field, items, MAX_LABEL, MAX_LABELS)
 }
+
+/// A live key record for tests: id `key_{i:03}`, keyspace `ks_1`, hash
+/// `[i; 32]`, no owner.
+#[cfg(test)]
+pub(crate) fn sample_record(i: u8) -> KeyRecord {
+    let hash = KeyHash::from_bytes([i; 32]);
+    serde_json::from_value(serde_json::json!({
+        "id": format!("key_{i:03}"),
+        "keyspaceId": "ks_1",
+        "hash": hash.to_hex(),
+        "start": "x",
+        "byteLength": 16,
+        "uniqueName": false,
+        "createdAt": 0,
+        "updatedAt": 0,
+        "remainingLimited": false,
+        "roles": [],
+        "permissions": [],
+        "enabled": true,
+        "version": 1
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
