@@ -267,6 +267,17 @@ pub fn json_response(
         .into_response()
 }
 
+/// The path of a request no route matched, for its 404 message: as the
+/// client sent it (before any nesting stripped a prefix), at most 200
+/// bytes.
+pub(crate) fn unrouted_path(uri: &axum::extract::OriginalUri) -> String {
+    let path = uri.0.path();
+    match path.char_indices().nth(200) {
+        Some((end, _)) => format!("{}…", &path[..end]),
+        None => path.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,8 @@
 //! with no GPU and fair share is visible.
 //!
 //! [`router`] answers `POST /v1/chat/completions`, `POST /v1/completions`,
-//! `GET /v1/models` and `GET /health`; [`serve`] runs it on a listener.
+//! `POST /v1/embeddings`, `GET /v1/models` and `GET /health`; [`serve`]
+//! runs it on a listener.
 //! Any model name is accepted. Answers are deterministic: the completion is
 //! a cycle of lorem-ipsum words, one word (and a space) per token, and the
 //! prompt's token count is an estimate from its size:
@@ -33,6 +34,15 @@
 //! Only one choice is generated (`n` is ignored); a `prompt` array of
 //! several strings is read as one prompt. Bad requests are answered 400 in
 //! OpenAI's error shape naming the `param` at fault.
+//!
+//! Embeddings: one vector per input (a string, an array of strings, an
+//! array of token ids or an array of such arrays), of
+//! [`EMBEDDING_DIMENSIONS`] (or `dimensions`) unit-length floats drawn
+//! from the input's hash, so equal inputs embed equally; as JSON numbers,
+//! or base64 of little-endian `f32`s with `"encoding_format": "base64"`.
+//! Prompt tokens: a string's bytes divided by 4, rounded up (at least 1),
+//! or a token array's length. An embedding takes a generation slot for the
+//! time of one token.
 
 use axum::serve::ListenerExt;
 use std::convert::Infallible;
@@ -65,6 +75,12 @@ pub const BODY_LIMIT: usize = 16 << 20;
 
 /// The model id listed by `GET /v1/models` (any model name is served).
 pub const MODEL_ID: &str = "simulator";
+
+/// The length of an embedding unless the request asks for `dimensions`.
+pub const EMBEDDING_DIMENSIONS: usize = 16;
+
+/// The most `dimensions` an embedding request may ask for.
+pub const MAX_EMBEDDING_DIMENSIONS: u64 = 8192;
 
 /// The words of completions, in order, cycled.
 const WORDS: &[&str] = &[
@@ -154,6 +170,7 @@ pub fn router(config: SimulatorConfig) -> Result<Router, Error> {
     Ok(Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .fallback(not_found)
@@ -630,6 +647,150 @@ async fn completions(State(sim): State<Arc<Sim>>, body: Result<Bytes, BytesRejec
     answer(sim, Kind::Completion, body).await
 }
 
+/// A validated embeddings request.
+#[derive(Debug)]
+struct Embedding {
+    model: String,
+    /// Each input's bytes to hash, and its tokens.
+    inputs: Vec<(Vec<u8>, u64)>,
+    dimensions: usize,
+    base64: bool,
+}
+
+/// Reads an embeddings request.
+fn parse_embedding(body: Result<Bytes, BytesRejection>) -> Result<Embedding, OpenAiError> {
+    let body = body_object(body)?;
+    let model = model(&body)?;
+    let wrong = || {
+        OpenAiError::invalid(
+            "input",
+            "'input' must be a non-empty string, an array of strings, an array of token ids or an array of token-id arrays",
+        )
+    };
+    let tokens = |ids: &[Value]| -> Result<(Vec<u8>, u64), OpenAiError> {
+        let mut bytes = Vec::with_capacity(ids.len() * 4);
+        for id in ids {
+            let n = id.as_u64().ok_or_else(wrong)?;
+            bytes.extend_from_slice(&n.to_le_bytes());
+        }
+        Ok((bytes, ids.len() as u64))
+    };
+    let text = |s: &str| (s.as_bytes().to_vec(), (s.len() as u64).div_ceil(4).max(1));
+    let inputs = match body.get("input") {
+        Some(Value::String(s)) if !s.is_empty() => vec![text(s)],
+        Some(Value::Array(items)) if !items.is_empty() => match &items[0] {
+            Value::String(_) => items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) if !s.is_empty() => Ok(text(s)),
+                    _ => Err(wrong()),
+                })
+                .collect::<Result<_, _>>()?,
+            Value::Number(_) => vec![tokens(items)?],
+            Value::Array(_) => items
+                .iter()
+                .map(|i| match i {
+                    Value::Array(ids) if !ids.is_empty() => tokens(ids),
+                    _ => Err(wrong()),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(wrong()),
+        },
+        v if absent(v) => return Err(OpenAiError::invalid("input", "'input' is required")),
+        _ => return Err(wrong()),
+    };
+    let dimensions = match positive(&body, "dimensions")? {
+        Some(d) if d > MAX_EMBEDDING_DIMENSIONS => {
+            return Err(OpenAiError::invalid(
+                "dimensions",
+                format!("'dimensions' must be at most {MAX_EMBEDDING_DIMENSIONS}"),
+            ));
+        }
+        Some(d) => usize::try_from(d).unwrap_or(EMBEDDING_DIMENSIONS),
+        None => EMBEDDING_DIMENSIONS,
+    };
+    let base64 = match body.get("encoding_format") {
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
+        v if absent(v) => false,
+        _ => {
+            return Err(OpenAiError::invalid(
+                "encoding_format",
+                "'encoding_format' must be 'float' or 'base64'",
+            ));
+        }
+    };
+    Ok(Embedding {
+        model,
+        inputs,
+        dimensions,
+        base64,
+    })
+}
+
+/// A unit vector of `n` floats drawn from `seed`'s FNV-1a hash.
+fn vector(seed: &[u8], n: usize) -> Vec<f32> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut v: Vec<f32> = (0..n)
+        .map(|_| {
+            // xorshift64*
+            h ^= h >> 12;
+            h ^= h << 25;
+            h ^= h >> 27;
+            let x = h.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+            (x as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+async fn embeddings(State(sim): State<Arc<Sim>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let job = match parse_embedding(body) {
+        Ok(job) => job,
+        Err(e) => return e.into_response(),
+    };
+    // One forward pass: a slot for the time of one token.
+    let Ok(permit) = sim.permits.clone().acquire_owned().await else {
+        return closed().into_response();
+    };
+    let tps = sim.config.tokens_per_second;
+    if tps > 0.0 {
+        tokio::time::sleep_until(deadline(Instant::now(), 1, tps)).await;
+    }
+    drop(permit);
+    let data: Vec<Value> = job
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (seed, _))| {
+            let v = vector(seed, job.dimensions);
+            let embedding = if job.base64 {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let tokens: u64 = job.inputs.iter().map(|(_, t)| t).sum();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": job.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
+}
+
 async fn models() -> Json<Value> {
     Json(json!({
         "object": "list",
@@ -646,12 +807,12 @@ async fn health() -> Json<Health> {
     Json(Health::OK)
 }
 
-async fn not_found() -> OpenAiError {
+async fn not_found(uri: axum::extract::OriginalUri) -> OpenAiError {
     OpenAiError::new(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         Some("not_found"),
-        "no such route",
+        format!("no route '{}'", crate::common::unrouted_path(&uri)),
     )
 }
 

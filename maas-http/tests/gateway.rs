@@ -645,3 +645,80 @@ async fn repeated_request_is_served_from_the_cache() {
     assert_eq!((u.requests, u.cache_hits, u.cache_misses), (3, 1, 1));
     assert_eq!(u.output_tokens, 12, "the hit generated nothing");
 }
+
+/// Embeddings go the same path as chat: authenticated, admitted against
+/// the tier's limits, forwarded at `/v1` and at the per-model URL, metered
+/// (input tokens, no output) and priced; bad input is a 400 naming
+/// `input`; `encoding_format` and `dimensions` reach the upstream.
+#[tokio::test]
+async fn embeddings_are_admitted_metered_and_passed_through() {
+    let r = rig().await;
+    let res = r
+        .post(
+            "/v1/embeddings",
+            Some("premium-token"),
+            &json!({"model": "simulator", "input": ["12345678", "abcd"]}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-ratelimit-remaining-tokens"));
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(body["data"][1]["index"], 1);
+    assert_eq!(body["usage"]["prompt_tokens"], 3);
+    let res = r
+        .post(
+            "/simulator/v1/embeddings",
+            Some("premium-token"),
+            &json!({"input": [1, 2, 3, 4], "encoding_format": "base64", "dimensions": 4}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    let b64 = body["data"][0]["embedding"].as_str().unwrap();
+    assert_eq!(b64.len(), 24, "4 f32s, base64: {b64}");
+
+    for bad in [
+        json!({"model": "simulator"}),
+        json!({"model": "simulator", "input": {"a": 1}}),
+    ] {
+        let (status, e) = r.fails("/v1/embeddings", Some("premium-token"), &bad).await;
+        assert_eq!(
+            (status, e["error"]["param"].as_str()),
+            (400, Some("input")),
+            "{e}"
+        );
+    }
+    let (status, _) = r
+        .fails(
+            "/v1/embeddings",
+            None,
+            &json!({"model": "simulator", "input": "a"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    r.idle().await;
+    let u = r.usage().await;
+    assert_eq!((u.requests, u.errors, u.estimated), (2, 0, 0));
+    assert_eq!((u.input_tokens, u.output_tokens), (3 + 4, 0));
+    assert!(u.cost("USD") > 0.0, "priced as the model is: {u:?}");
+}
+
+/// An unknown path is a 404 naming it.
+#[tokio::test]
+async fn unknown_paths_are_named() {
+    let r = rig().await;
+    let (status, e) = r
+        .fails("/v1/nothing-here", Some("premium-token"), &json!({}))
+        .await;
+    assert_eq!(status, 404);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/nothing-here"),
+        "{e}"
+    );
+}

@@ -432,7 +432,15 @@ async fn health_models_and_unknown_routes() {
 
     let res = app.clone().oneshot(get("/v2/nothing")).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    assert_eq!(json_of(res).await["error"]["code"], "not_found");
+    let e = json_of(res).await;
+    assert_eq!(e["error"]["code"], "not_found");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'/v2/nothing'"),
+        "{e}"
+    );
 
     let res = app
         .clone()
@@ -632,4 +640,69 @@ async fn serve_answers_over_tcp_and_shuts_down() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+/// Embeddings: a unit vector per input, equal inputs embed equally, token
+/// ids and base64 accepted, usage counted; bad input names its param.
+#[tokio::test]
+async fn embeddings_have_openai_shape_and_usage() {
+    let app = instant();
+    let res = post(
+        &app,
+        "/v1/embeddings",
+        &json!({"model": "e", "input": ["12345678", "abc", "12345678"]}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = json_of(res).await;
+    assert_eq!(
+        (&body["object"], &body["model"]),
+        (&json!("list"), &json!("e"))
+    );
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    let v: Vec<f64> = data[0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(v.len(), maas_http::simulator::EMBEDDING_DIMENSIONS);
+    let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3, "{norm}");
+    assert_eq!(data[0]["embedding"], data[2]["embedding"]);
+    assert_ne!(data[0]["embedding"], data[1]["embedding"]);
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 2 + 1 + 2, "total_tokens": 5})
+    );
+
+    let res = post(
+        &app,
+        "/v1/embeddings",
+        &json!({"model": "e", "input": [[1, 2, 3], [4]], "encoding_format": "base64", "dimensions": 3}),
+    )
+    .await;
+    let body = json_of(res).await;
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+    assert_eq!(body["data"][1]["embedding"].as_str().unwrap().len(), 16);
+
+    for (bad, param) in [
+        (json!({"model": "e"}), "input"),
+        (json!({"model": "e", "input": ""}), "input"),
+        (json!({"model": "e", "input": [1, "a"]}), "input"),
+        (json!({"input": "a"}), "model"),
+        (
+            json!({"model": "e", "input": "a", "dimensions": 0}),
+            "dimensions",
+        ),
+        (
+            json!({"model": "e", "input": "a", "encoding_format": "hex"}),
+            "encoding_format",
+        ),
+    ] {
+        let res = post(&app, "/v1/embeddings", &bad).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(json_of(res).await["error"]["param"], param, "{bad}");
+    }
 }

@@ -6,11 +6,13 @@
 //! | `POST /v1/completions` | the body's `model` |
 //! | `POST /{model}/v1/chat/completions` | the path (the `url` `/v1/models` lists) |
 //! | `POST /{model}/v1/completions` | the path |
+//! | `POST /v1/embeddings` | the body's `model` |
+//! | `POST /{model}/v1/embeddings` | the path |
 //!
 //! behind [`MaasLayer`] (authentication, tier, model access, limits,
 //! response cache, fair share, usage: see [`crate::layer`]), forwarding to
-//! the model's `upstream_url` + `/v1/chat/completions` (or
-//! `/v1/completions`) with a pooled HTTP client and streaming the answer
+//! the model's `upstream_url` + the same path (`/v1/chat/completions`,
+//! `/v1/completions` or `/v1/embeddings`) with a pooled HTTP client and streaming the answer
 //! back. An upstream that cannot be reached or answers 5xx is 502
 //! `upstream_error`; one that does not answer within
 //! [`GatewayConfig::upstream_timeout`] is 504 `upstream_timeout`; its 4xx
@@ -93,18 +95,20 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
         .route("/v1/completions", post(forward))
         .route("/{model}/v1/chat/completions", post(forward))
         .route("/{model}/v1/completions", post(forward))
+        .route("/v1/embeddings", post(forward))
+        .route("/{model}/v1/embeddings", post(forward))
         .with_state(upstream)
         .route_layer(layer)
         .fallback(not_found);
     with_common_layers(app, &config.http)
 }
 
-async fn not_found() -> Response {
+async fn not_found(uri: axum::extract::OriginalUri) -> Response {
     OpenAiError::new(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         Some("not_found"),
-        "no such route",
+        format!("no route '{}'", crate::common::unrouted_path(&uri)),
     )
     .into_response()
 }
@@ -123,11 +127,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
             "the request was not admitted".into(),
         );
     };
-    let suffix = if req.uri().path().ends_with("/v1/completions") {
-        "/v1/completions"
-    } else {
-        "/v1/chat/completions"
-    };
+    let suffix = crate::layer::Endpoint::of_path(req.uri().path()).upstream_path();
     let url = format!("{}{suffix}", model.upstream_url.trim_end_matches('/'));
     let accept = req.headers().get(ACCEPT).cloned();
     // The layer gave us the rewritten body, already in memory.

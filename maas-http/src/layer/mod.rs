@@ -40,4 +40,5 @@ mod service;
 pub use error::{GatewayError, insert_rate_headers};
 pub use future::ResponseFuture;
 pub use layer::{DEFAULT_BODY_LIMIT, LayerConfig, MaasLayer};
+pub use request::Endpoint;
 pub use service::{AdmittedModel, CACHE_HEADER, MaasService};

@@ -5,9 +5,45 @@ use serde_json::{Map, Value};
 
 use super::error::GatewayError;
 
+/// Which OpenAI API a request is for, by its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+    /// `/v1/embeddings`.
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The endpoint of a request path (`/v1/…` or `/{model}/v1/…`); chat
+    /// for any other.
+    pub fn of_path(path: &str) -> Self {
+        if path.ends_with("/v1/embeddings") {
+            Endpoint::Embeddings
+        } else if path.ends_with("/v1/completions") {
+            Endpoint::Completions
+        } else {
+            Endpoint::Chat
+        }
+    }
+
+    /// The path to call on the model's upstream.
+    pub fn upstream_path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+}
+
 /// The facts of a request body admission needs.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Inspected {
+    /// The API it is for.
+    pub endpoint: Endpoint,
     /// The body, as a JSON object.
     pub body: Map<String, Value>,
     /// `model`, if the body has one.
@@ -37,9 +73,32 @@ fn bytes_of_content(v: &Value) -> usize {
     }
 }
 
-/// Reads `bytes` as an OpenAI chat or completions request. Only what
-/// admission needs is checked; the upstream judges the rest.
-pub(crate) fn inspect(bytes: &[u8]) -> Result<Inspected, GatewayError> {
+/// The tokens of an embeddings `input`: a string (estimated from its
+/// size), an array of strings, an array of token ids (counted) or an array
+/// of such arrays; `None` if it is none of these.
+fn embedding_tokens(input: &Value) -> Option<u64> {
+    let ids =
+        |v: &[Value]| (!v.is_empty() && v.iter().all(Value::is_u64)).then_some(v.len() as u64);
+    match input {
+        Value::String(s) if !s.is_empty() => Some(estimate_prompt_tokens(s.len()).max(1)),
+        Value::Array(items) if !items.is_empty() => match &items[0] {
+            Value::Number(_) => ids(items),
+            _ => items.iter().try_fold(0u64, |sum, i| {
+                let n = match i {
+                    Value::String(s) if !s.is_empty() => estimate_prompt_tokens(s.len()).max(1),
+                    Value::Array(v) => ids(v)?,
+                    _ => return None,
+                };
+                Some(sum.saturating_add(n))
+            }),
+        },
+        _ => None,
+    }
+}
+
+/// Reads `bytes` as a request of `endpoint`. Only what admission needs is
+/// checked; the upstream judges the rest.
+pub(crate) fn inspect(bytes: &[u8], endpoint: Endpoint) -> Result<Inspected, GatewayError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(GatewayError::invalid(
@@ -59,6 +118,30 @@ pub(crate) fn inspect(bytes: &[u8]) -> Result<Inspected, GatewayError> {
             ));
         }
     };
+    if endpoint == Endpoint::Embeddings {
+        // One forward pass: the input is what is served; one output token
+        // is reserved (admission reserves at least one) and given back.
+        let prompt_tokens = match body.get("input") {
+            None | Some(Value::Null) => {
+                return Err(GatewayError::invalid("input", "'input' is required"));
+            }
+            Some(v) => embedding_tokens(v).ok_or_else(|| {
+                GatewayError::invalid(
+                    "input",
+                    "'input' must be a non-empty string, an array of strings, an array of token ids or an array of token-id arrays",
+                )
+            })?,
+        };
+        return Ok(Inspected {
+            endpoint,
+            body,
+            model,
+            stream: false,
+            max_tokens: Some(1),
+            wants_usage: false,
+            prompt_tokens,
+        });
+    }
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -109,6 +192,7 @@ pub(crate) fn inspect(bytes: &[u8]) -> Result<Inspected, GatewayError> {
         estimate_prompt_tokens(text).saturating_add(3 * messages as u64)
     };
     Ok(Inspected {
+        endpoint,
         body,
         model,
         stream,
@@ -123,6 +207,10 @@ pub(crate) fn inspect(bytes: &[u8]) -> Result<Inspected, GatewayError> {
 pub(crate) fn rewrite(mut i: Inspected, model: &str, max_output: u64) -> Vec<u8> {
     i.body
         .insert("model".into(), Value::String(model.to_owned()));
+    if i.endpoint == Endpoint::Embeddings {
+        // Passed on as sent (`encoding_format`, `dimensions`, …).
+        return serde_json::to_vec(&Value::Object(i.body)).unwrap_or_default();
+    }
     let field = if i.body.contains_key("max_completion_tokens") {
         "max_completion_tokens"
     } else {
@@ -154,6 +242,7 @@ mod tests {
     fn inspects_and_rewrites() {
         let i = inspect(
             br#"{"model":"m","messages":[{"role":"user","content":"12345678"}],"max_tokens":500,"stream":true}"#,
+            Endpoint::Chat,
         )
         .unwrap();
         assert_eq!(i.model.as_deref(), Some("m"));
@@ -164,9 +253,13 @@ mod tests {
         assert_eq!(out["max_tokens"], 100);
         assert_eq!(out["stream_options"]["include_usage"], true);
 
-        let i = inspect(br#"{"prompt":"abcd","max_completion_tokens":5}"#).unwrap();
+        let i = inspect(
+            br#"{"prompt":"abcd","max_completion_tokens":5}"#,
+            Endpoint::Completions,
+        )
+        .unwrap();
         assert_eq!((i.model, i.max_tokens, i.prompt_tokens), (None, Some(5), 1));
-        let i = inspect(br#"{"prompt":["ab","cd"]}"#).unwrap();
+        let i = inspect(br#"{"prompt":["ab","cd"]}"#, Endpoint::Completions).unwrap();
         let out: Value = serde_json::from_slice(&rewrite(i, "x", 7)).unwrap();
         assert_eq!(
             (out["model"].as_str(), out["max_tokens"].as_u64()),
@@ -187,8 +280,49 @@ mod tests {
             (br#"{"max_tokens":-1}"#, "max_tokens"),
             (br#"{"max_completion_tokens":1.5}"#, "max_completion_tokens"),
         ] {
-            let e = inspect(body).unwrap_err();
+            let e = inspect(body, Endpoint::Chat).unwrap_err();
             assert_eq!(e.error.param.as_deref(), Some(param), "{body:?}");
         }
+        for body in [
+            &br#"{"model":"m"}"#[..],
+            br#"{"input":""}"#,
+            br#"{"input":[]}"#,
+            br#"{"input":[1,"a"]}"#,
+            br#"{"input":["a",2]}"#,
+            br#"{"input":[[1],[]]}"#,
+            br#"{"input":{"text":"a"}}"#,
+        ] {
+            let e = inspect(body, Endpoint::Embeddings).unwrap_err();
+            assert_eq!(e.error.param.as_deref(), Some("input"), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn embeddings_count_their_input_and_pass_the_rest_on() {
+        for (body, tokens) in [
+            (&br#"{"input":"12345678"}"#[..], 2),
+            (br#"{"input":["1234","12345678","x"]}"#, 4),
+            (br#"{"input":[5,6,7]}"#, 3),
+            (br#"{"input":[[5,6],[7]]}"#, 3),
+        ] {
+            let i = inspect(body, Endpoint::Embeddings).unwrap();
+            assert_eq!(
+                (i.prompt_tokens, i.max_tokens, i.stream),
+                (tokens, Some(1), false)
+            );
+        }
+        let i = inspect(
+            br#"{"input":"a","encoding_format":"base64","dimensions":8,"stream":true}"#,
+            Endpoint::Embeddings,
+        )
+        .unwrap();
+        let out: Value = serde_json::from_slice(&rewrite(i, "e", 1)).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"model":"e","input":"a","encoding_format":"base64","dimensions":8,"stream":true})
+        );
+        assert_eq!(Endpoint::of_path("/m/v1/embeddings"), Endpoint::Embeddings);
+        assert_eq!(Endpoint::of_path("/v1/chat/completions"), Endpoint::Chat);
+        assert_eq!(Endpoint::of_path("/v1/completions"), Endpoint::Completions);
     }
 }

@@ -23,7 +23,7 @@ use super::body::{Metered, record_load};
 use super::error::{GatewayError, insert_rate_headers};
 use super::future::ResponseFuture;
 use super::layer::LayerConfig;
-use super::request::{inspect, rewrite};
+use super::request::{Endpoint, inspect, rewrite};
 use crate::metrics;
 use crate::openai::OpenAiError;
 
@@ -217,7 +217,7 @@ async fn admit(
             ));
         }
     };
-    let inspected = inspect(&bytes)?;
+    let inspected = inspect(&bytes, Endpoint::of_path(parts.uri.path()))?;
     let path_model = parts.extract::<RawPathParams>().await.ok().and_then(|p| {
         p.iter()
             .find(|(k, _)| *k == "model")

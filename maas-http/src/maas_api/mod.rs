@@ -179,8 +179,11 @@ fn rfc3339(t: Timestamp) -> String {
     t.to_string()
 }
 
-async fn not_found(id: RequestId) -> Response {
-    goa(&Error::not_found("route", "this path"), &id)
+async fn not_found(id: RequestId, uri: axum::extract::OriginalUri) -> Response {
+    goa(
+        &Error::not_found("route", crate::common::unrouted_path(&uri)),
+        &id,
+    )
 }
 
 /// The authenticated caller of an identity route.

@@ -298,8 +298,11 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-async fn not_found(id: RequestId) -> Response {
-    problem::render(&Error::not_found("route", "this path"), &id)
+async fn not_found(id: RequestId, uri: axum::extract::OriginalUri) -> Response {
+    problem::render(
+        &Error::not_found("route", crate::common::unrouted_path(&uri)),
+        &id,
+    )
 }
 
 /// Checks that the service and its store are up.

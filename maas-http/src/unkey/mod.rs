@@ -191,11 +191,11 @@ pub fn openapi() -> OpenApi {
 }
 
 /// A 404 `NOT_FOUND` in Unkey's envelope, for an embedder's fallback.
-pub async fn fallback(id: RequestId) -> Response {
+pub async fn fallback(id: RequestId, uri: axum::extract::OriginalUri) -> Response {
     UnkeyError::new(
         StatusCode::NOT_FOUND,
         UnkeyCode::NotFound,
-        "no such route",
+        format!("no route '{}'", crate::common::unrouted_path(&uri)),
         &id,
     )
     .into_response()
