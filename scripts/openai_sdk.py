@@ -8,7 +8,8 @@ The identity tokens given are exchanged for maas access tokens first
         --free-token dev-free-token --premium-token dev-premium-token
 
 Checks: model listing, a chat completion, a legacy completion, streaming
-(with and without include_usage), the per-model URL of /v1/models, and the
+(with and without include_usage), embeddings (the SDK asks for base64 by
+default and decodes it; floats too), the per-model URL of /v1/models, and the
 SDK's typed errors for 401, 403, 404 and 429. Exits non-zero on the first
 failure. The SDK's retries are off so a 429 is seen, not retried.
 """
@@ -79,6 +80,20 @@ def main():
         stream_options={"include_usage": True}))
     usage = [c.usage for c in chunks if c.usage is not None]
     check(len(usage) == 1 and usage[0].completion_tokens == 5, f"stream usage: {usage}")
+
+    e = premium.embeddings.create(model="simulator", input=["hello", "world"])
+    check(len(e.data) == 2 and len(e.data[0].embedding) == 16
+          and abs(sum(x * x for x in e.data[0].embedding) - 1.0) < 1e-3
+          and e.usage.prompt_tokens == 4,
+          f"embeddings (base64, decoded by the SDK): {e.usage}")
+    f = premium.embeddings.create(model="simulator", input="hello",
+                                  encoding_format="float", dimensions=8)
+    check(len(f.data[0].embedding) == 8
+          and all(abs(a - b) < 1e-6 for a, b in zip(
+              f.data[0].embedding,
+              premium.embeddings.create(model="simulator", input="hello",
+                                        dimensions=8).data[0].embedding)),
+          "embeddings as floats equal the base64 ones")
 
     # The per-model URL that /v1/models lists (seed 002's MODEL_URL).
     listed = premium.models.with_raw_response.list().http_response.json()

@@ -8,7 +8,7 @@
 //!
 //! | listener | config key | serves |
 //! |---|---|---|
-//! | public (`127.0.0.1:8080`) | `listen` | the gateway (`…/v1/chat/completions`, `…/v1/completions`), the Unkey-compatible API (`/v1/liveness`, `/v1/keys…`, `/v1/apis…`, `/v1/ratelimits…`), the MaaS user API (everything else) |
+//! | public (`127.0.0.1:8080`) | `listen` | the gateway (`…/v1/chat/completions`, `…/v1/completions`, `…/v1/embeddings`), the Unkey-compatible API (`/v1/liveness`, `/v1/keys…`, `/v1/apis…`, `/v1/ratelimits…`), the MaaS user API (everything else) |
 //! | admin (`127.0.0.1:9090`) | `admin_listen` | `GET /health` (open), `GET /metrics` and the management API under `/api/v1` (admin token) |
 //! | simulator (`127.0.0.1:8081`, loopback only) | `simulator_listen` | the simulated models' upstream |
 //!
@@ -486,10 +486,10 @@ fn simulator_router(tokens_per_second: f64, max_concurrent: usize) -> maas_core:
     })
 }
 
-/// Whether the public listener hands `path` to the gateway: the OpenAI
-/// inference paths, bare or under `/{model}`.
+/// Whether the public listener hands `path` to the gateway: the inference
+/// paths, bare or under `/{model}`.
 fn is_gateway(path: &str) -> bool {
-    path.ends_with("/v1/chat/completions") || path.ends_with("/v1/completions")
+    maas_http::gateway::serves(path)
 }
 
 /// Whether the public listener hands `path` to the Unkey-compatible API.
@@ -1386,6 +1386,9 @@ mod tests {
         assert!(is_gateway("/v1/completions"));
         assert!(is_gateway("/simulator/v1/chat/completions"));
         assert!(is_gateway("/simulator-premium/v1/completions"));
+        assert!(is_gateway("/v1/embeddings"));
+        assert!(is_gateway("/simulator/v1/embeddings"));
+        assert!(!is_gateway("/a/b/v1/embeddings"));
         assert!(!is_gateway("/v1/models"));
         assert!(!is_gateway("/v1/keys.verifyKey"));
         assert!(is_unkey("/v1/keys.verifyKey"));

@@ -60,6 +60,20 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The inference paths served, each also under `/{model}`.
+pub const PATHS: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+
+/// Whether [`router`] serves `path` (a composing server hands these to it).
+pub fn serves(path: &str) -> bool {
+    PATHS.iter().any(|p| {
+        path == *p
+            || path
+                .strip_suffix(p)
+                .and_then(|m| m.strip_prefix('/'))
+                .is_some_and(|m| !m.is_empty() && !m.contains('/'))
+    })
+}
+
 /// Forwards admitted requests to their model's upstream.
 #[derive(Debug, Clone)]
 struct Upstream {
@@ -90,13 +104,13 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
     let layer = MaasLayer::new(gateway).with_config(LayerConfig {
         body_limit: config.http.body_limit,
     });
-    let app = Router::new()
-        .route("/v1/chat/completions", post(forward))
-        .route("/v1/completions", post(forward))
-        .route("/{model}/v1/chat/completions", post(forward))
-        .route("/{model}/v1/completions", post(forward))
-        .route("/v1/embeddings", post(forward))
-        .route("/{model}/v1/embeddings", post(forward))
+    let mut app = Router::new();
+    for path in PATHS {
+        app = app
+            .route(path, post(forward))
+            .route(&format!("/{{model}}{path}"), post(forward));
+    }
+    let app = app
         .with_state(upstream)
         .route_layer(layer)
         .fallback(not_found);
