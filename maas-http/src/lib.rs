@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod anthropic;
 pub mod common;
 pub mod controlplane;
 pub mod dataplane;
