@@ -722,3 +722,232 @@ async fn unknown_paths_are_named() {
         "{e}"
     );
 }
+
+fn message(model: &str, max_tokens: u64) -> Value {
+    json!({
+        "model": model,
+        "max_tokens": max_tokens,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hello, how are you?"}],
+    })
+}
+
+impl Rig {
+    /// Posts as Anthropic's clients do: `x-api-key` and `anthropic-version`.
+    async fn post_anthropic(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let mut r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .body(body.to_string());
+        if let Some(k) = key {
+            r = r.header("x-api-key", k);
+        }
+        r.send().await.unwrap()
+    }
+}
+
+/// Anthropic's Messages through the gateway's whole path, translated for
+/// the OpenAI-only simulator: a whole message and an event stream in
+/// Anthropic's shapes, usage recorded exactly (the upstream's counts),
+/// `x-api-key` and `Authorization` both accepted, the per-model URL too.
+#[tokio::test]
+async fn messages_are_translated_admitted_and_metered() {
+    let r = rig().await;
+    let res = r
+        .post_anthropic(
+            "/v1/messages",
+            Some("premium-token"),
+            &message("simulator", 7),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-ratelimit-remaining-requests"));
+    let m: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (&m["type"], &m["role"]),
+        (&json!("message"), &json!("assistant"))
+    );
+    assert!(m["id"].as_str().unwrap().starts_with("msg_"), "{m}");
+    assert_eq!(m["content"][0]["type"], "text");
+    assert_eq!(m["stop_reason"], "max_tokens");
+    assert_eq!(m["usage"]["output_tokens"], 7);
+    let input = m["usage"]["input_tokens"].as_u64().unwrap();
+    assert!(input > 0);
+
+    let mut body = message("simulator", 4);
+    body["stream"] = json!(true);
+    let res = r
+        .post("/simulator/v1/messages", Some("premium-token"), &body)
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = res.text().await.unwrap();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"message_start"), "{text}");
+    assert_eq!(kinds.last(), Some(&"message_stop"), "{text}");
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "content_block_delta")
+            .count(),
+        4,
+        "{text}"
+    );
+    assert!(text.contains(r#""output_tokens":4"#), "{text}");
+    assert!(
+        !text.contains("chat.completion"),
+        "nothing of OpenAI's left: {text}"
+    );
+
+    r.idle().await;
+    let u = r.usage().await;
+    assert_eq!((u.requests, u.errors, u.estimated), (2, 0, 0));
+    assert_eq!(u.output_tokens, 7 + 4);
+    assert_eq!(u.input_tokens, 2 * input);
+}
+
+/// Anthropic's errors on the Messages routes: the right `type` for each
+/// status, `retry-after` kept on 429; untranslatable requests are a 400
+/// naming the field, and nothing is reserved for them.
+#[tokio::test]
+async fn messages_errors_are_in_anthropics_shape() {
+    let r = rig().await;
+    let kind = |v: &Value| v["error"]["type"].as_str().unwrap_or("").to_owned();
+    for (path, key, body, status, ty) in [
+        (
+            "/v1/messages",
+            None,
+            message("simulator", 5),
+            401,
+            "authentication_error",
+        ),
+        (
+            "/v1/messages",
+            Some("wrong"),
+            message("simulator", 5),
+            401,
+            "authentication_error",
+        ),
+        (
+            "/v1/messages",
+            Some("free-token"),
+            message("nope", 5),
+            404,
+            "not_found_error",
+        ),
+        (
+            "/v1/messages",
+            Some("free-token"),
+            message("simulator-premium", 5),
+            403,
+            "permission_error",
+        ),
+        (
+            "/v1/messages",
+            Some("free-token"),
+            json!({"model": "simulator", "messages": [{"role": "user", "content": "hi"}]}),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "/v1/messages",
+            Some("free-token"),
+            json!({"model": "simulator", "max_tokens": 5, "top_k": 3, "messages": [{"role": "user", "content": "hi"}]}),
+            400,
+            "invalid_request_error",
+        ),
+    ] {
+        let res = r.post_anthropic(path, key, &body).await;
+        let status_got = res.status().as_u16();
+        let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        assert_eq!((status_got, kind(&v).as_str()), (status, ty), "{body}: {v}");
+        assert_eq!(v["type"], "error", "{v}");
+    }
+    // What was refused reserved nothing: the free tier's five requests are
+    // all still there.
+    let mut served = 0;
+    loop {
+        let res = r
+            .post_anthropic("/v1/messages", Some("free-token"), &message("simulator", 2))
+            .await;
+        if res.status() == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+            let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+            assert_eq!(kind(&v), "rate_limit_error", "{v}");
+            break;
+        }
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        served += 1;
+        assert!(served <= 5, "the free tier allows five a minute");
+    }
+    assert_eq!(served, 5);
+}
+
+/// count_tokens: the estimate admission uses, for callers allowed the
+/// model, with nothing reserved or forwarded.
+#[tokio::test]
+async fn messages_count_tokens() {
+    let r = rig().await;
+    let body = json!({"model": "simulator", "messages": [{"role": "user", "content": "12345678"}]});
+    let res = r
+        .post_anthropic("/v1/messages/count_tokens", Some("free-token"), &body)
+        .await;
+    assert_eq!(res.status(), 200);
+    let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(v, json!({"input_tokens": 2 + 3}));
+    let res = r
+        .post_anthropic(
+            "/v1/messages/count_tokens",
+            Some("free-token"),
+            &json!({"model": "simulator-premium", "messages": []}),
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    let res = r
+        .post_anthropic("/v1/messages/count_tokens", None, &body)
+        .await;
+    assert_eq!(res.status(), 401);
+    r.idle().await;
+    assert_eq!(r.usage().await.requests, 0, "counting is not a request");
+}
+
+/// A Messages client that goes away mid-stream is charged what it was sent
+/// (estimated, cancelled), and its slot is freed.
+#[tokio::test]
+async fn messages_disconnect_mid_stream_is_charged() {
+    let r = rig_with(20.0, None, Duration::from_secs(30)).await;
+    let mut body = message("simulator", 50);
+    body["stream"] = json!(true);
+    let res = r
+        .post_anthropic("/v1/messages", Some("premium-token"), &body)
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("text_delta").count() < 3 {
+        let chunk = stream.next().await.unwrap().unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert_eq!(r.gateway.fair_share().counts(), (1, 0), "holding its slot");
+    drop(stream);
+    r.idle().await;
+    let u = r.usage().await;
+    assert_eq!((u.requests, u.cancelled, u.estimated), (1, 1, 1));
+    assert!((3..50).contains(&u.output_tokens), "{}", u.output_tokens);
+}

@@ -379,6 +379,27 @@ impl Gateway {
         Ok(())
     }
 
+    /// Model `name` if `caller` may use it now: [`Error::NotFound`] if it
+    /// does not exist, [`Error::Forbidden`] ([`ACCESS_DENIED`]) outside the
+    /// caller's tier, [`Error::Unavailable`] while it is not ready. What
+    /// [`Self::admit`] checks first (for a request that reserves nothing,
+    /// as counting tokens).
+    pub async fn model_for(&self, caller: &Caller, name: &str) -> Result<Arc<Model>> {
+        let model = self.inner.services.models.get_cached(name).await?;
+        if !model.usable_by(&caller.tier) {
+            return Err(Error::Forbidden {
+                reason: ACCESS_DENIED.into(),
+            });
+        }
+        if !model.ready {
+            return Err(Error::unavailable(
+                format!("model '{}' is not ready", model.id),
+                true,
+            ));
+        }
+        Ok(model)
+    }
+
     /// Admits `req` of `caller`: model and access, limits, the response
     /// cache, then a fair-share slot (waiting at most the scheduler's queue
     /// timeout). `Ok(Err(refused))` is a limit or the queue saying no; a
@@ -391,18 +412,7 @@ impl Gateway {
         req: &InferenceRequest<'_>,
     ) -> Result<Result<Admission, Refused>> {
         let s = &self.inner.services;
-        let model = s.models.get_cached(req.model).await?;
-        if !model.usable_by(&caller.tier) {
-            return Err(Error::Forbidden {
-                reason: ACCESS_DENIED.into(),
-            });
-        }
-        if !model.ready {
-            return Err(Error::unavailable(
-                format!("model '{}' is not ready", model.id),
-                true,
-            ));
-        }
+        let model = self.model_for(caller, req.model).await?;
         let key_id = caller.key_id.as_ref().map(|k| k.to_string());
         let reservation = match s
             .admission

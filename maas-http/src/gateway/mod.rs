@@ -8,6 +8,9 @@
 //! | `POST /{model}/v1/completions` | the path |
 //! | `POST /v1/embeddings` | the body's `model` |
 //! | `POST /{model}/v1/embeddings` | the path |
+//! | `POST /v1/messages` (Anthropic) | the body's `model` |
+//! | `POST /{model}/v1/messages` | the path |
+//! | `POST /v1/messages/count_tokens` | the body's `model` (nothing forwarded) |
 //!
 //! behind [`MaasLayer`] (authentication, tier, model access, limits,
 //! response cache, fair share, usage: see [`crate::layer`]), forwarding to
@@ -29,6 +32,8 @@ use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use maas_core::Gateway;
+
+mod messages;
 
 use crate::common::{HttpConfig, with_common_layers};
 use crate::layer::{AdmittedModel, LayerConfig, MaasLayer};
@@ -63,15 +68,19 @@ impl Default for GatewayConfig {
 /// The inference paths served, each also under `/{model}`.
 pub const PATHS: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
 
+/// Anthropic's paths served (`/v1/messages` also under `/{model}`).
+pub const ANTHROPIC_PATHS: &[&str] = &["/v1/messages", "/v1/messages/count_tokens"];
+
 /// Whether [`router`] serves `path` (a composing server hands these to it).
 pub fn serves(path: &str) -> bool {
-    PATHS.iter().any(|p| {
-        path == *p
-            || path
-                .strip_suffix(p)
-                .and_then(|m| m.strip_prefix('/'))
-                .is_some_and(|m| !m.is_empty() && !m.contains('/'))
-    })
+    path == "/v1/messages/count_tokens"
+        || PATHS.iter().chain(&ANTHROPIC_PATHS[..1]).any(|p| {
+            path == *p
+                || path
+                    .strip_suffix(p)
+                    .and_then(|m| m.strip_prefix('/'))
+                    .is_some_and(|m| !m.is_empty() && !m.contains('/'))
+        })
 }
 
 /// Forwards admitted requests to their model's upstream.
@@ -101,7 +110,7 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
         client,
         timeout: config.upstream_timeout,
     };
-    let layer = MaasLayer::new(gateway).with_config(LayerConfig {
+    let layer = MaasLayer::new(gateway.clone()).with_config(LayerConfig {
         body_limit: config.http.body_limit,
     });
     let mut app = Router::new();
@@ -110,9 +119,11 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
             .route(path, post(forward))
             .route(&format!("/{{model}}{path}"), post(forward));
     }
+    let anthropic = messages::routes(post(forward), layer.clone(), gateway, upstream.clone());
     let app = app
         .with_state(upstream)
         .route_layer(layer)
+        .merge(anthropic)
         .fallback(not_found);
     with_common_layers(app, &config.http)
 }

@@ -242,7 +242,7 @@ pub(crate) fn record_load((in_flight, queued): (usize, usize)) {
 }
 
 /// Where the first complete event of `buf` ends: (end, separator length).
-fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+pub(crate) fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
     while i + 1 < buf.len() {
         if buf[i] == b'\n' {

@@ -37,8 +37,19 @@ mod layer;
 mod request;
 mod service;
 
+pub(crate) use body::event_end;
 pub use error::{GatewayError, insert_rate_headers};
 pub use future::ResponseFuture;
 pub use layer::{DEFAULT_BODY_LIMIT, LayerConfig, MaasLayer};
 pub use request::Endpoint;
+
+/// The model and the estimated input tokens of a Messages request (for
+/// `count_tokens`), or why it cannot be served.
+pub(crate) fn inspect_messages(
+    body: &serde_json::Value,
+) -> Result<(Option<String>, u64), GatewayError> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let i = request::inspect(&bytes, Endpoint::Messages)?;
+    Ok((i.model, i.prompt_tokens))
+}
 pub use service::{AdmittedModel, CACHE_HEADER, MaasService};

@@ -14,6 +14,9 @@ pub enum Endpoint {
     Completions,
     /// `/v1/embeddings`.
     Embeddings,
+    /// `/v1/messages` (Anthropic's Messages, translated to a chat
+    /// completion: [`crate::anthropic`]).
+    Messages,
 }
 
 impl Endpoint {
@@ -22,6 +25,8 @@ impl Endpoint {
     pub fn of_path(path: &str) -> Self {
         if path.ends_with("/v1/embeddings") {
             Endpoint::Embeddings
+        } else if path.ends_with("/v1/messages") {
+            Endpoint::Messages
         } else if path.ends_with("/v1/completions") {
             Endpoint::Completions
         } else {
@@ -32,7 +37,7 @@ impl Endpoint {
     /// The path to call on the model's upstream.
     pub fn upstream_path(self) -> &'static str {
         match self {
-            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Chat | Endpoint::Messages => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
         }
@@ -118,6 +123,33 @@ pub(crate) fn inspect(bytes: &[u8], endpoint: Endpoint) -> Result<Inspected, Gat
             ));
         }
     };
+    if endpoint == Endpoint::Messages {
+        // Anthropic requires max_tokens; the rest is read as the chat
+        // completion it translates to. The usage chunk is kept: the
+        // answer's translation reads it.
+        match body.get("max_tokens") {
+            Some(v) if v.as_u64().is_some_and(|n| n > 0) => {}
+            None | Some(Value::Null) => {
+                return Err(GatewayError::invalid(
+                    "max_tokens",
+                    "max_tokens: Field required",
+                ));
+            }
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    "max_tokens",
+                    "'max_tokens' must be a positive integer",
+                ));
+            }
+        }
+        let chat = crate::anthropic::to_chat(&body)
+            .map_err(|e| GatewayError::invalid(&e.field, e.message))?;
+        let chat = serde_json::to_vec(&chat).unwrap_or_default();
+        let mut i = inspect(&chat, Endpoint::Chat)?;
+        i.endpoint = Endpoint::Messages;
+        i.wants_usage = true;
+        return Ok(i);
+    }
     if endpoint == Endpoint::Embeddings {
         // One forward pass: the input is what is served; one output token
         // is reserved (admission reserves at least one) and given back.

@@ -1,0 +1,249 @@
+//! Anthropic's Messages API on the gateway: `POST /v1/messages` (and
+//! `/{model}/v1/messages`) through the same path as chat — the request is
+//! translated to a chat completion before admission (so it is limited,
+//! scheduled and metered as one), forwarded, and the answer translated back
+//! ([`crate::anthropic`]); `POST /v1/messages/count_tokens` counts a
+//! request's input tokens (authenticated, the model's access checked,
+//! nothing reserved). On these routes the credential may come as
+//! `x-api-key` (Anthropic's clients send it) as well as `Authorization:
+//! Bearer`, and every error is in Anthropic's shape.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use maas_core::Gateway;
+use serde_json::{Value, json};
+
+use crate::anthropic::{StreamTranslator, error_body, message_of};
+
+/// The most of a whole answer read to translate it.
+const MAX_ANSWER: usize = 16 << 20;
+
+/// The header Anthropic's clients send their key in.
+const X_API_KEY: &str = "x-api-key";
+
+/// An error in Anthropic's shape, with `headers` kept (`retry-after`, the
+/// rate-limit headers).
+fn anthropic_error(status: StatusCode, message: &str, headers: &HeaderMap) -> Response {
+    let mut res = (status, axum::Json(error_body(status.as_u16(), message))).into_response();
+    for (name, value) in headers {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            res.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    res
+}
+
+/// Takes the credential from `x-api-key` when there is no `Authorization`,
+/// and puts every answer in Anthropic's shape: errors, whole messages and
+/// event streams.
+pub(crate) async fn adapter(mut req: Request, next: Next) -> Response {
+    if let Some(key) = req.headers_mut().remove(X_API_KEY)
+        && !req.headers().contains_key(AUTHORIZATION)
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", key.to_str().unwrap_or("")))
+    {
+        req.headers_mut().insert(AUTHORIZATION, v);
+    }
+    let count_tokens = req.uri().path().ends_with("/count_tokens");
+    let res = next.run(req).await;
+    let (mut parts, body) = res.into_parts();
+    if !parts.status.is_success() {
+        let bytes = axum::body::to_bytes(body, MAX_ANSWER)
+            .await
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| {
+                parts
+                    .status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_owned()
+            });
+        return anthropic_error(parts.status, &message, &parts.headers);
+    }
+    if count_tokens {
+        return Response::from_parts(parts, body);
+    }
+    let sse = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    parts.headers.remove(CONTENT_LENGTH);
+    if sse {
+        return Response::from_parts(parts, Body::from_stream(translated(body)));
+    }
+    let bytes = match axum::body::to_bytes(body, MAX_ANSWER).await {
+        Ok(b) => b,
+        Err(e) => {
+            return anthropic_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("the upstream's answer could not be read: {e}"),
+                &HeaderMap::new(),
+            );
+        }
+    };
+    let chat: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let model = chat["model"].as_str().unwrap_or_default().to_owned();
+    let out = serde_json::to_vec(&message_of(&chat, &model)).unwrap_or_default();
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(out))
+}
+
+/// A chat-completions event stream as a Messages event stream.
+fn translated(
+    body: Body,
+) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send + 'static {
+    struct State {
+        inner: axum::body::BodyDataStream,
+        pending: BytesMut,
+        translator: Option<StreamTranslator>,
+        done: bool,
+    }
+    let state = State {
+        inner: body.into_data_stream(),
+        pending: BytesMut::new(),
+        translator: None,
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            let mut out = String::new();
+            while let Some((end, sep)) = crate::layer::event_end(&s.pending) {
+                let event = s.pending.split_to(end + sep);
+                let data = sse_data(&event[..end]);
+                if data.is_empty() {
+                    continue;
+                }
+                let t = s.translator.get_or_insert_with(|| {
+                    StreamTranslator::new(
+                        serde_json::from_slice::<Value>(&data)
+                            .ok()
+                            .and_then(|v| v["model"].as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                    )
+                });
+                out.push_str(&t.translate(&data));
+            }
+            if !out.is_empty() {
+                return Some((Ok(Bytes::from(out)), s));
+            }
+            match s.inner.next().await {
+                Some(Ok(chunk)) => s.pending.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    s.done = true;
+                    return Some((Err(e), s));
+                }
+                None => {
+                    s.done = true;
+                    // A stream cut before its end still closes the message.
+                    let t = s
+                        .translator
+                        .get_or_insert_with(|| StreamTranslator::new(""));
+                    let rest = t.translate(b"[DONE]");
+                    if rest.is_empty() {
+                        return None;
+                    }
+                    return Some((Ok(Bytes::from(rest)), s));
+                }
+            }
+        }
+    })
+}
+
+/// The `data:` of one server-sent event, lines joined.
+fn sse_data(event: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    data
+}
+
+/// `POST /v1/messages/count_tokens`: the input tokens of a Messages
+/// request, as the gateway estimates them for admission.
+pub(crate) async fn count_tokens(State(gateway): State<Gateway>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let invalid = |m: &str| anthropic_error(StatusCode::BAD_REQUEST, m, &HeaderMap::new());
+    let Some(credential) = crate::common::bearer(&parts) else {
+        return anthropic_error(
+            StatusCode::UNAUTHORIZED,
+            "x-api-key header is required",
+            &HeaderMap::new(),
+        );
+    };
+    let caller = match gateway.authenticate(credential).await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = crate::layer::GatewayError::from_core(&e);
+            return anthropic_error(e.error.status, &e.error.message, &HeaderMap::new());
+        }
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, crate::layer::DEFAULT_BODY_LIMIT).await else {
+        return invalid("the body could not be read or is too large");
+    };
+    // Counting needs no max_tokens: give it one for the inspection.
+    let mut v: Value = match serde_json::from_slice(&bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return invalid("the body must be a JSON object"),
+    };
+    v["max_tokens"] = json!(1);
+    let inspected = match crate::layer::inspect_messages(&v) {
+        Ok(i) => i,
+        Err(e) => return anthropic_error(e.error.status, &e.error.message, &HeaderMap::new()),
+    };
+    let Some(model) = inspected.0 else {
+        return invalid("model: Field required");
+    };
+    if let Err(e) = gateway.model_for(&caller, &model).await {
+        let e = crate::layer::GatewayError::from_core(&e);
+        return anthropic_error(e.error.status, &e.error.message, &HeaderMap::new());
+    }
+    axum::Json(json!({"input_tokens": inspected.1})).into_response()
+}
+
+/// Routes `POST /v1/messages` and `/{model}/v1/messages` to `forward`
+/// behind `admission` (the gateway's layer), and count_tokens.
+pub(crate) fn routes<S>(
+    forward: axum::routing::MethodRouter<S>,
+    admission: crate::layer::MaasLayer,
+    gateway: Gateway,
+    state: S,
+) -> Router
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let admitted = Router::new()
+        .route("/v1/messages", forward.clone())
+        .route("/{model}/v1/messages", forward)
+        .with_state(state)
+        .route_layer(admission);
+    let counted = Router::new()
+        .route(
+            "/v1/messages/count_tokens",
+            axum::routing::post(count_tokens),
+        )
+        .with_state(gateway);
+    admitted
+        .merge(counted)
+        .route_layer(axum::middleware::from_fn(adapter))
+}
