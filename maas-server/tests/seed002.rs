@@ -179,11 +179,17 @@ async fn seed_002_flow_against_the_example_server() {
 /// Where the `openai` package is importable from: already installed, or
 /// installed by pip into this test's scratch directory (once).
 fn openai_package() -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pydeps");
+    python_package("openai", "pydeps")
+}
+
+/// Where Python package `name` is importable from: already installed in
+/// `dir` (under this test's scratch directory), or installed there by pip.
+fn python_package(name: &str, dir: &str) -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join(dir);
     let importable = |path: &Path| {
         std::process::Command::new("python3")
             .env("PYTHONPATH", path)
-            .args(["-c", "import openai"])
+            .args(["-c", &format!("import {name}")])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -193,11 +199,11 @@ fn openai_package() -> PathBuf {
     let pip = std::process::Command::new("python3")
         .args(["-m", "pip", "install", "--quiet", "--target"])
         .arg(&target)
-        .arg("openai")
+        .arg(name)
         .output();
     assert!(
         importable(&target),
-        "this test needs python3 and the openai package; pip install into {} failed: {:?}",
+        "this test needs python3 and the {name} package; pip install into {} failed: {:?}",
         target.display(),
         pip.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
     );
@@ -225,6 +231,33 @@ async fn the_openai_python_sdk_works_unchanged() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("the OpenAI SDK works unchanged"),
+        "{stdout}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// The official Anthropic Python SDK against the example server (Messages
+/// translated for its OpenAI-compatible simulator).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_python_sdk_works_unchanged() {
+    let pythonpath = python_package("anthropic", "pydeps-anthropic");
+    let clock = ManualClock::new(Timestamp::from_millis(1_795_000_000_000));
+    let server = start(&clock).await;
+    let base = server.public_url.clone();
+    let out = tokio::process::Command::new("python3")
+        .env("PYTHONPATH", pythonpath)
+        .arg(repo().join("scripts/anthropic_sdk.py"))
+        .args(["--base-url", &base])
+        .args(["--free-token", "dev-free-token"])
+        .args(["--premium-token", "dev-premium-token"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("the Anthropic SDK works unchanged"),
         "{stdout}"
     );
     server.shutdown().await.unwrap();
