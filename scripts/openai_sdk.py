@@ -9,7 +9,8 @@ The identity tokens given are exchanged for maas access tokens first
 
 Checks: model listing, a chat completion, a legacy completion, streaming
 (with and without include_usage), embeddings (the SDK asks for base64 by
-default and decodes it; floats too), the per-model URL of /v1/models, and the
+default and decodes it; floats too), the Responses API (plain and streamed,
+translated for the chat-only simulator), the per-model URL of /v1/models, and the
 SDK's typed errors for 401, 403, 404 and 429. Exits non-zero on the first
 failure. The SDK's retries are off so a 429 is seen, not retried.
 """
@@ -94,6 +95,18 @@ def main():
               premium.embeddings.create(model="simulator", input="hello",
                                         dimensions=8).data[0].embedding)),
           "embeddings as floats equal the base64 ones")
+
+    resp = premium.responses.create(model="simulator", input="Hello",
+                                    instructions="Be brief.", max_output_tokens=6)
+    check(resp.output_text and resp.usage.output_tokens == 6,
+          f"responses.create: {resp.output_text!r} {resp.usage}")
+    events = list(premium.responses.create(model="simulator", input="Hello",
+                                           max_output_tokens=4, stream=True))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    last = events[-1]
+    check(deltas and last.type in ("response.completed", "response.incomplete")
+          and last.response.usage.output_tokens == 4,
+          f"responses stream: {deltas!r}, ends with {last.type}")
 
     # The per-model URL that /v1/models lists (seed 002's MODEL_URL).
     listed = premium.models.with_raw_response.list().http_response.json()

@@ -36,6 +36,7 @@ pub mod management;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
+pub mod responses;
 pub mod simulator;
 mod strict;
 pub mod unkey;

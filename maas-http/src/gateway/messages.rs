@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use maas_core::Gateway;
 use serde_json::{Value, json};
 
-use crate::anthropic::{StreamTranslator, error_body, message_of};
+use crate::anthropic::{error_body, message_of};
 
 /// The most of a whole answer read to translate it.
 const MAX_ANSWER: usize = 16 << 20;
@@ -40,6 +40,40 @@ fn anthropic_error(status: StatusCode, message: &str, headers: &HeaderMap) -> Re
     res
 }
 
+/// A dialect an answer of a chat-completions upstream is translated to.
+pub(crate) trait Dialect: Send + 'static {
+    /// A stream translator for `model`.
+    fn stream(model: String) -> Self;
+    /// The events for one chat-completions event's `data`.
+    fn event(&mut self, data: &[u8]) -> String;
+    /// A whole answer.
+    fn whole(chat: &Value, model: &str) -> Value;
+}
+
+impl Dialect for crate::anthropic::StreamTranslator {
+    fn stream(model: String) -> Self {
+        Self::new(model)
+    }
+    fn event(&mut self, data: &[u8]) -> String {
+        self.translate(data)
+    }
+    fn whole(chat: &Value, model: &str) -> Value {
+        message_of(chat, model)
+    }
+}
+
+impl Dialect for crate::responses::StreamTranslator {
+    fn stream(model: String) -> Self {
+        Self::new(model)
+    }
+    fn event(&mut self, data: &[u8]) -> String {
+        self.translate(data)
+    }
+    fn whole(chat: &Value, model: &str) -> Value {
+        crate::responses::response_of(chat, model)
+    }
+}
+
 /// Takes the credential from `x-api-key` when there is no `Authorization`,
 /// and puts every answer in Anthropic's shape: errors, whole messages and
 /// event streams.
@@ -52,7 +86,7 @@ pub(crate) async fn adapter(mut req: Request, next: Next) -> Response {
     }
     let count_tokens = req.uri().path().ends_with("/count_tokens");
     let res = next.run(req).await;
-    let (mut parts, body) = res.into_parts();
+    let (parts, body) = res.into_parts();
     if !parts.status.is_success() {
         let bytes = axum::body::to_bytes(body, MAX_ANSWER)
             .await
@@ -72,6 +106,26 @@ pub(crate) async fn adapter(mut req: Request, next: Next) -> Response {
     if count_tokens {
         return Response::from_parts(parts, body);
     }
+    translate_answer::<crate::anthropic::StreamTranslator>(parts, body).await
+}
+
+/// Puts the successful answers of the Responses routes in the Responses
+/// API's shape (errors are OpenAI's already).
+pub(crate) async fn responses_adapter(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if !res.status().is_success() {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    translate_answer::<crate::responses::StreamTranslator>(parts, body).await
+}
+
+/// A successful chat-completions answer in dialect `D`: an event stream
+/// event by event, a whole answer at once.
+async fn translate_answer<D: Dialect>(
+    mut parts: axum::http::response::Parts,
+    body: Body,
+) -> Response {
     let sse = parts
         .headers
         .get(CONTENT_TYPE)
@@ -79,38 +133,38 @@ pub(crate) async fn adapter(mut req: Request, next: Next) -> Response {
         .is_some_and(|v| v.starts_with("text/event-stream"));
     parts.headers.remove(CONTENT_LENGTH);
     if sse {
-        return Response::from_parts(parts, Body::from_stream(translated(body)));
+        return Response::from_parts(parts, Body::from_stream(translated::<D>(body)));
     }
     let bytes = match axum::body::to_bytes(body, MAX_ANSWER).await {
         Ok(b) => b,
         Err(e) => {
-            return anthropic_error(
+            return (
                 StatusCode::BAD_GATEWAY,
-                &format!("the upstream's answer could not be read: {e}"),
-                &HeaderMap::new(),
-            );
+                format!("the upstream's answer could not be read: {e}"),
+            )
+                .into_response();
         }
     };
     let chat: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let model = chat["model"].as_str().unwrap_or_default().to_owned();
-    let out = serde_json::to_vec(&message_of(&chat, &model)).unwrap_or_default();
+    let out = serde_json::to_vec(&D::whole(&chat, &model)).unwrap_or_default();
     parts
         .headers
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Response::from_parts(parts, Body::from(out))
 }
 
-/// A chat-completions event stream as a Messages event stream.
-fn translated(
+/// A chat-completions event stream in dialect `D`.
+fn translated<D: Dialect>(
     body: Body,
 ) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send + 'static {
-    struct State {
+    struct State<D> {
         inner: axum::body::BodyDataStream,
         pending: BytesMut,
-        translator: Option<StreamTranslator>,
+        translator: Option<D>,
         done: bool,
     }
-    let state = State {
+    let state = State::<D> {
         inner: body.into_data_stream(),
         pending: BytesMut::new(),
         translator: None,
@@ -129,14 +183,14 @@ fn translated(
                     continue;
                 }
                 let t = s.translator.get_or_insert_with(|| {
-                    StreamTranslator::new(
+                    D::stream(
                         serde_json::from_slice::<Value>(&data)
                             .ok()
                             .and_then(|v| v["model"].as_str().map(str::to_owned))
                             .unwrap_or_default(),
                     )
                 });
-                out.push_str(&t.translate(&data));
+                out.push_str(&t.event(&data));
             }
             if !out.is_empty() {
                 return Some((Ok(Bytes::from(out)), s));
@@ -149,11 +203,9 @@ fn translated(
                 }
                 None => {
                     s.done = true;
-                    // A stream cut before its end still closes the message.
-                    let t = s
-                        .translator
-                        .get_or_insert_with(|| StreamTranslator::new(""));
-                    let rest = t.translate(b"[DONE]");
+                    // A stream cut before its end still closes the answer.
+                    let t = s.translator.get_or_insert_with(|| D::stream(String::new()));
+                    let rest = t.event(b"[DONE]");
                     if rest.is_empty() {
                         return None;
                     }
@@ -246,4 +298,22 @@ where
     admitted
         .merge(counted)
         .route_layer(axum::middleware::from_fn(adapter))
+}
+
+/// Routes `POST /v1/responses` and `/{model}/v1/responses` to `forward`
+/// behind `admission`, their answers put in the Responses API's shape.
+pub(crate) fn responses_routes<S>(
+    forward: axum::routing::MethodRouter<S>,
+    admission: crate::layer::MaasLayer,
+    state: S,
+) -> Router
+where
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new()
+        .route("/v1/responses", forward.clone())
+        .route("/{model}/v1/responses", forward)
+        .with_state(state)
+        .route_layer(admission)
+        .route_layer(axum::middleware::from_fn(responses_adapter))
 }

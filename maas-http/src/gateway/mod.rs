@@ -11,6 +11,8 @@
 //! | `POST /v1/messages` (Anthropic) | the body's `model` |
 //! | `POST /{model}/v1/messages` | the path |
 //! | `POST /v1/messages/count_tokens` | the body's `model` (nothing forwarded) |
+//! | `POST /v1/responses` (OpenAI's Responses API) | the body's `model` |
+//! | `POST /{model}/v1/responses` | the path |
 //!
 //! behind [`MaasLayer`] (authentication, tier, model access, limits,
 //! response cache, fair share, usage: see [`crate::layer`]), forwarding to
@@ -68,19 +70,27 @@ impl Default for GatewayConfig {
 /// The inference paths served, each also under `/{model}`.
 pub const PATHS: &[&str] = &["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
 
+/// The Responses API's path (also under `/{model}`; a chat-completions
+/// upstream serves it, translated: [`crate::responses`]).
+pub const RESPONSES_PATH: &str = "/v1/responses";
+
 /// Anthropic's paths served (`/v1/messages` also under `/{model}`).
 pub const ANTHROPIC_PATHS: &[&str] = &["/v1/messages", "/v1/messages/count_tokens"];
 
 /// Whether [`router`] serves `path` (a composing server hands these to it).
 pub fn serves(path: &str) -> bool {
     path == "/v1/messages/count_tokens"
-        || PATHS.iter().chain(&ANTHROPIC_PATHS[..1]).any(|p| {
-            path == *p
-                || path
-                    .strip_suffix(p)
-                    .and_then(|m| m.strip_prefix('/'))
-                    .is_some_and(|m| !m.is_empty() && !m.contains('/'))
-        })
+        || PATHS
+            .iter()
+            .chain(&ANTHROPIC_PATHS[..1])
+            .chain(std::iter::once(&RESPONSES_PATH))
+            .any(|p| {
+                path == *p
+                    || path
+                        .strip_suffix(p)
+                        .and_then(|m| m.strip_prefix('/'))
+                        .is_some_and(|m| !m.is_empty() && !m.contains('/'))
+            })
 }
 
 /// Forwards admitted requests to their model's upstream.
@@ -120,10 +130,12 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
             .route(&format!("/{{model}}{path}"), post(forward));
     }
     let anthropic = messages::routes(post(forward), layer.clone(), gateway, upstream.clone());
+    let responses = messages::responses_routes(post(forward), layer.clone(), upstream.clone());
     let app = app
         .with_state(upstream)
         .route_layer(layer)
         .merge(anthropic)
+        .merge(responses)
         .fallback(not_found);
     with_common_layers(app, &config.http)
 }

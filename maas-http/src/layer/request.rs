@@ -17,6 +17,9 @@ pub enum Endpoint {
     /// `/v1/messages` (Anthropic's Messages, translated to a chat
     /// completion: [`crate::anthropic`]).
     Messages,
+    /// `/v1/responses` (OpenAI's Responses API, translated to a chat
+    /// completion: [`crate::responses`]).
+    Responses,
 }
 
 impl Endpoint {
@@ -27,6 +30,8 @@ impl Endpoint {
             Endpoint::Embeddings
         } else if path.ends_with("/v1/messages") {
             Endpoint::Messages
+        } else if path.ends_with("/v1/responses") {
+            Endpoint::Responses
         } else if path.ends_with("/v1/completions") {
             Endpoint::Completions
         } else {
@@ -37,7 +42,7 @@ impl Endpoint {
     /// The path to call on the model's upstream.
     pub fn upstream_path(self) -> &'static str {
         match self {
-            Endpoint::Chat | Endpoint::Messages => "/v1/chat/completions",
+            Endpoint::Chat | Endpoint::Messages | Endpoint::Responses => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
         }
@@ -147,6 +152,24 @@ pub(crate) fn inspect(bytes: &[u8], endpoint: Endpoint) -> Result<Inspected, Gat
         let chat = serde_json::to_vec(&chat).unwrap_or_default();
         let mut i = inspect(&chat, Endpoint::Chat)?;
         i.endpoint = Endpoint::Messages;
+        i.wants_usage = true;
+        return Ok(i);
+    }
+    if endpoint == Endpoint::Responses {
+        // Read as the chat completion it translates to (`max_output_tokens`
+        // becomes its capped `max_tokens`); the usage chunk is kept for the
+        // answer's translation.
+        let chat = crate::responses::to_chat(&body)
+            .map_err(|e| GatewayError::invalid(&e.field, e.message))?;
+        let chat = serde_json::to_vec(&chat).unwrap_or_default();
+        let mut i = inspect(&chat, Endpoint::Chat).map_err(|mut e| {
+            if e.error.param.as_deref() == Some("max_tokens") {
+                e.error.param = Some("max_output_tokens".into());
+                e.error.message = "'max_output_tokens' must be a positive integer".into();
+            }
+            e
+        })?;
+        i.endpoint = Endpoint::Responses;
         i.wants_usage = true;
         return Ok(i);
     }
