@@ -1039,3 +1039,149 @@ async fn responses_are_translated_admitted_and_metered() {
     assert_eq!(u.output_tokens, 6 + 3);
     assert!(u.input_tokens >= input);
 }
+
+/// An OpenAI-compatible upstream that records what it receives and answers
+/// with a text and a tool call (or their stream).
+async fn recording_upstream() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    let seen: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let store = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let store = store.clone();
+            async move {
+                let stream = body["stream"] == true;
+                store.lock().unwrap().push(body);
+                let usage = json!({"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16});
+                if stream {
+                    let chunks = [
+                        json!({"id": "c9", "model": "simulator", "choices": [{"index": 0, "delta": {"content": "Checking."}}]}),
+                        json!({"id": "c9", "model": "simulator", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":"}}]}}]}),
+                        json!({"id": "c9", "model": "simulator", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"Oslo\"}"}}]}}]}),
+                        json!({"id": "c9", "model": "simulator", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+                        json!({"id": "c9", "model": "simulator", "choices": [], "usage": usage}),
+                    ];
+                    let mut body: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+                    body.push_str("data: [DONE]\n\n");
+                    return ([("content-type", "text/event-stream")], body).into_response();
+                }
+                axum::Json(json!({
+                    "id": "c8", "object": "chat.completion", "model": "simulator",
+                    "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                        "role": "assistant", "content": "Checking.",
+                        "tool_calls": [{"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}],
+                    }}],
+                    "usage": usage,
+                }))
+                .into_response()
+            }
+        }),
+    );
+    let (l, a) = listen().await;
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("http://{a}"), seen)
+}
+
+use axum::response::IntoResponse as _;
+
+/// Translation, field by field: a table of Messages requests (system,
+/// images, tools and tool results, stop sequences, tool choice) as the
+/// OpenAI-only upstream received them, and its answer (text and a tool
+/// call, whole and streamed) as the client got it; usage is the upstream's.
+#[tokio::test]
+async fn messages_translation_against_an_openai_upstream() {
+    let (url, seen) = recording_upstream().await;
+    let r = rig_with(0.0, Some(url), Duration::from_secs(30)).await;
+    let tools = json!([{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let cases = [
+        (
+            json!({"model": "simulator", "max_tokens": 20, "system": "Be brief.", "stop_sequences": ["END"],
+                   "messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": tools, "tool_choice": {"type": "tool", "name": "get_weather"}}),
+            json!({"model": "simulator", "max_tokens": 20, "stop": ["END"],
+                   "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Oslo?"}],
+                   "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+                   "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+        ),
+        (
+            json!({"model": "simulator", "max_tokens": 20, "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "look", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "a cat"}], "is_error": false}]},
+            ]}),
+            json!({"model": "simulator", "max_tokens": 20, "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "look", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "a cat"},
+            ]}),
+        ),
+    ];
+    for (sent, expected) in cases {
+        let res = r
+            .post_anthropic("/v1/messages", Some("premium-token"), &sent)
+            .await;
+        assert_eq!(res.status(), 200);
+        let m: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        let received = seen.lock().unwrap().pop().unwrap();
+        assert_eq!(received, expected, "sent {sent}");
+        assert_eq!(
+            m["content"],
+            json!([{"type": "text", "text": "Checking."}, {"type": "tool_use", "id": "call_7", "name": "get_weather", "input": {"city": "Oslo"}}])
+        );
+        assert_eq!(
+            (&m["stop_reason"], &m["usage"]),
+            (
+                &json!("tool_use"),
+                &json!({"input_tokens": 11, "output_tokens": 5})
+            )
+        );
+    }
+
+    // Streamed: the upstream was asked for its usage; the events carry the
+    // text, the tool call's arguments in pieces, the stop reason and usage.
+    let mut sent = message("simulator", 20);
+    sent["stream"] = json!(true);
+    let res = r
+        .post_anthropic("/v1/messages", Some("premium-token"), &sent)
+        .await;
+    let text = res.text().await.unwrap();
+    let received = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(received["stream_options"], json!({"include_usage": true}));
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "content_block_delta")
+        .map(|e| &e["delta"])
+        .collect();
+    assert_eq!(
+        deltas,
+        [
+            &json!({"type": "text_delta", "text": "Checking."}),
+            &json!({"type": "input_json_delta", "partial_json": "{\"city\":"}),
+            &json!({"type": "input_json_delta", "partial_json": "\"Oslo\"}"}),
+        ]
+    );
+    let tool = events
+        .iter()
+        .find(|e| e["type"] == "content_block_start" && e["index"] == 1)
+        .unwrap();
+    assert_eq!(
+        tool["content_block"],
+        json!({"type": "tool_use", "id": "call_7", "name": "get_weather", "input": {}})
+    );
+    let end = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
+    assert_eq!(end["delta"]["stop_reason"], "tool_use");
+    assert_eq!(
+        end["usage"],
+        json!({"input_tokens": 11, "output_tokens": 5})
+    );
+    r.idle().await;
+    let u = r.usage().await;
+    assert_eq!((u.requests, u.input_tokens, u.output_tokens), (3, 33, 15));
+}
