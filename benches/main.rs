@@ -17,6 +17,7 @@ mod http;
 mod limits;
 mod redis;
 mod tokens;
+mod translate;
 mod usage;
 mod verify;
 
@@ -29,4 +30,5 @@ criterion::criterion_main!(
     usage::benches,
     http::benches,
     redis::benches,
+    translate::benches,
 );

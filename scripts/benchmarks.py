@@ -54,6 +54,9 @@ ROWS = [
     ("Redis: reserve of 3 limits (admission)", "redis/reserve_3_limits", "redis/floor_evalsha", "ratio", 1.5, "≤ 1.5× a bare EVALSHA (issue 19)"),
     ("Redis: settle of 3 limits", "redis/settle_3_limits", "redis/floor_evalsha", "ratio", 1.5, "≤ 1.5× a bare EVALSHA (issue 19)"),
     ("Redis: spend a remaining use", "redis/spend", "redis/floor_evalsha", "ratio", 1.5, "≤ 1.5× a bare EVALSHA (issue 19)"),
+    ("Messages → chat request translation", "translate/messages_request_to_chat", "translate/floor_chat_request_parse_write", "abs", 20_000, "≤ 20 µs (issue 21)"),
+    ("chat → Messages answer, whole", "translate/messages_whole_answer_back", "translate/floor_chat_request_parse_write", "abs", 20_000, "≤ 20 µs (issue 21)"),
+    ("chat → Messages stream of 16 tokens", "translate/messages_stream_16_tokens_back", "translate/floor_chat_request_parse_write", "abs", 20_000, "≤ 20 µs (issue 21)"),
 ]
 
 

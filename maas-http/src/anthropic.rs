@@ -389,6 +389,70 @@ pub struct StreamTranslator {
     finished: bool,
 }
 
+/// `s` as a JSON string (quoted, escaped).
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// A chat-completions stream chunk, read in place.
+mod wire {
+    use std::borrow::Cow;
+
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct Chunk<'a> {
+        #[serde(borrow, default)]
+        pub id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        pub choices: Vec<Choice<'a>>,
+        #[serde(default)]
+        pub usage: Option<Usage>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Choice<'a> {
+        #[serde(borrow, default)]
+        pub delta: Delta<'a>,
+        #[serde(borrow, default)]
+        pub finish_reason: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub(super) struct Delta<'a> {
+        #[serde(borrow, default)]
+        pub content: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        pub tool_calls: Vec<ToolCall<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct ToolCall<'a> {
+        #[serde(default)]
+        pub index: u64,
+        #[serde(borrow, default)]
+        pub id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        pub function: Option<Function<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Function<'a> {
+        #[serde(borrow, default)]
+        pub name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        pub arguments: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize, Clone, Copy)]
+    pub(super) struct Usage {
+        #[serde(default)]
+        pub prompt_tokens: u64,
+        #[serde(default)]
+        pub completion_tokens: u64,
+    }
+}
+
 fn event(kind: &str, data: &Value) -> String {
     format!("event: {kind}\ndata: {data}\n\n")
 }
@@ -444,32 +508,32 @@ impl StreamTranslator {
             self.finish(None, &mut out);
             return out;
         }
-        let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
+        // Read in place (borrowed strings), written with the text escaped
+        // once: a stream's events are many.
+        let Ok(chunk) = serde_json::from_slice::<wire::Chunk<'_>>(data) else {
             return out;
         };
-        self.start(chunk["id"].as_str(), &mut out);
-        for choice in chunk["choices"].as_array().into_iter().flatten() {
-            let delta = &choice["delta"];
-            if let Some(t) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+        self.start(chunk.id.as_deref(), &mut out);
+        for choice in &chunk.choices {
+            if let Some(t) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {
                 if !matches!(self.open, Open::Text(_)) {
                     self.close(&mut out);
                     let index = self.blocks;
                     self.blocks += 1;
                     self.open = Open::Text(index);
-                    out.push_str(&event(
-                        "content_block_start",
-                        &json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
+                    out.push_str(&format!(
+                        "event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":{index},\"content_block\":{{\"type\":\"text\",\"text\":\"\"}}}}\n\n"
                     ));
                 }
                 if let Open::Text(index) = self.open {
-                    out.push_str(&event(
-                        "content_block_delta",
-                        &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": t}}),
+                    out.push_str(&format!(
+                        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{index},\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n",
+                        json_str(t)
                     ));
                 }
             }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                let n = call["index"].as_u64().unwrap_or(0);
+            for call in &choice.delta.tool_calls {
+                let n = call.index;
                 let same = matches!(self.open, Open::Tool { call, .. } if call == n);
                 if !same {
                     self.close(&mut out);
@@ -479,30 +543,34 @@ impl StreamTranslator {
                         block: index,
                         call: n,
                     };
+                    let f = call.function.as_ref();
                     out.push_str(&event(
                         "content_block_start",
                         &json!({"type": "content_block_start", "index": index, "content_block": {
-                            "type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": {},
+                            "type": "tool_use", "id": call.id.as_deref(), "name": f.and_then(|f| f.name.as_deref()), "input": {},
                         }}),
                     ));
                 }
-                if let (Open::Tool { block, .. }, Some(args)) =
-                    (self.open, call["function"]["arguments"].as_str())
-                    && !args.is_empty()
+                if let (Open::Tool { block, .. }, Some(args)) = (
+                    self.open,
+                    call.function.as_ref().and_then(|f| f.arguments.as_deref()),
+                ) && !args.is_empty()
                 {
-                    out.push_str(&event(
-                        "content_block_delta",
-                        &json!({"type": "content_block_delta", "index": block, "delta": {"type": "input_json_delta", "partial_json": args}}),
+                    out.push_str(&format!(
+                        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{block},\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":{}}}}}\n\n",
+                        json_str(args)
                     ));
                 }
             }
-            if let Some(f) = choice["finish_reason"].as_str() {
+            if let Some(f) = choice.finish_reason.as_deref() {
                 self.close(&mut out);
                 self.stop = Some(stop_reason(Some(f)));
             }
         }
-        if chunk["usage"].is_object() {
-            self.finish(Some(&chunk["usage"]), &mut out);
+        if let Some(u) = chunk.usage {
+            let usage =
+                json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens});
+            self.finish(Some(&usage), &mut out);
         }
         out
     }

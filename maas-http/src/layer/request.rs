@@ -118,6 +118,11 @@ pub(crate) fn inspect(bytes: &[u8], endpoint: Endpoint) -> Result<Inspected, Gat
     }
     let body: Map<String, Value> = serde_json::from_slice(bytes)
         .map_err(|e| GatewayError::invalid("body", format!("the body is not valid JSON: {e}")))?;
+    inspect_object(body, endpoint)
+}
+
+/// [`inspect`] of a body already parsed.
+fn inspect_object(body: Map<String, Value>, endpoint: Endpoint) -> Result<Inspected, GatewayError> {
     let model = match body.get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
@@ -149,8 +154,7 @@ pub(crate) fn inspect(bytes: &[u8], endpoint: Endpoint) -> Result<Inspected, Gat
         }
         let chat = crate::anthropic::to_chat(&body)
             .map_err(|e| GatewayError::invalid(&e.field, e.message))?;
-        let chat = serde_json::to_vec(&chat).unwrap_or_default();
-        let mut i = inspect(&chat, Endpoint::Chat)?;
+        let mut i = inspect_object(chat, Endpoint::Chat)?;
         i.endpoint = Endpoint::Messages;
         i.wants_usage = true;
         return Ok(i);
@@ -161,8 +165,7 @@ pub(crate) fn inspect(bytes: &[u8], endpoint: Endpoint) -> Result<Inspected, Gat
         // answer's translation.
         let chat = crate::responses::to_chat(&body)
             .map_err(|e| GatewayError::invalid(&e.field, e.message))?;
-        let chat = serde_json::to_vec(&chat).unwrap_or_default();
-        let mut i = inspect(&chat, Endpoint::Chat).map_err(|mut e| {
+        let mut i = inspect_object(chat, Endpoint::Chat).map_err(|mut e| {
             if e.error.param.as_deref() == Some("max_tokens") {
                 e.error.param = Some("max_output_tokens".into());
                 e.error.message = "'max_output_tokens' must be a positive integer".into();
