@@ -245,6 +245,47 @@ impl CacheSettings {
     }
 }
 
+/// An API a model's upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum ModelApi {
+    /// OpenAI's (`/v1/chat/completions`, `/v1/completions`,
+    /// `/v1/embeddings`); Anthropic's Messages and OpenAI's Responses are
+    /// translated to chat completions for it.
+    Openai,
+    /// Anthropic's Messages (`/v1/messages`), served natively.
+    Anthropic,
+}
+
+/// What a model's upstream speaks when nothing says: OpenAI's API.
+fn openai_only() -> Vec<ModelApi> {
+    vec![ModelApi::Openai]
+}
+
+/// `api` as given: one API or a list.
+fn one_or_more<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<ModelApi>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(ModelApi),
+        More(Vec<ModelApi>),
+    }
+    Ok(match OneOrMore::deserialize(d)? {
+        OneOrMore::One(a) => vec![a],
+        OneOrMore::More(v) => v,
+    })
+}
+
+/// [`one_or_more`] of an optional field.
+fn maybe_one_or_more<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Vec<ModelApi>>, D::Error> {
+    one_or_more(d).map(Some)
+}
+
 /// A model of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
@@ -254,6 +295,9 @@ pub struct Model {
     pub name: String,
     /// Where requests for it are sent (http or https).
     pub upstream_url: String,
+    /// The APIs its upstream speaks (at least one; default OpenAI's).
+    #[serde(default = "openai_only", deserialize_with = "one_or_more")]
+    pub api: Vec<ModelApi>,
     /// Who owns it (OpenAI's `owned_by`).
     pub owned_by: String,
     /// When it was published (OpenAI's `created`).
@@ -282,8 +326,22 @@ impl Model {
         tier.models.allows(&self.id) && (self.tiers.is_empty() || self.tiers.contains(&tier.name))
     }
 
+    /// Whether its upstream speaks `api`.
+    pub fn speaks(&self, api: ModelApi) -> bool {
+        self.api.contains(&api)
+    }
+
     fn validate(&mut self) -> Result<()> {
         check_model_id("id", &self.id)?;
+        if self.api.is_empty() {
+            return Err(Error::invalid("api", "must name at least one API"));
+        }
+        let mut seen = Vec::with_capacity(self.api.len());
+        self.api.retain(|a| {
+            let first = !seen.contains(a);
+            seen.push(*a);
+            first
+        });
         validate::label("name", &self.name, MAX_TEXT)?;
         check_url("upstream_url", &self.upstream_url)?;
         validate::label("owned_by", &self.owned_by, MAX_TEXT)?;
@@ -313,6 +371,11 @@ pub struct NewModel {
     #[serde(alias = "url")]
     #[cfg_attr(feature = "openapi", schema(rename = "url"))]
     pub upstream_url: String,
+    /// The APIs its upstream speaks: `"openai"`, `"anthropic"` or a list of
+    /// both; default `openai`.
+    #[serde(default = "openai_only", deserialize_with = "one_or_more")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<ModelApi>))]
+    pub api: Vec<ModelApi>,
     /// Owner; default [`DEFAULT_OWNER`].
     #[serde(default)]
     pub owned_by: Option<String>,
@@ -345,6 +408,7 @@ impl NewModel {
             id: id.into(),
             name: None,
             upstream_url: upstream_url.into(),
+            api: openai_only(),
             owned_by: None,
             created: None,
             ready: true,
@@ -367,6 +431,14 @@ pub struct ModelUpdate {
     #[serde(default, alias = "url", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(rename = "url"))]
     pub upstream_url: Option<String>,
+    /// The APIs its upstream speaks (one or a list; replaced as a whole).
+    #[serde(
+        default,
+        deserialize_with = "maybe_one_or_more",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<ModelApi>>))]
+    pub api: Option<Vec<ModelApi>>,
     /// New owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owned_by: Option<String>,
@@ -578,6 +650,7 @@ impl ModelService {
             name: new.name.unwrap_or_else(|| new.id.clone()),
             id: new.id,
             upstream_url: new.upstream_url,
+            api: new.api,
             owned_by: new.owned_by.unwrap_or_else(|| DEFAULT_OWNER.to_owned()),
             created: new.created.unwrap_or(now),
             ready: new.ready,
@@ -667,6 +740,9 @@ impl ModelService {
             if let Some(u) = &update.upstream_url {
                 m.upstream_url = u.clone();
             }
+            if let Some(a) = &update.api {
+                m.api = a.clone();
+            }
             if let Some(o) = &update.owned_by {
                 m.owned_by = o.clone();
             }
@@ -717,6 +793,7 @@ mod tests {
             id: id.into(),
             name: id.into(),
             upstream_url: "http://up".into(),
+            api: openai_only(),
             owned_by: "o".into(),
             created: Timestamp::from_millis(1_672_531_200_999),
             ready: true,
@@ -868,5 +945,38 @@ mod tests {
         let p: Pricing =
             serde_json::from_str(r#"{"input_per_million":1.5,"output_per_million":2}"#).unwrap();
         assert_eq!(p.currency, "USD");
+    }
+}
+
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+
+    #[test]
+    fn api_is_one_or_a_list_and_openai_by_default() {
+        let m: NewModel = serde_json::from_value(serde_json::json!({"id": "m", "url": "http://u"}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.api, [ModelApi::Openai]);
+        let m: NewModel = serde_json::from_value(
+            serde_json::json!({"id": "m", "url": "http://u", "api": "anthropic"}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.api, [ModelApi::Anthropic]);
+        let u: ModelUpdate =
+            serde_json::from_value(serde_json::json!({"api": ["openai", "anthropic"]}))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(u.api, Some(vec![ModelApi::Openai, ModelApi::Anthropic]));
+        assert_eq!(
+            serde_json::from_value::<ModelUpdate>(serde_json::json!({}))
+                .map(|u| u.api)
+                .ok(),
+            Some(None)
+        );
+        assert!(
+            serde_json::from_value::<NewModel>(
+                serde_json::json!({"id": "m", "url": "http://u", "api": "grpc"})
+            )
+            .is_err()
+        );
     }
 }

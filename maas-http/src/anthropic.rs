@@ -29,7 +29,7 @@ fn refuse(field: impl Into<String>, message: impl Into<String>) -> Untranslatabl
 }
 
 /// Top-level fields a Messages request may carry here.
-const KNOWN: &[&str] = &[
+pub const KNOWN: &[&str] = &[
     "model",
     "messages",
     "system",

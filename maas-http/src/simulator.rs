@@ -2,8 +2,8 @@
 //! with no GPU and fair share is visible.
 //!
 //! [`router`] answers `POST /v1/chat/completions`, `POST /v1/completions`,
-//! `POST /v1/embeddings`, `GET /v1/models` and `GET /health`; [`serve`]
-//! runs it on a listener.
+//! `POST /v1/embeddings`, Anthropic's `POST /v1/messages`, `GET /v1/models`
+//! and `GET /health`; [`serve`] runs it on a listener.
 //! Any model name is accepted. Answers are deterministic: the completion is
 //! a cycle of lorem-ipsum words, one word (and a space) per token, and the
 //! prompt's token count is an estimate from its size:
@@ -43,6 +43,12 @@
 //! Prompt tokens: a string's bytes divided by 4, rounded up (at least 1),
 //! or a token array's length. An embedding takes a generation slot for the
 //! time of one token.
+//!
+//! Messages: answered as the chat completion of the same conversation
+//! (same words, pacing and slots), in Anthropic's shapes — a message, or
+//! its event stream (`message_start`, a `content_block_delta` per token,
+//! `message_delta` with the usage, `message_stop`); errors in Anthropic's
+//! shape. Options it does not model (`top_k`, `thinking`, …) are ignored.
 
 use axum::serve::ListenerExt;
 use std::convert::Infallible;
@@ -171,6 +177,7 @@ pub fn router(config: SimulatorConfig) -> Result<Router, Error> {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .fallback(not_found)
@@ -789,6 +796,43 @@ async fn embeddings(State(sim): State<Arc<Sim>>, body: Result<Bytes, BytesReject
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }))
     .into_response()
+}
+
+async fn messages(State(sim): State<Arc<Sim>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let refuse = |e: OpenAiError| {
+        (
+            e.status,
+            Json(crate::anthropic::error_body(e.status.as_u16(), &e.message)),
+        )
+            .into_response()
+    };
+    let mut body = match body_object(body) {
+        Ok(b) => b,
+        Err(e) => return refuse(e),
+    };
+    if absent(body.get("max_tokens")) {
+        return refuse(OpenAiError::invalid(
+            "max_tokens",
+            "max_tokens: Field required",
+        ));
+    }
+    // What it does not model it ignores, as a real server would honour it.
+    body.retain(|k, _| crate::anthropic::KNOWN.contains(&k.as_str()));
+    let mut chat = match crate::anthropic::to_chat(&body) {
+        Ok(c) => c,
+        Err(e) => return refuse(OpenAiError::invalid(&e.field, e.message)),
+    };
+    if chat.get("stream") == Some(&Value::Bool(true)) {
+        chat.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    let chat = Bytes::from(serde_json::to_vec(&chat).unwrap_or_default());
+    let res = answer(sim, Kind::Chat, Ok(chat)).await;
+    let (parts, body) = res.into_parts();
+    if !parts.status.is_success() {
+        return crate::gateway::messages::in_anthropic_shape(parts, body).await;
+    }
+    crate::gateway::messages::translate_answer::<crate::anthropic::StreamTranslator>(parts, body)
+        .await
 }
 
 async fn models() -> Json<Value> {

@@ -1185,3 +1185,116 @@ async fn messages_translation_against_an_openai_upstream() {
     let u = r.usage().await;
     assert_eq!((u.requests, u.input_tokens, u.output_tokens), (3, 33, 15));
 }
+
+/// A model whose upstream speaks Anthropic's API gets Messages as they are
+/// (fields the translation could not carry included) at `/v1/messages`,
+/// its answers pass through, and usage is read from Anthropic's events;
+/// OpenAI's endpoints to it are a 400 saying which API it speaks.
+#[tokio::test]
+async fn messages_go_natively_to_an_anthropic_upstream() {
+    let (sim_listener, sim_addr) = listen().await;
+    tokio::spawn(simulator::serve(
+        sim_listener,
+        SimulatorConfig {
+            tokens_per_second: 0.0,
+            max_concurrent: 8,
+            default_max_tokens: 16,
+        },
+        std::future::pending(),
+    ));
+    let seen: Arc<std::sync::Mutex<Vec<(String, Value)>>> = Arc::default();
+    let store = seen.clone();
+    let sim = format!("http://{sim_addr}");
+    // A recording proxy in front of the simulator's native Messages.
+    let app = axum::Router::new().route(
+        "/v1/messages",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let (store, sim) = (store.clone(), sim.clone());
+            async move {
+                store
+                    .lock()
+                    .unwrap()
+                    .push(("/v1/messages".into(), body.clone()));
+                let res = reqwest::Client::new()
+                    .post(format!("{sim}/v1/messages"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+                ([("content-type", ct)], res.bytes().await.unwrap()).into_response()
+            }
+        }),
+    );
+    let (l, a) = listen().await;
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let r = rig().await;
+    let mut claude = NewModel::new("claude-sim", format!("http://{a}"));
+    claude.api = vec![maas_core::model::ModelApi::Anthropic];
+    r.models.create(&Actor::new("admin"), claude).await.unwrap();
+
+    let mut body = message("claude-sim", 5);
+    body["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+    let res = r
+        .post_anthropic("/v1/messages", Some("premium-token"), &body)
+        .await;
+    assert_eq!(res.status(), 200);
+    let m: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (&m["type"], &m["usage"]["output_tokens"]),
+        (&json!("message"), &json!(5))
+    );
+    let (path, received) = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(path, "/v1/messages");
+    assert_eq!(received["thinking"], body["thinking"], "passed on as sent");
+    assert_eq!(received["system"], "Be brief.");
+
+    body["stream"] = json!(true);
+    let res = r
+        .post_anthropic("/claude-sim/v1/messages", Some("premium-token"), &body)
+        .await;
+    let text = res.text().await.unwrap();
+    assert!(text.starts_with("event: message_start"), "{text}");
+    assert!(text.contains(r#""output_tokens":5"#), "{text}");
+
+    let (status, e) = r
+        .fails(
+            "/v1/chat/completions",
+            Some("premium-token"),
+            &chat("claude-sim", 5),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Anthropic"),
+        "{e}"
+    );
+
+    r.idle().await;
+    r.gateway.settled().await;
+    let range = TimeRange::new(
+        Timestamp::from_millis(T0 - 3_600_000),
+        Timestamp::from_millis(T0 + 3_600_000),
+    );
+    let rows = r
+        .ledger
+        .totals(range, GroupBy::Model, &UsageScope::default())
+        .await
+        .unwrap();
+    let u = rows
+        .iter()
+        .find(|r| r.group == "claude-sim")
+        .unwrap()
+        .usage
+        .clone();
+    assert_eq!((u.requests, u.errors, u.estimated), (2, 0, 0), "{u:?}");
+    assert_eq!(u.output_tokens, 10);
+    assert_eq!(
+        u.input_tokens,
+        2 * m["usage"]["input_tokens"].as_u64().unwrap()
+    );
+}

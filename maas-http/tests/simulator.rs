@@ -706,3 +706,56 @@ async fn embeddings_have_openai_shape_and_usage() {
         assert_eq!(json_of(res).await["error"]["param"], param, "{bad}");
     }
 }
+
+/// Anthropic's Messages answered natively: a message with its usage, or
+/// its event stream; errors in Anthropic's shape; options it does not model
+/// ignored.
+#[tokio::test]
+async fn messages_are_answered_in_anthropics_shapes() {
+    let app = instant();
+    let body = json!({"model": "claude", "max_tokens": 4, "system": "Be brief.", "thinking": {"type": "enabled", "budget_tokens": 1024},
+                      "messages": [{"role": "user", "content": "12345678"}]});
+    let res = post(&app, "/v1/messages", &body).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let m = json_of(res).await;
+    assert_eq!(
+        (&m["type"], &m["model"]),
+        (&json!("message"), &json!("claude"))
+    );
+    assert_eq!(m["content"][0]["text"], "lorem ipsum dolor sit ");
+    assert_eq!(m["usage"]["output_tokens"], 4);
+    assert_eq!(m["stop_reason"], "max_tokens");
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let res = post(&app, "/v1/messages", &streamed).await;
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"message_start"));
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "content_block_delta")
+            .count(),
+        4
+    );
+    assert_eq!(kinds.last(), Some(&"message_stop"));
+    assert!(text.contains(r#""output_tokens":4"#), "{text}");
+
+    let res = post(
+        &app,
+        "/v1/messages",
+        &json!({"model": "claude", "messages": []}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let e = json_of(res).await;
+    assert_eq!(
+        (&e["type"], &e["error"]["type"]),
+        (&json!("error"), &json!("invalid_request_error"))
+    );
+}

@@ -88,25 +88,36 @@ pub(crate) async fn adapter(mut req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let (parts, body) = res.into_parts();
     if !parts.status.is_success() {
-        let bytes = axum::body::to_bytes(body, MAX_ANSWER)
-            .await
-            .unwrap_or_default();
-        let message = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| {
-                parts
-                    .status
-                    .canonical_reason()
-                    .unwrap_or("error")
-                    .to_owned()
-            });
-        return anthropic_error(parts.status, &message, &parts.headers);
+        return in_anthropic_shape(parts, body).await;
     }
-    if count_tokens {
+    if count_tokens
+        || parts
+            .extensions
+            .get::<crate::layer::NativeAnswer>()
+            .is_some()
+    {
         return Response::from_parts(parts, body);
     }
     translate_answer::<crate::anthropic::StreamTranslator>(parts, body).await
+}
+
+/// An error answer (OpenAI's shape, or anything) in Anthropic's shape,
+/// its message and headers kept.
+pub(crate) async fn in_anthropic_shape(parts: axum::http::response::Parts, body: Body) -> Response {
+    let bytes = axum::body::to_bytes(body, MAX_ANSWER)
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| {
+            parts
+                .status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_owned()
+        });
+    anthropic_error(parts.status, &message, &parts.headers)
 }
 
 /// Puts the successful answers of the Responses routes in the Responses
@@ -122,7 +133,7 @@ pub(crate) async fn responses_adapter(req: Request, next: Next) -> Response {
 
 /// A successful chat-completions answer in dialect `D`: an event stream
 /// event by event, a whole answer at once.
-async fn translate_answer<D: Dialect>(
+pub(crate) async fn translate_answer<D: Dialect>(
     mut parts: axum::http::response::Parts,
     body: Body,
 ) -> Response {
@@ -259,17 +270,21 @@ pub(crate) async fn count_tokens(State(gateway): State<Gateway>, req: Request) -
         _ => return invalid("the body must be a JSON object"),
     };
     v["max_tokens"] = json!(1);
-    let inspected = match crate::layer::inspect_messages(&v) {
+    let Some(name) = v["model"].as_str().map(str::to_owned) else {
+        return invalid("model: Field required");
+    };
+    let model = match gateway.model_for(&caller, &name).await {
+        Ok(m) => m,
+        Err(e) => {
+            let e = crate::layer::GatewayError::from_core(&e);
+            return anthropic_error(e.error.status, &e.error.message, &HeaderMap::new());
+        }
+    };
+    let native = model.speaks(maas_core::model::ModelApi::Anthropic);
+    let inspected = match crate::layer::inspect_messages(&v, native) {
         Ok(i) => i,
         Err(e) => return anthropic_error(e.error.status, &e.error.message, &HeaderMap::new()),
     };
-    let Some(model) = inspected.0 else {
-        return invalid("model: Field required");
-    };
-    if let Err(e) = gateway.model_for(&caller, &model).await {
-        let e = crate::layer::GatewayError::from_core(&e);
-        return anthropic_error(e.error.status, &e.error.message, &HeaderMap::new());
-    }
     axum::Json(json!({"input_tokens": inspected.1})).into_response()
 }
 

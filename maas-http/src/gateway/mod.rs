@@ -35,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use maas_core::Gateway;
 
-mod messages;
+pub(crate) mod messages;
 
 use crate::common::{HttpConfig, with_common_layers};
 use crate::layer::{AdmittedModel, LayerConfig, MaasLayer};
@@ -164,7 +164,10 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
             "the request was not admitted".into(),
         );
     };
-    let suffix = crate::layer::Endpoint::of_path(req.uri().path()).upstream_path();
+    let suffix = match req.extensions().get::<crate::layer::UpstreamPath>() {
+        Some(p) => p.0,
+        None => crate::layer::Endpoint::of_path(req.uri().path()).upstream_path(),
+    };
     let url = format!("{}{suffix}", model.upstream_url.trim_end_matches('/'));
     let accept = req.headers().get(ACCEPT).cloned();
     // The layer gave us the rewritten body, already in memory.

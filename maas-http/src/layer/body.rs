@@ -91,6 +91,12 @@ pub(crate) struct Metered {
     admitted: Option<Box<Admitted>>,
     usage: Option<Usage>,
     counted: u64,
+    /// Anthropic's Messages dialect (events `message_start`,
+    /// `content_block_delta`, `message_delta`; `input_tokens` and
+    /// `output_tokens`) instead of OpenAI's.
+    anthropic: bool,
+    /// Anthropic's input tokens, from `message_start`.
+    anthropic_input: Option<Usage>,
 }
 
 impl Metered {
@@ -123,7 +129,15 @@ impl Metered {
             admitted: Some(admitted),
             usage: None,
             counted: 0,
+            anthropic: false,
+            anthropic_input: None,
         }
+    }
+
+    /// The same body, read in Anthropic's Messages dialect.
+    pub(crate) fn anthropic(mut self) -> Self {
+        self.anthropic = true;
+        self
     }
 
     /// Takes a frame of data; returns what to pass on.
@@ -147,7 +161,25 @@ impl Metered {
                 let mut tokens = 0;
                 while let Some((end, sep)) = event_end(pending) {
                     let event = pending.split_to(end + sep).freeze();
-                    let (t, usage, drop) = read_event(&event[..end], strip);
+                    let (t, usage, drop) = if self.anthropic {
+                        let (t, usage, start) = read_anthropic_event(&event[..end]);
+                        if start.is_some() {
+                            self.anthropic_input = start;
+                        }
+                        // The end's usage may leave out the input: the start's.
+                        let usage = usage.map(|mut u| {
+                            if u.prompt_tokens == 0
+                                && let Some(s) = self.anthropic_input
+                            {
+                                u.prompt_tokens = s.prompt_tokens;
+                                u.prompt_tokens_details = s.prompt_tokens_details;
+                            }
+                            u
+                        });
+                        (t, usage, false)
+                    } else {
+                        read_event(&event[..end], strip)
+                    };
                     tokens += t;
                     if usage.is_some() {
                         self.usage = usage;
@@ -177,6 +209,22 @@ impl Metered {
             return;
         };
         if let Mode::Json { kept, overflow } = &mut self.mode
+            && ok
+            && !*overflow
+            && self.anthropic
+        {
+            if let Ok(m) = serde_json::from_slice::<AnthropicWhole>(kept) {
+                self.usage = m.usage.map(AnthropicUsage::tokens);
+                if self.usage.is_none() {
+                    let bytes: usize = m
+                        .content
+                        .iter()
+                        .map(|c| c.text.as_deref().map_or(0, str::len))
+                        .sum();
+                    self.counted = maas_core::admission::estimate_prompt_tokens(bytes);
+                }
+            }
+        } else if let Mode::Json { kept, overflow } = &mut self.mode
             && ok
             && !*overflow
             && let Ok(w) = serde_json::from_slice::<Whole>(kept)
@@ -256,6 +304,86 @@ pub(crate) fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
         i += 1;
     }
     None
+}
+
+/// Anthropic's usage: input tokens (besides those read from or written to
+/// its prompt cache) and output tokens.
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// As OpenAI counts: every prompt token, the cached ones among them.
+    fn tokens(self) -> Usage {
+        let cached = self.cache_read_input_tokens.unwrap_or(0);
+        Usage {
+            prompt_tokens: self
+                .input_tokens
+                .saturating_add(cached)
+                .saturating_add(self.cache_creation_input_tokens.unwrap_or(0)),
+            completion_tokens: self.output_tokens,
+            prompt_tokens_details: (cached > 0).then_some(Details {
+                cached_tokens: cached,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AnthropicWhole {
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+    #[serde(default)]
+    content: Vec<AnthropicBlock>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnthropicBlock {
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnthropicEvent {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    message: Option<AnthropicWhole>,
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+}
+
+/// Reads one event of Anthropic's stream: (tokens in it, the final usage
+/// at `message_delta`, the input at `message_start`).
+fn read_anthropic_event(event: &[u8]) -> (u64, Option<Usage>, Option<Usage>) {
+    let mut data = Vec::new();
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    let Ok(e) = serde_json::from_slice::<AnthropicEvent>(&data) else {
+        return (0, None, None);
+    };
+    match e.kind.as_str() {
+        "message_start" => (
+            0,
+            None,
+            e.message.and_then(|m| m.usage).map(AnthropicUsage::tokens),
+        ),
+        "content_block_delta" => (1, None, None),
+        "message_delta" => (0, e.usage.map(AnthropicUsage::tokens), None),
+        _ => (0, None, None),
+    }
 }
 
 /// Reads one event: (tokens in it, its usage, whether to drop it).

@@ -44,12 +44,23 @@ pub use layer::{DEFAULT_BODY_LIMIT, LayerConfig, MaasLayer};
 pub use request::Endpoint;
 
 /// The model and the estimated input tokens of a Messages request (for
-/// `count_tokens`), or why it cannot be served.
+/// `count_tokens`; `native`: for an upstream that speaks Anthropic's API),
+/// or why it cannot be served.
 pub(crate) fn inspect_messages(
     body: &serde_json::Value,
+    native: bool,
 ) -> Result<(Option<String>, u64), GatewayError> {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let i = request::inspect(&bytes, Endpoint::Messages)?;
+    let serde_json::Value::Object(map) = body else {
+        return Err(GatewayError::invalid(
+            "body",
+            "the body must be a JSON object",
+        ));
+    };
+    let i = if native {
+        request::inspect_native(map.clone())?
+    } else {
+        request::inspect_object(map.clone(), Endpoint::Messages)?
+    };
     Ok((i.model, i.prompt_tokens))
 }
-pub use service::{AdmittedModel, CACHE_HEADER, MaasService};
+pub use service::{AdmittedModel, CACHE_HEADER, MaasService, NativeAnswer, UpstreamPath};

@@ -54,6 +54,10 @@ impl Endpoint {
 pub(crate) struct Inspected {
     /// The API it is for.
     pub endpoint: Endpoint,
+    /// A Messages request for an upstream that speaks Anthropic's API: the
+    /// body is Anthropic's, forwarded as it is (but for `model` and the
+    /// capped `max_tokens`) to `/v1/messages`.
+    pub native: bool,
     /// The body, as a JSON object.
     pub body: Map<String, Value>,
     /// `model`, if the body has one.
@@ -108,7 +112,13 @@ fn embedding_tokens(input: &Value) -> Option<u64> {
 
 /// Reads `bytes` as a request of `endpoint`. Only what admission needs is
 /// checked; the upstream judges the rest.
+#[cfg(test)]
 pub(crate) fn inspect(bytes: &[u8], endpoint: Endpoint) -> Result<Inspected, GatewayError> {
+    inspect_object(parse(bytes)?, endpoint)
+}
+
+/// A request body as a JSON object.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(GatewayError::invalid(
@@ -116,13 +126,98 @@ pub(crate) fn inspect(bytes: &[u8], endpoint: Endpoint) -> Result<Inspected, Gat
             "the body must be a JSON object",
         ));
     }
-    let body: Map<String, Value> = serde_json::from_slice(bytes)
-        .map_err(|e| GatewayError::invalid("body", format!("the body is not valid JSON: {e}")))?;
-    inspect_object(body, endpoint)
+    serde_json::from_slice(bytes)
+        .map_err(|e| GatewayError::invalid("body", format!("the body is not valid JSON: {e}")))
+}
+
+/// The text bytes and turns of an Anthropic Messages body (its `system`,
+/// text blocks and tool results), for the prompt estimate.
+fn anthropic_text(body: &Map<String, Value>) -> (usize, usize) {
+    fn text(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.len(),
+            Value::Array(blocks) => blocks
+                .iter()
+                .map(|b| {
+                    b.get("text").map_or(0, text)
+                        + b.get("content").map_or(0, text)
+                        + b.get("input").map_or(0, |i| i.to_string().len())
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
+    let system = body.get("system").map_or(0, text);
+    let (bytes, turns) = match body.get("messages") {
+        Some(Value::Array(ms)) => (
+            ms.iter().map(|m| m.get("content").map_or(0, text)).sum(),
+            ms.len(),
+        ),
+        _ => (0, 0),
+    };
+    (system + bytes, turns)
+}
+
+/// Reads a Messages request for an upstream that speaks Anthropic's API:
+/// checked for what admission needs, kept as it is.
+pub(crate) fn inspect_native(body: Map<String, Value>) -> Result<Inspected, GatewayError> {
+    let model = match body.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "model",
+                "'model' must be a non-empty string",
+            ));
+        }
+    };
+    let max_tokens = match body.get("max_tokens") {
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => n,
+            _ => {
+                return Err(GatewayError::invalid(
+                    "max_tokens",
+                    "'max_tokens' must be a positive integer",
+                ));
+            }
+        },
+        None => {
+            return Err(GatewayError::invalid(
+                "max_tokens",
+                "max_tokens: Field required",
+            ));
+        }
+    };
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "stream",
+                "'stream' must be a boolean",
+            ));
+        }
+    };
+    let (bytes, turns) = anthropic_text(&body);
+    Ok(Inspected {
+        endpoint: Endpoint::Messages,
+        native: true,
+        body,
+        model,
+        stream,
+        max_tokens: Some(max_tokens),
+        wants_usage: true,
+        prompt_tokens: estimate_prompt_tokens(bytes)
+            .saturating_add(3 * turns as u64)
+            .max(1),
+    })
 }
 
 /// [`inspect`] of a body already parsed.
-fn inspect_object(body: Map<String, Value>, endpoint: Endpoint) -> Result<Inspected, GatewayError> {
+pub(crate) fn inspect_object(
+    body: Map<String, Value>,
+    endpoint: Endpoint,
+) -> Result<Inspected, GatewayError> {
     let model = match body.get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
@@ -192,6 +287,7 @@ fn inspect_object(body: Map<String, Value>, endpoint: Endpoint) -> Result<Inspec
         };
         return Ok(Inspected {
             endpoint,
+            native: false,
             body,
             model,
             stream: false,
@@ -251,6 +347,7 @@ fn inspect_object(body: Map<String, Value>, endpoint: Endpoint) -> Result<Inspec
     };
     Ok(Inspected {
         endpoint,
+        native: false,
         body,
         model,
         stream,
@@ -267,6 +364,12 @@ pub(crate) fn rewrite(mut i: Inspected, model: &str, max_output: u64) -> Vec<u8>
         .insert("model".into(), Value::String(model.to_owned()));
     if i.endpoint == Endpoint::Embeddings {
         // Passed on as sent (`encoding_format`, `dimensions`, …).
+        return serde_json::to_vec(&Value::Object(i.body)).unwrap_or_default();
+    }
+    if i.native {
+        // Anthropic's body as sent, its output capped.
+        let capped = i.max_tokens.map_or(max_output, |m| m.min(max_output));
+        i.body.insert("max_tokens".into(), Value::from(capped));
         return serde_json::to_vec(&Value::Object(i.body)).unwrap_or_default();
     }
     let field = if i.body.contains_key("max_completion_tokens") {

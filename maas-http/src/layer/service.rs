@@ -16,14 +16,14 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use maas_core::gateway::{
     ACCESS_DENIED, Admission, Admitted, CacheKey, Completion, Gateway, InferenceRequest,
 };
-use maas_core::model::Model;
+use maas_core::model::{Model, ModelApi};
 use tower::{BoxError, Service};
 
 use super::body::{Metered, record_load};
 use super::error::{GatewayError, insert_rate_headers};
 use super::future::ResponseFuture;
 use super::layer::LayerConfig;
-use super::request::{Endpoint, inspect, rewrite};
+use super::request::{Endpoint, inspect_native, inspect_object, parse, rewrite};
 use crate::metrics;
 use crate::openai::OpenAiError;
 
@@ -34,6 +34,17 @@ pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-maas-cache");
 /// inner service sees (its `upstream_url` is where to forward).
 #[derive(Debug, Clone)]
 pub struct AdmittedModel(pub Arc<Model>);
+
+/// The path to call on the model's upstream, in the request extensions
+/// the inner service sees when it is not the request's own (a Messages
+/// request forwarded natively: `/v1/messages`).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamPath(pub &'static str);
+
+/// Marks an answer that is already in the dialect its client asked for (a
+/// Messages answer of an upstream that speaks Anthropic's API).
+#[derive(Debug, Clone, Copy)]
+pub struct NativeAnswer;
 
 /// The service of [`MaasLayer`](super::MaasLayer).
 #[derive(Debug, Clone)]
@@ -87,6 +98,8 @@ enum Step {
         body: Vec<u8>,
         stream: bool,
         strip_usage: bool,
+        /// Anthropic's Messages forwarded as they are.
+        native: bool,
     },
     /// Answered already (from the cache).
     Answered(Response<Body>),
@@ -123,7 +136,7 @@ where
             return Ok(res);
         }
     };
-    let (admitted, body, stream, strip_usage) = match step {
+    let (admitted, body, stream, strip_usage, native) = match step {
         Step::Answered(res) => {
             count_request(&model_label, res.status());
             return Ok(res);
@@ -133,11 +146,15 @@ where
             body,
             stream,
             strip_usage,
-        } => (admitted, body, stream, strip_usage),
+            native,
+        } => (admitted, body, stream, strip_usage, native),
     };
     parts
         .extensions
         .insert(AdmittedModel(Arc::clone(admitted.model())));
+    if native {
+        parts.extensions.insert(UpstreamPath("/v1/messages"));
+    }
     // The caller's credential is for maas, not for the upstream.
     parts.headers.remove(AUTHORIZATION);
     parts.headers.remove(CONTENT_LENGTH);
@@ -181,6 +198,12 @@ where
     } else {
         Metered::json(body, admitted)
     };
+    let metered = if native {
+        rp.extensions.insert(NativeAnswer);
+        metered.anthropic()
+    } else {
+        metered
+    };
     Ok(Response::from_parts(rp, Body::new(metered)))
 }
 
@@ -217,12 +240,46 @@ async fn admit(
             ));
         }
     };
-    let inspected = inspect(&bytes, Endpoint::of_path(parts.uri.path()))?;
+    let endpoint = Endpoint::of_path(parts.uri.path());
+    let body = parse(&bytes)?;
     let path_model = parts.extract::<RawPathParams>().await.ok().and_then(|p| {
         p.iter()
             .find(|(k, _)| *k == "model")
             .map(|(_, v)| v.to_owned())
     });
+    // Which API the model's upstream speaks decides how the request is read:
+    // Messages go natively to an upstream that speaks Anthropic's API, and
+    // are translated for one that speaks OpenAI's.
+    let named = path_model.clone().or_else(|| {
+        body.get("model")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+    });
+    let catalog = match &named {
+        Some(n) => gateway.services().models.get_cached(n).await.ok(),
+        None => None,
+    };
+    let native = endpoint == Endpoint::Messages
+        && catalog
+            .as_ref()
+            .is_some_and(|m| m.speaks(ModelApi::Anthropic));
+    if !native
+        && let Some(m) = &catalog
+        && !m.speaks(ModelApi::Openai)
+    {
+        return Err(GatewayError::invalid(
+            "model",
+            format!(
+                "model '{}' speaks only Anthropic's Messages API: call /v1/messages",
+                m.id
+            ),
+        ));
+    }
+    let inspected = if native {
+        inspect_native(body)?
+    } else {
+        inspect_object(body, endpoint)?
+    };
     let model = match (path_model, inspected.model.clone()) {
         (Some(p), Some(b)) if p != b => {
             return Err(GatewayError::invalid(
@@ -233,13 +290,7 @@ async fn admit(
         (Some(m), _) | (None, Some(m)) => m,
         (None, None) => return Err(GatewayError::invalid("model", "'model' is required")),
     };
-    let cacheable = !inspected.stream
-        && gateway
-            .services()
-            .models
-            .get_cached(&model)
-            .await
-            .is_ok_and(|m| m.cache.enabled);
+    let cacheable = !inspected.stream && catalog.as_ref().is_some_and(|m| m.cache.enabled);
     let ask = InferenceRequest {
         model: &model,
         prompt_tokens: inspected.prompt_tokens,
@@ -278,12 +329,14 @@ async fn admit(
             record_load(gateway.fair_share().counts());
             let stream = inspected.stream;
             let strip_usage = stream && !inspected.wants_usage;
+            let native = inspected.native;
             let body = rewrite(inspected, &model, admitted.max_output_tokens());
             Ok(Step::Forward {
                 admitted,
                 body,
                 stream,
                 strip_usage,
+                native,
             })
         }
     }

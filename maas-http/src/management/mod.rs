@@ -1098,6 +1098,8 @@ struct ModelOut<'a> {
     name: &'a str,
     /// Where requests for it are sent.
     url: &'a str,
+    /// The APIs its upstream speaks.
+    api: &'a [maas_core::model::ModelApi],
     /// Who owns it.
     owned_by: &'a str,
     /// When it was published.
@@ -1123,6 +1125,7 @@ fn model_json(m: &maas_core::Model) -> ModelOut<'_> {
         id,
         name,
         upstream_url,
+        api,
         owned_by,
         created,
         ready,
@@ -1137,6 +1140,7 @@ fn model_json(m: &maas_core::Model) -> ModelOut<'_> {
         id,
         name,
         url: upstream_url,
+        api,
         owned_by,
         created: *created,
         ready: *ready,
