@@ -236,6 +236,19 @@ def load_rows():
         rows.append((f"an artifact of {r['keys']:,} keys applied on a fresh data plane (sled)",
                      f"{r['first_apply_ms']:.0f} ms (checked, parsed, its keys into the data plane's in-memory table)",
                      "≤ 1 s (issue 20)", mark(r["first_apply_ms"] <= 1000), src))
+    ep = load_result("endpoints")
+    if ep:
+        r = ep["result"]
+        src = f"`scripts/load/endpoints.sh {r['seconds']}` at {ep['commit']}"
+        over = lambda name, base: r[name]["cpu_us"] - r[base]["cpu_us"]
+        chat = over("chat", "direct_chat")
+        for name, base, label in [("embeddings", "direct_embeddings", "embeddings"),
+                                  ("messages", "direct_chat", "Anthropic Messages (translated)")]:
+            o = over(name, base)
+            rows.append((f"gateway CPU per request, {label} vs chat ({r['connections']} connections)",
+                         f"{o} µs vs chat {chat} µs over the upstream request = {o / max(chat, 1):.2f}× "
+                         f"({r[name]['rps']:,} req/s; Responses {over('responses', 'direct_chat')} µs)",
+                         "≤ 1.2× chat's (issue 21)", mark(o <= 1.2 * chat), src))
     soak = load_result("soak")
     if soak:
         r = soak["result"]
@@ -355,6 +368,7 @@ def main():
         "ROUNDS=3 scripts/load/replicas.sh 10 # 3 replicas on one Redis vs one node on sled, CPU per request",
         "scripts/load/revocation.sh 50        # a key deleted at the control plane to refusal on 2 data planes",
         "scripts/load/artifact.sh 100000      # an artifact of 100k keys built, published and applied",
+        "scripts/load/endpoints.sh 5          # every gateway endpoint under the same load",
         "scripts/benchmarks.py            # regenerate this file from target/criterion and target/load",
         "```",
         "",
