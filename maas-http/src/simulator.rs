@@ -2,8 +2,9 @@
 //! with no GPU and fair share is visible.
 //!
 //! [`router`] answers `POST /v1/chat/completions`, `POST /v1/completions`,
-//! `POST /v1/embeddings`, Anthropic's `POST /v1/messages`, `GET /v1/models`
-//! and `GET /health`; [`serve`] runs it on a listener.
+//! `POST /v1/embeddings`, `POST /v1/responses`, Anthropic's `POST
+//! /v1/messages`, `GET /v1/models` and `GET /health`; [`serve`] runs it on
+//! a listener.
 //! Any model name is accepted. Answers are deterministic: the completion is
 //! a cycle of lorem-ipsum words, one word (and a space) per token, and the
 //! prompt's token count is an estimate from its size:
@@ -49,6 +50,8 @@
 //! its event stream (`message_start`, a `content_block_delta` per token,
 //! `message_delta` with the usage, `message_stop`); errors in Anthropic's
 //! shape. Options it does not model (`top_k`, `thinking`, …) are ignored.
+//! Responses likewise: the chat completion of its input, as a response
+//! object or the Responses event stream.
 
 use axum::serve::ListenerExt;
 use std::convert::Infallible;
@@ -178,6 +181,7 @@ pub fn router(config: SimulatorConfig) -> Result<Router, Error> {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .fallback(not_found)
@@ -832,6 +836,28 @@ async fn messages(State(sim): State<Arc<Sim>>, body: Result<Bytes, BytesRejectio
         return crate::gateway::messages::in_anthropic_shape(parts, body).await;
     }
     crate::gateway::messages::translate_answer::<crate::anthropic::StreamTranslator>(parts, body)
+        .await
+}
+
+async fn responses(State(sim): State<Arc<Sim>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body_object(body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let mut chat = match crate::responses::to_chat(&body) {
+        Ok(c) => c,
+        Err(e) => return OpenAiError::invalid(&e.field, e.message).into_response(),
+    };
+    if chat.get("stream") == Some(&Value::Bool(true)) {
+        chat.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    let chat = Bytes::from(serde_json::to_vec(&chat).unwrap_or_default());
+    let res = answer(sim, Kind::Chat, Ok(chat)).await;
+    if !res.status().is_success() {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    crate::gateway::messages::translate_answer::<crate::responses::StreamTranslator>(parts, body)
         .await
 }
 

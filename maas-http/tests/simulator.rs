@@ -759,3 +759,41 @@ async fn messages_are_answered_in_anthropics_shapes() {
         (&json!("error"), &json!("invalid_request_error"))
     );
 }
+
+/// The Responses API answered: a response object with its usage, or its
+/// event stream.
+#[tokio::test]
+async fn responses_are_answered() {
+    let app = instant();
+    let res = post(
+        &app,
+        "/v1/responses",
+        &json!({"model": "m", "input": "Hi", "max_output_tokens": 3}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let r = json_of(res).await;
+    assert_eq!(
+        (&r["object"], &r["usage"]["output_tokens"]),
+        (&json!("response"), &json!(3))
+    );
+    assert_eq!(r["output"][0]["content"][0]["text"], "lorem ipsum dolor ");
+    let res = post(
+        &app,
+        "/v1/responses",
+        &json!({"model": "m", "input": "Hi", "max_output_tokens": 2, "stream": true}),
+    )
+    .await;
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("event: response.created"), "{text}");
+    assert_eq!(text.matches("event: response.output_text.delta").count(), 2);
+    let res = post(
+        &app,
+        "/v1/responses",
+        &json!({"model": "m", "input": "Hi", "previous_response_id": "r"}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(res).await["error"]["param"], "previous_response_id");
+}
