@@ -15,30 +15,11 @@ OpenAI-compatible simulator), `count_tokens`, and the SDK's typed errors for
 retries are off so a 429 is seen, not retried.
 """
 import argparse
-import json
-import sys
-import urllib.request
 
 import anthropic
 from anthropic import Anthropic
 
-
-def check(cond, what):
-    if not cond:
-        print(f"FAILED: {what}", file=sys.stderr)
-        sys.exit(1)
-    print(f"ok: {what}")
-
-
-def maas_token(base_url, identity_token):
-    req = urllib.request.Request(
-        base_url.rstrip("/") + "/maas-api/v1/tokens",
-        data=json.dumps({"expiration": "15m"}).encode(),
-        headers={"Authorization": f"Bearer {identity_token}",
-                 "Content-Type": "application/json"},
-        method="POST")
-    with urllib.request.urlopen(req) as r:
-        return json.load(r)["token"]
+from sdk_common import check, maas_token
 
 
 def main():

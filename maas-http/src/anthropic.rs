@@ -216,6 +216,27 @@ fn assistant_turn(content: &Value, field: &str) -> Result<Value, Untranslatable>
     Ok(m)
 }
 
+/// A chat-completions body of `body`'s model, `messages`, and the fields
+/// of `body` named in `copied` (from, to) that are set.
+pub(crate) fn chat_body(
+    body: &Map<String, Value>,
+    messages: Vec<Value>,
+    copied: &[(&str, &str)],
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert(
+        "model".into(),
+        body.get("model").cloned().unwrap_or(Value::Null),
+    );
+    out.insert("messages".into(), Value::Array(messages));
+    for (from, to) in copied {
+        if let Some(v) = body.get(*from).filter(|v| !v.is_null()) {
+            out.insert((*to).into(), v.clone());
+        }
+    }
+    out
+}
+
 /// A Messages request as a chat-completions request (see the
 /// [module](self) documentation for what is translated).
 pub fn to_chat(body: &Map<String, Value>) -> Result<Map<String, Value>, Untranslatable> {
@@ -247,23 +268,17 @@ pub fn to_chat(body: &Map<String, Value>) -> Result<Map<String, Value>, Untransl
             }
         }
     }
-    let mut out = Map::new();
-    out.insert(
-        "model".into(),
-        body.get("model").cloned().unwrap_or(Value::Null),
+    let mut out = chat_body(
+        body,
+        messages,
+        &[
+            ("max_tokens", "max_tokens"),
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("stream", "stream"),
+            ("stop_sequences", "stop"),
+        ],
     );
-    out.insert("messages".into(), Value::Array(messages));
-    for (from, to) in [
-        ("max_tokens", "max_tokens"),
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("stream", "stream"),
-        ("stop_sequences", "stop"),
-    ] {
-        if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), v.clone());
-        }
-    }
     if let Some(Value::Array(tools)) = body.get("tools") {
         let mut fns = Vec::new();
         for (i, t) in tools.iter().enumerate() {

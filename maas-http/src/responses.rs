@@ -158,24 +158,18 @@ pub fn to_chat(body: &Map<String, Value>) -> Result<Map<String, Value>, Untransl
             ));
         }
     }
-    let mut out = Map::new();
-    out.insert(
-        "model".into(),
-        body.get("model").cloned().unwrap_or(Value::Null),
+    let mut out = crate::anthropic::chat_body(
+        body,
+        messages,
+        &[
+            ("max_output_tokens", "max_tokens"),
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("stream", "stream"),
+            ("user", "user"),
+            ("parallel_tool_calls", "parallel_tool_calls"),
+        ],
     );
-    out.insert("messages".into(), Value::Array(messages));
-    for (from, to) in [
-        ("max_output_tokens", "max_tokens"),
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("stream", "stream"),
-        ("user", "user"),
-        ("parallel_tool_calls", "parallel_tool_calls"),
-    ] {
-        if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), v.clone());
-        }
-    }
     if let Some(Value::Array(tools)) = body.get("tools") {
         let mut fns = Vec::new();
         for (i, t) in tools.iter().enumerate() {

@@ -210,16 +210,15 @@ fn python_package(name: &str, dir: &str) -> PathBuf {
     target
 }
 
-/// The official OpenAI Python SDK against the example server.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openai_python_sdk_works_unchanged() {
-    let pythonpath = openai_package();
+/// Runs an SDK check script (`scripts/{script}`) against the example
+/// server with `pythonpath`, and asserts it ends saying `done`.
+async fn run_sdk_check(script: &str, pythonpath: PathBuf, done: &str) {
     let clock = ManualClock::new(Timestamp::from_millis(1_795_000_000_000));
     let server = start(&clock).await;
     let base = server.public_url.clone();
     let out = tokio::process::Command::new("python3")
         .env("PYTHONPATH", pythonpath)
-        .arg(repo().join("scripts/openai_sdk.py"))
+        .arg(repo().join("scripts").join(script))
         .args(["--base-url", &base])
         .args(["--free-token", "dev-free-token"])
         .args(["--premium-token", "dev-premium-token"])
@@ -229,36 +228,29 @@ async fn the_openai_python_sdk_works_unchanged() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("the OpenAI SDK works unchanged"),
-        "{stdout}"
-    );
+    assert!(stdout.contains(done), "{stdout}");
     server.shutdown().await.unwrap();
+}
+
+/// The official OpenAI Python SDK against the example server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdk_works_unchanged() {
+    run_sdk_check(
+        "openai_sdk.py",
+        openai_package(),
+        "the OpenAI SDK works unchanged",
+    )
+    .await;
 }
 
 /// The official Anthropic Python SDK against the example server (Messages
 /// translated for its OpenAI-compatible simulator).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_anthropic_python_sdk_works_unchanged() {
-    let pythonpath = python_package("anthropic", "pydeps-anthropic");
-    let clock = ManualClock::new(Timestamp::from_millis(1_795_000_000_000));
-    let server = start(&clock).await;
-    let base = server.public_url.clone();
-    let out = tokio::process::Command::new("python3")
-        .env("PYTHONPATH", pythonpath)
-        .arg(repo().join("scripts/anthropic_sdk.py"))
-        .args(["--base-url", &base])
-        .args(["--free-token", "dev-free-token"])
-        .args(["--premium-token", "dev-premium-token"])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("the Anthropic SDK works unchanged"),
-        "{stdout}"
-    );
-    server.shutdown().await.unwrap();
+    run_sdk_check(
+        "anthropic_sdk.py",
+        python_package("anthropic", "pydeps-anthropic"),
+        "the Anthropic SDK works unchanged",
+    )
+    .await;
 }

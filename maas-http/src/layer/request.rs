@@ -130,6 +130,30 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Map<String, Value>, GatewayError> {
         .map_err(|e| GatewayError::invalid("body", format!("the body is not valid JSON: {e}")))
 }
 
+/// The body's `model`, if it names one.
+fn model_of(body: &Map<String, Value>) -> Result<Option<String>, GatewayError> {
+    match body.get("model") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(m)) if !m.is_empty() => Ok(Some(m.clone())),
+        Some(_) => Err(GatewayError::invalid(
+            "model",
+            "'model' must be a non-empty string",
+        )),
+    }
+}
+
+/// The body's `stream` (absent: false).
+fn stream_of(body: &Map<String, Value>) -> Result<bool, GatewayError> {
+    match body.get("stream") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(GatewayError::invalid(
+            "stream",
+            "'stream' must be a boolean",
+        )),
+    }
+}
+
 /// The text bytes and turns of an Anthropic Messages body (its `system`,
 /// text blocks and tool results), for the prompt estimate.
 fn anthropic_text(body: &Map<String, Value>) -> (usize, usize) {
@@ -161,16 +185,7 @@ fn anthropic_text(body: &Map<String, Value>) -> (usize, usize) {
 /// Reads a Messages request for an upstream that speaks Anthropic's API:
 /// checked for what admission needs, kept as it is.
 pub(crate) fn inspect_native(body: Map<String, Value>) -> Result<Inspected, GatewayError> {
-    let model = match body.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
-        Some(_) => {
-            return Err(GatewayError::invalid(
-                "model",
-                "'model' must be a non-empty string",
-            ));
-        }
-    };
+    let model = model_of(&body)?;
     let max_tokens = match body.get("max_tokens") {
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 => n,
@@ -188,16 +203,7 @@ pub(crate) fn inspect_native(body: Map<String, Value>) -> Result<Inspected, Gate
             ));
         }
     };
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(GatewayError::invalid(
-                "stream",
-                "'stream' must be a boolean",
-            ));
-        }
-    };
+    let stream = stream_of(&body)?;
     let (bytes, turns) = anthropic_text(&body);
     Ok(Inspected {
         endpoint: Endpoint::Messages,
@@ -218,16 +224,7 @@ pub(crate) fn inspect_object(
     body: Map<String, Value>,
     endpoint: Endpoint,
 ) -> Result<Inspected, GatewayError> {
-    let model = match body.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),
-        Some(_) => {
-            return Err(GatewayError::invalid(
-                "model",
-                "'model' must be a non-empty string",
-            ));
-        }
-    };
+    let model = model_of(&body)?;
     if endpoint == Endpoint::Messages {
         // Anthropic requires max_tokens; the rest is read as the chat
         // completion it translates to. The usage chunk is kept: the
@@ -296,16 +293,7 @@ pub(crate) fn inspect_object(
             prompt_tokens,
         });
     }
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(GatewayError::invalid(
-                "stream",
-                "'stream' must be a boolean",
-            ));
-        }
-    };
+    let stream = stream_of(&body)?;
     let mut max_tokens = None;
     for field in ["max_tokens", "max_completion_tokens"] {
         match body.get(field) {
