@@ -1258,6 +1258,37 @@ async fn messages_go_natively_to_an_anthropic_upstream() {
     assert!(text.starts_with("event: message_start"), "{text}");
     assert!(text.contains(r#""output_tokens":5"#), "{text}");
 
+    // A response cache keeps the native answer as it came: a repeat is
+    // served from it in Anthropic's shape (not translated again).
+    r.models
+        .set_cache(
+            &Actor::new("admin"),
+            "claude-sim",
+            CacheSettings {
+                enabled: true,
+                ..CacheSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    r.clock.advance(Duration::from_secs(60));
+    let plain = message("claude-sim", 3);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let res = r
+            .post_anthropic("/v1/messages", Some("premium-token"), &plain)
+            .await;
+        let cache = res.headers()["x-maas-cache"].to_str().unwrap().to_owned();
+        let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        answers.push((cache, v));
+    }
+    assert_eq!(
+        (answers[0].0.as_str(), answers[1].0.as_str()),
+        ("miss", "hit")
+    );
+    assert_eq!(answers[1].1, answers[0].1);
+    assert_eq!(answers[1].1["type"], "message");
+
     let (status, e) = r
         .fails(
             "/v1/chat/completions",
@@ -1291,10 +1322,10 @@ async fn messages_go_natively_to_an_anthropic_upstream() {
         .unwrap()
         .usage
         .clone();
-    assert_eq!((u.requests, u.errors, u.estimated), (2, 0, 0), "{u:?}");
-    assert_eq!(u.output_tokens, 10);
     assert_eq!(
-        u.input_tokens,
-        2 * m["usage"]["input_tokens"].as_u64().unwrap()
+        (u.requests, u.errors, u.estimated, u.cache_hits),
+        (4, 0, 0, 1),
+        "{u:?}"
     );
+    assert_eq!(u.output_tokens, 5 + 5 + 3);
 }

@@ -223,6 +223,9 @@ impl Metered {
                         .sum();
                     self.counted = maas_core::admission::estimate_prompt_tokens(bytes);
                 }
+                if admitted.cacheable() {
+                    admitted.cache_answer(Arc::from(&kept[..]));
+                }
             }
         } else if let Mode::Json { kept, overflow } = &mut self.mode
             && ok

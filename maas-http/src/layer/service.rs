@@ -321,6 +321,10 @@ async fn admit(
             insert_rate_headers(res.headers_mut(), &hit.headers, gateway.now());
             res.headers_mut()
                 .insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+            if inspected.native {
+                // Cached as the upstream answered: in Anthropic's shape.
+                res.extensions_mut().insert(NativeAnswer);
+            }
             Ok(Step::Answered(res))
         }
         Admission::Admitted(admitted) => {
