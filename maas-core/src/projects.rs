@@ -371,23 +371,13 @@ impl Projects {
     /// Returns the key's id; refuses with `Unauthenticated` otherwise
     /// (without saying which part failed).
     pub async fn authorize_data_plane(&self, id: &KeyspaceId, secret: &str) -> Result<KeyId> {
-        let refused = || Error::Unauthenticated {
-            reason: "not a live data-plane:connect key of this project".into(),
-        };
-        let v = self
-            .keys
-            .verify(
-                secret,
-                &crate::key::VerifyOptions {
-                    keyspace_id: Some(id),
-                    permissions: None,
-                },
-            )
-            .await?;
-        if !v.valid() || !v.permissions().iter().any(|p| p == DEFAULT_SCOPE) {
-            return Err(refused());
-        }
-        v.key_id().cloned().ok_or_else(refused)
+        let (_, key) = self
+            .data_plane_key(Some(id), secret)
+            .await?
+            .ok_or_else(|| Error::Unauthenticated {
+                reason: "not a live data-plane:connect key of this project".into(),
+            })?;
+        Ok(key)
     }
 
     /// Checks a data plane's key without knowing its project: a live key
@@ -397,25 +387,36 @@ impl Projects {
         let refused = || Error::Unauthenticated {
             reason: "not a live data-plane:connect project key".into(),
         };
+        let (project, key) = self
+            .data_plane_key(None, secret)
+            .await?
+            .ok_or_else(refused)?;
+        // A key of a project, not of another keyspace.
+        self.record(&project).await.map_err(|_| refused())?;
+        Ok((project, key))
+    }
+
+    /// The keyspace and id of `secret` if it is a live key with the scope
+    /// [`DEFAULT_SCOPE`] (of `keyspace`, when given); `None` otherwise.
+    async fn data_plane_key(
+        &self,
+        keyspace: Option<&KeyspaceId>,
+        secret: &str,
+    ) -> Result<Option<(KeyspaceId, KeyId)>> {
         let v = self
             .keys
             .verify(
                 secret,
                 &crate::key::VerifyOptions {
-                    keyspace_id: None,
+                    keyspace_id: keyspace,
                     permissions: None,
                 },
             )
             .await?;
         if !v.valid() || !v.permissions().iter().any(|p| p == DEFAULT_SCOPE) {
-            return Err(refused());
+            return Ok(None);
         }
-        let (Some(project), Some(key)) = (v.keyspace_id().cloned(), v.key_id().cloned()) else {
-            return Err(refused());
-        };
-        // A key of a project, not of another keyspace.
-        self.record(&project).await.map_err(|_| refused())?;
-        Ok((project, key))
+        Ok(v.keyspace_id().cloned().zip(v.key_id().cloned()))
     }
 
     fn records(&self) -> &dyn crate::storage::RecordStore {

@@ -116,6 +116,16 @@ async fn health(s: &RunningServer) -> Value {
     serde_json::from_str(&res.text().await.unwrap()).unwrap()
 }
 
+/// The `field` of `group`'s usage in a `/api/v1/usage` answer (0 if absent).
+fn usage_of(rows: &Value, group: &str, field: &str) -> u64 {
+    rows.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["group"] == group)
+        .map(|r| r["usage"][field].as_u64().unwrap_or(0))
+        .sum()
+}
+
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -363,14 +373,7 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         now - 3_600_000,
         now + 3_600_000
     );
-    let acme_requests = |rows: &Value| {
-        rows.as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| r["group"] == "acme")
-            .map(|r| r["usage"]["requests"].as_u64().unwrap_or(0))
-            .sum::<u64>()
-    };
+    let acme_requests = |rows: &Value| usage_of(rows, "acme", "requests");
     let (rows, took) = eventually(
         || admin(&cp, reqwest::Method::GET, &usage_path, Value::Null),
         |rows| acme_requests(rows) >= 2,
@@ -543,14 +546,7 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
             .any(|d| d["id"] == dp_id.as_str() && d["status"] == "online"),
         "listed online again by the restarted control plane: {listed}"
     );
-    let free_user = |rows: &Value| {
-        rows.as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| r["group"] == "free-user")
-            .map(|r| r["usage"]["errors"].as_u64().unwrap_or(0))
-            .sum::<u64>()
-    };
+    let free_user = |rows: &Value| usage_of(rows, "free-user", "errors");
     let (rows, _) = eventually(
         || admin(&cp, reqwest::Method::GET, &usage_path, Value::Null),
         |rows| free_user(rows) >= 1,
