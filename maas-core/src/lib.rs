@@ -41,6 +41,7 @@ pub mod tenant;
 pub mod testkit;
 pub mod tier;
 pub mod token;
+pub mod upstream;
 pub mod usage;
 pub mod userkeys;
 mod validate;
@@ -73,7 +74,7 @@ pub use key::{
 pub use keyspace::{Keyspace, KeyspaceUpdate, NewKeyspace};
 pub use model::{
     CacheSettings, Model, ModelEntry, ModelIndex, ModelList, ModelService, ModelServiceConfig,
-    ModelUpdate, NewModel, Pricing,
+    ModelUpdate, NewModel, Pricing, Upstream,
 };
 pub use patch::Patch;
 pub use ratelimit::{
@@ -89,6 +90,7 @@ pub use tier::{
 pub use token::{
     MintedToken, SigningAlgorithm, TokenConfig, TokenRejection, TokenService, VerifiedToken,
 };
+pub use upstream::{BalancerConfig, Outcome, Pick, Pool, PoolSnapshot, Upstreams};
 pub use usage::{
     Granularity, RequestOutcome, TimeRange, UsageConfig, UsageLedger, UsageRecord,
     VerificationRecord,

@@ -286,6 +286,106 @@ fn maybe_one_or_more<'de, D: serde::Deserializer<'de>>(
     one_or_more(d).map(Some)
 }
 
+/// The most upstreams one model may have.
+pub const MAX_UPSTREAMS: usize = 64;
+/// The most fallbacks one model may name.
+pub const MAX_FALLBACKS: usize = 8;
+/// The largest upstream weight.
+pub const MAX_UPSTREAM_WEIGHT: u32 = 1_000;
+/// The largest `max_in_flight` of a model or an upstream.
+pub const MAX_MODEL_IN_FLIGHT: u32 = 1_000_000;
+
+/// One server of a model's pool of upstreams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Upstream {
+    /// Where requests are sent (http or https), as `upstream_url`.
+    pub url: String,
+    /// Its share of the requests relative to its siblings (1..=1,000;
+    /// default 1).
+    #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
+    pub weight: u32,
+    /// The most requests it serves at once, if it has a limit. When every
+    /// upstream of a model has one, their sum is the model's fair-share
+    /// capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub max_in_flight: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Upstream {
+    /// The upstream at `url`, weight 1, no limit of its own.
+    pub fn new(url: impl Into<String>) -> Self {
+        Upstream {
+            url: url.into(),
+            weight: 1,
+            max_in_flight: None,
+        }
+    }
+}
+
+fn check_in_flight(field: &'static str, n: Option<u32>) -> Result<()> {
+    match n {
+        Some(0) => Err(Error::invalid(field, "must be at least 1")),
+        Some(n) if n > MAX_MODEL_IN_FLIGHT => Err(Error::invalid(field, "must be at most 1000000")),
+        _ => Ok(()),
+    }
+}
+
+/// Checks and normalizes a model's pool: `upstreams` wins when given
+/// (`upstream_url` must then be absent or its first URL); otherwise
+/// `upstream_url` is a pool of one. Afterwards `upstream_url` is the first
+/// upstream's URL.
+fn normalize_pool(upstream_url: &mut String, upstreams: &mut Vec<Upstream>) -> Result<()> {
+    if upstreams.is_empty() {
+        if upstream_url.is_empty() {
+            return Err(Error::invalid(
+                "upstreams",
+                "a model needs 'url' (or 'upstream_url') or 'upstreams'",
+            ));
+        }
+        check_url("upstream_url", upstream_url)?;
+        upstreams.push(Upstream::new(upstream_url.clone()));
+        return Ok(());
+    }
+    if upstreams.len() > MAX_UPSTREAMS {
+        return Err(Error::invalid(
+            "upstreams",
+            "must list at most 64 upstreams",
+        ));
+    }
+    for (i, u) in upstreams.iter().enumerate() {
+        check_url("upstreams.url", &u.url)?;
+        if u.weight == 0 || u.weight > MAX_UPSTREAM_WEIGHT {
+            return Err(Error::invalid(
+                "upstreams.weight",
+                "must be between 1 and 1000",
+            ));
+        }
+        check_in_flight("upstreams.max_in_flight", u.max_in_flight)?;
+        if upstreams[..i].iter().any(|o| o.url == u.url) {
+            return Err(Error::invalid(
+                "upstreams.url",
+                format!("'{}' is listed twice", u.url),
+            ));
+        }
+    }
+    let first = &upstreams[0].url;
+    if !upstream_url.is_empty() && upstream_url != first {
+        return Err(Error::invalid(
+            "upstream_url",
+            "give either 'url' or 'upstreams', or a 'url' equal to the first upstream's",
+        ));
+    }
+    upstream_url.clone_from(first);
+    Ok(())
+}
+
 /// A model of the catalog.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
@@ -293,8 +393,21 @@ pub struct Model {
     pub id: String,
     /// Display name.
     pub name: String,
-    /// Where requests for it are sent (http or https).
+    /// Where requests for it are sent (http or https): the first of
+    /// [`Self::upstreams`].
     pub upstream_url: String,
+    /// The servers requests are balanced over (at least one; a model stored
+    /// before pools existed reads as a pool of its `upstream_url`).
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+    /// Its fair-share capacity, if set here (else the sum of its upstreams'
+    /// `max_in_flight` when all have one, else the global capacity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Models to serve the request instead when this one cannot (every
+    /// upstream failing, its queue full or timed out), first usable first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
     /// The APIs its upstream speaks (at least one; default OpenAI's).
     #[serde(default = "openai_only", deserialize_with = "one_or_more")]
     pub api: Vec<ModelApi>,
@@ -331,6 +444,32 @@ impl Model {
         self.api.contains(&api)
     }
 
+    /// Its upstreams: [`Self::upstreams`], or for a record stored before
+    /// pools existed, its `upstream_url` alone.
+    pub fn pool(&self) -> std::borrow::Cow<'_, [Upstream]> {
+        if self.upstreams.is_empty() {
+            std::borrow::Cow::Owned(vec![Upstream::new(self.upstream_url.clone())])
+        } else {
+            std::borrow::Cow::Borrowed(&self.upstreams)
+        }
+    }
+
+    /// Its fair-share capacity: `max_in_flight` if set, else the sum of its
+    /// upstreams' `max_in_flight` when every one has one, else `None` (the
+    /// global capacity, as this model's own).
+    pub fn capacity(&self) -> Option<usize> {
+        if let Some(m) = self.max_in_flight {
+            return usize::try_from(m).ok();
+        }
+        if self.upstreams.is_empty() {
+            return None;
+        }
+        self.upstreams
+            .iter()
+            .map(|u| u.max_in_flight.and_then(|m| usize::try_from(m).ok()))
+            .sum()
+    }
+
     fn validate(&mut self) -> Result<()> {
         check_model_id("id", &self.id)?;
         if self.api.is_empty() {
@@ -343,7 +482,23 @@ impl Model {
             first
         });
         validate::label("name", &self.name, MAX_TEXT)?;
-        check_url("upstream_url", &self.upstream_url)?;
+        normalize_pool(&mut self.upstream_url, &mut self.upstreams)?;
+        check_in_flight("max_in_flight", self.max_in_flight)?;
+        if self.fallbacks.len() > MAX_FALLBACKS {
+            return Err(Error::invalid("fallbacks", "must name at most 8 models"));
+        }
+        for (i, f) in self.fallbacks.iter().enumerate() {
+            check_model_id("fallbacks", f)?;
+            if *f == self.id {
+                return Err(Error::invalid(
+                    "fallbacks",
+                    "must not name the model itself",
+                ));
+            }
+            if self.fallbacks[..i].contains(f) {
+                return Err(Error::invalid("fallbacks", format!("'{f}' is named twice")));
+            }
+        }
         validate::label("owned_by", &self.owned_by, MAX_TEXT)?;
         self.tiers = validate::labels(
             "tiers",
@@ -367,10 +522,20 @@ pub struct NewModel {
     /// Display name; default the id.
     #[serde(default)]
     pub name: Option<String>,
-    /// Upstream URL (http or https); `url` in the management API.
-    #[serde(alias = "url")]
+    /// Upstream URL (http or https); `url` in the management API. Required
+    /// unless `upstreams` is given (then, if given, its first URL).
+    #[serde(default, alias = "url")]
     #[cfg_attr(feature = "openapi", schema(rename = "url"))]
     pub upstream_url: String,
+    /// The servers to balance requests over (default: `url` alone).
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+    /// Its fair-share capacity (see [`Model::capacity`]).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Models to fall back to, in order (see [`Model::fallbacks`]).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
     /// The APIs its upstream speaks: `"openai"`, `"anthropic"` or a list of
     /// both; default `openai`.
     #[serde(default = "openai_only", deserialize_with = "one_or_more")]
@@ -408,6 +573,9 @@ impl NewModel {
             id: id.into(),
             name: None,
             upstream_url: upstream_url.into(),
+            upstreams: Vec::new(),
+            max_in_flight: None,
+            fallbacks: Vec::new(),
             api: openai_only(),
             owned_by: None,
             created: None,
@@ -427,10 +595,21 @@ pub struct ModelUpdate {
     /// New display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// New upstream URL.
+    /// New upstream URL: the model becomes a pool of this one upstream
+    /// (unless `upstreams` is given too).
     #[serde(default, alias = "url", skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(rename = "url"))]
     pub upstream_url: Option<String>,
+    /// New upstreams (replaced as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Vec<Upstream>>,
+    /// New fair-share capacity, or `null` for none of its own.
+    #[serde(default, skip_serializing_if = "Patch::is_keep")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>))]
+    pub max_in_flight: Patch<u32>,
+    /// New fallbacks (replaced as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallbacks: Option<Vec<String>>,
     /// The APIs its upstream speaks (one or a list; replaced as a whole).
     #[serde(
         default,
@@ -650,6 +829,9 @@ impl ModelService {
             name: new.name.unwrap_or_else(|| new.id.clone()),
             id: new.id,
             upstream_url: new.upstream_url,
+            upstreams: new.upstreams,
+            max_in_flight: new.max_in_flight,
+            fallbacks: new.fallbacks,
             api: new.api,
             owned_by: new.owned_by.unwrap_or_else(|| DEFAULT_OWNER.to_owned()),
             created: new.created.unwrap_or(now),
@@ -737,8 +919,20 @@ impl ModelService {
             if let Some(n) = &update.name {
                 m.name = n.clone();
             }
-            if let Some(u) = &update.upstream_url {
-                m.upstream_url = u.clone();
+            match (&update.upstream_url, &update.upstreams) {
+                (_, Some(list)) => {
+                    m.upstreams = list.clone();
+                    m.upstream_url = update.upstream_url.clone().unwrap_or_default();
+                }
+                (Some(u), None) => {
+                    m.upstream_url = u.clone();
+                    m.upstreams.clear();
+                }
+                (None, None) => {}
+            }
+            update.max_in_flight.clone().apply_to(&mut m.max_in_flight);
+            if let Some(f) = &update.fallbacks {
+                m.fallbacks = f.clone();
             }
             if let Some(a) = &update.api {
                 m.api = a.clone();
@@ -788,11 +982,14 @@ impl catalog::Entry for Model {
 mod tests {
     use super::*;
 
-    fn model(id: &str, tiers: &[&str]) -> Model {
+    pub(super) fn model(id: &str, tiers: &[&str]) -> Model {
         Model {
             id: id.into(),
             name: id.into(),
             upstream_url: "http://up".into(),
+            upstreams: Vec::new(),
+            max_in_flight: None,
+            fallbacks: Vec::new(),
             api: openai_only(),
             owned_by: "o".into(),
             created: Timestamp::from_millis(1_672_531_200_999),
@@ -977,6 +1174,76 @@ mod api_tests {
                 serde_json::json!({"id": "m", "url": "http://u", "api": "grpc"})
             )
             .is_err()
+        );
+    }
+
+    use super::tests::model;
+
+    #[test]
+    fn a_pool_is_normalized_and_checked() {
+        let mut m = model("m", &[]);
+        m.validate().unwrap();
+        assert_eq!(m.upstreams, vec![Upstream::new("http://up")]);
+        assert_eq!(m.capacity(), None);
+
+        let mut m = model("m", &[]);
+        m.upstream_url = String::new();
+        m.upstreams = vec![
+            Upstream {
+                url: "http://a".into(),
+                weight: 2,
+                max_in_flight: Some(3),
+            },
+            Upstream {
+                url: "http://b".into(),
+                weight: 1,
+                max_in_flight: Some(5),
+            },
+        ];
+        m.validate().unwrap();
+        assert_eq!(m.upstream_url, "http://a", "the first upstream");
+        assert_eq!(m.capacity(), Some(8), "the sum of the limits");
+        m.max_in_flight = Some(4);
+        assert_eq!(m.capacity(), Some(4), "the model's own wins");
+        m.max_in_flight = None;
+        m.upstreams[1].max_in_flight = None;
+        assert_eq!(m.capacity(), None, "one without a limit: global");
+
+        let bad = |change: &dyn Fn(&mut Model), field: &str| {
+            let mut m = model("m", &[]);
+            m.upstreams = vec![Upstream::new("http://up"), Upstream::new("http://b")];
+            change(&mut m);
+            match m.validate() {
+                Err(Error::InvalidInput { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        };
+        bad(&|m| m.upstreams[1].url = "ftp://x".into(), "upstreams.url");
+        bad(
+            &|m| m.upstreams[1].url = "http://up".into(),
+            "upstreams.url",
+        );
+        bad(&|m| m.upstreams[1].weight = 0, "upstreams.weight");
+        bad(&|m| m.upstreams[1].weight = 1001, "upstreams.weight");
+        bad(
+            &|m| m.upstreams[1].max_in_flight = Some(0),
+            "upstreams.max_in_flight",
+        );
+        bad(&|m| m.upstream_url = "http://other".into(), "upstream_url");
+        bad(
+            &|m| {
+                m.upstreams.clear();
+                m.upstream_url.clear();
+            },
+            "upstreams",
+        );
+        bad(&|m| m.max_in_flight = Some(0), "max_in_flight");
+        bad(&|m| m.fallbacks = vec!["m".into()], "fallbacks");
+        bad(&|m| m.fallbacks = vec!["a".into(), "a".into()], "fallbacks");
+        bad(&|m| m.fallbacks = vec!["a/b".into()], "fallbacks");
+        bad(
+            &|m| m.upstreams = vec![Upstream::new("http://up"); 65],
+            "upstreams",
         );
     }
 }

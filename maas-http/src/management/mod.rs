@@ -1096,8 +1096,19 @@ struct ModelOut<'a> {
     id: &'a str,
     /// Display name.
     name: &'a str,
-    /// Where requests for it are sent.
+    /// Where requests for it are sent: the first of `upstreams`.
     url: &'a str,
+    /// The servers requests are balanced over.
+    #[schema(value_type = Vec<maas_core::model::Upstream>)]
+    upstreams: std::borrow::Cow<'a, [maas_core::model::Upstream]>,
+    /// Its own fair-share capacity, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_in_flight: Option<u32>,
+    /// The models served instead when it cannot serve (in order).
+    fallbacks: &'a [String],
+    /// Its fair-share capacity in force: `max_in_flight`, else the sum of
+    /// its upstreams' limits, else the global capacity (`null`).
+    capacity: Option<usize>,
     /// The APIs its upstream speaks.
     api: &'a [maas_core::model::ModelApi],
     /// Who owns it.
@@ -1125,6 +1136,9 @@ fn model_json(m: &maas_core::Model) -> ModelOut<'_> {
         id,
         name,
         upstream_url,
+        upstreams: _,
+        max_in_flight,
+        fallbacks,
         api,
         owned_by,
         created,
@@ -1140,6 +1154,10 @@ fn model_json(m: &maas_core::Model) -> ModelOut<'_> {
         id,
         name,
         url: upstream_url,
+        upstreams: m.pool(),
+        max_in_flight: *max_in_flight,
+        fallbacks,
+        capacity: m.capacity(),
         api,
         owned_by,
         created: *created,
