@@ -60,6 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompt_tokens: estimate_prompt_tokens(body.to_string().len()),
         max_tokens: Some(8),
         cache_key: None,
+        api: maas::core::model::ModelApi::Openai,
     };
     let mut admitted = match gateway.admit(&caller, &request).await? {
         Ok(Admission::Admitted(a)) => a,
@@ -75,10 +76,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("queue: {rejected}");
             return Ok(());
         }
+        Err(Refused::NoUpstream { model, retry_after }) => {
+            println!("503: every upstream of {model} is failing; retry in {retry_after:?}");
+            return Ok(());
+        }
     };
     // Forward, capping the output at what was reserved.
     let mut forwarded = body.clone();
     forwarded["max_tokens"] = json!(admitted.max_output_tokens());
+    // (The model's first upstream; maas-http's gateway balances over all of
+    // them with `gateway.upstreams().pool(model).pick()`.)
     let url = format!("{}/v1/chat/completions", admitted.model().upstream_url);
     let answer: Value = reqwest::Client::new()
         .post(url)

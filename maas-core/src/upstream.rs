@@ -125,6 +125,11 @@ impl Upstreams {
         }
     }
 
+    /// A reference that does not keep the pools alive.
+    pub fn downgrade(&self) -> WeakUpstreams {
+        WeakUpstreams(Arc::downgrade(&self.inner))
+    }
+
     /// The settings.
     pub fn config(&self) -> &BalancerConfig {
         &self.inner.config
@@ -190,6 +195,22 @@ impl Upstreams {
         let mut out: Vec<PoolSnapshot> = pools.iter().map(|p| p.snapshot()).collect();
         out.sort_by(|a, b| a.model.cmp(&b.model));
         out
+    }
+}
+
+/// [`Upstreams`] without keeping it alive ([`Upstreams::downgrade`]).
+#[derive(Debug, Clone)]
+pub struct WeakUpstreams(std::sync::Weak<UpstreamsInner>);
+
+impl WeakUpstreams {
+    /// The pools, while something else holds them.
+    pub fn upgrade(&self) -> Option<Upstreams> {
+        self.0.upgrade().map(|inner| Upstreams { inner })
+    }
+
+    /// Whether both refer to the same pools.
+    pub fn same(&self, other: &WeakUpstreams) -> bool {
+        std::sync::Weak::ptr_eq(&self.0, &other.0)
     }
 }
 

@@ -12,9 +12,19 @@
 //! | `maas_in_flight` | gauge | |
 //! | `maas_queued` | gauge | |
 //! | `maas_tokens_total` | counter | `model`, `direction` (`in`, `out`) |
-//! | `maas_upstream_latency_seconds` | histogram | `model` |
+//! | `maas_upstream_latency_seconds` | histogram | `model`, `upstream` |
+//! | `maas_upstream_retries_total` | counter | `model` |
+//! | `maas_upstream_requests_total` | counter | `model`, `upstream` |
+//! | `maas_upstream_errors_total` | counter | `model`, `upstream` |
+//! | `maas_upstream_ejections_total` | counter | `model`, `upstream` |
+//! | `maas_upstream_in_flight` | gauge | `model`, `upstream` |
+//! | `maas_upstream_healthy` | gauge (1 healthy, 0 ejected or half-open) | `model`, `upstream` |
+//!
+//! The per-upstream series but latency and retries are read from the
+//! gateway's pools ([`observe_upstreams`]) when `/metrics` is rendered (or
+//! by [`publish_upstreams`]), so the request path pays nothing for them.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use axum::Router;
 use axum::http::header::CONTENT_TYPE;
@@ -37,6 +47,18 @@ pub const QUEUED: &str = "maas_queued";
 pub const TOKENS: &str = "maas_tokens_total";
 /// Time from forwarding a request upstream to its response head, in seconds.
 pub const UPSTREAM_LATENCY: &str = "maas_upstream_latency_seconds";
+/// Requests sent a second time, to another upstream, after the first failed.
+pub const UPSTREAM_RETRIES: &str = "maas_upstream_retries_total";
+/// Attempts sent to an upstream.
+pub const UPSTREAM_REQUESTS: &str = "maas_upstream_requests_total";
+/// Attempts on an upstream that failed (unreachable, 5xx, timeout).
+pub const UPSTREAM_ERRORS: &str = "maas_upstream_errors_total";
+/// Times an upstream was ejected after failing.
+pub const UPSTREAM_EJECTIONS: &str = "maas_upstream_ejections_total";
+/// Requests on an upstream now.
+pub const UPSTREAM_IN_FLIGHT: &str = "maas_upstream_in_flight";
+/// 1 while an upstream is healthy, 0 while ejected or half-open.
+pub const UPSTREAM_HEALTHY: &str = "maas_upstream_healthy";
 /// Gauge: on a data plane, 1 while registered with its control plane.
 pub const DATA_PLANE_CONNECTED: &str = "maas_data_plane_connected";
 /// Gauge: on a data plane, the sequence of the artifact in force.
@@ -70,6 +92,18 @@ fn describe() {
         Unit::Seconds,
         "Time to the upstream's response head"
     );
+    describe_counter!(
+        UPSTREAM_RETRIES,
+        "Requests retried on another upstream after the first failed"
+    );
+    describe_counter!(UPSTREAM_REQUESTS, "Attempts sent to an upstream");
+    describe_counter!(UPSTREAM_ERRORS, "Attempts on an upstream that failed");
+    describe_counter!(UPSTREAM_EJECTIONS, "Times an upstream was ejected");
+    describe_gauge!(UPSTREAM_IN_FLIGHT, "Requests on an upstream now");
+    describe_gauge!(
+        UPSTREAM_HEALTHY,
+        "1 while an upstream is healthy, 0 while ejected or half-open"
+    );
     describe_gauge!(
         DATA_PLANE_CONNECTED,
         "On a data plane: 1 while registered with its control plane"
@@ -95,6 +129,42 @@ pub fn observe_verifications(keys: &maas_core::KeyService) -> maas_core::Result<
     keys.observe_verifications(std::sync::Arc::new(|code: maas_core::VerifyCode| {
         metrics::counter!(VERIFICATIONS, "code" => code.as_str()).increment(1);
     }))
+}
+
+/// Pools published at each render of `/metrics`.
+static OBSERVED: Mutex<Vec<maas_core::upstream::WeakUpstreams>> = Mutex::new(Vec::new());
+
+/// Publishes the per-upstream series of `upstreams` whenever `/metrics` is
+/// rendered (the gateway router calls it for its gateway).
+pub fn observe_upstreams(upstreams: &maas_core::Upstreams) {
+    let weak = upstreams.downgrade();
+    let mut observed = OBSERVED.lock().unwrap_or_else(PoisonError::into_inner);
+    observed.retain(|u| u.upgrade().is_some());
+    if !observed.iter().any(|u| u.same(&weak)) {
+        observed.push(weak);
+    }
+}
+
+/// Sets the per-upstream series (requests, errors, ejections, in flight,
+/// healthy) from `upstreams` now, in whatever recorder is installed (call
+/// it before an embedder's own recorder exports).
+pub fn publish_upstreams(upstreams: &maas_core::Upstreams) {
+    use maas_core::upstream::HealthState;
+    for pool in upstreams.snapshot() {
+        for u in pool.upstreams {
+            let labels = [("model", pool.model.clone()), ("upstream", u.url)];
+            metrics::counter!(UPSTREAM_REQUESTS, &labels).absolute(u.requests);
+            metrics::counter!(UPSTREAM_ERRORS, &labels).absolute(u.errors);
+            metrics::counter!(UPSTREAM_EJECTIONS, &labels).absolute(u.ejections);
+            metrics::gauge!(UPSTREAM_IN_FLIGHT, &labels).set(f64::from(u.in_flight));
+            let healthy = if u.state == HealthState::Healthy {
+                1.0
+            } else {
+                0.0
+            };
+            metrics::gauge!(UPSTREAM_HEALTHY, &labels).set(healthy);
+        }
+    }
 }
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -123,6 +193,13 @@ pub fn router() -> Router {
 }
 
 async fn render() -> Response {
+    let observed: Vec<maas_core::Upstreams> = OBSERVED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter_map(maas_core::upstream::WeakUpstreams::upgrade)
+        .collect();
+    observed.iter().for_each(publish_upstreams);
     match prometheus() {
         Some(h) => (
             [(

@@ -48,11 +48,12 @@ use crate::error::{Error, Result};
 use crate::fairshare::{FairShare, Permit, Rejected, Request};
 use crate::id::KeyId;
 use crate::identity::{Authenticator, Identity};
-use crate::model::{Model, ModelService};
+use crate::model::{Model, ModelApi, ModelService};
 use crate::scheduling::Scheduling;
 use crate::storage::Storage;
 use crate::tenant::NewTenant;
 use crate::tier::{Tier, TierService};
+use crate::upstream::{BalancerConfig, Upstreams};
 use crate::usage::{CacheOutcome, RequestOutcome, UsageLedger, UsageRecord};
 use crate::userkeys::UserKeys;
 use crate::webhook::{Event, EventType, Webhooks};
@@ -130,6 +131,7 @@ struct Inner {
     services: GatewayServices,
     clock: SharedClock,
     cache: ResponseCache,
+    upstreams: Upstreams,
     /// Tenants known to exist in the store, with when that was checked.
     known_tenants: Mutex<HashMap<String, Timestamp>>,
     /// Budget events this node has queued (their once-keys), so requests
@@ -172,6 +174,9 @@ pub struct InferenceRequest<'a> {
     /// The response-cache key, for requests that may be answered from the
     /// cache (non-streaming ones); `None` bypasses the cache.
     pub cache_key: Option<CacheKey>,
+    /// The API the request will be sent upstream in: a fallback model must
+    /// speak it.
+    pub api: ModelApi,
 }
 
 /// Why a request was not admitted, in a way worth telling the client.
@@ -185,6 +190,14 @@ pub enum Refused {
         rejected: Rejected,
         /// The caller's x-ratelimit values (its reservation was released).
         headers: RateHeaders,
+    },
+    /// Every upstream of the model (and of each fallback the caller may
+    /// use) is ejected after failing (503 with `Retry-After`).
+    NoUpstream {
+        /// The model asked for.
+        model: String,
+        /// When the first upstream may be probed again.
+        retry_after: Duration,
     },
 }
 
@@ -252,9 +265,20 @@ impl Completion {
 impl Gateway {
     /// A gateway over `services`, timing with `clock`.
     pub fn new(services: GatewayServices, clock: SharedClock) -> Self {
+        Self::with_balancing(services, clock, BalancerConfig::default())
+    }
+
+    /// A gateway over `services` whose models' upstreams are balanced with
+    /// `balancing` (health checks, retry budget).
+    pub fn with_balancing(
+        services: GatewayServices,
+        clock: SharedClock,
+        balancing: BalancerConfig,
+    ) -> Self {
         Gateway {
             inner: Arc::new(Inner {
                 services,
+                upstreams: Upstreams::new(balancing, Arc::clone(&clock)),
                 clock,
                 cache: ResponseCache::new(),
                 known_tenants: Mutex::new(HashMap::new()),
@@ -273,6 +297,11 @@ impl Gateway {
     /// The fair-share scheduler.
     pub fn fair_share(&self) -> &FairShare {
         self.inner.services.scheduling.fairshare()
+    }
+
+    /// The models' pools of upstreams (balancing, health).
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.inner.upstreams
     }
 
     /// The response cache.
@@ -401,18 +430,79 @@ impl Gateway {
     }
 
     /// Admits `req` of `caller`: model and access, limits, the response
-    /// cache, then a fair-share slot (waiting at most the scheduler's queue
-    /// timeout). `Ok(Err(refused))` is a limit or the queue saying no; a
-    /// model that does not exist is [`Error::NotFound`], one outside the
-    /// tier [`Error::Forbidden`] ([`ACCESS_DENIED`]), one not ready
-    /// [`Error::Unavailable`].
+    /// cache, then a fair-share slot of the model (waiting at most the
+    /// scheduler's queue timeout). `Ok(Err(refused))` is a limit or the
+    /// queue saying no; a model that does not exist is [`Error::NotFound`],
+    /// one outside the tier [`Error::Forbidden`] ([`ACCESS_DENIED`]), one
+    /// not ready [`Error::Unavailable`].
+    ///
+    /// When the model cannot serve — every upstream ejected, its queue full
+    /// or its wait timed out — the request goes to the first of its
+    /// `fallbacks` that exists, is ready, is usable by the caller's tier and
+    /// speaks [`InferenceRequest::api`], with limits and budget checked for
+    /// it; the [`Admitted`] then names the fallback as its model (usage and
+    /// cost are recorded under it).
     pub async fn admit(
         &self,
         caller: &Caller,
         req: &InferenceRequest<'_>,
     ) -> Result<Result<Admission, Refused>> {
+        let requested = self.model_for(caller, req.model).await?;
+        let mut fallbacks = requested.fallbacks.iter();
+        let mut model = Arc::clone(&requested);
+        loop {
+            let pool = self.inner.upstreams.pool(&model);
+            let refused = if pool.available() {
+                match self.admit_to(caller, req, &model).await? {
+                    Ok(admission) => return Ok(Ok(admission)),
+                    Err(refused @ Refused::Limit(_)) => return Ok(Err(refused)),
+                    Err(refused) => refused,
+                }
+            } else {
+                Refused::NoUpstream {
+                    model: model.id.clone(),
+                    retry_after: pool.retry_after().unwrap_or_default(),
+                }
+            };
+            match self.next_fallback(caller, req, &mut fallbacks).await? {
+                Some(f) => {
+                    tracing::debug!(model = %model.id, fallback = %f.id, "falling back");
+                    model = f;
+                }
+                None => return Ok(Err(refused)),
+            }
+        }
+    }
+
+    /// The next of `fallbacks` that `caller` may use for `req` now.
+    async fn next_fallback(
+        &self,
+        caller: &Caller,
+        req: &InferenceRequest<'_>,
+        fallbacks: &mut std::slice::Iter<'_, String>,
+    ) -> Result<Option<Arc<Model>>> {
+        for name in fallbacks {
+            match self.model_for(caller, name).await {
+                Ok(m) if m.speaks(req.api) => return Ok(Some(m)),
+                Ok(_) | Err(Error::NotFound { .. } | Error::Forbidden { .. }) => {}
+                Err(e @ Error::Unavailable { .. }) => {
+                    tracing::debug!(fallback = %name, error = %e, "fallback skipped");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Self::admit`] to `model` itself: limits, cache, its slot.
+    async fn admit_to(
+        &self,
+        caller: &Caller,
+        req: &InferenceRequest<'_>,
+        model: &Arc<Model>,
+    ) -> Result<Result<Admission, Refused>> {
         let s = &self.inner.services;
-        let model = self.model_for(caller, req.model).await?;
+        let model = Arc::clone(model);
         let key_id = caller.key_id.as_ref().map(|k| k.to_string());
         let reservation = match s
             .admission

@@ -107,6 +107,7 @@ fn ask(model: &str, key: Option<CacheKey>) -> InferenceRequest<'_> {
         prompt_tokens: 10,
         max_tokens: Some(20),
         cache_key: key,
+        api: crate::model::ModelApi::Openai,
     }
 }
 

@@ -33,12 +33,14 @@ use axum::http::StatusCode;
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures_util::StreamExt;
 use maas_core::Gateway;
+use maas_core::upstream::{Outcome, Pick};
 
 pub(crate) mod messages;
 
 use crate::common::{HttpConfig, with_common_layers};
-use crate::layer::{AdmittedModel, LayerConfig, MaasLayer};
+use crate::layer::{AdmittedModel, GatewayError, LayerConfig, MaasLayer};
 use crate::metrics;
 use crate::openai::OpenAiError;
 
@@ -93,11 +95,12 @@ pub fn serves(path: &str) -> bool {
             })
 }
 
-/// Forwards admitted requests to their model's upstream.
+/// Forwards admitted requests to their model's upstreams.
 #[derive(Debug, Clone)]
 struct Upstream {
     client: reqwest::Client,
     timeout: Duration,
+    pools: maas_core::Upstreams,
 }
 
 /// The gateway's routes over `gateway`.
@@ -119,7 +122,9 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
     let upstream = Upstream {
         client,
         timeout: config.upstream_timeout,
+        pools: gateway.upstreams().clone(),
     };
+    metrics::observe_upstreams(gateway.upstreams());
     let layer = MaasLayer::new(gateway.clone()).with_config(LayerConfig {
         body_limit: config.http.body_limit,
     });
@@ -154,7 +159,18 @@ fn upstream_error(status: StatusCode, code: &'static str, message: String) -> Re
     OpenAiError::new(status, "server_error", Some(code), message).into_response()
 }
 
-/// The upstream call of an admitted request.
+/// Why an attempt on an upstream failed (before anything was passed on).
+enum Failure {
+    Unreachable(reqwest::Error),
+    Status(StatusCode),
+    TimedOut,
+}
+
+/// The upstream call of an admitted request: an upstream of the model's
+/// pool is picked; if it fails before anything reached the client (cannot
+/// be reached, 5xx, timeout) and the pool's retry budget allows, the
+/// request is sent once more to another upstream. The pick is held until
+/// the answer's body ends (it counts as in flight on that upstream).
 async fn forward(State(up): State<Upstream>, req: Request) -> Response {
     let Some(AdmittedModel(model)) = req.extensions().get::<AdmittedModel>().cloned() else {
         // Only reachable if the router is assembled without the layer.
@@ -168,7 +184,6 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         Some(p) => p.0,
         None => crate::layer::Endpoint::of_path(req.uri().path()).upstream_path(),
     };
-    let url = format!("{}{suffix}", model.upstream_url.trim_end_matches('/'));
     let accept = req.headers().get(ACCEPT).cloned();
     // The layer gave us the rewritten body, already in memory.
     let body = match axum::body::to_bytes(req.into_body(), usize::MAX).await {
@@ -178,47 +193,95 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
                 .into_response();
         }
     };
-    let mut call = up
-        .client
-        .post(url)
-        .header(CONTENT_TYPE, "application/json")
-        .body(body);
-    if let Some(a) = accept {
-        call = call.header(ACCEPT, a);
-    }
-    let started = Instant::now();
-    let sent = tokio::time::timeout(up.timeout, call.send()).await;
-    ::metrics::histogram!(metrics::UPSTREAM_LATENCY, "model" => model.id.clone())
+    let pool = up.pools.pool(&model);
+    let Some(mut pick) = pool.pick() else {
+        // Every upstream was ejected since admission looked.
+        return no_upstream(&model.id, pool.retry_after().unwrap_or_default());
+    };
+    let mut retried = false;
+    loop {
+        let url = format!("{}{suffix}", pick.url().trim_end_matches('/'));
+        let mut call = up
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.clone());
+        if let Some(a) = &accept {
+            call = call.header(ACCEPT, a.clone());
+        }
+        let started = Instant::now();
+        let sent = tokio::time::timeout(up.timeout, call.send()).await;
+        ::metrics::histogram!(
+            metrics::UPSTREAM_LATENCY,
+            "model" => model.id.clone(),
+            "upstream" => pick.url().to_owned()
+        )
         .record(started.elapsed().as_secs_f64());
-    let res = match sent {
-        Ok(Ok(res)) => res,
-        Ok(Err(e)) if e.is_timeout() => return timed_out(&model.id, up.timeout),
-        Err(_) => return timed_out(&model.id, up.timeout),
-        Ok(Err(e)) => {
-            tracing::warn!(model = %model.id, error = %e, "upstream failed");
-            return upstream_error(
+        let failure = match sent {
+            Ok(Ok(res)) if !res.status().is_server_error() => {
+                pick.record(Outcome::Answered);
+                return pass_on(res, pick);
+            }
+            Ok(Ok(res)) => Failure::Status(res.status()),
+            Ok(Err(e)) if e.is_timeout() => Failure::TimedOut,
+            Err(_) => Failure::TimedOut,
+            Ok(Err(e)) => Failure::Unreachable(e),
+        };
+        if let Some(out) = pick.record(Outcome::Failed) {
+            tracing::warn!(
+                model = %model.id,
+                upstream = %out.url,
+                seconds = out.length.as_secs(),
+                "upstream ejected after failing"
+            );
+        }
+        match &failure {
+            Failure::Unreachable(e) => {
+                tracing::warn!(model = %model.id, upstream = %pick.url(), error = %e, "upstream failed");
+            }
+            Failure::Status(status) => {
+                tracing::warn!(model = %model.id, upstream = %pick.url(), %status, "upstream answered an error");
+            }
+            Failure::TimedOut => {
+                tracing::warn!(model = %model.id, upstream = %pick.url(), "upstream timed out");
+            }
+        }
+        if !retried && let Some(next) = pool.try_retry(&pick) {
+            ::metrics::counter!(metrics::UPSTREAM_RETRIES, "model" => model.id.clone())
+                .increment(1);
+            retried = true;
+            pick = next;
+            continue;
+        }
+        return match failure {
+            Failure::TimedOut => timed_out(&model.id, up.timeout),
+            Failure::Unreachable(_) => upstream_error(
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",
                 format!("the upstream of model '{}' could not be reached", model.id),
-            );
-        }
-    };
-    let status = res.status();
-    if status.is_server_error() {
-        tracing::warn!(model = %model.id, %status, "upstream answered an error");
-        return upstream_error(
-            StatusCode::BAD_GATEWAY,
-            "upstream_error",
-            format!("the upstream of model '{}' failed ({status})", model.id),
-        );
+            ),
+            Failure::Status(status) => upstream_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("the upstream of model '{}' failed ({status})", model.id),
+            ),
+        };
     }
-    let mut out = Response::builder().status(status);
+}
+
+/// The upstream's answer, streamed to the client; `pick` is released when
+/// the body ends or the client goes away.
+fn pass_on(res: reqwest::Response, pick: Pick) -> Response {
+    let mut out = Response::builder().status(res.status());
     for h in [CONTENT_TYPE, CACHE_CONTROL] {
         if let Some(v) = res.headers().get(&h) {
             out = out.header(h, v.clone());
         }
     }
-    let body = Body::from_stream(res.bytes_stream());
+    let body = Body::from_stream(res.bytes_stream().map(move |chunk| {
+        let _held = &pick;
+        chunk
+    }));
     out.body(body).unwrap_or_else(|_| {
         upstream_error(
             StatusCode::BAD_GATEWAY,
@@ -226,6 +289,17 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
             "the upstream answered an unreadable head".into(),
         )
     })
+}
+
+fn no_upstream(model: &str, retry_after: Duration) -> Response {
+    GatewayError::refused(
+        &maas_core::Refused::NoUpstream {
+            model: model.to_owned(),
+            retry_after,
+        },
+        maas_core::Timestamp::from_millis(0),
+    )
+    .into_response()
 }
 
 fn timed_out(model: &str, limit: Duration) -> Response {

@@ -88,6 +88,19 @@ impl GatewayError {
                     rate: Some(Box::new((*headers, now))),
                 }
             }
+            Refused::NoUpstream { model, retry_after } => {
+                let mut e = OpenAiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("upstream_unavailable"),
+                    format!(
+                        "every upstream of model '{model}' is failing; retry after {} s",
+                        retry_after.as_secs().max(1)
+                    ),
+                );
+                e.retry_after = Some(retry_after.as_secs().max(1));
+                e.into()
+            }
         }
     }
 }

@@ -63,4 +63,6 @@ pub(crate) fn inspect_messages(
     };
     Ok((i.model, i.prompt_tokens))
 }
-pub use service::{AdmittedModel, CACHE_HEADER, MaasService, NativeAnswer, UpstreamPath};
+pub use service::{
+    AdmittedModel, CACHE_HEADER, MaasService, NativeAnswer, SERVED_MODEL_HEADER, UpstreamPath,
+};

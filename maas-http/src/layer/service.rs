@@ -30,6 +30,16 @@ use crate::openai::OpenAiError;
 /// Marks responses of models with a response cache: `hit` or `miss`.
 pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-maas-cache");
 
+/// Names the model that served an admitted request: the one asked for, or
+/// the fallback that served it instead.
+pub const SERVED_MODEL_HEADER: HeaderName = HeaderName::from_static("x-maas-served-model");
+
+fn served_model(headers: &mut axum::http::HeaderMap, model: &Model) {
+    if let Ok(v) = HeaderValue::from_str(&model.id) {
+        headers.insert(SERVED_MODEL_HEADER, v);
+    }
+}
+
 /// The model an admitted request is for, in the request extensions the
 /// inner service sees (its `upstream_url` is where to forward).
 #[derive(Debug, Clone)]
@@ -175,6 +185,7 @@ where
     };
     let (mut rp, rb) = res.into_parts();
     insert_rate_headers(&mut rp.headers, admitted.headers(), gateway.now());
+    served_model(&mut rp.headers, admitted.model());
     count_request(&model_label, rp.status);
     if !rp.status.is_success() {
         // The upstream (or the inner service) refused or failed: nothing
@@ -296,12 +307,21 @@ async fn admit(
         prompt_tokens: inspected.prompt_tokens,
         max_tokens: inspected.max_tokens,
         cache_key: cacheable.then(|| CacheKey::of_object(&inspected.body)),
+        api: if native {
+            ModelApi::Anthropic
+        } else {
+            ModelApi::Openai
+        },
     };
     let result = gateway.admit(&caller, &ask).await;
-    // Metrics are labelled with catalog models only: a model name from the
-    // body that does not exist must not become a series of its own.
-    if !matches!(&result, Err(e) if e.is_not_found()) {
-        model_label.clone_from(&model);
+    // Metrics are labelled with catalog models only (a model name from the
+    // body that does not exist must not become a series of its own), the
+    // one that served.
+    match &result {
+        Err(e) if e.is_not_found() => {}
+        Ok(Ok(Admission::Admitted(a))) => model_label.clone_from(&a.model().id),
+        Ok(Ok(Admission::Cached(hit))) => model_label.clone_from(&hit.model.id),
+        _ => model_label.clone_from(&model),
     }
     let admission = match result {
         Ok(Ok(a)) => a,
@@ -321,6 +341,7 @@ async fn admit(
             insert_rate_headers(res.headers_mut(), &hit.headers, gateway.now());
             res.headers_mut()
                 .insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+            served_model(res.headers_mut(), &hit.model);
             if inspected.native {
                 // Cached as the upstream answered: in Anthropic's shape.
                 res.extensions_mut().insert(NativeAnswer);
@@ -334,7 +355,12 @@ async fn admit(
             let stream = inspected.stream;
             let strip_usage = stream && !inspected.wants_usage;
             let native = inspected.native;
-            let body = rewrite(inspected, &model, admitted.max_output_tokens());
+            // A fallback is asked for by its own id.
+            let body = rewrite(
+                inspected,
+                &admitted.model().id,
+                admitted.max_output_tokens(),
+            );
             Ok(Step::Forward {
                 admitted,
                 body,
