@@ -1,52 +1,87 @@
 //! Fair-share admission: a two-level weighted Virtual Token Counter (VTC).
 //!
-//! [`FairShare`] owns `max_in_flight` slots (changed live with
-//! [`FairShare::set_max_in_flight`]; shrinking lets running requests finish).
-//! Tenants have weights and belong to groups, which have weights too. A
-//! request asks for a slot with [`FairShare::acquire`] (or
-//! [`FairShare::try_acquire`], which never waits): it gets a [`Permit`] at
-//! once when a slot is free and nothing waits, or waits in its tenant's FIFO
-//! queue.
+//! [`FairShare`] hands out slots: a request runs while it holds one. Tenants
+//! have weights and belong to groups, which have weights too. A request asks
+//! for a slot with [`FairShare::acquire`] (or [`FairShare::try_acquire`],
+//! which never waits): it gets a [`Permit`] at once when a slot of its pool is
+//! free and nothing of that pool waits, or waits in its tenant's FIFO queue
+//! of that pool.
+//!
+//! ## Pools
+//!
+//! Slots belong to pools, one per model (the deployment that serves it):
+//! a request names its pool with [`Request::in_pool`], and one without a
+//! pool goes to the *default pool*. Pools are created on first use and are
+//! independent for slots: a request holding a slot of one pool never keeps a
+//! request of another pool waiting, and a slot freed in a pool goes to the
+//! next request of that pool (work conservation per pool: a free slot never
+//! idles while a request of its pool waits).
+//!
+//! A pool's capacity:
+//!
+//! - the default pool has the global `max_in_flight`
+//!   ([`FairShareConfig::max_in_flight`], changed live with
+//!   [`FairShare::set_max_in_flight`]);
+//! - a named pool with capacity `Some(n)` has `n` slots;
+//! - a named pool with capacity `None` has the global `max_in_flight` as its
+//!   own capacity (each such pool has that many, they do not share them).
+//!
+//! Each pooled request carries its pool's capacity ([`PoolRef::capacity`]); when
+//! it differs from the pool's current one the pool takes it, as does
+//! [`FairShare::set_pool_capacity`]. Growing a capacity admits waiting
+//! requests of the pool at once; shrinking lets running requests finish and
+//! admits no more until fewer run than the new capacity; 0 pauses the pool.
+//! [`FairShare::set_max_in_flight`] changes the default pool and every pool
+//! with capacity `None`, never a pool with `Some(n)`.
 //!
 //! ## Selection (VTC, Sheng et al., OSDI 2024, extended to two levels)
 //!
-//! Every tenant and every group has a counter of weighted service. When a
-//! slot frees, the scheduler takes the group with the lowest counter among
-//! groups that have waiting requests, inside it the tenant with the lowest
-//! counter, and admits that tenant's oldest request (ties: whichever became
-//! backlogged first). Both counters are charged, each divided by its own
-//! weight: `w_in · input` tokens at admission and `w_out` per output token as
-//! the permit reports them ([`Permit::record_output`], for streaming) or at
-//! completion ([`Permit::finish`]). When a tenant (group) becomes backlogged
-//! its counter is lifted to the lowest counter among the backlogged tenants of
-//! its group (backlogged groups), or, when none is backlogged, to the counter
-//! of the last one that left the backlog: idle time is not banked.
+//! Every tenant and every group has a counter of weighted service, **shared
+//! by all pools**: a tenant's service is what it received in any pool. When
+//! a slot of a pool frees, the scheduler takes the group with the lowest
+//! counter among groups that have waiting requests in that pool, inside it
+//! the tenant with the lowest counter among its tenants waiting in that
+//! pool, and admits that tenant's oldest request in that pool (ties:
+//! whichever became backlogged in that pool first). Both counters are
+//! charged, each divided by its own weight: `w_in · input` tokens at
+//! admission and `w_out` per output token as the permit reports them
+//! ([`Permit::record_output`], for streaming) or at completion
+//! ([`Permit::finish`]). When a tenant (group) becomes backlogged in a pool
+//! its counter is lifted to the lowest counter among the tenants of its
+//! group (the groups) backlogged in that pool, or, when none is, to the
+//! counter of the last one that left that pool's backlog: idle time is not
+//! banked. A tenant (group) backlogged in several pools at once is ordered
+//! in each by its one counter, so a charge or a lift repositions it in all
+//! of them.
 //!
 //! With [`OutputCharging::Predicted`] the estimated output is charged at
 //! admission and reconciled against what was reported when the permit is
 //! released (the paper's VTC with length prediction).
 //!
 //! Every decision costs O(log n) in the number of backlogged tenants and
-//! groups (ordered sets keyed by `(counter, sequence)`); nothing scans.
+//! groups (ordered sets keyed by `(counter, sequence)`), plus the number of
+//! pools the charged tenant and group are backlogged in; nothing scans.
+//! Per-tenant state of a pool (its queue there) exists only while the tenant
+//! waits in it.
 //!
 //! ## Cancellation, timeouts, limits
 //!
 //! Waiting is cancellation-safe: dropping the future of
 //! [`FairShare::acquire`] (or a [`Waiting`]) removes the request from its
 //! queue, and if a slot had been granted to it in the meantime the slot is
-//! handed on and the charge refunded. Dropping a [`Permit`] releases its slot
-//! and charges what it reported: a guard that acts on drop.
+//! handed on within its pool and the charge refunded. Dropping a [`Permit`]
+//! releases its slot and charges what it reported: a guard that acts on drop.
 //!
-//! A tenant's queue holds at most [`FairShareConfig::max_queue_per_tenant`]
-//! requests; a request beyond it is rejected at once. With
+//! A tenant holds at most [`FairShareConfig::max_queue_per_tenant`] waiting
+//! requests (over all pools); a request beyond it is rejected at once. With
 //! [`FairShareConfig::queue_timeout`] set, [`FairShare::acquire`] gives up
 //! after that long, measured with tokio's timer (`tokio::time::timeout`), so
 //! tests drive it with `tokio::time::pause()` and `advance` and never sleep;
 //! it must then run inside a tokio runtime with the time driver enabled.
 //! Callers that want another deadline await [`FairShare::try_acquire`]'s
 //! [`Waiting`] under their own timeout. Both rejections are a [`Rejected`]
-//! with a reason and a retry hint, convertible into
-//! [`Error::Unavailable`] (transient).
+//! with a reason and a retry hint (from the request's pool: its queue per
+//! slot), convertible into [`Error::Unavailable`] (transient).
 //!
 //! The scheduler is in memory and independent of storage: weights come in
 //! through [`FairShare::set_tenant`] and [`FairShare::set_group_weight`].
@@ -70,6 +105,33 @@
 //! assert_eq!(fair.snapshot().in_flight, 0);
 //! # Ok::<(), maas_core::Error>(())
 //! # }).unwrap();
+//! ```
+//!
+//! Pools, one per model:
+//!
+//! ```
+//! use maas_core::fairshare::{Admission, FairShare, FairShareConfig, PoolCounts, Request};
+//!
+//! let fair = FairShare::new(FairShareConfig { max_in_flight: 8, ..Default::default() })?;
+//! // A model served with 1 slot, and one that follows max_in_flight.
+//! let small = |t: &str| Request::new(t, 100, 50).in_pool("small-llm", Some(1));
+//! let big = |t: &str| Request::new(t, 100, 50).in_pool("big-llm", None);
+//! let Ok(Admission::Admitted(held)) = fair.try_acquire(small("acme")) else { panic!() };
+//! // small-llm is full: the next request of it waits...
+//! let Ok(Admission::Queued(waiting)) = fair.try_acquire(small("globex")) else { panic!() };
+//! // ...while big-llm admits at once.
+//! let Ok(Admission::Admitted(_other)) = fair.try_acquire(big("globex")) else { panic!() };
+//! let counts = fair.pool_counts("small-llm");
+//! assert_eq!(counts, Some(PoolCounts { max_in_flight: 1, in_flight: 1, queued: 1 }));
+//! assert_eq!(fair.counts(), (2, 1)); // totals over the pools
+//! fair.set_max_in_flight(16); // big-llm follows; small-llm keeps 1 slot
+//! assert_eq!(fair.pool_counts("big-llm").map(|c| c.max_in_flight), Some(16));
+//! drop(held); // the slot goes to the request waiting in small-llm
+//! drop(waiting); // granted but not taken: handed on within small-llm
+//! let live = fair.snapshot();
+//! let models: Vec<&str> = live.models.iter().map(|m| m.model.as_str()).collect();
+//! assert_eq!(models, ["big-llm", "small-llm"]); // named pools only, by name
+//! # Ok::<(), maas_core::Error>(())
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
@@ -101,13 +163,15 @@ pub enum OutputCharging {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FairShareConfig {
-    /// Requests that may run at once (changeable live).
+    /// Requests that may run at once in the default pool, and in each pool
+    /// without a capacity of its own (changeable live).
     pub max_in_flight: usize,
     /// Service charged per input token (`w_in`), default 1.
     pub input_weight: f64,
     /// Service charged per output token (`w_out`), default 2.
     pub output_weight: f64,
-    /// Requests a tenant may have waiting; one more is rejected. Default 1,000.
+    /// Requests a tenant may have waiting (over all pools); one more is
+    /// rejected. Default 1,000.
     pub max_queue_per_tenant: usize,
     /// How long [`FairShare::acquire`] waits before rejecting; `None` waits
     /// until cancelled. Default 60 s.
@@ -153,17 +217,55 @@ pub struct Request {
     /// Estimated output tokens; charged at admission only with
     /// [`OutputCharging::Predicted`].
     pub estimated_output_tokens: u64,
+    /// The pool (model) whose slots it runs in; `None`: the default pool.
+    pub pool: Option<PoolRef>,
 }
 
 impl Request {
-    /// A request of `tenant` with `input_tokens` and an output estimate.
+    /// A request of `tenant` with `input_tokens` and an output estimate, in
+    /// the default pool.
     pub fn new(tenant: impl Into<String>, input_tokens: u64, estimated_output_tokens: u64) -> Self {
         Request {
             tenant: tenant.into(),
             input_tokens,
             estimated_output_tokens,
+            pool: None,
         }
     }
+
+    /// The same request in pool `name` (a model), whose capacity is
+    /// `capacity`: `Some(n)` slots, or `None` to follow the global
+    /// `max_in_flight`. The pool is created on first use and takes this
+    /// capacity when it differs from its current one.
+    pub fn in_pool(mut self, name: impl Into<Arc<str>>, capacity: Option<usize>) -> Self {
+        self.pool = Some(PoolRef {
+            name: name.into(),
+            capacity,
+        });
+        self
+    }
+}
+
+/// A pool of slots (one model) named by a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRef {
+    /// The pool's name (the model).
+    pub name: Arc<str>,
+    /// Its capacity: `Some(n)` slots, or `None` to follow the global
+    /// `max_in_flight` (as the pool's own number of slots).
+    pub capacity: Option<usize>,
+}
+
+/// The load of one pool ([`FairShare::pool_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Its capacity now (slots).
+    pub max_in_flight: usize,
+    /// Its requests holding a slot (may exceed `max_in_flight` right after
+    /// the capacity shrank).
+    pub in_flight: usize,
+    /// Its requests waiting.
+    pub queued: usize,
 }
 
 /// Why a request was refused a slot.
@@ -221,14 +323,33 @@ impl From<Rejected> for Error {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Snapshot {
-    /// Slots (`max_in_flight`).
+    /// The global `max_in_flight`: the default pool's slots, and those of
+    /// every pool that follows it.
     pub max_in_flight: usize,
-    /// Requests holding a slot (may exceed `max_in_flight` right after it shrank).
+    /// Requests holding a slot, in all pools (a pool's may exceed its
+    /// capacity right after it shrank).
     pub in_flight: usize,
-    /// Requests waiting.
+    /// Requests waiting, in all pools.
     pub queued: usize,
     /// Per group, by name.
     pub groups: Vec<GroupSnapshot>,
+    /// Per named pool (model), by name; the default pool is not listed (its
+    /// load is the totals less the pools').
+    pub models: Vec<PoolSnapshot>,
+}
+
+/// A named pool (one model's slots) in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PoolSnapshot {
+    /// The pool's name (the model).
+    pub model: String,
+    /// Its capacity now (slots).
+    pub max_in_flight: usize,
+    /// Its requests holding a slot (may exceed `max_in_flight` right after it shrank).
+    pub in_flight: usize,
+    /// Its requests waiting.
+    pub queued: usize,
 }
 
 /// A group in a [`Snapshot`].
@@ -239,9 +360,9 @@ pub struct GroupSnapshot {
     pub name: String,
     /// Weight.
     pub weight: u32,
-    /// Requests of its tenants holding a slot.
+    /// Requests of its tenants holding a slot (all pools).
     pub in_flight: usize,
-    /// Requests of its tenants waiting.
+    /// Requests of its tenants waiting (all pools).
     pub queued: usize,
     /// Virtual token counter (weighted service / weight, with lifts).
     pub counter: f64,
@@ -259,9 +380,9 @@ pub struct TenantSnapshot {
     pub name: String,
     /// Weight within its group.
     pub weight: u32,
-    /// Requests holding a slot.
+    /// Requests holding a slot (all pools).
     pub in_flight: usize,
-    /// Requests waiting.
+    /// Requests waiting (all pools).
     pub queued: usize,
     /// Virtual token counter (weighted service / weight, with lifts).
     pub counter: f64,
@@ -296,16 +417,32 @@ impl Ord for Key {
 
 type Entry = (Key, u64, usize);
 
+/// The default pool: requests without a pool.
+const DEFAULT_POOL: usize = 0;
+
+/// A tenant's waiting requests in one pool; it exists only while there are
+/// some (the tenant is then backlogged in that pool).
+#[derive(Debug)]
+struct TenantPool {
+    pool: usize,
+    /// Sequence of the tenant's entry in its group's backlog of this pool.
+    seq: u64,
+    /// Waiting request ids, oldest first.
+    queue: BTreeSet<u64>,
+}
+
 #[derive(Debug)]
 struct TenantState {
     name: Arc<str>,
     weight: u32,
     group: usize,
+    /// Shared by all pools.
     counter: f64,
-    /// Waiting request ids, oldest first.
-    queue: BTreeSet<u64>,
-    /// Sequence of this tenant's entry in its group's backlog, while backlogged.
-    backlog_seq: Option<u64>,
+    /// The pools where it waits (few: bounded by the pools).
+    pools: Vec<TenantPool>,
+    /// Waiting requests, all pools.
+    queued: usize,
+    /// Running requests, all pools.
     in_flight: usize,
     served_in: u64,
     served_out: u64,
@@ -315,12 +452,52 @@ struct TenantState {
 struct GroupState {
     name: Arc<str>,
     weight: u32,
+    /// Shared by all pools.
     counter: f64,
-    backlogged: BTreeSet<Entry>,
-    last_departed: f64,
-    backlog_seq: Option<u64>,
+    /// The pools where some of its tenants wait, with the sequence of the
+    /// group's entry in that pool's backlog.
+    pools: Vec<(usize, u64)>,
     in_flight: usize,
     queued: usize,
+}
+
+/// A group's tenants in one pool.
+#[derive(Debug, Default)]
+struct GroupPool {
+    /// Its tenants backlogged in the pool, by `(counter, sequence)`.
+    backlogged: BTreeSet<Entry>,
+    /// The counter of the last of its tenants that left this backlog.
+    last_departed: f64,
+}
+
+/// One pool of slots.
+#[derive(Debug)]
+struct PoolState {
+    /// `None`: the default pool.
+    name: Option<Arc<str>>,
+    /// `None`: follows the global `max_in_flight`.
+    capacity: Option<usize>,
+    in_flight: usize,
+    queued: usize,
+    /// Groups with waiting requests in this pool, by `(counter, sequence)`.
+    backlogged: BTreeSet<Entry>,
+    last_group_departed: f64,
+    /// Per group that ever waited here (bounded by groups × pools).
+    groups: HashMap<usize, GroupPool>,
+}
+
+impl PoolState {
+    fn new(name: Option<Arc<str>>, capacity: Option<usize>) -> Self {
+        PoolState {
+            name,
+            capacity,
+            in_flight: 0,
+            queued: 0,
+            backlogged: BTreeSet::new(),
+            last_group_departed: 0.0,
+            groups: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -337,6 +514,7 @@ struct Grant {
 #[derive(Debug)]
 struct Waiter {
     tenant: usize,
+    pool: usize,
     input: u64,
     estimate: u64,
     state: WaiterState,
@@ -345,14 +523,16 @@ struct Waiter {
 #[derive(Debug)]
 struct State {
     cfg: FairShareConfig,
+    /// Totals over all pools.
     in_flight: usize,
     queued: usize,
     tenants: Vec<TenantState>,
     tenant_index: HashMap<Arc<str>, usize>,
     groups: Vec<GroupState>,
     group_index: HashMap<Arc<str>, usize>,
-    backlogged: BTreeSet<Entry>,
-    last_group_departed: f64,
+    /// [`DEFAULT_POOL`] first, then the named pools in order of creation.
+    pools: Vec<PoolState>,
+    pool_index: HashMap<Arc<str>, usize>,
     waiters: HashMap<u64, Waiter>,
     next_seq: u64,
     mean_hold_ms: Option<f64>,
@@ -388,9 +568,7 @@ impl State {
             name: name.clone(),
             weight: DEFAULT_WEIGHT,
             counter: 0.0,
-            backlogged: BTreeSet::new(),
-            last_departed: 0.0,
-            backlog_seq: None,
+            pools: Vec::new(),
             in_flight: 0,
             queued: 0,
         });
@@ -414,8 +592,8 @@ impl State {
             weight,
             group,
             counter: 0.0,
-            queue: BTreeSet::new(),
-            backlog_seq: None,
+            pools: Vec::new(),
+            queued: 0,
             in_flight: 0,
             served_in: 0,
             served_out: 0,
@@ -424,70 +602,139 @@ impl State {
         t
     }
 
+    /// Named pool `name`, created (with capacity `None`) on first use.
+    fn pool_idx(&mut self, name: &str) -> usize {
+        if let Some(&p) = self.pool_index.get(name) {
+            return p;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let p = self.pools.len();
+        self.pools.push(PoolState::new(Some(name.clone()), None));
+        self.pool_index.insert(name, p);
+        p
+    }
+
+    /// Pool `p`'s slots now.
+    fn capacity(&self, p: usize) -> usize {
+        self.pools
+            .get(p)
+            .and_then(|pool| pool.capacity)
+            .unwrap_or(self.cfg.max_in_flight)
+    }
+
+    /// Sets pool `p`'s capacity; growing it admits its waiting requests
+    /// (their wakers are returned).
+    fn set_capacity(&mut self, p: usize, capacity: Option<usize>, now: Timestamp) -> Vec<Waker> {
+        if self.pools[p].capacity == capacity {
+            return Vec::new();
+        }
+        self.pools[p].capacity = capacity;
+        self.dispatch_all(p, now)
+    }
+
+    fn pool_counts(&self, p: usize) -> PoolCounts {
+        PoolCounts {
+            max_in_flight: self.capacity(p),
+            in_flight: self.pools[p].in_flight,
+            queued: self.pools[p].queued,
+        }
+    }
+
+    /// Sets tenant `t`'s (shared) counter, repositioning its entry in every
+    /// pool where it is backlogged.
+    fn set_tenant_counter(&mut self, t: usize, value: f64) {
+        let ten = &mut self.tenants[t];
+        let old = ten.counter;
+        for tp in &ten.pools {
+            if let Some(gp) = self.pools[tp.pool].groups.get_mut(&ten.group) {
+                gp.backlogged.remove(&(Key(old), tp.seq, t));
+                gp.backlogged.insert((Key(value), tp.seq, t));
+            }
+        }
+        ten.counter = value;
+    }
+
+    /// Sets group `g`'s (shared) counter, repositioning its entry in every
+    /// pool where it is backlogged.
+    fn set_group_counter(&mut self, g: usize, value: f64) {
+        let grp = &mut self.groups[g];
+        let old = grp.counter;
+        for &(p, seq) in &grp.pools {
+            let set = &mut self.pools[p].backlogged;
+            set.remove(&(Key(old), seq, g));
+            set.insert((Key(value), seq, g));
+        }
+        grp.counter = value;
+    }
+
     /// Adds `service` (may be negative: a refund) to tenant `t` and its group,
     /// each divided by its weight, keeping the backlog sets ordered.
     fn charge(&mut self, t: usize, service: f64) {
         if service == 0.0 {
             return;
         }
-        let g = self.tenants[t].group;
-        let ten = &mut self.tenants[t];
-        let grp = &mut self.groups[g];
-        if let Some(seq) = ten.backlog_seq {
-            grp.backlogged.remove(&(Key(ten.counter), seq, t));
-            ten.counter += service / f64::from(ten.weight);
-            grp.backlogged.insert((Key(ten.counter), seq, t));
-        } else {
-            ten.counter += service / f64::from(ten.weight);
-        }
-        if let Some(seq) = grp.backlog_seq {
-            self.backlogged.remove(&(Key(grp.counter), seq, g));
-            grp.counter += service / f64::from(grp.weight);
-            self.backlogged.insert((Key(grp.counter), seq, g));
-        } else {
-            grp.counter += service / f64::from(grp.weight);
-        }
+        let ten = &self.tenants[t];
+        let g = ten.group;
+        let value = ten.counter + service / f64::from(ten.weight);
+        self.set_tenant_counter(t, value);
+        let grp = &self.groups[g];
+        let value = grp.counter + service / f64::from(grp.weight);
+        self.set_group_counter(g, value);
     }
 
-    /// Tenant `t` (whose queue just became non-empty) joins the backlog of
-    /// its group, and the group that of groups; each lifted (VTC lift).
-    fn join_backlog(&mut self, t: usize) {
+    /// Tenant `t`, whose queue in pool `p` is about to become non-empty,
+    /// joins its group's backlog there, and the group that of the pool's
+    /// groups if it was not in it; each lifted (VTC lift). Returns the
+    /// sequence of the tenant's entry, for the [`TenantPool`] the caller
+    /// adds (after this call, so the lift does not touch the new entry).
+    fn enter(&mut self, t: usize, p: usize) -> u64 {
         let g = self.tenants[t].group;
-        if self.groups[g].backlog_seq.is_none() {
-            let floor = self
+        if !self.groups[g].pools.iter().any(|&(q, _)| q == p) {
+            let pool = &self.pools[p];
+            let floor = pool
                 .backlogged
                 .first()
-                .map_or(self.last_group_departed, |e| e.0.0);
+                .map_or(pool.last_group_departed, |e| e.0.0);
+            let value = self.groups[g].counter.max(floor);
+            self.set_group_counter(g, value);
             let seq = self.seq();
-            let grp = &mut self.groups[g];
-            grp.counter = grp.counter.max(floor);
-            grp.backlog_seq = Some(seq);
-            self.backlogged.insert((Key(grp.counter), seq, g));
+            self.pools[p].backlogged.insert((Key(value), seq, g));
+            self.groups[g].pools.push((p, seq));
         }
+        let gp = self.pools[p].groups.entry(g).or_default();
+        let floor = gp.backlogged.first().map_or(gp.last_departed, |e| e.0.0);
+        let value = self.tenants[t].counter.max(floor);
+        self.set_tenant_counter(t, value);
         let seq = self.seq();
-        let grp = &mut self.groups[g];
-        let floor = grp.backlogged.first().map_or(grp.last_departed, |e| e.0.0);
-        let ten = &mut self.tenants[t];
-        ten.counter = ten.counter.max(floor);
-        ten.backlog_seq = Some(seq);
-        grp.backlogged.insert((Key(ten.counter), seq, t));
+        self.pools[p]
+            .groups
+            .entry(g)
+            .or_default()
+            .backlogged
+            .insert((Key(value), seq, t));
+        seq
     }
 
-    /// Tenant `t` (whose queue just became empty) leaves the backlog; its
-    /// group leaves too when it was the last.
-    fn leave_backlog(&mut self, t: usize) {
-        let g = self.tenants[t].group;
-        let ten = &mut self.tenants[t];
+    /// Tenant `t`, whose [`TenantPool`] of pool `p` (entry `seq`) the caller
+    /// has just removed, leaves its group's backlog there; its group leaves
+    /// the pool's backlog when it was the last.
+    fn exit(&mut self, t: usize, p: usize, seq: u64) {
+        let ten = &self.tenants[t];
+        let (g, value) = (ten.group, ten.counter);
+        let pool = &mut self.pools[p];
+        let empty = match pool.groups.get_mut(&g) {
+            Some(gp) => {
+                gp.backlogged.remove(&(Key(value), seq, t));
+                gp.last_departed = value;
+                gp.backlogged.is_empty()
+            }
+            None => true,
+        };
         let grp = &mut self.groups[g];
-        if let Some(seq) = ten.backlog_seq.take() {
-            grp.backlogged.remove(&(Key(ten.counter), seq, t));
-            grp.last_departed = ten.counter;
-        }
-        if grp.backlogged.is_empty()
-            && let Some(seq) = grp.backlog_seq.take()
-        {
-            self.backlogged.remove(&(Key(grp.counter), seq, g));
-            self.last_group_departed = grp.counter;
+        if empty && let Some(i) = grp.pools.iter().position(|&(q, _)| q == p) {
+            let (_, gseq) = grp.pools.swap_remove(i);
+            pool.backlogged.remove(&(Key(grp.counter), gseq, g));
+            pool.last_group_departed = grp.counter;
         }
     }
 
@@ -499,8 +746,9 @@ impl State {
         s
     }
 
-    fn start(&mut self, t: usize, input: u64, estimate: u64) {
+    fn start(&mut self, t: usize, p: usize, input: u64, estimate: u64) {
         self.in_flight += 1;
+        self.pools[p].in_flight += 1;
         let g = self.tenants[t].group;
         self.groups[g].in_flight += 1;
         let ten = &mut self.tenants[t];
@@ -510,48 +758,84 @@ impl State {
         self.charge(t, s);
     }
 
-    fn stop(&mut self, t: usize) {
+    fn stop(&mut self, t: usize, p: usize) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let pool = &mut self.pools[p];
+        pool.in_flight = pool.in_flight.saturating_sub(1);
         let g = self.tenants[t].group;
         self.groups[g].in_flight = self.groups[g].in_flight.saturating_sub(1);
         let ten = &mut self.tenants[t];
         ten.in_flight = ten.in_flight.saturating_sub(1);
     }
 
-    /// Removes waiting request `id` of tenant `t` from its queue.
-    fn unqueue(&mut self, t: usize, id: u64) -> bool {
-        if !self.tenants[t].queue.remove(&id) {
+    /// Puts waiting request `id` of tenant `t` at the back of its queue in
+    /// pool `p`.
+    fn enqueue(&mut self, t: usize, p: usize, id: u64) {
+        if let Some(tp) = self.tenants[t].pools.iter_mut().find(|tp| tp.pool == p) {
+            tp.queue.insert(id);
+        } else {
+            let seq = self.enter(t, p);
+            self.tenants[t].pools.push(TenantPool {
+                pool: p,
+                seq,
+                queue: BTreeSet::from([id]),
+            });
+        }
+        self.queued += 1;
+        self.pools[p].queued += 1;
+        let ten = &mut self.tenants[t];
+        ten.queued += 1;
+        self.groups[ten.group].queued += 1;
+    }
+
+    /// Counts one request of tenant `t` in pool `p` as no longer waiting;
+    /// its queue there (index `i` in its pools) leaves the backlog when it
+    /// became empty.
+    fn dequeued(&mut self, t: usize, p: usize, i: usize) {
+        self.queued = self.queued.saturating_sub(1);
+        let pool = &mut self.pools[p];
+        pool.queued = pool.queued.saturating_sub(1);
+        let ten = &mut self.tenants[t];
+        ten.queued = ten.queued.saturating_sub(1);
+        let grp = &mut self.groups[ten.group];
+        grp.queued = grp.queued.saturating_sub(1);
+        if ten.pools[i].queue.is_empty() {
+            let tp = ten.pools.swap_remove(i);
+            self.exit(t, p, tp.seq);
+        }
+    }
+
+    /// Removes waiting request `id` of tenant `t` from its queue in pool `p`.
+    fn unqueue(&mut self, t: usize, p: usize, id: u64) -> bool {
+        let Some(i) = self.tenants[t].pools.iter().position(|tp| tp.pool == p) else {
+            return false;
+        };
+        if !self.tenants[t].pools[i].queue.remove(&id) {
             return false;
         }
-        self.queued = self.queued.saturating_sub(1);
-        let g = self.tenants[t].group;
-        self.groups[g].queued = self.groups[g].queued.saturating_sub(1);
-        if self.tenants[t].queue.is_empty() {
-            self.leave_backlog(t);
-        }
+        self.dequeued(t, p, i);
         true
     }
 
-    /// Grants one free slot to the next request by VTC; returns its waker.
-    fn dispatch_one(&mut self, now: Timestamp) -> Option<Waker> {
-        if self.in_flight >= self.cfg.max_in_flight {
+    /// Grants one free slot of pool `p` to its next request by VTC; returns
+    /// its waker.
+    fn dispatch_one(&mut self, p: usize, now: Timestamp) -> Option<Waker> {
+        if self.pools[p].in_flight >= self.capacity(p) {
             return None;
         }
-        let &(_, _, g) = self.backlogged.first()?;
-        let &(_, _, t) = self.groups[g].backlogged.first()?;
-        let id = self.tenants[t].queue.pop_first()?;
-        self.queued = self.queued.saturating_sub(1);
-        self.groups[g].queued = self.groups[g].queued.saturating_sub(1);
+        let pool = &self.pools[p];
+        let &(_, _, g) = pool.backlogged.first()?;
+        let &(_, _, t) = pool.groups.get(&g)?.backlogged.first()?;
+        let i = self.tenants[t].pools.iter().position(|tp| tp.pool == p)?;
+        let id = self.tenants[t].pools[i].queue.pop_first()?;
         let (input, estimate) = match self.waiters.get(&id) {
             Some(w) => (w.input, w.estimate),
             None => (0, 0),
         };
         // Charge while still backlogged, so a tenant (group) that leaves the
         // backlog now leaves its charged counter as the last departed one.
-        self.start(t, input, estimate);
-        if self.tenants[t].queue.is_empty() {
-            self.leave_backlog(t);
-        }
+        self.start(t, p, input, estimate);
+        self.dequeued(t, p, i);
         let w = self.waiters.get_mut(&id)?;
         match std::mem::replace(
             &mut w.state,
@@ -562,23 +846,27 @@ impl State {
         }
     }
 
-    fn dispatch_all(&mut self, now: Timestamp) -> Vec<Waker> {
+    /// Fills pool `p`'s free slots with its waiting requests.
+    fn dispatch_all(&mut self, p: usize, now: Timestamp) -> Vec<Waker> {
         let mut wakers = Vec::new();
-        while self.in_flight < self.cfg.max_in_flight && self.queued > 0 {
-            let before = self.queued;
-            if let Some(w) = self.dispatch_one(now) {
+        while self.pools[p].in_flight < self.capacity(p) && self.pools[p].queued > 0 {
+            let before = self.pools[p].queued;
+            if let Some(w) = self.dispatch_one(p, now) {
                 wakers.push(w);
             }
-            if self.queued == before {
+            if self.pools[p].queued == before {
                 break;
             }
         }
         wakers
     }
 
-    fn retry_after(&self) -> Duration {
+    /// The hint of a request of pool `p`: the mean hold time times one plus
+    /// the pool's waiting requests per slot.
+    fn retry_after(&self, p: usize) -> Duration {
         let hold = self.mean_hold_ms.unwrap_or(1_000.0);
-        let per_slot = self.queued as f64 / self.cfg.max_in_flight.max(1) as f64;
+        let queued = self.pools.get(p).map_or(0, |pool| pool.queued);
+        let per_slot = queued as f64 / self.capacity(p).max(1) as f64;
         let ms = (hold * (1.0 + per_slot)).clamp(100.0, 60_000.0);
         Duration::from_millis(ms as u64)
     }
@@ -589,6 +877,13 @@ impl State {
             Some(m) => 0.9 * m + 0.1 * held,
             None => held,
         });
+    }
+
+    fn precharged(&self, estimate: u64) -> u64 {
+        match self.cfg.output_charging {
+            OutputCharging::Reported => 0,
+            OutputCharging::Predicted => estimate,
+        }
     }
 }
 
@@ -614,10 +909,10 @@ pub struct FairShare {
 /// queue.
 #[derive(Debug)]
 pub enum Admission {
-    /// A slot was free and nothing waited.
+    /// A slot of its pool was free and nothing of that pool waited.
     Admitted(Permit),
-    /// The request waits in its tenant's queue; await the [`Waiting`] (drop
-    /// it to leave the queue).
+    /// The request waits in its tenant's queue of its pool; await the
+    /// [`Waiting`] (drop it to leave the queue).
     Queued(Waiting),
 }
 
@@ -639,8 +934,8 @@ impl FairShare {
             tenant_index: HashMap::new(),
             groups: Vec::new(),
             group_index: HashMap::new(),
-            backlogged: BTreeSet::new(),
-            last_group_departed: 0.0,
+            pools: vec![PoolState::new(None, None)],
+            pool_index: HashMap::new(),
             waiters: HashMap::new(),
             next_seq: 0,
             mean_hold_ms: None,
@@ -659,20 +954,44 @@ impl FairShare {
         self.shared.lock().cfg.clone()
     }
 
-    /// The number of slots.
+    /// The global number of slots: the default pool's, and that of every
+    /// pool whose capacity is `None`.
     pub fn max_in_flight(&self) -> usize {
         self.shared.lock().cfg.max_in_flight
     }
 
-    /// Changes the number of slots live. Growing admits waiting requests at
-    /// once; shrinking lets running requests finish and admits no more until
-    /// fewer than `max` run. 0 pauses admission.
+    /// Changes the global number of slots live: the default pool and every
+    /// pool whose capacity is `None` follow it (pools with `Some(n)` do
+    /// not). Growing admits waiting requests at once; shrinking lets running
+    /// requests finish and admits no more until fewer than `max` run. 0
+    /// pauses admission in those pools.
     pub fn set_max_in_flight(&self, max: usize) {
         let now = self.shared.clock.now();
         let wakers = {
             let mut st = self.shared.lock();
             st.cfg.max_in_flight = max;
-            st.dispatch_all(now)
+            let mut wakers = Vec::new();
+            for p in 0..st.pools.len() {
+                if st.pools[p].capacity.is_none() {
+                    wakers.extend(st.dispatch_all(p, now));
+                }
+            }
+            wakers
+        };
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Sets the capacity of pool `name` (created if new) live: `Some(n)`
+    /// slots, or `None` to follow the global `max_in_flight`. Growing admits
+    /// its waiting requests at once; shrinking lets running requests finish.
+    /// The next request of the pool that carries another capacity changes it
+    /// again.
+    pub fn set_pool_capacity(&self, name: &str, capacity: Option<usize>) {
+        let now = self.shared.clock.now();
+        let wakers = {
+            let mut st = self.shared.lock();
+            let p = st.pool_idx(name);
+            st.set_capacity(p, capacity, now)
         };
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -690,8 +1009,9 @@ impl FairShare {
 
     /// Creates or updates tenant `name` with `weight` (1..=1,000,000) in
     /// `group` (created with weight [`DEFAULT_WEIGHT`] if new). Moving a tenant
-    /// moves its waiting and running requests to the new group; its counter
-    /// is kept (and lifted if it joins the new group's backlog).
+    /// moves its waiting and running requests, in every pool, to the new
+    /// group; its counter is kept (and lifted where it joins the new group's
+    /// backlog of a pool).
     pub fn set_tenant(&self, name: &str, weight: u32, group: &str) -> Result<()> {
         check_name("tenant", name)?;
         check_name("group", group)?;
@@ -705,84 +1025,109 @@ impl FairShare {
         st.tenants[t].weight = weight;
         let old = st.tenants[t].group;
         if old != g {
-            let backlogged = st.tenants[t].backlog_seq.is_some();
-            if backlogged {
-                st.leave_backlog(t);
+            // Leave the old group's backlog in every pool, keeping the queues.
+            let mut pools = std::mem::take(&mut st.tenants[t].pools);
+            for tp in &pools {
+                st.exit(t, tp.pool, tp.seq);
             }
-            let (running, waiting) = (st.tenants[t].in_flight, st.tenants[t].queue.len());
+            let (running, waiting) = (st.tenants[t].in_flight, st.tenants[t].queued);
             st.groups[old].in_flight -= running.min(st.groups[old].in_flight);
             st.groups[old].queued -= waiting.min(st.groups[old].queued);
             st.groups[g].in_flight += running;
             st.groups[g].queued += waiting;
             st.tenants[t].group = g;
-            if backlogged {
-                st.join_backlog(t);
+            // Join the new group's backlog there, one pool at a time (a lift
+            // repositions the entries already back).
+            for mut tp in pools.drain(..) {
+                tp.seq = st.enter(t, tp.pool);
+                st.tenants[t].pools.push(tp);
             }
         }
         Ok(())
     }
 
-    /// Asks for a slot without waiting: a [`Permit`] when a slot is free and
-    /// nothing waits, else a place at the back of the tenant's queue
-    /// ([`Admission::Queued`]), or [`Rejected`] when that queue is full.
+    /// Asks for a slot of the request's pool without waiting: a [`Permit`]
+    /// when a slot of it is free and nothing of it waits, else a place at the
+    /// back of the tenant's queue in that pool ([`Admission::Queued`]), or
+    /// [`Rejected`] when the tenant already has
+    /// [`FairShareConfig::max_queue_per_tenant`] requests waiting. A pooled
+    /// request creates its pool on first use and sets the pool's capacity to
+    /// the one it carries.
     pub fn try_acquire(&self, request: Request) -> Result<Admission, Rejected> {
         let now = self.shared.clock.now();
+        let (admission, wakers) = self.try_acquire_locked(request, now);
+        wakers.into_iter().for_each(Waker::wake);
+        admission
+    }
+
+    fn try_acquire_locked(
+        &self,
+        request: Request,
+        now: Timestamp,
+    ) -> (Result<Admission, Rejected>, Vec<Waker>) {
         let mut st = self.shared.lock();
+        let (p, mut wakers) = match &request.pool {
+            None => (DEFAULT_POOL, Vec::new()),
+            Some(pool) => {
+                let p = st.pool_idx(&pool.name);
+                (p, st.set_capacity(p, pool.capacity, now))
+            }
+        };
+        let pool_name = request.pool.map(|pool| pool.name);
         let t = st.tenant_idx(&request.tenant);
-        if st.queued == 0 && st.in_flight < st.cfg.max_in_flight {
-            st.start(t, request.input_tokens, request.estimated_output_tokens);
+        if st.pools[p].queued == 0 && st.pools[p].in_flight < st.capacity(p) {
+            st.start(t, p, request.input_tokens, request.estimated_output_tokens);
             let precharged = st.precharged(request.estimated_output_tokens);
-            drop(st);
-            return Ok(Admission::Admitted(Permit {
+            let permit = Permit {
                 shared: self.shared.clone(),
                 tenant: t,
+                pool: p,
+                pool_name,
                 input: request.input_tokens,
                 precharged,
                 reported: 0,
                 admitted_at: now,
-            }));
+            };
+            return (Ok(Admission::Admitted(permit)), wakers);
         }
-        if st.tenants[t].queue.len() >= st.cfg.max_queue_per_tenant {
-            return Err(Rejected {
+        if st.tenants[t].queued >= st.cfg.max_queue_per_tenant {
+            let rejected = Rejected {
                 tenant: request.tenant,
                 reason: RejectReason::QueueFull,
                 limit: st.cfg.max_queue_per_tenant as u64,
-                retry_after: st.retry_after(),
-            });
+                retry_after: st.retry_after(p),
+            };
+            return (Err(rejected), wakers);
         }
         let id = st.seq();
         st.waiters.insert(
             id,
             Waiter {
                 tenant: t,
+                pool: p,
                 input: request.input_tokens,
                 estimate: request.estimated_output_tokens,
                 state: WaiterState::Waiting(None),
             },
         );
-        let was_empty = st.tenants[t].queue.is_empty();
-        st.tenants[t].queue.insert(id);
-        st.queued += 1;
-        let g = st.tenants[t].group;
-        st.groups[g].queued += 1;
-        if was_empty {
-            st.join_backlog(t);
-        }
-        // Work conservation: a free slot never idles while something waits.
-        let wakers = st.dispatch_all(now);
-        drop(st);
-        wakers.into_iter().for_each(Waker::wake);
-        Ok(Admission::Queued(Waiting {
+        st.enqueue(t, p, id);
+        // Work conservation: a free slot never idles while something of its
+        // pool waits.
+        wakers.extend(st.dispatch_all(p, now));
+        let waiting = Waiting {
             shared: Some(self.shared.clone()),
             id,
             tenant: request.tenant,
-        }))
+            pool: p,
+            pool_name,
+        };
+        (Ok(Admission::Queued(waiting)), wakers)
     }
 
-    /// Waits for a slot in the tenant's queue, for at most
-    /// [`FairShareConfig::queue_timeout`] (tokio time; needs a tokio runtime
-    /// with time enabled when a timeout is set). Cancellation-safe: dropping
-    /// the future leaves the queue.
+    /// Waits for a slot in the tenant's queue of the request's pool, for at
+    /// most [`FairShareConfig::queue_timeout`] (tokio time; needs a tokio
+    /// runtime with time enabled when a timeout is set). Cancellation-safe:
+    /// dropping the future leaves the queue.
     pub async fn acquire(&self, request: Request) -> Result<Permit, Rejected> {
         let waiting = match self.try_acquire(request)? {
             Admission::Admitted(p) => return Ok(p),
@@ -792,26 +1137,36 @@ impl FairShare {
         let Some(limit) = timeout else {
             return Ok(waiting.await);
         };
-        let tenant = waiting.tenant.clone();
+        let (tenant, pool) = (waiting.tenant.clone(), waiting.pool);
         match tokio::time::timeout(limit, waiting).await {
             Ok(p) => Ok(p),
             Err(_) => Err(Rejected {
                 tenant,
                 reason: RejectReason::QueueTimeout,
                 limit: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
-                retry_after: self.shared.lock().retry_after(),
+                retry_after: self.shared.lock().retry_after(pool),
             }),
         }
     }
 
-    /// Requests holding a slot and requests waiting, without the per-tenant
-    /// detail of [`Self::snapshot`] (cheap enough for every request).
+    /// Requests holding a slot and requests waiting, in all pools, without
+    /// the per-tenant detail of [`Self::snapshot`] (cheap enough for every
+    /// request).
     pub fn counts(&self) -> (usize, usize) {
         let st = self.shared.lock();
         (st.in_flight, st.queued)
     }
 
-    /// A live view: totals, and every group and tenant (sorted by name).
+    /// The capacity and load of pool `name`; `None` when no request or
+    /// [`Self::set_pool_capacity`] has named it yet.
+    pub fn pool_counts(&self, name: &str) -> Option<PoolCounts> {
+        let st = self.shared.lock();
+        let &p = st.pool_index.get(name)?;
+        Some(st.pool_counts(p))
+    }
+
+    /// A live view: totals, every group and tenant, and every named pool
+    /// (each sorted by name).
     pub fn snapshot(&self) -> Snapshot {
         let st = self.shared.lock();
         let mut groups: Vec<GroupSnapshot> = st
@@ -835,7 +1190,7 @@ impl FairShare {
                     name: t.name.to_string(),
                     weight: t.weight,
                     in_flight: t.in_flight,
-                    queued: t.queue.len(),
+                    queued: t.queued,
                     counter: t.counter,
                     tokens_served: served,
                     input_tokens: t.served_in,
@@ -847,39 +1202,52 @@ impl FairShare {
             g.tenants.sort_by(|a, b| a.name.cmp(&b.name));
         }
         groups.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut models: Vec<PoolSnapshot> = (0..st.pools.len())
+            .filter_map(|p| {
+                let name = st.pools[p].name.as_ref()?;
+                let c = st.pool_counts(p);
+                Some(PoolSnapshot {
+                    model: name.to_string(),
+                    max_in_flight: c.max_in_flight,
+                    in_flight: c.in_flight,
+                    queued: c.queued,
+                })
+            })
+            .collect();
+        models.sort_by(|a, b| a.model.cmp(&b.model));
         Snapshot {
             max_in_flight: st.cfg.max_in_flight,
             in_flight: st.in_flight,
             queued: st.queued,
             groups,
+            models,
         }
     }
 }
 
-impl State {
-    fn precharged(&self, estimate: u64) -> u64 {
-        match self.cfg.output_charging {
-            OutputCharging::Reported => 0,
-            OutputCharging::Predicted => estimate,
-        }
-    }
-}
-
-/// A request waiting in its tenant's queue; resolves to a [`Permit`].
+/// A request waiting in its tenant's queue of its pool; resolves to a
+/// [`Permit`] of that pool.
 ///
-/// Dropping it leaves the queue (and hands on a slot granted but not yet
-/// taken, refunding its charge).
+/// Dropping it leaves the queue (and hands on, within its pool, a slot
+/// granted but not yet taken, refunding its charge).
 #[derive(Debug)]
 pub struct Waiting {
     shared: Option<Arc<Shared>>,
     id: u64,
     tenant: String,
+    pool: usize,
+    pool_name: Option<Arc<str>>,
 }
 
 impl Waiting {
     /// The tenant this request waits for.
     pub fn tenant(&self) -> &str {
         &self.tenant
+    }
+
+    /// The pool it waits in; `None`: the default pool.
+    pub fn pool(&self) -> Option<&str> {
+        self.pool_name.as_deref()
     }
 }
 
@@ -921,6 +1289,8 @@ impl Future for Waiting {
         Poll::Ready(Permit {
             shared,
             tenant: w.tenant,
+            pool: w.pool,
+            pool_name: self.pool_name.clone(),
             input: w.input,
             precharged,
             reported: 0,
@@ -942,17 +1312,18 @@ impl Drop for Waiting {
             };
             match w.state {
                 WaiterState::Waiting(_) => {
-                    st.unqueue(w.tenant, self.id);
+                    st.unqueue(w.tenant, w.pool, self.id);
                     None
                 }
                 WaiterState::Granted(_) => {
-                    // Granted but never taken: refund and hand the slot on.
+                    // Granted but never taken: refund and hand the slot on
+                    // within its pool.
                     let refund = st.admission_charge(w.input, w.estimate);
                     st.charge(w.tenant, -refund);
                     let ten = &mut st.tenants[w.tenant];
                     ten.served_in = ten.served_in.saturating_sub(w.input);
-                    st.stop(w.tenant);
-                    st.dispatch_one(now)
+                    st.stop(w.tenant, w.pool);
+                    st.dispatch_one(w.pool, now)
                 }
             }
         };
@@ -962,14 +1333,16 @@ impl Drop for Waiting {
     }
 }
 
-/// A slot held by a running request. Report output with
+/// A slot of a pool held by a running request. Report output with
 /// [`Permit::record_output`] while streaming, or give totals to
-/// [`Permit::finish`]; dropping it releases the slot and charges what was
-/// reported (reconciling a predicted output).
+/// [`Permit::finish`]; dropping it releases the slot (to the next request of
+/// its pool) and charges what was reported (reconciling a predicted output).
 #[derive(Debug)]
 pub struct Permit {
     shared: Arc<Shared>,
     tenant: usize,
+    pool: usize,
+    pool_name: Option<Arc<str>>,
     input: u64,
     precharged: u64,
     reported: u64,
@@ -990,6 +1363,11 @@ impl Permit {
     /// When the slot was granted.
     pub fn admitted_at(&self) -> Timestamp {
         self.admitted_at
+    }
+
+    /// The pool whose slot it holds; `None`: the default pool.
+    pub fn pool(&self) -> Option<&str> {
+        self.pool_name.as_deref()
     }
 
     /// Reports `tokens` more output tokens, charging `w_out` each (beyond a
@@ -1043,12 +1421,174 @@ impl Drop for Permit {
                 let refund = st.cfg.output_weight * (self.precharged - self.reported) as f64;
                 st.charge(self.tenant, -refund);
             }
-            st.stop(self.tenant);
+            st.stop(self.tenant, self.pool);
             st.record_hold(self.admitted_at, now);
-            st.dispatch_one(now)
+            st.dispatch_one(self.pool, now)
         };
         if let Some(w) = waker {
             w.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// The internal structures agree with each other: every backlog entry is
+    /// keyed by its owner's current counter and mirrored by the owner's list
+    /// of pools, per-pool tenant state exists only while it waits, and the
+    /// counts add up.
+    fn check(st: &State) {
+        let mut queued_by_pool = vec![0usize; st.pools.len()];
+        for (t, ten) in st.tenants.iter().enumerate() {
+            let mut queued = 0;
+            for tp in &ten.pools {
+                assert!(!tp.queue.is_empty(), "empty queue kept");
+                queued += tp.queue.len();
+                queued_by_pool[tp.pool] += tp.queue.len();
+                let gp = &st.pools[tp.pool].groups[&ten.group];
+                assert!(gp.backlogged.contains(&(Key(ten.counter), tp.seq, t)));
+                for id in &tp.queue {
+                    let w = &st.waiters[id];
+                    assert_eq!((w.tenant, w.pool), (t, tp.pool));
+                    assert!(matches!(w.state, WaiterState::Waiting(_)));
+                }
+            }
+            assert_eq!(queued, ten.queued);
+            let mut seen: Vec<usize> = ten.pools.iter().map(|tp| tp.pool).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), ten.pools.len(), "one entry per pool");
+        }
+        for (g, grp) in st.groups.iter().enumerate() {
+            for &(p, seq) in &grp.pools {
+                assert!(st.pools[p].backlogged.contains(&(Key(grp.counter), seq, g)));
+                assert!(!st.pools[p].groups[&g].backlogged.is_empty());
+            }
+            let queued: usize = st
+                .tenants
+                .iter()
+                .filter(|t| t.group == g)
+                .map(|t| t.queued)
+                .sum();
+            assert_eq!(queued, grp.queued);
+        }
+        for (p, pool) in st.pools.iter().enumerate() {
+            assert_eq!(pool.queued, queued_by_pool[p]);
+            for &(Key(c), seq, g) in &pool.backlogged {
+                assert_eq!(c, st.groups[g].counter);
+                assert!(st.groups[g].pools.contains(&(p, seq)));
+            }
+            let groups = pool.groups.values().filter(|gp| !gp.backlogged.is_empty());
+            assert_eq!(groups.count(), pool.backlogged.len());
+            for (&g, gp) in &pool.groups {
+                for &(Key(c), seq, t) in &gp.backlogged {
+                    let ten = &st.tenants[t];
+                    assert_eq!((ten.group, c), (g, ten.counter));
+                    assert!(ten.pools.iter().any(|tp| tp.pool == p && tp.seq == seq));
+                }
+            }
+            if pool.queued > 0 {
+                assert!(pool.in_flight >= st.capacity(p), "idle slot in pool {p}");
+            }
+        }
+        assert_eq!(st.queued, queued_by_pool.iter().sum::<usize>());
+        assert_eq!(
+            st.in_flight,
+            st.pools.iter().map(|p| p.in_flight).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn random_operations_keep_the_internal_structures_consistent() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let cfg = FairShareConfig {
+            max_in_flight: 2,
+            max_queue_per_tenant: 4,
+            queue_timeout: None,
+            output_charging: OutputCharging::Predicted,
+            ..FairShareConfig::default()
+        };
+        let s = FairShare::with_clock(cfg, Arc::new(ManualClock::default())).unwrap();
+        let names = ["t0", "t1", "t2", "t3"];
+        let groups = ["g0", "g1", "g2"];
+        let pools = [None, Some("m1"), Some("m2")];
+        let mut running: Vec<Permit> = Vec::new();
+        let mut waiting: Vec<Waiting> = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..20_000 {
+            match rnd(12) {
+                0..=3 => {
+                    let mut r = Request::new(names[rnd(4) as usize], rnd(300), rnd(200));
+                    if let Some(name) = pools[rnd(3) as usize] {
+                        r = r.in_pool(name, Some(1 + rnd(2) as usize));
+                    }
+                    match s.try_acquire(r) {
+                        Ok(Admission::Admitted(p)) => running.push(p),
+                        Ok(Admission::Queued(w)) => waiting.push(w),
+                        Err(_) => {}
+                    }
+                }
+                4..=5 if !running.is_empty() => {
+                    let p = running.swap_remove(rnd(running.len() as u64) as usize);
+                    p.finish(rnd(300));
+                }
+                6 if !waiting.is_empty() => {
+                    drop(waiting.swap_remove(rnd(waiting.len() as u64) as usize));
+                }
+                7 if !running.is_empty() => {
+                    let i = rnd(running.len() as u64) as usize;
+                    running[i].record_output(1 + rnd(30));
+                    running[i].set_input_tokens(rnd(300));
+                }
+                8 => s.set_max_in_flight(rnd(4) as usize),
+                9 => {
+                    let n = names[rnd(4) as usize];
+                    let g = groups[rnd(3) as usize];
+                    s.set_tenant(n, 1 + rnd(5) as u32, g).unwrap();
+                }
+                10 => s
+                    .set_group_weight(groups[rnd(3) as usize], 1 + rnd(5) as u32)
+                    .unwrap(),
+                11 => {
+                    let cap = match rnd(4) {
+                        0 => None,
+                        n => Some(n as usize - 1),
+                    };
+                    s.set_pool_capacity(["m1", "m2"][rnd(2) as usize], cap);
+                }
+                _ => {}
+            }
+            // Take some grants, leave others granted but not taken for a while.
+            let mut i = 0;
+            while i < waiting.len() {
+                if rnd(3) != 0
+                    && let Poll::Ready(p) = Pin::new(&mut waiting[i]).poll(&mut cx)
+                {
+                    running.push(p);
+                    waiting.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            check(&s.shared.lock());
+        }
+        drop(waiting);
+        drop(running);
+        let st = s.shared.lock();
+        check(&st);
+        assert_eq!((st.in_flight, st.queued), (0, 0));
+        assert!(st.tenants.iter().all(|t| t.pools.is_empty()));
+        assert!(st.groups.iter().all(|g| g.pools.is_empty()));
     }
 }

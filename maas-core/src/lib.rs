@@ -58,8 +58,8 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use counter::{Balance, BalanceOp, LocalCounters, Refill, RefillInterval, WindowSpec};
 pub use error::{Error, Result};
 pub use fairshare::{
-    Admission, FairShare, FairShareConfig, GroupSnapshot, OutputCharging, Permit, RejectReason,
-    Rejected, Request, Snapshot, TenantSnapshot, Waiting,
+    Admission, FairShare, FairShareConfig, GroupSnapshot, OutputCharging, Permit, PoolCounts,
+    PoolRef, PoolSnapshot, RejectReason, Rejected, Request, Snapshot, TenantSnapshot, Waiting,
 };
 pub use gateway::{
     Admitted, CachedAnswer, Caller, Completion, Gateway, GatewayServices, InferenceRequest,

@@ -1,5 +1,6 @@
 //! The fair-share scheduler: selection, lift, weights, groups, cancellation,
-//! capacity changes, queue limits and timeouts, predicted output, snapshot.
+//! capacity changes, queue limits and timeouts, predicted output, snapshot,
+//! and pools (per-model slots with shared counters).
 //! Futures are polled by hand (no runtime) except where tokio's paused time
 //! drives a timeout.
 
@@ -12,7 +13,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use maas_core::fairshare::{
-    Admission, FairShare, FairShareConfig, OutputCharging, Permit, RejectReason, Request, Waiting,
+    Admission, FairShare, FairShareConfig, OutputCharging, Permit, PoolCounts, PoolSnapshot,
+    RejectReason, Request, Waiting,
 };
 use maas_core::{Error, ManualClock};
 
@@ -30,6 +32,17 @@ fn sched_with(cfg: FairShareConfig) -> FairShare {
 
 fn req(t: &str, input: u64) -> Request {
     Request::new(t, input, 0)
+}
+
+/// A request of `t` in pool `pool` carrying capacity `cap`.
+fn preq(t: &str, input: u64, pool: &str, cap: Option<usize>) -> Request {
+    Request::new(t, input, 0).in_pool(pool, cap)
+}
+
+/// `(max_in_flight, in_flight, queued)` of pool `name`.
+fn pool(s: &FairShare, name: &str) -> (usize, usize, usize) {
+    let c = s.pool_counts(name).unwrap();
+    (c.max_in_flight, c.in_flight, c.queued)
 }
 
 fn admitted(s: &FairShare, r: Request) -> Permit {
@@ -147,7 +160,21 @@ fn lowest_counter_is_selected() {
 /// Keeps `depth` requests of `input` tokens queued for each of `names` behind
 /// one slot for `rounds` admissions; returns admissions per tenant.
 fn backlogged_rounds(s: &FairShare, names: &[&str], input: u64, rounds: usize) -> Vec<u32> {
+    backlogged_rounds_in(s, &|t, n| req(t, n), names, input, rounds, &mut || {})
+}
+
+/// [`backlogged_rounds`] with requests made by `mk` (in a pool of one slot),
+/// running `each_round` before every admission.
+fn backlogged_rounds_in(
+    s: &FairShare,
+    mk: &dyn Fn(&str, u64) -> Request,
+    names: &[&str],
+    input: u64,
+    rounds: usize,
+    each_round: &mut dyn FnMut(),
+) -> Vec<u32> {
     use std::collections::VecDeque;
+    let req = mk;
     let depth = 2;
     let mut hold = Some(admitted(s, req("z", 0)));
     let mut qs: Vec<VecDeque<Waiting>> = names
@@ -156,6 +183,7 @@ fn backlogged_rounds(s: &FairShare, names: &[&str], input: u64, rounds: usize) -
         .collect();
     let mut served = vec![0u32; names.len()];
     for _ in 0..rounds {
+        each_round();
         drop(hold.take());
         let mut got = Vec::new();
         for (i, q) in qs.iter_mut().enumerate() {
@@ -437,11 +465,19 @@ fn bad_settings_are_refused() {
 }
 
 /// Random operations (arrivals of several tenants in two groups, releases,
-/// cancellations, output reports, capacity and weight changes); after each:
-/// the totals match the per-tenant and per-group views, a free slot never
-/// idles while something waits, and nothing is lost.
+/// cancellations, output reports, capacity and weight changes), first in the
+/// default pool only, then also in three named pools with small capacities
+/// (carried by requests and set directly); after each: the totals match the
+/// per-tenant, per-group and per-pool views, a free slot of a pool never
+/// idles while something of it waits, a pool runs more than its capacity only
+/// when the capacity shrank, and nothing is lost.
 #[test]
 fn random_operations_keep_the_invariants() {
+    random_operations(false);
+    random_operations(true);
+}
+
+fn random_operations(pooled: bool) {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut rnd = move |n: u64| {
         x ^= x << 13;
@@ -463,17 +499,46 @@ fn random_operations_keep_the_invariants() {
         s.set_tenant(n, 1 + i as u32, if i % 2 == 0 { "g1" } else { "g2" })
             .unwrap();
     }
-    let mut running: Vec<Permit> = Vec::new();
-    let mut waiting: Vec<Waiting> = Vec::new();
+    // Pool 0 is the default pool.
+    let pool = |name, carried| RandomPool {
+        name,
+        carried,
+        has: None,
+    };
+    let mut pools = vec![RandomPool {
+        has: Some(None),
+        ..pool(None, None)
+    }];
+    if pooled {
+        pools.push(pool(Some("m1"), Some(1)));
+        pools.push(pool(Some("m2"), Some(2)));
+        pools.push(pool(Some("m3"), None));
+    }
+    let mut max = 3usize;
+    let mut running: Vec<(usize, Permit)> = Vec::new();
+    let mut waiting: Vec<(usize, Waiting)> = Vec::new();
+    let mut last_in_flight = vec![0usize; pools.len()];
+    // Steps where a named pool had requests waiting, and ran over its
+    // capacity (after it shrank): the pooled run must see both.
+    let (mut named_waits, mut over_capacity) = (0u32, 0u32);
     let (mut arrived, mut rejected, mut cancelled, mut finished) = (0u64, 0u64, 0u64, 0u64);
     for step in 0..5_000 {
-        match rnd(10) {
+        match rnd(if pooled { 11 } else { 10 }) {
             0..=3 => {
                 arrived += 1;
-                let r = Request::new(names[rnd(5) as usize], rnd(500), rnd(300));
+                let pi = if pooled {
+                    rnd(pools.len() as u64) as usize
+                } else {
+                    0
+                };
+                let mut r = Request::new(names[rnd(5) as usize], rnd(500), rnd(300));
+                if let Some(name) = pools[pi].name {
+                    r = r.in_pool(name, pools[pi].carried);
+                    pools[pi].has = Some(pools[pi].carried);
+                }
                 match s.try_acquire(r) {
-                    Ok(Admission::Admitted(p)) => running.push(p),
-                    Ok(Admission::Queued(w)) => waiting.push(w),
+                    Ok(Admission::Admitted(p)) => running.push((pi, p)),
+                    Ok(Admission::Queued(w)) => waiting.push((pi, w)),
                     Err(e) => {
                         assert_eq!(e.reason, RejectReason::QueueFull);
                         rejected += 1;
@@ -481,7 +546,7 @@ fn random_operations_keep_the_invariants() {
                 }
             }
             4..=5 if !running.is_empty() => {
-                let p = running.swap_remove(rnd(running.len() as u64) as usize);
+                let (_, p) = running.swap_remove(rnd(running.len() as u64) as usize);
                 p.finish(rnd(400));
                 finished += 1;
             }
@@ -491,22 +556,42 @@ fn random_operations_keep_the_invariants() {
             }
             7 if !running.is_empty() => {
                 let i = rnd(running.len() as u64) as usize;
-                running[i].record_output(1 + rnd(20));
+                running[i].1.record_output(1 + rnd(20));
             }
-            8 => s.set_max_in_flight(rnd(6) as usize),
+            8 => {
+                max = rnd(6) as usize;
+                s.set_max_in_flight(max);
+            }
             9 => {
                 let n = names[rnd(5) as usize];
                 let g = if rnd(2) == 0 { "g1" } else { "g2" };
                 s.set_tenant(n, 1 + rnd(10) as u32, g).unwrap();
+            }
+            10 => {
+                // A named pool's capacity changes: set directly (the next
+                // request may carry the old one back), or carried by its
+                // next request.
+                let pi = 1 + rnd(pools.len() as u64 - 1) as usize;
+                let cap = match rnd(4) {
+                    0 => None,
+                    n => Some(n as usize - 1),
+                };
+                if rnd(2) == 0 {
+                    s.set_pool_capacity(pools[pi].name.unwrap(), cap);
+                    pools[pi].has = Some(cap);
+                } else {
+                    pools[pi].carried = cap;
+                }
             }
             _ => {}
         }
         // Collect grants.
         let mut i = 0;
         while i < waiting.len() {
-            if let Some(p) = poll(&mut waiting[i]) {
-                running.push(p);
-                waiting.swap_remove(i);
+            if let Some(p) = poll(&mut waiting[i].1) {
+                let (pi, _) = waiting.swap_remove(i);
+                assert_eq!(p.pool(), pools[pi].name);
+                running.push((pi, p));
             } else {
                 i += 1;
             }
@@ -514,12 +599,60 @@ fn random_operations_keep_the_invariants() {
         let snap = s.snapshot();
         assert_eq!(snap.in_flight, running.len(), "step {step}");
         assert_eq!(snap.queued, waiting.len(), "step {step}");
-        if snap.queued > 0 {
+        assert_eq!(snap.max_in_flight, max);
+        assert_eq!(s.counts(), (snap.in_flight, snap.queued));
+        if !pooled && snap.queued > 0 {
             assert!(
                 snap.in_flight >= snap.max_in_flight,
                 "idle slot at step {step}"
             );
         }
+        // Per pool, from the caller's side and the scheduler's.
+        let mut model_sums = (0, 0);
+        for (pi, RandomPool { name, has: cap, .. }) in pools.iter().enumerate() {
+            let in_flight = running.iter().filter(|(p, _)| *p == pi).count();
+            let queued = waiting.iter().filter(|(p, _)| *p == pi).count();
+            let Some(cap) = cap else {
+                assert_eq!(s.pool_counts(name.unwrap()), None);
+                continue;
+            };
+            let cap = cap.unwrap_or(max);
+            if let Some(name) = name {
+                let c = s.pool_counts(name).unwrap();
+                assert_eq!(
+                    c,
+                    PoolCounts {
+                        max_in_flight: cap,
+                        in_flight,
+                        queued
+                    },
+                    "pool {name} at step {step}"
+                );
+                let m = snap.models.iter().find(|m| m.model == *name).unwrap();
+                assert_eq!(
+                    (m.max_in_flight, m.in_flight, m.queued),
+                    (cap, in_flight, queued)
+                );
+                model_sums = (model_sums.0 + in_flight, model_sums.1 + queued);
+            }
+            if queued > 0 {
+                assert!(in_flight >= cap, "idle slot of pool {pi} at step {step}");
+                named_waits += u32::from(pi > 0);
+            }
+            over_capacity += u32::from(in_flight > cap);
+            assert!(
+                in_flight <= cap || in_flight <= last_in_flight[pi],
+                "pool {pi} over its capacity at step {step}"
+            );
+            last_in_flight[pi] = in_flight;
+        }
+        let in_default = running.iter().filter(|(p, _)| *p == 0).count();
+        let waiting_default = waiting.iter().filter(|(p, _)| *p == 0).count();
+        assert_eq!(
+            (model_sums.0 + in_default, model_sums.1 + waiting_default),
+            (snap.in_flight, snap.queued)
+        );
+        assert!(snap.models.windows(2).all(|w| w[0].model < w[1].model));
         let (gi, gq): (usize, usize) = snap
             .groups
             .iter()
@@ -536,8 +669,360 @@ fn random_operations_keep_the_invariants() {
         arrived,
         rejected + cancelled + finished + running.len() as u64 + waiting.len() as u64
     );
+    if pooled {
+        assert!(snap_models(&s) == 3, "every pool was used");
+        assert!(
+            named_waits > 100 && over_capacity > 100,
+            "{named_waits} {over_capacity}"
+        );
+    }
     drop(waiting);
     drop(running);
     let snap = s.snapshot();
     assert_eq!((snap.in_flight, snap.queued), (0, 0));
+    assert!(
+        snap.models
+            .iter()
+            .all(|m| (m.in_flight, m.queued) == (0, 0))
+    );
+}
+
+/// A pool of [`random_operations`]: its name (`None`: the default pool), the
+/// capacity its requests carry, and the one it has (`None`: not created yet).
+struct RandomPool {
+    name: Option<&'static str>,
+    carried: Option<usize>,
+    has: Option<Option<usize>>,
+}
+
+fn snap_models(s: &FairShare) -> usize {
+    s.snapshot().models.len()
+}
+
+// ----- pools ----------------------------------------------------------------
+
+#[test]
+fn pools_have_their_own_slots() {
+    let s = sched(8);
+    let a1 = admitted(&s, preq("x", 1, "A", Some(1)));
+    assert_eq!(a1.pool(), Some("A"));
+    // A is full: its next request waits, while B admits.
+    let mut a2 = queued(&s, preq("y", 1, "A", Some(1)));
+    assert_eq!(a2.pool(), Some("A"));
+    let b1 = admitted(&s, preq("y", 1, "B", Some(1)));
+    assert_eq!(pool(&s, "A"), (1, 1, 1));
+    assert_eq!(pool(&s, "B"), (1, 1, 0));
+    assert_eq!(s.counts(), (2, 1));
+    let mut b2 = queued(&s, preq("x", 1, "B", Some(1)));
+    // Releasing B's slot admits B's waiter only.
+    drop(b1);
+    assert!(poll(&mut a2).is_none());
+    let pb2 = poll(&mut b2).unwrap();
+    assert_eq!(pb2.pool(), Some("B"));
+    // The default pool has max_in_flight slots of its own.
+    let d: Vec<Permit> = (0..8).map(|_| admitted(&s, req("x", 1))).collect();
+    assert_eq!(d[0].pool(), None);
+    let mut d9 = queued(&s, req("y", 1));
+    assert_eq!(d9.pool(), None);
+    assert_eq!(s.counts(), (10, 2));
+    drop(a1);
+    assert!(poll(&mut d9).is_none());
+    let _pa2 = poll(&mut a2).unwrap();
+    assert_eq!(pool(&s, "A"), (1, 1, 0));
+    assert_eq!(s.pool_counts("C"), None);
+}
+
+#[test]
+fn a_pool_without_capacity_follows_max_in_flight() {
+    let s = sched(1);
+    let _f1 = admitted(&s, preq("a", 1, "follow", None));
+    let mut fw: Vec<Waiting> = (0..3)
+        .map(|_| queued(&s, preq("a", 1, "follow", None)))
+        .collect();
+    let _x: Vec<Permit> = (0..2)
+        .map(|_| admitted(&s, preq("b", 1, "fixed", Some(2))))
+        .collect();
+    let mut xw = vec![queued(&s, preq("b", 1, "fixed", Some(2)))];
+    // The pools do not share the global slots: each following pool has them.
+    let _d = admitted(&s, req("c", 1));
+    assert_eq!(pool(&s, "follow"), (1, 1, 3));
+    s.set_max_in_flight(3);
+    let fg = granted(&mut fw);
+    assert_eq!(fg.len(), 2);
+    assert!(granted(&mut xw).is_empty());
+    assert_eq!(pool(&s, "follow"), (3, 3, 1));
+    assert_eq!(pool(&s, "fixed"), (2, 2, 1));
+    s.set_max_in_flight(1);
+    assert_eq!(pool(&s, "follow"), (1, 3, 1));
+    assert_eq!(pool(&s, "fixed"), (2, 2, 1));
+    // Set to follow, the fixed pool shrinks with the global value.
+    s.set_pool_capacity("fixed", None);
+    assert_eq!(pool(&s, "fixed"), (1, 2, 1));
+    s.set_max_in_flight(4);
+    let xg = granted(&mut xw);
+    assert_eq!(xg.len(), 1);
+    assert_eq!(pool(&s, "fixed"), (4, 3, 0));
+    assert_eq!(pool(&s, "follow"), (4, 4, 0));
+    // A pool can be configured before its first request.
+    s.set_pool_capacity("later", Some(0));
+    assert_eq!(pool(&s, "later"), (0, 0, 0));
+}
+
+#[test]
+fn the_capacity_a_request_carries_changes_its_pool_live() {
+    let s = sched(8);
+    let p1 = admitted(&s, preq("a", 1, "m", Some(1)));
+    let mut ws: Vec<Waiting> = (0..3)
+        .map(|_| queued(&s, preq("a", 1, "m", Some(1))))
+        .collect();
+    // Growing to 3 admits two waiters at once; the new request queues behind
+    // the third.
+    let mut w = queued(&s, preq("b", 1, "m", Some(3)));
+    let mut running: Vec<Permit> = granted(&mut ws).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(running.len(), 2);
+    assert_eq!(pool(&s, "m"), (3, 3, 2));
+    // Shrinking to 1 lets the three finish; no one starts until below 1.
+    let mut w2 = queued(&s, preq("c", 1, "m", Some(1)));
+    assert_eq!(pool(&s, "m"), (1, 3, 3));
+    drop(p1);
+    running.pop();
+    assert!(granted(&mut ws).is_empty() && poll(&mut w).is_none());
+    running.pop();
+    let g = granted(&mut ws);
+    assert_eq!(g.len(), 1);
+    assert_eq!(pool(&s, "m"), (1, 1, 2));
+    // set_pool_capacity grows it too.
+    s.set_pool_capacity("m", Some(3));
+    let (_p, _p2) = (poll(&mut w).unwrap(), poll(&mut w2).unwrap());
+    assert_eq!(pool(&s, "m"), (3, 3, 0));
+    // The other pools and the default one were never touched.
+    assert_eq!(s.max_in_flight(), 8);
+}
+
+#[test]
+fn counters_are_shared_across_pools() {
+    // A lift in pool B sees the service received in pool A.
+    let s = sched(8);
+    for _ in 0..10 {
+        admitted(&s, preq("heavy", 100, "A", Some(1))).finish(50);
+    }
+    assert_eq!(counter(&s, "heavy"), 20.0);
+    let hold = admitted(&s, preq("z", 0, "B", Some(1)));
+    let mut wo = queued(&s, preq("other", 1, "B", Some(1)));
+    let mut wh = queued(&s, preq("heavy", 1, "B", Some(1)));
+    let mut wf = queued(&s, preq("fresh", 1, "B", Some(1)));
+    // fresh is lifted only to the lowest counter waiting in B (other's 0).
+    assert_eq!(counter(&s, "fresh"), 0.0);
+    drop(hold);
+    let po = poll(&mut wo).unwrap();
+    drop(po);
+    // heavy waited before fresh, but was served more (in A): fresh first.
+    assert!(poll(&mut wh).is_none());
+    let pf = poll(&mut wf).unwrap();
+    drop(pf);
+    assert!(poll(&mut wh).is_some());
+
+    // A charge in pool A repositions the tenant where it waits in pool B.
+    let s = sched(8);
+    let hold = admitted(&s, preq("z", 0, "B", Some(1)));
+    let mut wh = queued(&s, preq("heavy", 1, "B", Some(1)));
+    let mut wf = queued(&s, preq("fresh", 1, "B", Some(1)));
+    // Tied at 0; heavy joined first, but then runs a large request in A.
+    admitted(&s, preq("heavy", 1_000, "A", None)).finish(0);
+    drop(hold);
+    assert!(poll(&mut wh).is_none());
+    assert!(poll(&mut wf).is_some());
+
+    // The same for groups.
+    let s = sched(8);
+    s.set_tenant("heavy", 100, "G1").unwrap();
+    s.set_tenant("fresh", 100, "G2").unwrap();
+    let hold = admitted(&s, preq("z", 0, "B", Some(1)));
+    let mut wh = queued(&s, preq("heavy", 1, "B", Some(1)));
+    let mut wf = queued(&s, preq("fresh", 1, "B", Some(1)));
+    admitted(&s, preq("heavy", 1_000, "A", None)).finish(0);
+    assert_eq!(group_counter(&s, "G1"), 1_000.0 / 100.0);
+    drop(hold);
+    assert!(poll(&mut wh).is_none());
+    assert!(poll(&mut wf).is_some());
+}
+
+#[test]
+fn weights_hold_within_a_pool_while_another_is_busy() {
+    let s = sched(8);
+    s.set_tenant("light", 1, "default").unwrap();
+    s.set_tenant("heavy", 3, "default").unwrap();
+    // Pool B stays busy (one slot, always a request waiting) all along.
+    let mut b_hold = Some(admitted(&s, preq("other", 10, "B", Some(1))));
+    let mut b_wait = queued(&s, preq("other", 10, "B", Some(1)));
+    let mut b_served = 0;
+    let served = backlogged_rounds_in(
+        &s,
+        &|t, n| preq(t, n, "A", Some(1)),
+        &["light", "heavy"],
+        100,
+        400,
+        &mut || {
+            drop(b_hold.take());
+            b_hold = Some(poll(&mut b_wait).unwrap());
+            b_wait = queued(&s, preq("other", 10, "B", Some(1)));
+            b_served += 1;
+        },
+    );
+    assert_eq!(served, [100, 300]);
+    assert_eq!(b_served, 400);
+    assert_eq!(pool(&s, "A"), (1, 0, 0));
+    assert_eq!(pool(&s, "B"), (1, 1, 1));
+}
+
+#[test]
+fn a_dropped_or_untaken_waiter_hands_the_slot_on_within_its_pool() {
+    let s = sched(8);
+    let hold_a = admitted(&s, preq("z", 0, "A", Some(1)));
+    let hold_b = admitted(&s, preq("z", 0, "B", Some(1)));
+    let w1 = queued(&s, preq("a", 300, "A", Some(1)));
+    let mut w2 = queued(&s, preq("b", 7, "A", Some(1)));
+    let mut wb = queued(&s, preq("c", 1, "B", Some(1)));
+    // Dropping a waiter leaves its pool's queue only.
+    let w3 = queued(&s, preq("d", 1, "A", Some(1)));
+    assert_eq!(pool(&s, "A"), (1, 1, 3));
+    drop(w3);
+    assert_eq!(pool(&s, "A"), (1, 1, 2));
+    assert_eq!(pool(&s, "B"), (1, 1, 1));
+    drop(hold_a); // a gets A's slot (tie, joined first) but never polls it
+    assert_eq!(pool(&s, "A"), (1, 1, 1));
+    drop(w1);
+    // Refunded, and the slot went to b in A, not to c in B.
+    assert_eq!(counter(&s, "a"), 0.0);
+    assert!(poll(&mut wb).is_none());
+    let p = poll(&mut w2).unwrap();
+    assert_eq!((p.input_tokens(), p.pool()), (7, Some("A")));
+    assert_eq!(pool(&s, "A"), (1, 1, 0));
+    assert_eq!(pool(&s, "B"), (1, 1, 1));
+    drop(hold_b);
+    let _pb = poll(&mut wb).unwrap();
+    assert_eq!(s.counts(), (2, 0));
+}
+
+#[test]
+fn the_retry_hint_uses_the_requests_pool() {
+    let s = sched_with(FairShareConfig {
+        max_in_flight: 8,
+        max_queue_per_tenant: 2,
+        queue_timeout: None,
+        ..FairShareConfig::default()
+    });
+    let _a = admitted(&s, preq("z", 1, "A", Some(1)));
+    let _b = admitted(&s, preq("z", 1, "B", Some(1)));
+    let _w: Vec<Waiting> = ["a", "a", "b", "b"]
+        .iter()
+        .map(|t| queued(&s, preq(t, 1, "A", Some(1))))
+        .collect();
+    // No hold time measured yet: 1 s × (1 + 4 waiting per slot of A).
+    let r = s.try_acquire(preq("a", 1, "A", Some(1))).unwrap_err();
+    assert_eq!(r.reason, RejectReason::QueueFull);
+    assert_eq!(r.retry_after, Duration::from_secs(5));
+    // The queue limit counts the tenant's waiting requests in all pools; the
+    // hint is B's (nothing waits there).
+    let r = s.try_acquire(preq("a", 1, "B", Some(1))).unwrap_err();
+    assert_eq!(r.retry_after, Duration::from_secs(1));
+    // Pool B with a free slot admits at once.
+    assert!(matches!(
+        s.try_acquire(preq("a", 1, "B", Some(2))).unwrap(),
+        Admission::Admitted(_)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_timeout_in_a_pool() {
+    let s = sched_with(FairShareConfig {
+        max_in_flight: 4,
+        queue_timeout: Some(Duration::from_secs(5)),
+        ..FairShareConfig::default()
+    });
+    let p = s.acquire(preq("a", 1, "A", Some(1))).await.unwrap();
+    let s2 = s.clone();
+    let waiter = tokio::spawn(async move { s2.acquire(preq("b", 1, "A", Some(1))).await });
+    tokio::task::yield_now().await;
+    assert_eq!(pool(&s, "A"), (1, 1, 1));
+    // Pool B admits at once meanwhile.
+    let pb = s.acquire(preq("b", 1, "B", Some(1))).await.unwrap();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let r = waiter.await.unwrap().unwrap_err();
+    assert_eq!(r.reason, RejectReason::QueueTimeout);
+    assert_eq!(r.limit, 5_000);
+    assert_eq!(pool(&s, "A"), (1, 1, 0));
+    // Freeing B's slot does not admit anything of A; freeing A's does.
+    let s3 = s.clone();
+    let waiter =
+        tokio::spawn(async move { s3.acquire(preq("b", 1, "A", Some(1))).await.map(|_| ()) });
+    tokio::task::yield_now().await;
+    drop(pb);
+    tokio::task::yield_now().await;
+    assert_eq!(pool(&s, "A"), (1, 1, 1));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    drop(p);
+    assert!(waiter.await.unwrap().is_ok());
+    assert_eq!(s.counts(), (0, 0));
+}
+
+#[test]
+fn moving_a_tenant_between_groups_moves_it_in_every_pool() {
+    let s = sched(8);
+    s.set_group_weight("g2", 100).unwrap();
+    let hold_a = admitted(&s, preq("a", 1, "A", Some(1)));
+    let hold_b = admitted(&s, preq("z", 1, "B", Some(1)));
+    let mut wa = queued(&s, preq("a", 1, "A", Some(1)));
+    let mut wb = queued(&s, preq("a", 1, "B", Some(1)));
+    let mut wc = queued(&s, preq("c", 1, "B", Some(1)));
+    s.set_tenant("a", 100, "g2").unwrap();
+    let snap = s.snapshot();
+    let g2 = snap.groups.iter().find(|g| g.name == "g2").unwrap();
+    let d = snap.groups.iter().find(|g| g.name == "default").unwrap();
+    assert_eq!(
+        (g2.in_flight, g2.queued, d.in_flight, d.queued),
+        (1, 2, 1, 1)
+    );
+    drop(hold_a);
+    let _pa = poll(&mut wa).unwrap();
+    drop(hold_b);
+    // Pool B: g2 joined its backlog when a moved, lifted to the default
+    // group's counter (the lowest there): a tie, and default was first.
+    assert_eq!(group_counter(&s, "g2"), group_counter(&s, "default"));
+    let pc = poll(&mut wc).unwrap();
+    assert!(poll(&mut wb).is_none());
+    drop(pc);
+    let _pb = poll(&mut wb).unwrap();
+    assert_eq!(s.counts(), (2, 0));
+}
+
+#[test]
+fn the_snapshot_lists_the_pools_by_name() {
+    let s = sched(4);
+    let _p = admitted(&s, preq("a", 1, "zeta", Some(1)));
+    let _w = queued(&s, preq("a", 1, "zeta", Some(1)));
+    let _q = admitted(&s, preq("a", 1, "alpha", None));
+    let _d = admitted(&s, req("a", 1));
+    s.set_pool_capacity("mid", Some(7));
+    let snap = s.snapshot();
+    let pool = |model: &str, max_in_flight, in_flight, queued| PoolSnapshot {
+        model: model.to_owned(),
+        max_in_flight,
+        in_flight,
+        queued,
+    };
+    assert_eq!(
+        snap.models,
+        [
+            pool("alpha", 4, 1, 0),
+            pool("mid", 7, 0, 0),
+            pool("zeta", 1, 1, 1)
+        ]
+    );
+    assert_eq!((snap.max_in_flight, snap.in_flight, snap.queued), (4, 3, 1));
+    let t = &snap.groups[0].tenants[0];
+    assert_eq!((t.name.as_str(), t.in_flight, t.queued), ("a", 3, 1));
+    assert_eq!((snap.groups[0].in_flight, snap.groups[0].queued), (3, 1));
+    let json = serde_json::to_value(&snap).unwrap();
+    assert_eq!(json["models"][2]["model"], "zeta");
 }
