@@ -90,7 +90,7 @@ pub use tier::{
 pub use token::{
     MintedToken, SigningAlgorithm, TokenConfig, TokenRejection, TokenService, VerifiedToken,
 };
-pub use upstream::{BalancerConfig, Outcome, Pick, Pool, PoolSnapshot, Upstreams};
+pub use upstream::{BalancerConfig, Outcome, Pick, Pool, Upstreams};
 pub use usage::{
     Granularity, RequestOutcome, TimeRange, UsageConfig, UsageLedger, UsageRecord,
     VerificationRecord,

@@ -340,7 +340,7 @@ async fn capacity_is_live_and_bounded() {
     let r = call(&a, "GET", "/api/v1/stats", None).await;
     assert_eq!(
         r.body,
-        json!({"in_flight": 0, "queued": 0, "max_in_flight": 8})
+        json!({"in_flight": 0, "queued": 0, "max_in_flight": 8, "models": []})
     );
     for bad in [
         json!({"max_in_flight": 0}),
@@ -430,6 +430,80 @@ async fn tiers_and_models() {
     )
     .await;
     assert_eq!(r.body["cache"]["enabled"], true, "{}", r.body);
+    // A pool of upstreams, its capacity and fallbacks.
+    let pool = json!({"id": "pool", "upstreams": [
+        {"url": "http://10.0.0.1:8000", "weight": 3, "max_in_flight": 8},
+        {"url": "http://10.0.0.2:8000", "max_in_flight": 4},
+    ], "fallbacks": ["llama"]});
+    let r = call(&a, "POST", "/api/v1/models", Some(pool)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["url"], "http://10.0.0.1:8000", "the first upstream");
+    assert_eq!(
+        r.body["upstreams"],
+        json!([
+            {"url": "http://10.0.0.1:8000", "weight": 3, "max_in_flight": 8},
+            {"url": "http://10.0.0.2:8000", "weight": 1, "max_in_flight": 4},
+        ])
+    );
+    assert_eq!(r.body["capacity"], 12, "the sum of the upstreams' limits");
+    assert_eq!(r.body["fallbacks"], json!(["llama"]));
+    let r = call(
+        &a,
+        "PUT",
+        "/api/v1/models/pool",
+        Some(json!({"max_in_flight": 2, "fallbacks": []})),
+    )
+    .await;
+    assert_eq!(
+        (r.body["capacity"].clone(), r.body["fallbacks"].clone()),
+        (json!(2), json!([]))
+    );
+    // A plain url makes it a pool of one again.
+    let r = call(
+        &a,
+        "PUT",
+        "/api/v1/models/pool",
+        Some(json!({"url": "http://10.0.0.3:8000", "max_in_flight": null})),
+    )
+    .await;
+    assert_eq!(
+        r.body["upstreams"],
+        json!([{"url": "http://10.0.0.3:8000", "weight": 1}])
+    );
+    assert_eq!(r.body["capacity"], Value::Null, "the global capacity");
+    for (bad, field) in [
+        (json!({"id": "p2"}), "/upstreams"),
+        (
+            json!({"id": "p2", "upstreams": [{"url": "ftp://x"}]}),
+            "/upstreams/url",
+        ),
+        (
+            json!({"id": "p2", "upstreams": [{"url": "http://a", "weight": 0}]}),
+            "/upstreams/weight",
+        ),
+        (
+            json!({"id": "p2", "upstreams": [{"url": "http://a"}, {"url": "http://a"}]}),
+            "/upstreams/url",
+        ),
+        (
+            json!({"id": "p2", "url": "http://b", "upstreams": [{"url": "http://a"}]}),
+            "/upstream_url",
+        ),
+        (
+            json!({"id": "p2", "url": "http://a", "fallbacks": ["p2"]}),
+            "/fallbacks",
+        ),
+        (
+            json!({"id": "p2", "url": "http://a", "max_in_flight": 0}),
+            "/max_in_flight",
+        ),
+    ] {
+        assert_invalid(&call(&a, "POST", "/api/v1/models", Some(bad)).await, field);
+    }
+    assert_eq!(
+        call(&a, "DELETE", "/api/v1/models/pool", None).await.status,
+        StatusCode::NO_CONTENT
+    );
     let bad = json!({"id": "x", "url": "http://a", "pricing": {"input_per_million": -1, "output_per_million": 1}});
     assert_invalid(
         &call(&a, "POST", "/api/v1/models", Some(bad)).await,

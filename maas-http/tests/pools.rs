@@ -186,6 +186,11 @@ struct Rig {
 }
 
 async fn rig(balancing: BalancerConfig) -> Rig {
+    rig_with(balancing, FairShareConfig::default().max_in_flight).await
+}
+
+/// A gateway whose global capacity is `max_in_flight`.
+async fn rig_with(balancing: BalancerConfig, max_in_flight: usize) -> Rig {
     let storage: Storage = maas_store_memory::MemoryStore::new().storage();
     let clock = ManualClock::new(Timestamp::from_millis(T0));
     let c: Arc<dyn Clock> = Arc::new(clock.clone());
@@ -220,7 +225,14 @@ async fn rig(balancing: BalancerConfig) -> Rig {
         ),
     ])
     .unwrap();
-    let fs = FairShare::with_clock(FairShareConfig::default(), c.clone()).unwrap();
+    let fs = FairShare::with_clock(
+        FairShareConfig {
+            max_in_flight,
+            ..FairShareConfig::default()
+        },
+        c.clone(),
+    )
+    .unwrap();
     let gateway = Gateway::with_balancing(
         GatewayServices {
             identity: Arc::new(identity),
@@ -331,8 +343,14 @@ async fn weighted_balancing_over_a_thousand_requests() {
     }
     let (ha, hb) = (a.hits(), b.hits());
     assert_eq!(ha + hb, 1000);
-    assert!((675..=825).contains(&hb), "b (weight 3) served {hb} of 1000");
-    assert!((225..=275).contains(&ha), "a (weight 1) served {ha} of 1000");
+    assert!(
+        (675..=825).contains(&hb),
+        "b (weight 3) served {hb} of 1000"
+    );
+    assert!(
+        (225..=275).contains(&ha),
+        "a (weight 1) served {ha} of 1000"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +359,8 @@ async fn an_upstream_killed_mid_run_costs_no_client_error_and_comes_back() {
     let (a, b) = (Fake::start(), Fake::start());
     let mut c = Fake::start();
     let c_addr = c.addr;
-    r.model("m", pool(&[(&a, 1), (&b, 1), (&c, 1)]), |_| {}).await;
+    r.model("m", pool(&[(&a, 1), (&b, 1), (&c, 1)]), |_| {})
+        .await;
     let done = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..4)
         .map(|_| {
@@ -383,7 +402,11 @@ async fn an_upstream_killed_mid_run_costs_no_client_error_and_comes_back() {
     assert!(c_before > 0, "c served before it was killed");
     assert_eq!(
         r.states("m"),
-        [HealthState::Healthy, HealthState::Healthy, HealthState::Ejected],
+        [
+            HealthState::Healthy,
+            HealthState::Healthy,
+            HealthState::Ejected
+        ],
         "c ejected after failing"
     );
     // While ejected nothing is sent to it: every request goes to a or b.
@@ -446,8 +469,15 @@ async fn a_failed_attempt_is_retried_once_on_another_upstream_never_after_the_fi
     while let Some(Ok(chunk)) = body.next().await {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(text.contains("Hel"), "the first chunk reached the client: {text}");
-    assert_eq!(a.hits() + b.hits(), ha + hb + 1, "never retried after the first byte");
+    assert!(
+        text.contains("Hel"),
+        "the first chunk reached the client: {text}"
+    );
+    assert_eq!(
+        a.hits() + b.hits(),
+        ha + hb + 1,
+        "never retried after the first byte"
+    );
 }
 
 #[tokio::test]
@@ -462,8 +492,12 @@ async fn the_retry_budget_caps_retries_during_a_full_outage() {
     for u in &ups {
         u.set(FAIL);
     }
-    r.model("m", pool(&[(&ups[0], 1), (&ups[1], 1), (&ups[2], 1)]), |_| {})
-        .await;
+    r.model(
+        "m",
+        pool(&[(&ups[0], 1), (&ups[1], 1), (&ups[2], 1)]),
+        |_| {},
+    )
+    .await;
     for _ in 0..200 {
         assert_eq!(r.chat("m").await.status(), 502);
     }
@@ -533,4 +567,89 @@ async fn a_fallback_is_served_and_billed_as_the_fallback() {
     let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "upstream_unavailable");
     assert_eq!(only.hits(), 1, "nothing sent while ejected");
+}
+
+/// Waits (bounded) until `model`'s slots show `(in_flight, queued)`.
+async fn pool_shows(r: &Rig, model: &str, want: (usize, usize)) {
+    for _ in 0..500 {
+        let counts = r.gateway.fair_share().pool_counts(model);
+        if counts.is_some_and(|c| (c.in_flight, c.queued) == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "{model}: {:?}, want {want:?}",
+        r.gateway.fair_share().pool_counts(model)
+    );
+}
+
+#[tokio::test]
+async fn models_have_their_own_capacity_and_do_not_block_each_other() {
+    // The global capacity is 1: each model without its own has 1 slot of
+    // its own, not a share of one.
+    let r = Arc::new(rig_with(BalancerConfig::default(), 1).await);
+    let (slow, fast) = (Fake::start(), Fake::start());
+    let (sized, sized2) = (Fake::start(), Fake::start());
+    slow.set(HANG);
+    sized.set(HANG);
+    sized2.set(HANG);
+    r.model("slow", pool(&[(&slow, 1)]), |_| {}).await;
+    r.model("fast", pool(&[(&fast, 1)]), |_| {}).await;
+    // Capacity from its upstreams' limits: 2 + 1.
+    let limited = |u: &Fake, n| Upstream {
+        url: u.url(),
+        weight: 1,
+        max_in_flight: Some(n),
+    };
+    r.model(
+        "sized",
+        vec![limited(&sized, 2), limited(&sized2, 1)],
+        |_| {},
+    )
+    .await;
+    let hold = |model: &'static str| {
+        let r = r.clone();
+        tokio::spawn(async move { r.chat(model).await.status() })
+    };
+    let first = hold("slow");
+    pool_shows(&r, "slow", (1, 0)).await;
+    let second = hold("slow");
+    pool_shows(&r, "slow", (1, 1)).await;
+    // slow's full queue does not hold fast back.
+    for _ in 0..5 {
+        let res = r.chat("fast").await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-maas-served-model"], "fast");
+    }
+    // sized has 3 slots of its own, filled by its upstreams' limits.
+    let sized_holds: Vec<_> = (0..4).map(|_| hold("sized")).collect();
+    pool_shows(&r, "sized", (3, 1)).await;
+    for _ in 0..500 {
+        if sized.hits() + sized2.hits() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        (sized.hits(), sized2.hits()),
+        (2, 1),
+        "each upstream's limit"
+    );
+    let live = r.gateway.fair_share().snapshot();
+    let slots: Vec<(&str, usize, usize, usize)> = live
+        .models
+        .iter()
+        .map(|m| (m.model.as_str(), m.max_in_flight, m.in_flight, m.queued))
+        .collect();
+    assert_eq!(
+        slots,
+        [("fast", 1, 0, 0), ("sized", 3, 3, 1), ("slow", 1, 1, 1)]
+    );
+    // Clients that give up free their slot and their place.
+    first.abort();
+    second.abort();
+    sized_holds.iter().for_each(tokio::task::JoinHandle::abort);
+    pool_shows(&r, "slow", (0, 0)).await;
+    pool_shows(&r, "sized", (0, 0)).await;
 }

@@ -1020,7 +1020,8 @@ impl Server {
                     webhooks: webhooks.clone(),
                 },
             )
-            .map_err(step("setting the admin token"))?,
+            .map_err(step("setting the admin token"))?
+            .with_upstreams(gateway.upstreams().clone()),
             &http,
         );
         let metrics = with_common_layers(

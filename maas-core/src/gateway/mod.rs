@@ -548,11 +548,13 @@ impl Gateway {
             }
         }
         let started = Instant::now();
+        // The model's own slots; a tenant's service counts across models.
         let ask = Request::new(
             caller.tenant(),
             req.prompt_tokens,
             reservation.max_output_tokens(),
-        );
+        )
+        .in_pool(model.id.as_str(), model.capacity());
         let permit = match self.fair_share().acquire(ask).await {
             Ok(p) => p,
             Err(rejected) => {

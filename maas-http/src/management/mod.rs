@@ -76,6 +76,9 @@ pub struct ManagementState {
     pub admission: AdmissionLimits,
     /// Webhooks.
     pub webhooks: Webhooks,
+    /// The gateway's pools of upstreams, shown by `/stats` (see
+    /// [`Self::with_upstreams`]).
+    pub upstreams: Option<maas_core::Upstreams>,
 }
 
 /// The services the management API drives.
@@ -145,7 +148,14 @@ impl ManagementState {
             storage,
             admission,
             webhooks,
+            upstreams: None,
         })
+    }
+
+    /// Shows the health of `upstreams` (the gateway's) in `/stats`.
+    pub fn with_upstreams(mut self, upstreams: maas_core::Upstreams) -> Self {
+        self.upstreams = Some(upstreams);
+        self
     }
 }
 
@@ -913,25 +923,68 @@ async fn set_group_weight(
         .map_err(fail(&id))?)
 }
 
-/// The scheduler's totals.
+/// The scheduler's totals, and each model's.
 #[derive(Debug, Serialize, ToSchema)]
 struct Stats {
     /// Requests holding a slot.
     in_flight: usize,
     /// Requests waiting for one.
     queued: usize,
-    /// Slots.
+    /// Slots (the global capacity; a model without its own has as many).
     max_in_flight: usize,
+    /// Per model served since the start, by id.
+    models: Vec<ModelStats>,
 }
 
-/// Live scheduler totals: requests in flight and queued, and the slots.
+/// One model's slots and upstreams in [`Stats`].
+#[derive(Debug, Serialize, ToSchema)]
+struct ModelStats {
+    /// The model.
+    model: String,
+    /// Its slots.
+    max_in_flight: usize,
+    /// Its requests holding a slot.
+    in_flight: usize,
+    /// Its requests waiting for one.
+    queued: usize,
+    /// Its upstreams: health, requests in flight, attempts and errors (as
+    /// this node saw them).
+    upstreams: Vec<maas_core::upstream::UpstreamSnapshot>,
+}
+
+/// Live scheduler totals: requests in flight and queued, and the slots;
+/// per model, its slots, queue and upstreams.
 #[utoipa::path(get, path = "/stats", responses((status = 200, description = "The totals", body = Stats)))]
 async fn stats(State(s): State<ManagementState>) -> Reply {
     let live = s.scheduling.live();
+    let mut pools = s
+        .upstreams
+        .as_ref()
+        .map(maas_core::Upstreams::snapshot)
+        .unwrap_or_default();
+    let models = live
+        .models
+        .into_iter()
+        .map(|m| {
+            let upstreams = pools
+                .iter_mut()
+                .find(|p| p.model == m.model)
+                .map(|p| std::mem::take(&mut p.upstreams))
+                .unwrap_or_default();
+            ModelStats {
+                model: m.model,
+                max_in_flight: m.max_in_flight,
+                in_flight: m.in_flight,
+                queued: m.queued,
+                upstreams,
+            }
+        })
+        .collect();
     ok(Stats {
         in_flight: live.in_flight,
         queued: live.queued,
         max_in_flight: live.max_in_flight,
+        models,
     })
 }
 
