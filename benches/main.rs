@@ -15,6 +15,7 @@ mod common;
 mod fairshare;
 mod http;
 mod limits;
+mod pools;
 mod redis;
 mod tokens;
 mod translate;
@@ -29,6 +30,7 @@ criterion::criterion_main!(
     limits::benches,
     usage::benches,
     http::benches,
+    pools::benches,
     redis::benches,
     translate::benches,
 );

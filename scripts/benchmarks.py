@@ -29,7 +29,8 @@ LOAD = ROOT / "target" / "load"
 # (operation, bench id, floor/peer id, goal kind, goal value, goal text)
 # kinds: "abs" median <= value ns; "ratio" median/floor <= value;
 # "throughput" floor/median >= value (share of the floor's requests/s);
-# "within" median <= floor * (1 + value); None: no goal.
+# "within" median <= floor * (1 + value); "added" median - floor <= value ns;
+# None: no goal.
 ROWS = [
     ("key verify, hot set of 1,000 keys (memory)", "verify/verify_hot_1k", "verify/blake3_keyed_hash", "abs", 200, "≤ 200 ns"),
     ("key verify, random of 1M keys (memory)", "verify/verify_random_of_1m", "verify/hashmap_lookup_1m", "abs", 500, "≤ 500 ns"),
@@ -56,6 +57,10 @@ ROWS = [
     ("Redis: spend a remaining use", "redis/spend", "redis/floor_evalsha", "ratio", 1.5, "≤ 1.5× a bare EVALSHA (issue 19)"),
     ("Messages → chat request translation", "translate/messages_request_to_chat", "translate/floor_chat_request_parse_write", "abs", 20_000, "≤ 20 µs (issue 21)"),
     ("chat → Messages answer, whole", "translate/messages_whole_answer_back", "translate/floor_chat_request_parse_write", "abs", 20_000, "≤ 20 µs (issue 21)"),
+    ("upstream pick + health report, pool of 1", "pools/pick_record_release/1", "pools/floor_single_upstream_url", "added", 2000, "adds ≤ 2 µs (issue 22)"),
+    ("upstream pick + health report, pool of 3", "pools/pick_record_release/3", "pools/floor_single_upstream_url", "added", 2000, "adds ≤ 2 µs (issue 22)"),
+    ("upstream pick + health report, pool of 16", "pools/pick_record_release/16", "pools/floor_single_upstream_url", "added", 2000, "adds ≤ 2 µs (issue 22)"),
+    ("fair-share slot in a model's own pool (uncontended)", "pools/fairshare_uncontended/model", "pools/fairshare_uncontended/default", None, None, ""),
     ("chat → Messages stream of 16 tokens", "translate/messages_stream_16_tokens_back", "translate/floor_chat_request_parse_write", "abs", 20_000, "≤ 20 µs (issue 21)"),
 ]
 
@@ -92,6 +97,7 @@ def verdict(kind, value, m, f):
         "ratio": lambda: m / f <= value,
         "throughput": lambda: f / m >= value,
         "within": lambda: m <= f * (1 + value),
+        "added": lambda: m - f <= value,
     }[kind]()
     return "**met**" if ok else "**not met**"
 
