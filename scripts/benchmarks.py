@@ -255,6 +255,16 @@ def load_rows():
                          f"{o} µs vs chat {chat} µs over the upstream request = {o / max(chat, 1):.2f}× "
                          f"({r[name]['rps']:,} req/s; Responses {over('responses', 'direct_chat')} µs)",
                          "≤ 1.2× chat's (issue 21)", mark(o <= 1.2 * chat), src))
+    pools = load_result("pools")
+    if pools:
+        r = pools["result"]
+        src = f"`scripts/load/pools.sh {r['plain']['seconds']}` at {pools['commit']}"
+        for kind, label in [("plain", "plain answers"), ("stream", "streamed answers")]:
+            run = r[kind]
+            rows.append((f"one of three upstreams killed under steady load ({run['connections']} clients, {label}): client-visible errors",
+                         f"{run['errors']} of {run['requests']:,} = {run['error_rate']:.3%} "
+                         f"({run['retries']} attempts retried on a sibling; {run['rps']:,.0f} req/s)",
+                         "< 0.1% (issue 22)", mark(run["error_rate"] < 0.001), src))
     soak = load_result("soak")
     if soak:
         r = soak["result"]
