@@ -12,7 +12,9 @@
 //! - `127.0.0.1:9090`: the management API (`/api/v1`) and `/metrics`, behind
 //!   the admin token, and an open `/health`;
 //! - `127.0.0.1:8081` (loopback only): the simulator, upstream of the models
-//!   `simulator` (every tier) and `simulator-premium` (premium, enterprise).
+//!   `simulator` (every tier) and `simulator-premium` (premium, enterprise);
+//!   with `--simulator-instances N`, N simulators on ports 8081, 8082, ...,
+//!   the models balanced over them.
 //!
 //! Settings come from flags, then environment variables, then the
 //! configuration file (`--config`, TOML, keys as in the table), then the
@@ -31,6 +33,7 @@
 //! | `--listen ADDR` | `MAAS_LISTEN` | `listen` | `127.0.0.1:8080` |
 //! | `--admin-listen ADDR` | `MAAS_ADMIN_LISTEN` | `admin_listen` | `127.0.0.1:9090` |
 //! | `--simulator-listen ADDR` | `MAAS_SIMULATOR_LISTEN` | `simulator_listen` | `127.0.0.1:8081` |
+//! | `--simulator-instances N` | `MAAS_SIMULATOR_INSTANCES` | `simulator_instances` | 1 (up to 16, on consecutive ports) |
 //! | `--users FILE` | `MAAS_USERS` | `users` | `examples/users.toml` |
 //! | `--public-url URL` | `MAAS_PUBLIC_URL` | `public_url` | `http://{listen}` |
 //! | `--sim-tokens-per-second N` | `MAAS_SIM_TOKENS_PER_SECOND` | `sim_tokens_per_second` | 50 |
@@ -97,6 +100,10 @@ struct Cli {
     /// Simulator listener (loopback only).
     #[arg(long, env = "MAAS_SIMULATOR_LISTEN", value_name = "ADDR")]
     simulator_listen: Option<SocketAddr>,
+    /// Simulators to run (1 to 16), on consecutive ports from
+    /// --simulator-listen's; the simulated models are balanced over them.
+    #[arg(long, env = "MAAS_SIMULATOR_INSTANCES", value_name = "N")]
+    simulator_instances: Option<usize>,
     /// Development users (TOML with [[users]] token, user, groups).
     #[arg(long, env = "MAAS_USERS", value_name = "FILE")]
     users: Option<PathBuf>,
@@ -152,6 +159,7 @@ fn config(cli: Cli) -> Result<ServerConfig, String> {
         listen,
         admin_listen,
         simulator_listen,
+        simulator_instances,
         sim_tokens_per_second,
         sim_max_concurrent,
         max_in_flight,
@@ -208,7 +216,18 @@ fn announce(s: &RunningServer) {
         "maas: management API (/api/v1) and /metrics on http://{}",
         s.admin_addr
     );
-    println!("maas: simulator on http://{}", s.simulator_addr);
+    let sims: Vec<String> = s
+        .simulator_addrs
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    match sims.len() {
+        1 => println!("maas: simulator on {}", sims.join("")),
+        n => println!(
+            "maas: {n} simulators (PUT /simulator/fault on one to make it fail) on {}",
+            sims.join(", ")
+        ),
+    }
     match &s.data_dir {
         Some(dir) => println!("maas: data in {}", dir.display()),
         None if s.redis => println!("maas: data in Redis (shared with the other replicas)"),

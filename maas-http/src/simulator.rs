@@ -3,8 +3,9 @@
 //!
 //! [`router`] answers `POST /v1/chat/completions`, `POST /v1/completions`,
 //! `POST /v1/embeddings`, `POST /v1/responses`, Anthropic's `POST
-//! /v1/messages`, `GET /v1/models` and `GET /health`; [`serve`] runs it on
-//! a listener.
+//! /v1/messages`, `GET /v1/models`, `GET /health` and `GET`/`PUT
+//! /simulator/fault` (see [Faults](#faults)); [`serve`] runs it on a
+//! listener.
 //! Any model name is accepted. Answers are deterministic: the completion is
 //! a cycle of lorem-ipsum words, one word (and a space) per token, and the
 //! prompt's token count is an estimate from its size:
@@ -52,18 +53,50 @@
 //! shape. Options it does not model (`top_k`, `thinking`, …) are ignored.
 //! Responses likewise: the chat completion of its input, as a response
 //! object or the Responses event stream.
+//!
+//! # Faults
+//!
+//! To see a gateway's failover, retries and fallbacks without a real outage,
+//! a simulator can be told to fail. The [`Fault`] starts as
+//! [`SimulatorConfig::fault`] (none by default) and is changed live through
+//! the simulator's own API:
+//!
+//! ```sh
+//! curl -X PUT http://127.0.0.1:8081/simulator/fault -d '{"mode": "error", "status": 503}'
+//! curl http://127.0.0.1:8081/simulator/fault     # {"mode":"error","status":503}
+//! curl -X PUT http://127.0.0.1:8081/simulator/fault -d '{"mode": "none"}'
+//! ```
+//!
+//! The body is the whole setting: `mode` (required) and `status` (400 to
+//! 599, default 503, used by `error` only). `PUT` answers the new setting;
+//! a bad body is a 400 in OpenAI's error shape naming the `param` at fault.
+//! The modes ([`FaultMode`]):
+//!
+//! - `none`: answer normally;
+//! - `error`: answer `status` at once with an OpenAI-shaped error (code
+//!   `simulated_fault`; Anthropic's shape on `/v1/messages`);
+//! - `close`: drop the connection without answering (the client sees the
+//!   connection closed before a response);
+//! - `hang`: never answer; the request ends when its client gives up (it
+//!   holds no generation slot).
+//!
+//! Only the inference routes (`/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings`, `/v1/messages`, `/v1/responses`) fail; `/v1/models`,
+//! `/health` and `/simulator/fault` always answer. Requests already past
+//! the check (generating) are not affected by a change.
 
 use axum::serve::ListenerExt;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -71,7 +104,7 @@ use maas_core::Error;
 use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::common::Health;
 use crate::openai::OpenAiError;
@@ -129,6 +162,9 @@ pub struct SimulatorConfig {
     /// Completion length when the request has no `max_tokens`, at most
     /// [`MAX_COMPLETION_TOKENS`]. Default 64.
     pub default_max_tokens: u64,
+    /// The fault injected at start (changed live through `PUT
+    /// /simulator/fault`, see [Faults](self#faults)). Default none.
+    pub fault: Fault,
 }
 
 impl Default for SimulatorConfig {
@@ -137,7 +173,139 @@ impl Default for SimulatorConfig {
             tokens_per_second: 50.0,
             max_concurrent: 8,
             default_max_tokens: 64,
+            fault: Fault::default(),
         }
+    }
+}
+
+/// The status a [`FaultMode::Error`] answers unless told otherwise.
+pub const DEFAULT_FAULT_STATUS: u16 = 503;
+
+/// How a simulator fails its inference requests (see [Faults](self#faults)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FaultMode {
+    /// Answer normally.
+    #[default]
+    None,
+    /// Answer [`Fault::status`] with an error body.
+    Error,
+    /// Drop the connection without answering.
+    Close,
+    /// Never answer (until the client gives up).
+    Hang,
+}
+
+impl FaultMode {
+    /// Every mode, in the order of their names.
+    pub const ALL: [FaultMode; 4] = [
+        FaultMode::None,
+        FaultMode::Error,
+        FaultMode::Close,
+        FaultMode::Hang,
+    ];
+
+    /// Its name in the API: `none`, `error`, `close` or `hang`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultMode::None => "none",
+            FaultMode::Error => "error",
+            FaultMode::Close => "close",
+            FaultMode::Hang => "hang",
+        }
+    }
+
+    /// The mode named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        FaultMode::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+}
+
+/// A simulator's fault setting: its [`mode`](Self::mode) and the
+/// [`status`](Self::status) an `error` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// How inference requests fail.
+    pub mode: FaultMode,
+    /// The status of [`FaultMode::Error`]'s answers, 400 to 599. Default
+    /// [`DEFAULT_FAULT_STATUS`].
+    pub status: u16,
+}
+
+impl Default for Fault {
+    fn default() -> Self {
+        Fault::NONE
+    }
+}
+
+impl Fault {
+    /// No fault.
+    pub const NONE: Fault = Fault {
+        mode: FaultMode::None,
+        status: DEFAULT_FAULT_STATUS,
+    };
+
+    /// A fault of `mode`, answering [`DEFAULT_FAULT_STATUS`] if it is an
+    /// error.
+    pub fn new(mode: FaultMode) -> Self {
+        Fault {
+            mode,
+            status: DEFAULT_FAULT_STATUS,
+        }
+    }
+
+    /// Answering `status` to every inference request.
+    pub fn error(status: u16) -> Self {
+        Fault {
+            mode: FaultMode::Error,
+            status,
+        }
+    }
+
+    /// Checks the status: 400 to 599.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(400..=599).contains(&self.status) {
+            return Err(Error::invalid("status", "must be between 400 and 599"));
+        }
+        Ok(())
+    }
+
+    /// Its JSON form, as `GET /simulator/fault` answers it:
+    /// `{"mode": "error", "status": 503}`.
+    pub fn to_json(&self) -> Value {
+        json!({"mode": self.mode.as_str(), "status": self.status})
+    }
+
+    /// Reads the JSON form (see [Faults](self#faults)): `mode` required,
+    /// `status` optional; any other field, or a value out of range, is
+    /// invalid input naming the field.
+    pub fn from_json(body: &Value) -> Result<Self, Error> {
+        let Value::Object(map) = body else {
+            return Err(Error::invalid("body", "must be a JSON object"));
+        };
+        if let Some(other) = map.keys().find(|k| *k != "mode" && *k != "status") {
+            return Err(Error::invalid(
+                other.clone(),
+                "is not a fault setting (expected 'mode' and 'status')",
+            ));
+        }
+        let names = "must be one of 'none', 'error', 'close' and 'hang'";
+        let mode = match map.get("mode") {
+            Some(Value::String(name)) => {
+                FaultMode::from_name(name).ok_or_else(|| Error::invalid("mode", names))?
+            }
+            v if absent(v) => return Err(Error::invalid("mode", "is required")),
+            _ => return Err(Error::invalid("mode", names)),
+        };
+        let status = match map.get("status") {
+            None | Some(Value::Null) => DEFAULT_FAULT_STATUS,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| Error::invalid("status", "must be between 400 and 599"))?,
+        };
+        let fault = Fault { mode, status };
+        fault.validate()?;
+        Ok(fault)
     }
 }
 
@@ -164,9 +332,15 @@ impl SimulatorConfig {
                 format!("must be between 1 and {MAX_COMPLETION_TOKENS}"),
             ));
         }
-        Ok(())
+        self.fault
+            .validate()
+            .map_err(|_| Error::invalid("fault.status", "must be between 400 and 599"))
     }
 }
+
+/// The path of a simulator's fault setting (`GET` reads it, `PUT` sets
+/// it; see [Faults](self#faults)).
+pub const FAULT_PATH: &str = "/simulator/fault";
 
 /// The router of the simulator, or invalid input when `config` does not
 /// [validate](SimulatorConfig::validate).
@@ -174,6 +348,7 @@ pub fn router(config: SimulatorConfig) -> Result<Router, Error> {
     config.validate()?;
     let sim = Arc::new(Sim {
         permits: Arc::new(Semaphore::new(config.max_concurrent)),
+        fault: Mutex::new(config.fault),
         config,
     });
     Ok(Router::new()
@@ -182,13 +357,24 @@ pub fn router(config: SimulatorConfig) -> Result<Router, Error> {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(messages))
         .route("/v1/responses", post(responses))
+        // The routes above (the inference routes) fail as the fault says.
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&sim),
+            inject_fault,
+        ))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route(FAULT_PATH, get(get_fault).put(put_fault))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(sim)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TraceLayer::new_for_http())
+        // Its 5xx are simulated faults, not the server's errors: the gateway
+        // in front logs what it makes of them.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .layer(axum::middleware::from_fn(crate::common::request_id)))
 }
 
@@ -211,11 +397,23 @@ pub async fn serve(
         .await
 }
 
-/// The shared state: the settings and the generation slots.
+/// The shared state: the settings, the generation slots and the fault.
 #[derive(Debug)]
 struct Sim {
     config: SimulatorConfig,
     permits: Arc<Semaphore>,
+    /// The fault now (starts as `config.fault`).
+    fault: Mutex<Fault>,
+}
+
+impl Sim {
+    fn fault(&self) -> Fault {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap_or_else(PoisonError::into_inner) = fault;
+    }
 }
 
 /// Which API a request came through.
@@ -861,6 +1059,77 @@ async fn responses(State(sim): State<Arc<Sim>>, body: Result<Bytes, BytesRejecti
         .await
 }
 
+// ---------------------------------------------------------------- faults
+
+/// Middleware of the inference routes: fails the request as the fault
+/// says, or passes it on.
+async fn inject_fault(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response {
+    let fault = sim.fault();
+    match fault.mode {
+        FaultMode::None => next.run(req).await,
+        FaultMode::Error => {
+            let status =
+                StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let message = format!(
+                "simulated fault: this simulator answers {} (PUT {FAULT_PATH} to change it)",
+                status.as_u16()
+            );
+            if req.uri().path() == "/v1/messages" {
+                return (
+                    status,
+                    Json(crate::anthropic::error_body(status.as_u16(), &message)),
+                )
+                    .into_response();
+            }
+            let kind = match status {
+                StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+                s if s.is_server_error() => "server_error",
+                _ => "invalid_request_error",
+            };
+            OpenAiError::new(status, kind, Some("simulated_fault"), message).into_response()
+        }
+        FaultMode::Close => {
+            tracing::debug!("simulated fault: closing the connection");
+            // A body that fails before its first byte: hyper drops the
+            // connection without writing the (still buffered) head.
+            let failing = futures_util::stream::once(async {
+                Err::<Bytes, _>(std::io::Error::other("simulated fault: connection closed"))
+            });
+            Body::from_stream(failing).into_response()
+        }
+        FaultMode::Hang => {
+            tracing::debug!("simulated fault: hanging");
+            // The body read to its end, hyper watches the connection and
+            // drops this future when the client goes away.
+            let _ = axum::body::to_bytes(req.into_body(), BODY_LIMIT).await;
+            std::future::pending::<Response>().await
+        }
+    }
+}
+
+async fn get_fault(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    Json(sim.fault().to_json())
+}
+
+async fn put_fault(State(sim): State<Arc<Sim>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body_object(body) {
+        Ok(b) => Value::Object(b),
+        Err(e) => return e.into_response(),
+    };
+    match Fault::from_json(&body) {
+        Ok(fault) => {
+            sim.set_fault(fault);
+            tracing::info!(
+                mode = fault.mode.as_str(),
+                status = fault.status,
+                "simulator fault set"
+            );
+            Json(fault.to_json()).into_response()
+        }
+        Err(e) => OpenAiError::from_core(&e).into_response(),
+    }
+}
+
 async fn models() -> Json<Value> {
     Json(json!({
         "object": "list",
@@ -1073,6 +1342,13 @@ mod tests {
             };
             assert_eq!(bad(c), "default_max_tokens");
         }
+        for status in [200, 399, 600] {
+            let c = SimulatorConfig {
+                fault: Fault::error(status),
+                ..base.clone()
+            };
+            assert_eq!(bad(c), "fault.status");
+        }
         assert!(
             router(SimulatorConfig {
                 max_concurrent: 0,
@@ -1080,6 +1356,25 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn faults_read_and_write_their_json() {
+        for mode in FaultMode::ALL {
+            assert_eq!(FaultMode::from_name(mode.as_str()), Some(mode));
+            let f = Fault::new(mode);
+            assert_eq!(Fault::from_json(&f.to_json()).ok(), Some(f));
+        }
+        assert_eq!(FaultMode::from_name("None"), None);
+        assert_eq!(
+            Fault::from_json(&json!({"mode": "error", "status": 502})).ok(),
+            Some(Fault::error(502))
+        );
+        assert_eq!(
+            Fault::from_json(&json!({"mode": "hang", "status": null})).ok(),
+            Some(Fault::new(FaultMode::Hang))
+        );
+        assert_eq!(Fault::default(), Fault::NONE);
     }
 
     #[test]

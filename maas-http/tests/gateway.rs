@@ -57,6 +57,7 @@ async fn rig_with(tps: f64, upstream: Option<String>, timeout: Duration) -> Rig 
         tokens_per_second: tps,
         max_concurrent: 8,
         default_max_tokens: 16,
+        ..SimulatorConfig::default()
     };
     tokio::spawn(simulator::serve(sl, sim, std::future::pending()));
     let sim_url = format!("http://{sa}");
@@ -1194,6 +1195,7 @@ async fn messages_go_natively_to_an_anthropic_upstream() {
             tokens_per_second: 0.0,
             max_concurrent: 8,
             default_max_tokens: 16,
+            ..SimulatorConfig::default()
         },
         std::future::pending(),
     ));

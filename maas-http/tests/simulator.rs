@@ -1,6 +1,7 @@
 //! The simulator through `oneshot`: answer shapes and token counts, the
 //! streamed events, OpenAI-shaped 400s naming the field, and pacing and
-//! concurrency on paused tokio time (no test really sleeps).
+//! concurrency on paused tokio time (no test really sleeps); the injected
+//! faults, through `oneshot` and over loopback TCP.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use maas_http::simulator::{SimulatorConfig, router};
+use maas_http::simulator::{FAULT_PATH, Fault, FaultMode, SimulatorConfig, router};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -25,6 +26,7 @@ fn sim(tokens_per_second: f64, max_concurrent: usize) -> Router {
         tokens_per_second,
         max_concurrent,
         default_max_tokens: 7,
+        ..SimulatorConfig::default()
     })
     .unwrap()
 }
@@ -796,4 +798,229 @@ async fn responses_are_answered() {
     .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json_of(res).await["error"]["param"], "previous_response_id");
+}
+
+// ---------------------------------------------------------------- faults
+
+async fn send_to(app: &Router, method: &str, path: &str, body: &str) -> Response<Body> {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    app.clone().oneshot(req).await.unwrap()
+}
+
+async fn put_fault(app: &Router, body: &str) -> Response<Body> {
+    send_to(app, "PUT", FAULT_PATH, body).await
+}
+
+/// The fault is read and set through `/simulator/fault`; `error` answers its
+/// status on every inference route (Anthropic's shape on Messages), the
+/// other routes keep answering; `none` restores; bad bodies are 400s naming
+/// the field.
+#[tokio::test]
+async fn an_error_fault_answers_its_status_until_none_restores() {
+    let app = instant();
+    let res = send_to(&app, "GET", FAULT_PATH, "").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await, json!({"mode": "none", "status": 503}));
+
+    let res = put_fault(&app, r#"{"mode": "error"}"#).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await, json!({"mode": "error", "status": 503}));
+    let res = send_to(&app, "GET", FAULT_PATH, "").await;
+    assert_eq!(json_of(res).await, json!({"mode": "error", "status": 503}));
+
+    let res = post(&app, "/v1/chat/completions", &chat_body(3, false)).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+    let e = json_of(res).await;
+    assert_eq!(
+        (&e["error"]["type"], &e["error"]["code"]),
+        (&json!("server_error"), &json!("simulated_fault")),
+        "{e}"
+    );
+    for (path, body) in [
+        ("/v1/completions", json!({"model": "m", "prompt": "hi"})),
+        ("/v1/embeddings", json!({"model": "e", "input": "hi"})),
+        ("/v1/responses", json!({"model": "m", "input": "hi"})),
+        // Even a bad request: the instance is down.
+        ("/v1/chat/completions", json!({})),
+    ] {
+        let res = post(&app, path, &body).await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+    }
+    let messages = json!({"model": "claude", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]});
+    let res = post(&app, "/v1/messages", &messages).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json_of(res).await["type"], "error");
+    // Not the inference routes: unaffected.
+    for path in ["/health", "/v1/models"] {
+        let res = send_to(&app, "GET", path, "").await;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+    }
+
+    let res = put_fault(&app, r#"{"mode": "error", "status": 500}"#).await;
+    assert_eq!(json_of(res).await, json!({"mode": "error", "status": 500}));
+    let res = post(&app, "/v1/chat/completions", &chat_body(3, false)).await;
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+    for (bad, param) in [
+        ("", "body"),
+        ("nope", "body"),
+        ("[]", "body"),
+        (r#"{"status": 503}"#, "mode"),
+        (r#"{"mode": "explode"}"#, "mode"),
+        (r#"{"mode": 1}"#, "mode"),
+        (r#"{"mode": "error", "status": 200}"#, "status"),
+        (r#"{"mode": "error", "status": 70000}"#, "status"),
+        (r#"{"mode": "error", "status": "503"}"#, "status"),
+        (r#"{"mode": "none", "delay": 1}"#, "delay"),
+    ] {
+        let res = put_fault(&app, bad).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let e = json_of(res).await;
+        assert_eq!(e["error"]["param"], param, "{bad}: {e}");
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{bad}");
+    }
+    // A bad body changed nothing.
+    let res = send_to(&app, "GET", FAULT_PATH, "").await;
+    assert_eq!(json_of(res).await, json!({"mode": "error", "status": 500}));
+    let res = send_to(&app, "DELETE", FAULT_PATH, "").await;
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    let res = put_fault(&app, r#"{"mode": "none"}"#).await;
+    assert_eq!(json_of(res).await, json!({"mode": "none", "status": 503}));
+    let res = post(&app, "/v1/chat/completions", &chat_body(3, false)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+/// A fault set at start applies from the first request.
+#[tokio::test]
+async fn a_fault_can_be_set_at_start() {
+    let app = router(SimulatorConfig {
+        tokens_per_second: 0.0,
+        fault: Fault::error(429),
+        ..SimulatorConfig::default()
+    })
+    .unwrap();
+    let res = post(&app, "/v1/chat/completions", &chat_body(3, false)).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json_of(res).await["error"]["type"], "rate_limit_error");
+    let bad = SimulatorConfig {
+        fault: Fault::error(200),
+        ..SimulatorConfig::default()
+    };
+    assert!(router(bad).is_err());
+    assert_eq!(
+        SimulatorConfig::default().fault,
+        Fault::new(FaultMode::None)
+    );
+}
+
+/// A simulator served on a loopback port, its URL and a client.
+async fn served() -> (String, reqwest::Client) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = SimulatorConfig {
+        tokens_per_second: 0.0,
+        ..SimulatorConfig::default()
+    };
+    tokio::spawn(maas_http::simulator::serve(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+    (url, reqwest::Client::new())
+}
+
+async fn set_fault(client: &reqwest::Client, url: &str, body: &str) {
+    let res = client
+        .put(format!("{url}{FAULT_PATH}"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+}
+
+fn chat_request(client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat_body(3, false).to_string())
+}
+
+/// `close` drops the connection without an answer: the client gets an
+/// error, not a response; `none` restores.
+#[tokio::test]
+async fn a_close_fault_drops_the_connection_without_an_answer() {
+    let (url, client) = served().await;
+    set_fault(&client, &url, r#"{"mode": "close"}"#).await;
+    for _ in 0..3 {
+        let e = chat_request(&client, &url).send().await.unwrap_err();
+        assert!(!e.is_timeout() && e.status().is_none(), "{e:?}");
+    }
+    // Streamed requests too: not even the headers come.
+    let e = client
+        .post(format!("{url}/v1/chat/completions"))
+        .body(chat_body(3, true).to_string())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.status().is_none(), "{e:?}");
+    set_fault(&client, &url, r#"{"mode": "none"}"#).await;
+    let res = chat_request(&client, &url).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+}
+
+/// `hang` never answers: a client giving up after 300 ms gets its timeout;
+/// the request ends with it (the simulator can still shut down); `none`
+/// restores.
+#[tokio::test]
+async fn a_hang_fault_never_answers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(maas_http::simulator::serve(
+        listener,
+        SimulatorConfig {
+            tokens_per_second: 0.0,
+            // One slot: a hung request must not hold it.
+            max_concurrent: 1,
+            fault: Fault::new(FaultMode::Hang),
+            ..SimulatorConfig::default()
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = reqwest::Client::new();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let e = chat_request(&impatient, &url).send().await.unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    // The fault route itself answers while inference hangs.
+    let res = client
+        .get(format!("{url}{FAULT_PATH}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), r#"{"mode":"hang","status":503}"#);
+    set_fault(&client, &url, r#"{"mode": "none"}"#).await;
+    let res = chat_request(&impatient, &url).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    // The hung request ended with its client: the graceful shutdown has
+    // nothing to wait for (the idle keep-alive connections close at once).
+    drop((client, impatient));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the hung request ended with its client")
+        .unwrap()
+        .unwrap();
 }

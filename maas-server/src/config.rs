@@ -22,6 +22,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// The simulator's listener by default (loopback only).
 pub const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:8081";
+/// The most simulator instances ([`ServerConfig::simulator_instances`]).
+pub const MAX_SIMULATOR_INSTANCES: usize = 16;
 /// The sled page cache by default, in MiB.
 pub const DEFAULT_SLED_CACHE_MB: u64 = 64;
 /// The largest sled page cache accepted, in MiB (1 TiB).
@@ -83,6 +85,12 @@ pub struct ServerConfig {
     /// authentication: clients reach it through the gateway). Default
     /// `127.0.0.1:8081`.
     pub simulator_listen: SocketAddr,
+    /// How many simulators to run (1 to [`MAX_SIMULATOR_INSTANCES`]):
+    /// instance `i` (from 0) listens on `simulator_listen`'s port + `i` (each
+    /// on a free port when that port is 0), and the simulated models are
+    /// balanced over all of them. Each has its own fault setting
+    /// (`/simulator/fault`). Default 1.
+    pub simulator_instances: usize,
     /// The development identities (TOML, `[[users]]` with `token`, `user`,
     /// `groups`). `None`: `examples/users.toml` if it exists (a warning if
     /// not); a file named here must exist.
@@ -148,6 +156,7 @@ impl Default for ServerConfig {
             listen: addr(DEFAULT_LISTEN),
             admin_listen: addr(DEFAULT_ADMIN_LISTEN),
             simulator_listen: addr(DEFAULT_SIMULATOR_LISTEN),
+            simulator_instances: 1,
             users: None,
             public_url: None,
             sim_tokens_per_second: 50.0,
@@ -180,6 +189,7 @@ impl fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
             .field("simulator_listen", &self.simulator_listen)
+            .field("simulator_instances", &self.simulator_instances)
             .field("users", &self.users)
             .field("public_url", &self.public_url)
             .field("sim_tokens_per_second", &self.sim_tokens_per_second)
@@ -211,7 +221,8 @@ impl ServerConfig {
         parse_toml(CONFIG_FILE, path.as_ref(), text)
     }
 
-    /// Checks the values: the simulator on loopback, positive sizes and
+    /// Checks the values: the simulator on loopback (with 1 to
+    /// [`MAX_SIMULATOR_INSTANCES`] instances whose ports fit), positive sizes and
     /// timeouts, an http(s) public URL, an admin token long enough.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
@@ -221,6 +232,23 @@ impl ServerConfig {
                 format!(
                     "{} is not a loopback address (the simulator has no authentication)",
                     self.simulator_listen
+                ),
+            );
+        }
+        if !(1..=MAX_SIMULATOR_INSTANCES).contains(&self.simulator_instances) {
+            return invalid(
+                "simulator_instances",
+                format!("must be between 1 and {MAX_SIMULATOR_INSTANCES}"),
+            );
+        }
+        let port = usize::from(self.simulator_listen.port());
+        if port != 0 && port + self.simulator_instances - 1 > usize::from(u16::MAX) {
+            return invalid(
+                "simulator_instances",
+                format!(
+                    "{} instances from port {port} go past port {}",
+                    self.simulator_instances,
+                    u16::MAX
                 ),
             );
         }
@@ -485,6 +513,7 @@ mod tests {
         assert_eq!(c.simulator_listen.to_string(), DEFAULT_SIMULATOR_LISTEN);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.max_in_flight, 64);
+        assert_eq!(c.simulator_instances, 1);
         c.validate().unwrap();
     }
 
@@ -498,6 +527,7 @@ mod tests {
             listen = "0.0.0.0:1"
             admin_listen = "127.0.0.1:2"
             simulator_listen = "127.0.0.1:3"
+            simulator_instances = 4
             users = "u.toml"
             public_url = "https://maas.example"
             sim_tokens_per_second = 0
@@ -516,6 +546,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:1");
         assert_eq!(c.admin_listen.port(), 2);
         assert_eq!(c.simulator_listen.port(), 3);
+        assert_eq!(c.simulator_instances, 4);
         assert_eq!(c.users, Some(PathBuf::from("u.toml")));
         assert_eq!(c.public_url.as_deref(), Some("https://maas.example"));
         assert_eq!(c.sim_tokens_per_second, 0.0);
@@ -597,6 +628,43 @@ mod tests {
         c.sled_cache_mb = DEFAULT_SLED_CACHE_MB;
         c.public_url = Some("ftp://x".into());
         assert!(c.validate().unwrap_err().to_string().contains("public_url"));
+    }
+
+    #[test]
+    fn simulator_instances_are_bounded_and_their_ports_fit() {
+        let with = |n: usize, port: u16| ServerConfig {
+            simulator_instances: n,
+            simulator_listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            ..ServerConfig::default()
+        };
+        for n in [1, 3, MAX_SIMULATOR_INSTANCES] {
+            with(n, 8081).validate().unwrap();
+            with(n, 0).validate().unwrap();
+        }
+        for n in [0, MAX_SIMULATOR_INSTANCES + 1] {
+            let e = with(n, 8081).validate().unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "invalid setting `simulator_instances`: must be between 1 and 16"
+            );
+        }
+        with(2, u16::MAX - 1).validate().unwrap();
+        let e = with(3, u16::MAX - 1).validate().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid setting `simulator_instances`: 3 instances from port 65534 go past port 65535"
+        );
+        // Parsed from the file; a value of the wrong type names its line.
+        let c = ServerConfig::from_toml_str("simulator_instances = 16\n", "x.toml").unwrap();
+        assert_eq!(c.simulator_instances, 16);
+        let e = ServerConfig::from_toml_str("\nsimulator_instances = -1\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config file x.toml, line 2: "), "{e}");
+        let e = ServerConfig::from_toml_str("simulator_instances = \"3\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config file x.toml, line 1: "), "{e}");
     }
 
     #[test]

@@ -10,12 +10,12 @@
 //! |---|---|---|
 //! | public (`127.0.0.1:8080`) | `listen` | the gateway (`…/v1/chat/completions`, `…/v1/completions`, `…/v1/embeddings`), the Unkey-compatible API (`/v1/liveness`, `/v1/keys…`, `/v1/apis…`, `/v1/ratelimits…`), the MaaS user API (everything else) |
 //! | admin (`127.0.0.1:9090`) | `admin_listen` | `GET /health` (open), `GET /metrics` and the management API under `/api/v1` (admin token) |
-//! | simulator (`127.0.0.1:8081`, loopback only) | `simulator_listen` | the simulated models' upstream |
+//! | simulator (`127.0.0.1:8081`, loopback only; `simulator_instances` of them on consecutive ports) | `simulator_listen` | the simulated models' upstreams, each with its fault setting (`/simulator/fault`) |
 //!
 //! On start the server opens the store (sled in `data_dir`, or memory),
 //! creates seed 002's default tiers if absent, registers two simulated
 //! models (`simulator` for every tier, `simulator-premium` for premium and
-//! enterprise; their upstream URL is set to the simulator's address on every
+//! enterprise; their upstreams are set to the simulators' addresses on every
 //! start), loads the development identities of the users file, and settles
 //! the admin token (see [`AdminTokenSource`]).
 //!
@@ -59,7 +59,7 @@ use maas_core::webhook::{WebhookConfig, Webhooks};
 use maas_core::{
     Actor, AdmissionConfig, AdmissionLimits, Authenticator, Chain, Gateway, GatewayServices,
     Identity, KeyHasher, KeyService, KeyServiceConfig, ModelService, ModelUpdate, NewModel,
-    RateLimitConfig, RateLimiter, StaticTokens, Storage, TierService, UserKeys,
+    RateLimitConfig, RateLimiter, StaticTokens, Storage, TierService, Upstream, UserKeys,
 };
 use maas_store_memory::MemoryStore;
 use maas_store_redis::{RedisConfig, RedisStore};
@@ -71,7 +71,8 @@ use tower::ServiceExt;
 
 pub use config::{
     ConfigError, DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_SIMULATOR_LISTEN,
-    DEFAULT_SLED_CACHE_MB, DEFAULT_USERS, MAX_SLED_CACHE_MB, MIN_ADMIN_TOKEN, ServerConfig,
+    DEFAULT_SLED_CACHE_MB, DEFAULT_USERS, MAX_SIMULATOR_INSTANCES, MAX_SLED_CACHE_MB,
+    MIN_ADMIN_TOKEN, ServerConfig,
 };
 
 use maas_http::common::{HttpConfig, is_admin, with_common_layers};
@@ -232,8 +233,12 @@ pub struct RunningServer {
     pub public_addr: SocketAddr,
     /// The admin listener's address (management API, `/metrics`).
     pub admin_addr: SocketAddr,
-    /// The simulator's address (the simulated models' upstream).
+    /// The first simulator's address (the first of
+    /// [`simulator_addrs`](Self::simulator_addrs)).
     pub simulator_addr: SocketAddr,
+    /// Every simulator's address, in order (`simulator_instances` of them):
+    /// the simulated models' upstreams.
+    pub simulator_addrs: Vec<SocketAddr>,
     /// The base URL `/v1/models` lists models under.
     pub public_url: String,
     /// The data directory (`None` with `memory` or `redis`).
@@ -294,6 +299,7 @@ impl std::fmt::Debug for RunningServer {
             .field("public_addr", &self.public_addr)
             .field("admin_addr", &self.admin_addr)
             .field("simulator_addr", &self.simulator_addr)
+            .field("simulator_addrs", &self.simulator_addrs)
             .field("public_url", &self.public_url)
             .field("data_dir", &self.data_dir)
             .field("admin_token_source", &self.admin_token_source)
@@ -316,6 +322,33 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Server
     };
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
     Ok(listener)
+}
+
+/// Binds the `simulator_instances` simulators: instance `i` on
+/// `simulator_listen`'s port + `i` (each on a free port when it is 0).
+async fn bind_simulators(
+    config: &ServerConfig,
+) -> Result<Vec<(SocketAddr, TcpListener)>, ServerError> {
+    let key = "simulator_listen";
+    let mut out = Vec::with_capacity(config.simulator_instances);
+    for i in 0..config.simulator_instances {
+        let mut addr = config.simulator_listen;
+        if addr.port() != 0 {
+            // validate() checked that every port fits.
+            let port = u16::try_from(i)
+                .ok()
+                .and_then(|i| addr.port().checked_add(i))
+                .ok_or_else(|| ServerError::Bind {
+                    key,
+                    addr,
+                    reason: "port out of range".into(),
+                })?;
+            addr.set_port(port);
+        }
+        let listener = bind(key, addr).await?;
+        out.push((local_addr(key, addr, &listener)?, listener));
+    }
+    Ok(out)
 }
 
 fn local_addr(
@@ -447,26 +480,31 @@ async fn open_store(config: &ServerConfig) -> Result<(Storage, Option<SledStore>
     }
 }
 
-/// Registers a simulated model, or points it at `url` if it exists (its
-/// other settings, changed through the management API, are kept).
+/// Registers a simulated model served by the pool of `urls` (weight 1
+/// each), or, if it exists with other upstream URLs, points it at them. Its
+/// other settings, changed through the management API, are kept (the
+/// upstreams' weights and limits too while their URLs are the same).
 async fn ensure_model(
     models: &ModelService,
     id: &str,
-    url: &str,
+    urls: &[String],
     tiers: &[&str],
 ) -> maas_core::Result<()> {
     let system = Actor::system();
+    let first = urls.first().cloned().unwrap_or_default();
+    let pool: Vec<Upstream> = urls.iter().map(Upstream::new).collect();
     match models.get(id).await {
-        Ok(m) if m.upstream_url == url => Ok(()),
+        Ok(m) if m.pool().iter().map(|u| &u.url).eq(urls.iter()) => Ok(()),
         Ok(_) => {
             let update = ModelUpdate {
-                upstream_url: Some(url.to_owned()),
+                upstreams: Some(pool),
                 ..ModelUpdate::default()
             };
             models.update(&system, id, update).await.map(drop)
         }
         Err(e) if e.is_not_found() => {
-            let mut new = NewModel::new(id, url);
+            let mut new = NewModel::new(id, first);
+            new.upstreams = pool;
             new.tiers = tiers.iter().map(|t| (*t).to_owned()).collect();
             match models.create(&system, new).await {
                 Ok(_) | Err(maas_core::Error::Conflict { .. }) => Ok(()),
@@ -710,11 +748,22 @@ impl Server {
         // Listeners first: an address in use is the likeliest mistake.
         let public = bind("listen", config.listen).await?;
         let admin = bind("admin_listen", config.admin_listen).await?;
-        let sim = bind("simulator_listen", config.simulator_listen).await?;
+        let sims = bind_simulators(&config).await?;
         let public_addr = local_addr("listen", config.listen, &public)?;
         let admin_addr = local_addr("admin_listen", config.admin_listen, &admin)?;
-        let simulator_addr = local_addr("simulator_listen", config.simulator_listen, &sim)?;
-        let simulator = simulator_router(config.sim_tokens_per_second, config.sim_max_concurrent)
+        let simulator_addrs: Vec<SocketAddr> = sims.iter().map(|(addr, _)| *addr).collect();
+        let simulator_addr = simulator_addrs
+            .first()
+            .copied()
+            .unwrap_or(config.simulator_listen);
+        // One router each: each instance has its own slots and fault.
+        let simulators = sims
+            .into_iter()
+            .map(|(_, listener)| {
+                simulator_router(config.sim_tokens_per_second, config.sim_max_concurrent)
+                    .map(|router| (listener, router))
+            })
+            .collect::<maas_core::Result<Vec<_>>>()
             .map_err(step("configuring the simulator"))?;
 
         // Development identities.
@@ -896,11 +945,14 @@ impl Server {
             .ensure_defaults(&system)
             .await
             .map_err(step("ensuring the default tiers"))?;
-        let sim_url = format!("http://{simulator_addr}");
-        ensure_model(&models, SIMULATOR_MODEL, &sim_url, &[])
+        let sim_urls: Vec<String> = simulator_addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        ensure_model(&models, SIMULATOR_MODEL, &sim_urls, &[])
             .await
             .map_err(step("registering the simulator model"))?;
-        ensure_model(&models, SIMULATOR_PREMIUM_MODEL, &sim_url, &PREMIUM_TIERS)
+        ensure_model(&models, SIMULATOR_PREMIUM_MODEL, &sim_urls, &PREMIUM_TIERS)
             .await
             .map_err(step("registering the simulator-premium model"))?;
         scheduling
@@ -1086,11 +1138,13 @@ impl Server {
 
         // Serving and background tasks.
         let (stop, _) = watch::channel(false);
-        let listeners = vec![
+        let mut listeners = vec![
             ("listen", serve(public, public_app, &stop)),
             ("admin_listen", serve(admin, admin_app, &stop)),
-            ("simulator_listen", serve(sim, simulator, &stop)),
         ];
+        for (listener, router) in simulators {
+            listeners.push(("simulator_listen", serve(listener, router, &stop)));
+        }
         let flusher = usage.spawn_flusher();
         let sync = ratelimits.spawn_sync();
         // A control plane (any server that is not a data plane) builds and
@@ -1120,11 +1174,12 @@ impl Server {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        tracing::info!(%public_addr, %admin_addr, %simulator_addr, "maas server started");
+        tracing::info!(%public_addr, %admin_addr, ?simulator_addrs, "maas server started");
         Ok(RunningServer {
             public_addr,
             admin_addr,
             simulator_addr,
+            simulator_addrs,
             public_url,
             data_dir,
             redis: config.redis.is_some(),

@@ -1,6 +1,7 @@
 //! The example server's library part over real loopback HTTP: listeners,
-//! the admin token, the tiers' views of the simulated models, and the
-//! one-line errors of bad configurations.
+//! the admin token, the tiers' views of the simulated models, the pool of
+//! simulators with one failing, and the one-line errors of bad
+//! configurations.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -145,7 +146,8 @@ async fn each_tier_sees_its_simulated_models() {
     // `/v1/models` (seed 000) wants the maas token they mint.
     let (status, _) = get(s.public_addr, "/v1/models", Some(FREE)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    // The models' upstream is the simulator's listener.
+    // The models' upstream is the simulator's listener (one by default).
+    assert_eq!(s.simulator_addrs, [s.simulator_addr]);
     let sim = s.services().models.get(SIMULATOR_MODEL).await.unwrap();
     assert_eq!(sim.upstream_url, format!("http://{}", s.simulator_addr));
     let (status, _) = get(s.simulator_addr, "/health", None).await;
@@ -434,4 +436,112 @@ async fn the_admin_listener_takes_data_planes_and_the_public_one_publishes_token
         panic!("no disconnect");
     };
     assert!(m.contains("disconnect"), "{m}");
+}
+
+/// The value of `metric`'s series for `upstream` in a Prometheus text.
+fn upstream_metric(text: &str, metric: &str, upstream: &str) -> Option<f64> {
+    let label = format!("upstream=\"{upstream}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&label))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Three simulators: the simulated models are a pool of all three; with one
+/// answering 503, every request still succeeds (a failed attempt is retried
+/// on another simulator, and the failing one is ejected), served by the
+/// model asked for.
+#[tokio::test]
+async fn the_simulated_models_are_balanced_over_the_simulators_and_survive_one_failing() {
+    let s = Server::start(ServerConfig {
+        simulator_instances: 3,
+        sim_tokens_per_second: 0.0,
+        ..config()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.simulator_addrs.len(), 3);
+    assert_eq!(s.simulator_addr, s.simulator_addrs[0]);
+    let urls: Vec<String> = s
+        .simulator_addrs
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    for id in [SIMULATOR_MODEL, SIMULATOR_PREMIUM_MODEL] {
+        let (status, model) = get_json(
+            s.admin_addr,
+            &format!("/api/v1/models/{id}"),
+            Some(s.admin_token()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{model}");
+        let listed: Vec<(&str, u64)> = model["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| (u["url"].as_str().unwrap(), u["weight"].as_u64().unwrap()))
+            .collect();
+        let expected: Vec<(&str, u64)> = urls.iter().map(|u| (u.as_str(), 1)).collect();
+        assert_eq!(listed, expected, "{model}");
+    }
+
+    // Each simulator has its own fault: the second one fails.
+    let client = reqwest::Client::new();
+    let res = client
+        .put(format!("{}/simulator/fault", urls[1]))
+        .body(r#"{"mode":"error"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    for (addr, mode) in s.simulator_addrs.iter().zip(["none", "error", "none"]) {
+        let (_, fault) = get_json(*addr, "/simulator/fault", None).await;
+        assert_eq!(fault["mode"], mode, "{addr}");
+    }
+
+    let body = serde_json::json!({"model": SIMULATOR_MODEL, "max_tokens": 4,
+                                  "messages": [{"role": "user", "content": "hi"}]});
+    for i in 0..30 {
+        let res = client
+            .post(format!("http://{}/v1/chat/completions", s.public_addr))
+            .bearer_auth(ENTERPRISE)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let served = res
+            .headers()
+            .get("x-maas-served-model")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = res.text().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "request {i}: {text}");
+        assert_eq!(served.as_deref(), Some(SIMULATOR_MODEL), "request {i}");
+    }
+
+    // The operator's view: the failing simulator failed and was ejected,
+    // the others served.
+    let (status, metrics) = get(s.admin_addr, "/metrics", Some(s.admin_token())).await;
+    assert_eq!(status, StatusCode::OK);
+    let metric = |name: &str, url: &str| upstream_metric(&metrics, name, url);
+    assert_eq!(
+        metric("maas_upstream_ejections_total", &urls[1]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(metric("maas_upstream_healthy", &urls[1]), Some(0.0));
+    assert!(metric("maas_upstream_errors_total", &urls[1]) >= Some(5.0));
+    for url in [&urls[0], &urls[2]] {
+        assert_eq!(metric("maas_upstream_healthy", url), Some(1.0), "{url}");
+        assert_eq!(
+            metric("maas_upstream_errors_total", url),
+            Some(0.0),
+            "{url}"
+        );
+        assert!(
+            metric("maas_upstream_requests_total", url) >= Some(10.0),
+            "{url}"
+        );
+    }
+    s.shutdown().await.unwrap();
 }
