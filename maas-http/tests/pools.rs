@@ -653,3 +653,47 @@ async fn models_have_their_own_capacity_and_do_not_block_each_other() {
     pool_shows(&r, "slow", (0, 0)).await;
     pool_shows(&r, "sized", (0, 0)).await;
 }
+
+#[tokio::test]
+async fn a_fallback_is_checked_against_its_own_price_and_budget() {
+    let r = rig(BalancerConfig {
+        failures_to_eject: 1,
+        ..BalancerConfig::default()
+    })
+    .await;
+    let (cheap, dear) = (Fake::start(), Fake::start());
+    cheap.set(FAIL);
+    r.model("cheap", pool(&[(&cheap, 1)]), |m| {
+        m.pricing = Some(Pricing::usd(1.0, 1.0));
+        m.fallbacks = vec!["dear".into()];
+    })
+    .await;
+    r.model("dear", pool(&[(&dear, 1)]), |m| {
+        m.pricing = Some(Pricing::usd(100_000.0, 100_000.0));
+    })
+    .await;
+    // A budget the cheap model's requests fit in, the dear one's do not.
+    r.gateway
+        .services()
+        .admission
+        .set_budget(
+            &Actor::new("admin"),
+            maas_core::BudgetScope::Tenant("penny".into()),
+            maas_core::NewBudget {
+                amount: 0.5,
+                currency: None,
+                period: maas_core::counter::Period::Daily,
+                soft_threshold: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.chat("cheap").await.status(), 502, "fits the budget");
+    assert_eq!(r.states("cheap"), [HealthState::Ejected]);
+    // Served by the fallback, the request is checked at the fallback's price.
+    let res = r.chat("cheap").await;
+    assert_eq!(res.status(), 429);
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert_eq!(dear.hits(), 0, "nothing sent to the fallback");
+}
