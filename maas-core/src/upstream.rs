@@ -139,27 +139,30 @@ impl Upstreams {
     /// one (an upstream it keeps keeps its health).
     pub fn pool(&self, model: &Model) -> Arc<Pool> {
         let key = built(model);
-        {
-            let pools = self
+        let current = |pools: &HashMap<String, Arc<Pool>>| {
+            pools
+                .get(&model.id)
+                .filter(|p| p.built == key)
+                .map(Arc::clone)
+        };
+        let found = current(
+            &self
                 .inner
                 .pools
                 .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(p) = pools.get(&model.id)
-                && p.built == key
-            {
-                return Arc::clone(p);
-            }
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if let Some(p) = found {
+            return p;
         }
         let mut pools = self
             .inner
             .pools
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = pools.get(&model.id)
-            && p.built == key
-        {
-            return Arc::clone(p);
+        // Built meanwhile by another request?
+        if let Some(p) = current(&pools) {
+            return p;
         }
         let old = pools.get(&model.id).cloned();
         let pool = Arc::new(Pool::new(

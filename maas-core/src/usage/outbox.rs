@@ -20,7 +20,7 @@ use crate::storage::UsageStore;
 /// [`UsageOutbox::wrap`] puts it between a [`UsageLedger`](super::UsageLedger)
 /// and its store: each batch the store took is added here too (after the
 /// store took it, so a batch the store refused and the ledger sends again is
-/// not collected twice). [`UsageOutbox::take`] hands out what was collected.
+/// not collected twice). [`UsageOutbox::take_into`] hands out what was collected.
 /// Cheap to clone (shared state).
 #[derive(Clone, Default)]
 pub struct UsageOutbox {
@@ -82,7 +82,7 @@ impl UsageOutbox {
         self.len() == (0, 0)
     }
 
-    /// Resolves when something is collected (after a [`Self::take`] left
+    /// Resolves when something is collected (after a [`Self::take_into`] left
     /// the outbox empty, the next collection wakes one waiter).
     pub async fn added(&self) {
         self.inner.added.notified().await;

@@ -11,7 +11,7 @@
 //!
 //! Given a [`UsageOutbox`] (between the data plane's usage ledger and its
 //! store), it reports what it served to the control plane: see
-//! [`reports`](self::reports) — batched every second, kept until
+//! `reports` — batched every second, kept until
 //! acknowledged, sent again until then, counted once there.
 
 use std::path::{Path, PathBuf};

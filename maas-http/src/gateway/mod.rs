@@ -15,12 +15,17 @@
 //! | `POST /{model}/v1/responses` | the path |
 //!
 //! behind [`MaasLayer`] (authentication, tier, model access, limits,
-//! response cache, fair share, usage: see [`crate::layer`]), forwarding to
-//! the model's `upstream_url` + the same path (`/v1/chat/completions`,
-//! `/v1/completions` or `/v1/embeddings`) with a pooled HTTP client and streaming the answer
-//! back. An upstream that cannot be reached or answers 5xx is 502
-//! `upstream_error`; one that does not answer within
-//! [`GatewayConfig::upstream_timeout`] is 504 `upstream_timeout`; its 4xx
+//! response cache, fair share, fallbacks, usage: see [`crate::layer`]),
+//! forwarding to an upstream of the model's pool (picked by
+//! [`maas_core::upstream`]: weighted least outstanding requests, passive
+//! health) + the same path (`/v1/chat/completions`, `/v1/completions` or
+//! `/v1/embeddings`) with a pooled HTTP client and streaming the answer
+//! back. An attempt that fails before anything reached the client (the
+//! upstream cannot be reached, answers 5xx, or does not answer within
+//! [`GatewayConfig::upstream_timeout`]) is retried once on another
+//! upstream of the pool, within the pool's retry budget; when none could
+//! answer, the client gets 502 `upstream_error` (or 504 `upstream_timeout`),
+//! and 503 `upstream_unavailable` while every upstream is ejected. 4xx
 //! answers (a context too long, ...) are passed on as they are. Either way
 //! the slot and the reservation are given back.
 

@@ -14,8 +14,12 @@
 //!    limit (429 `rate_limit_exceeded` with `Retry-After`, or
 //!    `insufficient_quota` for budgets); a repeated non-streaming request to
 //!    a model with a response cache is answered from it (`x-maas-cache:
-//!    hit`); otherwise the request waits for a fair-share slot (429
-//!    `queue_full`, 503 `queue_timeout`);
+//!    hit`); otherwise the request waits for a fair-share slot of its model
+//!    (429 `queue_full`, 503 `queue_timeout`); a model that cannot serve
+//!    (every upstream ejected, its queue full or timed out) hands the
+//!    request to its first usable fallback, which answers in its place
+//!    (`x-maas-served-model` names the model that served, on every admitted
+//!    answer);
 //! 4. the inner service gets the request with the output capped at what was
 //!    reserved (`max_tokens`), streams asked to report usage
 //!    (`stream_options.include_usage`), the caller's `Authorization` removed,

@@ -40,8 +40,10 @@ fn served_model(headers: &mut axum::http::HeaderMap, model: &Model) {
     }
 }
 
-/// The model an admitted request is for, in the request extensions the
-/// inner service sees (its `upstream_url` is where to forward).
+/// The model an admitted request is for — the fallback, when one serves it
+/// — in the request extensions the inner service sees: forward to an
+/// upstream of its pool (`Gateway::upstreams().pool(&model).pick()`, as the
+/// gateway router does), or to its first one, `upstream_url`.
 #[derive(Debug, Clone)]
 pub struct AdmittedModel(pub Arc<Model>);
 

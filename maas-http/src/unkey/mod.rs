@@ -20,7 +20,7 @@
 //! | `POST /v1/ratelimits.limit` | `ratelimit.*.limit` or `ratelimit.<namespace>.limit` |
 //!
 //! The bearer credential is a root key
-//! ([`RootKeys`](maas_core::RootKeys)) or the deployment's admin token
+//! ([`RootKeys`]) or the deployment's admin token
 //! ([`UnkeyState::with_admin_token`]), which has every permission. A
 //! missing or invalid one is 401 `UNAUTHORIZED`, checked before the body;
 //! a valid one lacking the permission is 403 `FORBIDDEN`.
