@@ -39,6 +39,8 @@ pub mod openapi;
 pub mod responses;
 pub mod simulator;
 mod strict;
+#[cfg(feature = "ui")]
+pub mod ui;
 pub mod unkey;
 pub mod webhooks;
 

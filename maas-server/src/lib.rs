@@ -9,7 +9,7 @@
 //! | listener | config key | serves |
 //! |---|---|---|
 //! | public (`127.0.0.1:8080`) | `listen` | the gateway (`…/v1/chat/completions`, `…/v1/completions`, `…/v1/embeddings`), the Unkey-compatible API (`/v1/liveness`, `/v1/keys…`, `/v1/apis…`, `/v1/ratelimits…`), the MaaS user API (everything else) |
-//! | admin (`127.0.0.1:9090`) | `admin_listen` | `GET /health` (open), `GET /metrics` and the management API under `/api/v1` (admin token) |
+//! | admin (`127.0.0.1:9090`) | `admin_listen` | `GET /health` (open), `GET /metrics` and the management API under `/api/v1` (admin token), the operator dashboard under `/ui/` (its login form takes the admin token) |
 //! | simulator (`127.0.0.1:8081`, loopback only; `simulator_instances` of them on consecutive ports) | `simulator_listen` | the simulated models' upstreams, each with its fault setting (`/simulator/fault`) |
 //!
 //! On start the server opens the store (sled in `data_dir`, or memory),
@@ -709,9 +709,13 @@ fn serve(
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        // The peer's address reaches handlers (the dashboard's login limit).
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     })
 }
 
@@ -1055,27 +1059,34 @@ impl Server {
                 .with_usage(usage.clone(), admission.clone()),
             &http,
         );
-        let management = management::router(
-            ManagementState::new(
-                &admin_token,
-                ManagementServices {
-                    scheduling: scheduling.clone(),
-                    tiers: tiers.clone(),
-                    models: models.clone(),
-                    user_keys: user_keys.clone(),
-                    usage: usage.clone(),
-                    root_keys: root_keys.clone(),
-                    projects,
-                    mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
-                    storage: storage.clone(),
-                    admission: admission.clone(),
-                    webhooks: webhooks.clone(),
-                },
-            )
-            .map_err(step("setting the admin token"))?
-            .with_upstreams(gateway.upstreams().clone()),
+        let management_state = ManagementState::new(
+            &admin_token,
+            ManagementServices {
+                scheduling: scheduling.clone(),
+                tiers: tiers.clone(),
+                models: models.clone(),
+                user_keys: user_keys.clone(),
+                usage: usage.clone(),
+                root_keys: root_keys.clone(),
+                projects,
+                mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
+                storage: storage.clone(),
+                admission: admission.clone(),
+                webhooks: webhooks.clone(),
+            },
+        )
+        .map_err(step("setting the admin token"))?
+        .with_upstreams(gateway.upstreams().clone());
+        // The operator dashboard, over the same services (its own login).
+        let dashboard = with_common_layers(
+            maas_http::ui::router(
+                management_state.clone(),
+                maas_http::ui::SessionConfig::default(),
+                clock.clone(),
+            ),
             &http,
         );
+        let management = management::router(management_state, &http);
         let metrics = with_common_layers(
             maas_http::metrics::router().layer(middleware::from_fn_with_state(
                 admin_auth.clone(),
@@ -1126,12 +1137,13 @@ impl Server {
             None => management,
         };
         let admin_app = dispatch(
-            vec![metrics, maas_admin, management, control_plane],
+            vec![metrics, maas_admin, management, control_plane, dashboard],
             |path| match path {
                 "/metrics" => 0,
                 "/health" => 1,
                 "/ws/data-plane" => 3,
                 p if p.starts_with("/artifacts/") => 3,
+                p if p == "/ui" || p.starts_with("/ui/") => 4,
                 _ => 2,
             },
         );

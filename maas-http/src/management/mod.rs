@@ -152,6 +152,13 @@ impl ManagementState {
         })
     }
 
+    /// The identity of `token` when it is the admin token (compared in
+    /// constant time, over keyed hashes); `None` otherwise.
+    pub async fn admin_identity(&self, token: &str) -> Option<Identity> {
+        use maas_core::Authenticator;
+        self.admin.authenticate(token).await.ok().flatten()
+    }
+
     /// Shows the health of `upstreams` (the gateway's) in `/stats`.
     pub fn with_upstreams(mut self, upstreams: maas_core::Upstreams) -> Self {
         self.upstreams = Some(upstreams);
