@@ -5,133 +5,15 @@
 #![cfg(feature = "ui")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod ui_common;
+
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
-use maas_core::fairshare::{FairShare, FairShareConfig};
-use maas_core::mcp::McpServers;
-use maas_core::projects::Projects;
-use maas_core::rootkeys::RootKeys;
-use maas_core::scheduling::Scheduling;
-use maas_core::usage::{UsageConfig, UsageLedger};
-use maas_core::{
-    Actor, KeyHasher, KeyService, ManualClock, ModelService, NewModel, TierService, Timestamp,
-    UserKeys,
-};
-use maas_http::management::{ManagementServices, ManagementState};
-use maas_http::ui::{COOKIE, SessionConfig, router};
-use maas_store_memory::MemoryStore;
-use tower::ServiceExt;
-
-const ADMIN: &str = "admin-token-0123456789";
-const HOST: &str = "127.0.0.1:9090";
-/// 2025-11-25T00:00:00Z.
-const T0: i64 = 1_764_028_800_000;
-
-struct Ui {
-    router: Router,
-    clock: Arc<ManualClock>,
-    models: ModelService,
-}
-
-fn ui() -> Ui {
-    let clock = Arc::new(ManualClock::default());
-    clock.set(Timestamp::from_millis(T0));
-    let storage = MemoryStore::new().storage();
-    let fs = FairShare::with_clock(FairShareConfig::default(), clock.clone()).unwrap();
-    let keys = KeyService::new_with_clock(storage.clone(), KeyHasher::random(), clock.clone());
-    let models = ModelService::new_with_clock(storage.clone(), clock.clone());
-    let services = ManagementServices {
-        scheduling: Scheduling::new(storage.clone(), fs, clock.clone()),
-        tiers: TierService::new_with_clock(storage.clone(), clock.clone()),
-        models: models.clone(),
-        user_keys: UserKeys::new_with_clock(keys.clone(), clock.clone()),
-        usage: UsageLedger::new_with_clock(&storage, UsageConfig::default(), clock.clone()),
-        mcp: McpServers::new_with_clock(storage.clone(), clock.clone()),
-        root_keys: RootKeys::new_with_clock(keys.clone(), clock.clone()),
-        projects: Projects::new_with_clock(keys, clock.clone()),
-        webhooks: maas_core::webhook::Webhooks::new(storage.clone(), KeyHasher::random()),
-        admission: maas_core::AdmissionLimits::new(storage.clone()),
-        storage,
-    };
-    let state = ManagementState::new(ADMIN, services).unwrap();
-    Ui {
-        router: router(state, SessionConfig::default(), clock.clone()),
-        clock,
-        models,
-    }
-}
-
-struct Page {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: String,
-}
-
-impl Ui {
-    async fn send(&self, req: Request<Body>) -> Page {
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        Page {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
-    }
-
-    async fn get(&self, path: &str, session: Option<&str>) -> Page {
-        let mut req = Request::get(path).header(header::HOST, HOST);
-        if let Some(s) = session {
-            req = req.header(header::COOKIE, format!("{COOKIE}={s}"));
-        }
-        self.send(req.body(Body::empty()).unwrap()).await
-    }
-
-    /// A form posted from `origin` (this origin's pages: `http://` + HOST).
-    async fn post(
-        &self,
-        path: &str,
-        form: &str,
-        session: Option<&str>,
-        origin: Option<&str>,
-    ) -> Page {
-        let mut req = Request::post(path)
-            .header(header::HOST, HOST)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        if let Some(o) = origin {
-            req = req.header(header::ORIGIN, o);
-        }
-        if let Some(s) = session {
-            req = req.header(header::COOKIE, format!("{COOKIE}={s}"));
-        }
-        self.send(req.body(Body::from(form.to_owned())).unwrap())
-            .await
-    }
-
-    /// Logs in; the session id.
-    async fn login(&self) -> String {
-        let p = self
-            .post("/ui/login", &format!("token={ADMIN}"), None, Some(SAME))
-            .await;
-        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
-        let set = p.headers[header::SET_COOKIE].to_str().unwrap().to_owned();
-        let id = set
-            .strip_prefix(&format!("{COOKIE}="))
-            .and_then(|r| r.split(';').next())
-            .unwrap()
-            .to_owned();
-        assert_eq!(id.len(), 64);
-        id
-    }
-}
-
-const SAME: &str = "http://127.0.0.1:9090";
+use maas_core::{Actor, NewModel};
+use maas_http::ui::COOKIE;
+use ui_common::{ADMIN, HOST, SAME, ui};
 
 #[tokio::test]
 async fn login_makes_a_server_side_session_in_a_safe_cookie() {
