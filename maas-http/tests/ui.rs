@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use maas_core::{Actor, NewModel};
+use maas_core::{Actor, NewModel, Timestamp};
 use maas_http::ui::COOKIE;
 use ui_common::{ADMIN, HOST, SAME, ui};
 
@@ -163,4 +163,73 @@ async fn names_are_escaped() {
     assert!(!p.body.contains("<i>m"));
     let audit = ui.get("/ui/audit", Some(&id)).await;
     assert!(!audit.body.contains("<script>"), "{}", audit.body);
+}
+
+#[tokio::test]
+async fn usage_charts_come_with_the_same_numbers_as_a_table_and_csv() {
+    use maas_core::usage::UsageRecord;
+    let ui = ui();
+    let at = |min: i64| Timestamp::from_millis(ui_common::T0 - min * 60_000);
+    let usage = &ui.state.usage;
+    for (min, tenant, model, input, output) in [
+        (5, "acme", "llama", 100, 50),
+        (65, "acme", "llama", 10, 5),
+        (70, "=evil,co", "mistral", 7, 3),
+        (60 * 30, "acme", "mistral", 1, 1),
+    ] {
+        usage
+            .record(&UsageRecord {
+                input_tokens: input,
+                output_tokens: output,
+                pricing: Some(maas_core::Pricing::usd(1.0, 2.0)),
+                ..UsageRecord::new(at(min), tenant, model)
+            })
+            .unwrap();
+    }
+    usage.flush().await.unwrap();
+    let id = ui.login().await;
+    let p = ui.get("/ui/usage?range=day&group=tenant", Some(&id)).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    // The top table: acme first (165 tokens in the day), the other tenant's
+    // name escaped; the chart has one bar per row.
+    let top = &p.body[p.body.find(r#"<table id="top">"#).unwrap()..];
+    let acme = top
+        .find("<td>acme</td><td class=\"n\">2</td><td class=\"n\">110</td><td class=\"n\">55</td>");
+    let evil = top.find(
+        "<td>=evil,co</td><td class=\"n\">1</td><td class=\"n\">7</td><td class=\"n\">3</td>",
+    );
+    assert!(acme.is_some() && evil.is_some() && acme < evil, "{top}");
+    assert_eq!(
+        p.body.matches("<rect ").count(),
+        2 + 2,
+        "2 hours of series + 2 groups"
+    );
+    assert!(p.body.contains("<title>acme: 165</title>"));
+    // The last hour: only the 5-minute-old request.
+    let p = ui.get("/ui/usage?range=hour&group=model", Some(&id)).await;
+    assert!(
+        p.body
+            .contains("<td>llama</td><td class=\"n\">1</td><td class=\"n\">100</td>")
+    );
+    assert!(!p.body.contains("<td>mistral</td>"));
+    // 30 days: everything, as CSV too, formulas neutralised.
+    let csv = ui
+        .get("/ui/usage.csv?range=30d&group=tenant", Some(&id))
+        .await;
+    assert_eq!(csv.headers[header::CONTENT_TYPE], "text/csv; charset=utf-8");
+    assert_eq!(
+        csv.body,
+        "tenant,requests,errors,cancelled,input_tokens,output_tokens,cached_tokens,cost_usd\n\
+         \"'=evil,co\",1,0,0,7,3,0,0.000013000\n\
+         acme,3,0,0,111,56,0,0.000223000\n"
+    );
+    // Bad ranges and groups are a clear 400.
+    assert_eq!(
+        ui.get("/ui/usage?range=year", Some(&id)).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        ui.get("/ui/usage.csv?group=planet", Some(&id)).await.status,
+        StatusCode::BAD_REQUEST
+    );
 }

@@ -25,9 +25,11 @@
 //! carries a Content-Security-Policy of `'self'`, `X-Frame-Options: DENY`,
 //! `nosniff`, `no-referrer` and `no-store`.
 
+mod chart;
 mod guard;
 mod pages;
 pub mod session;
+mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +77,8 @@ pub fn router(state: ManagementState, config: SessionConfig, clock: SharedClock)
         .route("/ui/logout", post(pages::logout))
         .route("/ui/models", get(pages::models))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/usage", get(usage::page))
+        .route("/ui/usage.csv", get(usage::csv))
         .route("/ui/static/maas.css", get(stylesheet))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such page") })
         .layer(axum::extract::DefaultBodyLimit::max(FORM_LIMIT))
