@@ -122,7 +122,7 @@ pub(crate) async fn page(
 ) -> Response {
     let (range, step, group) = match parse(&p, ui.clock.now()) {
         Ok(v) => v,
-        Err(res) => return res,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
     };
     let usage = &ui.state.usage;
     let (points, rows) = match (
@@ -188,7 +188,7 @@ pub(crate) async fn csv(
 ) -> Response {
     let (range, _, group) = match parse(&p, ui.clock.now()) {
         Ok(v) => v,
-        Err(res) => return res,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
     };
     let rows = match ui
         .state
