@@ -85,22 +85,20 @@ struct UsagePage {
     groups: usize,
 }
 
-/// What the query asks for: the range, its step, the grouping; or a 400.
-fn parse(p: &UsageParams, now: Timestamp) -> Result<(TimeRange, Granularity, GroupBy), Response> {
+/// What the query asks for: the range, its step, the grouping; or why it
+/// cannot be served (a 400).
+fn parse(
+    p: &UsageParams,
+    now: Timestamp,
+) -> Result<(TimeRange, Granularity, GroupBy), &'static str> {
     let Some(&(_, _, len, step)) = RANGES.iter().find(|r| r.0 == p.range) else {
-        return Err((StatusCode::BAD_REQUEST, "range must be hour, day or 30d").into_response());
+        return Err("range must be hour, day or 30d");
     };
     let group = match p.group.as_str() {
         "tenant" => GroupBy::Tenant,
         "model" => GroupBy::Model,
         "key" => GroupBy::Key,
-        _ => {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "group must be tenant, model or key",
-            )
-                .into_response());
-        }
+        _ => return Err("group must be tenant, model or key"),
     };
     let range = TimeRange::new(Timestamp::from_millis(now.as_millis() - len), now);
     Ok((range, step, group))
