@@ -185,7 +185,9 @@ pub(crate) async fn overview(_op: Operator, State(ui): State<Ui>) -> Response {
         })
         .collect();
     let now = ui.clock.now();
-    let minute = TimeRange::new(Timestamp::from_millis(now.as_millis() - 60_000), now);
+    // The last 60 s, with the minute now is in (ranges end before `to`).
+    let to = Timestamp::from_millis(now.as_millis() + 1);
+    let minute = TimeRange::new(Timestamp::from_millis(to.as_millis() - 60_000), to);
     let rows = match s
         .usage
         .totals(minute, GroupBy::Model, &UsageScope::default())

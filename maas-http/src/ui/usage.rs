@@ -100,7 +100,9 @@ fn parse(
         "key" => GroupBy::Key,
         _ => return Err("group must be tenant, model or key"),
     };
-    let range = TimeRange::new(Timestamp::from_millis(now.as_millis() - len), now);
+    // Up to and with the minute now is in (ranges end before `to`).
+    let to = Timestamp::from_millis(now.as_millis() + 1);
+    let range = TimeRange::new(Timestamp::from_millis(to.as_millis() - len), to);
     Ok((range, step, group))
 }
 
