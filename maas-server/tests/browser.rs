@@ -73,6 +73,8 @@ impl Drop for Driver {
     }
 }
 
+// The child is killed and waited for by `Driver`'s `Drop`.
+#[allow(clippy::zombie_processes)]
 async fn driver() -> Driver {
     ensure_browser();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
