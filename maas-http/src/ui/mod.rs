@@ -27,8 +27,10 @@
 
 mod chart;
 mod guard;
+mod keys;
 mod pages;
 pub mod session;
+mod tenants;
 mod usage;
 
 use std::net::SocketAddr;
@@ -75,6 +77,12 @@ pub fn router(state: ManagementState, config: SessionConfig, clock: SharedClock)
         .route("/ui/", get(pages::overview))
         .route("/ui/login", get(pages::login_form).post(pages::login))
         .route("/ui/logout", post(pages::logout))
+        .route("/ui/tenants", get(tenants::list).post(tenants::create))
+        .route("/ui/tenants/{id}", get(tenants::show).post(tenants::change))
+        .route("/ui/keys", get(keys::list).post(keys::create))
+        .route("/ui/keys/{id}/disable", post(keys::disable))
+        .route("/ui/keys/{id}/enable", post(keys::enable))
+        .route("/ui/keys/{id}/delete", post(keys::delete))
         .route("/ui/models", get(pages::models))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/usage", get(usage::page))
