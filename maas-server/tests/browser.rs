@@ -156,9 +156,13 @@ async fn login(c: &Client, admin: SocketAddr, token: &str) {
 }
 
 async fn chat(s: &RunningServer, max_tokens: u64) -> reqwest::StatusCode {
+    chat_as(s, PREMIUM, max_tokens).await
+}
+
+async fn chat_as(s: &RunningServer, bearer: &str, max_tokens: u64) -> reqwest::StatusCode {
     reqwest::Client::new()
         .post(format!("http://{}/v1/chat/completions", s.public_addr))
-        .bearer_auth(PREMIUM)
+        .bearer_auth(bearer)
         .header("content-type", "application/json")
         .body(
             json!({"model": SIMULATOR_MODEL, "max_tokens": max_tokens,
@@ -334,6 +338,85 @@ async fn the_dashboard_in_a_real_browser() {
     for t in slow {
         t.abort();
     }
+
+    // A tenant and a key made in the browser; the secret shown once; the
+    // key disabled in the browser is refused at the gateway.
+    admin_json(
+        &s,
+        "PUT",
+        "/api/v1/capacity",
+        Some(json!({"max_in_flight": 8})),
+    )
+    .await;
+    c.goto(&format!("http://{}/ui/tenants", s.admin_addr))
+        .await
+        .unwrap();
+    c.find(Locator::Css(
+        "form[action='/ui/tenants'][method=post] input[name=name]",
+    ))
+    .await
+    .unwrap()
+    .send_keys("acme-browser")
+    .await
+    .unwrap();
+    c.find(Locator::Css(
+        "form[action='/ui/tenants'][method=post] button",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    assert!(text(&c).await.contains("acme-browser"));
+    screenshot(&c, "tenant").await;
+    c.goto(&format!("http://{}/ui/keys", s.admin_addr))
+        .await
+        .unwrap();
+    let form = "form[action='/ui/keys'][method=post]";
+    for (field, value) in [("tenant", "acme-browser"), ("name", "from-the-browser")] {
+        c.find(Locator::Css(&format!("{form} input[name={field}]")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    c.find(Locator::Css(&format!("{form} button")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let secret = c
+        .find(Locator::Css("code.secret"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(secret.len() > 20, "{secret}");
+    screenshot(&c, "key-created").await;
+    assert_eq!(chat_as(&s, &secret, 2).await, 200, "the new key serves");
+    c.goto(&format!(
+        "http://{}/ui/keys?tenant=acme-browser",
+        s.admin_addr
+    ))
+    .await
+    .unwrap();
+    assert!(
+        !c.source().await.unwrap().contains(&secret),
+        "the secret is shown once"
+    );
+    screenshot(&c, "keys").await;
+    c.find(Locator::XPath(
+        "//tr[td[normalize-space()='from-the-browser']]//button[normalize-space()='Disable']",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    assert_eq!(chat_as(&s, &secret, 2).await, 401, "disabled: refused");
 
     // The other pages render, with their data.
     c.goto(&format!("http://{}/ui/models", s.admin_addr))
