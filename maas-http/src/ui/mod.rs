@@ -27,6 +27,7 @@
 
 mod guard;
 mod pages;
+pub mod portal;
 pub mod session;
 
 use std::net::SocketAddr;
