@@ -8,7 +8,7 @@
 //!
 //! | listener | config key | serves |
 //! |---|---|---|
-//! | public (`127.0.0.1:8080`) | `listen` | the gateway (`…/v1/chat/completions`, `…/v1/completions`, `…/v1/embeddings`), the Unkey-compatible API (`/v1/liveness`, `/v1/keys…`, `/v1/apis…`, `/v1/ratelimits…`), the MaaS user API (everything else) |
+//! | public (`127.0.0.1:8080`) | `listen` | the gateway (`…/v1/chat/completions`, `…/v1/completions`, `…/v1/embeddings`), the Unkey-compatible API (`/v1/liveness`, `/v1/keys…`, `/v1/apis…`, `/v1/ratelimits…`), the user portal under `/portal/` (its login form takes a maas token or an API key), the MaaS user API (everything else) |
 //! | admin (`127.0.0.1:9090`) | `admin_listen` | `GET /health` (open), `GET /metrics` and the management API under `/api/v1` (admin token), the operator dashboard under `/ui/` (its login form takes the admin token) |
 //! | simulator (`127.0.0.1:8081`, loopback only; `simulator_instances` of them on consecutive ports) | `simulator_listen` | the simulated models' upstreams, each with its fault setting (`/simulator/fault`) |
 //!
@@ -530,6 +530,11 @@ fn is_gateway(path: &str) -> bool {
     maas_http::gateway::serves(path)
 }
 
+/// Whether the public listener hands `path` to the user portal.
+fn is_portal(path: &str) -> bool {
+    path == "/portal" || path.starts_with("/portal/")
+}
+
 /// Whether the public listener hands `path` to the Unkey-compatible API.
 fn is_unkey(path: &str) -> bool {
     path == "/v1/liveness"
@@ -1001,19 +1006,30 @@ impl Server {
         // Routers.
         let public_url = public_url(&config, public_addr);
         let http = HttpConfig::default();
-        let maas = maas_api::router(
-            MaasApiState {
-                identity,
-                tokens: tokens.clone(),
-                tiers: tiers.clone(),
-                models: models.clone(),
-                user_keys: user_keys.clone(),
-                storage: storage.clone(),
-                gateway_url: public_url.clone(),
-                gateway: gateway.clone(),
-            },
+        let maas_state = MaasApiState {
+            identity,
+            tokens: tokens.clone(),
+            tiers: tiers.clone(),
+            models: models.clone(),
+            user_keys: user_keys.clone(),
+            storage: storage.clone(),
+            gateway_url: public_url.clone(),
+            gateway: gateway.clone(),
+        };
+        // The user portal, for callers on the public listener (its own
+        // login and sessions); on a data plane it makes no keys.
+        let portal = with_common_layers(
+            maas_http::ui::portal::router(
+                maas_state.clone(),
+                maas_http::ui::portal::PortalConfig {
+                    control_plane: config.control_plane.clone(),
+                    ..Default::default()
+                },
+                clock.clone(),
+            ),
             &http,
         );
+        let maas = maas_api::router(maas_state, &http);
         let unkey = unkey::router(
             UnkeyState::new(root_keys.clone(), ratelimits.clone(), usage.clone())
                 .with_admin_token(admin_token.clone())
@@ -1094,7 +1110,6 @@ impl Server {
             )),
             &http,
         );
-        // Indices: 0 gateway, 1 Unkey, 2 MaaS API.
         // A data plane's /health tells its control-plane connection.
         let (maas_public, maas_admin) = match (&data_plane, &config.control_plane) {
             (Some(dp), Some(url)) => {
@@ -1106,8 +1121,11 @@ impl Server {
             }
             _ => (maas.clone(), maas.clone()),
         };
-        let public_app = dispatch(vec![gateway_routes, unkey, maas_public], |path| {
-            if is_gateway(path) {
+        // Indices: 0 gateway, 1 Unkey, 2 MaaS API, 3 portal.
+        let public_app = dispatch(vec![gateway_routes, unkey, maas_public, portal], |path| {
+            if is_portal(path) {
+                3
+            } else if is_gateway(path) {
                 0
             } else if is_unkey(path) {
                 1

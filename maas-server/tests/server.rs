@@ -94,6 +94,84 @@ async fn health_answers_on_the_public_and_the_admin_listener() {
 }
 
 #[tokio::test]
+async fn the_portal_is_on_the_public_listener_and_the_dashboard_on_the_admin_one() {
+    let s = Server::start(config()).await.unwrap();
+    let form = r#"type="password" id="token" name="token""#;
+    // The portal: on the public listener only.
+    let (status, body) = get(s.public_addr, "/portal/login", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains(form) && body.contains("maas portal"),
+        "{body}"
+    );
+    // (On the admin listener the path falls to the management API, which
+    // refuses it.)
+    let (status, body) = get(s.admin_addr, "/portal/login", None).await;
+    assert!(
+        matches!(status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED),
+        "{status} {body}"
+    );
+    assert!(!body.contains(form));
+    // The dashboard: on the admin listener only.
+    let (status, body) = get(s.admin_addr, "/ui/login", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains(form) && body.contains("admin token"),
+        "{body}"
+    );
+    let (status, body) = get(s.public_addr, "/ui/login", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(!body.contains(form));
+
+    // A caller logs in to the portal with a maas token, over the wire.
+    let token = maas_token(&s, PREMIUM).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let origin = format!("http://{}", s.public_addr);
+    let res = client
+        .post(format!("{origin}/portal/login"))
+        .header("origin", &origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("__Host-maas-portal="), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let res = client
+        .get(format!("{origin}/portal/"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains(r#"<h2 id="tier">Tier premium</h2>"#),
+        "{page}"
+    );
+    assert!(page.contains(&format!("{}/v1/chat/completions", s.public_url)));
+    assert!(page.contains(&format!("<strong>{SIMULATOR_PREMIUM_MODEL}</strong>")));
+    assert!(!page.contains(&token));
+    // The portal's session is no dashboard session.
+    let res = client
+        .get(format!("http://{}/ui/", s.admin_addr))
+        .header(
+            "cookie",
+            session.replace("__Host-maas-portal", "__Host-maas-ui"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    s.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_management_api_needs_the_admin_token() {
     let s = Server::start(config()).await.unwrap();
     let (status, _) = get(s.admin_addr, "/api/v1/tiers", None).await;

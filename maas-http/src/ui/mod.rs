@@ -29,6 +29,7 @@ mod chart;
 mod guard;
 mod keys;
 mod pages;
+pub mod portal;
 pub mod session;
 mod tenants;
 mod usage;

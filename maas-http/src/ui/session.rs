@@ -42,11 +42,35 @@ impl Default for SessionConfig {
 pub struct Session {
     /// Who logged in (`admin`, or the portal's caller).
     pub subject: String,
+    /// The subject's groups, as the login found them (the portal's caller;
+    /// none for the dashboard).
+    pub groups: Vec<String>,
     /// The credential's kind or scope, as the login recorded it.
     pub detail: String,
+    /// The id of the API key logged in with, if it was one (an id, never a
+    /// secret).
+    pub key_id: Option<String>,
     /// When it started.
     pub started: Timestamp,
+    /// When it ends at the latest besides [`SessionConfig::absolute`] (the
+    /// credential's own expiry), if earlier.
+    pub until: Option<Timestamp>,
     seen: Timestamp,
+}
+
+/// Who a new session is for ([`Sessions::start_for`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewSession {
+    /// Who logged in.
+    pub subject: String,
+    /// Their groups.
+    pub groups: Vec<String>,
+    /// The credential's kind or scope.
+    pub detail: String,
+    /// The id of the API key logged in with, if any.
+    pub key_id: Option<String>,
+    /// The credential's expiry, if it has one: the session ends then too.
+    pub until: Option<Timestamp>,
 }
 
 /// The sessions of one site (the dashboard's or the portal's).
@@ -97,10 +121,20 @@ impl Sessions {
         let c = &self.inner.config;
         now.as_millis() - s.seen.as_millis() >= ms(c.idle)
             || now.as_millis() - s.started.as_millis() >= ms(c.absolute)
+            || s.until.is_some_and(|u| now >= u)
     }
 
     /// Starts a session for `subject`; its id (for the cookie).
     pub fn start(&self, subject: &str, detail: &str) -> String {
+        self.start_for(NewSession {
+            subject: subject.to_owned(),
+            detail: detail.to_owned(),
+            ..NewSession::default()
+        })
+    }
+
+    /// Starts a session for `new`; its id (for the cookie).
+    pub fn start_for(&self, new: NewSession) -> String {
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
         let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
@@ -123,9 +157,12 @@ impl Sessions {
         live.insert(
             self.hash(&id),
             Session {
-                subject: subject.to_owned(),
-                detail: detail.to_owned(),
+                subject: new.subject,
+                groups: new.groups,
+                detail: new.detail,
+                key_id: new.key_id,
                 started: now,
+                until: new.until,
                 seen: now,
             },
         );
@@ -238,6 +275,24 @@ mod tests {
         assert!(s.may_try("10.0.0.2"), "another client");
         clock.advance(Duration::from_secs(60));
         assert!(s.may_try("10.0.0.1"), "a new minute");
+    }
+
+    #[test]
+    fn a_session_ends_with_its_credential() {
+        let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
+        let s = Sessions::new(SessionConfig::default(), Arc::new(clock.clone()));
+        let id = s.start_for(NewSession {
+            subject: "alice".into(),
+            groups: vec!["premium-users".into()],
+            detail: "maas token".into(),
+            key_id: None,
+            until: Some(Timestamp::from_millis(1_000_000 + 10 * 60_000)),
+        });
+        assert_eq!(s.get(&id).unwrap().groups, ["premium-users"]);
+        clock.advance(Duration::from_secs(9 * 60));
+        assert!(s.get(&id).is_some());
+        clock.advance(Duration::from_secs(60));
+        assert!(s.get(&id).is_none(), "the token expired");
     }
 
     #[test]
