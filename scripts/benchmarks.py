@@ -265,6 +265,15 @@ def load_rows():
                          f"{run['errors']} of {run['requests']:,} = {run['error_rate']:.3%} "
                          f"({run['retries']} attempts retried on a sibling; {run['rps']:,.0f} req/s)",
                          "< 0.1% (issue 22)", mark(run["error_rate"] < 0.001), src))
+    ui = load_result("ui")
+    if ui:
+        r = ui["result"]
+        src = f"`scripts/load/ui.sh {r['keys']} {r['tenants']}` at {ui['commit']}"
+        for page in r["pages"]:
+            rows.append((f"dashboard page `{page['path']}` ({page['page']}), server time with {r['keys']:,} keys and {r['tenants']:,} tenants (sled)",
+                         f"median {page['median_us'] / 1e3:.1f} ms, worst of {r['rounds']} {page['worst_us'] / 1e3:.1f} ms "
+                         f"(10 keys: {page['floor_us'] / 1e3:.2f} ms; {page['bytes']:,} bytes)",
+                         "≤ 50 ms (issue 23)", mark(page["worst_us"] <= 50_000), src))
     soak = load_result("soak")
     if soak:
         r = soak["result"]
