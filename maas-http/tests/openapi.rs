@@ -269,9 +269,11 @@ fn no_route_is_registered_around_the_document() {
         }
         // Routes that are not an API of maas, in no maas document: the
         // simulator and the gateway serve OpenAI's routes, metrics serves
-        // Prometheus' `/metrics`, and the webhook dispatcher only posts.
+        // Prometheus' `/metrics`, the webhook dispatcher only posts, and the
+        // dashboard and the portal serve HTML pages.
         let rel = p.strip_prefix(&src).unwrap_or(&p);
         if rel.starts_with("webhooks")
+            || rel.starts_with("ui")
             || rel.starts_with("gateway")
             || rel.starts_with("layer")
             || ["simulator.rs", "metrics.rs"]

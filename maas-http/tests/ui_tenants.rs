@@ -351,10 +351,10 @@ async fn a_tenant_page_charts_its_last_24_hours_with_a_table() {
     assert_eq!(p.body.matches("<rect ").count(), 24);
     assert!(
         p.body
-            .contains(r#"height="100"><title>2025-11-24 22:00: 500 tokens</title>"#)
+            .contains(r#"height="160"><title>2025-11-24 22:00 UTC: 500 tokens</title>"#)
     );
     assert!(p.body.contains(
-        r#"<td>2025-11-24 22:00</td><td class="n">1</td><td class="n">0</td><td class="n">300</td><td class="n">200</td>"#
+        r#"<td>2025-11-24 22:00</td><td class="n">1</td><td class="n">300</td><td class="n">200</td><td class="n">500</td><td class="n">0</td>"#
     ), "{}", p.body);
     assert!(p.body.contains("<td>2025-11-24 01:00</td>"));
     assert!(p.body.contains("<td>2025-11-25 00:00</td>"));

@@ -638,6 +638,27 @@ async fn refuse_changes(
     )
 }
 
+/// On a data plane: the dashboard reads, and refuses changes (409, naming
+/// the control plane); logging in and out still work.
+async fn refuse_dashboard_changes(
+    State(control_plane): State<Arc<str>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    if req.method() != axum::http::Method::POST || path == "/ui/login" || path == "/ui/logout" {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::CONFLICT,
+        format!(
+            "this server is a data plane: its configuration comes from the control plane at \
+             {control_plane}; make the change there"
+        ),
+    )
+        .into_response()
+}
+
 /// Whether a public-listener request changes API keys or Unkey apis: the
 /// MaaS API's `POST /keys` and `DELETE /keys/{name}` (also under
 /// `/maas-api`), and the Unkey API's key and api changes (not
@@ -1102,6 +1123,13 @@ impl Server {
             ),
             &http,
         );
+        let dashboard = match &config.control_plane {
+            Some(url) => dashboard.layer(middleware::from_fn_with_state(
+                Arc::<str>::from(url.as_str()),
+                refuse_dashboard_changes,
+            )),
+            None => dashboard,
+        };
         let management = management::router(management_state, &http);
         let metrics = with_common_layers(
             maas_http::metrics::router().layer(middleware::from_fn_with_state(

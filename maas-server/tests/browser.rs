@@ -139,6 +139,15 @@ async fn text(c: &Client) -> String {
         .unwrap()
 }
 
+/// Waits (at most 10 s) for `what` on the page a click started loading.
+async fn wait_for(c: &Client, what: Locator<'_>) {
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(what)
+        .await
+        .unwrap();
+}
+
 async fn login(c: &Client, admin: SocketAddr, token: &str) {
     c.goto(&format!("http://{admin}/ui/login")).await.unwrap();
     c.find(Locator::Css("input[name=token]"))
@@ -153,6 +162,8 @@ async fn login(c: &Client, admin: SocketAddr, token: &str) {
         .click()
         .await
         .unwrap();
+    // The answer: the dashboard (its navigation) or the form again, refused.
+    wait_for(c, Locator::Css("header nav, p.error")).await;
 }
 
 async fn chat(s: &RunningServer, max_tokens: u64) -> reqwest::StatusCode {
@@ -367,7 +378,15 @@ async fn the_dashboard_in_a_real_browser() {
     .click()
     .await
     .unwrap();
-    assert!(text(&c).await.contains("acme-browser"));
+    // The answer is the new tenant's page (waited for: the click only
+    // starts the navigation).
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//*[contains(text(), 'Tenant created.')]"))
+        .await
+        .unwrap();
+    let page = text(&c).await;
+    assert!(page.contains("acme-browser"), "{page}");
     screenshot(&c, "tenant").await;
     c.goto(&format!("http://{}/ui/keys", s.admin_addr))
         .await
@@ -388,7 +407,9 @@ async fn the_dashboard_in_a_real_browser() {
         .await
         .unwrap();
     let secret = c
-        .find(Locator::Css("code.secret"))
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("code.secret"))
         .await
         .unwrap()
         .text()
@@ -416,6 +437,13 @@ async fn the_dashboard_in_a_real_browser() {
     .click()
     .await
     .unwrap();
+    wait_for(
+        &c,
+        Locator::XPath(
+            "//tr[td[normalize-space()='from-the-browser']]//button[normalize-space()='Enable']",
+        ),
+    )
+    .await;
     assert_eq!(chat_as(&s, &secret, 2).await, 401, "disabled: refused");
 
     // The other pages render, with their data.
@@ -437,6 +465,7 @@ async fn the_dashboard_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    wait_for(&c, Locator::Css("input[name=token]")).await;
     c.goto(&format!("http://{}/ui/models", s.admin_addr))
         .await
         .unwrap();

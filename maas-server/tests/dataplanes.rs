@@ -270,6 +270,47 @@ async fn a_data_plane_serves_what_the_control_plane_deploys() {
         .unwrap();
     assert_eq!(anonymous.status(), 401);
     admin(&dp, reqwest::Method::GET, "/api/v1/models", Value::Null).await;
+    // The dashboard: one logs in and reads, a change is refused, naming the
+    // control plane.
+    let origin = format!("http://{}", dp.admin_addr);
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = no_redirects
+        .post(format!("{origin}/ui/login"))
+        .header("origin", &origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", dp.admin_token()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303, "the dashboard's login works");
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = no_redirects
+        .get(format!("{origin}/ui/models"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "reads");
+    let change = no_redirects
+        .post(format!("{origin}/ui/tenants"))
+        .header("origin", &origin)
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=local")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(change.status(), 409);
+    assert!(change.text().await.unwrap().contains(&cp_admin.to_string()));
     // API keys too, on the public listener, in each API's own shape.
     for (path, shape) in [("/keys", "name"), ("/v1/keys.createKey", "error")] {
         let res = reqwest::Client::new()

@@ -159,6 +159,15 @@ impl ManagementState {
         self.admin.authenticate(token).await.ok().flatten()
     }
 
+    /// The state of the gateway's pools of upstreams, by model (none when
+    /// [`Self::with_upstreams`] was not given them).
+    pub fn upstream_pools(&self) -> Vec<maas_core::upstream::PoolSnapshot> {
+        self.upstreams
+            .as_ref()
+            .map(maas_core::Upstreams::snapshot)
+            .unwrap_or_default()
+    }
+
     /// Shows the health of `upstreams` (the gateway's) in `/stats`.
     pub fn with_upstreams(mut self, upstreams: maas_core::Upstreams) -> Self {
         self.upstreams = Some(upstreams);
@@ -964,11 +973,7 @@ struct ModelStats {
 #[utoipa::path(get, path = "/stats", responses((status = 200, description = "The totals", body = Stats)))]
 async fn stats(State(s): State<ManagementState>) -> Reply {
     let live = s.scheduling.live();
-    let mut pools = s
-        .upstreams
-        .as_ref()
-        .map(maas_core::Upstreams::snapshot)
-        .unwrap_or_default();
+    let mut pools = s.upstream_pools();
     let models = live
         .models
         .into_iter()

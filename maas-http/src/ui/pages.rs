@@ -159,11 +159,7 @@ struct Overview {
 pub(crate) async fn overview(_op: Operator, State(ui): State<Ui>) -> Response {
     let s = &ui.state;
     let live = s.scheduling.live();
-    let pools = s
-        .upstreams
-        .as_ref()
-        .map(maas_core::Upstreams::snapshot)
-        .unwrap_or_default();
+    let pools = s.upstream_pools();
     let models = live
         .models
         .iter()
@@ -267,15 +263,7 @@ pub(crate) async fn models(_op: Operator, State(ui): State<Ui>) -> Response {
         .map(|m| ModelView {
             id: m.id.clone(),
             ready: m.ready,
-            apis: m
-                .api
-                .iter()
-                .map(|a| match a {
-                    maas_core::model::ModelApi::Openai => "OpenAI",
-                    maas_core::model::ModelApi::Anthropic => "Anthropic",
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
+            apis: apis_of(m),
             upstreams: m.pool().into_owned(),
             capacity: m.capacity(),
             fallbacks: list_or(&m.fallbacks, "—"),
@@ -418,6 +406,18 @@ pub(crate) async fn audit(
         events,
         next,
     })
+}
+
+/// The APIs `m`'s upstream speaks, by name (`OpenAI, Anthropic`).
+pub(crate) fn apis_of(m: &maas_core::Model) -> String {
+    m.api
+        .iter()
+        .map(|a| match a {
+            maas_core::model::ModelApi::Openai => "OpenAI",
+            maas_core::model::ModelApi::Anthropic => "Anthropic",
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `s` percent-encoded for a query string.

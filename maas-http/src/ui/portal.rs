@@ -50,10 +50,10 @@ use axum::routing::{get, post};
 use maas_core::clock::SharedClock;
 use maas_core::gateway::{Account, Caller};
 use maas_core::identity::Identity;
-use maas_core::usage::{Granularity, TimeRange};
 use maas_core::{Actor, AuditEvent, Error, KeyId, Timestamp};
 use serde::Deserialize;
 
+use super::chart::{Day, last_day};
 use super::guard::{self, cookie, cookie_of, see_other};
 use super::pages::{failed, render};
 use super::session::{NewSession, Session, SessionConfig, Sessions};
@@ -422,23 +422,6 @@ struct KeyView {
     last_used_at: String,
 }
 
-struct HourView {
-    label: String,
-    requests: u64,
-    input_tokens: u64,
-    output_tokens: u64,
-    tokens: u64,
-    errors: u64,
-}
-
-struct Bar {
-    x: u64,
-    y: u64,
-    height: u64,
-    title: String,
-    tick: Option<String>,
-}
-
 /// A key just created: its secret, shown in this answer only.
 struct Created {
     name: String,
@@ -464,19 +447,9 @@ struct Home {
     keys_locked: Option<String>,
     created: Option<Created>,
     key_error: Option<String>,
-    hours: Vec<HourView>,
-    bars: Vec<Bar>,
-    chart_max: u64,
+    day: Day,
     usage_recorded: bool,
-    usage_total: u64,
 }
-
-/// The chart's bars' height at most, and one bar's step (as the template
-/// draws them).
-const CHART_H: u64 = 160;
-const BAR_STEP: u64 = 24;
-
-const HOUR_MS: i64 = 3_600_000;
 
 async fn home(State(p): State<Portal>, m: Member) -> Response {
     let caller = match p.caller(&m).await {
@@ -564,67 +537,13 @@ fn limits_of(a: &Account, now: Timestamp) -> Vec<LimitView> {
     v
 }
 
-/// The hours of the last 24 (the current one last) with the caller's usage.
-async fn usage_of(p: &Portal, user: &str, now: Timestamp) -> Result<Option<Vec<HourView>>, Error> {
-    let Some(ledger) = &p.state.gateway.services().usage else {
-        return Ok(None);
-    };
-    let first = Granularity::Hour.floor(now).as_millis() - 23 * HOUR_MS;
-    let range = TimeRange::new(
-        Timestamp::from_millis(first),
-        Timestamp::from_millis(first + 24 * HOUR_MS),
-    );
-    let points = ledger.series(range, Granularity::Hour, Some(user)).await?;
-    let hours = (0..24)
-        .map(|i| {
-            let start = first + i * HOUR_MS;
-            let at = Timestamp::from_millis(start);
-            let u = points
-                .iter()
-                .find(|pt| pt.time == at)
-                .map(|pt| pt.usage.clone())
-                .unwrap_or_default();
-            let stamp = at.to_string();
-            HourView {
-                label: format!(
-                    "{} {}",
-                    stamp.get(..10).unwrap_or_default(),
-                    stamp.get(11..16).unwrap_or_default()
-                ),
-                requests: u.requests,
-                input_tokens: u.input_tokens,
-                output_tokens: u.output_tokens,
-                tokens: u.input_tokens + u.output_tokens,
-                errors: u.errors,
-            }
-        })
-        .collect();
-    Ok(Some(hours))
-}
-
-/// The chart's bars of `hours`, and the most tokens of an hour (the top of
-/// the scale).
-fn bars_of(hours: &[HourView]) -> (Vec<Bar>, u64) {
-    let top = hours.iter().map(|h| h.tokens).max().unwrap_or(0);
-    let max = top.max(1);
-    let bars = hours
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let height = h.tokens.saturating_mul(CHART_H) / max;
-            let i = i as u64;
-            Bar {
-                x: 40 + i * BAR_STEP,
-                y: 10 + CHART_H - height,
-                height,
-                title: format!("{} UTC: {} tokens", h.label, h.tokens),
-                tick: i
-                    .is_multiple_of(3)
-                    .then(|| h.label.get(11..13).unwrap_or_default().to_owned()),
-            }
-        })
-        .collect();
-    (bars, top)
+/// The caller's last 24 hours of usage (`None` when this server records
+/// none).
+async fn usage_of(p: &Portal, user: &str, now: Timestamp) -> Result<Option<Day>, Error> {
+    match &p.state.gateway.services().usage {
+        Some(ledger) => last_day(ledger, user, now).await.map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The portal's page for `caller`, with a key just created or an error of
@@ -663,15 +582,7 @@ async fn page(
             ModelView {
                 id: m.id.clone(),
                 name: m.name.clone(),
-                apis: m
-                    .api
-                    .iter()
-                    .map(|a| match a {
-                        maas_core::model::ModelApi::Openai => "OpenAI",
-                        maas_core::model::ModelApi::Anthropic => "Anthropic",
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                apis: super::pages::apis_of(m),
                 curl,
                 python,
                 sdk,
@@ -714,8 +625,6 @@ async fn page(
             .join(", ")
     };
     let usage_recorded = hours.is_some();
-    let hours = hours.unwrap_or_default();
-    let (bars, chart_max) = bars_of(&hours);
     render(&Home {
         user: account.user.clone(),
         groups: if account.groups.is_empty() {
@@ -737,10 +646,7 @@ async fn page(
         keys_locked: p.keys_locked(m),
         created,
         key_error,
-        usage_total: hours.iter().map(|h| h.tokens).sum(),
-        hours,
-        bars,
-        chart_max,
+        day: hours.unwrap_or_else(Day::empty),
         usage_recorded,
     })
 }

@@ -12,10 +12,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use maas_core::admission::{BudgetScope, BudgetView, NewBudget};
 use maas_core::counter::Period;
-use maas_core::usage::{Granularity, TimeRange};
-use maas_core::{Actor, Error, NewTenant, Patch, Tenant, TenantId, TenantUpdate, Timestamp};
+use maas_core::{Actor, Error, NewTenant, Patch, Tenant, TenantId, TenantUpdate};
 use serde::Deserialize;
 
+use super::chart::{Day, last_day};
 use super::guard::see_other;
 use super::pages::{failed, form_encode, render};
 use super::{Operator, Ui};
@@ -26,9 +26,6 @@ pub(crate) const PAGE: usize = 50;
 const SCAN: usize = 2_000;
 /// Tenants read per store page while searching.
 const SCAN_PAGE: usize = 500;
-const HOUR_MS: i64 = 3_600_000;
-/// Hours in the usage chart.
-const HOURS: i64 = 24;
 
 /// Who the dashboard's changes are audited as: the admin, as the management
 /// API's.
@@ -379,26 +376,6 @@ struct BudgetShown {
     resets: String,
 }
 
-struct Bar {
-    x: i64,
-    y: i64,
-    height: i64,
-    tip: String,
-}
-
-struct Tick {
-    x: i64,
-    label: String,
-}
-
-struct HourRow {
-    hour: String,
-    requests: u64,
-    errors: u64,
-    input_tokens: u64,
-    output_tokens: u64,
-}
-
 #[derive(Template)]
 #[template(path = "ui/tenant.html")]
 struct TenantPage {
@@ -414,11 +391,7 @@ struct TenantPage {
     tiers: Vec<Choice>,
     budget: Option<BudgetShown>,
     periods: Vec<Choice>,
-    bars: Vec<Bar>,
-    ticks: Vec<Tick>,
-    max_tokens: u64,
-    hours: Vec<HourRow>,
-    total_tokens: u64,
+    day: Day,
 }
 
 /// The query of `GET /ui/tenants/{id}`.
@@ -443,24 +416,6 @@ fn saved_text(s: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
-
-fn hour_label(t: Timestamp) -> String {
-    t.to_datetime().map_or_else(
-        || t.to_string(),
-        |d| {
-            format!(
-                "{:04}-{:02}-{:02} {:02}:00",
-                d.year(),
-                u8::from(d.month()),
-                d.day(),
-                d.hour()
-            )
-        },
-    )
-}
-
-const CHART_W: i64 = 24;
-const CHART_H: i64 = 100;
 
 async fn tenant_page(
     ui: &Ui,
@@ -499,75 +454,10 @@ async fn tenant_page(
         vec!["daily".into(), "weekly".into(), "monthly".into()],
         Some(current_period),
     );
-    // The last 24 UTC hours, this one included.
-    let now = ui.clock.now();
-    let start = Granularity::Hour.floor(now).as_millis() - (HOURS - 1) * HOUR_MS;
-    let range = TimeRange::new(
-        Timestamp::from_millis(start),
-        Timestamp::from_millis(start + HOURS * HOUR_MS),
-    );
-    let points = match s
-        .usage
-        .series(range, Granularity::Hour, Some(&t.name))
-        .await
-    {
-        Ok(p) => p,
+    let day = match last_day(&s.usage, &t.name, ui.clock.now()).await {
+        Ok(d) => d,
         Err(e) => return failed(&e),
     };
-    let mut hours: Vec<HourRow> = (0..HOURS)
-        .map(|i| HourRow {
-            hour: hour_label(Timestamp::from_millis(start + i * HOUR_MS)),
-            requests: 0,
-            errors: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-        })
-        .collect();
-    for p in points {
-        let i = (p.time.as_millis() - start).div_euclid(HOUR_MS);
-        if let Some(row) = usize::try_from(i).ok().and_then(|i| hours.get_mut(i)) {
-            row.requests += p.usage.requests;
-            row.errors += p.usage.errors;
-            row.input_tokens += p.usage.input_tokens;
-            row.output_tokens += p.usage.output_tokens;
-        }
-    }
-    let tokens: Vec<u64> = hours
-        .iter()
-        .map(|h| h.input_tokens + h.output_tokens)
-        .collect();
-    let max_tokens = tokens.iter().copied().max().unwrap_or(0);
-    let bars = tokens
-        .iter()
-        .zip(&hours)
-        .enumerate()
-        .map(|(i, (&n, h))| {
-            let height = if max_tokens == 0 || n == 0 {
-                0
-            } else {
-                i64::try_from(u128::from(n) * 100 / u128::from(max_tokens))
-                    .unwrap_or(CHART_H)
-                    .clamp(1, CHART_H)
-            };
-            let x = i64::try_from(i).unwrap_or(0) * CHART_W;
-            Bar {
-                x: x + 2,
-                y: CHART_H - height,
-                height,
-                tip: format!("{}: {n} tokens", h.hour),
-            }
-        })
-        .collect();
-    let ticks = (0..HOURS)
-        .step_by(6)
-        .map(|i| Tick {
-            x: i * CHART_W + 2,
-            label: hour_label(Timestamp::from_millis(start + i * HOUR_MS))
-                .get(11..)
-                .unwrap_or_default()
-                .to_owned(),
-        })
-        .collect();
     let (status, error) = match error {
         Some((s, e)) => (s, Some(e)),
         None => (StatusCode::OK, None),
@@ -586,11 +476,7 @@ async fn tenant_page(
         tiers,
         budget,
         periods,
-        bars,
-        ticks,
-        max_tokens,
-        total_tokens: tokens.iter().sum(),
-        hours,
+        day,
     });
     if res.status() == StatusCode::OK {
         *res.status_mut() = status;
