@@ -1113,7 +1113,7 @@ impl Server {
             },
         )
         .map_err(step("setting the admin token"))?
-        .with_upstreams(gateway.upstreams().clone());
+        .with_gateway(gateway.clone());
         // The operator dashboard, over the same services (its own login).
         let dashboard = with_common_layers(
             maas_http::ui::router(

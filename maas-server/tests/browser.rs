@@ -349,6 +349,28 @@ async fn the_dashboard_in_a_real_browser() {
     for t in slow {
         t.abort();
     }
+    // The free tier's 5 requests a minute: the 6th and 7th are refused,
+    // and the overview says so.
+    let mut refused = 0;
+    for _ in 0..7 {
+        if chat_as(&s, "dev-free-token", 1).await == 429 {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "{refused}");
+    c.goto(&format!("http://{}/ui/", s.admin_addr))
+        .await
+        .unwrap();
+    let figure = c
+        .find(Locator::XPath(
+            "//div[contains(., 'refused (429)')]/span[@class='figure']",
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_ne!(figure, "0.0%", "refusals shown");
 
     // A tenant and a key made in the browser; the secret shown once; the
     // key disabled in the browser is refused at the gateway.

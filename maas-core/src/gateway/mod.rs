@@ -26,6 +26,7 @@
 //! itself (see `examples/embed_core.rs`).
 
 mod account;
+pub mod activity;
 mod cache;
 
 use std::collections::HashMap;
@@ -132,6 +133,7 @@ struct Inner {
     clock: SharedClock,
     cache: ResponseCache,
     upstreams: Upstreams,
+    activity: activity::Activity,
     /// Tenants known to exist in the store, with when that was checked.
     known_tenants: Mutex<HashMap<String, Timestamp>>,
     /// Budget events this node has queued (their once-keys), so requests
@@ -279,6 +281,7 @@ impl Gateway {
             inner: Arc::new(Inner {
                 services,
                 upstreams: Upstreams::new(balancing, Arc::clone(&clock)),
+                activity: activity::Activity::default(),
                 clock,
                 cache: ResponseCache::new(),
                 known_tenants: Mutex::new(HashMap::new()),
@@ -297,6 +300,17 @@ impl Gateway {
     /// The fair-share scheduler.
     pub fn fair_share(&self) -> &FairShare {
         self.inner.services.scheduling.fairshare()
+    }
+
+    /// Counts an answer of HTTP `status` in [`Self::activity`] (the tower
+    /// layer does, for every inference answer).
+    pub fn record_answer(&self, status: u16) {
+        self.inner.activity.record(self.now(), status);
+    }
+
+    /// The answers of the last minute: all, refused (429), failed (5xx).
+    pub fn activity(&self) -> activity::Minute {
+        self.inner.activity.last_minute(self.now())
     }
 
     /// The models' pools of upstreams (balancing, health).

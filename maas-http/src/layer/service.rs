@@ -117,7 +117,8 @@ enum Step {
     Answered(Response<Body>),
 }
 
-fn count_request(model: &str, status: StatusCode) {
+fn count_request(gateway: &Gateway, model: &str, status: StatusCode) {
+    gateway.record_answer(status.as_u16());
     ::metrics::counter!(
         metrics::REQUESTS,
         "model" => model.to_owned(),
@@ -144,13 +145,13 @@ where
         Ok(step) => step,
         Err(e) => {
             let res = e.into_response();
-            count_request(&model_label, res.status());
+            count_request(&gateway, &model_label, res.status());
             return Ok(res);
         }
     };
     let (admitted, body, stream, strip_usage, native) = match step {
         Step::Answered(res) => {
-            count_request(&model_label, res.status());
+            count_request(&gateway, &model_label, res.status());
             return Ok(res);
         }
         Step::Forward {
@@ -188,7 +189,7 @@ where
     let (mut rp, rb) = res.into_parts();
     insert_rate_headers(&mut rp.headers, admitted.headers(), gateway.now());
     served_model(&mut rp.headers, admitted.model());
-    count_request(&model_label, rp.status);
+    count_request(&gateway, &model_label, rp.status);
     if !rp.status.is_success() {
         // The upstream (or the inner service) refused or failed: nothing
         // was produced, nothing is charged.

@@ -76,9 +76,9 @@ pub struct ManagementState {
     pub admission: AdmissionLimits,
     /// Webhooks.
     pub webhooks: Webhooks,
-    /// The gateway's pools of upstreams, shown by `/stats` (see
-    /// [`Self::with_upstreams`]).
-    pub upstreams: Option<maas_core::Upstreams>,
+    /// The gateway whose pools of upstreams `/stats` shows and whose
+    /// recent answers the dashboard shows (see [`Self::with_gateway`]).
+    pub gateway: Option<maas_core::Gateway>,
 }
 
 /// The services the management API drives.
@@ -148,7 +148,7 @@ impl ManagementState {
             storage,
             admission,
             webhooks,
-            upstreams: None,
+            gateway: None,
         })
     }
 
@@ -159,18 +159,19 @@ impl ManagementState {
         self.admin.authenticate(token).await.ok().flatten()
     }
 
-    /// The state of the gateway's pools of upstreams, by model (none when
-    /// [`Self::with_upstreams`] was not given them).
+    /// The state of the gateway's pools of upstreams, by model (none
+    /// without [`Self::with_gateway`]).
     pub fn upstream_pools(&self) -> Vec<maas_core::upstream::PoolSnapshot> {
-        self.upstreams
+        self.gateway
             .as_ref()
-            .map(maas_core::Upstreams::snapshot)
+            .map(|g| g.upstreams().snapshot())
             .unwrap_or_default()
     }
 
-    /// Shows the health of `upstreams` (the gateway's) in `/stats`.
-    pub fn with_upstreams(mut self, upstreams: maas_core::Upstreams) -> Self {
-        self.upstreams = Some(upstreams);
+    /// Shows `gateway`'s upstreams' health in `/stats` and its recent
+    /// answers on the dashboard.
+    pub fn with_gateway(mut self, gateway: maas_core::Gateway) -> Self {
+        self.gateway = Some(gateway);
         self
     }
 }

@@ -149,6 +149,7 @@ struct Overview {
     title: &'static str,
     requests_per_s: f64,
     tokens_per_s: f64,
+    refused_pct: f64,
     error_pct: f64,
     in_flight: usize,
     queued: usize,
@@ -198,15 +199,28 @@ pub(crate) async fn overview(_op: Operator, State(ui): State<Ui>) -> Response {
         tokens += r.usage.input_tokens + r.usage.output_tokens;
         errors += r.usage.errors;
     }
-    render(&Overview {
-        title: "Overview",
-        requests_per_s: requests as f64 / 60.0,
-        tokens_per_s: tokens as f64 / 60.0,
-        error_pct: if requests == 0 {
+    // The gateway's answers of the last minute (refusals included), when
+    // this server has one; else what the usage ledger recorded.
+    let (answered, refused, failed) = match &s.gateway {
+        Some(g) => {
+            let a = g.activity();
+            (a.answered, a.refused, a.errors)
+        }
+        None => (requests, 0, errors),
+    };
+    let pct = |n: u64| {
+        if answered == 0 {
             0.0
         } else {
-            100.0 * errors as f64 / requests as f64
-        },
+            100.0 * n as f64 / answered as f64
+        }
+    };
+    render(&Overview {
+        title: "Overview",
+        requests_per_s: answered as f64 / 60.0,
+        tokens_per_s: tokens as f64 / 60.0,
+        refused_pct: pct(refused),
+        error_pct: pct(failed),
         in_flight: live.in_flight,
         queued: live.queued,
         models,
