@@ -493,6 +493,62 @@ async fn the_dashboard_in_a_real_browser() {
         .unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
 
+    // The portal, on the user listener: a caller logs in with their token,
+    // sees their tier and models, and makes a key (its secret once).
+    let portal = format!("http://{}/portal", s.public_addr);
+    c.goto(&format!("{portal}/login")).await.unwrap();
+    c.find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(PREMIUM)
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/portal/login'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&c, Locator::Css("h2#tier")).await;
+    let page = text(&c).await;
+    assert!(page.contains("Tier premium"), "{page}");
+    assert!(page.contains(SIMULATOR_MODEL));
+    assert!(
+        !c.source().await.unwrap().contains(PREMIUM),
+        "the token is in no page"
+    );
+    let cookies: Value = c.execute("return document.cookie;", vec![]).await.unwrap();
+    assert_eq!(cookies, json!(""));
+    screenshot(&c, "portal").await;
+    c.find(Locator::Css("form[action='/portal/keys'] input[name=name]"))
+        .await
+        .unwrap()
+        .send_keys("laptop")
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/portal/keys'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&c, Locator::XPath("//h2[@id='keys']/following::pre/code")).await;
+    let secret = c
+        .find(Locator::XPath("//h2[@id='keys']/following::pre/code"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        chat_as(&s, &secret, 1).await,
+        200,
+        "the portal's key serves"
+    );
+    screenshot(&c, "portal-key-created").await;
+    c.goto(&format!("{portal}/")).await.unwrap();
+    assert!(!c.source().await.unwrap().contains(&secret), "shown once");
+
     c.close().await.unwrap();
     s.shutdown().await.unwrap();
 }
