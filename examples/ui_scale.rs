@@ -47,9 +47,111 @@ struct Args {
     /// Requests per page (1..=1,000).
     #[arg(long, default_value_t = 20)]
     rounds: usize,
+    /// Also load each page in headless chromium (`chromium` and
+    /// `chromedriver` on the PATH) and report the full load: navigation
+    /// start to the load event, as the browser measures it.
+    #[arg(long)]
+    browser: bool,
     /// Where to write the figures as JSON.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+}
+
+/// Serves `app` on a loopback port; its address.
+async fn serve(app: Router) -> Result<std::net::SocketAddr, Box<dyn std::error::Error>> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move { axum::serve(l, app).await });
+    Ok(addr)
+}
+
+/// A headless chromium through a chromedriver of our own (killed on drop).
+struct Browser {
+    client: fantoccini::Client,
+    driver: std::process::Child,
+}
+
+impl Browser {
+    async fn start() -> Result<Browser, Box<dyn std::error::Error>> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut driver = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                            "--disable-gpu", "--window-size=1280,1000"]}),
+        );
+        for _ in 0..200 {
+            if let Ok(client) = fantoccini::ClientBuilder::rustls()?
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                return Ok(Browser { client, driver });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = driver.kill();
+        let _ = driver.wait();
+        Err("chromedriver did not start".into())
+    }
+
+    /// Logs in at `origin`'s dashboard.
+    async fn login(&self, origin: &str) -> Result<(), Box<dyn std::error::Error>> {
+        use fantoccini::Locator;
+        let c = &self.client;
+        c.goto(&format!("{origin}/ui/login")).await?;
+        c.find(Locator::Css("input[name=token]"))
+            .await?
+            .send_keys(ADMIN)
+            .await?;
+        c.find(Locator::Css("button[type=submit]"))
+            .await?
+            .click()
+            .await?;
+        c.wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("header nav"))
+            .await?;
+        Ok(())
+    }
+
+    /// The median full load of `origin` + `path`, in ms.
+    async fn load(
+        &self,
+        origin: &str,
+        path: &str,
+        rounds: usize,
+    ) -> Result<f64, Box<dyn std::error::Error>> {
+        let mut took = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            self.client.goto(&format!("{origin}{path}")).await?;
+            let ms = self
+                .client
+                .execute(
+                    "const n = performance.getEntriesByType('navigation')[0]; \
+                     return n.loadEventEnd - n.startTime;",
+                    vec![],
+                )
+                .await?;
+            took.push(ms.as_f64().unwrap_or(f64::NAN));
+        }
+        took.sort_by(f64::total_cmp);
+        Ok(took[took.len() / 2])
+    }
+
+    async fn stop(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
 }
 
 const ADMIN: &str = "ui-scale-admin-token-0123456789";
@@ -217,6 +319,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     let (big_cookie, small_cookie) = (login(&big).await?, login(&small).await?);
+    let browser = if args.browser {
+        let origins = (
+            format!("http://{}", serve(big.clone()).await?),
+            format!("http://{}", serve(small.clone()).await?),
+        );
+        let b = Browser::start().await?;
+        b.login(&origins.0).await?;
+        let b2 = Browser::start().await?;
+        b2.login(&origins.1).await?;
+        Some((b, b2, origins))
+    } else {
+        None
+    };
     let pages = [
         ("overview", "/ui/".to_owned()),
         ("tenants", "/ui/tenants".to_owned()),
@@ -235,15 +350,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut rows = Vec::new();
     println!(
-        "{:<24} {:>12} {:>12} {:>12} {:>10}",
-        "page", "median µs", "worst µs", "10 keys µs", "bytes"
+        "{:<24} {:>12} {:>12} {:>12} {:>10} {:>12} {:>12}",
+        "page", "median µs", "worst µs", "10 keys µs", "bytes", "load ms", "10 keys ms"
     );
     for (name, path) in &pages {
         let (m, worst, bytes) = time(&big, &big_cookie, path, rounds).await?;
         let (floor, _, _) = time(&small, &small_cookie, path, rounds).await?;
-        println!("{name:<24} {m:>12.0} {worst:>12.0} {floor:>12.0} {bytes:>10}");
-        rows.push(json!({"page": name, "path": path, "median_us": m.round(),
-                         "worst_us": worst.round(), "floor_us": floor.round(), "bytes": bytes}));
+        let mut row = json!({"page": name, "path": path, "median_us": m.round(),
+                             "worst_us": worst.round(), "floor_us": floor.round(), "bytes": bytes});
+        let (mut load, mut load_floor) = (f64::NAN, f64::NAN);
+        if let Some((b, b2, (o1, o2))) = &browser {
+            load = b.load(o1, path, 5).await?;
+            load_floor = b2.load(o2, path, 5).await?;
+            row["load_ms"] = json!(load.round());
+            row["load_floor_ms"] = json!(load_floor.round());
+        }
+        println!(
+            "{name:<24} {m:>12.0} {worst:>12.0} {floor:>12.0} {bytes:>10} {load:>12.0} {load_floor:>12.0}"
+        );
+        rows.push(row);
+    }
+    if let Some((b, b2, _)) = browser {
+        b.stop().await;
+        b2.stop().await;
     }
     let result: Value = json!({"keys": keys, "tenants": tenants, "rounds": rounds, "pages": rows});
     if let Some(out) = args.out {
