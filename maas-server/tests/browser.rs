@@ -290,6 +290,23 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(cells[3], usage["output_tokens"].to_string());
     let bars = c.find_all(Locator::Css("svg.chart rect")).await.unwrap();
     assert!(!bars.is_empty(), "the chart has bars");
+    // The top chart's bar for the model: its tokens, as the table's.
+    let tokens = usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap();
+    let titles: Vec<String> = {
+        let mut v = Vec::new();
+        for t in c
+            .find_all(Locator::Css("svg.chart rect title"))
+            .await
+            .unwrap()
+        {
+            v.push(t.html(true).await.unwrap());
+        }
+        v
+    };
+    assert!(
+        titles.contains(&format!("{SIMULATOR_MODEL}: {tokens}")),
+        "{titles:?}"
+    );
     screenshot(&c, "usage").await;
 
     // Slow requests on one slot: the overview shows them queued.
