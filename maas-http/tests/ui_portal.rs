@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Request, StatusCode, header};
 use maas_core::admission::AdmissionConfig;
 use maas_core::fairshare::{FairShare, FairShareConfig};
 use maas_core::identity::{Chain, Identity, StaticTokens};
@@ -27,7 +26,9 @@ use maas_core::{
 use maas_http::maas_api::MaasApiState;
 use maas_http::ui::portal::{COOKIE, PortalConfig, router};
 use maas_store_memory::MemoryStore;
-use tower::ServiceExt;
+use ui_common::Page;
+
+mod ui_common;
 
 /// The user listener's host, and its own pages' origin.
 const HOST: &str = "127.0.0.1:8080";
@@ -124,39 +125,13 @@ async fn portal() -> Portal {
     }
 }
 
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Page {
-    fn location(&self) -> &str {
-        self.headers
-            .get(header::LOCATION)
-            .map_or("", |v| v.to_str().unwrap())
-    }
-}
-
 impl Portal {
     async fn send(&self, req: Request<Body>) -> Page {
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        Page {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        ui_common::send(&self.router, req).await
     }
 
     async fn get(&self, path: &str, session: Option<&str>) -> Page {
-        let mut req = Request::get(path).header(header::HOST, HOST);
-        if let Some(s) = session {
-            req = req.header(header::COOKIE, format!("{COOKIE}={s}"));
-        }
-        self.send(req.body(Body::empty()).unwrap()).await
+        ui_common::get(&self.router, (HOST, COOKIE), path, session).await
     }
 
     /// A form posted from `origin`.
@@ -167,17 +142,7 @@ impl Portal {
         session: Option<&str>,
         origin: Option<&str>,
     ) -> Page {
-        let mut req = Request::post(path)
-            .header(header::HOST, HOST)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        if let Some(o) = origin {
-            req = req.header(header::ORIGIN, o);
-        }
-        if let Some(s) = session {
-            req = req.header(header::COOKIE, format!("{COOKIE}={s}"));
-        }
-        self.send(req.body(Body::from(form.to_owned())).unwrap())
-            .await
+        ui_common::post(&self.router, (HOST, COOKIE), path, form, (session, origin)).await
     }
 
     /// Logs in with `credential`; the session id.

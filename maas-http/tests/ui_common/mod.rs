@@ -71,25 +71,70 @@ pub(crate) struct Page {
     pub(crate) body: String,
 }
 
+impl Page {
+    /// Where a redirect points (`""` if it is none).
+    pub(crate) fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+/// `req` through `router`, read whole.
+pub(crate) async fn send(router: &Router, req: Request<Body>) -> Page {
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    Page {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// `GET path` on `host`, with the session `cookie=session` if any.
+pub(crate) async fn get(
+    router: &Router,
+    (host, cookie): (&str, &str),
+    path: &str,
+    session: Option<&str>,
+) -> Page {
+    let mut req = Request::get(path).header(header::HOST, host);
+    if let Some(s) = session {
+        req = req.header(header::COOKIE, format!("{cookie}={s}"));
+    }
+    send(router, req.body(Body::empty()).unwrap()).await
+}
+
+/// A form posted to `host` from `origin` (its own pages: `http://` +
+/// host), with the session `cookie=session` if any.
+pub(crate) async fn post(
+    router: &Router,
+    (host, cookie): (&str, &str),
+    path: &str,
+    form: &str,
+    (session, origin): (Option<&str>, Option<&str>),
+) -> Page {
+    let mut req = Request::post(path)
+        .header(header::HOST, host)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(o) = origin {
+        req = req.header(header::ORIGIN, o);
+    }
+    if let Some(s) = session {
+        req = req.header(header::COOKIE, format!("{cookie}={s}"));
+    }
+    send(router, req.body(Body::from(form.to_owned())).unwrap()).await
+}
+
 impl Ui {
     pub(crate) async fn send(&self, req: Request<Body>) -> Page {
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        Page {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        send(&self.router, req).await
     }
 
     pub(crate) async fn get(&self, path: &str, session: Option<&str>) -> Page {
-        let mut req = Request::get(path).header(header::HOST, HOST);
-        if let Some(s) = session {
-            req = req.header(header::COOKIE, format!("{COOKIE}={s}"));
-        }
-        self.send(req.body(Body::empty()).unwrap()).await
+        get(&self.router, (HOST, COOKIE), path, session).await
     }
 
     /// A form posted from `origin` (this origin's pages: `http://` + HOST).
@@ -100,17 +145,7 @@ impl Ui {
         session: Option<&str>,
         origin: Option<&str>,
     ) -> Page {
-        let mut req = Request::post(path)
-            .header(header::HOST, HOST)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        if let Some(o) = origin {
-            req = req.header(header::ORIGIN, o);
-        }
-        if let Some(s) = session {
-            req = req.header(header::COOKIE, format!("{COOKIE}={s}"));
-        }
-        self.send(req.body(Body::from(form.to_owned())).unwrap())
-            .await
+        post(&self.router, (HOST, COOKIE), path, form, (session, origin)).await
     }
 
     /// Logs in; the session id.
