@@ -35,8 +35,8 @@ fn installed() -> bool {
     })
 }
 
-/// Makes sure `chromium` and `chromedriver` are on the PATH, installing
-/// Debian's `chromium` and `chromium-driver` if they are not.
+/// Makes sure they are on the PATH: apt-get installs chromium and chromedriver
+/// (Debian's `chromium` and `chromium-driver` packages) when they are missing.
 fn ensure_browser() {
     INSTALL.call_once(|| {
         if installed() {
