@@ -278,6 +278,29 @@ def load_rows():
                 rows.append((f"dashboard page `{page['path']}` ({page['page']}), full load in headless chromium with {r['keys']:,} keys",
                              f"{page['load_ms']:.0f} ms median of 5 (10 keys: {page['load_floor_ms']:.0f} ms)",
                              "≤ 1 s (issue 23)", mark(page["load_ms"] <= 1000), src))
+    hp = load_result("hotpath")
+    if hp:
+        r = hp["result"]
+        src = f"`scripts/load/hotpath.sh {r['seconds']}` at {hp['commit']}"
+        for run in r["runs"]:
+            d, x, g = run["direct"], run["nginx"], run["gateway"]
+            xn, gn = x["cpu_us"] - d["cpu_us"], g["cpu_us"] - d["cpu_us"]
+            rows.append((f"proxied chat CPU per request over direct, {run['kind']}, {run['connections']} connections: gateway vs nginx",
+                         f"{gn} µs vs {xn} µs = {gn / max(xn, 1):.1f}× ({g['rps']:,} vs {x['rps']:,} req/s)",
+                         "≤ 2× nginx (issue 24)", mark(gn <= 2 * xn), src))
+            if run["connections"] == 1:
+                gp, xp = g["p50_us"] - d["p50_us"], x["p50_us"] - d["p50_us"]
+                rows.append(("p50 added over direct at one connection: gateway (nginx)",
+                             f"{gp} µs ({xp} µs)", "≤ 40 µs (issue 24)", mark(gp <= 40), src))
+    al = load_result("allocs")
+    if al:
+        r = al if "gateway_allocs" in al else al.get("result", {})
+        if r:
+            added = r["gateway_allocs"] - r["floor_allocs"]
+            rows.append(("allocations per plain chat request that maas adds (`cargo bench --bench allocs`)",
+                         f"{added} ({r['gateway_allocs']} with the upstream hop, which alone makes {r['floor_allocs']}; "
+                         f"{r['gateway_bytes'] - r['floor_bytes']:,} bytes)",
+                         "≤ 20 (issue 24)", mark(added <= 20), "`cargo bench --bench allocs`"))
     soak = load_result("soak")
     if soak:
         r = soak["result"]
