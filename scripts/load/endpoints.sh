@@ -25,7 +25,6 @@ export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
 start_server 127.0.0.1:28080 127.0.0.1:29090 127.0.0.1:28081 /tmp/maas-load-endpoints.log \
   --memory --sim-max-concurrent 4096 --max-in-flight 4096
 load_tier http://127.0.0.1:29090 "$MAAS_ADMIN_TOKEN"
-TICKS=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER/stat"; }
 
 CHAT='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}'
@@ -33,15 +32,10 @@ EMB='{"model":"simulator","input":["Hello, how are you?","Fine, thanks."]}'
 MSG='{"model":"simulator","max_tokens":16,"messages":[{"role":"user","content":"Hello, how are you?"}]}'
 RESP='{"model":"simulator","input":"Hello, how are you?","max_output_tokens":16}'
 
-run() { # name url token body
-  local out before after n
-  before=$(cpu_ticks)
-  out=$(TOKEN=$3 BODY=$4 wrk -t1 -c"$C" -d"${SECS}s" --timeout 10s -s scripts/load/post.lua "$2" | grep '^RESULT')
-  after=$(cpu_ticks)
-  n=$(field "$out" requests)
+run() { # name url token body: C connections; any non-2xx answer stops the run
+  local out
+  out=$(wrk_cpu "$1" "$2" "$3" "$C" "$4")
   [ "$(field "$out" non2xx)" = 0 ] || { echo "$1: non-2xx answers: $out" >&2; exit 1; }
-  out+=" cpu_us=$(( (after - before) * 1000000 / TICKS / (n > 0 ? n : 1) ))"
-  echo "$1 $out" >&2
   echo "$out"
 }
 T=load-test-token-0123456789

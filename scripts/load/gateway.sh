@@ -37,18 +37,8 @@ done
 
 # cpu_ticks: user + system clock ticks of the server and the proxy so far.
 cpu_ticks() { awk '{ t += $14 + $15 } END { print t }' "/proc/$SERVER/stat" "/proc/$PROXY/stat"; }
-TICKS=$(getconf CLK_TCK)
 
-run() { # name url token connections
-  local out before after n
-  before=$(cpu_ticks)
-  out=$(TOKEN=$3 wrk -t1 -c"$4" -d"${SECS}s" --timeout 10s -s scripts/load/post.lua "$2" | grep '^RESULT')
-  after=$(cpu_ticks)
-  n=$(field "$out" requests)
-  out+=" cpu_us=$(( (after - before) * 1000000 / TICKS / (n > 0 ? n : 1) ))"
-  echo "$1 c=$4 $out" >&2
-  echo "$out"
-}
+run() { wrk_cpu "$@"; } # name url token connections
 runs=""
 for c in 1 16 64; do
   d=$(run direct http://127.0.0.1:18081/v1/chat/completions "" "$c")

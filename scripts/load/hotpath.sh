@@ -65,20 +65,10 @@ done
 # cpu_ticks: user + system clock ticks of the server (with its simulator)
 # and nginx so far.
 cpu_ticks() { awk '{ t += $14 + $15 } END { print t }' "/proc/$SERVER/stat" "/proc/$NGINX_PID/stat"; }
-TICKS=$(getconf CLK_TCK)
 PLAIN='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}'
 STREAM='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16,"stream":true}'
 
-run() { # name url token connections body
-  local out before after n
-  before=$(cpu_ticks)
-  out=$(TOKEN=$3 BODY=$5 wrk -t1 -c"$4" -d"${SECS}s" --timeout 10s -s scripts/load/post.lua "$2" | grep '^RESULT')
-  after=$(cpu_ticks)
-  n=$(field "$out" requests)
-  out+=" cpu_us=$(( (after - before) * 1000000 / TICKS / (n > 0 ? n : 1) ))"
-  echo "$1 c=$4 $out" >&2
-  echo "$out"
-}
+run() { wrk_cpu "$@"; } # name url token connections body
 runs=""
 for spec in "1 plain" "16 plain" "64 plain" "16 stream"; do
   set -- $spec

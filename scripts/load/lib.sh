@@ -107,3 +107,20 @@ create_keys() {
     exit 1
   fi
 }
+
+# wrk_cpu NAME URL TOKEN CONNECTIONS [BODY]: SECS seconds of wrk POSTing
+# BODY (scripts/load/post.lua's default chat completion if empty) to URL
+# with TOKEN as bearer over CONNECTIONS connections; prints wrk's RESULT
+# line plus cpu_us, the server side's CPU per request: the caller's
+# cpu_ticks (clock ticks of the processes it measures) before and after.
+wrk_cpu() {
+  local out before after n ticks
+  ticks=$(getconf CLK_TCK)
+  before=$(cpu_ticks)
+  out=$(TOKEN=$3 BODY=${5:-} wrk -t1 -c"$4" -d"${SECS}s" --timeout 10s -s scripts/load/post.lua "$2" | grep '^RESULT')
+  after=$(cpu_ticks)
+  n=$(field "$out" requests)
+  out+=" cpu_us=$(( (after - before) * 1000000 / ticks / (n > 0 ? n : 1) ))"
+  echo "$1 c=$4 $out" >&2
+  echo "$out"
+}
