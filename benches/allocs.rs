@@ -7,7 +7,8 @@
 //! simulator as the upstream on loopback) answers `--requests` plain chat
 //! completions, each sent with `oneshot` (no client or server socket on the
 //! inbound side). Beside it, the floor: the same request sent by the same
-//! pooled reqwest client straight to the simulator, which is the upstream
+//! pooled hyper-util client the gateway uses
+//! straight to the simulator, which is the upstream
 //! hop the gateway makes. The difference is what maas adds.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -123,26 +124,47 @@ fn main() {
                 res.into_body().collect().await.unwrap();
             }
         };
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let url = format!("{sim_url}/v1/chat/completions");
+        let client = hyper_util::client::legacy::Client::builder(
+            hyper_util::rt::TokioExecutor::new(),
+        )
+        .build_http::<http_body_util::Full<axum::body::Bytes>>();
+        let url: axum::http::Uri = format!("{sim_url}/v1/chat/completions").parse().unwrap();
         let direct = || {
             let (client, url) = (client.clone(), url.clone());
             async move {
-                let res = client
-                    .post(url)
+                let req = Request::post(url)
                     .header(header::CONTENT_TYPE, "application/json")
-                    .body(BODY)
-                    .send()
-                    .await
+                    .body(http_body_util::Full::new(axum::body::Bytes::from_static(
+                        BODY.as_bytes(),
+                    )))
                     .unwrap();
+                let res = client.request(req).await.unwrap();
                 assert!(res.status().is_success());
-                res.bytes().await.unwrap();
+                res.into_body().collect().await.unwrap();
             }
         };
         // Warm both paths (pools, caches, lazily built state).
         for _ in 0..200 {
             through_gateway().await;
             direct().await;
+        }
+        // `ALLOCS_ONLY=gateway` (or `direct`) sends only that path's
+        // requests and prints nothing: for a profiler (`heaptrack`) to
+        // tell the call sites of one path from the other's.
+        match std::env::var("ALLOCS_ONLY").as_deref() {
+            Ok("gateway") => {
+                for _ in 0..requests {
+                    through_gateway().await;
+                }
+                return;
+            }
+            Ok("direct") => {
+                for _ in 0..requests {
+                    direct().await;
+                }
+                return;
+            }
+            _ => {}
         }
         let before = counts();
         for _ in 0..requests {

@@ -29,16 +29,23 @@
 //! answers (a context too long, ...) are passed on as they are. Either way
 //! the slot and the reservation are given back.
 
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use futures_util::StreamExt;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use maas_core::Gateway;
 use maas_core::upstream::{Outcome, Pick};
 
@@ -48,6 +55,8 @@ use crate::common::{HttpConfig, with_common_layers};
 use crate::layer::{AdmittedModel, GatewayError, LayerConfig, MaasLayer};
 use crate::metrics;
 use crate::openai::OpenAiError;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Settings of the gateway router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,19 +109,37 @@ pub fn serves(path: &str) -> bool {
             })
 }
 
-/// Forwards admitted requests to their model's upstreams.
+/// Forwards admitted requests to their model's upstreams: plain-http
+/// upstreams (the usual: a model server on the private network) through
+/// hyper-util's pooled client, the lean hot path; `https` ones through
+/// reqwest (rustls, the platform's roots).
 #[derive(Debug, Clone)]
 struct Upstream {
-    client: reqwest::Client,
+    http: HttpClient,
+    tls: reqwest::Client,
     timeout: Duration,
     pools: maas_core::Upstreams,
 }
 
+/// The pooled keep-alive client of plain-http upstreams.
+type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
+/// Idle keep-alive connections kept per upstream, at most.
+const IDLE_PER_UPSTREAM: usize = 512;
+
 /// The gateway's routes over `gateway`.
 pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(IDLE_PER_UPSTREAM)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector);
     // Pooled keep-alive connections per upstream; no proxy from the
     // environment (upstreams are usually on a private network).
-    let client = reqwest::Client::builder()
+    let tls = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(config.connect_timeout)
         .read_timeout(config.upstream_timeout)
@@ -125,7 +152,8 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
             reqwest::Client::new()
         });
     let upstream = Upstream {
-        client,
+        http,
+        tls,
         timeout: config.upstream_timeout,
         pools: gateway.upstreams().clone(),
     };
@@ -166,9 +194,70 @@ fn upstream_error(status: StatusCode, code: &'static str, message: String) -> Re
 
 /// Why an attempt on an upstream failed (before anything was passed on).
 enum Failure {
-    Unreachable(reqwest::Error),
+    Unreachable(BoxError),
     Status(StatusCode),
     TimedOut,
+}
+
+impl Failure {
+    /// A client error: a timeout (connecting, or reqwest's read timeout)
+    /// or an upstream that could not be reached.
+    fn of(e: BoxError) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
+        while let Some(c) = cause {
+            let timed_out = c
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                || c.downcast_ref::<reqwest::Error>()
+                    .is_some_and(reqwest::Error::is_timeout);
+            if timed_out {
+                return Failure::TimedOut;
+            }
+            cause = c.source();
+        }
+        Failure::Unreachable(e)
+    }
+}
+
+/// The upstream's answer: its head, and its body with how long it may
+/// pause between two parts (`None`: the client enforces it, as reqwest
+/// does).
+type Answer = (axum::http::response::Parts, Body, Option<Duration>);
+
+/// One attempt on the upstream at `url` + `suffix`.
+async fn attempt(
+    up: &Upstream,
+    url: &str,
+    suffix: &str,
+    body: &Bytes,
+    accept: Option<&HeaderValue>,
+) -> Result<Answer, BoxError> {
+    let base = url.trim_end_matches('/');
+    if base.starts_with("http://") {
+        let mut target = String::with_capacity(base.len() + suffix.len());
+        target.push_str(base);
+        target.push_str(suffix);
+        let mut req = hyper::Request::post(Uri::try_from(target)?)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(a) = accept {
+            req = req.header(ACCEPT, a.clone());
+        }
+        let res = up.http.request(req.body(Full::new(body.clone()))?).await?;
+        let (parts, body) = res.into_parts();
+        Ok((parts, Body::new(body), Some(up.timeout)))
+    } else {
+        let mut call = up
+            .tls
+            .post(format!("{base}{suffix}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.clone());
+        if let Some(a) = accept {
+            call = call.header(ACCEPT, a.clone());
+        }
+        let res = axum::http::Response::from(call.send().await?);
+        let (parts, body) = res.into_parts();
+        Ok((parts, Body::new(body), None))
+    }
 }
 
 /// The upstream call of an admitted request: an upstream of the model's
@@ -205,17 +294,12 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
     };
     let mut retried = false;
     loop {
-        let url = format!("{}{suffix}", pick.url().trim_end_matches('/'));
-        let mut call = up
-            .client
-            .post(url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body.clone());
-        if let Some(a) = &accept {
-            call = call.header(ACCEPT, a.clone());
-        }
         let started = Instant::now();
-        let sent = tokio::time::timeout(up.timeout, call.send()).await;
+        let sent = tokio::time::timeout(
+            up.timeout,
+            attempt(&up, pick.url(), suffix, &body, accept.as_ref()),
+        )
+        .await;
         ::metrics::histogram!(
             metrics::UPSTREAM_LATENCY,
             "model" => model.id.clone(),
@@ -223,14 +307,13 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         )
         .record(started.elapsed().as_secs_f64());
         let failure = match sent {
-            Ok(Ok(res)) if !res.status().is_server_error() => {
+            Ok(Ok(answer)) if !answer.0.status.is_server_error() => {
                 pick.record(Outcome::Answered);
-                return pass_on(res, pick);
+                return pass_on(answer, pick);
             }
-            Ok(Ok(res)) => Failure::Status(res.status()),
-            Ok(Err(e)) if e.is_timeout() => Failure::TimedOut,
+            Ok(Ok(answer)) => Failure::Status(answer.0.status),
+            Ok(Err(e)) => Failure::of(e),
             Err(_) => Failure::TimedOut,
-            Ok(Err(e)) => Failure::Unreachable(e),
         };
         if let Some(out) = pick.record(Outcome::Failed) {
             tracing::warn!(
@@ -274,26 +357,100 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
     }
 }
 
-/// The upstream's answer, streamed to the client; `pick` is released when
-/// the body ends or the client goes away.
-fn pass_on(res: reqwest::Response, pick: Pick) -> Response {
-    let mut out = Response::builder().status(res.status());
+/// Headers of an answer: the upstream's two passed on and the layer's
+/// rate-limit headers, without growing the map.
+const ANSWER_HEADERS: usize = 16;
+
+/// The upstream's answer, streamed to the client frame by frame as it
+/// comes (no copy); `pick` is released when the body ends or the client
+/// goes away.
+fn pass_on((head, body, idle): Answer, pick: Pick) -> Response {
+    let mut headers = HeaderMap::with_capacity(ANSWER_HEADERS);
+    let mut upstream = head.headers;
     for h in [CONTENT_TYPE, CACHE_CONTROL] {
-        if let Some(v) = res.headers().get(&h) {
-            out = out.header(h, v.clone());
+        if let Some(v) = upstream.remove(&h) {
+            headers.insert(h, v);
         }
     }
-    let body = Body::from_stream(res.bytes_stream().map(move |chunk| {
-        let _held = &pick;
-        chunk
-    }));
-    out.body(body).unwrap_or_else(|_| {
-        upstream_error(
-            StatusCode::BAD_GATEWAY,
-            "upstream_error",
-            "the upstream answered an unreadable head".into(),
-        )
-    })
+    let mut res = Response::new(Body::new(Held::new(body, pick, idle)));
+    *res.status_mut() = head.status;
+    *res.headers_mut() = headers;
+    res
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body holding its upstream pick, and ending with an
+    /// error when the upstream pauses longer than its limit between two
+    /// parts.
+    struct Held {
+        #[pin]
+        inner: Body,
+        #[pin]
+        idle: Option<tokio::time::Sleep>,
+        limit: Duration,
+        last: tokio::time::Instant,
+        done: bool,
+        pick: Pick,
+    }
+}
+
+impl Held {
+    fn new(inner: Body, pick: Pick, limit: Option<Duration>) -> Self {
+        let last = tokio::time::Instant::now();
+        Held {
+            inner,
+            idle: limit.map(|l| tokio::time::sleep_until(last + l)),
+            limit: limit.unwrap_or_default(),
+            last,
+            done: false,
+            pick,
+        }
+    }
+}
+
+impl HttpBody for Held {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            if this.idle.is_some() {
+                *this.last = tokio::time::Instant::now();
+            }
+            return Poll::Ready(frame);
+        }
+        // The timer was set from the part before last; a later part moves
+        // it (here, when it fires, not at every part).
+        if let Some(mut sleep) = this.idle.as_pin_mut() {
+            while sleep.as_mut().poll(cx).is_ready() {
+                let deadline = *this.last + *this.limit;
+                if deadline <= tokio::time::Instant::now() {
+                    *this.done = true;
+                    return Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the upstream paused longer than its limit",
+                    )))));
+                }
+                sleep.as_mut().reset(deadline);
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn no_upstream(model: &str, retry_after: Duration) -> Response {

@@ -434,8 +434,26 @@ impl HttpBody for Metered {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let out = this.on_data(data);
+                        let mut out = this.on_data(data);
+                        let last = this.inner.is_end_stream();
+                        if last {
+                            // The last part (a client may stop polling once
+                            // the body says it ended): complete now, with an
+                            // unterminated last event passed on as it is.
+                            if let Mode::Sse { pending, .. } = &mut this.mode
+                                && !pending.is_empty()
+                            {
+                                let mut all = BytesMut::from(out);
+                                all.extend_from_slice(pending);
+                                pending.clear();
+                                out = all.freeze();
+                            }
+                            this.finish(true);
+                        }
                         if out.is_empty() {
+                            if last {
+                                return Poll::Ready(None);
+                            }
                             continue;
                         }
                         return Poll::Ready(Some(Ok(Frame::data(out))));
@@ -462,7 +480,9 @@ impl HttpBody for Metered {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Not before the request is completed (at the last part, or at the
+        // end the next poll finds).
+        self.admitted.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
