@@ -4,6 +4,7 @@
 
 use std::marker::PhantomData;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
@@ -11,7 +12,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Router, middleware};
 use maas_core::Error;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,7 +50,14 @@ impl RequestId {
     /// A fresh id: `req_` and 16 random bytes in base58.
     pub fn generate() -> Self {
         let bytes: [u8; 16] = rand::random();
-        RequestId(format!("req_{}", bs58::encode(bytes).into_string()))
+        // 16 bytes are at most 22 base58 digits: one allocation.
+        let mut id = String::with_capacity(4 + 22);
+        id.push_str("req_");
+        if bs58::encode(bytes).onto(&mut id).is_err() {
+            // Only a fixed-size target can be too small.
+            id.truncate(4);
+        }
+        RequestId(id)
     }
 
     /// The id as a string.
@@ -94,12 +101,100 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 }
 
 /// Wraps `router` in the layers every API uses: the request id, a tracing
-/// span per request and the body limit.
+/// span per request and the body limit (on each route: the result can be
+/// merged with other routers).
 pub fn with_common_layers(router: Router, config: &HttpConfig) -> Router {
     router
         .layer(axum::extract::DefaultBodyLimit::max(config.body_limit))
         .layer(TraceLayer::new_for_http())
-        .layer(middleware::from_fn(request_id))
+        .layer(RequestIdLayer)
+}
+
+/// The layer of [`request_id`] as a plain tower layer (no boxed future):
+/// assigns the request id ([`RequestId`] in the request's extensions) and
+/// echoes it on the response as [`REQUEST_ID`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdLayer;
+
+impl<S> tower::Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner }
+    }
+}
+
+/// The service of [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for RequestIdService<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        let (id, header) = match req.headers().get(&REQUEST_ID) {
+            Some(v) => match RequestId::from_header(v) {
+                Some(id) => (id, Some(v.clone())),
+                None => fresh_id(),
+            },
+            None => fresh_id(),
+        };
+        req.extensions_mut().insert(id);
+        RequestIdFuture {
+            inner: self.inner.call(req),
+            header,
+        }
+    }
+}
+
+/// A new id and its header value.
+fn fresh_id() -> (RequestId, Option<HeaderValue>) {
+    let id = RequestId::generate();
+    let header = HeaderValue::from_str(id.as_str()).ok();
+    (id, header)
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RequestIdService`].
+    #[derive(Debug)]
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        header: Option<HeaderValue>,
+    }
+}
+
+impl<F, R, E> std::future::Future for RequestIdFuture<F>
+where
+    F: std::future::Future<Output = Result<axum::http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(v) = this.header.take() {
+            res.headers_mut().insert(REQUEST_ID, v);
+        }
+        std::task::Poll::Ready(Ok(res))
+    }
 }
 
 /// The body of a health check that passed: `{"status": "ok"}`.

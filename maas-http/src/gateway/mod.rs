@@ -51,7 +51,7 @@ use maas_core::upstream::{Outcome, Pick};
 
 pub(crate) mod messages;
 
-use crate::common::{HttpConfig, with_common_layers};
+use crate::common::HttpConfig;
 use crate::layer::{AdmittedModel, GatewayError, LayerConfig, MaasLayer};
 use crate::metrics;
 use crate::openai::OpenAiError;
@@ -175,7 +175,21 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
         .merge(anthropic)
         .merge(responses)
         .fallback(not_found);
-    with_common_layers(app, &config.http)
+    around_router(app, &config.http)
+}
+
+/// [`crate::common::with_common_layers`] around `router` as a whole: one service around
+/// its routing, so a request passes one boxed service instead of one per
+/// layer and route (axum clones each boxed level per request). The result
+/// is routed by its fallback: it cannot be merged with a router that has
+/// one (the gateway's router, which has its own 404, uses it).
+fn around_router(router: Router, config: &HttpConfig) -> Router {
+    let service = tower::ServiceBuilder::new()
+        .layer(crate::common::RequestIdLayer)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::extract::DefaultBodyLimit::max(config.body_limit))
+        .service(router);
+    Router::new().fallback_service(service)
 }
 
 async fn not_found(uri: axum::extract::OriginalUri) -> Response {
