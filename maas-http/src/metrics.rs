@@ -24,13 +24,15 @@
 //! gateway's pools ([`observe_upstreams`]) when `/metrics` is rendered (or
 //! by [`publish_upstreams`]), so the request path pays nothing for them.
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Inference requests answered, by model and HTTP status.
@@ -121,6 +123,128 @@ fn describe() {
         DATA_PLANE_REPORTS_WAITING,
         "On a data plane: usage reports waiting for the control plane's acknowledgement"
     );
+}
+
+/// The request path's labelled series, their handles resolved once per
+/// model (and status, upstream) and kept: a request looks them up under a
+/// read lock and builds no label strings. Handles are taken from the
+/// recorder installed when a model is first seen: install the recorder
+/// before the first request (the example server does it before building
+/// its routers). Bounded by the models and statuses served.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Meters(Arc<RwLock<HashMap<Box<str>, Arc<ModelMeters>>>>);
+
+impl Meters {
+    /// The series of `model` (a catalog model, or `""` for requests that
+    /// named none).
+    pub(crate) fn model(&self, model: &str) -> Arc<ModelMeters> {
+        if let Some(m) = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(model)
+        {
+            return Arc::clone(m);
+        }
+        let mut all = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            all.entry(model.into())
+                .or_insert_with(|| Arc::new(ModelMeters::new(model))),
+        )
+    }
+}
+
+/// The series of one model.
+#[derive(Debug)]
+pub(crate) struct ModelMeters {
+    model: Arc<str>,
+    tokens_in: Counter,
+    tokens_out: Counter,
+    retries: Counter,
+    /// [`REQUESTS`] by status.
+    statuses: RwLock<Vec<(u16, Counter)>>,
+    /// [`UPSTREAM_LATENCY`] by upstream URL.
+    latency: RwLock<Vec<(Box<str>, Histogram)>>,
+}
+
+impl ModelMeters {
+    fn new(model: &str) -> Self {
+        let model: Arc<str> = model.into();
+        let label = || metrics::SharedString::from(Arc::clone(&model));
+        ModelMeters {
+            tokens_in: metrics::counter!(TOKENS, "model" => label(), "direction" => "in"),
+            tokens_out: metrics::counter!(TOKENS, "model" => label(), "direction" => "out"),
+            retries: metrics::counter!(UPSTREAM_RETRIES, "model" => label()),
+            statuses: RwLock::default(),
+            latency: RwLock::default(),
+            model,
+        }
+    }
+
+    /// Counts an answer with `status` ([`REQUESTS`]).
+    pub(crate) fn answered(&self, status: u16) {
+        let found = self
+            .statuses
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, c)| c.clone());
+        let counter = found.unwrap_or_else(|| {
+            let mut all = self
+                .statuses
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, c)) = all.iter().find(|(s, _)| *s == status) {
+                return c.clone();
+            }
+            let c = metrics::counter!(
+                REQUESTS,
+                "model" => metrics::SharedString::from(Arc::clone(&self.model)),
+                "status" => status.to_string()
+            );
+            all.push((status, c.clone()));
+            c
+        });
+        counter.increment(1);
+    }
+
+    /// Adds the tokens of an answer ([`TOKENS`]).
+    pub(crate) fn tokens(&self, input: u64, output: u64) {
+        self.tokens_in.increment(input);
+        self.tokens_out.increment(output);
+    }
+
+    /// Counts a retry on another upstream ([`UPSTREAM_RETRIES`]).
+    pub(crate) fn retried(&self) {
+        self.retries.increment(1);
+    }
+
+    /// Records the time `upstream` took to its response head
+    /// ([`UPSTREAM_LATENCY`]).
+    pub(crate) fn upstream_latency(&self, upstream: &str, seconds: f64) {
+        let found = self
+            .latency
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(u, _)| &**u == upstream)
+            .map(|(_, h)| h.clone());
+        let histogram = found.unwrap_or_else(|| {
+            let mut all = self.latency.write().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, h)) = all.iter().find(|(u, _)| &**u == upstream) {
+                return h.clone();
+            }
+            let h = metrics::histogram!(
+                UPSTREAM_LATENCY,
+                "model" => metrics::SharedString::from(Arc::clone(&self.model)),
+                "upstream" => upstream.to_owned()
+            );
+            all.push((upstream.into(), h.clone()));
+            h
+        });
+        histogram.record(seconds);
+    }
 }
 
 /// Counts every verification of `keys` in [`VERIFICATIONS`] by code (the
@@ -214,5 +338,47 @@ async fn render() -> Response {
             "metrics go to another recorder",
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The kept handles count into the series a request used to build its
+    /// labels for: per model, status, direction and upstream.
+    #[test]
+    fn kept_handles_count_into_their_series() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let meters = Meters::default();
+            for status in [200, 200, 429] {
+                meters.model("m").answered(status);
+            }
+            meters.model("").answered(401);
+            let m = meters.model("m");
+            assert!(Arc::ptr_eq(&m, &meters.model("m")), "resolved once");
+            m.tokens(3, 5);
+            m.tokens(1, 2);
+            m.retried();
+            m.upstream_latency("http://a", 0.25);
+            m.upstream_latency("http://b", 0.5);
+            m.upstream_latency("http://a", 0.75);
+        });
+        let text = handle.render();
+        for line in [
+            r#"maas_requests_total{model="m",status="200"} 2"#,
+            r#"maas_requests_total{model="m",status="429"} 1"#,
+            r#"maas_requests_total{model="",status="401"} 1"#,
+            r#"maas_tokens_total{model="m",direction="in"} 4"#,
+            r#"maas_tokens_total{model="m",direction="out"} 7"#,
+            r#"maas_upstream_retries_total{model="m"} 1"#,
+            r#"maas_upstream_latency_seconds_count{model="m",upstream="http://a"} 2"#,
+            r#"maas_upstream_latency_seconds_count{model="m",upstream="http://b"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

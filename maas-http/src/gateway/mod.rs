@@ -119,6 +119,7 @@ struct Upstream {
     tls: reqwest::Client,
     timeout: Duration,
     pools: maas_core::Upstreams,
+    meters: metrics::Meters,
 }
 
 /// The pooled keep-alive client of plain-http upstreams.
@@ -127,7 +128,9 @@ type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>
 /// Idle keep-alive connections kept per upstream, at most.
 const IDLE_PER_UPSTREAM: usize = 512;
 
-/// The gateway's routes over `gateway`.
+/// The gateway's routes over `gateway`. Its metrics' handles are taken
+/// from the recorder installed when a model is first served ([`metrics`]):
+/// install yours (or call [`metrics::prometheus`]) before serving.
 pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
@@ -156,6 +159,7 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
         tls,
         timeout: config.upstream_timeout,
         pools: gateway.upstreams().clone(),
+        meters: metrics::Meters::default(),
     };
     metrics::observe_upstreams(gateway.upstreams());
     let layer = MaasLayer::new(gateway.clone()).with_config(LayerConfig {
@@ -306,6 +310,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         // Every upstream was ejected since admission looked.
         return no_upstream(&model.id, pool.retry_after().unwrap_or_default());
     };
+    let meters = up.meters.model(&model.id);
     let mut retried = false;
     loop {
         let started = Instant::now();
@@ -314,12 +319,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
             attempt(&up, pick.url(), suffix, &body, accept.as_ref()),
         )
         .await;
-        ::metrics::histogram!(
-            metrics::UPSTREAM_LATENCY,
-            "model" => model.id.clone(),
-            "upstream" => pick.url().to_owned()
-        )
-        .record(started.elapsed().as_secs_f64());
+        meters.upstream_latency(pick.url(), started.elapsed().as_secs_f64());
         let failure = match sent {
             Ok(Ok(answer)) if !answer.0.status.is_server_error() => {
                 pick.record(Outcome::Answered);
@@ -349,8 +349,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
             }
         }
         if !retried && let Some(next) = pool.try_retry(&pick) {
-            ::metrics::counter!(metrics::UPSTREAM_RETRIES, "model" => model.id.clone())
-                .increment(1);
+            meters.retried();
             retried = true;
             pick = next;
             continue;

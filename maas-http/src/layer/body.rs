@@ -15,7 +15,7 @@ use maas_core::gateway::{Admitted, Completion};
 use maas_core::usage::RequestOutcome;
 use serde::Deserialize;
 
-use crate::metrics;
+use crate::metrics::{self, ModelMeters};
 
 /// The most of a non-streamed answer kept to read its usage (and cache it).
 const MAX_KEPT: usize = 8 << 20;
@@ -97,10 +97,17 @@ pub(crate) struct Metered {
     anthropic: bool,
     /// Anthropic's input tokens, from `message_start`.
     anthropic_input: Option<Usage>,
+    /// Where the tokens are counted.
+    meters: Arc<ModelMeters>,
 }
 
 impl Metered {
-    pub(crate) fn sse(inner: Body, admitted: Box<Admitted>, strip_usage: bool) -> Self {
+    pub(crate) fn sse(
+        inner: Body,
+        admitted: Box<Admitted>,
+        strip_usage: bool,
+        meters: Arc<ModelMeters>,
+    ) -> Self {
         Metered::new(
             inner,
             admitted,
@@ -108,10 +115,11 @@ impl Metered {
                 pending: BytesMut::new(),
                 strip: strip_usage,
             },
+            meters,
         )
     }
 
-    pub(crate) fn json(inner: Body, admitted: Box<Admitted>) -> Self {
+    pub(crate) fn json(inner: Body, admitted: Box<Admitted>, meters: Arc<ModelMeters>) -> Self {
         Metered::new(
             inner,
             admitted,
@@ -119,11 +127,13 @@ impl Metered {
                 kept: BytesMut::new(),
                 overflow: false,
             },
+            meters,
         )
     }
 
-    fn new(inner: Body, admitted: Box<Admitted>, mode: Mode) -> Self {
+    fn new(inner: Body, admitted: Box<Admitted>, mode: Mode, meters: Arc<ModelMeters>) -> Self {
         Metered {
+            meters,
             inner,
             mode,
             admitted: Some(admitted),
@@ -275,11 +285,7 @@ impl Metered {
                 },
             },
         };
-        let model = admitted.model().id.clone();
-        ::metrics::counter!(metrics::TOKENS, "model" => model.clone(), "direction" => "in")
-            .increment(done.input_tokens);
-        ::metrics::counter!(metrics::TOKENS, "model" => model, "direction" => "out")
-            .increment(done.output_tokens);
+        self.meters.tokens(done.input_tokens, done.output_tokens);
         let gateway = admitted.gateway().clone();
         admitted.complete_detached(done);
         record_load(gateway.fair_share().counts());

@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use maas_core::admission::{LimitKind, RateHeaders};
 use maas_core::fairshare::RejectReason;
 use maas_core::gateway::Refused;
@@ -156,12 +157,32 @@ const RATE_HEADERS: [[HeaderName; 3]; 2] = [
     ],
 ];
 
+/// `0s` to `59s`, the resets of a per-minute window, written once.
+const SECONDS: [&str; 60] = [
+    "0s", "1s", "2s", "3s", "4s", "5s", "6s", "7s", "8s", "9s", "10s", "11s", "12s", "13s", "14s",
+    "15s", "16s", "17s", "18s", "19s", "20s", "21s", "22s", "23s", "24s", "25s", "26s", "27s",
+    "28s", "29s", "30s", "31s", "32s", "33s", "34s", "35s", "36s", "37s", "38s", "39s", "40s",
+    "41s", "42s", "43s", "44s", "45s", "46s", "47s", "48s", "49s", "50s", "51s", "52s", "53s",
+    "54s", "55s", "56s", "57s", "58s", "59s",
+];
+
+/// [`duration`] as a header value (under a minute: no allocation).
+fn reset_value(now: Timestamp, reset: Timestamp) -> Option<HeaderValue> {
+    let ms = (reset.as_millis() - now.as_millis()).max(0);
+    let secs = (ms + 999) / 1000;
+    match usize::try_from(secs).ok().and_then(|s| SECONDS.get(s)) {
+        Some(s) => Some(HeaderValue::from_static(s)),
+        None => HeaderValue::from_maybe_shared(Bytes::from(duration(now, reset))).ok(),
+    }
+}
+
 /// Adds `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` of `h`.
 pub fn insert_rate_headers(headers: &mut HeaderMap, h: &RateHeaders, now: Timestamp) {
+    headers.reserve(6);
     for ([limit, remaining, reset], d) in RATE_HEADERS.into_iter().zip([&h.requests, &h.tokens]) {
         headers.insert(limit, HeaderValue::from(d.limit));
         headers.insert(remaining, HeaderValue::from(d.remaining));
-        if let Ok(v) = HeaderValue::from_str(&duration(now, d.reset)) {
+        if let Some(v) = reset_value(now, d.reset) {
             headers.insert(reset, v);
         }
     }
@@ -179,5 +200,11 @@ mod tests {
         assert_eq!(duration(t, t.add_millis(59_000)), "59s");
         assert_eq!(duration(t, t.add_millis(360_000)), "6m0s");
         assert_eq!(duration(t, t.add_millis(-5)), "0s");
+        for ms in [
+            -5, 0, 1, 999, 1_000, 1_001, 59_000, 59_001, 60_000, 360_000, 86_400_000,
+        ] {
+            let v = reset_value(t, t.add_millis(ms)).unwrap();
+            assert_eq!(v.to_str().unwrap(), duration(t, t.add_millis(ms)), "{ms}");
+        }
     }
 }

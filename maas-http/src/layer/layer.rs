@@ -5,6 +5,7 @@ use maas_core::Gateway;
 use tower::Layer;
 
 use super::service::MaasService;
+use crate::metrics::Meters;
 
 /// The default limit of inference request bodies: 8 MiB (long contexts).
 pub const DEFAULT_BODY_LIMIT: usize = 8 << 20;
@@ -31,14 +32,18 @@ impl Default for LayerConfig {
 pub struct MaasLayer {
     gateway: Gateway,
     config: LayerConfig,
+    meters: Meters,
 }
 
 impl MaasLayer {
-    /// The layer over `gateway`, with default settings.
+    /// The layer over `gateway`, with default settings. Its metrics'
+    /// handles are taken from the recorder installed at each model's first
+    /// request: install yours before serving.
     pub fn new(gateway: Gateway) -> Self {
         MaasLayer {
             gateway,
             config: LayerConfig::default(),
+            meters: Meters::default(),
         }
     }
 
@@ -53,6 +58,11 @@ impl<S> Layer<S> for MaasLayer {
     type Service = MaasService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        MaasService::new(inner, self.gateway.clone(), self.config)
+        MaasService::new(
+            inner,
+            self.gateway.clone(),
+            self.config,
+            self.meters.clone(),
+        )
     }
 }

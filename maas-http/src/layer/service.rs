@@ -24,7 +24,7 @@ use super::error::{GatewayError, insert_rate_headers};
 use super::future::ResponseFuture;
 use super::layer::LayerConfig;
 use super::request::{Endpoint, inspect_native, inspect_object, parse, rewrite};
-use crate::metrics;
+use crate::metrics::{self, Meters, ModelMeters};
 use crate::openai::OpenAiError;
 
 /// Marks responses of models with a response cache: `hit` or `miss`.
@@ -64,14 +64,16 @@ pub struct MaasService<S> {
     inner: S,
     gateway: Gateway,
     config: LayerConfig,
+    meters: Meters,
 }
 
 impl<S> MaasService<S> {
-    pub(crate) fn new(inner: S, gateway: Gateway, config: LayerConfig) -> Self {
+    pub(crate) fn new(inner: S, gateway: Gateway, config: LayerConfig, meters: Meters) -> Self {
         MaasService {
             inner,
             gateway,
             config,
+            meters,
         }
     }
 }
@@ -98,7 +100,8 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let gateway = self.gateway.clone();
         let config = self.config;
-        ResponseFuture::new(Box::pin(serve(gateway, config, inner, req)))
+        let meters = self.meters.clone();
+        ResponseFuture::new(Box::pin(serve(gateway, config, meters, inner, req)))
     }
 }
 
@@ -117,19 +120,15 @@ enum Step {
     Answered(Response<Body>),
 }
 
-fn count_request(gateway: &Gateway, model: &str, status: StatusCode) {
+fn count_request(gateway: &Gateway, model: &ModelMeters, status: StatusCode) {
     gateway.record_answer(status.as_u16());
-    ::metrics::counter!(
-        metrics::REQUESTS,
-        "model" => model.to_owned(),
-        "status" => status.as_u16().to_string()
-    )
-    .increment(1);
+    model.answered(status.as_u16());
 }
 
 async fn serve<S, B>(
     gateway: Gateway,
     config: LayerConfig,
+    meters: Meters,
     mut inner: S,
     req: Request<Body>,
 ) -> Result<Response<Body>, S::Error>
@@ -145,13 +144,13 @@ where
         Ok(step) => step,
         Err(e) => {
             let res = e.into_response();
-            count_request(&gateway, &model_label, res.status());
+            count_request(&gateway, &meters.model(&model_label), res.status());
             return Ok(res);
         }
     };
     let (admitted, body, stream, strip_usage, native) = match step {
         Step::Answered(res) => {
-            count_request(&gateway, &model_label, res.status());
+            count_request(&gateway, &meters.model(&model_label), res.status());
             return Ok(res);
         }
         Step::Forward {
@@ -189,7 +188,8 @@ where
     let (mut rp, rb) = res.into_parts();
     insert_rate_headers(&mut rp.headers, admitted.headers(), gateway.now());
     served_model(&mut rp.headers, admitted.model());
-    count_request(&gateway, &model_label, rp.status);
+    let model_meters = meters.model(&model_label);
+    count_request(&gateway, &model_meters, rp.status);
     if !rp.status.is_success() {
         // The upstream (or the inner service) refused or failed: nothing
         // was produced, nothing is charged.
@@ -208,9 +208,9 @@ where
         .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
     let body = Body::new(rb);
     let metered = if is_sse || stream {
-        Metered::sse(body, admitted, strip_usage)
+        Metered::sse(body, admitted, strip_usage, model_meters)
     } else {
-        Metered::json(body, admitted)
+        Metered::json(body, admitted, model_meters)
     };
     let metered = if native {
         rp.extensions.insert(NativeAnswer);
