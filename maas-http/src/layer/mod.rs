@@ -38,6 +38,7 @@ mod error;
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;
+mod peek;
 mod request;
 mod service;
 
@@ -65,7 +66,7 @@ pub(crate) fn inspect_messages(
     } else {
         request::inspect_object(map.clone(), Endpoint::Messages)?
     };
-    Ok((i.model, i.prompt_tokens))
+    Ok((i.model.map(std::borrow::Cow::into_owned), i.prompt_tokens))
 }
 pub use service::{
     AdmittedModel, CACHE_HEADER, MaasService, NativeAnswer, SERVED_MODEL_HEADER, UpstreamPath,

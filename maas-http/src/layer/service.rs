@@ -1,5 +1,6 @@
 //! [`MaasService`]: the per-request path around an inner inference service.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -14,7 +15,7 @@ use bytes::Bytes;
 use http_body::Body as HttpBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use maas_core::gateway::{
-    ACCESS_DENIED, Admission, Admitted, CacheKey, Completion, Gateway, InferenceRequest,
+    ACCESS_DENIED, Admission, Admitted, Completion, Gateway, InferenceRequest,
 };
 use maas_core::model::{Model, ModelApi};
 use tower::{BoxError, Service};
@@ -23,7 +24,7 @@ use super::body::{Metered, record_load};
 use super::error::{GatewayError, insert_rate_headers};
 use super::future::ResponseFuture;
 use super::layer::LayerConfig;
-use super::request::{Endpoint, inspect_native, inspect_object, parse, rewrite};
+use super::request::{Endpoint, inspect_read, read, rewrite};
 use crate::metrics::{self, Meters, ModelMeters};
 use crate::openai::OpenAiError;
 
@@ -255,7 +256,9 @@ async fn admit(
         }
     };
     let endpoint = Endpoint::of_path(parts.uri.path());
-    let body = parse(&bytes)?;
+    // One borrowed pass where the body is forwarded as sent; a JSON object
+    // only where it is translated.
+    let body = read(&bytes, endpoint)?;
     let path_model = parts.extract::<RawPathParams>().await.ok().and_then(|p| {
         p.iter()
             .find(|(k, _)| *k == "model")
@@ -264,12 +267,8 @@ async fn admit(
     // Which API the model's upstream speaks decides how the request is read:
     // Messages go natively to an upstream that speaks Anthropic's API, and
     // are translated for one that speaks OpenAI's.
-    let named = path_model.clone().or_else(|| {
-        body.get("model")
-            .and_then(|m| m.as_str())
-            .map(str::to_owned)
-    });
-    let catalog = match &named {
+    let named = path_model.as_deref().or_else(|| body.model());
+    let catalog = match named {
         Some(n) => gateway.services().models.get_cached(n).await.ok(),
         None => None,
     };
@@ -289,19 +288,16 @@ async fn admit(
             ),
         ));
     }
-    let inspected = if native {
-        inspect_native(body)?
-    } else {
-        inspect_object(body, endpoint)?
-    };
-    let model = match (path_model, inspected.model.clone()) {
-        (Some(p), Some(b)) if p != b => {
+    let inspected = inspect_read(body, endpoint, native)?;
+    let model: Cow<'_, str> = match (path_model, inspected.model.clone()) {
+        (Some(p), Some(b)) if p != *b => {
             return Err(GatewayError::invalid(
                 "model",
                 format!("the body names model '{b}' but the URL is model '{p}'"),
             ));
         }
-        (Some(m), _) | (None, Some(m)) => m,
+        (Some(m), _) => Cow::Owned(m),
+        (None, Some(m)) => m,
         (None, None) => return Err(GatewayError::invalid("model", "'model' is required")),
     };
     let cacheable = !inspected.stream && catalog.as_ref().is_some_and(|m| m.cache.enabled);
@@ -309,7 +305,11 @@ async fn admit(
         model: &model,
         prompt_tokens: inspected.prompt_tokens,
         max_tokens: inspected.max_tokens,
-        cache_key: cacheable.then(|| CacheKey::of_object(&inspected.body)),
+        cache_key: if cacheable {
+            inspected.cache_key()
+        } else {
+            None
+        },
         api: if native {
             ModelApi::Anthropic
         } else {
@@ -324,7 +324,7 @@ async fn admit(
         Err(e) if e.is_not_found() => {}
         Ok(Ok(Admission::Admitted(a))) => model_label.clone_from(&a.model().id),
         Ok(Ok(Admission::Cached(hit))) => model_label.clone_from(&hit.model.id),
-        _ => model_label.clone_from(&model),
+        _ => model.as_ref().clone_into(model_label),
     }
     let admission = match result {
         Ok(Ok(a)) => a,
