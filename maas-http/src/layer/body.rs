@@ -36,12 +36,48 @@ struct Details {
     cached_tokens: u64,
 }
 
+/// One event of a chat-completions stream, read without allocating: how
+/// many choices it has and how many carry text, and its usage.
 #[derive(Debug, Deserialize)]
 struct Chunk {
     #[serde(default)]
-    choices: Vec<ChunkChoice>,
+    choices: Choices,
     #[serde(default)]
     usage: Option<Usage>,
+}
+
+/// The `choices` of a stream event: how many, how many with text.
+#[derive(Debug, Default)]
+struct Choices {
+    len: usize,
+    with_text: u64,
+}
+
+impl<'de> Deserialize<'de> for Choices {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Choices;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Choices, A::Error> {
+                let mut out = Choices::default();
+                while let Some(c) = seq.next_element::<ChunkChoice>()? {
+                    out.len += 1;
+                    let text = c.delta.and_then(|d| d.content).or(c.text);
+                    if text.is_some_and(|t| t.0 > 0) {
+                        out.with_text += 1;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,21 +85,81 @@ struct ChunkChoice {
     #[serde(default)]
     delta: Option<Delta>,
     #[serde(default)]
-    text: Option<String>,
+    text: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
 struct Delta {
     #[serde(default)]
-    content: Option<String>,
+    content: Option<Text>,
 }
 
+/// A JSON string, of which only the length (in bytes, unescaped) is kept.
+#[derive(Debug, Clone, Copy)]
+struct Text(usize);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.len()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A whole chat completion: its usage, and the bytes of text its choices
+/// carry (their `message.content`, else `text`).
 #[derive(Debug, Deserialize)]
 struct Whole {
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(default)]
-    choices: Vec<WholeChoice>,
+    choices: Texts<WholeChoice>,
+}
+
+/// An array of which only the total bytes of text is kept.
+#[derive(Debug)]
+struct Texts<T>(usize, std::marker::PhantomData<T>);
+
+impl<T> Default for Texts<T> {
+    fn default() -> Self {
+        Texts(0, std::marker::PhantomData)
+    }
+}
+
+/// An item of [`Texts`]: the bytes of text it carries.
+trait HasText {
+    fn text(&self) -> usize;
+}
+
+impl<'de, T: Deserialize<'de> + HasText> Deserialize<'de> for Texts<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + HasText> serde::de::Visitor<'de> for V<T> {
+            type Value = Texts<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Texts<T>, A::Error> {
+                let mut sum = 0;
+                while let Some(item) = seq.next_element::<T>()? {
+                    sum += item.text();
+                }
+                Ok(Texts(sum, std::marker::PhantomData))
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,7 +167,17 @@ struct WholeChoice {
     #[serde(default)]
     message: Option<Delta>,
     #[serde(default)]
-    text: Option<String>,
+    text: Option<Text>,
+}
+
+impl HasText for WholeChoice {
+    fn text(&self) -> usize {
+        self.message
+            .as_ref()
+            .and_then(|m| m.content)
+            .or(self.text)
+            .map_or(0, |t| t.0)
+    }
 }
 
 #[derive(Debug)]
@@ -79,8 +185,13 @@ enum Mode {
     /// Server-sent events; `strip` drops the usage chunk the client did not
     /// ask for.
     Sse { pending: BytesMut, strip: bool },
-    /// A whole JSON answer, kept (up to [`MAX_KEPT`]) to read its usage.
-    Json { kept: BytesMut, overflow: bool },
+    /// A whole JSON answer, kept (up to [`MAX_KEPT`]) to read its usage:
+    /// its one part as it came (no copy), or its parts joined.
+    Json {
+        first: Option<Bytes>,
+        kept: BytesMut,
+        overflow: bool,
+    },
 }
 
 /// The metered response body (see the [module](self) docs).
@@ -124,6 +235,7 @@ impl Metered {
             inner,
             admitted,
             Mode::Json {
+                first: None,
                 kept: BytesMut::new(),
                 overflow: false,
             },
@@ -153,53 +265,73 @@ impl Metered {
     /// Takes a frame of data; returns what to pass on.
     fn on_data(&mut self, data: Bytes) -> Bytes {
         match &mut self.mode {
-            Mode::Json { kept, overflow } => {
+            Mode::Json {
+                first,
+                kept,
+                overflow,
+            } => {
                 if !*overflow {
-                    if kept.len() + data.len() <= MAX_KEPT {
-                        kept.extend_from_slice(&data);
-                    } else {
+                    let held = first.as_ref().map_or(0, Bytes::len) + kept.len();
+                    if held + data.len() > MAX_KEPT {
                         *overflow = true;
+                        *first = None;
                         kept.clear();
+                    } else if held == 0 {
+                        first.replace(data.clone());
+                    } else {
+                        if let Some(f) = first.take() {
+                            kept.extend_from_slice(&f);
+                        }
+                        kept.extend_from_slice(&data);
                     }
                 }
                 data
             }
             Mode::Sse { pending, strip } => {
                 let strip = *strip;
-                pending.extend_from_slice(&data);
-                let mut out = BytesMut::with_capacity(pending.len());
                 let mut tokens = 0;
-                while let Some((end, sep)) = event_end(pending) {
-                    let event = pending.split_to(end + sep).freeze();
-                    let (t, usage, drop) = if self.anthropic {
-                        let (t, usage, start) = read_anthropic_event(&event[..end]);
-                        if start.is_some() {
-                            self.anthropic_input = start;
+                let mut reader = EventReader {
+                    strip,
+                    anthropic: self.anthropic,
+                    input: &mut self.anthropic_input,
+                    usage: &mut self.usage,
+                };
+                let out = if pending.is_empty() {
+                    // The usual: the part holds whole events. They are passed
+                    // on as they came (no copy) unless one is dropped.
+                    let mut at = 0;
+                    let mut kept: Option<BytesMut> = None;
+                    while let Some((end, sep)) = event_end(&data[at..]) {
+                        let (t, drop) = reader.read(&data[at..at + end]);
+                        tokens += t;
+                        match (&mut kept, drop) {
+                            (None, true) => kept = Some(BytesMut::from(&data[..at])),
+                            (Some(k), false) => k.extend_from_slice(&data[at..at + end + sep]),
+                            _ => {}
                         }
-                        // The end's usage may leave out the input: the start's.
-                        let usage = usage.map(|mut u| {
-                            if u.prompt_tokens == 0
-                                && let Some(s) = self.anthropic_input
-                            {
-                                u.prompt_tokens = s.prompt_tokens;
-                                u.prompt_tokens_details = s.prompt_tokens_details;
-                            }
-                            u
-                        });
-                        (t, usage, false)
-                    } else {
-                        read_event(&event[..end], strip)
-                    };
-                    tokens += t;
-                    if usage.is_some() {
-                        self.usage = usage;
+                        at += end + sep;
                     }
-                    if !drop {
-                        out.extend_from_slice(&event);
+                    pending.extend_from_slice(&data[at..]);
+                    match kept {
+                        Some(k) => k.freeze(),
+                        None if at == data.len() => data,
+                        None => data.slice(..at),
                     }
-                }
+                } else {
+                    pending.extend_from_slice(&data);
+                    let mut out = BytesMut::with_capacity(pending.len());
+                    while let Some((end, sep)) = event_end(pending) {
+                        let event = pending.split_to(end + sep);
+                        let (t, drop) = reader.read(&event[..end]);
+                        tokens += t;
+                        if !drop {
+                            out.extend_from_slice(&event);
+                        }
+                    }
+                    out.freeze()
+                };
                 self.count(tokens);
-                out.freeze()
+                out
             }
         }
     }
@@ -218,47 +350,31 @@ impl Metered {
         let Some(admitted) = self.admitted.take() else {
             return;
         };
-        if let Mode::Json { kept, overflow } = &mut self.mode
+        if let Mode::Json {
+            first,
+            kept,
+            overflow: false,
+        } = &self.mode
             && ok
-            && !*overflow
-            && self.anthropic
         {
-            if let Ok(m) = serde_json::from_slice::<AnthropicWhole>(kept) {
-                self.usage = m.usage.map(AnthropicUsage::tokens);
-                if self.usage.is_none() {
-                    let bytes: usize = m
-                        .content
-                        .iter()
-                        .map(|c| c.text.as_deref().map_or(0, str::len))
-                        .sum();
-                    self.counted = maas_core::admission::estimate_prompt_tokens(bytes);
+            let whole: &[u8] = match first {
+                Some(f) => f,
+                None => kept,
+            };
+            let read = if self.anthropic {
+                serde_json::from_slice::<AnthropicWhole>(whole)
+                    .map(|m| (m.usage.map(AnthropicUsage::tokens), m.content.0))
+            } else {
+                serde_json::from_slice::<Whole>(whole).map(|w| (w.usage, w.choices.0))
+            };
+            if let Ok((usage, text)) = read {
+                self.usage = usage;
+                if usage.is_none() {
+                    self.counted = maas_core::admission::estimate_prompt_tokens(text);
                 }
                 if admitted.cacheable() {
-                    admitted.cache_answer(Arc::from(&kept[..]));
+                    admitted.cache_answer(Arc::from(whole));
                 }
-            }
-        } else if let Mode::Json { kept, overflow } = &mut self.mode
-            && ok
-            && !*overflow
-            && let Ok(w) = serde_json::from_slice::<Whole>(kept)
-        {
-            self.usage = w.usage;
-            if w.usage.is_none() {
-                let bytes: usize = w
-                    .choices
-                    .iter()
-                    .map(|c| {
-                        c.message
-                            .as_ref()
-                            .and_then(|m| m.content.as_ref())
-                            .or(c.text.as_ref())
-                            .map_or(0, String::len)
-                    })
-                    .sum();
-                self.counted = maas_core::admission::estimate_prompt_tokens(bytes);
-            }
-            if admitted.cacheable() {
-                admitted.cache_answer(Arc::from(&kept[..]));
             }
         }
         let done = match self.usage {
@@ -351,39 +467,102 @@ struct AnthropicWhole {
     #[serde(default)]
     usage: Option<AnthropicUsage>,
     #[serde(default)]
-    content: Vec<AnthropicBlock>,
+    content: Texts<AnthropicBlock>,
 }
 
 #[derive(Debug, Deserialize)]
 struct AnthropicBlock {
     #[serde(default)]
-    text: Option<String>,
+    text: Option<Text>,
+}
+
+impl HasText for AnthropicBlock {
+    fn text(&self) -> usize {
+        self.text.map_or(0, |t| t.0)
+    }
 }
 
 #[derive(Debug, Deserialize)]
-struct AnthropicEvent {
-    #[serde(rename = "type", default)]
-    kind: String,
+struct AnthropicEvent<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: std::borrow::Cow<'a, str>,
     #[serde(default)]
     message: Option<AnthropicWhole>,
     #[serde(default)]
     usage: Option<AnthropicUsage>,
 }
 
+/// The data of an SSE event: its `data:` lines joined by newlines,
+/// borrowed from the event when it has one (the usual), else joined into
+/// `scratch`.
+fn event_data<'a>(event: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    let mut lines = event.split(|b| *b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let rest = line.strip_prefix(b"data:")?;
+        Some(rest.strip_prefix(b" ").unwrap_or(rest))
+    });
+    let Some(first) = lines.next() else {
+        return &[];
+    };
+    let Some(second) = lines.next() else {
+        return first;
+    };
+    scratch.extend_from_slice(first);
+    for line in std::iter::once(second).chain(lines) {
+        scratch.push(b'\n');
+        scratch.extend_from_slice(line);
+    }
+    scratch
+}
+
+/// Reads the events of one answer, in its dialect.
+struct EventReader<'m> {
+    strip: bool,
+    anthropic: bool,
+    /// Anthropic's input tokens, from `message_start`.
+    input: &'m mut Option<Usage>,
+    /// The answer's usage, once an event carried it.
+    usage: &'m mut Option<Usage>,
+}
+
+impl EventReader<'_> {
+    /// Reads one event: (tokens in it, whether to drop it).
+    fn read(&mut self, event: &[u8]) -> (u64, bool) {
+        let (t, usage, drop) = if self.anthropic {
+            let (t, usage, start) = read_anthropic_event(event);
+            if start.is_some() {
+                *self.input = start;
+            }
+            // The end's usage may leave out the input: the start's.
+            let usage = usage.map(|mut u| {
+                if u.prompt_tokens == 0
+                    && let Some(s) = *self.input
+                {
+                    u.prompt_tokens = s.prompt_tokens;
+                    u.prompt_tokens_details = s.prompt_tokens_details;
+                }
+                u
+            });
+            (t, usage, false)
+        } else {
+            read_event(event, self.strip)
+        };
+        if usage.is_some() {
+            *self.usage = usage;
+        }
+        (t, drop)
+    }
+}
+
 /// Reads one event of Anthropic's stream: (tokens in it, the final usage
 /// at `message_delta`, the input at `message_start`).
 fn read_anthropic_event(event: &[u8]) -> (u64, Option<Usage>, Option<Usage>) {
-    let mut data = Vec::new();
-    for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
-        }
-    }
-    let Ok(e) = serde_json::from_slice::<AnthropicEvent>(&data) else {
+    let mut scratch = Vec::new();
+    let data = event_data(event, &mut scratch);
+    let Ok(e) = serde_json::from_slice::<AnthropicEvent>(data) else {
         return (0, None, None);
     };
-    match e.kind.as_str() {
+    match &*e.kind {
         "message_start" => (
             0,
             None,
@@ -397,33 +576,16 @@ fn read_anthropic_event(event: &[u8]) -> (u64, Option<Usage>, Option<Usage>) {
 
 /// Reads one event: (tokens in it, its usage, whether to drop it).
 fn read_event(event: &[u8], strip: bool) -> (u64, Option<Usage>, bool) {
-    let mut data = Vec::new();
-    for line in event.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(rest);
-        }
-    }
+    let mut scratch = Vec::new();
+    let data = event_data(event, &mut scratch);
     if data.is_empty() || data == b"[DONE]" {
         return (0, None, false);
     }
-    let Ok(chunk) = serde_json::from_slice::<Chunk>(&data) else {
+    let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
         return (0, None, false);
     };
-    let tokens = chunk
-        .choices
-        .iter()
-        .filter(|c| {
-            let content = c.delta.as_ref().and_then(|d| d.content.as_deref());
-            content.or(c.text.as_deref()).is_some_and(|s| !s.is_empty())
-        })
-        .count() as u64;
-    let drop = strip && chunk.usage.is_some() && chunk.choices.is_empty();
-    (tokens, chunk.usage, drop)
+    let drop = strip && chunk.usage.is_some() && chunk.choices.len == 0;
+    (chunk.choices.with_text, chunk.usage, drop)
 }
 
 impl HttpBody for Metered {
@@ -528,5 +690,67 @@ mod tests {
         assert_eq!(read_event(b": keep-alive", true), (0, None, false));
         let (t, _, _) = read_event(br#"data: {"choices":[{"text":"a"},{"text":""}]}"#, true);
         assert_eq!(t, 1);
+        // Escaped text counts; text that is not a string makes the event
+        // unreadable (as a typed read did); null choices too.
+        let (t, _, _) = read_event(
+            br#"data: {"choices":[{"delta":{"content":"\n"}},{"delta":{"content":null},"text":"x"}]}"#,
+            true,
+        );
+        assert_eq!(t, 2);
+        assert_eq!(
+            read_event(br#"data: {"choices":[{"text":3}]}"#, true),
+            (0, None, false)
+        );
+        assert_eq!(
+            read_event(br#"data: {"choices":null}"#, true),
+            (0, None, false)
+        );
+    }
+
+    #[test]
+    fn event_data_is_borrowed_unless_split_over_lines() {
+        let mut scratch = Vec::new();
+        let event = b"event: x\r\ndata: {\"a\":1}\r\nid: 3";
+        let data = event_data(event, &mut scratch);
+        assert_eq!(data, br#"{"a":1}"#);
+        assert!(std::ptr::eq(data.as_ptr(), event[16..].as_ptr()), "no copy");
+        assert_eq!(scratch.capacity(), 0);
+        let mut scratch = Vec::new();
+        assert_eq!(
+            event_data(b"data: {\"a\":\ndata:1}", &mut scratch),
+            b"{\"a\":\n1}"
+        );
+        assert_eq!(event_data(b": comment", &mut Vec::new()), b"");
+    }
+
+    #[test]
+    fn whole_answers_are_read_for_usage_and_text() {
+        let w: Whole = serde_json::from_slice(
+            br#"{"choices":[{"message":{"content":"abcd"},"text":"zz"},{"text":"xy"},{}],"usage":null}"#,
+        )
+        .unwrap();
+        assert_eq!((w.usage, w.choices.0), (None, 6));
+        let w: Whole = serde_json::from_slice(
+            br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            w.usage
+                .map(|u| (u.completion_tokens, u.prompt_tokens_details)),
+            Some((4, Some(Details { cached_tokens: 2 })))
+        );
+        let m: AnthropicWhole = serde_json::from_slice(
+            br#"{"content":[{"type":"text","text":"hey"},{"type":"tool_use","input":{}}]}"#,
+        )
+        .unwrap();
+        assert_eq!((m.usage.is_none(), m.content.0), (true, 3));
+        assert_eq!(
+            read_anthropic_event(
+                b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}"
+            )
+            .1
+            .map(|u| u.completion_tokens),
+            Some(7)
+        );
     }
 }
