@@ -38,17 +38,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use maas_core::Gateway;
 use maas_core::upstream::{Outcome, Pick};
 
+mod client;
 pub(crate) mod messages;
 
 use crate::common::HttpConfig;
@@ -111,19 +109,16 @@ pub fn serves(path: &str) -> bool {
 
 /// Forwards admitted requests to their model's upstreams: plain-http
 /// upstreams (the usual: a model server on the private network) through
-/// hyper-util's pooled client, the lean hot path; `https` ones through
-/// reqwest (rustls, the platform's roots).
+/// a lean pooled client driven in the request's task ([`client`]);
+/// `https` ones through reqwest (rustls, the platform's roots).
 #[derive(Debug, Clone)]
 struct Upstream {
-    http: HttpClient,
+    http: client::Client,
     tls: reqwest::Client,
     timeout: Duration,
     pools: maas_core::Upstreams,
     meters: metrics::Meters,
 }
-
-/// The pooled keep-alive client of plain-http upstreams.
-type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
 /// Idle keep-alive connections kept per upstream, at most.
 const IDLE_PER_UPSTREAM: usize = 512;
@@ -132,14 +127,7 @@ const IDLE_PER_UPSTREAM: usize = 512;
 /// from the recorder installed when a model is first served ([`metrics`]):
 /// install yours (or call [`metrics::prometheus`]) before serving.
 pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(IDLE_PER_UPSTREAM)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(connector);
+    let http = client::Client::new(config.connect_timeout, IDLE_PER_UPSTREAM);
     // Pooled keep-alive connections per upstream; no proxy from the
     // environment (upstreams are usually on a private network).
     let tls = reqwest::Client::builder()
@@ -251,17 +239,14 @@ async fn attempt(
     accept: Option<&HeaderValue>,
 ) -> Result<Answer, BoxError> {
     let base = url.trim_end_matches('/');
-    if base.starts_with("http://") {
-        let mut target = String::with_capacity(base.len() + suffix.len());
-        target.push_str(base);
-        target.push_str(suffix);
-        let mut req = hyper::Request::post(Uri::try_from(target)?)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(a) = accept {
-            req = req.header(ACCEPT, a.clone());
-        }
-        let res = up.http.request(req.body(Full::new(body.clone()))?).await?;
-        let (parts, body) = res.into_parts();
+    if let Some(rest) = base.strip_prefix("http://") {
+        let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if prefix.is_empty() {
+            std::borrow::Cow::Borrowed(suffix)
+        } else {
+            std::borrow::Cow::Owned(format!("{prefix}{suffix}"))
+        };
+        let (parts, body) = up.http.post(authority, &path, body, accept).await?;
         Ok((parts, Body::new(body), Some(up.timeout)))
     } else {
         let mut call = up

@@ -1,0 +1,495 @@
+//! The pooled HTTP/1.1 client of plain-http upstreams, driven in the
+//! request's own task.
+//!
+//! hyper's pooled client (hyper-util's) runs each connection in a task of
+//! its own and hands the answer's parts to the request's task one by one
+//! through a channel: a task switch per part, and one write to the client
+//! per part even when the upstream's bytes came in one read. Here the
+//! connection (hyper's `client::conn::http1`) is polled by whoever reads
+//! the answer: the parts already read are taken together and passed on as
+//! one (one write to the client for what one read brought), and nothing
+//! crosses tasks. Idle connections are kept per upstream (at most
+//! [`Client::max_idle`], [`IDLE_TIMEOUT`] each) and checked before reuse;
+//! a request that a kept connection failed before any answer (the upstream
+//! had closed it) is sent once more on a new one.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::header::{ACCEPT, CONTENT_TYPE, HOST};
+use axum::http::response::Parts;
+use axum::http::{HeaderValue, Request};
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::BoxError;
+
+type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// How long an idle connection is kept.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The most bytes taken together into one part of an answer.
+const MAX_PART: usize = 256 << 10;
+
+/// A connection and its sender.
+struct Pooled {
+    sender: SendRequest<Full<Bytes>>,
+    conn: Conn,
+}
+
+struct Idle {
+    pooled: Pooled,
+    since: Instant,
+}
+
+/// The client (cheap to clone: one pool).
+#[derive(Clone)]
+pub(crate) struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("connect_timeout", &self.inner.connect_timeout)
+            .field("max_idle", &self.inner.max_idle)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    /// Idle connections by upstream `host:port`.
+    idle: Mutex<HashMap<Box<str>, Vec<Idle>>>,
+    connect_timeout: Duration,
+    max_idle: usize,
+}
+
+impl Client {
+    /// A client connecting within `connect_timeout`, keeping at most
+    /// `max_idle` idle connections per upstream.
+    pub(crate) fn new(connect_timeout: Duration, max_idle: usize) -> Self {
+        Client {
+            inner: Arc::new(Inner {
+                idle: Mutex::default(),
+                connect_timeout,
+                max_idle,
+            }),
+        }
+    }
+
+    /// Posts `body` (JSON) to `http://{authority}{path}`; the answer's head
+    /// and its body (which drives the connection and gives it back to the
+    /// pool when it ends).
+    pub(crate) async fn post(
+        &self,
+        authority: &str,
+        path: &str,
+        body: &Bytes,
+        accept: Option<&HeaderValue>,
+    ) -> Result<(Parts, Answer), BoxError> {
+        let request = || -> Result<Request<Full<Bytes>>, BoxError> {
+            let mut req = Request::post(path)
+                .header(HOST, HeaderValue::from_str(authority)?)
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a.clone());
+            }
+            Ok(req.body(Full::new(body.clone()))?)
+        };
+        if let Some(kept) = self.checkout(authority) {
+            match send(kept, request()?).await {
+                Ok((parts, body, pooled)) => return Ok(self.answer(authority, parts, body, pooled)),
+                // The upstream had closed the kept connection: nothing was
+                // answered, a new one is tried.
+                Err(e) if e.is_canceled() || e.is_incomplete_message() || e.is_closed() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let fresh = self.connect(authority).await?;
+        let (parts, body, pooled) = send(fresh, request()?).await?;
+        Ok(self.answer(authority, parts, body, pooled))
+    }
+
+    fn answer(
+        &self,
+        authority: &str,
+        parts: Parts,
+        body: Incoming,
+        pooled: Pooled,
+    ) -> (Parts, Answer) {
+        (
+            parts,
+            Answer {
+                body,
+                pooled: Some(pooled),
+                home: Some((self.clone(), authority.into())),
+                failed: None,
+            },
+        )
+    }
+
+    /// A kept connection to `authority` that is still open.
+    fn checkout(&self, authority: &str) -> Option<Pooled> {
+        let now = Instant::now();
+        let mut idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let kept = idle.get_mut(authority)?;
+        while let Some(Idle { mut pooled, since }) = kept.pop() {
+            if now.duration_since(since) > IDLE_TIMEOUT || pooled.sender.is_closed() {
+                continue;
+            }
+            // A connection the upstream closed ends when polled.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if Pin::new(&mut pooled.conn).poll(&mut cx).is_ready() {
+                continue;
+            }
+            if pooled.sender.is_ready() {
+                return Some(pooled);
+            }
+        }
+        None
+    }
+
+    /// Keeps `pooled` for the next request to `authority`.
+    fn checkin(&self, authority: &str, pooled: Pooled) {
+        let mut idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let kept = idle.entry(authority.into()).or_default();
+        if kept.len() < self.inner.max_idle {
+            kept.push(Idle {
+                pooled,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, authority: &str) -> Result<Pooled, BoxError> {
+        let addr = if authority.contains(':') && !authority.ends_with(']') {
+            std::borrow::Cow::Borrowed(authority)
+        } else {
+            std::borrow::Cow::Owned(format!("{authority}:80"))
+        };
+        let stream = tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(&*addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting to the upstream timed out",
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        Ok(Pooled { sender, conn })
+    }
+}
+
+/// Sends `req` on `pooled`, driving its connection until the head comes.
+async fn send(
+    mut pooled: Pooled,
+    req: Request<Full<Bytes>>,
+) -> Result<(Parts, Incoming, Pooled), hyper::Error> {
+    // The sender must be ready (the connection idle) before it takes a request.
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(Err(e)) = Pin::new(&mut pooled.conn).poll(cx) {
+            return Poll::Ready(Err(e));
+        }
+        pooled.sender.poll_ready(cx)
+    })
+    .await?;
+    let mut response = std::pin::pin!(pooled.sender.send_request(req));
+    let mut conn_done = false;
+    let res = std::future::poll_fn(|cx| {
+        if !conn_done && let Poll::Ready(r) = Pin::new(&mut pooled.conn).poll(cx) {
+            conn_done = true;
+            if let Err(e) = r {
+                // The response future reports it (canceled) or this.
+                if let Poll::Ready(res) = response.as_mut().poll(cx) {
+                    return Poll::Ready(res);
+                }
+                return Poll::Ready(Err(e));
+            }
+        }
+        response.as_mut().poll(cx)
+    })
+    .await?;
+    let (parts, body) = res.into_parts();
+    Ok((parts, body, pooled))
+}
+
+/// An answer's body: reading it drives its connection; the parts already
+/// read are taken together; at its end the connection goes back to the
+/// pool (dropped early, it is closed).
+pub(crate) struct Answer {
+    body: Incoming,
+    pooled: Option<Pooled>,
+    home: Option<(Client, Box<str>)>,
+    /// An error met after parts already taken: given at the next poll.
+    failed: Option<hyper::Error>,
+}
+
+impl Answer {
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(p) = &mut self.pooled
+            && Pin::new(&mut p.conn).poll(cx).is_ready()
+        {
+            // Closed (or failed): the body reports what it lacks.
+            self.pooled = None;
+        }
+    }
+
+    /// The answer ended: its connection goes back to the pool.
+    fn release(&mut self) {
+        if let (Some(pooled), Some((client, authority))) = (self.pooled.take(), self.home.take()) {
+            client.checkin(&authority, pooled);
+        }
+    }
+}
+
+impl HttpBody for Answer {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        let mut taken: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let out = |taken: Option<Bytes>, joined: Option<BytesMut>| {
+            joined
+                .map(BytesMut::freeze)
+                .or(taken)
+                .map(|b| Ok(Frame::data(b)))
+        };
+        loop {
+            this.drive(cx);
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        match (&mut joined, taken.take()) {
+                            (Some(j), _) => j.extend_from_slice(&data),
+                            (None, None) => taken = Some(data),
+                            (None, Some(first)) => {
+                                let mut j = BytesMut::with_capacity(first.len() + data.len());
+                                j.extend_from_slice(&first);
+                                j.extend_from_slice(&data);
+                                joined = Some(j);
+                            }
+                        }
+                        let len = joined.as_ref().map_or(0, BytesMut::len)
+                            + taken.as_ref().map_or(0, Bytes::len);
+                        if this.body.is_end_stream() {
+                            this.release();
+                            return Poll::Ready(out(taken, joined));
+                        }
+                        if len >= MAX_PART {
+                            return Poll::Ready(out(taken, joined));
+                        }
+                    }
+                    Err(other) => {
+                        // Trailers: after what was taken.
+                        if taken.is_some() || joined.is_some() {
+                            return Poll::Ready(out(taken, joined));
+                        }
+                        return Poll::Ready(Some(Ok(other)));
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    this.pooled = None;
+                    if taken.is_some() || joined.is_some() {
+                        this.failed = Some(e);
+                        return Poll::Ready(out(taken, joined));
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    this.release();
+                    return Poll::Ready(out(taken, joined));
+                }
+                Poll::Pending => {
+                    return match out(taken, joined) {
+                        Some(part) => Poll::Ready(Some(part)),
+                        None => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed.is_none() && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if self.body.is_end_stream() {
+            // Read to its end (the reader stopped when told it ended).
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A bare upstream: answers each request with `answer`; `close`: closes
+    /// the connection after each answer (without saying so). Counts the
+    /// connections it accepted.
+    async fn upstream(answer: &'static [u8], close: bool) -> (String, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request: its head and a body of content-length.
+                        let mut chunk = [0u8; 4096];
+                        let n = match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        buf.drain(..end + 4 + len);
+                        if s.write_all(answer).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    async fn post(client: &Client, addr: &str) -> (u16, Vec<Bytes>) {
+        let (parts, mut body) = client
+            .post(addr, "/v1/x", &Bytes::from_static(b"{}"), None)
+            .await
+            .unwrap();
+        let mut frames = Vec::new();
+        while let Some(f) = body.frame().await {
+            frames.push(f.unwrap().into_data().unwrap());
+        }
+        (parts.status.as_u16(), frames)
+    }
+
+    #[tokio::test]
+    async fn kept_connections_are_reused() {
+        let (addr, accepted) = upstream(OK, false).await;
+        let client = Client::new(Duration::from_secs(5), 8);
+        for _ in 0..5 {
+            let (status, frames) = post(&client, &addr).await;
+            assert_eq!((status, frames.concat()), (200, b"ok".to_vec()));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// An upstream that closed a kept connection: the request goes on a new
+    /// one, and the caller sees nothing of it.
+    #[tokio::test]
+    async fn a_closed_kept_connection_is_replaced() {
+        let (addr, accepted) = upstream(OK, true).await;
+        let client = Client::new(Duration::from_secs(5), 8);
+        for _ in 0..5 {
+            let (status, frames) = post(&client, &addr).await;
+            assert_eq!((status, frames.concat()), (200, b"ok".to_vec()));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    /// Parts that came in one read are passed on as one.
+    #[tokio::test]
+    async fn parts_read_together_are_passed_on_together() {
+        let (addr, _) = upstream(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              6\r\ndata: \r\n3\r\na\n\n\r\n9\r\ndata: b\n\n\r\n0\r\n\r\n",
+            false,
+        )
+        .await;
+        let client = Client::new(Duration::from_secs(5), 8);
+        let (status, frames) = post(&client, &addr).await;
+        assert_eq!(status, 200);
+        assert_eq!(frames, vec![Bytes::from_static(b"data: a\n\ndata: b\n\n")]);
+    }
+
+    /// An answer dropped before its end closes its connection: the next
+    /// request opens another.
+    #[tokio::test]
+    async fn an_answer_dropped_early_is_not_reused() {
+        let (addr, accepted) = upstream(OK, false).await;
+        let client = Client::new(Duration::from_secs(5), 8);
+        let (_, body) = client
+            .post(&addr, "/v1/x", &Bytes::from_static(b"{}"), None)
+            .await
+            .unwrap();
+        drop(body);
+        let (status, _) = post(&client, &addr).await;
+        assert_eq!(status, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_is_an_error() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let client = Client::new(Duration::from_secs(5), 8);
+        let e = client
+            .post(&addr, "/v1/x", &Bytes::from_static(b"{}"), None)
+            .await
+            .err()
+            .unwrap();
+        let io = e.downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+}
