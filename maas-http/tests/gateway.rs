@@ -600,6 +600,57 @@ async fn upstream_failures_leak_nothing() {
     r.idle().await;
 }
 
+/// An upstream that pauses longer than the upstream timeout between two
+/// parts of its answer: the stream ends (the client sees the part that
+/// came, then an error), the request is completed as an error with what
+/// was counted, and the slot is given back.
+#[tokio::test]
+async fn an_upstream_stalling_mid_stream_ends_the_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (l, a) = listen().await;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf).await;
+            let event = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+                event.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            held.push(s);
+        }
+    });
+    let r = rig_with(0.0, Some(format!("http://{a}")), Duration::from_millis(200)).await;
+    let mut body = chat("simulator", 5);
+    body["stream"] = json!(true);
+    let res = r
+        .post("/v1/chat/completions", Some("premium-token"), &body)
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream();
+    let mut got = Vec::new();
+    let mut failed = false;
+    while let Some(part) = stream.next().await {
+        match part {
+            Ok(b) => got.extend_from_slice(&b),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the stream ends with an error, not as if complete");
+    assert!(
+        String::from_utf8_lossy(&got).contains("\"hi\""),
+        "the part that came was passed on"
+    );
+    r.idle().await;
+    let u = r.usage().await;
+    assert_eq!((u.requests, u.errors, u.output_tokens), (1, 1, 1));
+}
+
 /// A model with a response cache answers a repeated request from it,
 /// marked by a header and counted as a hit; the request still counts.
 #[tokio::test]
