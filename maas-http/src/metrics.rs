@@ -132,24 +132,66 @@ fn describe() {
 /// before the first request (the example server does it before building
 /// its routers). Bounded by the models and statuses served.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Meters(Arc<RwLock<HashMap<Box<str>, Arc<ModelMeters>>>>);
+pub(crate) struct Meters(Arc<MetersInner>);
+
+#[derive(Debug, Default)]
+struct MetersInner {
+    models: RwLock<HashMap<Box<str>, Arc<ModelMeters>>>,
+    load: OnceLock<Load>,
+}
+
+/// The unlabelled series of the request path.
+#[derive(Debug, Clone)]
+pub(crate) struct Load {
+    in_flight: metrics::Gauge,
+    queued: metrics::Gauge,
+    wait: Histogram,
+}
+
+impl Load {
+    /// Sets [`IN_FLIGHT`] and [`QUEUED`].
+    pub(crate) fn set(&self, (in_flight, queued): (usize, usize)) {
+        self.in_flight.set(in_flight as f64);
+        self.queued.set(queued as f64);
+    }
+
+    /// Records a wait for a fair-share slot ([`ADMISSION_WAIT`]).
+    pub(crate) fn waited(&self, seconds: f64) {
+        self.wait.record(seconds);
+    }
+}
 
 impl Meters {
+    /// The unlabelled series.
+    pub(crate) fn load(&self) -> &Load {
+        self.0.load.get_or_init(|| Load {
+            in_flight: metrics::gauge!(IN_FLIGHT),
+            queued: metrics::gauge!(QUEUED),
+            wait: metrics::histogram!(ADMISSION_WAIT),
+        })
+    }
+
     /// The series of `model` (a catalog model, or `""` for requests that
     /// named none).
     pub(crate) fn model(&self, model: &str) -> Arc<ModelMeters> {
         if let Some(m) = self
             .0
+            .models
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(model)
         {
             return Arc::clone(m);
         }
-        let mut all = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let load = self.load().clone();
+        let mut all = self
+            .0
+            .models
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         Arc::clone(
             all.entry(model.into())
-                .or_insert_with(|| Arc::new(ModelMeters::new(model))),
+                .or_insert_with(|| Arc::new(ModelMeters::new(model, load))),
         )
     }
 }
@@ -165,10 +207,12 @@ pub(crate) struct ModelMeters {
     statuses: RwLock<Vec<(u16, Counter)>>,
     /// [`UPSTREAM_LATENCY`] by upstream URL.
     latency: RwLock<Vec<(Box<str>, Histogram)>>,
+    /// The unlabelled series.
+    pub(crate) load: Load,
 }
 
 impl ModelMeters {
-    fn new(model: &str) -> Self {
+    fn new(model: &str, load: Load) -> Self {
         let model: Arc<str> = model.into();
         let label = || metrics::SharedString::from(Arc::clone(&model));
         ModelMeters {
@@ -177,6 +221,7 @@ impl ModelMeters {
             retries: metrics::counter!(UPSTREAM_RETRIES, "model" => label()),
             statuses: RwLock::default(),
             latency: RwLock::default(),
+            load,
             model,
         }
     }
@@ -366,6 +411,9 @@ mod tests {
             m.upstream_latency("http://a", 0.25);
             m.upstream_latency("http://b", 0.5);
             m.upstream_latency("http://a", 0.75);
+            meters.load().set((3, 2));
+            m.load.set((1, 0));
+            meters.load().waited(0.5);
         });
         let text = handle.render();
         for line in [
@@ -377,6 +425,9 @@ mod tests {
             r#"maas_upstream_retries_total{model="m"} 1"#,
             r#"maas_upstream_latency_seconds_count{model="m",upstream="http://a"} 2"#,
             r#"maas_upstream_latency_seconds_count{model="m",upstream="http://b"} 1"#,
+            "maas_in_flight 1",
+            "maas_queued 0",
+            "maas_admission_wait_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

@@ -15,7 +15,7 @@ use maas_core::gateway::{Admitted, Completion};
 use maas_core::usage::RequestOutcome;
 use serde::Deserialize;
 
-use crate::metrics::{self, ModelMeters};
+use crate::metrics::ModelMeters;
 
 /// The most of a non-streamed answer kept to read its usage (and cache it).
 const MAX_KEPT: usize = 8 << 20;
@@ -404,14 +404,8 @@ impl Metered {
         self.meters.tokens(done.input_tokens, done.output_tokens);
         let gateway = admitted.gateway().clone();
         admitted.complete_detached(done);
-        record_load(gateway.fair_share().counts());
+        self.meters.load.set(gateway.fair_share().counts());
     }
-}
-
-/// Sets the in-flight and queued gauges.
-pub(crate) fn record_load((in_flight, queued): (usize, usize)) {
-    ::metrics::gauge!(metrics::IN_FLIGHT).set(in_flight as f64);
-    ::metrics::gauge!(metrics::QUEUED).set(queued as f64);
 }
 
 /// Where the first complete event of `buf` ends: (end, separator length).

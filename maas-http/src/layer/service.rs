@@ -20,12 +20,12 @@ use maas_core::gateway::{
 use maas_core::model::{Model, ModelApi};
 use tower::{BoxError, Service};
 
-use super::body::{Metered, record_load};
+use super::body::Metered;
 use super::error::{GatewayError, insert_rate_headers};
 use super::future::ResponseFuture;
 use super::layer::LayerConfig;
 use super::request::{Endpoint, inspect_read, read, rewrite};
-use crate::metrics::{self, Meters, ModelMeters};
+use crate::metrics::{Meters, ModelMeters};
 use crate::openai::OpenAiError;
 
 /// Marks responses of models with a response cache: `hit` or `miss`.
@@ -141,7 +141,16 @@ where
 {
     let (mut parts, body) = req.into_parts();
     let mut model_label = String::new();
-    let step = match admit(&gateway, config, &mut parts, body, &mut model_label).await {
+    let step = match admit(
+        &gateway,
+        config,
+        &meters,
+        &mut parts,
+        body,
+        &mut model_label,
+    )
+    .await
+    {
         Ok(step) => step,
         Err(e) => {
             let res = e.into_response();
@@ -182,7 +191,7 @@ where
         Err(e) => {
             let gw = admitted.gateway().clone();
             let _ = admitted.complete(Completion::failed()).await;
-            record_load(gw.fair_share().counts());
+            meters.load().set(gw.fair_share().counts());
             return Err(e);
         }
     };
@@ -195,7 +204,7 @@ where
         // The upstream (or the inner service) refused or failed: nothing
         // was produced, nothing is charged.
         let _ = admitted.complete(Completion::failed()).await;
-        record_load(gateway.fair_share().counts());
+        model_meters.load.set(gateway.fair_share().counts());
         return Ok(Response::from_parts(rp, Body::new(rb)));
     }
     if admitted.cacheable() {
@@ -226,6 +235,7 @@ where
 async fn admit(
     gateway: &Gateway,
     config: LayerConfig,
+    meters: &Meters,
     parts: &mut Parts,
     body: Body,
     model_label: &mut String,
@@ -352,9 +362,9 @@ async fn admit(
             Ok(Step::Answered(res))
         }
         Admission::Admitted(admitted) => {
-            ::metrics::histogram!(metrics::ADMISSION_WAIT)
-                .record(admitted.queue_wait().as_secs_f64());
-            record_load(gateway.fair_share().counts());
+            let load = meters.load();
+            load.waited(admitted.queue_wait().as_secs_f64());
+            load.set(gateway.fair_share().counts());
             let stream = inspected.stream;
             let strip_usage = stream && !inspected.wants_usage;
             let native = inspected.native;
