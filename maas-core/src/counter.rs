@@ -14,9 +14,11 @@ mod limit;
 mod sliding;
 
 pub use limit::{
-    Decision, LimitOp, LimitSpec, LimitState, Period, PeriodSpec, PeriodState, Reserved, SettleOp,
-    reserve_all,
+    Decision, LimitOp, LimitOpRef, LimitSpec, LimitState, Period, PeriodSpec, PeriodState,
+    Reserved, SettleOp, reserve_all,
 };
+
+use limit::{NO_DECISION, NO_STATE, OpView, reserve_into};
 pub use sliding::{SlidingSpec, SlidingState};
 
 use std::collections::HashMap;
@@ -348,6 +350,12 @@ impl Default for LocalCounters {
 }
 
 const STRIPES: usize = 64;
+// The stripes a reservation locks are a bit set in a `u64`.
+const _: () = assert!(STRIPES <= 64);
+
+/// Ops of a reservation whose keys and states fit on the stack; more take
+/// a heap buffer.
+const INLINE_OPS: usize = 8;
 
 /// A limit counter held in process: its state, and what was taken here
 /// since it was last synced with the store (fast mode).
@@ -464,31 +472,30 @@ impl Stripes {
         f(&mut self.lock(Self::index(k)), k)
     }
 
-    /// Locks the stripes of `ids` in index order (no deadlock between two
-    /// reservations) and runs `f` with the guards and each id's key.
-    fn with_all<R>(
-        &self,
-        ids: &[&str],
-        f: impl FnOnce(&mut [(usize, MutexGuard<'_, Stripe>)], &[Key]) -> R,
-    ) -> R {
-        let keys: Vec<Key> = ids.iter().map(|id| self.key(id)).collect();
-        let mut order: Vec<usize> = keys.iter().map(|k| Self::index(*k)).collect();
-        order.sort_unstable();
-        order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Stripe>)> =
-            order.iter().map(|&i| (i, self.lock(i))).collect();
-        f(&mut guards, &keys)
+    /// Locks the stripes of `keys` in index order (no deadlock between two
+    /// reservations).
+    fn lock_all(&self, keys: &[Key]) -> Locked<'_> {
+        let mask = keys.iter().fold(0u64, |m, &k| m | (1u64 << Self::index(k)));
+        let mut guards: [Option<MutexGuard<'_, Stripe>>; STRIPES] = std::array::from_fn(|_| None);
+        for (i, g) in guards.iter_mut().enumerate() {
+            if mask & (1u64 << i) != 0 {
+                *g = Some(self.lock(i));
+            }
+        }
+        Locked { guards }
     }
 }
 
-fn stripe_of<'a, 'g>(
-    guards: &'a mut [(usize, MutexGuard<'g, Stripe>)],
-    i: usize,
-) -> Option<&'a mut Stripe> {
-    guards
-        .iter_mut()
-        .find(|(j, _)| *j == i)
-        .map(|(_, g)| &mut **g)
+/// The stripes a reservation holds, by index.
+struct Locked<'a> {
+    guards: [Option<MutexGuard<'a, Stripe>>; STRIPES],
+}
+
+impl Locked<'_> {
+    /// The stripe of `k`, if it is held.
+    fn stripe(&mut self, k: Key) -> Option<&mut Stripe> {
+        self.guards.get_mut(Stripes::index(k))?.as_deref_mut()
+    }
 }
 
 fn put(m: &mut Stripe, k: Key, id: &str, state: LimitState) {
@@ -679,45 +686,111 @@ impl LocalCounters {
 
     /// Takes every op or none ([`reserve_all`]). Atomic over all of them.
     pub fn reserve(&self, ops: &[LimitOp], now: Timestamp) -> Reserved {
-        if let [op] = ops {
-            let d = self.take_limit(&op.id, &op.spec, op.cost, now);
-            return Reserved {
-                admitted: d.allowed,
-                decisions: vec![d],
-            };
+        let mut decisions = vec![NO_DECISION; ops.len()];
+        let admitted = self.reserve_ops(ops, now, &mut decisions);
+        Reserved {
+            admitted,
+            decisions,
         }
-        let ids: Vec<&str> = ops.iter().map(|o| o.id.as_str()).collect();
-        self.limits.with_all(&ids, |guards, keys| {
-            let (out, states) = reserve_all(ops, now, |id| {
-                let k = keys[ids.iter().position(|x| *x == id)?];
-                stripe_of(guards, Stripes::index(k))?
-                    .get(&k)
-                    .map(|s| s.state)
-            });
-            for ((op, state), &k) in ops.iter().zip(states).zip(keys) {
-                if let Some(m) = stripe_of(guards, Stripes::index(k)) {
-                    put(m, k, &op.id, state);
+    }
+
+    /// [`Self::reserve`] over borrowed ids, without allocating (for up to
+    /// 8 ops): writes one decision per op, in order, into `decisions` (as
+    /// many as it holds) and returns whether every op was taken.
+    pub fn reserve_refs(
+        &self,
+        ops: &[LimitOpRef<'_>],
+        now: Timestamp,
+        decisions: &mut [Decision],
+    ) -> bool {
+        self.reserve_ops(ops, now, decisions)
+    }
+
+    fn reserve_ops<O: OpView>(
+        &self,
+        ops: &[O],
+        now: Timestamp,
+        decisions: &mut [Decision],
+    ) -> bool {
+        if let [op] = ops {
+            let d = self.take_limit(op.id(), op.spec(), op.cost(), now);
+            if let Some(slot) = decisions.first_mut() {
+                *slot = d;
+            }
+            return d.allowed;
+        }
+        if ops.len() <= INLINE_OPS {
+            let mut keys = [0; INLINE_OPS];
+            let mut states = [NO_STATE; INLINE_OPS];
+            let n = ops.len();
+            self.reserve_in(ops, now, decisions, &mut keys[..n], &mut states[..n])
+        } else {
+            let mut keys = vec![0; ops.len()];
+            let mut states = vec![NO_STATE; ops.len()];
+            self.reserve_in(ops, now, decisions, &mut keys, &mut states)
+        }
+    }
+
+    /// The reservation of `ops` with `keys` and `states` (each as long as
+    /// `ops`) as its buffers.
+    fn reserve_in<O: OpView>(
+        &self,
+        ops: &[O],
+        now: Timestamp,
+        decisions: &mut [Decision],
+        keys: &mut [Key],
+        states: &mut [LimitState],
+    ) -> bool {
+        for (k, op) in keys.iter_mut().zip(ops) {
+            *k = self.limits.key(op.id());
+        }
+        let mut locked = self.limits.lock_all(keys);
+        let admitted = reserve_into(
+            ops,
+            now,
+            |id| {
+                let k = *keys.get(ops.iter().position(|o| o.id() == id)?)?;
+                locked.stripe(k)?.get(&k).map(|s| s.state)
+            },
+            decisions,
+            states,
+        );
+        if admitted {
+            for ((op, state), &k) in ops.iter().zip(states.iter()).zip(keys.iter()) {
+                if let Some(m) = locked.stripe(k) {
+                    put(m, k, op.id(), *state);
                 }
             }
-            out
-        })
+        }
+        admitted
     }
 
     /// Settles each op ([`LimitSpec::settle`]), each atomically; returns the
     /// state after each.
     pub fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Vec<LimitState> {
         ops.iter()
-            .map(|op| {
-                self.limits.with(&op.id, |m, k| {
-                    let before = m.get(&k).map(|s| s.state);
-                    let (next, _) = op
-                        .spec
-                        .settle(before, op.taken_at, op.reserved, op.used, now);
-                    put(m, k, &op.id, next);
-                    next
-                })
-            })
+            .map(|op| self.settle_limit(&op.id, &op.spec, op.taken_at, op.reserved, op.used, now))
             .collect()
+    }
+
+    /// Settles one op of a reservation ([`LimitSpec::settle`]) on counter
+    /// `id`: `reserved` units taken at `taken_at` were actually `used`.
+    /// Atomic; returns the state after it.
+    pub fn settle_limit(
+        &self,
+        id: &str,
+        spec: &LimitSpec,
+        taken_at: Timestamp,
+        reserved: u64,
+        used: u64,
+        now: Timestamp,
+    ) -> LimitState {
+        self.limits.with(id, |m, k| {
+            let before = m.get(&k).map(|s| s.state);
+            let (next, _) = spec.settle(before, taken_at, reserved, used, now);
+            put(m, k, id, next);
+            next
+        })
     }
 
     /// The stored state of limit counter `id`.

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{AuditEvent, AuditQuery};
 use crate::clock::Timestamp;
 use crate::counter::{
-    Balance, BalanceOp, LimitOp, LimitState, Refill, Reserved, SettleOp, Spend, WindowSpec,
-    WindowTake,
+    Balance, BalanceOp, LimitOp, LimitState, LocalCounters, Refill, Reserved, SettleOp, Spend,
+    WindowSpec, WindowTake,
 };
 use crate::error::{Error, Result};
 use crate::id::{KeyId, KeyspaceId, TenantId};
@@ -295,6 +295,16 @@ pub trait CounterStore: Send + Sync + fmt::Debug {
     /// Settles reservations ([`LimitSpec::settle`](crate::counter::LimitSpec::settle)),
     /// each op atomically; returns the state of each counter after its op.
     async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>>;
+    /// The in-process counters this store keeps its limit counters in, if
+    /// it keeps them so (the memory store): a hot path may then reserve
+    /// ([`LocalCounters::reserve_refs`]) and settle
+    /// ([`LocalCounters::settle_limit`]) on them directly, to the same
+    /// effect as [`Self::reserve`] and [`Self::settle`] but without owned
+    /// ids or a boxed future. `None`, the default, for every other store,
+    /// and for wrappers that must see each call.
+    fn local_counters(&self) -> Option<&LocalCounters> {
+        None
+    }
 }
 
 /// A configuration record of the catalog: one typed value (a tier, a model,

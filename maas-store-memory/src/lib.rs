@@ -407,6 +407,10 @@ impl CounterStore for MemoryStore {
     async fn settle(&self, ops: &[SettleOp], now: Timestamp) -> Result<Vec<LimitState>> {
         Ok(self.counters.settle(ops, now))
     }
+
+    fn local_counters(&self) -> Option<&LocalCounters> {
+        Some(&self.counters)
+    }
 }
 
 #[async_trait]

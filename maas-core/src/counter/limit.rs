@@ -151,6 +151,71 @@ pub struct LimitOp {
     pub cost: u64,
 }
 
+impl LimitOp {
+    /// The op with its id borrowed.
+    pub fn borrowed(&self) -> LimitOpRef<'_> {
+        LimitOpRef {
+            id: &self.id,
+            spec: self.spec,
+            cost: self.cost,
+        }
+    }
+}
+
+/// A [`LimitOp`] whose id is borrowed, for callers that keep their ids
+/// (see [`LocalCounters::reserve_refs`](super::LocalCounters::reserve_refs)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitOpRef<'a> {
+    /// The counter's id in the store.
+    pub id: &'a str,
+    /// Its limit.
+    pub spec: LimitSpec,
+    /// Units to take.
+    pub cost: u64,
+}
+
+/// What [`reserve_into`] needs of an op, owned or borrowed.
+pub(crate) trait OpView {
+    fn id(&self) -> &str;
+    fn spec(&self) -> &LimitSpec;
+    fn cost(&self) -> u64;
+}
+
+impl OpView for LimitOp {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn spec(&self) -> &LimitSpec {
+        &self.spec
+    }
+    fn cost(&self) -> u64 {
+        self.cost
+    }
+}
+
+impl OpView for LimitOpRef<'_> {
+    fn id(&self) -> &str {
+        self.id
+    }
+    fn spec(&self) -> &LimitSpec {
+        &self.spec
+    }
+    fn cost(&self) -> u64 {
+        self.cost
+    }
+}
+
+/// A value to fill decision buffers with before they are written.
+pub(crate) const NO_DECISION: Decision = Decision {
+    allowed: false,
+    limit: 0,
+    remaining: 0,
+    reset: Timestamp::EPOCH,
+};
+
+/// A value to fill state buffers with before they are written.
+pub(crate) const NO_STATE: LimitState = LimitState::Period(PeriodState { start: 0, used: 0 });
+
 /// One counter of a settlement: `reserved` units taken at `taken_at` were
 /// actually `used`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,33 +404,12 @@ fn period_decision(p: &PeriodState, spec: &PeriodSpec, now: Timestamp, allowed: 
 pub fn reserve_all(
     ops: &[LimitOp],
     now: Timestamp,
-    mut get: impl FnMut(&str) -> Option<LimitState>,
+    get: impl FnMut(&str) -> Option<LimitState>,
 ) -> (Reserved, Vec<LimitState>) {
-    let mut decisions = Vec::with_capacity(ops.len());
-    let mut states: Vec<LimitState> = Vec::with_capacity(ops.len());
-    let mut admitted = true;
-    for (i, op) in ops.iter().enumerate() {
-        // A repeated id continues from the state this reservation produced.
-        let before = ops[..i]
-            .iter()
-            .rposition(|o| o.id == op.id)
-            .and_then(|j| states.get(j).copied())
-            .or_else(|| get(&op.id));
-        let (next, d) = op.spec.take(before, op.cost, now);
-        admitted &= d.allowed;
-        decisions.push(d);
-        states.push(next);
-    }
+    let mut decisions = vec![NO_DECISION; ops.len()];
+    let mut states = vec![NO_STATE; ops.len()];
+    let admitted = reserve_into(ops, now, get, &mut decisions, &mut states);
     if !admitted {
-        // Report each op against its untouched state.
-        for (i, op) in ops.iter().enumerate() {
-            let state = get(&op.id);
-            let fits = op.spec.take(state, op.cost, now).1.allowed;
-            decisions[i] = Decision {
-                allowed: fits,
-                ..op.spec.peek(state, now)
-            };
-        }
         states.clear();
     }
     (
@@ -375,6 +419,49 @@ pub fn reserve_all(
         },
         states,
     )
+}
+
+/// [`reserve_all`] into buffers: writes the decision of each op into
+/// `decisions` and, when admitted, its new state into `states` (as many
+/// as each holds; both are meant to be at least `ops.len()` long, and
+/// `states` must be for the outcome to count repeated ids). Returns whether
+/// every op was taken.
+pub(crate) fn reserve_into<O: OpView>(
+    ops: &[O],
+    now: Timestamp,
+    mut get: impl FnMut(&str) -> Option<LimitState>,
+    decisions: &mut [Decision],
+    states: &mut [LimitState],
+) -> bool {
+    let mut admitted = true;
+    for (i, op) in ops.iter().enumerate() {
+        // A repeated id continues from the state this reservation produced.
+        let before = ops[..i]
+            .iter()
+            .rposition(|o| o.id() == op.id())
+            .and_then(|j| states.get(j).copied())
+            .or_else(|| get(op.id()));
+        let (next, d) = op.spec().take(before, op.cost(), now);
+        admitted &= d.allowed;
+        if let Some(slot) = decisions.get_mut(i) {
+            *slot = d;
+        }
+        if let Some(slot) = states.get_mut(i) {
+            *slot = next;
+        }
+    }
+    if !admitted {
+        // Report each op against its untouched state.
+        for (op, slot) in ops.iter().zip(decisions.iter_mut()) {
+            let state = get(op.id());
+            let fits = op.spec().take(state, op.cost(), now).1.allowed;
+            *slot = Decision {
+                allowed: fits,
+                ..op.spec().peek(state, now)
+            };
+        }
+    }
+    admitted
 }
 
 #[cfg(test)]
