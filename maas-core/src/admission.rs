@@ -31,7 +31,7 @@ use crate::audit::Actor;
 use crate::catalog::{self, SnapshotCell};
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
 use crate::counter::{
-    Decision, LimitOp, LimitSpec, Period, PeriodSpec, SettleOp, SlidingSpec, WindowSpec,
+    Decision, LimitOp, LimitOpRef, LimitSpec, Period, PeriodSpec, SettleOp, SlidingSpec, WindowSpec,
 };
 use crate::error::{Error, Result};
 use crate::model::Pricing;
@@ -115,13 +115,6 @@ impl BudgetScope {
         match self {
             BudgetScope::Tenant(n) => format!("held\x1ftenant\x1f{n}"),
             BudgetScope::Key(k) => format!("held\x1fkey\x1f{k}"),
-        }
-    }
-
-    fn kind(&self) -> LimitKind {
-        match self {
-            BudgetScope::Tenant(_) => LimitKind::TenantBudget,
-            BudgetScope::Key(_) => LimitKind::KeyBudget,
         }
     }
 }
@@ -528,10 +521,166 @@ impl Default for AdmissionConfig {
     }
 }
 
-/// Budgets by record id.
+/// Budgets by whom they apply to, with their counters' ids.
 #[derive(Debug, Default)]
 struct BudgetIndex {
-    by_id: std::collections::HashMap<String, Budget>,
+    /// The budgets of record id `tenant:<name>`, by name.
+    tenants: std::collections::HashMap<String, IndexedBudget>,
+    /// The budgets of record id `key:<id>`, by key id.
+    keys: std::collections::HashMap<String, IndexedBudget>,
+}
+
+/// A budget and the ids of its counters, built once per snapshot.
+#[derive(Debug)]
+struct IndexedBudget {
+    budget: Budget,
+    /// [`BudgetScope::counter_id`] of the scope its record id names.
+    counter: Arc<str>,
+    /// [`BudgetScope::held_id`] of that scope.
+    held: Arc<str>,
+}
+
+impl BudgetIndex {
+    fn new(all: Vec<Budget>) -> Self {
+        let mut index = BudgetIndex::default();
+        // Later records win, as they did by id.
+        for budget in all {
+            let (map, scope) = if let Some(n) = budget.id.strip_prefix("tenant:") {
+                (&mut index.tenants, BudgetScope::Tenant(n.to_owned()))
+            } else if let Some(k) = budget.id.strip_prefix("key:") {
+                (&mut index.keys, BudgetScope::Key(k.to_owned()))
+            } else {
+                // No scope's record id: no request finds it.
+                continue;
+            };
+            let (BudgetScope::Tenant(subject) | BudgetScope::Key(subject)) = &scope;
+            map.insert(
+                subject.clone(),
+                IndexedBudget {
+                    counter: scope.counter_id().into(),
+                    held: scope.held_id().into(),
+                    budget,
+                },
+            );
+        }
+        index
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tenants.is_empty() && self.keys.is_empty()
+    }
+
+    /// The budget whose record id is `scope`'s.
+    fn get(&self, scope: &BudgetScope) -> Option<&IndexedBudget> {
+        match scope {
+            BudgetScope::Tenant(n) => self.tenants.get(n),
+            BudgetScope::Key(k) => self.keys.get(k),
+        }
+    }
+}
+
+/// At most this many tenants' quotas and counter ids are cached; beyond it
+/// the cache starts over (each is read again on its next use).
+const TENANTS_CACHED: usize = 100_000;
+
+/// A tenant's cached quota, and the ids of its minute counters (built once).
+#[derive(Debug)]
+struct TenantEntry {
+    at: Timestamp,
+    quota: Option<u64>,
+    ids: MinuteIds,
+}
+
+/// The ids of a tenant's minute counters, shared by its reservations.
+#[derive(Debug, Clone)]
+struct MinuteIds {
+    tenant: Arc<str>,
+    requests: Arc<str>,
+    tokens: Arc<str>,
+    quota: Arc<str>,
+}
+
+impl MinuteIds {
+    fn of(tenant: &str) -> Self {
+        MinuteIds {
+            tenant: tenant.into(),
+            requests: format!("rpm\x1f{tenant}").into(),
+            tokens: format!("tpm\x1f{tenant}").into(),
+            quota: format!("quota\x1f{tenant}").into(),
+        }
+    }
+}
+
+/// The most counters one request holds: three minute limits, two budgets
+/// and their two holds.
+const MAX_OPS: usize = 7;
+
+/// One counter a reservation holds.
+#[derive(Debug, Clone)]
+struct Held {
+    /// The limit it is; `None` for a budget hold ([`BudgetScope::held_id`]).
+    kind: Option<LimitKind>,
+    id: Arc<str>,
+    spec: LimitSpec,
+    cost: u64,
+}
+
+/// The counters of a reservation, in order, without a heap allocation.
+#[derive(Debug, Default)]
+struct HeldOps {
+    ops: [Option<Held>; MAX_OPS],
+}
+
+impl HeldOps {
+    fn push(&mut self, op: Held) -> Result<()> {
+        match self.ops.iter_mut().find(|o| o.is_none()) {
+            Some(slot) => {
+                *slot = Some(op);
+                Ok(())
+            }
+            None => Err(Error::internal("too many limits for one request")),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Held> {
+        self.ops.iter().map_while(Option::as_ref)
+    }
+
+    fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    fn get(&self, i: usize) -> Option<&Held> {
+        self.ops.get(i)?.as_ref()
+    }
+}
+
+/// A placeholder to fill decision buffers with.
+const NO_DECISION: Decision = Decision {
+    allowed: false,
+    limit: 0,
+    remaining: 0,
+    reset: Timestamp::EPOCH,
+};
+
+/// The decisions of a reservation: in place, or as a store returned them.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a stack value, inline so that the in-process path does not allocate"
+)]
+enum Decisions {
+    Inline([Decision; MAX_OPS], usize),
+    Store(Vec<Decision>),
+}
+
+impl Decisions {
+    fn as_slice(&self) -> &[Decision] {
+        match self {
+            Decisions::Inline(d, n) => d.get(..*n).unwrap_or(d),
+            Decisions::Store(d) => d,
+        }
+    }
 }
 
 /// Reserves, reconciles and releases the limits of inference requests.
@@ -546,7 +695,7 @@ struct Inner {
     storage: Storage,
     clock: SharedClock,
     config: AdmissionConfig,
-    quotas: DashMap<String, (Timestamp, Option<u64>)>,
+    quotas: DashMap<String, TenantEntry>,
     budgets: SnapshotCell<BudgetIndex>,
 }
 
@@ -557,10 +706,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct Reservation {
     limits: AdmissionLimits,
-    /// The kind of each op, for the first `kinds.len()` ops; the ops after
-    /// them are budget holds ([`BudgetScope::held_id`]).
-    kinds: Vec<LimitKind>,
-    ops: Vec<LimitOp>,
+    tenant: Arc<str>,
+    /// The limits, then the budget holds.
+    ops: HeldOps,
     taken_at: Timestamp,
     pricing: Option<Pricing>,
     prompt_tokens: u64,
@@ -597,51 +745,59 @@ impl Reservation {
         self.taken_at
     }
 
-    /// The settlement of every counter held (taken out of the reservation).
-    fn settle_ops(&mut self, usage: Option<ActualUsage>) -> Vec<SettleOp> {
+    /// The tenant served, as the admission's counters name it.
+    pub(crate) fn tenant(&self) -> &Arc<str> {
+        &self.tenant
+    }
+
+    /// The counters held (taken out of the reservation) and what each
+    /// used: `None` gives everything back.
+    fn settlement(&mut self, usage: Option<ActualUsage>) -> (HeldOps, [u64; MAX_OPS]) {
         self.settled = true;
         let tokens = usage.map(|u| u.input_tokens.saturating_add(u.output_tokens));
         let ops = std::mem::take(&mut self.ops);
-        ops.into_iter()
-            .enumerate()
-            .map(|(i, op)| {
-                let used = match (usage, self.kinds.get(i).copied()) {
-                    // A budget hold is given back whole; so is everything
-                    // of a request that used nothing.
-                    (None, _) | (_, None) => 0,
-                    (Some(_), Some(LimitKind::Requests)) => op.cost,
-                    (Some(_), Some(LimitKind::Tokens | LimitKind::TenantTokens)) => {
-                        tokens.unwrap_or(0)
-                    }
-                    (Some(u), Some(LimitKind::TenantBudget | LimitKind::KeyBudget)) => {
-                        self.pricing.as_ref().map_or(0, |p| {
-                            billed_nanos(p, u.input_tokens, u.cached_tokens, u.output_tokens)
-                        })
-                    }
-                };
-                SettleOp {
-                    id: op.id,
-                    spec: op.spec,
-                    taken_at: self.taken_at,
-                    reserved: op.cost,
-                    used,
+        let mut used = [0; MAX_OPS];
+        for (u, op) in used.iter_mut().zip(ops.iter()) {
+            *u = match (usage, op.kind) {
+                // A budget hold is given back whole; so is everything
+                // of a request that used nothing.
+                (None, _) | (_, None) => 0,
+                (Some(_), Some(LimitKind::Requests)) => op.cost,
+                (Some(_), Some(LimitKind::Tokens | LimitKind::TenantTokens)) => tokens.unwrap_or(0),
+                (Some(u), Some(LimitKind::TenantBudget | LimitKind::KeyBudget)) => {
+                    self.pricing.as_ref().map_or(0, |p| {
+                        billed_nanos(p, u.input_tokens, u.cached_tokens, u.output_tokens)
+                    })
                 }
-            })
-            .collect()
+            };
+        }
+        (ops, used)
     }
 
     /// The request completed having used `usage`: what it reserved beyond
     /// that is given back, what it used beyond its reservation is charged.
     pub async fn reconcile(mut self, usage: ActualUsage) -> Result<()> {
-        let ops = self.settle_ops(Some(usage));
-        self.limits.settle(&ops).await
+        let (ops, used) = self.settlement(Some(usage));
+        self.limits.settle_held(&ops, &used, self.taken_at).await
     }
 
     /// The request failed or was cancelled before using anything: everything
     /// it reserved, the request included, is given back.
     pub async fn release(mut self) -> Result<()> {
-        let ops = self.settle_ops(None);
-        self.limits.settle(&ops).await
+        let (ops, used) = self.settlement(None);
+        self.limits.settle_held(&ops, &used, self.taken_at).await
+    }
+
+    /// Settles it at once as [`Self::reconcile`] (`Some`) or
+    /// [`Self::release`] (`None`) would, when the store keeps its counters
+    /// in process (nothing to wait for); returns whether it did. Otherwise
+    /// the reservation is left as it was.
+    pub(crate) fn settle_in_place(&mut self, usage: Option<ActualUsage>) -> bool {
+        if self.settled || self.limits.local().is_none() {
+            return false;
+        }
+        let (ops, used) = self.settlement(usage);
+        self.limits.settle_local(&ops, &used, self.taken_at)
     }
 }
 
@@ -650,15 +806,22 @@ impl Drop for Reservation {
         if self.settled {
             return;
         }
-        let ops = self.settle_ops(None);
-        let limits = self.limits.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                // Nothing to report to: the caller is gone. A failure leaves
-                // the units counted until their window passes.
-                let _ = limits.settle(&ops).await;
-            });
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // Nowhere to settle it in the background.
+            self.settled = true;
+            return;
+        };
+        if self.settle_in_place(None) {
+            return;
         }
+        let (ops, used) = self.settlement(None);
+        let limits = self.limits.clone();
+        let taken_at = self.taken_at;
+        rt.spawn(async move {
+            // Nothing to report to: the caller is gone. A failure leaves
+            // the units counted until their window passes.
+            let _ = limits.settle_held(&ops, &used, taken_at).await;
+        });
     }
 }
 
@@ -690,14 +853,96 @@ impl AdmissionLimits {
         Ok(())
     }
 
-    /// The tenant's tokens-per-minute quota, cached for `tenant_ttl`.
-    async fn tenant_quota(&self, tenant: &str, now: Timestamp) -> Result<Option<u64>> {
-        let ttl = catalog::millis(self.inner.config.tenant_ttl);
-        if let Some(e) = self.inner.quotas.get(tenant) {
-            let (at, quota) = *e;
-            if at <= now && now.as_millis() - at.as_millis() < ttl {
-                return Ok(quota);
+    /// The store's in-process counters, if it keeps them so.
+    fn local(&self) -> Option<&crate::counter::LocalCounters> {
+        self.inner.storage.counters.local_counters()
+    }
+
+    /// Takes `ops` (all or none) as [`CounterStore::reserve`] does: on the
+    /// store's in-process counters when it has them, without allocating.
+    ///
+    /// [`CounterStore::reserve`]: crate::storage::CounterStore::reserve
+    async fn take(&self, ops: &HeldOps, now: Timestamp) -> Result<Decisions> {
+        if let Some(local) = self.local() {
+            let blank = LimitOpRef {
+                id: "",
+                spec: LimitSpec::Period(PeriodSpec {
+                    limit: 0,
+                    period: Period::Daily,
+                }),
+                cost: 0,
+            };
+            let mut refs = [blank; MAX_OPS];
+            let mut n = 0;
+            for (r, op) in refs.iter_mut().zip(ops.iter()) {
+                *r = LimitOpRef {
+                    id: &op.id,
+                    spec: op.spec,
+                    cost: op.cost,
+                };
+                n += 1;
             }
+            let mut decisions = [NO_DECISION; MAX_OPS];
+            let (Some(refs), Some(out)) = (refs.get(..n), decisions.get_mut(..n)) else {
+                return Err(Error::internal("too many limits for one request"));
+            };
+            local.reserve_refs(refs, now, out);
+            return Ok(Decisions::Inline(decisions, n));
+        }
+        let owned: Vec<LimitOp> = ops
+            .iter()
+            .map(|op| LimitOp {
+                id: op.id.to_string(),
+                spec: op.spec,
+                cost: op.cost,
+            })
+            .collect();
+        let r = self.inner.storage.counters.reserve(&owned, now).await?;
+        Ok(Decisions::Store(r.decisions))
+    }
+
+    /// Settles `ops` taken at `taken_at`, each having used `used[i]`, on
+    /// the store's in-process counters; false (nothing done) if it has none.
+    fn settle_local(&self, ops: &HeldOps, used: &[u64], taken_at: Timestamp) -> bool {
+        let Some(local) = self.local() else {
+            return false;
+        };
+        let now = self.now();
+        for (op, &used) in ops.iter().zip(used) {
+            local.settle_limit(&op.id, &op.spec, taken_at, op.cost, used, now);
+        }
+        true
+    }
+
+    /// Settles `ops` as [`Self::settle_local`] does, through the store when
+    /// it keeps its counters elsewhere.
+    async fn settle_held(&self, ops: &HeldOps, used: &[u64], taken_at: Timestamp) -> Result<()> {
+        if self.settle_local(ops, used, taken_at) {
+            return Ok(());
+        }
+        let owned: Vec<SettleOp> = ops
+            .iter()
+            .zip(used)
+            .map(|(op, &used)| SettleOp {
+                id: op.id.to_string(),
+                spec: op.spec,
+                taken_at,
+                reserved: op.cost,
+                used,
+            })
+            .collect();
+        self.settle(&owned).await
+    }
+
+    /// The tenant's tokens-per-minute quota, cached for `tenant_ttl`, and
+    /// the ids of its minute counters.
+    async fn tenant_quota(&self, tenant: &str, now: Timestamp) -> Result<(Option<u64>, MinuteIds)> {
+        let ttl = catalog::millis(self.inner.config.tenant_ttl);
+        if let Some(e) = self.inner.quotas.get(tenant)
+            && e.at <= now
+            && now.as_millis() - e.at.as_millis() < ttl
+        {
+            return Ok((e.quota, e.ids.clone()));
         }
         let quota = self
             .inner
@@ -706,15 +951,29 @@ impl AdmissionLimits {
             .get_tenant_by_name(tenant)
             .await?
             .and_then(|t| t.tokens_per_minute);
-        self.inner.quotas.insert(tenant.to_owned(), (now, quota));
-        Ok(quota)
+        if let Some(mut e) = self.inner.quotas.get_mut(tenant) {
+            e.at = now;
+            e.quota = quota;
+            return Ok((quota, e.ids.clone()));
+        }
+        let ids = MinuteIds::of(tenant);
+        if self.inner.quotas.len() >= TENANTS_CACHED {
+            self.inner.quotas.clear();
+        }
+        self.inner.quotas.insert(
+            tenant.to_owned(),
+            TenantEntry {
+                at: now,
+                quota,
+                ids: ids.clone(),
+            },
+        );
+        Ok((quota, ids))
     }
 
     async fn load_budgets(&self) -> Result<BudgetIndex> {
         let all: Vec<Budget> = catalog::list_entries(&*self.inner.storage.records).await?;
-        Ok(BudgetIndex {
-            by_id: all.into_iter().map(|b| (b.id.clone(), b)).collect(),
-        })
+        Ok(BudgetIndex::new(all))
     }
 
     async fn budgets(&self, now: Timestamp) -> Result<Arc<BudgetIndex>> {
@@ -736,7 +995,7 @@ impl AdmissionLimits {
         if let Some(cap) = tier.max_tokens_per_request {
             output = output.min(cap);
         }
-        let quota = self.tenant_quota(req.tenant, now).await?;
+        let (quota, ids) = self.tenant_quota(req.tenant, now).await?;
         // Never reserve more output than a whole minute of the tightest
         // tokens limit leaves after the prompt: the request is served with
         // that as its `max_tokens` (the free tier's 100 tokens/min would
@@ -749,44 +1008,63 @@ impl AdmissionLimits {
         }
         let output = output.max(1);
         let tokens = req.prompt_tokens.saturating_add(output);
-        let (mut kinds, mut ops) = minute_ops(req.tenant, tier, quota, 1, tokens);
+        let mut ops = minute_ops(&ids, tier, quota, 1, tokens)?;
         let budgets = self.budgets(now).await?;
-        let mut budget_of = Vec::new();
-        let mut holds = Vec::new();
-        if !budgets.by_id.is_empty() {
-            let scopes = std::iter::once(BudgetScope::Tenant(req.tenant.to_owned()))
-                .chain(req.key_id.map(|k| BudgetScope::Key(k.to_owned())));
-            for scope in scopes {
-                let Some(b) = budgets.by_id.get(&scope.record_id()) else {
+        // The index of each budget's op, and the budget.
+        let mut budget_of: [Option<(usize, &IndexedBudget)>; 2] = [None, None];
+        let mut holds: [Option<Held>; 2] = [None, None];
+        if !budgets.is_empty() {
+            let found = [
+                budgets
+                    .tenants
+                    .get(req.tenant)
+                    .map(|b| (LimitKind::TenantBudget, b)),
+                req.key_id
+                    .and_then(|k| budgets.keys.get(k))
+                    .map(|b| (LimitKind::KeyBudget, b)),
+            ];
+            for ((found, of), hold) in found.into_iter().zip(&mut budget_of).zip(&mut holds) {
+                let Some((kind, b)) = found else {
                     continue;
                 };
                 let cost = match req.pricing {
-                    Some(p) if p.currency == b.currency => {
+                    Some(p) if p.currency == b.budget.currency => {
                         worst_case_nanos(p, req.prompt_tokens, output)
                     }
                     // Free, or priced in another currency: not counted.
                     _ => continue,
                 };
-                budget_of.push((ops.len(), b.clone()));
-                kinds.push(scope.kind());
-                ops.push(LimitOp {
-                    id: scope.counter_id(),
-                    spec: b.spec(),
+                *of = Some((ops.len(), b));
+                ops.push(Held {
+                    kind: Some(kind),
+                    id: Arc::clone(&b.counter),
+                    spec: b.budget.spec(),
                     cost,
-                });
-                holds.push(LimitOp {
-                    id: scope.held_id(),
-                    spec: b.held_spec(),
+                })?;
+                *hold = Some(Held {
+                    kind: None,
+                    id: Arc::clone(&b.held),
+                    spec: b.budget.held_spec(),
                     cost,
                 });
             }
         }
-        // After every limit: the kinds cover those ops only.
-        ops.extend(holds);
-        let r = self.inner.storage.counters.reserve(&ops, now).await?;
-        let headers = headers_of(&kinds, &r.decisions, now);
-        if let Some(i) = r.first_denied() {
-            let (Some(kind), Some(op), Some(d)) = (kinds.get(i), ops.get(i), r.decisions.get(i))
+        // After every limit.
+        for hold in holds.into_iter().flatten() {
+            ops.push(hold)?;
+        }
+        let decisions = self.take(&ops, now).await?;
+        let decisions = decisions.as_slice();
+        let headers = headers_of(&ops, decisions, now);
+        if let Some(i) = decisions.iter().position(|d| !d.allowed) {
+            let (
+                Some(Held {
+                    kind: Some(kind),
+                    cost,
+                    ..
+                }),
+                Some(d),
+            ) = (ops.get(i), decisions.get(i))
             else {
                 return Err(Error::internal("reserve returned too few decisions"));
             };
@@ -795,21 +1073,22 @@ impl AdmissionLimits {
                 kind: *kind,
                 limit: d.limit,
                 remaining: d.remaining,
-                requested: op.cost,
+                requested: *cost,
                 reset: d.reset,
                 retry_after_secs: u64::try_from(wait).unwrap_or(0).div_ceil(1000).max(1),
-                retryable: op.cost <= d.limit,
+                retryable: *cost <= d.limit,
                 headers,
             }));
         }
         let warnings = budget_of
-            .into_iter()
-            .filter_map(|(i, b)| {
-                let d = r.decisions.get(i)?;
-                let threshold = b.soft_threshold?;
+            .iter()
+            .flatten()
+            .filter_map(|&(i, b)| {
+                let d = decisions.get(i)?;
+                let threshold = b.budget.soft_threshold?;
                 let used = d.limit.saturating_sub(d.remaining) as f64 / d.limit.max(1) as f64;
                 (used >= threshold).then(|| BudgetWarning {
-                    scope: b.scope.clone(),
+                    scope: b.budget.scope.clone(),
                     used_fraction: used.min(1.0),
                     reset: d.reset,
                 })
@@ -817,7 +1096,7 @@ impl AdmissionLimits {
             .collect();
         Ok(Ok(Reservation {
             limits: self.clone(),
-            kinds,
+            tenant: ids.tenant,
             ops,
             taken_at: now,
             pricing: req.pricing.cloned(),
@@ -837,7 +1116,7 @@ impl AdmissionLimits {
     /// is held or refused: the requests were served already.
     pub async fn charge_reported(&self, usage: &[UsageBucket]) -> Result<()> {
         let budgets = self.budgets(self.now()).await?;
-        if budgets.by_id.is_empty() {
+        if budgets.is_empty() {
             return Ok(());
         }
         let mut ops = Vec::new();
@@ -845,7 +1124,7 @@ impl AdmissionLimits {
             let scopes = std::iter::once(BudgetScope::Tenant(b.key.tenant.clone()))
                 .chain((!b.key.key_id.is_empty()).then(|| BudgetScope::Key(b.key.key_id.clone())));
             for scope in scopes {
-                match budgets.by_id.get(&scope.record_id()) {
+                match budgets.get(&scope).map(|i| &i.budget) {
                     Some(budget) if budget.currency == b.key.currency => ops.push(SettleOp {
                         id: scope.counter_id(),
                         spec: budget.spec(),
@@ -996,12 +1275,13 @@ impl AdmissionLimits {
         tier: &Tier,
     ) -> Result<Allowances> {
         let now = self.now();
-        let quota = self.tenant_quota(tenant, now).await?;
+        let (quota, ids) = self.tenant_quota(tenant, now).await?;
         // The counters reserve takes, taking nothing.
-        let (_, ops) = minute_ops(tenant, tier, quota, 0, 0);
-        let r = self.inner.storage.counters.reserve(&ops, now).await?;
+        let ops = minute_ops(&ids, tier, quota, 0, 0)?;
+        let decisions = self.take(&ops, now).await?;
         let d = |i: usize| {
-            r.decisions
+            decisions
+                .as_slice()
                 .get(i)
                 .copied()
                 .map(Allowance::from)
@@ -1014,7 +1294,7 @@ impl AdmissionLimits {
         let scopes = std::iter::once(BudgetScope::Tenant(tenant.to_owned()))
             .chain(key_id.map(|k| BudgetScope::Key(k.to_owned())));
         for scope in scopes {
-            if index.by_id.contains_key(&scope.record_id()) {
+            if index.get(&scope).is_some() {
                 match self.budget_status(&scope).await {
                     Ok(st) => budgets.push(st.into()),
                     // Removed since the snapshot was taken.
@@ -1037,48 +1317,48 @@ impl AdmissionLimits {
     }
 }
 
-/// The per-minute counters of a request of `tenant` at `tier`: requests,
-/// tokens and, with a quota, the tenant's tokens; `requests` and `tokens`
-/// are what each takes.
+/// The per-minute counters of a request of the tenant of `ids` at `tier`:
+/// requests, tokens and, with a quota, the tenant's tokens; `requests` and
+/// `tokens` are what each takes.
 fn minute_ops(
-    tenant: &str,
+    ids: &MinuteIds,
     tier: &Tier,
     quota: Option<u64>,
     requests: u64,
     tokens: u64,
-) -> (Vec<LimitKind>, Vec<LimitOp>) {
+) -> Result<HeldOps> {
     let minute = |limit: u64| {
         LimitSpec::Sliding(SlidingSpec {
             limit: limit.max(1),
             window_ms: MINUTE_MS,
         })
     };
-    let mut kinds = Vec::with_capacity(5);
-    let mut ops = Vec::with_capacity(5);
-    kinds.push(LimitKind::Requests);
-    ops.push(LimitOp {
-        id: format!("rpm\x1f{tenant}"),
+    let mut ops = HeldOps::default();
+    ops.push(Held {
+        kind: Some(LimitKind::Requests),
+        id: Arc::clone(&ids.requests),
         spec: minute(tier.requests_per_minute),
         cost: requests,
-    });
-    kinds.push(LimitKind::Tokens);
-    ops.push(LimitOp {
-        id: format!("tpm\x1f{tenant}"),
+    })?;
+    ops.push(Held {
+        kind: Some(LimitKind::Tokens),
+        id: Arc::clone(&ids.tokens),
         spec: minute(tier.tokens_per_minute),
         cost: tokens,
-    });
+    })?;
     if let Some(quota) = quota {
-        kinds.push(LimitKind::TenantTokens);
-        ops.push(LimitOp {
-            id: format!("quota\x1f{tenant}"),
+        ops.push(Held {
+            kind: Some(LimitKind::TenantTokens),
+            id: Arc::clone(&ids.quota),
             spec: minute(quota),
             cost: tokens,
-        });
+        })?;
     }
-    (kinds, ops)
+    Ok(ops)
 }
 
-fn headers_of(kinds: &[LimitKind], decisions: &[Decision], now: Timestamp) -> RateHeaders {
+/// The x-ratelimit values of the limits among `ops` (holds have none).
+fn headers_of(ops: &HeldOps, decisions: &[Decision], now: Timestamp) -> RateHeaders {
     let unlimited = Decision {
         allowed: true,
         limit: 0,
@@ -1087,10 +1367,10 @@ fn headers_of(kinds: &[LimitKind], decisions: &[Decision], now: Timestamp) -> Ra
     };
     let mut requests = None;
     let mut tokens: Option<Decision> = None;
-    for (kind, d) in kinds.iter().zip(decisions) {
-        match kind {
-            LimitKind::Requests => requests = Some(*d),
-            LimitKind::Tokens | LimitKind::TenantTokens
+    for (op, d) in ops.iter().zip(decisions) {
+        match op.kind {
+            Some(LimitKind::Requests) => requests = Some(*d),
+            Some(LimitKind::Tokens | LimitKind::TenantTokens)
                 if tokens.is_none_or(|t| d.remaining < t.remaining) =>
             {
                 tokens = Some(*d);

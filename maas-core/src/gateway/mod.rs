@@ -578,7 +578,7 @@ impl Gateway {
         };
         Ok(Ok(Admission::Admitted(Box::new(Admitted {
             gateway: self.clone(),
-            tenant: caller.tenant().to_owned(),
+            tenant: Arc::clone(reservation.tenant()),
             key_id,
             model,
             reservation: Some(reservation),
@@ -702,13 +702,27 @@ impl Gateway {
     }
 }
 
+/// What a request that ended as `done` used, for its reservation: `None`
+/// (everything given back) when it failed without producing anything.
+fn usage_of(done: &Completion) -> Option<ActualUsage> {
+    if done.outcome == RequestOutcome::Error && done.output_tokens == 0 {
+        None
+    } else {
+        Some(ActualUsage {
+            input_tokens: done.input_tokens,
+            output_tokens: done.output_tokens,
+            cached_tokens: done.cached_tokens,
+        })
+    }
+}
+
 /// A request holding its reservation and its fair-share slot. Complete it
 /// with [`Self::complete`]; dropping it completes it as cancelled with the
 /// output reported so far (see the [module](self) docs).
 #[derive(Debug)]
 pub struct Admitted {
     gateway: Gateway,
-    tenant: String,
+    tenant: Arc<str>,
     key_id: Option<String>,
     model: Arc<Model>,
     reservation: Option<Reservation>,
@@ -819,6 +833,11 @@ impl Admitted {
             // No runtime: the reservation releases itself as it can.
             return drop(r);
         };
+        // In-process counters: settled now, nothing to poll.
+        let mut r = r;
+        if r.settle_in_place(usage_of(done)) {
+            return;
+        }
         // A store failure here loses a give-back, never a charge beyond the
         // reservation.
         let mut settle = Box::pin(Self::settle(r, *done));
@@ -839,15 +858,9 @@ impl Admitted {
     /// Settles `r` as `done` says: released when nothing was produced,
     /// reconciled otherwise.
     async fn settle(r: Reservation, done: Completion) -> Result<()> {
-        if done.outcome == RequestOutcome::Error && done.output_tokens == 0 {
-            r.release().await
-        } else {
-            r.reconcile(ActualUsage {
-                input_tokens: done.input_tokens,
-                output_tokens: done.output_tokens,
-                cached_tokens: done.cached_tokens,
-            })
-            .await
+        match usage_of(&done) {
+            None => r.release().await,
+            Some(usage) => r.reconcile(usage).await,
         }
     }
 
@@ -867,7 +880,7 @@ impl Admitted {
             estimated: done.estimated,
             cache: self.cache_key.map(|_| CacheOutcome::Miss),
             pricing: self.model.pricing.clone(),
-            ..UsageRecord::new(self.gateway.now(), &self.tenant, &self.model.id)
+            ..UsageRecord::new(self.gateway.now(), &*self.tenant, &self.model.id)
         });
         Some(reservation)
     }
