@@ -388,6 +388,11 @@ impl Pool {
         &self.model
     }
 
+    /// [`Self::model`], shared.
+    pub(crate) fn model_id(&self) -> &Arc<str> {
+        &self.model
+    }
+
     /// How many upstreams it has.
     pub fn len(&self) -> usize {
         self.lock().upstreams.len()

@@ -343,7 +343,9 @@ impl Gateway {
         }
         let (identity, key_id) = match found {
             Some((identity, key)) => (identity, Some(key)),
-            None => match s.identity.authenticate(credential).await? {
+            // Through the `dyn` itself: `Arc`'s own impl would box the
+            // future once more.
+            None => match (*s.identity).authenticate(credential).await? {
                 Some(identity) => (identity, None),
                 None => {
                     return Err(Error::Unauthenticated {
@@ -467,7 +469,7 @@ impl Gateway {
         loop {
             let pool = self.inner.upstreams.pool(&model);
             let refused = if pool.available() {
-                match self.admit_to(caller, req, &model).await? {
+                match self.admit_to(caller, req, &model, &pool).await? {
                     Ok(admission) => return Ok(Ok(admission)),
                     Err(refused @ Refused::Limit(_)) => return Ok(Err(refused)),
                     Err(refused) => refused,
@@ -508,12 +510,14 @@ impl Gateway {
         Ok(None)
     }
 
-    /// [`Self::admit`] to `model` itself: limits, cache, its slot.
+    /// [`Self::admit`] to `model` itself (whose upstreams are `pool`):
+    /// limits, cache, its slot.
     async fn admit_to(
         &self,
         caller: &Caller,
         req: &InferenceRequest<'_>,
         model: &Arc<Model>,
+        pool: &crate::upstream::Pool,
     ) -> Result<Result<Admission, Refused>> {
         let s = &self.inner.services;
         let model = Arc::clone(model);
@@ -548,7 +552,7 @@ impl Gateway {
                 // Served without the upstream: the request counts, its
                 // tokens are given back.
                 reservation.reconcile(ActualUsage::default()).await?;
-                self.record(&UsageRecord {
+                self.record(|| UsageRecord {
                     key_id,
                     cache: Some(CacheOutcome::Hit),
                     pricing: model.pricing.clone(),
@@ -568,7 +572,7 @@ impl Gateway {
             req.prompt_tokens,
             reservation.max_output_tokens(),
         )
-        .in_pool(model.id.as_str(), model.capacity());
+        .in_pool(Arc::clone(pool.model_id()), model.capacity());
         let permit = match self.fair_share().acquire(ask).await {
             Ok(p) => p,
             Err(rejected) => {
@@ -693,11 +697,13 @@ impl Gateway {
         }
     }
 
-    fn record(&self, r: &UsageRecord) {
+    /// Records the usage `r` builds, if usage is recorded (the record is
+    /// not built otherwise).
+    fn record(&self, r: impl FnOnce() -> UsageRecord) {
         if let Some(ledger) = &self.inner.services.usage {
             // A record the ledger refuses (an over-long name) is not worth
             // failing a served request for.
-            let _ = ledger.record(r);
+            let _ = ledger.record(&r());
         }
     }
 }
@@ -871,7 +877,7 @@ impl Admitted {
             p.finish(done.output_tokens);
         }
         let reservation = self.reservation.take()?;
-        self.gateway.record(&UsageRecord {
+        self.gateway.record(|| UsageRecord {
             key_id: self.key_id.clone(),
             input_tokens: done.input_tokens,
             output_tokens: done.output_tokens,
