@@ -3,7 +3,7 @@
 //! allocs` prints them (and writes `target/load/allocs.json` for
 //! BENCHMARKS.md).
 //!
-//! The gateway router (memory store, a static token, the instant
+//! The gateway router (memory store, usage recorded, a static token, the instant
 //! simulator as the upstream on loopback) answers `--requests` plain chat
 //! completions, each sent with `oneshot` (no client or server socket on the
 //! inbound side). Beside it, the floor: the same request sent by the same
@@ -105,7 +105,12 @@ fn main() {
                     clock.clone(),
                 ),
                 scheduling: Scheduling::new(storage.clone(), fair, clock.clone()),
-                usage: None,
+                // As the example server: usage recorded (memory store).
+                usage: Some(maas::core::usage::UsageLedger::new_with_clock(
+                    &storage,
+                    maas::core::usage::UsageConfig::default(),
+                    clock.clone(),
+                )),
                 webhooks: None,
             },
             clock,

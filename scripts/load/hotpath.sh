@@ -12,6 +12,10 @@
 #
 #   scripts/load/hotpath.sh [SECONDS_PER_RUN]   (default 10)
 #
+# ROUNDS (default 3): each run is made that many times, the three targets
+# interleaved, and the median kept (CPU per request and p50 each): runs on
+# a loaded 2-core machine vary.
+#
 # Ports: server 18180/19190/18181, nginx 18183.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -69,14 +73,32 @@ PLAIN='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are
 STREAM='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16,"stream":true}'
 
 run() { wrk_cpu "$@"; } # name url token connections body
+# median NAME URL TOKEN CONNS BODY: the run of ROUNDS whose CPU per request
+# is the median, with the median p50 of the ROUNDS (a loaded 2-core machine
+# varies from run to run; the rounds of the three targets interleave).
+ROUNDS=${ROUNDS:-3}
+declare -A got
+median_of() { # key: lines "cpu p50 RESULT..." -> the median record
+  sort -n <<<"${got[$1]}" | grep -v "^$" | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2) { $1 = ""; $2 = ""; sub(/^  /, ""); print }' |
+    sed -E "s/p50_us=[0-9]+/p50_us=$(awk '{ print $2 }' <<<"${got[$1]}" | grep -v "^$" | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')/"
+}
 runs=""
 for spec in "1 plain" "16 plain" "64 plain" "16 stream"; do
   set -- $spec
   c=$1; kind=$2; body=$PLAIN
   [ "$kind" = stream ] && body=$STREAM
-  d=$(run direct http://127.0.0.1:18181/v1/chat/completions "" "$c" "$body")
-  x=$(run nginx http://127.0.0.1:18183/v1/chat/completions "" "$c" "$body")
-  g=$(run gateway http://127.0.0.1:18180/v1/chat/completions load-test-token-0123456789 "$c" "$body")
+  got=()
+  for _ in $(seq "$ROUNDS"); do
+    for target in direct nginx gateway; do
+      case $target in
+        direct) r=$(run direct http://127.0.0.1:18181/v1/chat/completions "" "$c" "$body") ;;
+        nginx) r=$(run nginx http://127.0.0.1:18183/v1/chat/completions "" "$c" "$body") ;;
+        gateway) r=$(run gateway http://127.0.0.1:18180/v1/chat/completions load-test-token-0123456789 "$c" "$body") ;;
+      esac
+      got[$target]+="$(field "$r" cpu_us) $(field "$r" p50_us) $r"$'\n'
+    done
+  done
+  d=$(median_of direct); x=$(median_of nginx); g=$(median_of gateway)
   dn=$(field "$d" cpu_us); xn=$(( $(field "$x" cpu_us) - dn )); gn=$(( $(field "$g" cpu_us) - dn ))
   echo "c=$c $kind: CPU per request over direct: nginx ${xn} us, gateway ${gn} us" \
     "($(awk -v g="$gn" -v x="$xn" 'BEGIN { printf "%.1f", (x > 0 ? g / x : 0) }')x);" \
@@ -84,4 +106,4 @@ for spec in "1 plain" "16 plain" "64 plain" "16 stream"; do
     "gateway $(( $(field "$g" p50_us) - $(field "$d" p50_us) )) us"
   runs+="${runs:+,}{\"connections\":$c,\"kind\":\"$kind\",\"direct\":$(kv_json "$d"),\"nginx\":$(kv_json "$x"),\"gateway\":$(kv_json "$g")}"
 done
-save hotpath "{\"seconds\":$SECS,\"runs\":[$runs]}"
+save hotpath "{\"seconds\":$SECS,\"rounds\":$ROUNDS,\"runs\":[$runs]}"

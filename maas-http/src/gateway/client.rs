@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::http::header::{ACCEPT, CONTENT_TYPE, HOST};
 use axum::http::response::Parts;
-use axum::http::{HeaderValue, Request};
+use axum::http::{HeaderValue, Request, Uri};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Full;
@@ -68,9 +68,18 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// An upstream's kept connections, and what its requests carry.
+struct Upstream {
+    /// Its `host:port`, shared by its answers (to come home to).
+    authority: Arc<str>,
+    /// The `Host` header of its requests.
+    host: HeaderValue,
+    idle: Vec<Idle>,
+}
+
 struct Inner {
-    /// Idle connections by upstream `host:port`.
-    idle: Mutex<HashMap<Box<str>, Vec<Idle>>>,
+    /// The upstreams by `host:port`.
+    upstreams: Mutex<HashMap<Arc<str>, Upstream>>,
     connect_timeout: Duration,
     max_idle: usize,
 }
@@ -81,7 +90,7 @@ impl Client {
     pub(crate) fn new(connect_timeout: Duration, max_idle: usize) -> Self {
         Client {
             inner: Arc::new(Inner {
-                idle: Mutex::default(),
+                upstreams: Mutex::default(),
                 connect_timeout,
                 max_idle,
             }),
@@ -94,22 +103,23 @@ impl Client {
     pub(crate) async fn post(
         &self,
         authority: &str,
-        path: &str,
+        path: Uri,
         body: &Bytes,
         accept: Option<&HeaderValue>,
     ) -> Result<(Parts, Answer), BoxError> {
+        let (home, host, kept) = self.checkout(authority)?;
         let request = || -> Result<Request<Full<Bytes>>, BoxError> {
-            let mut req = Request::post(path)
-                .header(HOST, HeaderValue::from_str(authority)?)
+            let mut req = Request::post(path.clone())
+                .header(HOST, host.clone())
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a.clone());
             }
             Ok(req.body(Full::new(body.clone()))?)
         };
-        if let Some(kept) = self.checkout(authority) {
+        if let Some(kept) = kept {
             match send(kept, request()?).await {
-                Ok((parts, body, pooled)) => return Ok(self.answer(authority, parts, body, pooled)),
+                Ok((parts, body, pooled)) => return Ok(self.answer(home, parts, body, pooled)),
                 // The upstream had closed the kept connection: nothing was
                 // answered, a new one is tried.
                 Err(e) if e.is_canceled() || e.is_incomplete_message() || e.is_closed() => {}
@@ -118,12 +128,12 @@ impl Client {
         }
         let fresh = self.connect(authority).await?;
         let (parts, body, pooled) = send(fresh, request()?).await?;
-        Ok(self.answer(authority, parts, body, pooled))
+        Ok(self.answer(home, parts, body, pooled))
     }
 
     fn answer(
         &self,
-        authority: &str,
+        home: Arc<str>,
         parts: Parts,
         body: Incoming,
         pooled: Pooled,
@@ -133,22 +143,39 @@ impl Client {
             Answer {
                 body,
                 pooled: Some(pooled),
-                home: Some((self.clone(), authority.into())),
+                home: Some((self.clone(), home)),
                 failed: None,
             },
         )
     }
 
-    /// A kept connection to `authority` that is still open.
-    fn checkout(&self, authority: &str) -> Option<Pooled> {
+    /// `authority`'s shared name and `Host` header, and a kept connection
+    /// to it that is still open, if any.
+    fn checkout(
+        &self,
+        authority: &str,
+    ) -> Result<(Arc<str>, HeaderValue, Option<Pooled>), BoxError> {
         let now = Instant::now();
-        let mut idle = self
+        let mut upstreams = self
             .inner
-            .idle
+            .upstreams
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let kept = idle.get_mut(authority)?;
-        while let Some(Idle { mut pooled, since }) = kept.pop() {
+        let up = match upstreams.get_mut(authority) {
+            Some(up) => up,
+            None => {
+                let key: Arc<str> = authority.into();
+                upstreams.entry(Arc::clone(&key)).or_insert(Upstream {
+                    host: HeaderValue::from_str(authority)?,
+                    authority: key,
+                    idle: Vec::new(),
+                })
+            }
+        };
+        let found = loop {
+            let Some(Idle { mut pooled, since }) = up.idle.pop() else {
+                break None;
+            };
             if now.duration_since(since) > IDLE_TIMEOUT || pooled.sender.is_closed() {
                 continue;
             }
@@ -158,22 +185,23 @@ impl Client {
                 continue;
             }
             if pooled.sender.is_ready() {
-                return Some(pooled);
+                break Some(pooled);
             }
-        }
-        None
+        };
+        Ok((Arc::clone(&up.authority), up.host.clone(), found))
     }
 
     /// Keeps `pooled` for the next request to `authority`.
     fn checkin(&self, authority: &str, pooled: Pooled) {
-        let mut idle = self
+        let mut upstreams = self
             .inner
-            .idle
+            .upstreams
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let kept = idle.entry(authority.into()).or_default();
-        if kept.len() < self.inner.max_idle {
-            kept.push(Idle {
+        if let Some(up) = upstreams.get_mut(authority)
+            && up.idle.len() < self.inner.max_idle
+        {
+            up.idle.push(Idle {
                 pooled,
                 since: Instant::now(),
             });
@@ -239,7 +267,7 @@ async fn send(
 pub(crate) struct Answer {
     body: Incoming,
     pooled: Option<Pooled>,
-    home: Option<(Client, Box<str>)>,
+    home: Option<(Client, Arc<str>)>,
     /// An error met after parts already taken: given at the next poll.
     failed: Option<hyper::Error>,
 }
@@ -413,7 +441,12 @@ mod tests {
 
     async fn post(client: &Client, addr: &str) -> (u16, Vec<Bytes>) {
         let (parts, mut body) = client
-            .post(addr, "/v1/x", &Bytes::from_static(b"{}"), None)
+            .post(
+                addr,
+                Uri::from_static("/v1/x"),
+                &Bytes::from_static(b"{}"),
+                None,
+            )
             .await
             .unwrap();
         let mut frames = Vec::new();
@@ -469,7 +502,12 @@ mod tests {
         let (addr, accepted) = upstream(OK, false).await;
         let client = Client::new(Duration::from_secs(5), 8);
         let (_, body) = client
-            .post(&addr, "/v1/x", &Bytes::from_static(b"{}"), None)
+            .post(
+                &addr,
+                Uri::from_static("/v1/x"),
+                &Bytes::from_static(b"{}"),
+                None,
+            )
             .await
             .unwrap();
         drop(body);
@@ -485,7 +523,12 @@ mod tests {
         drop(l);
         let client = Client::new(Duration::from_secs(5), 8);
         let e = client
-            .post(&addr, "/v1/x", &Bytes::from_static(b"{}"), None)
+            .post(
+                &addr,
+                Uri::from_static("/v1/x"),
+                &Bytes::from_static(b"{}"),
+                None,
+            )
             .await
             .err()
             .unwrap();

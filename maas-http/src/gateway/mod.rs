@@ -38,7 +38,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
@@ -234,7 +234,7 @@ type Answer = (axum::http::response::Parts, Body, Option<Duration>);
 async fn attempt(
     up: &Upstream,
     url: &str,
-    suffix: &str,
+    suffix: &'static str,
     body: &Bytes,
     accept: Option<&HeaderValue>,
 ) -> Result<Answer, BoxError> {
@@ -242,11 +242,11 @@ async fn attempt(
     if let Some(rest) = base.strip_prefix("http://") {
         let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let path = if prefix.is_empty() {
-            std::borrow::Cow::Borrowed(suffix)
+            Uri::from_static(suffix)
         } else {
-            std::borrow::Cow::Owned(format!("{prefix}{suffix}"))
+            Uri::try_from(format!("{prefix}{suffix}"))?
         };
-        let (parts, body) = up.http.post(authority, &path, body, accept).await?;
+        let (parts, body) = up.http.post(authority, path, body, accept).await?;
         Ok((parts, Body::new(body), Some(up.timeout)))
     } else {
         let mut call = up
