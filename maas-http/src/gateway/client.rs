@@ -198,13 +198,20 @@ impl Client {
             .upstreams
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(up) = upstreams.get_mut(authority)
-            && up.idle.len() < self.inner.max_idle
-        {
-            up.idle.push(Idle {
-                pooled,
-                since: Instant::now(),
-            });
+        let Some(up) = upstreams.get_mut(authority) else {
+            return;
+        };
+        let now = Instant::now();
+        // Kept in the order they came back: the expired ones are first
+        // (closed here, not held until a checkout reaches them).
+        let expired = up
+            .idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
+            .count();
+        up.idle.drain(..expired);
+        if up.idle.len() < self.inner.max_idle {
+            up.idle.push(Idle { pooled, since: now });
         }
     }
 
