@@ -463,28 +463,27 @@ mod tests {
         (parts.status.as_u16(), frames)
     }
 
-    #[tokio::test]
-    async fn kept_connections_are_reused() {
-        let (addr, accepted) = upstream(OK, false).await;
+    /// The connections an upstream accepted for five posts, all answered.
+    async fn connections_for_five_posts(close: bool) -> usize {
+        let (addr, accepted) = upstream(OK, close).await;
         let client = Client::new(Duration::from_secs(5), 8);
         for _ in 0..5 {
             let (status, frames) = post(&client, &addr).await;
             assert_eq!((status, frames.concat()), (200, b"ok".to_vec()));
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn kept_connections_are_reused() {
+        assert_eq!(connections_for_five_posts(false).await, 1);
     }
 
     /// An upstream that closed a kept connection: the request goes on a new
     /// one, and the caller sees nothing of it.
     #[tokio::test]
     async fn a_closed_kept_connection_is_replaced() {
-        let (addr, accepted) = upstream(OK, true).await;
-        let client = Client::new(Duration::from_secs(5), 8);
-        for _ in 0..5 {
-            let (status, frames) = post(&client, &addr).await;
-            assert_eq!((status, frames.concat()), (200, b"ok".to_vec()));
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+        assert_eq!(connections_for_five_posts(true).await, 5);
     }
 
     /// Parts that came in one read are passed on as one.

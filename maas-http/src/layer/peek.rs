@@ -693,12 +693,11 @@ impl Reader<'_> for StrLen {
     }
 }
 
-/// A chat `content` or a completions `prompt`: a string, or an array of
-/// strings and objects with a `text`.
+/// A string (its bytes), or an array of items read by `R`, summed.
 #[derive(Clone, Copy)]
-struct Content;
+struct SumOf<R>(R);
 
-impl<'de> Reader<'de> for Content {
+impl<'de, R: Reader<'de, Out = usize> + Copy> Reader<'de> for SumOf<R> {
     type Out = usize;
 
     fn other(self) -> usize {
@@ -711,14 +710,19 @@ impl<'de> Reader<'de> for Content {
 
     fn seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
         let mut sum = 0usize;
-        while let Some(n) = seq.next_element_seed(Seed(Part))? {
+        while let Some(n) = seq.next_element_seed(Seed(self.0))? {
             sum += n;
         }
         Ok(sum)
     }
 }
 
+/// A chat `content` or a completions `prompt`: a string, or an array of
+/// strings and objects with a `text`.
+const CONTENT: SumOf<Part> = SumOf(Part);
+
 /// A part of a chat `content`: a string or an object's (last) `text`.
+#[derive(Clone, Copy)]
 struct Part;
 
 impl<'de> Reader<'de> for Part {
@@ -766,7 +770,7 @@ impl<'de> Reader<'de> for Message {
     }
 
     fn map<A: MapAccess<'de>>(self, map: A) -> Result<usize, A::Error> {
-        last_of(map, &["content"], Content)
+        last_of(map, &["content"], CONTENT)
     }
 }
 
@@ -794,31 +798,11 @@ impl<'de, R: Reader<'de, Out = usize> + Copy> Reader<'de> for Turns<R> {
 
 /// Anthropic's text: a string, or an array of blocks whose `text`,
 /// `content` (each text again) and `input` (its JSON) count.
-#[derive(Clone, Copy)]
-struct Text;
+const TEXT: SumOf<Block> = SumOf(Block);
 
-impl<'de> Reader<'de> for Text {
-    type Out = usize;
-
-    fn other(self) -> usize {
-        0
-    }
-
-    fn string(self, s: &str) -> usize {
-        s.len()
-    }
-
-    fn seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-        let mut sum = 0usize;
-        while let Some(n) = seq.next_element_seed(Seed(Block))? {
-            sum += n;
-        }
-        Ok(sum)
-    }
-}
-
-/// An Anthropic block: its (last) `text` and `content` as [`Text`], its
+/// An Anthropic block: its (last) `text` and `content` as [`TEXT`], its
 /// (last) `input` as the length of its JSON, as serde_json writes it.
+#[derive(Clone, Copy)]
 struct Block;
 
 impl<'de> Reader<'de> for Block {
@@ -832,8 +816,8 @@ impl<'de> Reader<'de> for Block {
         let (mut text, mut content, mut input) = (0, 0, 0);
         while let Some(k) = map.next_key_seed(Seed(KeyIn(&["text", "content", "input"])))? {
             match k {
-                Some(0) => text = map.next_value_seed(Seed(Text))?,
-                Some(1) => content = map.next_value_seed(Seed(Text))?,
+                Some(0) => text = map.next_value_seed(Seed(TEXT))?,
+                Some(1) => content = map.next_value_seed(Seed(TEXT))?,
                 Some(_) => {
                     // Rare (tool calls): the value itself, to be exact.
                     input = map.next_value::<serde_json::Value>()?.to_string().len();
@@ -845,7 +829,7 @@ impl<'de> Reader<'de> for Block {
     }
 }
 
-/// An Anthropic message: its (last) `content` as [`Text`].
+/// An Anthropic message: its (last) `content` as [`TEXT`].
 #[derive(Clone, Copy)]
 struct Turn;
 
@@ -857,7 +841,7 @@ impl<'de> Reader<'de> for Turn {
     }
 
     fn map<A: MapAccess<'de>>(self, map: A) -> Result<usize, A::Error> {
-        last_of(map, &["content"], Text)
+        last_of(map, &["content"], TEXT)
     }
 }
 
@@ -1092,9 +1076,9 @@ impl<'a> Reader<'a> for Top<'a> {
                         _ => map.next_value_seed(Seed(Turns(Message)))?,
                     };
                 }
-                Field::Prompt => p.prompt = map.next_value_seed(Seed(Content))?,
+                Field::Prompt => p.prompt = map.next_value_seed(Seed(CONTENT))?,
                 Field::Input => p.input = map.next_value_seed(Seed(EmbeddingInput))?,
-                Field::System => p.system = map.next_value_seed(Seed(Text))?,
+                Field::System => p.system = map.next_value_seed(Seed(TEXT))?,
                 Field::Other => map.next_value_seed(Seed(Skip))?,
             }
         }

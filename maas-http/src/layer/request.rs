@@ -218,10 +218,7 @@ fn peeked_model<'a>(model: Scalar<'a>) -> Result<Option<Cow<'a, str>>, GatewayEr
     match model {
         Scalar::Absent | Scalar::Null => Ok(None),
         Scalar::Str(m) if !m.is_empty() => Ok(Some(m)),
-        _ => Err(GatewayError::invalid(
-            "model",
-            "'model' must be a non-empty string",
-        )),
+        _ => Err(model_not_string()),
     }
 }
 
@@ -230,10 +227,7 @@ fn peeked_stream(stream: &Scalar<'_>) -> Result<bool, GatewayError> {
     match stream {
         Scalar::Absent | Scalar::Null => Ok(false),
         Scalar::Bool(b) => Ok(*b),
-        _ => Err(GatewayError::invalid(
-            "stream",
-            "'stream' must be a boolean",
-        )),
+        _ => Err(stream_not_boolean()),
     }
 }
 
@@ -243,16 +237,10 @@ fn inspect_native_peeked(mut p: Peeked<'_>) -> Result<Inspected<'_>, GatewayErro
     let max_tokens = match p.max_tokens {
         Scalar::Unsigned(n) if n > 0 => n,
         Scalar::Absent => {
-            return Err(GatewayError::invalid(
-                "max_tokens",
-                "max_tokens: Field required",
-            ));
+            return Err(max_tokens_required());
         }
         _ => {
-            return Err(GatewayError::invalid(
-                "max_tokens",
-                "'max_tokens' must be a positive integer",
-            ));
+            return Err(not_positive("max_tokens"));
         }
     };
     let stream = peeked_stream(&p.stream)?;
@@ -279,14 +267,9 @@ fn inspect_peeked(mut p: Peeked<'_>, endpoint: Endpoint) -> Result<Inspected<'_>
     if endpoint == Endpoint::Embeddings {
         let prompt_tokens = match p.input {
             Input::Absent | Input::Null => {
-                return Err(GatewayError::invalid("input", "'input' is required"));
+                return Err(input_required());
             }
-            Input::Tokens(t) => t.ok_or_else(|| {
-                GatewayError::invalid(
-                    "input",
-                    "'input' must be a non-empty string, an array of strings, an array of token ids or an array of token-id arrays",
-                )
-            })?,
+            Input::Tokens(t) => t.ok_or_else(input_unreadable)?,
         };
         return Ok(Inspected {
             endpoint,
@@ -309,10 +292,7 @@ fn inspect_peeked(mut p: Peeked<'_>, endpoint: Endpoint) -> Result<Inspected<'_>
             Scalar::Absent | Scalar::Null => {}
             Scalar::Unsigned(n) if *n > 0 => max_tokens = Some(*n),
             _ => {
-                return Err(GatewayError::invalid(
-                    field,
-                    format!("'{field}' must be a positive integer"),
-                ));
+                return Err(not_positive(field));
             }
         }
     }
@@ -341,10 +321,7 @@ fn model_of(body: &Map<String, Value>) -> Result<Option<String>, GatewayError> {
     match body.get("model") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(m)) if !m.is_empty() => Ok(Some(m.clone())),
-        Some(_) => Err(GatewayError::invalid(
-            "model",
-            "'model' must be a non-empty string",
-        )),
+        Some(_) => Err(model_not_string()),
     }
 }
 
@@ -353,10 +330,7 @@ fn stream_of(body: &Map<String, Value>) -> Result<bool, GatewayError> {
     match body.get("stream") {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(GatewayError::invalid(
-            "stream",
-            "'stream' must be a boolean",
-        )),
+        Some(_) => Err(stream_not_boolean()),
     }
 }
 
@@ -396,17 +370,11 @@ pub(crate) fn inspect_native<'a>(body: Map<String, Value>) -> Result<Inspected<'
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 => n,
             _ => {
-                return Err(GatewayError::invalid(
-                    "max_tokens",
-                    "'max_tokens' must be a positive integer",
-                ));
+                return Err(not_positive("max_tokens"));
             }
         },
         None => {
-            return Err(GatewayError::invalid(
-                "max_tokens",
-                "max_tokens: Field required",
-            ));
+            return Err(max_tokens_required());
         }
     };
     let stream = stream_of(&body)?;
@@ -438,16 +406,10 @@ pub(crate) fn inspect_object<'a>(
         match body.get("max_tokens") {
             Some(v) if v.as_u64().is_some_and(|n| n > 0) => {}
             None | Some(Value::Null) => {
-                return Err(GatewayError::invalid(
-                    "max_tokens",
-                    "max_tokens: Field required",
-                ));
+                return Err(max_tokens_required());
             }
             Some(_) => {
-                return Err(GatewayError::invalid(
-                    "max_tokens",
-                    "'max_tokens' must be a positive integer",
-                ));
+                return Err(not_positive("max_tokens"));
             }
         }
         let chat = crate::anthropic::to_chat(&body)
@@ -479,14 +441,9 @@ pub(crate) fn inspect_object<'a>(
         // is reserved (admission reserves at least one) and given back.
         let prompt_tokens = match body.get("input") {
             None | Some(Value::Null) => {
-                return Err(GatewayError::invalid("input", "'input' is required"));
+                return Err(input_required());
             }
-            Some(v) => embedding_tokens(v).ok_or_else(|| {
-                GatewayError::invalid(
-                    "input",
-                    "'input' must be a non-empty string, an array of strings, an array of token ids or an array of token-id arrays",
-                )
-            })?,
+            Some(v) => embedding_tokens(v).ok_or_else(input_unreadable)?,
         };
         return Ok(Inspected {
             endpoint,
@@ -507,10 +464,7 @@ pub(crate) fn inspect_object<'a>(
             Some(v) => match v.as_u64() {
                 Some(n) if n > 0 => max_tokens = Some(n),
                 _ => {
-                    return Err(GatewayError::invalid(
-                        field,
-                        format!("'{field}' must be a positive integer"),
-                    ));
+                    return Err(not_positive(field));
                 }
             },
         }
@@ -671,6 +625,39 @@ fn rewrite_object(
         }
     }
     serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+}
+
+/// 400: `max_tokens` is missing (Anthropic requires it).
+fn max_tokens_required() -> GatewayError {
+    GatewayError::invalid("max_tokens", "max_tokens: Field required")
+}
+
+/// 400: `field` is not a positive integer.
+fn not_positive(field: &str) -> GatewayError {
+    GatewayError::invalid(field, format!("'{field}' must be a positive integer"))
+}
+
+/// 400: `stream` is not a boolean.
+fn stream_not_boolean() -> GatewayError {
+    GatewayError::invalid("stream", "'stream' must be a boolean")
+}
+
+/// 400: `model` is not a non-empty string.
+fn model_not_string() -> GatewayError {
+    GatewayError::invalid("model", "'model' must be a non-empty string")
+}
+
+/// 400: `input` is missing.
+fn input_required() -> GatewayError {
+    GatewayError::invalid("input", "'input' is required")
+}
+
+/// 400: `input` is none of the forms embeddings take.
+fn input_unreadable() -> GatewayError {
+    GatewayError::invalid(
+        "input",
+        "'input' must be a non-empty string, an array of strings, an array of token ids or an array of token-id arrays",
+    )
 }
 
 #[cfg(test)]
