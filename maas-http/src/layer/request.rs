@@ -299,11 +299,7 @@ fn inspect_peeked(mut p: Peeked<'_>, endpoint: Endpoint) -> Result<Inspected<'_>
     let wants_usage = p.stream_options.usage();
     let (text, messages) = p.messages.unwrap_or((0, 0));
     let text = text + p.prompt;
-    let prompt_tokens = if text == 0 && messages == 0 {
-        1
-    } else {
-        estimate_prompt_tokens(text).saturating_add(3 * messages as u64)
-    };
+    let prompt_tokens = chat_prompt_tokens(text, messages);
     Ok(Inspected {
         endpoint,
         native: false,
@@ -486,13 +482,7 @@ pub(crate) fn inspect_object<'a>(
     if let Some(p) = body.get("prompt") {
         text += bytes_of_content(p);
     }
-    let prompt_tokens = if text == 0 && messages == 0 {
-        1
-    } else {
-        // The simulator's rule (and a fair guess for others): a token per 4
-        // bytes, 3 more per chat message.
-        estimate_prompt_tokens(text).saturating_add(3 * messages as u64)
-    };
+    let prompt_tokens = chat_prompt_tokens(text, messages);
     Ok(Inspected {
         endpoint,
         native: false,
@@ -625,6 +615,17 @@ fn rewrite_object(
         }
     }
     serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+}
+
+/// The prompt tokens of a chat or completions request with `text` bytes of
+/// text in `messages` messages: the simulator's rule (and a fair guess for
+/// others), a token per 4 bytes and 3 more per message; 1 for none.
+fn chat_prompt_tokens(text: usize, messages: usize) -> u64 {
+    if text == 0 && messages == 0 {
+        1
+    } else {
+        estimate_prompt_tokens(text).saturating_add(3 * messages as u64)
+    }
 }
 
 /// 400: `max_tokens` is missing (Anthropic requires it).
