@@ -239,8 +239,13 @@ async fn attempt(
     accept: Option<&HeaderValue>,
 ) -> Result<Answer, BoxError> {
     let base = url.trim_end_matches('/');
-    if let Some(rest) = base.strip_prefix("http://") {
-        let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    // Plain http without credentials in the URL: the lean client; the
+    // rest (https, user:password@) through reqwest.
+    let plain = base
+        .strip_prefix("http://")
+        .map(|rest| rest.split_at(rest.find('/').unwrap_or(rest.len())))
+        .filter(|(authority, _)| !authority.contains('@'));
+    if let Some((authority, prefix)) = plain {
         let path = if prefix.is_empty() {
             Uri::from_static(suffix)
         } else {
