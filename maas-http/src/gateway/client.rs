@@ -446,8 +446,9 @@ mod tests {
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
-    async fn post(client: &Client, addr: &str) -> (u16, Vec<Bytes>) {
-        let (parts, mut body) = client
+    /// Posts `{}` to `addr`'s `/v1/x`.
+    async fn send_to(client: &Client, addr: &str) -> Result<(Parts, Answer), BoxError> {
+        client
             .post(
                 addr,
                 Uri::from_static("/v1/x"),
@@ -455,7 +456,10 @@ mod tests {
                 None,
             )
             .await
-            .unwrap();
+    }
+
+    async fn post(client: &Client, addr: &str) -> (u16, Vec<Bytes>) {
+        let (parts, mut body) = send_to(client, addr).await.unwrap();
         let mut frames = Vec::new();
         while let Some(f) = body.frame().await {
             frames.push(f.unwrap().into_data().unwrap());
@@ -507,15 +511,7 @@ mod tests {
     async fn an_answer_dropped_early_is_not_reused() {
         let (addr, accepted) = upstream(OK, false).await;
         let client = Client::new(Duration::from_secs(5), 8);
-        let (_, body) = client
-            .post(
-                &addr,
-                Uri::from_static("/v1/x"),
-                &Bytes::from_static(b"{}"),
-                None,
-            )
-            .await
-            .unwrap();
+        let (_, body) = send_to(&client, &addr).await.unwrap();
         drop(body);
         let (status, _) = post(&client, &addr).await;
         assert_eq!(status, 200);
@@ -528,16 +524,7 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
         let client = Client::new(Duration::from_secs(5), 8);
-        let e = client
-            .post(
-                &addr,
-                Uri::from_static("/v1/x"),
-                &Bytes::from_static(b"{}"),
-                None,
-            )
-            .await
-            .err()
-            .unwrap();
+        let e = send_to(&client, &addr).await.err().unwrap();
         let io = e.downcast_ref::<std::io::Error>().unwrap();
         assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
     }

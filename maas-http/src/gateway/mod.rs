@@ -142,17 +142,20 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
             tracing::error!(error = %e, "upstream client settings refused; using defaults");
             reqwest::Client::new()
         });
+    let meters = metrics::Meters::default();
     let upstream = Upstream {
         http,
         tls,
         timeout: config.upstream_timeout,
         pools: gateway.upstreams().clone(),
-        meters: metrics::Meters::default(),
+        meters: meters.clone(),
     };
     metrics::observe_upstreams(gateway.upstreams());
-    let layer = MaasLayer::new(gateway.clone()).with_config(LayerConfig {
-        body_limit: config.http.body_limit,
-    });
+    let layer = MaasLayer::new(gateway.clone())
+        .with_config(LayerConfig {
+            body_limit: config.http.body_limit,
+        })
+        .with_meters(meters);
     let mut app = Router::new();
     for path in PATHS {
         app = app

@@ -47,6 +47,13 @@ impl MaasLayer {
         }
     }
 
+    /// The layer counting into `meters` (shared with the router's upstream
+    /// call, one set of handles).
+    pub(crate) fn with_meters(mut self, meters: Meters) -> Self {
+        self.meters = meters;
+        self
+    }
+
     /// The layer with `config`.
     pub fn with_config(mut self, config: LayerConfig) -> Self {
         self.config = config;
