@@ -3,13 +3,15 @@
 //! allocs` prints them (and writes `target/load/allocs.json` for
 //! BENCHMARKS.md).
 //!
-//! The gateway router (memory store, usage recorded, a static token, the instant
-//! simulator as the upstream on loopback) answers `--requests` plain chat
-//! completions, each sent with `oneshot` (no client or server socket on the
-//! inbound side). Beside it, the floor: the same request sent by the same
-//! pooled hyper-util client the gateway uses
-//! straight to the simulator, which is the upstream
-//! hop the gateway makes. The difference is what maas adds.
+//! The gateway's service (`maas_http::gateway::service`, what the example
+//! server hands the gateway's paths to; memory store, usage recorded, a
+//! static token, the instant simulator as the upstream on loopback)
+//! answers `--requests` plain chat completions, each sent with `oneshot`
+//! (no client or server socket on the inbound side). Beside it, the floor:
+//! the same request sent straight to the simulator by hyper-util's pooled
+//! client (hyper's HTTP/1.1 connections, as the gateway's own client),
+//! which is the upstream hop the gateway makes. The difference is what
+//! maas adds.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,7 +28,7 @@ use maas::core::identity::{Identity, StaticTokens};
 use maas::core::scheduling::Scheduling;
 use maas::core::tier::NewTier;
 use maas::core::{Actor, Clock, ModelService, NewModel, Storage, SystemClock, TierService};
-use maas_http::gateway::{GatewayConfig, router};
+use maas_http::gateway::{GatewayConfig, service};
 use maas_http::simulator::{self, SimulatorConfig};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use tower::ServiceExt as _;
@@ -115,7 +117,8 @@ fn main() {
             },
             clock,
         );
-        let app = router(gateway, GatewayConfig::default());
+        // What the example server serves its gateway paths with.
+        let app = service(gateway, GatewayConfig::default());
         let through_gateway = || {
             let app = app.clone();
             async move {

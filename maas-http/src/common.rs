@@ -46,18 +46,34 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
+/// The longest fresh id: `req_` and 22 base58 digits.
+const ID_LEN: usize = 4 + 22;
+
+/// A fresh id written into `buf`: `req_` and 16 random bytes in base58 (at
+/// most 22 digits), on the stack.
+fn fresh(buf: &mut [u8; ID_LEN]) -> &[u8] {
+    let bytes: [u8; 16] = rand::random();
+    buf[..4].copy_from_slice(b"req_");
+    let n = bs58::encode(bytes).onto(&mut buf[4..]).unwrap_or(0);
+    &buf[..4 + n]
+}
+
 impl RequestId {
     /// A fresh id: `req_` and 16 random bytes in base58.
     pub fn generate() -> Self {
-        let bytes: [u8; 16] = rand::random();
-        // 16 bytes are at most 22 base58 digits: one allocation.
-        let mut id = String::with_capacity(4 + 22);
-        id.push_str("req_");
-        if bs58::encode(bytes).onto(&mut id).is_err() {
-            // Only a fixed-size target can be too small.
-            id.truncate(4);
-        }
-        RequestId(id)
+        let mut buf = [0u8; ID_LEN];
+        // base58's alphabet is ASCII.
+        RequestId(
+            std::str::from_utf8(fresh(&mut buf))
+                .unwrap_or("req_")
+                .to_owned(),
+        )
+    }
+
+    /// A fresh id as a header value only (one allocation).
+    fn fresh_header() -> HeaderValue {
+        let mut buf = [0u8; ID_LEN];
+        HeaderValue::from_bytes(fresh(&mut buf)).unwrap_or(HeaderValue::from_static("req_"))
     }
 
     /// The id as a string.
@@ -68,8 +84,13 @@ impl RequestId {
     /// A client-sent id worth keeping: 1..=128 visible ASCII characters.
     pub fn from_header(v: &HeaderValue) -> Option<Self> {
         let s = v.to_str().ok()?;
-        let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
-        ok.then(|| RequestId(s.to_owned()))
+        Self::keeps(v).then(|| RequestId(s.to_owned()))
+    }
+
+    /// Whether a client-sent id is worth keeping ([`Self::from_header`]).
+    fn keeps(v: &HeaderValue) -> bool {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
     }
 }
 
@@ -120,7 +141,10 @@ impl<S> tower::Layer<S> for RequestIdLayer {
     type Service = RequestIdService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestIdService { inner }
+        RequestIdService {
+            inner,
+            extension: true,
+        }
     }
 }
 
@@ -128,6 +152,22 @@ impl<S> tower::Layer<S> for RequestIdLayer {
 #[derive(Debug, Clone)]
 pub struct RequestIdService<S> {
     inner: S,
+    /// Whether the id is also put in the request's extensions (for the
+    /// handlers that render it); without, only echoed.
+    extension: bool,
+}
+
+impl<S> RequestIdService<S> {
+    /// The service echoing the id (the client's, or a fresh one) without
+    /// putting it in the request's extensions: for a path nothing of which
+    /// renders it (the gateway's inference paths: OpenAI's errors carry
+    /// none), one allocation per request instead of four.
+    pub(crate) fn header_only(inner: S) -> Self {
+        RequestIdService {
+            inner,
+            extension: false,
+        }
+    }
 }
 
 impl<S, B, R> tower::Service<axum::http::Request<B>> for RequestIdService<S>
@@ -146,6 +186,16 @@ where
     }
 
     fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        if !self.extension {
+            let header = match req.headers().get(&REQUEST_ID) {
+                Some(v) if RequestId::keeps(v) => v.clone(),
+                _ => RequestId::fresh_header(),
+            };
+            return RequestIdFuture {
+                inner: self.inner.call(req),
+                header: Some(header),
+            };
+        }
         let (id, header) = match req.headers().get(&REQUEST_ID) {
             Some(v) => match RequestId::from_header(v) {
                 Some(id) => (id, Some(v.clone())),

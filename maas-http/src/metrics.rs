@@ -209,6 +209,9 @@ pub(crate) struct ModelMeters {
     latency: RwLock<Vec<(Box<str>, Histogram)>>,
     /// The unlabelled series.
     pub(crate) load: Load,
+    /// The model's id as a header value (`x-maas-served-model`), made once:
+    /// a clone shares its bytes.
+    pub(crate) served: Option<axum::http::HeaderValue>,
 }
 
 impl ModelMeters {
@@ -222,6 +225,10 @@ impl ModelMeters {
             statuses: RwLock::default(),
             latency: RwLock::default(),
             load,
+            served: axum::http::HeaderValue::from_maybe_shared(bytes::Bytes::from(
+                model.as_bytes().to_vec(),
+            ))
+            .ok(),
             model,
         }
     }

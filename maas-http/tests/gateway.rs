@@ -1379,3 +1379,111 @@ async fn messages_go_natively_to_an_anthropic_upstream() {
     );
     assert_eq!(u.output_tokens, 5 + 5 + 3);
 }
+
+/// An upstream answering every chat completion with a fixed answer and
+/// keeping the headers of each request it got.
+async fn header_recording_upstream() -> (String, Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>)
+{
+    let seen: Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>> = Arc::default();
+    let store = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(headers);
+                axum::Json(json!({
+                    "id": "c1", "object": "chat.completion", "model": "simulator",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "Hi."}}],
+                    "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+                }))
+            }
+        }),
+    );
+    let (l, a) = listen().await;
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("http://{a}"), seen)
+}
+
+/// The inference paths are routed by the gateway's service itself (not by
+/// axum's router): the model of `/{model}/v1/...` decoded as axum decodes
+/// path parameters, the request id echoed (the client's when it is worth
+/// keeping), only the upstream request's own headers and the client's
+/// Accept sent on (the request's header map is reused for them), other
+/// shapes 404 as before.
+#[tokio::test]
+async fn inference_paths_are_routed_as_by_the_router() {
+    let (upstream, seen) = header_recording_upstream().await;
+    let r = rig_with(0.0, Some(upstream), Duration::from_secs(30)).await;
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
+    let res = r
+        .client
+        .post(format!("{}/simul%61tor/v1/chat/completions", r.url))
+        .bearer_auth("premium-token")
+        .header("content-type", "application/json")
+        .header("x-secret", "not for the upstream")
+        .header("x-request-id", "client-id-1")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-request-id"], "client-id-1");
+    assert_eq!(res.headers()["x-maas-served-model"], "simulator");
+    assert_eq!(res.headers()["x-ratelimit-limit-requests"], "20");
+    assert_eq!(res.headers()["x-ratelimit-remaining-requests"], "19");
+    let answer: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "Hi.");
+    {
+        let seen = seen.lock().unwrap();
+        let h = &seen[0];
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["accept", "content-length", "content-type", "host"],
+            "{h:?}"
+        );
+        assert_eq!(h["content-type"], "application/json");
+        // The client's Accept is passed on (reqwest's default).
+        assert_eq!(h["accept"], "*/*");
+    }
+
+    // An id not worth keeping (a space) is replaced by a fresh one.
+    let res = r
+        .client
+        .post(format!("{}/v1/chat/completions", r.url))
+        .bearer_auth("premium-token")
+        .header("content-type", "application/json")
+        .header("x-request-id", "two words")
+        .body(chat("simulator", 4).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(id.starts_with("req_") && id.len() > 20, "{id}");
+    // A segment that is not UTF-8 once decoded names no model (as axum's
+    // path parameters refuse it): the body's is used.
+    let res = r
+        .post(
+            "/%FF/v1/chat/completions",
+            Some("premium-token"),
+            &chat("simulator", 4),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-maas-served-model"], "simulator");
+
+    let (status, _) = r
+        .fails(
+            "/a/b/v1/chat/completions",
+            Some("premium-token"),
+            &chat("simulator", 4),
+        )
+        .await;
+    assert_eq!(status, 404);
+    r.idle().await;
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}

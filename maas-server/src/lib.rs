@@ -543,6 +543,42 @@ fn is_unkey(path: &str) -> bool {
             .any(|p| path.starts_with(p))
 }
 
+/// The public listener: the gateway's paths ([`is_gateway`], but the
+/// portal's) to the gateway's service as they are (no router around it:
+/// its hot path is routed by the service itself), the rest to `rest`.
+#[derive(Debug, Clone)]
+struct PublicApp {
+    gateway: maas_http::gateway::GatewayService,
+    rest: Router,
+}
+
+impl tower::Service<Request> for PublicApp {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        maas_http::gateway::GatewayFuture,
+        axum::routing::future::RouteFuture<Infallible>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        // Both are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures_util::future::Either;
+        let path = req.uri().path();
+        if !is_portal(path) && is_gateway(path) {
+            Either::Left(self.gateway.call(req))
+        } else {
+            Either::Right(self.rest.call(req))
+        }
+    }
+}
+
 /// One router that hands each request to the router `pick` names.
 fn dispatch(routers: Vec<Router>, pick: fn(&str) -> usize) -> Router {
     let routers: Arc<[Router]> = routers.into();
@@ -724,11 +760,15 @@ async fn require_admin(
     next.run(Request::from_parts(parts, body)).await
 }
 
-fn serve(
+fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     stop: &watch::Sender<bool>,
-) -> JoinHandle<std::io::Result<()>> {
+) -> JoinHandle<std::io::Result<()>>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let shutdown = stopped(stop.subscribe());
     tokio::spawn(async move {
         // Small answers and streamed events go out at once (no Nagle delay).
@@ -738,7 +778,7 @@ fn serve(
         // The peer's address reaches handlers (the dashboard's login limit).
         axum::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
         )
         .with_graceful_shutdown(shutdown)
         .await
@@ -1056,7 +1096,8 @@ impl Server {
                 .with_admin_token(admin_token.clone())
                 .with_config(http),
         );
-        let gateway_routes = maas_http::gateway::router(gateway.clone(), GatewayConfig::default());
+        let gateway_service =
+            maas_http::gateway::service(gateway.clone(), GatewayConfig::default());
         // A data plane: the control plane's artifacts, the kept one first.
         let data_plane = match (
             &config.control_plane,
@@ -1149,26 +1190,30 @@ impl Server {
             }
             _ => (maas.clone(), maas.clone()),
         };
-        // Indices: 0 gateway, 1 Unkey, 2 MaaS API, 3 portal.
-        let public_app = dispatch(vec![gateway_routes, unkey, maas_public, portal], |path| {
+        // Indices: 0 Unkey, 1 MaaS API, 2 portal.
+        let rest = dispatch(vec![unkey, maas_public, portal], |path| {
             if is_portal(path) {
-                3
-            } else if is_gateway(path) {
-                0
-            } else if is_unkey(path) {
-                1
-            } else {
                 2
+            } else if is_unkey(path) {
+                0
+            } else {
+                1
             }
         });
         // On a data plane, API keys and Unkey apis are the control plane's:
-        // made here they would be local state that its artifacts undo.
-        let public_app = match &config.control_plane {
-            Some(url) => public_app.layer(middleware::from_fn_with_state(
+        // made here they would be local state that its artifacts undo (no
+        // gateway path changes keys).
+        let rest = match &config.control_plane {
+            Some(url) => rest.layer(middleware::from_fn_with_state(
                 Arc::<str>::from(url.as_str()),
                 refuse_key_changes,
             )),
-            None => public_app,
+            None => rest,
+        };
+        // The gateway's paths straight to its service; the rest by router.
+        let public_app = PublicApp {
+            gateway: gateway_service,
+            rest,
         };
         // Indices: 0 metrics, 1 open health (the MaaS API's), 2 management,
         // 3 the data planes' routes (seed 001: project keys, not the admin

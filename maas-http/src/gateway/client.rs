@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::http::header::{ACCEPT, CONTENT_TYPE, HOST};
 use axum::http::response::Parts;
-use axum::http::{HeaderValue, Request, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Full;
@@ -99,26 +99,34 @@ impl Client {
 
     /// Posts `body` (JSON) to `http://{authority}{path}`; the answer's head
     /// and its body (which drives the connection and gives it back to the
-    /// pool when it ends).
+    /// pool when it ends). The request's headers are written into `spare`
+    /// (taken, cleared: a map done with, such as the client request's, is
+    /// not allocated again).
     pub(crate) async fn post(
         &self,
         authority: &str,
         path: Uri,
         body: &Bytes,
         accept: Option<&HeaderValue>,
+        spare: &mut HeaderMap,
     ) -> Result<(Parts, Answer), BoxError> {
         let (home, host, kept) = self.checkout(authority)?;
-        let request = || -> Result<Request<Full<Bytes>>, BoxError> {
-            let mut req = Request::post(path.clone())
-                .header(HOST, host.clone())
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut request = || -> Request<Full<Bytes>> {
+            let mut headers = std::mem::take(spare);
+            headers.clear();
+            headers.insert(HOST, host.clone());
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(a) = accept {
-                req = req.header(ACCEPT, a.clone());
+                headers.insert(ACCEPT, a.clone());
             }
-            Ok(req.body(Full::new(body.clone()))?)
+            let mut req = Request::new(Full::new(body.clone()));
+            *req.method_mut() = Method::POST;
+            *req.uri_mut() = path.clone();
+            *req.headers_mut() = headers;
+            req
         };
         if let Some(kept) = kept {
-            match send(kept, request()?).await {
+            match send(kept, request()).await {
                 Ok((parts, body, pooled)) => return Ok(self.answer(home, parts, body, pooled)),
                 // The upstream had closed the kept connection: nothing was
                 // answered, a new one is tried.
@@ -127,7 +135,7 @@ impl Client {
             }
         }
         let fresh = self.connect(authority).await?;
-        let (parts, body, pooled) = send(fresh, request()?).await?;
+        let (parts, body, pooled) = send(fresh, request()).await?;
         Ok(self.answer(home, parts, body, pooled))
     }
 
@@ -454,6 +462,7 @@ mod tests {
                 Uri::from_static("/v1/x"),
                 &Bytes::from_static(b"{}"),
                 None,
+                &mut HeaderMap::new(),
             )
             .await
     }

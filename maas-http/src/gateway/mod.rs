@@ -29,6 +29,7 @@
 //! answers (a context too long, ...) are passed on as they are. Either way
 //! the slot and the reservation are given back.
 
+use std::convert::Infallible;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -123,10 +124,20 @@ struct Upstream {
 /// Idle keep-alive connections kept per upstream, at most.
 const IDLE_PER_UPSTREAM: usize = 512;
 
-/// The gateway's routes over `gateway`. Its metrics' handles are taken
-/// from the recorder installed when a model is first served ([`metrics`]):
-/// install yours (or call [`metrics::prometheus`]) before serving.
+/// The gateway's routes over `gateway`, as an axum router ([`service`]
+/// under a router's fallback). Its metrics' handles are taken from the
+/// recorder installed when a model is first served ([`metrics`]): install
+/// yours (or call [`metrics::prometheus`]) before serving.
 pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
+    Router::new().fallback_service(service(gateway, config))
+}
+
+/// The gateway's routes over `gateway` as one tower service, the same as
+/// [`router`] without axum's router around it (which costs every request
+/// its routing: path parameters, boxed services cloned): for a server
+/// that hands the gateway's paths ([`serves`]) to it itself, as the
+/// example server does. Metrics as [`router`]'s.
+pub fn service(gateway: Gateway, config: GatewayConfig) -> GatewayService {
     let http = client::Client::new(config.connect_timeout, IDLE_PER_UPSTREAM);
     // Pooled keep-alive connections per upstream; no proxy from the
     // environment (upstreams are usually on a private network).
@@ -164,27 +175,160 @@ pub fn router(gateway: Gateway, config: GatewayConfig) -> Router {
     }
     let anthropic = messages::routes(post(forward), layer.clone(), gateway, upstream.clone());
     let responses = messages::responses_routes(post(forward), layer.clone(), upstream.clone());
-    let app = app
-        .with_state(upstream)
-        .route_layer(layer)
+    let rest = app
+        .with_state(upstream.clone())
+        .route_layer(layer.clone())
         .merge(anthropic)
         .merge(responses)
-        .fallback(not_found);
-    around_router(app, &config.http)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(config.http.body_limit));
+    let hot = tower::Layer::layer(&layer, Forward(upstream)).models_in_path();
+    let trace = tower_http::trace::TraceLayer::new_for_http();
+    GatewayService {
+        hot: crate::common::RequestIdService::header_only(tower::Layer::layer(&trace, hot)),
+        rest: tower::Layer::layer(
+            &crate::common::RequestIdLayer,
+            tower::Layer::layer(&trace, rest),
+        ),
+    }
 }
 
-/// [`crate::common::with_common_layers`] around `router` as a whole: one service around
-/// its routing, so a request passes one boxed service instead of one per
-/// layer and route (axum clones each boxed level per request). The result
-/// is routed by its fallback: it cannot be merged with a router that has
-/// one (the gateway's router, which has its own 404, uses it).
-fn around_router(router: Router, config: &HttpConfig) -> Router {
-    let service = tower::ServiceBuilder::new()
-        .layer(crate::common::RequestIdLayer)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(axum::extract::DefaultBodyLimit::max(config.body_limit))
-        .service(router);
-    Router::new().fallback_service(service)
+/// The upstream call as a plain tower service (what `post(forward)` is on
+/// the router's routes).
+#[derive(Debug, Clone)]
+struct Forward(Upstream);
+
+impl tower::Service<Request> for Forward {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let up = self.0.clone();
+        Box::pin(async move { Ok(forward(State(up), req).await) })
+    }
+}
+
+/// Whether `path` is one of [`PATHS`], bare or under `/{model}` (one
+/// non-empty segment, as axum's `{model}` matches).
+fn is_hot(path: &str) -> bool {
+    PATHS.iter().any(|p| {
+        path == *p
+            || path
+                .strip_suffix(p)
+                .and_then(|m| m.strip_prefix('/'))
+                .is_some_and(|m| !m.is_empty() && !m.contains('/'))
+    })
+}
+
+/// The model of a `/{model}/v1/...` path of the gateway, decoded as axum
+/// decodes its path parameters; `None` for a bare path (or a segment that
+/// does not decode to UTF-8, which axum's parameters would refuse).
+pub(crate) fn model_in_path(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?;
+    let (segment, tail) = rest.split_at(rest.find('/')?);
+    if segment.is_empty() || !tail.starts_with("/v1/") {
+        return None;
+    }
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
+}
+
+/// [`crate::common::with_common_layers`] but the body limit (the layer's
+/// own on the hot path, axum's on the rest) around `S`.
+type Layered<S> = crate::common::RequestIdService<
+    tower_http::trace::Trace<
+        S,
+        tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    >,
+>;
+
+/// The hot path: `POST` on [`PATHS`] (bare or under `/{model}`) straight
+/// to the layer over the upstream call, its request id only echoed (axum's
+/// router would clone a boxed service per layer and route and insert its
+/// path parameters per request).
+type Hot = Layered<crate::layer::MaasService<Forward>>;
+
+/// The rest (other methods, Anthropic's and the Responses API's paths,
+/// 404) through axum's router, which also has the hot routes (their 405s).
+type Rest = Layered<Router>;
+
+/// The gateway as a tower service ([`service`]): `Clone` (cheap: shared
+/// state), always ready, never failing (errors are answers).
+#[derive(Debug, Clone)]
+pub struct GatewayService {
+    hot: Hot,
+    rest: Rest,
+}
+
+/// A response of [`Hot`] or [`Rest`] (the same type) with its body boxed
+/// as axum's.
+type Boxing = fn(<Rest as tower::Service<Request>>::Response) -> Response;
+
+fn boxed(res: <Rest as tower::Service<Request>>::Response) -> Response {
+    res.map(Body::new)
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`GatewayService`].
+    pub struct GatewayFuture {
+        #[pin]
+        inner: futures_util::future::MapOk<
+            futures_util::future::Either<
+                <Hot as tower::Service<Request>>::Future,
+                <Rest as tower::Service<Request>>::Future,
+            >,
+            Boxing,
+        >,
+    }
+}
+
+impl std::fmt::Debug for GatewayFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayFuture").finish_non_exhaustive()
+    }
+}
+
+impl std::future::Future for GatewayFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for GatewayService
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GatewayFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> GatewayFuture {
+        use futures_util::TryFutureExt as _;
+        use futures_util::future::Either;
+        let req = req.map(Body::new);
+        let inner = if req.method() == axum::http::Method::POST && is_hot(req.uri().path()) {
+            Either::Left(self.hot.call(req))
+        } else {
+            Either::Right(self.rest.call(req))
+        };
+        GatewayFuture {
+            inner: inner.map_ok(boxed as Boxing),
+        }
+    }
 }
 
 async fn not_found(uri: axum::extract::OriginalUri) -> Response {
@@ -240,6 +384,7 @@ async fn attempt(
     suffix: &'static str,
     body: &Bytes,
     accept: Option<&HeaderValue>,
+    spare: &mut HeaderMap,
 ) -> Result<Answer, BoxError> {
     let base = url.trim_end_matches('/');
     // Plain http without credentials in the URL: the lean client; the
@@ -254,7 +399,7 @@ async fn attempt(
         } else {
             Uri::try_from(format!("{prefix}{suffix}"))?
         };
-        let (parts, body) = up.http.post(authority, path, body, accept).await?;
+        let (parts, body) = up.http.post(authority, path, body, accept, spare).await?;
         Ok((parts, Body::new(body), Some(up.timeout)))
     } else {
         let mut call = up
@@ -289,9 +434,12 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         Some(p) => p.0,
         None => crate::layer::Endpoint::of_path(req.uri().path()).upstream_path(),
     };
-    let accept = req.headers().get(ACCEPT).cloned();
+    let (parts, body) = req.into_parts();
+    let accept = parts.headers.get(ACCEPT).cloned();
+    // The request's header map, done with, holds the upstream request's.
+    let mut spare = parts.headers;
     // The layer gave us the rewritten body, already in memory.
-    let body = match axum::body::to_bytes(req.into_body(), usize::MAX).await {
+    let body = match crate::layer::read_whole(body, usize::MAX).await {
         Ok(b) => b,
         Err(e) => {
             return OpenAiError::invalid("body", format!("cannot read the body: {e}"))
@@ -309,7 +457,7 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
         let started = Instant::now();
         let sent = tokio::time::timeout(
             up.timeout,
-            attempt(&up, pick.url(), suffix, &body, accept.as_ref()),
+            attempt(&up, pick.url(), suffix, &body, accept.as_ref(), &mut spare),
         )
         .await;
         meters.upstream_latency(pick.url(), started.elapsed().as_secs_f64());
@@ -479,4 +627,44 @@ fn timed_out(model: &str, limit: Duration) -> Response {
             limit.as_secs()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hot path takes exactly what the router's `POST` routes on
+    /// [`PATHS`] matched, and reads their model as `{model}` decodes.
+    #[test]
+    fn hot_paths_are_the_routes_on_paths() {
+        for p in [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/m/v1/chat/completions",
+            "/v1/v1/completions",
+            "/a%2Fb/v1/embeddings",
+        ] {
+            assert!(is_hot(p), "{p}");
+        }
+        for p in [
+            "/v1/chat/completions/",
+            "//v1/chat/completions",
+            "/a/b/v1/chat/completions",
+            "/v1/messages",
+            "/m/v1/responses",
+            "/v1/chat",
+        ] {
+            assert!(!is_hot(p), "{p}");
+        }
+        assert_eq!(model_in_path("/v1/chat/completions"), None);
+        assert_eq!(model_in_path("/v1/completions"), None);
+        assert_eq!(model_in_path("/m/v1/completions").as_deref(), Some("m"));
+        assert_eq!(model_in_path("/v1/v1/completions").as_deref(), Some("v1"));
+        assert_eq!(
+            model_in_path("/a%2Fb%20c/v1/embeddings").as_deref(),
+            Some("a/b c")
+        );
+        assert_eq!(model_in_path("/%FF/v1/embeddings"), None);
+    }
 }

@@ -47,6 +47,7 @@ pub use error::{GatewayError, insert_rate_headers};
 pub use future::ResponseFuture;
 pub use layer::{DEFAULT_BODY_LIMIT, LayerConfig, MaasLayer};
 pub use request::Endpoint;
+pub(crate) use request::read_whole;
 
 /// The model and the estimated input tokens of a Messages request (for
 /// `count_tokens`; `native`: for an upstream that speaks Anthropic's API),

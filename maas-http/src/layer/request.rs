@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use maas_core::admission::estimate_prompt_tokens;
 use maas_core::gateway::CacheKey;
 use serde_json::{Map, Value};
@@ -127,6 +128,40 @@ fn embedding_tokens(input: &Value) -> Option<u64> {
         },
         _ => None,
     }
+}
+
+/// Reads `body` whole, at most `limit` bytes (past it: the error is
+/// [`LengthLimitError`](http_body_util::LengthLimitError)); trailers are
+/// ignored. A body in one part (the usual: a small request, the layer's
+/// rewritten one) is that part as it is: no list of parts, no copy.
+pub(crate) async fn read_whole<B>(body: B, limit: usize) -> Result<Bytes, tower::BoxError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<tower::BoxError>,
+{
+    use http_body_util::BodyExt as _;
+    let mut body = std::pin::pin!(http_body_util::Limited::new(body, limit));
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match (&first, &mut joined) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let mut all = bytes::BytesMut::with_capacity(f.len() + data.len());
+                all.extend_from_slice(f);
+                all.extend_from_slice(&data);
+                joined = Some(all);
+            }
+            (Some(_), Some(all)) => all.extend_from_slice(&data),
+        }
+    }
+    Ok(match joined {
+        Some(all) => all.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 /// Reads `bytes` as a request of `endpoint` (a Messages one for an upstream

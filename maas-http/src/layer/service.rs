@@ -13,7 +13,7 @@ use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body::Body as HttpBody;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::LengthLimitError;
 use maas_core::gateway::{
     ACCESS_DENIED, Admission, Admitted, Completion, Gateway, InferenceRequest,
 };
@@ -24,7 +24,7 @@ use super::body::Metered;
 use super::error::{GatewayError, insert_rate_headers};
 use super::future::ResponseFuture;
 use super::layer::LayerConfig;
-use super::request::{Endpoint, inspect_read, read, rewrite};
+use super::request::{Endpoint, inspect_read, read, read_whole, rewrite};
 use crate::metrics::{Meters, ModelMeters};
 use crate::openai::OpenAiError;
 
@@ -66,6 +66,10 @@ pub struct MaasService<S> {
     gateway: Gateway,
     config: LayerConfig,
     meters: Meters,
+    /// Where a model named in the path comes from: axum's path parameters
+    /// (`{model}` of the route), or, for the gateway's own routes served
+    /// without axum's router, the path's shape (`/{model}/v1/...`).
+    models_in_path: bool,
 }
 
 impl<S> MaasService<S> {
@@ -75,7 +79,15 @@ impl<S> MaasService<S> {
             gateway,
             config,
             meters,
+            models_in_path: false,
         }
+    }
+
+    /// The service reading the model of `/{model}/v1/...` from the path
+    /// itself (no router put it in the path parameters).
+    pub(crate) fn models_in_path(mut self) -> Self {
+        self.models_in_path = true;
+        self
     }
 }
 
@@ -102,7 +114,15 @@ where
         let gateway = self.gateway.clone();
         let config = self.config;
         let meters = self.meters.clone();
-        ResponseFuture::new(Box::pin(serve(gateway, config, meters, inner, req)))
+        let models_in_path = self.models_in_path;
+        ResponseFuture::new(Box::pin(serve(
+            gateway,
+            config,
+            meters,
+            models_in_path,
+            inner,
+            req,
+        )))
     }
 }
 
@@ -130,6 +150,7 @@ async fn serve<S, B>(
     gateway: Gateway,
     config: LayerConfig,
     meters: Meters,
+    models_in_path: bool,
     mut inner: S,
     req: Request<Body>,
 ) -> Result<Response<Body>, S::Error>
@@ -145,6 +166,7 @@ where
         &gateway,
         config,
         &meters,
+        models_in_path,
         &mut parts,
         body,
         &mut model_label,
@@ -197,8 +219,10 @@ where
     };
     let (mut rp, rb) = res.into_parts();
     insert_rate_headers(&mut rp.headers, admitted.headers(), gateway.now());
-    served_model(&mut rp.headers, admitted.model());
-    let model_meters = meters.model(&model_label);
+    let model_meters = meters.model(&admitted.model().id);
+    if let Some(v) = &model_meters.served {
+        rp.headers.insert(SERVED_MODEL_HEADER, v.clone());
+    }
     count_request(&gateway, &model_meters, rp.status);
     if !rp.status.is_success() {
         // The upstream (or the inner service) refused or failed: nothing
@@ -236,6 +260,7 @@ async fn admit(
     gateway: &Gateway,
     config: LayerConfig,
     meters: &Meters,
+    models_in_path: bool,
     parts: &mut Parts,
     body: Body,
     model_label: &mut String,
@@ -247,8 +272,8 @@ async fn admit(
         .authenticate(credential)
         .await
         .map_err(|e| GatewayError::from_core(&e))?;
-    let bytes = match Limited::new(body, config.body_limit).collect().await {
-        Ok(c) => c.to_bytes(),
+    let bytes = match read_whole(body, config.body_limit).await {
+        Ok(b) => b,
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(OpenAiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -269,11 +294,15 @@ async fn admit(
     // One borrowed pass where the body is forwarded as sent; a JSON object
     // only where it is translated.
     let body = read(&bytes, endpoint)?;
-    let path_model = parts.extract::<RawPathParams>().await.ok().and_then(|p| {
-        p.iter()
-            .find(|(k, _)| *k == "model")
-            .map(|(_, v)| v.to_owned())
-    });
+    let path_model = if models_in_path {
+        crate::gateway::model_in_path(parts.uri.path())
+    } else {
+        parts.extract::<RawPathParams>().await.ok().and_then(|p| {
+            p.iter()
+                .find(|(k, _)| *k == "model")
+                .map(|(_, v)| v.to_owned())
+        })
+    };
     // Which API the model's upstream speaks decides how the request is read:
     // Messages go natively to an upstream that speaks Anthropic's API, and
     // are translated for one that speaks OpenAI's.
@@ -332,7 +361,8 @@ async fn admit(
     // one that served.
     match &result {
         Err(e) if e.is_not_found() => {}
-        Ok(Ok(Admission::Admitted(a))) => model_label.clone_from(&a.model().id),
+        // Labelled by the admitted model itself once answered (no copy).
+        Ok(Ok(Admission::Admitted(_))) => {}
         Ok(Ok(Admission::Cached(hit))) => model_label.clone_from(&hit.model.id),
         _ => model.as_ref().clone_into(model_label),
     }
