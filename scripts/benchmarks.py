@@ -287,8 +287,23 @@ def load_rows():
         ("plain", 64): "62 µs vs 19 µs = 3.3×",
         ("stream", 16): "194 µs vs 26 µs = 7.5×",
         "p50": "157 µs (40 µs)",
-        "allocs": "138 (331; reqwest's hop 193)",
+        "allocs": "51 at 0d57258 (210; its hop 159); 138 at 03a2e47 (331; reqwest's hop 193)",
     }
+    # An earlier build measured on the same machine, when there is one:
+    # target/load/hotpath_before.json (hotpath.sh run with MAAS_SERVER_BIN
+    # of that build, its file renamed and its commit set to the build's).
+    # The load figures of one machine do not compare with another's.
+    hb = load_result("hotpath_before")
+    if hb:
+        for run in hb["result"]["runs"]:
+            d, x, g = run["direct"], run["nginx"], run["gateway"]
+            xn, gn = x["cpu_us"] - d["cpu_us"], g["cpu_us"] - d["cpu_us"]
+            before_24[(run["kind"], run["connections"])] = (
+                f"{gn} µs vs {xn} µs = {gn / max(xn, 1):.1f}× at {hb['commit']} on this machine; "
+                f"at 03a2e47 on another: {before_24.get((run['kind'], run['connections']), '?')}")
+            if run["connections"] == 1:
+                before_24["p50"] = (f"{g['p50_us'] - d['p50_us']} µs ({x['p50_us'] - d['p50_us']} µs) at "
+                                    f"{hb['commit']} on this machine; at 03a2e47 on another: {before_24['p50']}")
     hp = load_result("hotpath")
     if hp:
         r = hp["result"]

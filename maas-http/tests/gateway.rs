@@ -1092,13 +1092,25 @@ async fn responses_are_translated_admitted_and_metered() {
 /// An OpenAI-compatible upstream that records what it receives and answers
 /// with a text and a tool call (or their stream).
 async fn recording_upstream() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    let (url, seen, _) = recording_upstream_with_headers().await;
+    (url, seen)
+}
+
+/// Request headers an upstream got, in order.
+type SeenHeaders = Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>;
+
+/// [`recording_upstream`], also keeping each request's headers.
+async fn recording_upstream_with_headers()
+-> (String, Arc<std::sync::Mutex<Vec<Value>>>, SeenHeaders) {
     let seen: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
-    let store = seen.clone();
+    let headers_seen = SeenHeaders::default();
+    let (store, headers_store) = (seen.clone(), headers_seen.clone());
     let app = axum::Router::new().route(
         "/v1/chat/completions",
-        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-            let store = store.clone();
+        axum::routing::post(move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+            let (store, headers_store) = (store.clone(), headers_store.clone());
             async move {
+                headers_store.lock().unwrap().push(headers);
                 let stream = body["stream"] == true;
                 store.lock().unwrap().push(body);
                 let usage = json!({"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16});
@@ -1128,7 +1140,7 @@ async fn recording_upstream() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
     );
     let (l, a) = listen().await;
     tokio::spawn(async move { axum::serve(l, app).await });
-    (format!("http://{a}"), seen)
+    (format!("http://{a}"), seen, headers_seen)
 }
 
 use axum::response::IntoResponse as _;
@@ -1380,32 +1392,6 @@ async fn messages_go_natively_to_an_anthropic_upstream() {
     assert_eq!(u.output_tokens, 5 + 5 + 3);
 }
 
-/// An upstream answering every chat completion with a fixed answer and
-/// keeping the headers of each request it got.
-async fn header_recording_upstream() -> (String, Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>)
-{
-    let seen: Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>> = Arc::default();
-    let store = seen.clone();
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |headers: axum::http::HeaderMap| {
-            let store = store.clone();
-            async move {
-                store.lock().unwrap().push(headers);
-                axum::Json(json!({
-                    "id": "c1", "object": "chat.completion", "model": "simulator",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": "Hi."}}],
-                    "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
-                }))
-            }
-        }),
-    );
-    let (l, a) = listen().await;
-    tokio::spawn(async move { axum::serve(l, app).await });
-    (format!("http://{a}"), seen)
-}
-
 /// The inference paths are routed by the gateway's service itself (not by
 /// axum's router): the model of `/{model}/v1/...` decoded as axum decodes
 /// path parameters, the request id echoed (the client's when it is worth
@@ -1414,7 +1400,7 @@ async fn header_recording_upstream() -> (String, Arc<std::sync::Mutex<Vec<axum::
 /// shapes 404 as before.
 #[tokio::test]
 async fn inference_paths_are_routed_as_by_the_router() {
-    let (upstream, seen) = header_recording_upstream().await;
+    let (upstream, _, seen) = recording_upstream_with_headers().await;
     let r = rig_with(0.0, Some(upstream), Duration::from_secs(30)).await;
     let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
     let res = r
@@ -1434,7 +1420,7 @@ async fn inference_paths_are_routed_as_by_the_router() {
     assert_eq!(res.headers()["x-ratelimit-limit-requests"], "20");
     assert_eq!(res.headers()["x-ratelimit-remaining-requests"], "19");
     let answer: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
-    assert_eq!(answer["choices"][0]["message"]["content"], "Hi.");
+    assert_eq!(answer["choices"][0]["message"]["content"], "Checking.");
     {
         let seen = seen.lock().unwrap();
         let h = &seen[0];
