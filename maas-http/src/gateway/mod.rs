@@ -255,8 +255,9 @@ type Layered<S> = crate::common::RequestIdService<
 /// path parameters per request).
 type Hot = Layered<crate::layer::MaasService<Forward>>;
 
-/// The rest (other methods, Anthropic's and the Responses API's paths,
-/// 404) through axum's router, which also has the hot routes (their 405s).
+/// The rest (Anthropic's and the Responses API's paths, 404, and other
+/// methods on the hot paths, which the router also has: there the layer
+/// answers first, as it always did) through axum's router.
 type Rest = Layered<Router>;
 
 /// The gateway as a tower service ([`service`]): `Clone` (cheap: shared
