@@ -46,9 +46,10 @@
 //! | | `MAAS_KEY_SECRET` | | generated, in `{data_dir}/key-secret` |
 //!
 //! The runtime has a worker thread per core; tokio's `TOKIO_WORKER_THREADS`
-//! sets another count. On a 2-core machine one worker about halved the CPU
-//! a lone client's chat completion cost through the gateway (198 µs vs
-//! 364 µs, simulator included) and served a third less at 16 connections
+//! sets another count. On a 2-core machine one worker cut the CPU a lone
+//! client's chat completion cost through the gateway by a third (174 µs
+//! vs 257 µs, simulator included: one context switch per request instead
+//! of five) and served a third less at 16 connections
 //! (`TOKIO_WORKER_THREADS=1 scripts/load/hotpath.sh`).
 //!
 //! Without `MAAS_ADMIN_TOKEN` an admin token is generated on first start,
