@@ -225,10 +225,7 @@ impl ModelMeters {
             statuses: RwLock::default(),
             latency: RwLock::default(),
             load,
-            served: axum::http::HeaderValue::from_maybe_shared(bytes::Bytes::from(
-                model.as_bytes().to_vec(),
-            ))
-            .ok(),
+            served: axum::http::HeaderValue::from_str(&model).ok(),
             model,
         }
     }

@@ -179,34 +179,19 @@ fn reset_value(now: Timestamp, reset: Timestamp) -> Option<HeaderValue> {
 /// Adds `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` of `h`.
 pub fn insert_rate_headers(headers: &mut HeaderMap, h: &RateHeaders, now: Timestamp) {
     headers.reserve(6);
-    // The four numbers written into one buffer, each header value a slice
-    // of it (one allocation, not one or two per value).
+    // The four numbers written into one buffer, each header value split
+    // off it (two allocations in all, not one or two per value).
     let mut digits = bytes::BytesMut::with_capacity(4 * 20);
-    let mut values = [0usize; 4];
-    for (i, n) in [
-        h.requests.limit,
-        h.requests.remaining,
-        h.tokens.limit,
-        h.tokens.remaining,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let start = digits.len();
+    let mut value = |n: u64| {
         // Writing into a buffer with room cannot fail.
         let _ = std::fmt::Write::write_fmt(&mut digits, format_args!("{n}"));
-        values[i] = digits.len() - start;
-    }
-    let mut digits = digits.freeze();
-    let mut value = |len: usize| HeaderValue::from_maybe_shared(digits.split_to(len)).ok();
-    for ([limit, remaining, reset], (d, [l, r])) in RATE_HEADERS.into_iter().zip([
-        (&h.requests, [values[0], values[1]]),
-        (&h.tokens, [values[2], values[3]]),
-    ]) {
-        if let Some(v) = value(l) {
+        HeaderValue::from_maybe_shared(digits.split().freeze()).ok()
+    };
+    for ([limit, remaining, reset], d) in RATE_HEADERS.into_iter().zip([&h.requests, &h.tokens]) {
+        if let Some(v) = value(d.limit) {
             headers.insert(limit, v);
         }
-        if let Some(v) = value(r) {
+        if let Some(v) = value(d.remaining) {
             headers.insert(remaining, v);
         }
         if let Some(v) = reset_value(now, d.reset) {

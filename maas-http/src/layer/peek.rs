@@ -758,11 +758,12 @@ where
     Ok(out.unwrap_or_else(|| r.other()))
 }
 
-/// A chat message: its (last) `content`.
+/// A message: its (last) `content`, read by `R` ([`CONTENT`] for a chat
+/// message, [`TEXT`] for an Anthropic one).
 #[derive(Clone, Copy)]
-struct Message;
+struct Message<R>(R);
 
-impl<'de> Reader<'de> for Message {
+impl<'de, R: Reader<'de, Out = usize> + Copy> Reader<'de> for Message<R> {
     type Out = usize;
 
     fn other(self) -> usize {
@@ -770,7 +771,7 @@ impl<'de> Reader<'de> for Message {
     }
 
     fn map<A: MapAccess<'de>>(self, map: A) -> Result<usize, A::Error> {
-        last_of(map, &["content"], CONTENT)
+        last_of(map, &["content"], self.0)
     }
 }
 
@@ -826,22 +827,6 @@ impl<'de> Reader<'de> for Block {
             }
         }
         Ok(text + content + input)
-    }
-}
-
-/// An Anthropic message: its (last) `content` as [`TEXT`].
-#[derive(Clone, Copy)]
-struct Turn;
-
-impl<'de> Reader<'de> for Turn {
-    type Out = usize;
-
-    fn other(self) -> usize {
-        0
-    }
-
-    fn map<A: MapAccess<'de>>(self, map: A) -> Result<usize, A::Error> {
-        last_of(map, &["content"], TEXT)
     }
 }
 
@@ -1072,8 +1057,8 @@ impl<'a> Reader<'a> for Top<'a> {
                 }
                 Field::Messages => {
                     p.messages = match self.mode {
-                        Mode::Messages => map.next_value_seed(Seed(Turns(Turn)))?,
-                        _ => map.next_value_seed(Seed(Turns(Message)))?,
+                        Mode::Messages => map.next_value_seed(Seed(Turns(Message(TEXT))))?,
+                        _ => map.next_value_seed(Seed(Turns(Message(CONTENT))))?,
                     };
                 }
                 Field::Prompt => p.prompt = map.next_value_seed(Seed(CONTENT))?,
