@@ -53,7 +53,8 @@ pub(crate) fn check_model_id(field: &'static str, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks an upstream URL by hand: `http://` or `https://`, a host (name,
+/// Checks an upstream URL by hand: `http://`, `https://` or `h2c://`
+/// (HTTP/2 over cleartext, prior knowledge, as Caddy names it), a host (name,
 /// IPv4 or bracketed IPv6) with an optional port, no credentials, no
 /// whitespace or control characters.
 pub(crate) fn check_url(field: &'static str, url: &str) -> Result<()> {
@@ -69,11 +70,13 @@ pub(crate) fn check_url(field: &'static str, url: &str) -> Result<()> {
         url.get(8..)
     } else if lower.starts_with("http://") {
         url.get(7..)
+    } else if lower.starts_with("h2c://") {
+        url.get(6..)
     } else {
         None
     };
     let Some(rest) = rest else {
-        return bad("must be an http:// or https:// URL");
+        return bad("must be an http://, https:// or h2c:// URL");
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
@@ -299,7 +302,8 @@ pub const MAX_MODEL_IN_FLIGHT: u32 = 1_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Upstream {
-    /// Where requests are sent (http or https), as `upstream_url`.
+    /// Where requests are sent (`http://`, `https://`, or `h2c://` for an
+    /// upstream that speaks HTTP/2 over cleartext), as `upstream_url`.
     pub url: String,
     /// Its share of the requests relative to its siblings (1..=1,000;
     /// default 1).
@@ -393,7 +397,7 @@ pub struct Model {
     pub id: String,
     /// Display name.
     pub name: String,
-    /// Where requests for it are sent (http or https): the first of
+    /// Where requests for it are sent (http, https or h2c): the first of
     /// [`Self::upstreams`].
     pub upstream_url: String,
     /// The servers requests are balanced over (at least one; a model stored
@@ -522,7 +526,8 @@ pub struct NewModel {
     /// Display name; default the id.
     #[serde(default)]
     pub name: Option<String>,
-    /// Upstream URL (http or https); `url` in the management API. Required
+    /// Upstream URL (`http://`, `https://`, or `h2c://` for an upstream
+    /// that speaks HTTP/2 over cleartext); `url` in the management API. Required
     /// unless `upstreams` is given (then, if given, its first URL).
     #[serde(default, alias = "url")]
     #[cfg_attr(feature = "openapi", schema(rename = "url"))]
@@ -1082,12 +1087,17 @@ mod tests {
             "http://10.0.0.1:8000",
             "http://[::1]:8080/",
             "http://under_score",
+            "h2c://10.0.0.2:8000/v1",
+            "H2C://model-server",
         ] {
             assert!(check_url("u", ok).is_ok(), "{ok}");
         }
         for bad in [
             "",
             "ftp://x",
+            "h2://x",
+            "h2c://",
+            "h2c://user@x",
             "http://",
             "http:///path",
             "http://a b",

@@ -288,6 +288,69 @@ async fn streaming_passes_events_and_strips_unasked_usage() {
     assert_eq!((u.requests, u.output_tokens, u.estimated), (2, 10, 0));
 }
 
+/// The simulator over HTTP/2 only (h2c, prior knowledge): its `h2c://`
+/// URL and the connections it accepted.
+async fn h2c_simulator() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (l, a) = listen().await;
+    let app = simulator::router(SimulatorConfig {
+        default_max_tokens: 16,
+        ..SimulatorConfig::default()
+    })
+    .unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), service),
+            );
+        }
+    });
+    (format!("h2c://{a}"), accepted)
+}
+
+/// A model whose upstream speaks HTTP/2 over cleartext (`h2c://`): plain
+/// and streamed answers as over HTTP/1.1, usage exact, every request on
+/// one shared connection.
+#[tokio::test]
+async fn an_h2c_upstream_is_served_over_one_connection() {
+    let (url, accepted) = h2c_simulator().await;
+    let r = rig_with(0.0, Some(url), Duration::from_secs(30)).await;
+    let res = r
+        .post(
+            "/v1/chat/completions",
+            Some("premium-token"),
+            &chat("simulator", 4),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-ratelimit-remaining-tokens"));
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["usage"]["completion_tokens"], 4);
+
+    let mut streamed = chat("simulator", 3);
+    streamed["stream"] = json!(true);
+    let at_once = (0..3).map(|_| r.post("/v1/chat/completions", Some("premium-token"), &streamed));
+    for res in futures_util::future::join_all(at_once).await {
+        assert_eq!(res.status(), 200);
+        let text = String::from_utf8(res.bytes().await.unwrap().to_vec()).unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert_eq!(text.matches("\"content\":\"").count(), 3, "{text}");
+    }
+    r.idle().await;
+    let u = r.usage().await;
+    assert_eq!(
+        (u.requests, u.output_tokens, u.estimated, u.errors),
+        (4, 13, 0, 0)
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 /// An error case: path, token, body, status, error field, its value.
 type ErrorCase<'a> = (&'a str, Option<&'a str>, Value, u16, &'a str, &'a str);
 

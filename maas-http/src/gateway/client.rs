@@ -12,6 +12,11 @@
 //! [`Client::max_idle`], [`IDLE_TIMEOUT`] each) and checked before reuse;
 //! a request that a kept connection failed before any answer (the upstream
 //! had closed it) is sent once more on a new one.
+//!
+//! Upstreams at `h2c://` URLs speak HTTP/2 over cleartext (prior
+//! knowledge): their requests share one connection
+//! ([`Client::post_h2`]), which runs in a task of its own (HTTP/2
+//! multiplexes requests, so no one request's task could drive it).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,7 +33,8 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -75,6 +81,8 @@ struct Upstream {
     /// The `Host` header of its requests.
     host: HeaderValue,
     idle: Vec<Idle>,
+    /// Its HTTP/2 connection (an `h2c://` upstream), shared.
+    h2: Option<http2::SendRequest<Full<Bytes>>>,
 }
 
 struct Inner {
@@ -111,20 +119,7 @@ impl Client {
         spare: &mut HeaderMap,
     ) -> Result<(Parts, Answer), BoxError> {
         let (home, host, kept) = self.checkout(authority)?;
-        let mut request = || -> Request<Full<Bytes>> {
-            let mut headers = std::mem::take(spare);
-            headers.clear();
-            headers.insert(HOST, host.clone());
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            if let Some(a) = accept {
-                headers.insert(ACCEPT, a.clone());
-            }
-            let mut req = Request::new(Full::new(body.clone()));
-            *req.method_mut() = Method::POST;
-            *req.uri_mut() = path.clone();
-            *req.headers_mut() = headers;
-            req
-        };
+        let mut request = || request(path.clone(), Some(&host), body, accept, spare);
         if let Some(kept) = kept {
             match send(kept, request()).await {
                 Ok((parts, body, pooled)) => return Ok(self.answer(home, parts, body, pooled)),
@@ -137,6 +132,84 @@ impl Client {
         let fresh = self.connect(authority).await?;
         let (parts, body, pooled) = send(fresh, request()).await?;
         Ok(self.answer(home, parts, body, pooled))
+    }
+
+    /// Posts as [`post`](Self::post) to an h2c upstream (HTTP/2 over
+    /// cleartext, prior knowledge) at `authority`: on its one shared
+    /// connection, opened when there is none (or it closed); a request
+    /// that the kept connection failed before any answer (the upstream had
+    /// closed it) is sent once more on a new one.
+    pub(crate) async fn post_h2(
+        &self,
+        authority: &str,
+        path: Uri,
+        body: &Bytes,
+        accept: Option<&HeaderValue>,
+        spare: &mut HeaderMap,
+    ) -> Result<(Parts, Answer), BoxError> {
+        // HTTP/2 requests name their scheme and authority.
+        let mut uri = path.into_parts();
+        uri.scheme = Some(axum::http::uri::Scheme::HTTP);
+        uri.authority = Some(authority.parse()?);
+        let uri = Uri::from_parts(uri)?;
+        let kept = self.checkout_h2(authority)?;
+        let mut request = || request(uri.clone(), None, body, accept, spare);
+        if let Some(mut kept) = kept {
+            match send_h2(&mut kept, request()).await {
+                Ok(res) => return Ok(multiplexed(res)),
+                Err(e) if e.is_canceled() || e.is_closed() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut fresh = self.connect_h2(authority).await?;
+        Ok(multiplexed(send_h2(&mut fresh, request()).await?))
+    }
+
+    /// `authority`'s HTTP/2 connection, if one is open.
+    fn checkout_h2(
+        &self,
+        authority: &str,
+    ) -> Result<Option<http2::SendRequest<Full<Bytes>>>, BoxError> {
+        let mut upstreams = self
+            .inner
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(up) = upstreams.get_mut(authority) else {
+            return Ok(None);
+        };
+        if up.h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
+            up.h2 = None;
+        }
+        Ok(up.h2.clone())
+    }
+
+    /// A new HTTP/2 connection to `authority`, kept as its shared one
+    /// unless another request opened one meanwhile.
+    async fn connect_h2(
+        &self,
+        authority: &str,
+    ) -> Result<http2::SendRequest<Full<Bytes>>, BoxError> {
+        let stream = self.open(authority).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await?;
+        let name: Arc<str> = authority.into();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(upstream = %name, error = %e, "h2c upstream connection ended");
+            }
+        });
+        let mut upstreams = self
+            .inner
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let up = upstream(&mut upstreams, authority)?;
+        if up.h2.as_ref().is_none_or(http2::SendRequest::is_closed) {
+            up.h2 = Some(sender.clone());
+        }
+        Ok(sender)
     }
 
     fn answer(
@@ -169,17 +242,7 @@ impl Client {
             .upstreams
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let up = match upstreams.get_mut(authority) {
-            Some(up) => up,
-            None => {
-                let key: Arc<str> = authority.into();
-                upstreams.entry(Arc::clone(&key)).or_insert(Upstream {
-                    host: HeaderValue::from_str(authority)?,
-                    authority: key,
-                    idle: Vec::new(),
-                })
-            }
-        };
+        let up = upstream(&mut upstreams, authority)?;
         let found = loop {
             let Some(Idle { mut pooled, since }) = up.idle.pop() else {
                 break None;
@@ -224,6 +287,13 @@ impl Client {
     }
 
     async fn connect(&self, authority: &str) -> Result<Pooled, BoxError> {
+        let stream = self.open(authority).await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        Ok(Pooled { sender, conn })
+    }
+
+    /// A TCP connection to `authority` (port 80 when it names none).
+    async fn open(&self, authority: &str) -> Result<TcpStream, BoxError> {
         let addr = if authority.contains(':') && !authority.ends_with(']') {
             std::borrow::Cow::Borrowed(authority)
         } else {
@@ -238,9 +308,76 @@ impl Client {
                 )
             })??;
         stream.set_nodelay(true)?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        Ok(Pooled { sender, conn })
+        Ok(stream)
     }
+}
+
+/// `authority`'s entry in `upstreams` (made when there is none).
+fn upstream<'a>(
+    upstreams: &'a mut HashMap<Arc<str>, Upstream>,
+    authority: &str,
+) -> Result<&'a mut Upstream, BoxError> {
+    if !upstreams.contains_key(authority) {
+        let key: Arc<str> = authority.into();
+        let up = Upstream {
+            host: HeaderValue::from_str(authority)?,
+            authority: Arc::clone(&key),
+            idle: Vec::new(),
+            h2: None,
+        };
+        upstreams.insert(key, up);
+    }
+    upstreams
+        .get_mut(authority)
+        .ok_or_else(|| "the upstream's entry was just made".into())
+}
+
+/// The upstream request: a POST of `body` (JSON) to `uri`, its headers
+/// written into `spare` (taken, cleared).
+fn request(
+    uri: Uri,
+    host: Option<&HeaderValue>,
+    body: &Bytes,
+    accept: Option<&HeaderValue>,
+    spare: &mut HeaderMap,
+) -> Request<Full<Bytes>> {
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    if let Some(h) = host {
+        headers.insert(HOST, h.clone());
+    }
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(a) = accept {
+        headers.insert(ACCEPT, a.clone());
+    }
+    let mut req = Request::new(Full::new(body.clone()));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    req
+}
+
+/// Sends `req` on an HTTP/2 connection once it can take another stream.
+async fn send_h2(
+    sender: &mut http2::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Result<axum::http::Response<Incoming>, hyper::Error> {
+    sender.ready().await?;
+    sender.send_request(req).await
+}
+
+/// An answer on a multiplexed connection (its own task reads it).
+fn multiplexed(res: axum::http::Response<Incoming>) -> (Parts, Answer) {
+    let (parts, body) = res.into_parts();
+    (
+        parts,
+        Answer {
+            body,
+            pooled: None,
+            home: None,
+            failed: None,
+        },
+    )
 }
 
 /// Sends `req` on `pooled`, driving its connection until the head comes.
@@ -525,6 +662,147 @@ mod tests {
         let (status, _) = post(&client, &addr).await;
         assert_eq!(status, 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// An h2c upstream (HTTP/2 only, prior knowledge): answers `ok` with the
+    /// method, path and authority it saw in `x-seen`; `close`: ends each
+    /// connection (GOAWAY) after its first answer. Counts the connections
+    /// it accepted.
+    async fn h2c_upstream(close: bool) -> (String, Arc<AtomicUsize>) {
+        use hyper::server::conn::http2 as server;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let (done, ended) = tokio::sync::oneshot::channel::<()>();
+                let done = Arc::new(Mutex::new(Some(done)));
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let done = done.clone();
+                    async move {
+                        let seen = format!(
+                            "{} {} {} {}",
+                            req.method(),
+                            req.uri().path(),
+                            req.uri().authority().map_or("", |a| a.as_str()),
+                            req.headers()[CONTENT_TYPE].to_str().unwrap(),
+                        );
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        assert_eq!(&body[..], b"{}");
+                        if let Some(d) = done.lock().unwrap().take() {
+                            let _ = d.send(());
+                        }
+                        let mut res =
+                            axum::http::Response::new(Full::new(Bytes::from_static(b"ok")));
+                        res.headers_mut()
+                            .insert("x-seen", HeaderValue::from_str(&seen).unwrap());
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
+                });
+                tokio::spawn(async move {
+                    let conn = server::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), service);
+                    let mut conn = std::pin::pin!(conn);
+                    if close {
+                        tokio::select! {
+                            _ = conn.as_mut() => return,
+                            _ = ended => {}
+                        }
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    let _ = conn.await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn post_h2(client: &Client, addr: &str) -> (Parts, Vec<Bytes>) {
+        let (parts, mut body) = client
+            .post_h2(
+                addr,
+                Uri::from_static("/v1/x"),
+                &Bytes::from_static(b"{}"),
+                None,
+                &mut HeaderMap::new(),
+            )
+            .await
+            .unwrap();
+        let mut frames = Vec::new();
+        while let Some(f) = body.frame().await {
+            frames.push(f.unwrap().into_data().unwrap());
+        }
+        (parts, frames)
+    }
+
+    /// h2c requests, one after another and at once, share one connection;
+    /// the upstream sees the method, path, authority and content type.
+    #[tokio::test]
+    async fn h2c_requests_share_one_connection() {
+        let (addr, accepted) = h2c_upstream(false).await;
+        let client = Client::new(Duration::from_secs(5), 8);
+        let (parts, frames) = post_h2(&client, &addr).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(parts.version, axum::http::Version::HTTP_2);
+        assert_eq!(
+            parts.headers["x-seen"],
+            format!("POST /v1/x {addr} application/json").as_str()
+        );
+        assert_eq!(frames.concat(), b"ok");
+        let at_once = (0..8).map(|_| post_h2(&client, &addr));
+        for (parts, frames) in futures_util::future::join_all(at_once).await {
+            assert_eq!(
+                (parts.status.as_u16(), frames.concat()),
+                (200, b"ok".to_vec())
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// An h2c upstream that ended the shared connection: the next request
+    /// opens another, and the caller sees nothing of it.
+    #[tokio::test]
+    async fn a_closed_h2c_connection_is_replaced() {
+        let (addr, accepted) = h2c_upstream(true).await;
+        let client = Client::new(Duration::from_secs(5), 8);
+        for _ in 0..3 {
+            let (parts, frames) = post_h2(&client, &addr).await;
+            assert_eq!(
+                (parts.status.as_u16(), frames.concat()),
+                (200, b"ok".to_vec())
+            );
+            // The upstream's GOAWAY reaches the client's connection task.
+            for _ in 0..100 {
+                if client.checkout_h2(&addr).unwrap().is_none() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// An HTTP/1.1 server named as an h2c upstream: an error, not a hang.
+    #[tokio::test]
+    async fn an_http1_server_at_an_h2c_url_is_an_error() {
+        let (addr, _) = upstream(OK, false).await;
+        let client = Client::new(Duration::from_secs(5), 8);
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.post_h2(
+                &addr,
+                Uri::from_static("/v1/x"),
+                &Bytes::from_static(b"{}"),
+                None,
+                &mut HeaderMap::new(),
+            ),
+        )
+        .await
+        .expect("answered within the timeout");
+        assert!(sent.is_err());
     }
 
     #[tokio::test]

@@ -110,7 +110,8 @@ pub fn serves(path: &str) -> bool {
 
 /// Forwards admitted requests to their model's upstreams: plain-http
 /// upstreams (the usual: a model server on the private network) through
-/// a lean pooled client driven in the request's task ([`client`]);
+/// a lean pooled client driven in the request's task ([`client`]), as
+/// `h2c://` ones (HTTP/2 over cleartext, one shared connection each);
 /// `https` ones through reqwest (rustls, the platform's roots).
 #[derive(Debug, Clone)]
 struct Upstream {
@@ -388,10 +389,19 @@ async fn attempt(
     spare: &mut HeaderMap,
 ) -> Result<Answer, BoxError> {
     let base = url.trim_end_matches('/');
-    // Plain http without credentials in the URL: the lean client; the
-    // rest (https, user:password@) through reqwest.
-    let plain = base
-        .strip_prefix("http://")
+    // Plain http (or h2c) without credentials in the URL: the lean
+    // client; the rest (https, user:password@) through reqwest.
+    // Schemes are case-insensitive (the model's URL check lets any case in).
+    let after = |scheme: &str| {
+        base.get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .and_then(|_| base.get(scheme.len()..))
+    };
+    let (h2, rest) = match after("http://") {
+        Some(rest) => (false, Some(rest)),
+        None => (true, after("h2c://")),
+    };
+    let plain = rest
         .map(|rest| rest.split_at(rest.find('/').unwrap_or(rest.len())))
         .filter(|(authority, _)| !authority.contains('@'));
     if let Some((authority, prefix)) = plain {
@@ -400,7 +410,13 @@ async fn attempt(
         } else {
             Uri::try_from(format!("{prefix}{suffix}"))?
         };
-        let (parts, body) = up.http.post(authority, path, body, accept, spare).await?;
+        let (parts, body) = if h2 {
+            up.http
+                .post_h2(authority, path, body, accept, spare)
+                .await?
+        } else {
+            up.http.post(authority, path, body, accept, spare).await?
+        };
         Ok((parts, Body::new(body), Some(up.timeout)))
     } else {
         let mut call = up
