@@ -604,10 +604,25 @@ async fn leave_after(r: &Rig, res: reqwest::Response, marker: &str, n: usize) {
 /// silent upstream's limit passes with no real wait.
 #[tokio::test(start_paused = true)]
 async fn upstream_failures_leak_nothing() {
+    upstream_failures_leak_nothing_at("http").await;
+}
+
+/// The same at `h2c://` URLs (HTTP/2 over cleartext).
+#[tokio::test(start_paused = true)]
+async fn h2c_upstream_failures_leak_nothing() {
+    upstream_failures_leak_nothing_at("h2c").await;
+}
+
+async fn upstream_failures_leak_nothing_at(scheme: &str) {
     // A port nobody listens on.
     let (l, a) = listen().await;
     drop(l);
-    let r = rig_with(0.0, Some(format!("http://{a}")), Duration::from_secs(30)).await;
+    let r = rig_with(
+        0.0,
+        Some(format!("{scheme}://{a}")),
+        Duration::from_secs(30),
+    )
+    .await;
     let (s, e) = r
         .fails(
             "/v1/chat/completions",
@@ -638,15 +653,18 @@ async fn upstream_failures_leak_nothing() {
 
     // An upstream that accepts and never answers.
     let (silent, sa) = listen().await;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((s, _)) = silent.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             held.push(s);
         }
     });
     let r = rig_with(
         0.0,
-        Some(format!("http://{sa}")),
+        Some(format!("{scheme}://{sa}")),
         Duration::from_millis(100),
     )
     .await;
@@ -661,6 +679,17 @@ async fn upstream_failures_leak_nothing() {
         (s, e["error"]["code"].as_str()),
         (504, Some("upstream_timeout"))
     );
+    // The connection that timed out is not used again (over h2c too,
+    // where it is shared): the next request opens another.
+    let (s, _) = r
+        .fails(
+            "/v1/chat/completions",
+            Some("premium-token"),
+            &chat("simulator", 5),
+        )
+        .await;
+    assert_eq!(s, 504);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     r.idle().await;
 }
 

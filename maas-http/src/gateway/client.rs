@@ -184,6 +184,19 @@ impl Client {
         Ok(up.h2.clone())
     }
 
+    /// Lets go of `authority`'s shared HTTP/2 connection (the requests on
+    /// it go on; the next one opens another).
+    pub(crate) fn forget_h2(&self, authority: &str) {
+        let mut upstreams = self
+            .inner
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(up) = upstreams.get_mut(authority) {
+            up.h2 = None;
+        }
+    }
+
     /// A new HTTP/2 connection to `authority`, kept as its shared one
     /// unless another request opened one meanwhile.
     async fn connect_h2(

@@ -379,6 +379,39 @@ impl Failure {
 /// does).
 type Answer = (axum::http::response::Parts, Body, Option<Duration>);
 
+/// An upstream URL the lean client reaches ([`lean`]).
+struct Lean<'a> {
+    /// HTTP/2 over cleartext (`h2c://`), else HTTP/1.1.
+    h2: bool,
+    /// Its `host:port`.
+    authority: &'a str,
+    /// Its path, without a trailing `/` (empty for none).
+    prefix: &'a str,
+}
+
+/// How the lean client reaches `url`: plain http or h2c, without
+/// credentials in it; `None` for the rest (https, user:password@), which
+/// goes through reqwest. Schemes are case-insensitive (the model's URL
+/// check lets any case in).
+fn lean(url: &str) -> Option<Lean<'_>> {
+    let base = url.trim_end_matches('/');
+    let after = |scheme: &str| {
+        base.get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .and_then(|_| base.get(scheme.len()..))
+    };
+    let (h2, rest) = match after("http://") {
+        Some(rest) => (false, rest),
+        None => (true, after("h2c://")?),
+    };
+    let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    (!authority.contains('@')).then_some(Lean {
+        h2,
+        authority,
+        prefix,
+    })
+}
+
 /// One attempt on the upstream at `url` + `suffix`.
 async fn attempt(
     up: &Upstream,
@@ -388,23 +421,12 @@ async fn attempt(
     accept: Option<&HeaderValue>,
     spare: &mut HeaderMap,
 ) -> Result<Answer, BoxError> {
-    let base = url.trim_end_matches('/');
-    // Plain http (or h2c) without credentials in the URL: the lean
-    // client; the rest (https, user:password@) through reqwest.
-    // Schemes are case-insensitive (the model's URL check lets any case in).
-    let after = |scheme: &str| {
-        base.get(..scheme.len())
-            .filter(|s| s.eq_ignore_ascii_case(scheme))
-            .and_then(|_| base.get(scheme.len()..))
-    };
-    let (h2, rest) = match after("http://") {
-        Some(rest) => (false, Some(rest)),
-        None => (true, after("h2c://")),
-    };
-    let plain = rest
-        .map(|rest| rest.split_at(rest.find('/').unwrap_or(rest.len())))
-        .filter(|(authority, _)| !authority.contains('@'));
-    if let Some((authority, prefix)) = plain {
+    if let Some(Lean {
+        h2,
+        authority,
+        prefix,
+    }) = lean(url)
+    {
         let path = if prefix.is_empty() {
             Uri::from_static(suffix)
         } else {
@@ -419,6 +441,7 @@ async fn attempt(
         };
         Ok((parts, Body::new(body), Some(up.timeout)))
     } else {
+        let base = url.trim_end_matches('/');
         let mut call = up
             .tls
             .post(format!("{base}{suffix}"))
@@ -485,7 +508,20 @@ async fn forward(State(up): State<Upstream>, req: Request) -> Response {
             }
             Ok(Ok(answer)) => Failure::Status(answer.0.status),
             Ok(Err(e)) => Failure::of(e),
-            Err(_) => Failure::TimedOut,
+            Err(_) => {
+                // A shared HTTP/2 connection that let a request time out
+                // may be stuck (an upstream that stopped reading it): the
+                // next request opens another (those on it go on).
+                if let Some(Lean {
+                    h2: true,
+                    authority,
+                    ..
+                }) = lean(pick.url())
+                {
+                    up.http.forget_h2(authority);
+                }
+                Failure::TimedOut
+            }
         };
         if let Some(out) = pick.record(Outcome::Failed) {
             tracing::warn!(
@@ -649,6 +685,20 @@ fn timed_out(model: &str, limit: Duration) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Plain http and h2c URLs (any case) go to the lean client with their
+    /// authority and path; https and credentials do not.
+    #[test]
+    fn lean_urls() {
+        let read = |url| lean(url).map(|l| (l.h2, l.authority, l.prefix));
+        assert_eq!(read("http://a:8000"), Some((false, "a:8000", "")));
+        assert_eq!(read("HTTP://a/v1/"), Some((false, "a", "/v1")));
+        assert_eq!(read("h2c://[::1]:9/x"), Some((true, "[::1]:9", "/x")));
+        assert_eq!(read("H2C://b"), Some((true, "b", "")));
+        assert_eq!(read("https://a"), None);
+        assert_eq!(read("http://u:p@a"), None);
+        assert_eq!(read("h2c://u@a"), None);
+    }
 
     /// The hot path takes exactly what the router's `POST` routes on
     /// [`PATHS`] matched, and reads their model as `{model}` decodes.
