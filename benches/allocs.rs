@@ -6,7 +6,8 @@
 //! The gateway's service (`maas_http::gateway::service`, what the example
 //! server hands the gateway's paths to; memory store, usage recorded, a
 //! static token, the instant simulator as the upstream on loopback)
-//! answers `--requests` plain chat completions, each sent with `oneshot`
+//! answers 2,000 plain chat completions (`ALLOCS_REQUESTS`: another
+//! count), each sent with `oneshot`
 //! (no client or server socket on the inbound side). Beside it, the floor:
 //! the same request sent straight to the simulator by hyper-util's pooled
 //! client (hyper's HTTP/1.1 connections, as the gateway's own client),
@@ -52,7 +53,10 @@ fn main() {
     if std::env::args().any(|a| a == "--test" || a == "--list") {
         return;
     }
-    let requests: u64 = 2_000;
+    let requests: u64 = std::env::var("ALLOCS_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -158,7 +162,8 @@ fn main() {
         }
         // `ALLOCS_ONLY=gateway` (or `direct`) sends only that path's
         // requests and prints nothing: for a profiler (`heaptrack`) to
-        // tell the call sites of one path from the other's.
+        // tell the call sites of one path from the other's, or to count
+        // instructions (scripts/load/instructions.sh).
         match std::env::var("ALLOCS_ONLY").as_deref() {
             Ok("gateway") => {
                 for _ in 0..requests {
@@ -183,7 +188,10 @@ fn main() {
             through_gateway().await;
         }
         let after = counts();
-        let per = |a: (u64, u64), b: (u64, u64)| ((b.0 - a.0) / requests, (b.1 - a.1) / requests);
+        let per = |a: (u64, u64), b: (u64, u64)| {
+            let n = requests.max(1);
+            ((b.0 - a.0) / n, (b.1 - a.1) / n)
+        };
         let (floor_allocs, floor_bytes) = per(before, floor);
         let (gw_allocs, gw_bytes) = per(floor, after);
         println!(

@@ -330,6 +330,13 @@ def load_rows():
                          f"{added} ({r['gateway_allocs']} with the upstream hop, which alone makes {r['floor_allocs']}; "
                          f"{r['gateway_bytes'] - r['floor_bytes']:,} bytes; before: {before_24['allocs']})",
                          "≤ 20 (issue 24)", mark(added <= 20), "`cargo bench --bench allocs`"))
+    ins = load_result("instructions")
+    if ins:
+        r = ins["result"]
+        rows.append(("instructions per plain chat request that maas adds (user space, callgrind)",
+                     f"{r['gateway'] - r['floor']:,} ({r['gateway']:,} with the upstream hop, which alone makes "
+                     f"{r['floor']:,}; repeats within ~2%, unlike CPU time on this VM)",
+                     "—", "—", f"`scripts/load/instructions.sh {r['requests']}` at {ins['commit']}"))
     soak = load_result("soak")
     if soak:
         r = soak["result"]
@@ -450,6 +457,9 @@ def main():
         "scripts/load/revocation.sh 50        # a key deleted at the control plane to refusal on 2 data planes",
         "scripts/load/artifact.sh 100000      # an artifact of 100k keys built, published and applied",
         "scripts/load/endpoints.sh 5          # every gateway endpoint under the same load",
+        "scripts/load/hotpath.sh 5            # CPU per proxied request: the gateway beside nginx (3 interleaved rounds, medians)",
+        "cargo bench --bench allocs           # allocations per plain chat request: the gateway vs the upstream hop",
+        "scripts/load/instructions.sh 500     # instructions per plain chat request (callgrind): the gateway vs the upstream hop",
         "scripts/benchmarks.py            # regenerate this file from target/criterion and target/load",
         "```",
         "",
