@@ -578,14 +578,19 @@ fn deadline(start: Instant, i: u64, tps: f64) -> Instant {
         .unwrap_or(start)
 }
 
-/// `chatcmpl-…` / `cmpl-…` and 16 random bytes in base58.
+/// `chatcmpl-…` / `cmpl-…` and 22 base58 digits of 128 random bits.
 fn new_id(kind: Kind) -> String {
-    let bytes: [u8; 16] = rand::random();
     let prefix = match kind {
         Kind::Chat => "chatcmpl",
         Kind::Completion => "cmpl",
     };
-    format!("{prefix}-{}", bs58::encode(bytes).into_string())
+    let digits = crate::common::random_base58();
+    let mut id = String::with_capacity(prefix.len() + 1 + digits.len());
+    id.push_str(prefix);
+    id.push('-');
+    // The alphabet is ASCII.
+    id.extend(digits.iter().map(|&d| char::from(d)));
+    id
 }
 
 fn unix_now() -> u64 {
