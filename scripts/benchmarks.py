@@ -288,6 +288,9 @@ def load_rows():
         ("stream", 16): "194 µs vs 26 µs = 7.5×",
         "p50": "157 µs (40 µs)",
         "allocs": "51 at 0d57258 (210; its hop 159); 138 at 03a2e47 (331; reqwest's hop 193)",
+        # The first count (the script came after), where the hot path was
+        # as at 2f293ae.
+        "instructions": "54,623 at 7238f41 (180,842; its hop 126,219)",
     }
     # An earlier build measured on the same machine, when there is one:
     # target/load/hotpath_before.json (hotpath.sh run with MAAS_SERVER_BIN
@@ -335,7 +338,8 @@ def load_rows():
         r = ins["result"]
         rows.append(("instructions per plain chat request that maas adds (user space, callgrind)",
                      f"{r['gateway'] - r['floor']:,} ({r['gateway']:,} with the upstream hop, which alone makes "
-                     f"{r['floor']:,}; repeats within ~2%, unlike CPU time on this VM)",
+                     f"{r['floor']:,}; repeats within ~2%, unlike CPU time on this VM; "
+                     f"before: {before_24['instructions']})",
                      "—", "—", f"`scripts/load/instructions.sh {r['requests']}` at {ins['commit']}"))
     soak = load_result("soak")
     if soak:
