@@ -13,7 +13,6 @@
 //! - the model's `tiers` is empty (no restriction of its own) or names the
 //!   tier.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -695,7 +694,7 @@ impl ModelList {
 #[derive(Debug, Default)]
 pub struct ModelIndex {
     sorted: Vec<Arc<Model>>,
-    by_id: HashMap<String, usize>,
+    by_id: crate::FastMap<String, usize>,
 }
 
 impl ModelIndex {

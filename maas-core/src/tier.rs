@@ -13,7 +13,6 @@
 //! sorts first (byte order) wins. [`select_tier`] is that rule as a pure
 //! function.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -323,9 +322,9 @@ pub struct TierIndex {
     /// By rank: best first (level descending, then name ascending).
     ranked: Vec<Arc<Tier>>,
     /// Group -> rank of the best tier listing it.
-    by_group: HashMap<String, usize>,
+    by_group: crate::FastMap<String, usize>,
     /// Name -> rank.
-    by_name: HashMap<String, usize>,
+    by_name: crate::FastMap<String, usize>,
 }
 
 impl TierIndex {
@@ -334,8 +333,8 @@ impl TierIndex {
     pub fn new(tiers: impl IntoIterator<Item = Tier>) -> Self {
         let mut ranked: Vec<Arc<Tier>> = tiers.into_iter().map(Arc::new).collect();
         ranked.sort_by(|a, b| b.level.cmp(&a.level).then_with(|| a.name.cmp(&b.name)));
-        let mut by_group = HashMap::new();
-        let mut by_name = HashMap::new();
+        let mut by_group = crate::FastMap::default();
+        let mut by_name = crate::FastMap::default();
         for (rank, t) in ranked.iter().enumerate() {
             by_name.entry(t.name.clone()).or_insert(rank);
             for g in &t.groups {
@@ -410,7 +409,7 @@ struct TierInner {
     clock: SharedClock,
     snapshot: SnapshotCell<TierIndex>,
     /// Tenants' tiers by tenant name, with when each was read.
-    tenant_tiers: Mutex<HashMap<String, (Timestamp, Option<String>)>>,
+    tenant_tiers: Mutex<crate::FastMap<String, (Timestamp, Option<String>)>>,
     snapshot_ttl: Duration,
 }
 
@@ -439,7 +438,7 @@ impl TierService {
                 storage,
                 clock,
                 snapshot: SnapshotCell::new(config.snapshot_ttl),
-                tenant_tiers: Mutex::new(HashMap::new()),
+                tenant_tiers: Mutex::default(),
                 snapshot_ttl: config.snapshot_ttl,
             }),
         }
@@ -620,7 +619,7 @@ impl TierService {
         Ok(tier)
     }
 
-    fn tenant_tiers(&self) -> MutexGuard<'_, HashMap<String, (Timestamp, Option<String>)>> {
+    fn tenant_tiers(&self) -> MutexGuard<'_, crate::FastMap<String, (Timestamp, Option<String>)>> {
         self.inner
             .tenant_tiers
             .lock()

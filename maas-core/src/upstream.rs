@@ -44,7 +44,6 @@
 //! Time comes from the [`Clock`](crate::clock::Clock); every decision is
 //! O(upstreams) under the pool's one mutex, never held across an await.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -103,7 +102,7 @@ pub struct Upstreams {
 struct UpstreamsInner {
     config: BalancerConfig,
     clock: SharedClock,
-    pools: RwLock<HashMap<String, Arc<Pool>>>,
+    pools: RwLock<crate::FastMap<String, Arc<Pool>>>,
 }
 
 /// Identifies the model record a pool was built from.
@@ -120,7 +119,7 @@ impl Upstreams {
             inner: Arc::new(UpstreamsInner {
                 config,
                 clock,
-                pools: RwLock::new(HashMap::new()),
+                pools: RwLock::default(),
             }),
         }
     }
@@ -139,7 +138,7 @@ impl Upstreams {
     /// one (an upstream it keeps keeps its health).
     pub fn pool(&self, model: &Model) -> Arc<Pool> {
         let key = built(model);
-        let current = |pools: &HashMap<String, Arc<Pool>>| {
+        let current = |pools: &crate::FastMap<String, Arc<Pool>>| {
             pools
                 .get(&model.id)
                 .filter(|p| p.built == key)

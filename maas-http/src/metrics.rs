@@ -136,7 +136,7 @@ pub(crate) struct Meters(Arc<MetersInner>);
 
 #[derive(Debug, Default)]
 struct MetersInner {
-    models: RwLock<HashMap<Box<str>, Arc<ModelMeters>>>,
+    models: RwLock<HashMap<Box<str>, Arc<ModelMeters>, foldhash::fast::RandomState>>,
     load: OnceLock<Load>,
 }
 

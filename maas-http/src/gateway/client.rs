@@ -56,6 +56,10 @@ struct Pooled {
     conn: Conn,
 }
 
+/// An upstream's shared name and `Host` header, and a kept connection to
+/// it, if any ([`Client::checkout`]).
+type Checkout = (Arc<str>, HeaderValue, Option<Box<Pooled>>);
+
 struct Idle {
     pooled: Box<Pooled>,
     since: Instant,
@@ -89,7 +93,7 @@ struct Upstream {
 
 struct Inner {
     /// The upstreams by `host:port`.
-    upstreams: Mutex<HashMap<Arc<str>, Upstream>>,
+    upstreams: Mutex<HashMap<Arc<str>, Upstream, foldhash::fast::RandomState>>,
     connect_timeout: Duration,
     max_idle: usize,
 }
@@ -247,10 +251,7 @@ impl Client {
 
     /// `authority`'s shared name and `Host` header, and a kept connection
     /// to it that is still open, if any.
-    fn checkout(
-        &self,
-        authority: &str,
-    ) -> Result<(Arc<str>, HeaderValue, Option<Box<Pooled>>), BoxError> {
+    fn checkout(&self, authority: &str) -> Result<Checkout, BoxError> {
         let now = Instant::now();
         let mut upstreams = self
             .inner
@@ -329,7 +330,7 @@ impl Client {
 
 /// `authority`'s entry in `upstreams` (made when there is none).
 fn upstream<'a>(
-    upstreams: &'a mut HashMap<Arc<str>, Upstream>,
+    upstreams: &'a mut HashMap<Arc<str>, Upstream, foldhash::fast::RandomState>,
     authority: &str,
 ) -> Result<&'a mut Upstream, BoxError> {
     if !upstreams.contains_key(authority) {
