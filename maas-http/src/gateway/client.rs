@@ -607,25 +607,29 @@ mod tests {
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
-    /// Posts `{}` to `addr`'s `/v1/x`.
-    async fn send_to(client: &Client, addr: &str) -> Result<(Parts, Answer), BoxError> {
-        client
-            .post(
-                addr,
-                Uri::from_static("/v1/x"),
-                &Bytes::from_static(b"{}"),
-                None,
-                &mut HeaderMap::new(),
-            )
-            .await
+    /// Posts `{}` to `addr`'s `/v1/x` (over h2c when `h2`).
+    async fn send_to(client: &Client, addr: &str, h2: bool) -> Result<(Parts, Answer), BoxError> {
+        let (path, body) = (Uri::from_static("/v1/x"), Bytes::from_static(b"{}"));
+        let mut spare = HeaderMap::new();
+        if h2 {
+            client.post_h2(addr, path, &body, None, &mut spare).await
+        } else {
+            client.post(addr, path, &body, None, &mut spare).await
+        }
     }
 
-    async fn post(client: &Client, addr: &str) -> (u16, Vec<Bytes>) {
-        let (parts, mut body) = send_to(client, addr).await.unwrap();
+    /// Posts as [`send_to`] and reads the answer: its head and its parts.
+    async fn read(client: &Client, addr: &str, h2: bool) -> (Parts, Vec<Bytes>) {
+        let (parts, mut body) = send_to(client, addr, h2).await.unwrap();
         let mut frames = Vec::new();
         while let Some(f) = body.frame().await {
             frames.push(f.unwrap().into_data().unwrap());
         }
+        (parts, frames)
+    }
+
+    async fn post(client: &Client, addr: &str) -> (u16, Vec<Bytes>) {
+        let (parts, frames) = read(client, addr, false).await;
         (parts.status.as_u16(), frames)
     }
 
@@ -673,7 +677,7 @@ mod tests {
     async fn an_answer_dropped_early_is_not_reused() {
         let (addr, accepted) = upstream(OK, false).await;
         let client = Client::new(Duration::from_secs(5), 8);
-        let (_, body) = send_to(&client, &addr).await.unwrap();
+        let (_, body) = send_to(&client, &addr, false).await.unwrap();
         drop(body);
         let (status, _) = post(&client, &addr).await;
         assert_eq!(status, 200);
@@ -736,21 +740,7 @@ mod tests {
     }
 
     async fn post_h2(client: &Client, addr: &str) -> (Parts, Vec<Bytes>) {
-        let (parts, mut body) = client
-            .post_h2(
-                addr,
-                Uri::from_static("/v1/x"),
-                &Bytes::from_static(b"{}"),
-                None,
-                &mut HeaderMap::new(),
-            )
-            .await
-            .unwrap();
-        let mut frames = Vec::new();
-        while let Some(f) = body.frame().await {
-            frames.push(f.unwrap().into_data().unwrap());
-        }
-        (parts, frames)
+        read(client, addr, true).await
     }
 
     /// h2c requests, one after another and at once, share one connection;
@@ -806,18 +796,9 @@ mod tests {
     async fn an_http1_server_at_an_h2c_url_is_an_error() {
         let (addr, _) = upstream(OK, false).await;
         let client = Client::new(Duration::from_secs(5), 8);
-        let sent = tokio::time::timeout(
-            Duration::from_secs(10),
-            client.post_h2(
-                &addr,
-                Uri::from_static("/v1/x"),
-                &Bytes::from_static(b"{}"),
-                None,
-                &mut HeaderMap::new(),
-            ),
-        )
-        .await
-        .expect("answered within the timeout");
+        let sent = tokio::time::timeout(Duration::from_secs(10), send_to(&client, &addr, true))
+            .await
+            .expect("answered within the timeout");
         assert!(sent.is_err());
     }
 
@@ -827,7 +808,7 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
         let client = Client::new(Duration::from_secs(5), 8);
-        let e = send_to(&client, &addr).await.err().unwrap();
+        let e = send_to(&client, &addr, false).await.err().unwrap();
         let io = e.downcast_ref::<std::io::Error>().unwrap();
         assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
     }
