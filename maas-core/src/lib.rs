@@ -49,9 +49,10 @@ mod versioned;
 pub mod webhook;
 
 /// A map looked up by name on the gateway's hot path: std's map with
-/// foldhash's seeded hasher (SipHash costs several times as much per
-/// lookup, callgrind counted; the keys are operators' names, and lookups
-/// insert nothing, so flooding is not a concern).
+/// foldhash's hasher (SipHash costs several times as much per lookup,
+/// callgrind counted). Its keys are names from the operator's configuration
+/// or of authenticated tenants, and foldhash is seeded at random per
+/// process, so keys that collide cannot be chosen from outside.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 pub use admission::{

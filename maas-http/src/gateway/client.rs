@@ -91,9 +91,12 @@ struct Upstream {
     h2: Option<http2::SendRequest<Full<Bytes>>>,
 }
 
+/// The upstreams by `host:port` (foldhash: looked up on every request).
+type UpstreamMap = HashMap<Arc<str>, Upstream, foldhash::fast::RandomState>;
+
 struct Inner {
     /// The upstreams by `host:port`.
-    upstreams: Mutex<HashMap<Arc<str>, Upstream, foldhash::fast::RandomState>>,
+    upstreams: Mutex<UpstreamMap>,
     connect_timeout: Duration,
     max_idle: usize,
 }
@@ -109,6 +112,15 @@ impl Client {
                 max_idle,
             }),
         }
+    }
+
+    /// The upstreams, locked (nothing is held across an await; a panic
+    /// elsewhere leaves nothing half-written).
+    fn upstreams(&self) -> std::sync::MutexGuard<'_, UpstreamMap> {
+        self.inner
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Posts `body` (JSON) to `http://{authority}{path}`; the answer's head
@@ -176,11 +188,7 @@ impl Client {
         &self,
         authority: &str,
     ) -> Result<Option<http2::SendRequest<Full<Bytes>>>, BoxError> {
-        let mut upstreams = self
-            .inner
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut upstreams = self.upstreams();
         let Some(up) = upstreams.get_mut(authority) else {
             return Ok(None);
         };
@@ -193,11 +201,7 @@ impl Client {
     /// Lets go of `authority`'s shared HTTP/2 connection (the requests on
     /// it go on; the next one opens another).
     pub(crate) fn forget_h2(&self, authority: &str) {
-        let mut upstreams = self
-            .inner
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut upstreams = self.upstreams();
         if let Some(up) = upstreams.get_mut(authority) {
             up.h2 = None;
         }
@@ -219,11 +223,7 @@ impl Client {
                 tracing::debug!(upstream = %name, error = %e, "h2c upstream connection ended");
             }
         });
-        let mut upstreams = self
-            .inner
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut upstreams = self.upstreams();
         let up = upstream(&mut upstreams, authority)?;
         if up.h2.as_ref().is_none_or(http2::SendRequest::is_closed) {
             up.h2 = Some(sender.clone());
@@ -253,11 +253,7 @@ impl Client {
     /// to it that is still open, if any.
     fn checkout(&self, authority: &str) -> Result<Checkout, BoxError> {
         let now = Instant::now();
-        let mut upstreams = self
-            .inner
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut upstreams = self.upstreams();
         let up = upstream(&mut upstreams, authority)?;
         let found = loop {
             let Some(Idle { mut pooled, since }) = up.idle.pop() else {
@@ -280,11 +276,7 @@ impl Client {
 
     /// Keeps `pooled` for the next request to `authority`.
     fn checkin(&self, authority: &str, pooled: Box<Pooled>) {
-        let mut upstreams = self
-            .inner
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut upstreams = self.upstreams();
         let Some(up) = upstreams.get_mut(authority) else {
             return;
         };
@@ -330,7 +322,7 @@ impl Client {
 
 /// `authority`'s entry in `upstreams` (made when there is none).
 fn upstream<'a>(
-    upstreams: &'a mut HashMap<Arc<str>, Upstream, foldhash::fast::RandomState>,
+    upstreams: &'a mut UpstreamMap,
     authority: &str,
 ) -> Result<&'a mut Upstream, BoxError> {
     if !upstreams.contains_key(authority) {
