@@ -361,7 +361,15 @@ impl Metered {
                 Some(f) => f,
                 None => kept,
             };
-            let read = if self.anthropic {
+            // The usual answer states its usage: read only that (an answer
+            // to be cached is parsed whole, so that only valid JSON is kept).
+            let quick = match admitted.cacheable() {
+                false => quick_usage(whole, self.anthropic),
+                true => None,
+            };
+            let read = if let Some(usage) = quick {
+                Ok((Some(usage), 0))
+            } else if self.anthropic {
                 serde_json::from_slice::<AnthropicWhole>(whole)
                     .map(|m| (m.usage.map(AnthropicUsage::tokens), m.content.0))
             } else {
@@ -405,6 +413,84 @@ impl Metered {
         let gateway = admitted.gateway().clone();
         admitted.complete_detached(done);
         self.meters.load.set(gateway.fair_share().counts());
+    }
+}
+
+/// The answer's top-level `usage` (OpenAI's or, `anthropic`, Anthropic's),
+/// read without parsing the rest: a byte scan skips the choices, ids and
+/// all to it. None when the answer has none, has `null`, or the scan does
+/// not find it (a key written with escapes, say): the caller then parses
+/// the whole answer.
+fn quick_usage(whole: &[u8], anthropic: bool) -> Option<Usage> {
+    let value = top_level_value(whole, b"usage")?;
+    let mut de = serde_json::Deserializer::from_slice(value);
+    if anthropic {
+        Option::<AnthropicUsage>::deserialize(&mut de)
+            .ok()?
+            .map(AnthropicUsage::tokens)
+    } else {
+        Option::<Usage>::deserialize(&mut de).ok()?
+    }
+}
+
+/// The bytes from the start of the value of `key` in the JSON object
+/// `json` (a key of the object itself, not of one nested in it) to the
+/// end, found without parsing: strings are skipped with their escapes and
+/// nesting is counted. None when `json` is not an object, lacks the key (as
+/// written, byte for byte), or ends first.
+fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let start = json.iter().position(|b| !b.is_ascii_whitespace())?;
+    if json[start] != b'{' {
+        return None;
+    }
+    let mut depth = 0usize;
+    // Whether the next string is a key of the top-level object.
+    let mut key_next = false;
+    let mut i = start;
+    while let Some(&b) = json.get(i) {
+        match b {
+            b'"' => {
+                let from = i + 1;
+                let len = string_len(json.get(from..)?)?;
+                i = from + len + 1;
+                if key_next {
+                    key_next = false;
+                    if &json[from..from + len] == key {
+                        let rest = json.get(i..)?;
+                        let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+                        return (rest[colon] == b':').then(|| &rest[colon + 1..]);
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                key_next = depth == 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            b',' => key_next = depth == 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The length of the JSON string whose content starts `s` (up to its
+/// closing quote, escapes skipped), or None when it does not end.
+fn string_len(s: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    loop {
+        match s.get(i)? {
+            b'"' => return Some(i),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
     }
 }
 
@@ -659,6 +745,41 @@ impl HttpBody for Metered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_found_at_the_top_level_only() {
+        let usage = |json: &str| quick_usage(json.as_bytes(), false).map(|u| u.completion_tokens);
+        let answer = r#"{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"say \"usage\": {} [ ] \\"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+        assert_eq!(usage(answer), Some(4));
+        assert_eq!(usage(&format!(" \n{answer}\n")), Some(4));
+        // A nested `usage`, or one in a string, is not the answer's.
+        assert_eq!(
+            usage(
+                r#"{"choices":[{"usage":{"completion_tokens":9}}],"usage":{"completion_tokens":2}}"#
+            ),
+            Some(2)
+        );
+        assert_eq!(usage(r#"{"meta":{"usage":{"completion_tokens":9}}}"#), None);
+        assert_eq!(usage(r#"{"note":"usage","x":["usage",{"usage":1}]}"#), None);
+        assert_eq!(usage(r#"{"usage" : {"completion_tokens":5}}"#), Some(5));
+        // None: the caller parses the whole answer (escaped key, null,
+        // not an object, cut short, not usage's shape).
+        assert_eq!(usage(r#"{"us\u0061ge":{"completion_tokens":5}}"#), None);
+        assert_eq!(usage(r#"{"usage":null}"#), None);
+        assert_eq!(usage(r#"[{"usage":{"completion_tokens":5}}]"#), None);
+        assert_eq!(usage(r#"{"choices":[{"content":"cut"#), None);
+        assert_eq!(usage(r#"{"usage""#), None);
+        assert_eq!(usage(r#"{"usage":"many"}"#), None);
+        assert_eq!(usage(""), None);
+        // Anthropic's shape, with its cache counts.
+        let a = quick_usage(
+            br#"{"content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":2,"output_tokens":3,"cache_read_input_tokens":5}}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!((a.prompt_tokens, a.completion_tokens), (7, 3));
+        assert_eq!(a.prompt_tokens_details.map(|d| d.cached_tokens), Some(5));
+    }
 
     #[test]
     fn events_split_and_read() {
