@@ -182,9 +182,9 @@ pub fn insert_rate_headers(headers: &mut HeaderMap, h: &RateHeaders, now: Timest
     // The four numbers written into one buffer, each header value split
     // off it (two allocations in all, not one or two per value).
     let mut digits = bytes::BytesMut::with_capacity(4 * 20);
+    let mut itoa = itoa::Buffer::new();
     let mut value = |n: u64| {
-        // Writing into a buffer with room cannot fail.
-        let _ = std::fmt::Write::write_fmt(&mut digits, format_args!("{n}"));
+        digits.extend_from_slice(itoa.format(n).as_bytes());
         HeaderValue::from_maybe_shared(digits.split().freeze()).ok()
     };
     for ([limit, remaining, reset], d) in RATE_HEADERS.into_iter().zip([&h.requests, &h.tokens]) {
