@@ -15,6 +15,7 @@ use maas_core::gateway::{Admitted, Completion};
 use maas_core::usage::RequestOutcome;
 use serde::Deserialize;
 
+use super::scan;
 use crate::metrics::ModelMeters;
 
 /// The most of a non-streamed answer kept to read its usage (and cache it).
@@ -47,7 +48,7 @@ struct Chunk {
 }
 
 /// The `choices` of a stream event: how many, how many with text.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Choices {
     len: usize,
     with_text: u64,
@@ -417,98 +418,27 @@ impl Metered {
 }
 
 /// The answer's top-level `usage` (OpenAI's or, `anthropic`, Anthropic's),
-/// read without parsing the rest: a byte scan skips the choices, ids and
-/// all to it. None when the answer has none, has `null`, or the scan does
-/// not find it (a key written with escapes, say): the caller then parses
+/// read without parsing the rest ([`scan`]). None when the answer has
+/// none, has `null`, or is not of the usual shape: the caller then parses
 /// the whole answer.
 fn quick_usage(whole: &[u8], anthropic: bool) -> Option<Usage> {
-    let value = top_level_value(whole, b"usage")?;
-    let mut de = serde_json::Deserializer::from_slice(value);
+    let value = scan::field(whole, b"usage")??;
     if anthropic {
-        Option::<AnthropicUsage>::deserialize(&mut de)
+        serde_json::from_slice::<Option<AnthropicUsage>>(value)
             .ok()?
             .map(AnthropicUsage::tokens)
     } else {
-        Option::<Usage>::deserialize(&mut de).ok()?
-    }
-}
-
-/// The bytes from the start of the value of `key` in the JSON object
-/// `json` (a key of the object itself, not of one nested in it) to the
-/// end, found without parsing: strings are skipped with their escapes and
-/// nesting is counted. None when `json` is not an object, lacks the key (as
-/// written, byte for byte), or ends first.
-fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let start = json.iter().position(|b| !b.is_ascii_whitespace())?;
-    if json[start] != b'{' {
-        return None;
-    }
-    let mut depth = 0usize;
-    // Whether the next string is a key of the top-level object.
-    let mut key_next = false;
-    let mut i = start;
-    while let Some(&b) = json.get(i) {
-        match b {
-            b'"' => {
-                let from = i + 1;
-                let len = string_len(json.get(from..)?)?;
-                i = from + len + 1;
-                if key_next {
-                    key_next = false;
-                    if &json[from..from + len] == key {
-                        let rest = json.get(i..)?;
-                        let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-                        return (rest[colon] == b':').then(|| &rest[colon + 1..]);
-                    }
-                }
-                continue;
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                key_next = depth == 1;
-            }
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return None;
-                }
-            }
-            b',' => key_next = depth == 1,
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-/// The length of the JSON string whose content starts `s` (up to its
-/// closing quote, escapes skipped), or None when it does not end.
-fn string_len(s: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    loop {
-        match s.get(i)? {
-            b'"' => return Some(i),
-            b'\\' => i += 2,
-            _ => i += 1,
-        }
+        serde_json::from_slice::<Option<Usage>>(value).ok()?
     }
 }
 
 /// Where the first complete event of `buf` ends: (end, separator length).
 pub(crate) fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some((i, 2));
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, 3));
-            }
-        }
-        i += 1;
-    }
-    None
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match buf.get(i + 1..)? {
+        [b'\n', ..] => Some((i, 2)),
+        [b'\r', b'\n', ..] => Some((i, 3)),
+        _ => None,
+    })
 }
 
 /// Anthropic's usage: input tokens (besides those read from or written to
@@ -576,23 +506,37 @@ struct AnthropicEvent<'a> {
 /// borrowed from the event when it has one (the usual), else joined into
 /// `scratch`.
 fn event_data<'a>(event: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
-    let mut lines = event.split(|b| *b == b'\n').filter_map(|line| {
+    let mut first: Option<&[u8]> = None;
+    let mut joined = false;
+    let mut start = 0;
+    loop {
+        let end = memchr::memchr(b'\n', &event[start..]).map_or(event.len(), |i| start + i);
+        let line = &event[start..end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let rest = line.strip_prefix(b"data:")?;
-        Some(rest.strip_prefix(b" ").unwrap_or(rest))
-    });
-    let Some(first) = lines.next() else {
-        return &[];
-    };
-    let Some(second) = lines.next() else {
-        return first;
-    };
-    scratch.extend_from_slice(first);
-    for line in std::iter::once(second).chain(lines) {
-        scratch.push(b'\n');
-        scratch.extend_from_slice(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            let data = rest.strip_prefix(b" ").unwrap_or(rest);
+            match first {
+                None => first = Some(data),
+                Some(f) => {
+                    if !joined {
+                        scratch.extend_from_slice(f);
+                        joined = true;
+                    }
+                    scratch.push(b'\n');
+                    scratch.extend_from_slice(data);
+                }
+            }
+        }
+        if end == event.len() {
+            break;
+        }
+        start = end + 1;
     }
-    scratch
+    match first {
+        Some(_) if joined => scratch,
+        Some(f) => f,
+        None => &[],
+    }
 }
 
 /// Reads the events of one answer, in its dialect.
@@ -639,6 +583,9 @@ impl EventReader<'_> {
 fn read_anthropic_event(event: &[u8]) -> (u64, Option<Usage>, Option<Usage>) {
     let mut scratch = Vec::new();
     let data = event_data(event, &mut scratch);
+    if quick_text_delta(data) == Some(true) {
+        return (1, None, None);
+    }
     let Ok(e) = serde_json::from_slice::<AnthropicEvent>(data) else {
         return (0, None, None);
     };
@@ -661,11 +608,101 @@ fn read_event(event: &[u8], strip: bool) -> (u64, Option<Usage>, bool) {
     if data.is_empty() || data == b"[DONE]" {
         return (0, None, false);
     }
-    let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
+    let Some((choices, usage)) = quick_chunk(data).or_else(|| slow_chunk(data)) else {
         return (0, None, false);
     };
-    let drop = strip && chunk.usage.is_some() && chunk.choices.len == 0;
-    (chunk.choices.with_text, chunk.usage, drop)
+    let drop = strip && usage.is_some() && choices.len == 0;
+    (choices.with_text, usage, drop)
+}
+
+/// A chunk's choices and usage, parsed by serde_json (None: unreadable).
+fn slow_chunk(data: &[u8]) -> Option<(Choices, Option<Usage>)> {
+    let chunk = serde_json::from_slice::<Chunk>(data).ok()?;
+    Some((chunk.choices, chunk.usage))
+}
+
+/// A chunk's choices and usage as [`Chunk`] reads them, by [`scan`]; None
+/// where serde_json must decide (an unusual shape or a repeated field).
+fn quick_chunk(data: &[u8]) -> Option<(Choices, Option<Usage>)> {
+    let (mut choices, mut usage) = (None, None);
+    let mut c = scan::Cursor::new(data);
+    c.object(|c, key| {
+        match key {
+            b"choices" if choices.is_none() => choices = Some(quick_choices(c)?),
+            b"usage" if usage.is_none() => {
+                usage = Some(match c.value()? {
+                    b"null" => None,
+                    v => serde_json::from_slice::<Option<Usage>>(v).ok()?,
+                });
+            }
+            b"choices" | b"usage" => return None,
+            _ => drop(c.value()?),
+        }
+        Some(())
+    })?;
+    c.end()?;
+    Some((choices.unwrap_or_default(), usage.flatten()))
+}
+
+/// [`Choices`] read by [`scan`]: each choice's `delta.content`, else its
+/// `text`, counted when a non-empty string.
+fn quick_choices(c: &mut scan::Cursor<'_>) -> Option<Choices> {
+    let mut out = Choices::default();
+    c.array(|c| {
+        let (mut delta, mut text) = (None, None);
+        c.object(|c, key| {
+            match key {
+                b"delta" if delta.is_none() => {
+                    delta = Some(match c.peek()? {
+                        b'n' => scan::string_or_null(c.value()?)?,
+                        _ => {
+                            let mut content = None;
+                            c.object(|c, key| {
+                                let v = c.value()?;
+                                if key == b"content" {
+                                    if content.is_some() {
+                                        return None;
+                                    }
+                                    content = Some(scan::string_or_null(v)?);
+                                }
+                                Some(())
+                            })?;
+                            content.flatten()
+                        }
+                    });
+                }
+                b"text" if text.is_none() => text = Some(scan::string_or_null(c.value()?)?),
+                b"delta" | b"text" => return None,
+                _ => drop(c.value()?),
+            }
+            Some(())
+        })?;
+        out.len += 1;
+        if delta.flatten().or(text.flatten()).is_some_and(|n| n > 0) {
+            out.with_text += 1;
+        }
+        Some(())
+    })?;
+    Some(out)
+}
+
+/// Whether an Anthropic event is a `content_block_delta` (most of a
+/// stream), by [`scan`]; None where serde_json must decide (an unusual
+/// shape, or the fields of the events that carry usage).
+fn quick_text_delta(data: &[u8]) -> Option<bool> {
+    let mut kind = None;
+    let mut c = scan::Cursor::new(data);
+    c.object(|c, key| {
+        let v = c.value()?;
+        match key {
+            b"type" if kind.is_none() => kind = Some(v),
+            b"type" | b"message" | b"usage" => return None,
+            _ => {}
+        }
+        Some(())
+    })?;
+    c.end()?;
+    Some(kind == Some(br#""content_block_delta""#))
 }
 
 impl HttpBody for Metered {
@@ -745,6 +782,7 @@ impl HttpBody for Metered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn usage_is_found_at_the_top_level_only() {
@@ -779,6 +817,107 @@ mod tests {
         .unwrap();
         assert_eq!((a.prompt_tokens, a.completion_tokens), (7, 3));
         assert_eq!(a.prompt_tokens_details.map(|d| d.cached_tokens), Some(5));
+    }
+
+    /// A JSON string strategy: empty, plain, or with escapes and brackets.
+    fn text() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::json!("")),
+            "[a-z ]{1,8}".prop_map(serde_json::Value::from),
+            "[\"\\\\{}\\[\\]:,\n\u{e9}a]{1,6}".prop_map(serde_json::Value::from),
+        ]
+    }
+
+    /// A text field's value: absent (None), null, a string, or a number.
+    fn text_field() -> impl Strategy<Value = Option<serde_json::Value>> {
+        prop_oneof![
+            4 => Just(None),
+            2 => Just(Some(serde_json::Value::Null)),
+            8 => text().prop_map(Some),
+            1 => Just(Some(serde_json::json!(3))),
+        ]
+    }
+
+    fn choice() -> impl Strategy<Value = serde_json::Value> {
+        (text_field(), text_field(), 0..4u8, any::<bool>()).prop_map(|(content, text, delta, extra)| {
+            let mut c = serde_json::json!({"index": 0, "finish_reason": null});
+            match (delta, content) {
+                (0, _) => {}
+                (1, _) => c["delta"] = serde_json::Value::Null,
+                (_, Some(content)) => c["delta"] = serde_json::json!({"role": "assistant", "content": content}),
+                (_, None) => c["delta"] = serde_json::json!({"role": "assistant"}),
+            }
+            if let Some(t) = text {
+                c["text"] = t;
+            }
+            if extra {
+                c["logprobs"] = serde_json::json!({"content": [{"token": "}", "usage": {"completion_tokens": 99}}]});
+            }
+            c
+        })
+    }
+
+    fn chunk() -> impl Strategy<Value = serde_json::Value> {
+        let usage = prop_oneof![
+            Just(None),
+            Just(Some(serde_json::Value::Null)),
+            (0..1000u64, 0..1000u64, any::<bool>()).prop_map(|(p, c, d)| {
+                let mut u = serde_json::json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+                if d {
+                    u["prompt_tokens_details"] = serde_json::json!({"cached_tokens": p / 2});
+                }
+                Some(u)
+            }),
+        ];
+        (proptest::collection::vec(choice(), 0..3), usage, text(), 0..3u8).prop_map(|(choices, usage, id, shape)| {
+            let mut c = serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": "m"});
+            match shape {
+                0 => c["choices"] = serde_json::Value::from(choices),
+                1 => c["choices"] = serde_json::Value::Null,
+                _ => {}
+            }
+            if let Some(u) = usage {
+                c["usage"] = u;
+            }
+            c
+        })
+    }
+
+    proptest! {
+        /// The scan reads a chunk as serde_json does, or leaves it to it.
+        #[test]
+        fn chunks_scan_as_serde_reads_them(c in chunk(), pretty in any::<bool>()) {
+            let data = if pretty { serde_json::to_vec_pretty(&c) } else { serde_json::to_vec(&c) }.unwrap();
+            let slow = slow_chunk(&data);
+            match quick_chunk(&data) {
+                Some(quick) => prop_assert_eq!(Some(quick), slow),
+                // Left to serde only where serde refuses it too (a number
+                // or null where a string or an array belongs).
+                None => prop_assert!(slow.is_none(), "{}", String::from_utf8_lossy(&data)),
+            }
+            // A whole answer's usage is the document's, whatever the rest.
+            let usage = serde_json::from_value::<Option<Usage>>(c["usage"].clone()).unwrap();
+            prop_assert_eq!(quick_usage(&data, false), usage);
+        }
+    }
+
+    #[test]
+    fn anthropic_text_deltas_are_scanned() {
+        let delta = br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#;
+        assert_eq!(quick_text_delta(delta), Some(true));
+        assert_eq!(
+            read_anthropic_event(&[&b"event: content_block_delta\ndata: "[..], delta].concat()).0,
+            1
+        );
+        assert_eq!(quick_text_delta(br#"{"type":"ping"}"#), Some(false));
+        assert_eq!(
+            quick_text_delta(br#"{"type":"message_delta","usage":{"output_tokens":7}}"#),
+            None
+        );
+        assert_eq!(
+            quick_text_delta(br#"{"type":"content_block_delta","type":"x"}"#),
+            None
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ mod future;
 mod layer;
 mod peek;
 mod request;
+mod scan;
 mod service;
 
 pub(crate) use body::event_end;

@@ -1,0 +1,299 @@
+//! Reading a few fields out of a JSON answer or stream event by its shape
+//! alone, in one pass, without parsing the rest (issue 24: serde_json
+//! reading every id, choice and chunk for a usage and a count of choices
+//! with text was the largest share of maas's instructions per request).
+//!
+//! The scan skips strings (with their escapes) and nested values by their
+//! brackets; it does not check that scalars or UTF-8 are valid. Where an
+//! answer is not of the usual shape (a key written with escapes, a value
+//! of another type than the usual), a reader returns `None` and its caller
+//! parses the whole text with serde_json, which decides as before.
+
+/// A position in a JSON text, read forward.
+pub(super) struct Cursor<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// At the start of `s`.
+    pub(super) fn new(s: &'a [u8]) -> Self {
+        Cursor { s, i: 0 }
+    }
+
+    /// Skips whitespace.
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.s.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// The next byte that is not whitespace (not consumed).
+    pub(super) fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.s.get(self.i).copied()
+    }
+
+    /// Reads a string's content, the opening quote already read: the
+    /// content as written and whether it has escapes.
+    fn string_body(&mut self) -> Option<(&'a [u8], bool)> {
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            match *self.s.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    return Some((&self.s[start..self.i - 1], escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    self.i += 2;
+                }
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    /// Reads the next value, whatever it is, and returns its bytes: a
+    /// string to its closing quote, an object or array to its matching
+    /// bracket, a scalar to the next delimiter.
+    pub(super) fn value(&mut self) -> Option<&'a [u8]> {
+        self.ws();
+        let start = self.i;
+        match *self.s.get(self.i)? {
+            b'"' => {
+                self.i += 1;
+                self.string_body()?;
+            }
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match *self.s.get(self.i)? {
+                        b'"' => {
+                            self.i += 1;
+                            self.string_body()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.i += 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.i += 1;
+                }
+            }
+            b'}' | b']' | b',' | b':' => return None,
+            _ => {
+                while let Some(b) = self.s.get(self.i) {
+                    if matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                        break;
+                    }
+                    self.i += 1;
+                }
+            }
+        }
+        Some(&self.s[start..self.i])
+    }
+
+    /// Reads an object: `f` gets each key (as written, without quotes)
+    /// and must read its value (with [`value`](Self::value), or
+    /// [`object`](Self::object) / [`array`](Self::array) to look inside).
+    /// None when the next value is not an object of that shape, a key has
+    /// an escape, or `f` returns None.
+    pub(super) fn object(
+        &mut self,
+        mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+    ) -> Option<()> {
+        self.items(b'{', b'}', |c| {
+            if c.s.get(c.i) != Some(&b'"') {
+                return None;
+            }
+            c.i += 1;
+            let (key, escaped) = c.string_body()?;
+            c.ws();
+            if escaped || c.s.get(c.i) != Some(&b':') {
+                return None;
+            }
+            c.i += 1;
+            f(c, key)
+        })
+    }
+
+    /// Reads an array: `f` must read each element (see
+    /// [`object`](Self::object)).
+    pub(super) fn array(&mut self, f: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.items(b'[', b']', f)
+    }
+
+    /// The items between `open` and `close`, separated by commas.
+    fn items(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut f: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        if self.peek()? != open {
+            return None;
+        }
+        self.i += 1;
+        if self.peek()? == close {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            f(self)?;
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b if b == close => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Some when nothing but whitespace is left.
+    pub(super) fn end(mut self) -> Option<()> {
+        self.ws();
+        (self.i == self.s.len()).then_some(())
+    }
+}
+
+/// The value of `key` in the JSON object `s` (None inside: it has none),
+/// when `s` is one and has the key at most once (serde_json refuses a
+/// repeated field).
+pub(super) fn field<'a>(s: &'a [u8], key: &[u8]) -> Option<Option<&'a [u8]>> {
+    let mut c = Cursor::new(s);
+    let mut found = None;
+    c.object(|c, k| {
+        let v = c.value()?;
+        if k == key {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(v);
+        }
+        Some(())
+    })?;
+    c.end()?;
+    Some(found)
+}
+
+/// What a string-or-null value holds: `Some(None)` for null, `Some(Some(n))`
+/// for a string of `n` bytes as written (0 only for `""`), None for any
+/// other value.
+pub(super) fn string_or_null(v: &[u8]) -> Option<Option<usize>> {
+    match v {
+        b"null" => Some(None),
+        [b'"', .., b'"'] => Some(Some(v.len() - 2)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(s: &str) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let mut c = Cursor::new(s.as_bytes());
+        c.object(|c, k| {
+            let v = c.value()?;
+            out.push((
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            ));
+            Some(())
+        })?;
+        c.end()?;
+        Some(out)
+    }
+
+    #[test]
+    fn fields_and_elements_are_read_by_shape() {
+        let got = fields(
+            r#" { "a" : 1 , "b":"x\"}y\\", "c":{"d":[1,{"e":"]"}]},"f":[], "g":null,"h":-1.5e3 } "#,
+        )
+        .unwrap();
+        let want = [
+            ("a", "1"),
+            ("b", r#""x\"}y\\""#),
+            ("c", r#"{"d":[1,{"e":"]"}]}"#),
+            ("f", "[]"),
+            ("g", "null"),
+            ("h", "-1.5e3"),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec()
+        );
+        assert_eq!(fields("{}"), Some(vec![]));
+        let mut n = Vec::new();
+        let mut c = Cursor::new(br#"[ {"a":[]}, "s", 3 ]"#);
+        c.array(|c| {
+            n.push(c.value()?.len());
+            Some(())
+        })
+        .unwrap();
+        assert_eq!(n, [8, 3, 1]);
+        assert_eq!(c.end(), Some(()));
+        assert_eq!(Cursor::new(b" [ ] ").array(|_| None), Some(()));
+        // Looking inside a value instead of skipping it.
+        let mut inner = Vec::new();
+        let mut c = Cursor::new(br#"{"a":{"b":[1,2]},"c":3}"#);
+        c.object(|c, k| match k {
+            b"a" => c.object(|c, _| c.array(|c| inner.push(c.value()?.to_vec()).into())),
+            _ => c.value().map(drop),
+        })
+        .unwrap();
+        assert_eq!(inner, [b"1".to_vec(), b"2".to_vec()]);
+    }
+
+    #[test]
+    fn unusual_shapes_are_left_to_serde() {
+        for s in [
+            "",
+            "[]",
+            "null",
+            r#"{"a":1"#,
+            r#"{"a":"1}"#,
+            r#"{"a" 1}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":{"b":1}"#,
+            r#"{"\u0061":1}"#,
+            r#"{a:1}"#,
+            r#"{"a":}"#,
+            r#"{"a":"\"#,
+        ] {
+            assert_eq!(fields(s), None, "{s}");
+        }
+        assert_eq!(Cursor::new(b"{}").array(|_| Some(())), None);
+        // A stop asked by the callback.
+        assert_eq!(Cursor::new(br#"{"a":1}"#).object(|_, _| None), None);
+    }
+
+    #[test]
+    fn a_field_is_found_once() {
+        assert_eq!(
+            field(br#"{"a":1,"b":{"a":2}}"#, b"a"),
+            Some(Some(&b"1"[..]))
+        );
+        assert_eq!(field(br#"{"b":{"a":2}}"#, b"a"), Some(None));
+        assert_eq!(field(br#"{"a":1,"a":2}"#, b"a"), None);
+        assert_eq!(string_or_null(b"null"), Some(None));
+        assert_eq!(string_or_null(br#""""#), Some(Some(0)));
+        assert_eq!(string_or_null(br#""\n""#), Some(Some(2)));
+        assert_eq!(string_or_null(b"3"), None);
+        assert_eq!(string_or_null(br#"""#), None);
+    }
+}
