@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # Issue 24's yardstick: the CPU each proxied chat completion costs, nginx
-# beside the maas gateway, in the same run, in front of the same upstream
-# (the example server's instant simulator), with wrk on loopback: plain at
-# 1, 16 and 64 connections, and streamed at 16. Each figure is the server
-# side's CPU per request (from /proc: the example server with its
-# simulator, and nginx) minus the same requests sent straight to the
-# simulator (the direct run), so it is what the proxy adds. Also the p50
-# each adds over direct at one connection. nginx (Debian's, one process,
-# keep-alive to the upstream, no buffering) is installed with apt-get when
-# missing. Writes target/load/hotpath.json for BENCHMARKS.md.
+# beside the maas gateway, in the same run, in front of the same upstream,
+# with wrk on loopback: plain at 1, 16 and 64 connections, and streamed at
+# 16. Also the p50 each adds over direct at one connection.
+#
+# The upstream is an example server's instant simulator in a process of
+# its own, as a deployment's model server is. Each figure is the CPU per
+# request (from /proc) of the upstream plus the proxy in front of it,
+# minus the upstream's alone when the same requests go straight to it (the
+# direct run): what the proxy adds, its effect on the upstream included.
+# nginx (Debian's, one worker process, keep-alive to the upstream, no
+# buffering) is installed with apt-get when missing. The gateway (the
+# release example server on its memory store, its `simulator` model
+# pointed at the upstream) is measured twice: with tokio's default of a
+# worker thread per core, and with one worker thread, as nginx runs here
+# (TOKIO_WORKER_THREADS=1). Writes target/load/hotpath.json for
+# BENCHMARKS.md.
 #
 #   scripts/load/hotpath.sh [SECONDS_PER_RUN]   (default 10)
 #
-# ROUNDS (default 3): each run is made that many times, the three targets
+# ROUNDS (default 3): each run is made that many times, the four targets
 # interleaved, and the median kept (CPU per request and p50 each): runs on
 # a loaded 2-core machine vary.
 #
-# Ports: server 18180/19190/18181, nginx 18183.
+# Ports: gateways 18180/19190/18181 and 18185/19195/18186, nginx 18183,
+# upstream 18184/19194/18182.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/load/lib.sh
@@ -26,11 +34,38 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
 }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
 export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
+SIM=127.0.0.1:18182
 start_server 127.0.0.1:18180 127.0.0.1:19190 127.0.0.1:18181 /tmp/maas-hotpath-server.log \
   --memory --sim-max-concurrent 4096 --max-in-flight 4096
-load_tier http://127.0.0.1:19190 "$MAAS_ADMIN_TOKEN"
+BIN=${MAAS_SERVER_BIN:-./target/release/examples/server}
+# background NAME WORKERS PUBLIC ADMIN SIMULATOR [args...]: another example
+# server (the binary start_server ran; WORKERS tokio workers, or the
+# default when empty); its pid in PIDS[NAME].
+declare -A PIDS
+background() {
+  local name=$1 workers=$2 pub=$3 adm=$4 sim=$5
+  shift 5
+  env ${workers:+TOKIO_WORKER_THREADS=$workers} "$BIN" --listen "$pub" --admin-listen "$adm" \
+    --simulator-listen "$sim" --users scripts/load/users.toml --sim-tokens-per-second 0 \
+    --memory --sim-max-concurrent 4096 "$@" >"/tmp/maas-hotpath-$name.log" 2>&1 &
+  PIDS[$name]=$!
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null "http://$pub/health" && return 0
+    sleep 0.1
+  done
+  echo "the $name server did not start; see /tmp/maas-hotpath-$name.log" >&2
+  exit 1
+}
+background upstream "" 127.0.0.1:18184 127.0.0.1:19194 "$SIM"
+background gateway1 1 127.0.0.1:18185 127.0.0.1:19195 127.0.0.1:18186 --max-in-flight 4096
+PIDS[gateway]=$SERVER
+for admin in 127.0.0.1:19190 127.0.0.1:19195; do
+  load_tier "http://$admin" "$MAAS_ADMIN_TOKEN"
+  curl -sf -o /dev/null -X PUT "http://$admin/api/v1/models/simulator" \
+    -H "Authorization: Bearer $MAAS_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+    -d "{\"url\":\"http://$SIM\"}"
+done
 
 WORK=$(mktemp -d /tmp/maas-hotpath.XXXXXX)
 mkdir -p "$WORK/logs"
@@ -45,7 +80,7 @@ http {
   access_log off;
   client_body_temp_path $WORK/body;
   proxy_temp_path $WORK/proxy;
-  upstream simulator { server 127.0.0.1:18181; keepalive 128; }
+  upstream simulator { server $SIM; keepalive 128; }
   server {
     listen 127.0.0.1:18183;
     location / {
@@ -60,28 +95,41 @@ CONF
 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK" &
 NGINX_PID=$!
 # Called by start_server's exit trap, after the server stops.
-cleanup() { kill "$NGINX_PID" 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() {
+  kill "$NGINX_PID" 2>/dev/null || true
+  for name in upstream gateway1; do
+    [ -z "${PIDS[$name]:-}" ] || kill -INT "${PIDS[$name]}" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
 for _ in $(seq 50); do
   curl -s -o /dev/null http://127.0.0.1:18183/health && break
   sleep 0.1
 done
 
-# cpu_ticks: user + system clock ticks of the server (with its simulator)
-# and nginx so far.
-cpu_ticks() { awk '{ t += $14 + $15 } END { print t }' "/proc/$SERVER/stat" "/proc/$NGINX_PID/stat"; }
+PIDS[nginx]=$NGINX_PID
+# cpu_ticks: user + system clock ticks so far of the upstream and of the
+# proxy of the current target (none for direct).
+cpu_ticks() {
+  awk '{ t += $14 + $15 } END { print t }' "/proc/${PIDS[upstream]}/stat" \
+    ${PIDS[$target]:+"/proc/${PIDS[$target]}/stat"}
+}
 PLAIN='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}'
 STREAM='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16,"stream":true}'
 
 run() { wrk_cpu "$@"; } # name url token connections body
 # median NAME URL TOKEN CONNS BODY: the run of ROUNDS whose CPU per request
 # is the median, with the median p50 of the ROUNDS (a loaded 2-core machine
-# varies from run to run; the rounds of the three targets interleave).
+# varies from run to run; the rounds of the four targets interleave).
 ROUNDS=${ROUNDS:-3}
 declare -A got
 median_of() { # key: lines "cpu p50 RESULT..." -> the median record
   sort -n <<<"${got[$1]}" | grep -v "^$" | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2) { $1 = ""; $2 = ""; sub(/^  /, ""); print }' |
     sed -E "s/p50_us=[0-9]+/p50_us=$(awk '{ print $2 }' <<<"${got[$1]}" | grep -v "^$" | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')/"
 }
+ratio() { awk -v g="$1" -v x="$2" 'BEGIN { printf "%.1f", (x > 0 ? g / x : 0) }'; }
+p50_over() { echo $(( $(field "$1" p50_us) - $(field "$d" p50_us) )); }
 runs=""
 for spec in "1 plain" "16 plain" "64 plain" "16 stream"; do
   set -- $spec
@@ -89,21 +137,22 @@ for spec in "1 plain" "16 plain" "64 plain" "16 stream"; do
   [ "$kind" = stream ] && body=$STREAM
   got=()
   for _ in $(seq "$ROUNDS"); do
-    for target in direct nginx gateway; do
+    for target in direct nginx gateway gateway1; do
       case $target in
-        direct) r=$(run direct http://127.0.0.1:18181/v1/chat/completions "" "$c" "$body") ;;
+        direct) r=$(run direct "http://$SIM/v1/chat/completions" "" "$c" "$body") ;;
         nginx) r=$(run nginx http://127.0.0.1:18183/v1/chat/completions "" "$c" "$body") ;;
         gateway) r=$(run gateway http://127.0.0.1:18180/v1/chat/completions load-test-token-0123456789 "$c" "$body") ;;
+        gateway1) r=$(run gateway1 http://127.0.0.1:18185/v1/chat/completions load-test-token-0123456789 "$c" "$body") ;;
       esac
       got[$target]+="$(field "$r" cpu_us) $(field "$r" p50_us) $r"$'\n'
     done
   done
-  d=$(median_of direct); x=$(median_of nginx); g=$(median_of gateway)
-  dn=$(field "$d" cpu_us); xn=$(( $(field "$x" cpu_us) - dn )); gn=$(( $(field "$g" cpu_us) - dn ))
-  echo "c=$c $kind: CPU per request over direct: nginx ${xn} us, gateway ${gn} us" \
-    "($(awk -v g="$gn" -v x="$xn" 'BEGIN { printf "%.1f", (x > 0 ? g / x : 0) }')x);" \
-    "p50 over direct: nginx $(( $(field "$x" p50_us) - $(field "$d" p50_us) )) us," \
-    "gateway $(( $(field "$g" p50_us) - $(field "$d" p50_us) )) us"
-  runs+="${runs:+,}{\"connections\":$c,\"kind\":\"$kind\",\"direct\":$(kv_json "$d"),\"nginx\":$(kv_json "$x"),\"gateway\":$(kv_json "$g")}"
+  d=$(median_of direct); x=$(median_of nginx); g=$(median_of gateway); g1=$(median_of gateway1)
+  dn=$(field "$d" cpu_us); xn=$(( $(field "$x" cpu_us) - dn ))
+  gn=$(( $(field "$g" cpu_us) - dn )); g1n=$(( $(field "$g1" cpu_us) - dn ))
+  echo "c=$c $kind: CPU per request over direct: nginx ${xn} us, gateway ${gn} us ($(ratio "$gn" "$xn")x)," \
+    "gateway with 1 worker ${g1n} us ($(ratio "$g1n" "$xn")x); p50 over direct: nginx $(p50_over "$x") us," \
+    "gateway $(p50_over "$g") us, gateway with 1 worker $(p50_over "$g1") us"
+  runs+="${runs:+,}{\"connections\":$c,\"kind\":\"$kind\",\"direct\":$(kv_json "$d"),\"nginx\":$(kv_json "$x"),\"gateway\":$(kv_json "$g"),\"gateway_1_worker\":$(kv_json "$g1")}"
 done
-save hotpath "{\"seconds\":$SECS,\"rounds\":$ROUNDS,\"runs\":[$runs]}"
+save hotpath "{\"upstream\":\"process\",\"seconds\":$SECS,\"rounds\":$ROUNDS,\"runs\":[$runs]}"
