@@ -40,17 +40,14 @@ impl<'a> Cursor<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            match *self.s.get(self.i)? {
-                b'"' => {
-                    self.i += 1;
-                    return Some((&self.s[start..self.i - 1], escaped));
-                }
-                b'\\' => {
-                    escaped = true;
-                    self.i += 2;
-                }
-                _ => self.i += 1,
+            let rest = self.s.get(self.i..)?;
+            let at = self.i + rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+            if self.s[at] == b'"' {
+                self.i = at + 1;
+                return Some((&self.s[start..at], escaped));
             }
+            escaped = true;
+            self.i = at + 2;
         }
     }
 
@@ -68,21 +65,24 @@ impl<'a> Cursor<'a> {
             b'{' | b'[' => {
                 let mut depth = 0usize;
                 loop {
-                    match *self.s.get(self.i)? {
+                    let rest = self.s.get(self.i..)?;
+                    self.i += rest
+                        .iter()
+                        .position(|b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']'))?;
+                    match self.s[self.i] {
                         b'"' => {
                             self.i += 1;
                             self.string_body()?;
                             continue;
                         }
                         b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
+                        _ => {
                             depth -= 1;
                             if depth == 0 {
                                 self.i += 1;
                                 break;
                             }
                         }
-                        _ => {}
                     }
                     self.i += 1;
                 }
