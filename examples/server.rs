@@ -46,11 +46,13 @@
 //! | | `MAAS_KEY_SECRET` | | generated, in `{data_dir}/key-secret` |
 //!
 //! The runtime has a worker thread per core; tokio's `TOKIO_WORKER_THREADS`
-//! sets another count. On a 2-core machine one worker cut the CPU a lone
-//! client's chat completion cost through the gateway by a third (174 µs
-//! vs 257 µs, simulator included: one context switch per request instead
-//! of five) and served a third less at 16 connections
-//! (`TOKIO_WORKER_THREADS=1 scripts/load/hotpath.sh`).
+//! sets another count. On a 2-core machine, with the upstream in a process
+//! of its own, one worker cut the CPU a lone client's chat completion cost
+//! through the gateway by a fifth (170 µs vs 217 µs, the upstream's share
+//! included: the two workers wake each other) but cost more per request at
+//! 16 connections (96 µs vs 89 µs) and streamed (141 µs vs 125 µs), and
+//! served a tenth fewer requests at 16 connections
+//! (`scripts/load/hotpath.sh` measures both).
 //!
 //! Without `MAAS_ADMIN_TOKEN` an admin token is generated on first start,
 //! stored in the data directory (mode 0600) and printed once with its path.

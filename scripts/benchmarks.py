@@ -280,7 +280,7 @@ def load_rows():
                              "≤ 1 s (issue 23)", mark(page["load_ms"] <= 1000), src))
     # Issue 24's starting point (hotpath.sh 5, one round, and allocs with a
     # reqwest floor, at 03a2e47), kept beside the figures it is measured
-    # against.
+    # against; the callgrind counts of the build before the JSON scan.
     before_24 = {
         ("plain", 1): "169 µs vs 54 µs = 3.1×",
         ("plain", 16): "63 µs vs 20 µs = 3.1×",
@@ -291,22 +291,30 @@ def load_rows():
         # The first count (the script came after), where the hot path was
         # as at 2f293ae.
         "instructions": "54,623 at 7238f41 (180,842; its hop 126,219)",
+        # callgrind.sh run with MAAS_SERVER_BIN of a 9ca04a7 build.
+        "callgrind_plain": "87,676 at 9ca04a7",
+        "callgrind_stream": "257,138 at 9ca04a7",
     }
     # An earlier build measured on the same machine, when there is one:
     # target/load/hotpath_before.json (hotpath.sh run with MAAS_SERVER_BIN
     # of that build, its file renamed and its commit set to the build's).
     # The load figures of one machine do not compare with another's.
+    # The 03a2e47 figures were taken with the upstream in the gateway's
+    # process (hotpath.sh's topology until 2f4859b).
+    for k in [k for k in before_24 if isinstance(k, tuple)] + ["p50"]:
+        before_24[k] = f"{before_24[k]} at 03a2e47 on another machine, upstream in the gateway's process"
     hb = load_result("hotpath_before")
     if hb:
+        topology = "" if hb["result"].get("upstream") == "process" else ", upstream in the gateway's process"
         for run in hb["result"]["runs"]:
             d, x, g = run["direct"], run["nginx"], run["gateway"]
             xn, gn = x["cpu_us"] - d["cpu_us"], g["cpu_us"] - d["cpu_us"]
             before_24[(run["kind"], run["connections"])] = (
-                f"{gn} µs vs {xn} µs = {gn / max(xn, 1):.1f}× at {hb['commit']} on this machine; "
-                f"at 03a2e47 on another: {before_24.get((run['kind'], run['connections']), '?')}")
+                f"{gn} µs vs {xn} µs = {gn / max(xn, 1):.1f}× at {hb['commit']} on this machine{topology}; "
+                f"{before_24.get((run['kind'], run['connections']), '?')}")
             if run["connections"] == 1:
                 before_24["p50"] = (f"{g['p50_us'] - d['p50_us']} µs ({x['p50_us'] - d['p50_us']} µs) at "
-                                    f"{hb['commit']} on this machine; at 03a2e47 on another: {before_24['p50']}")
+                                    f"{hb['commit']} on this machine{topology}; {before_24['p50']}")
     hp = load_result("hotpath")
     if hp:
         r = hp["result"]
@@ -314,9 +322,8 @@ def load_rows():
         # Since the upstream runs in a process of its own (and the gateway
         # is also measured with one worker); the figures before were taken
         # with the upstream in the gateway's process.
-        own = r.get("upstream") == "process"
-        where = "upstream in its own process; " if own else ""
-        before = "before (upstream in the gateway's process): " if own else "before: "
+        where = "upstream in its own process; " if r.get("upstream") == "process" else ""
+        before = "before: "
         for run in r["runs"]:
             d, x, g = run["direct"], run["nginx"], run["gateway"]
             xn, gn = x["cpu_us"] - d["cpu_us"], g["cpu_us"] - d["cpu_us"]
@@ -351,6 +358,14 @@ def load_rows():
                      f"{r['floor']:,}; repeats within ~2%, unlike CPU time on this VM; "
                      f"before: {before_24['instructions']})",
                      "—", "—", f"`scripts/load/instructions.sh {r['requests']}` at {ins['commit']}"))
+    cg = load_result("callgrind")
+    if cg:
+        r = cg["result"]
+        for kind, label in (("plain", "plain"), ("stream", "streamed")):
+            if kind in r:
+                rows.append((f"instructions per {label} chat request in the gateway's process (callgrind under wrk, 16 connections, upstream in its own process)",
+                             f"{r[kind]['instructions']:,} (before: {before_24['callgrind_' + kind]})",
+                             "—", "—", f"`scripts/load/callgrind.sh {r['seconds']}` at {cg['commit']}"))
     soak = load_result("soak")
     if soak:
         r = soak["result"]
@@ -474,6 +489,7 @@ def main():
         "scripts/load/hotpath.sh 5            # CPU per proxied request: the gateway (default, one worker) beside nginx, upstream in its own process (3 interleaved rounds, medians)",
         "cargo bench --bench allocs           # allocations per plain chat request: the gateway vs the upstream hop",
         "scripts/load/instructions.sh 500     # instructions per plain chat request (callgrind): the gateway vs the upstream hop",
+        "scripts/load/callgrind.sh 8          # instructions per plain and streamed request in the gateway's process under wrk (callgrind)",
         "scripts/benchmarks.py            # regenerate this file from target/criterion and target/load",
         "```",
         "",
