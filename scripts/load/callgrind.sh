@@ -21,10 +21,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/load/lib.sh
 SECS=${1:-8}
-command -v valgrind >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
-}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+need valgrind valgrind
+need wrk wrk
 [ -n "${MAAS_SERVER_BIN:-}" ] || cargo build -q --release --example server
 BIN=${MAAS_SERVER_BIN:-./target/release/examples/server}
 export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
@@ -37,14 +35,6 @@ cleanup() {
   rm -f "$out".[0-9]*
 }
 trap cleanup EXIT
-wait_up() {
-  for _ in $(seq 600); do
-    curl -sf -o /dev/null "http://$1/health" && return 0
-    sleep 0.1
-  done
-  echo "the server at $1 did not start" >&2
-  exit 1
-}
 serve() { # PUBLIC ADMIN SIMULATOR LOG [command prefix...]
   local pub=$1 adm=$2 sim=$3 log=$4
   shift 4
@@ -58,8 +48,8 @@ serve 127.0.0.1:18280 127.0.0.1:19290 127.0.0.1:18281 /tmp/maas-callgrind-gatewa
   env TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$out.%p"
 GATEWAY=${PIDS[-1]}
-wait_up 127.0.0.1:18284
-wait_up 127.0.0.1:18280
+wait_up 127.0.0.1:18284 "the upstream (see /tmp/maas-callgrind-upstream.log)"
+wait_up 127.0.0.1:18280 "the gateway under valgrind (see /tmp/maas-callgrind-gateway.log)" 600
 load_tier http://127.0.0.1:19290 "$MAAS_ADMIN_TOKEN"
 curl -sf -o /dev/null -X PUT http://127.0.0.1:19290/api/v1/models/simulator \
   -H "Authorization: Bearer $MAAS_ADMIN_TOKEN" -H 'Content-Type: application/json' \

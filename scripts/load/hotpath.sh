@@ -29,10 +29,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/load/lib.sh
 SECS=${1:-10}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
-}
+need wrk wrk
+[ -x /usr/sbin/nginx ] || need nginx nginx-light
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
 SIM=127.0.0.1:18182
@@ -50,12 +48,7 @@ background() {
     --simulator-listen "$sim" --users scripts/load/users.toml --sim-tokens-per-second 0 \
     --memory --sim-max-concurrent 4096 "$@" >"/tmp/maas-hotpath-$name.log" 2>&1 &
   PIDS[$name]=$!
-  for _ in $(seq 100); do
-    curl -sf -o /dev/null "http://$pub/health" && return 0
-    sleep 0.1
-  done
-  echo "the $name server did not start; see /tmp/maas-hotpath-$name.log" >&2
-  exit 1
+  wait_up "$pub" "the $name server (see /tmp/maas-hotpath-$name.log)"
 }
 background upstream "" 127.0.0.1:18184 127.0.0.1:19194 "$SIM"
 background gateway1 1 127.0.0.1:18185 127.0.0.1:19195 127.0.0.1:18186 --max-in-flight 4096

@@ -18,9 +18,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/load/lib.sh
 N=${1:-500}
-command -v valgrind >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
-}
+need valgrind valgrind
 BENCH=$(cargo bench --bench allocs --no-run 2>&1 | grep -oE '[^ (]*target/release/deps/allocs-[0-9a-f]+' | tail -1 || true)
 [ -x "$BENCH" ] || { echo "the allocs bench was not built" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/maas-instructions.XXXXXX)

@@ -20,14 +20,28 @@ start_server() {
     --sim-tokens-per-second 0 "$@" >"$log" 2>&1 &
   SERVER=$!
   trap 'stop_server; cleanup' EXIT
-  for _ in $(seq 100); do
-    curl -sf -o /dev/null "http://$pub/health" && return 0
-    sleep 0.1
-  done
-  echo "the server did not start; see $log" >&2
-  exit 1
+  wait_up "$pub" "the server (see $log)"
 }
 cleanup() { :; }
+
+# wait_up ADDR WHAT [TENTHS]: returns once http://ADDR/health answers, or
+# exits saying WHAT did not start after TENTHS tenths of a second (100).
+wait_up() {
+  for _ in $(seq "${3:-100}"); do
+    curl -sf -o /dev/null "http://$1/health" && return 0
+    sleep 0.1
+  done
+  echo "$2 did not start" >&2
+  exit 1
+}
+
+# need COMMAND PACKAGE: installs PACKAGE with apt-get when COMMAND is
+# missing.
+need() {
+  command -v "$1" >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  }
+}
 
 # work_dir PREFIX: a temporary WORK dir under /tmp, removed at exit with a
 # key creation (WRK) still running stopped (the cleanup start_server's trap

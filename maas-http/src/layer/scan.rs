@@ -251,7 +251,12 @@ mod tests {
         let mut inner = Vec::new();
         let mut c = Cursor::new(br#"{"a":{"b":[1,2]},"c":3}"#);
         c.object(|c, k| match k {
-            b"a" => c.object(|c, _| c.array(|c| inner.push(c.value()?.to_vec()).into())),
+            b"a" => c.object(|c, _| {
+                c.array(|c| {
+                    inner.push(c.value()?.to_vec());
+                    Some(())
+                })
+            }),
             _ => c.value().map(drop),
         })
         .unwrap();
