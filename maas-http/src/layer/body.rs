@@ -364,10 +364,9 @@ impl Metered {
             };
             // The usual answer states its usage: read only that (an answer
             // to be cached is parsed whole, so that only valid JSON is kept).
-            let quick = match admitted.cacheable() {
-                false => quick_usage(whole, self.anthropic),
-                true => None,
-            };
+            let quick = (!admitted.cacheable())
+                .then(|| quick_usage(whole, self.anthropic))
+                .flatten();
             let read = if let Some(usage) = quick {
                 Ok((Some(usage), 0))
             } else if self.anthropic {
