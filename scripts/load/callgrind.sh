@@ -24,7 +24,6 @@ SECS=${1:-8}
 need valgrind valgrind
 need wrk wrk
 [ -n "${MAAS_SERVER_BIN:-}" ] || cargo build -q --release --example server
-BIN=${MAAS_SERVER_BIN:-./target/release/examples/server}
 export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
 mkdir -p target/load
 PIDS=()
@@ -35,25 +34,17 @@ cleanup() {
   rm -f "$out".[0-9]*
 }
 trap cleanup EXIT
-serve() { # PUBLIC ADMIN SIMULATOR LOG [command prefix...]
-  local pub=$1 adm=$2 sim=$3 log=$4
-  shift 4
-  "$@" "$BIN" --listen "$pub" --admin-listen "$adm" --simulator-listen "$sim" \
-    --users scripts/load/users.toml --sim-tokens-per-second 0 --memory \
-    --sim-max-concurrent 4096 --max-in-flight 4096 >"$log" 2>&1 &
-  PIDS+=($!)
-}
-serve 127.0.0.1:18284 127.0.0.1:19294 127.0.0.1:18282 /tmp/maas-callgrind-upstream.log
-serve 127.0.0.1:18280 127.0.0.1:19290 127.0.0.1:18281 /tmp/maas-callgrind-gateway.log \
-  env TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no \
-  --callgrind-out-file="$out.%p"
-GATEWAY=${PIDS[-1]}
+launch 127.0.0.1:18284 127.0.0.1:19294 127.0.0.1:18282 /tmp/maas-callgrind-upstream.log \
+  --memory --sim-max-concurrent 4096
+PIDS+=("$LAUNCHED")
+LAUNCH_PREFIX="env TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$out.%p" \
+  launch 127.0.0.1:18280 127.0.0.1:19290 127.0.0.1:18281 /tmp/maas-callgrind-gateway.log \
+  --memory --sim-max-concurrent 4096 --max-in-flight 4096
+GATEWAY=$LAUNCHED
+PIDS+=("$GATEWAY")
 wait_up 127.0.0.1:18284 "the upstream (see /tmp/maas-callgrind-upstream.log)"
 wait_up 127.0.0.1:18280 "the gateway under valgrind (see /tmp/maas-callgrind-gateway.log)" 600
-load_tier http://127.0.0.1:19290 "$MAAS_ADMIN_TOKEN"
-curl -sf -o /dev/null -X PUT http://127.0.0.1:19290/api/v1/models/simulator \
-  -H "Authorization: Bearer $MAAS_ADMIN_TOKEN" -H 'Content-Type: application/json' \
-  -d '{"url":"http://127.0.0.1:18282"}'
+point_simulator http://127.0.0.1:19290 http://127.0.0.1:18282
 URL=http://127.0.0.1:18280/v1/chat/completions
 TOKEN=load-test-token-0123456789
 json=""

@@ -36,28 +36,22 @@ export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
 SIM=127.0.0.1:18182
 start_server 127.0.0.1:18180 127.0.0.1:19190 127.0.0.1:18181 /tmp/maas-hotpath-server.log \
   --memory --sim-max-concurrent 4096 --max-in-flight 4096
-BIN=${MAAS_SERVER_BIN:-./target/release/examples/server}
-# background NAME WORKERS PUBLIC ADMIN SIMULATOR [args...]: another example
-# server (the binary start_server ran; WORKERS tokio workers, or the
-# default when empty); its pid in PIDS[NAME].
+# background NAME WORKERS PUBLIC ADMIN SIMULATOR: another example server
+# (WORKERS tokio workers, or the default when empty); its pid in
+# PIDS[NAME].
 declare -A PIDS
 background() {
-  local name=$1 workers=$2 pub=$3 adm=$4 sim=$5
-  shift 5
-  env ${workers:+TOKIO_WORKER_THREADS=$workers} "$BIN" --listen "$pub" --admin-listen "$adm" \
-    --simulator-listen "$sim" --users scripts/load/users.toml --sim-tokens-per-second 0 \
-    --memory --sim-max-concurrent 4096 "$@" >"/tmp/maas-hotpath-$name.log" 2>&1 &
-  PIDS[$name]=$!
-  wait_up "$pub" "the $name server (see /tmp/maas-hotpath-$name.log)"
+  local name=$1 workers=$2 log=/tmp/maas-hotpath-$1.log
+  LAUNCH_PREFIX=${workers:+env TOKIO_WORKER_THREADS=$workers} launch "$3" "$4" "$5" "$log" \
+    --memory --sim-max-concurrent 4096 --max-in-flight 4096
+  PIDS[$name]=$LAUNCHED
+  wait_up "$3" "the $name server (see $log)"
 }
 background upstream "" 127.0.0.1:18184 127.0.0.1:19194 "$SIM"
-background gateway1 1 127.0.0.1:18185 127.0.0.1:19195 127.0.0.1:18186 --max-in-flight 4096
+background gateway1 1 127.0.0.1:18185 127.0.0.1:19195 127.0.0.1:18186
 PIDS[gateway]=$SERVER
 for admin in 127.0.0.1:19190 127.0.0.1:19195; do
-  load_tier "http://$admin" "$MAAS_ADMIN_TOKEN"
-  curl -sf -o /dev/null -X PUT "http://$admin/api/v1/models/simulator" \
-    -H "Authorization: Bearer $MAAS_ADMIN_TOKEN" -H 'Content-Type: application/json' \
-    -d "{\"url\":\"http://$SIM\"}"
+  point_simulator "http://$admin" "http://$SIM"
 done
 
 WORK=$(mktemp -d /tmp/maas-hotpath.XXXXXX)

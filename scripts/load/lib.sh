@@ -12,17 +12,28 @@
 # set, is the server binary to run instead (say a baseline build to compare
 # with); nothing is built then.
 start_server() {
-  local pub=$1 adm=$2 sim=$3 log=$4 bin=${MAAS_SERVER_BIN:-./target/release/examples/server}
-  shift 4
   [ -n "${MAAS_SERVER_BIN:-}" ] || cargo build -q --release --example server --example soak
-  "$bin" --listen "$pub" --admin-listen "$adm" \
-    --simulator-listen "$sim" --users scripts/load/users.toml \
-    --sim-tokens-per-second 0 "$@" >"$log" 2>&1 &
-  SERVER=$!
+  launch "$@"
+  SERVER=$LAUNCHED
   trap 'stop_server; cleanup' EXIT
-  wait_up "$pub" "the server (see $log)"
+  wait_up "$1" "the server (see $4)"
 }
 cleanup() { :; }
+
+# launch PUBLIC ADMIN SIMULATOR LOG [server args...]: starts the example
+# server (MAAS_SERVER_BIN, else the release build) in the background on the
+# three loopback addresses with the load users and an instant simulator;
+# its pid in LAUNCHED. LAUNCH_PREFIX, when set, is a command it runs under
+# (split on spaces: `env TOKIO_WORKER_THREADS=1`, valgrind and its flags).
+launch() {
+  local pub=$1 adm=$2 sim=$3 log=$4
+  shift 4
+  # shellcheck disable=SC2086 # LAUNCH_PREFIX is words on purpose.
+  ${LAUNCH_PREFIX:-} "${MAAS_SERVER_BIN:-./target/release/examples/server}" --listen "$pub" \
+    --admin-listen "$adm" --simulator-listen "$sim" --users scripts/load/users.toml \
+    --sim-tokens-per-second 0 "$@" >"$log" 2>&1 &
+  LAUNCHED=$!
+}
 
 # wait_up ADDR WHAT [TENTHS]: returns once http://ADDR/health answers, or
 # exits saying WHAT did not start after TENTHS tenths of a second (100).
@@ -74,6 +85,16 @@ load_tier() {
   curl -sf -o /dev/null -X POST "$1/api/v1/tiers" \
     -H "Authorization: Bearer $2" -H 'Content-Type: application/json' \
     -d '{"name":"load","level":100,"groups":["load-test"],"requests_per_minute":1000000000,"tokens_per_minute":1000000000000,"models":["*"]}'
+}
+
+# point_simulator ADMIN_URL UPSTREAM: the load tier on the server at
+# ADMIN_URL, and its `simulator` model sent to the upstream at UPSTREAM (a
+# URL) instead of to its own simulator.
+point_simulator() {
+  load_tier "$1" "$MAAS_ADMIN_TOKEN"
+  curl -sf -o /dev/null -X PUT "$1/api/v1/models/simulator" \
+    -H "Authorization: Bearer $MAAS_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+    -d "{\"url\":\"$2\"}"
 }
 
 # kv_json "WORD a=1 b=2": {"a":1,"b":2} (numeric values only).

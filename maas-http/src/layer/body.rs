@@ -654,20 +654,10 @@ fn quick_choices(c: &mut scan::Cursor<'_>) -> Option<Choices> {
                 b"delta" if delta.is_none() => {
                     delta = Some(match c.peek()? {
                         b'n' => scan::string_or_null(c.value()?)?,
-                        _ => {
-                            let mut content = None;
-                            c.object(|c, key| {
-                                let v = c.value()?;
-                                if key == b"content" {
-                                    if content.is_some() {
-                                        return None;
-                                    }
-                                    content = Some(scan::string_or_null(v)?);
-                                }
-                                Some(())
-                            })?;
-                            content.flatten()
-                        }
+                        _ => match c.field(b"content")? {
+                            Some(v) => scan::string_or_null(v)?,
+                            None => None,
+                        },
                     });
                 }
                 b"text" if text.is_none() => text = Some(scan::string_or_null(c.value()?)?),

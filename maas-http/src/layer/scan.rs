@@ -161,6 +161,24 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// Reads an object and returns the value of `key` in it (None inside:
+    /// it has none); None when it is not an object or has the key twice
+    /// (serde_json refuses a repeated field).
+    pub(super) fn field(&mut self, key: &[u8]) -> Option<Option<&'a [u8]>> {
+        let mut found = None;
+        self.object(|c, k| {
+            let v = c.value()?;
+            if k == key {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(v);
+            }
+            Some(())
+        })?;
+        Some(found)
+    }
+
     /// Some when nothing but whitespace is left.
     pub(super) fn end(mut self) -> Option<()> {
         self.ws();
@@ -168,22 +186,11 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The value of `key` in the JSON object `s` (None inside: it has none),
-/// when `s` is one and has the key at most once (serde_json refuses a
-/// repeated field).
+/// The value of `key` in the JSON object `s`, which is nothing else
+/// ([`Cursor::field`]).
 pub(super) fn field<'a>(s: &'a [u8], key: &[u8]) -> Option<Option<&'a [u8]>> {
     let mut c = Cursor::new(s);
-    let mut found = None;
-    c.object(|c, k| {
-        let v = c.value()?;
-        if k == key {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(v);
-        }
-        Some(())
-    })?;
+    let found = c.field(key)?;
     c.end()?;
     Some(found)
 }
