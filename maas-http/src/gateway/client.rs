@@ -23,6 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use axum::http::header::{ACCEPT, CONTENT_TYPE, HOST};
@@ -54,6 +55,9 @@ const MAX_PART: usize = 256 << 10;
 struct Pooled {
     sender: SendRequest<Full<Bytes>>,
     conn: Conn,
+    /// The thread it was opened on: its socket is registered with that
+    /// thread's runtime ([`Client::checkout`] prefers it there).
+    thread: ThreadId,
 }
 
 /// An upstream's shared name and `Host` header, and a kept connection to
@@ -97,6 +101,9 @@ type UpstreamMap = HashMap<Arc<str>, Upstream, foldhash::fast::RandomState>;
 struct Inner {
     /// The upstreams by `host:port`.
     upstreams: Mutex<UpstreamMap>,
+    /// The runtime the client was made on, if any: its HTTP/2 connections
+    /// run there.
+    home: Option<tokio::runtime::Handle>,
     connect_timeout: Duration,
     max_idle: usize,
 }
@@ -108,6 +115,7 @@ impl Client {
         Client {
             inner: Arc::new(Inner {
                 upstreams: Mutex::default(),
+                home: tokio::runtime::Handle::try_current().ok(),
                 connect_timeout,
                 max_idle,
             }),
@@ -209,20 +217,40 @@ impl Client {
 
     /// A new HTTP/2 connection to `authority`, kept as its shared one
     /// unless another request opened one meanwhile.
+    ///
+    /// It is opened and driven on the runtime the client was made on: the
+    /// requests of every thread share it (a listener may be served by
+    /// threads of their own, each with its runtime, as the example server's
+    /// is), and it outlives any one of them.
     async fn connect_h2(
         &self,
         authority: &str,
     ) -> Result<http2::SendRequest<Full<Bytes>>, BoxError> {
-        let stream = self.open(authority).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(stream))
-            .await?;
-        let name: Arc<str> = authority.into();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(upstream = %name, error = %e, "h2c upstream connection ended");
+        let opening = || {
+            let client = self.clone();
+            let name: Arc<str> = authority.into();
+            async move {
+                let stream = client.open(&name).await?;
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .handshake(TokioIo::new(stream))
+                    .await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(upstream = %name, error = %e, "h2c upstream connection ended");
+                    }
+                });
+                Ok::<_, BoxError>(sender)
             }
-        });
+        };
+        let sender = match &self.inner.home {
+            Some(home) => match home.spawn(opening()).await {
+                Ok(opened) => opened?,
+                // That runtime has stopped: opened here.
+                Err(e) if e.is_cancelled() => opening().await?,
+                Err(e) => return Err(e.into()),
+            },
+            None => opening().await?,
+        };
         let mut upstreams = self.upstreams();
         let up = upstream(&mut upstreams, authority)?;
         if up.h2.as_ref().is_none_or(http2::SendRequest::is_closed) {
@@ -250,13 +278,25 @@ impl Client {
     }
 
     /// `authority`'s shared name and `Host` header, and a kept connection
-    /// to it that is still open, if any.
+    /// to it that is still open, if any: the last one kept of those opened
+    /// on this thread, else the last one kept.
+    ///
+    /// Where threads run runtimes of their own (a listener served by
+    /// several), a connection opened on another thread would be driven by
+    /// that thread's runtime: each read and write of it a wake-up across
+    /// threads. Under a runtime of several workers, the preference costs
+    /// only the look.
     fn checkout(&self, authority: &str) -> Result<Checkout, BoxError> {
         let now = Instant::now();
         let mut upstreams = self.upstreams();
         let up = upstream(&mut upstreams, authority)?;
+        let here = std::thread::current().id();
         let found = loop {
-            let Some(Idle { mut pooled, since }) = up.idle.pop() else {
+            let next = match up.idle.iter().rposition(|i| i.pooled.thread == here) {
+                Some(at) => Some(up.idle.remove(at)),
+                None => up.idle.pop(),
+            };
+            let Some(Idle { mut pooled, since }) = next else {
                 break None;
             };
             if now.duration_since(since) > IDLE_TIMEOUT || pooled.sender.is_closed() {
@@ -297,7 +337,11 @@ impl Client {
     async fn connect(&self, authority: &str) -> Result<Box<Pooled>, BoxError> {
         let stream = self.open(authority).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        Ok(Box::new(Pooled { sender, conn }))
+        Ok(Box::new(Pooled {
+            sender,
+            conn,
+            thread: std::thread::current().id(),
+        }))
     }
 
     /// A TCP connection to `authority` (port 80 when it names none).
@@ -674,6 +718,78 @@ mod tests {
         let (status, _) = post(&client, &addr).await;
         assert_eq!(status, 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// An upstream answering each request with the number of the
+    /// connection it came on (from 0, in the order accepted).
+    async fn numbering_upstream() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((s, _)) = l.accept().await {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        Bytes::from(format!("{n}")),
+                    )))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc),
+                );
+                n += 1;
+            }
+        });
+        addr
+    }
+
+    /// Threads with runtimes of their own each get back the connections
+    /// they opened; a thread with none of its own kept takes another's
+    /// rather than opening one.
+    #[test]
+    fn kept_connections_go_back_to_the_thread_that_opened_them() {
+        let upstream_rt = tokio::runtime::Runtime::new().unwrap();
+        let addr = upstream_rt.block_on(numbering_upstream());
+        let client = Client::new(Duration::from_secs(5), 8);
+        // A thread with a runtime of its own (always running it: its
+        // connections are driven there, whoever reads them): posts `n`
+        // requests at once for each number sent, and sends back the
+        // connections that answered them.
+        let worker = || {
+            let (ask, mut asked) = tokio::sync::mpsc::unbounded_channel::<usize>();
+            let (tell, told) = std::sync::mpsc::channel::<Vec<String>>();
+            let (client, addr) = (client.clone(), addr.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    while let Some(n) = asked.recv().await {
+                        let posts = (0..n).map(|_| async {
+                            let (_, frames) = read(&client, &addr, false).await;
+                            String::from_utf8(frames.concat()).unwrap()
+                        });
+                        let mut answered = futures_util::future::join_all(posts).await;
+                        answered.sort();
+                        tell.send(answered).unwrap();
+                    }
+                });
+            });
+            move |n: usize| {
+                ask.send(n).unwrap();
+                told.recv().unwrap()
+            }
+        };
+        let (a, b) = (worker(), worker());
+        assert_eq!(a(1), ["0"]);
+        // B has none of its own: it takes A's.
+        assert_eq!(b(1), ["0"]);
+        // Two at once: A's, and a new one, B's own.
+        assert_eq!(b(2), ["0", "1"]);
+        for _ in 0..3 {
+            assert_eq!(a(1), ["0"]);
+            assert_eq!(b(1), ["1"]);
+        }
     }
 
     /// An h2c upstream (HTTP/2 only, prior knowledge): answers `ok` with the
