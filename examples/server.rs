@@ -34,6 +34,7 @@
 //! | `--admin-listen ADDR` | `MAAS_ADMIN_LISTEN` | `admin_listen` | `127.0.0.1:9090` |
 //! | `--simulator-listen ADDR` | `MAAS_SIMULATOR_LISTEN` | `simulator_listen` | `127.0.0.1:8081` |
 //! | `--simulator-instances N` | `MAAS_SIMULATOR_INSTANCES` | `simulator_instances` | 1 (up to 16, on consecutive ports) |
+//! | `--listen-threads N` | `MAAS_LISTEN_THREADS` | `listen_threads` | one per core (0 to 256; 0: the main runtime serves `--listen`) |
 //! | `--users FILE` | `MAAS_USERS` | `users` | `examples/users.toml` |
 //! | `--public-url URL` | `MAAS_PUBLIC_URL` | `public_url` | `http://{listen}` |
 //! | `--sim-tokens-per-second N` | `MAAS_SIM_TOKENS_PER_SECOND` | `sim_tokens_per_second` | 50 |
@@ -45,14 +46,16 @@
 //! | | `MAAS_ADMIN_TOKEN` | | generated, in `{data_dir}/admin-token` |
 //! | | `MAAS_KEY_SECRET` | | generated, in `{data_dir}/key-secret` |
 //!
-//! The runtime has a worker thread per core; tokio's `TOKIO_WORKER_THREADS`
-//! sets another count. On a 2-core machine, with the upstream in a process
-//! of its own, one worker cut the CPU a lone client's chat completion cost
-//! through the gateway by a fifth (170 µs vs 217 µs, the upstream's share
-//! included: the two workers wake each other) but cost more per request at
-//! 16 connections (96 µs vs 89 µs) and streamed (141 µs vs 125 µs), and
-//! served a tenth fewer requests at 16 connections
-//! (`scripts/load/hotpath.sh` measures both).
+//! The public listener (the gateway) is served by `listen_threads`
+//! threads, each with a runtime of its own: a connection stays on the
+//! thread that accepted it, and so do the upstream connections its requests
+//! open, as nginx's workers work. The rest (the admin and simulator
+//! listeners, background tasks) runs on a runtime with a worker thread per
+//! core (tokio's `TOKIO_WORKER_THREADS` sets another count). On a 2-core
+//! machine, with the upstream in a process of its own, the threads cut the
+//! CPU a lone client's chat completion costs through the gateway by about a
+//! third against the work-stealing runtime (`--listen-threads 0`), whose two
+//! workers wake each other (`scripts/load/hotpath.sh` measures both).
 //!
 //! Without `MAAS_ADMIN_TOKEN` an admin token is generated on first start,
 //! stored in the data directory (mode 0600) and printed once with its path.
@@ -113,6 +116,10 @@ struct Cli {
     /// --simulator-listen's; the simulated models are balanced over them.
     #[arg(long, env = "MAAS_SIMULATOR_INSTANCES", value_name = "N")]
     simulator_instances: Option<usize>,
+    /// Threads serving --listen, each with a runtime of its own (0: the
+    /// main runtime's workers serve it).
+    #[arg(long, env = "MAAS_LISTEN_THREADS", value_name = "N")]
+    listen_threads: Option<usize>,
     /// Development users (TOML with [[users]] token, user, groups).
     #[arg(long, env = "MAAS_USERS", value_name = "FILE")]
     users: Option<PathBuf>,
@@ -169,6 +176,7 @@ fn config(cli: Cli) -> Result<ServerConfig, String> {
         admin_listen,
         simulator_listen,
         simulator_instances,
+        listen_threads,
         sim_tokens_per_second,
         sim_max_concurrent,
         max_in_flight,

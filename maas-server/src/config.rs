@@ -24,6 +24,9 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:8081";
 /// The most simulator instances ([`ServerConfig::simulator_instances`]).
 pub const MAX_SIMULATOR_INSTANCES: usize = 16;
+/// The most threads serving the public listener
+/// ([`ServerConfig::listen_threads`]).
+pub const MAX_LISTEN_THREADS: usize = 256;
 /// The sled page cache by default, in MiB.
 pub const DEFAULT_SLED_CACHE_MB: u64 = 64;
 /// The largest sled page cache accepted, in MiB (1 TiB).
@@ -91,6 +94,14 @@ pub struct ServerConfig {
     /// balanced over all of them. Each has its own fault setting
     /// (`/simulator/fault`). Default 1.
     pub simulator_instances: usize,
+    /// How many threads serve the public listener (the gateway, the user
+    /// and Unkey APIs), each with a runtime of its own (0 to
+    /// [`MAX_LISTEN_THREADS`]): a connection is served start to end by the
+    /// thread that accepted it, as nginx's workers serve theirs, so that no
+    /// request waits for another thread to wake. 0: served by the runtime
+    /// [`Server::start`](super::Server::start) runs on, as the admin and
+    /// simulator listeners are. Default: one per core.
+    pub listen_threads: usize,
     /// The development identities (TOML, `[[users]]` with `token`, `user`,
     /// `groups`). `None`: `examples/users.toml` if it exists (a warning if
     /// not); a file named here must exist.
@@ -138,6 +149,11 @@ fn system_clock() -> SharedClock {
     Arc::new(SystemClock)
 }
 
+/// The cores this process may run on (1 when that is not known).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 fn addr(s: &str) -> SocketAddr {
     // The defaults are literals that parse; the fallback is never taken.
     s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -157,6 +173,7 @@ impl Default for ServerConfig {
             admin_listen: addr(DEFAULT_ADMIN_LISTEN),
             simulator_listen: addr(DEFAULT_SIMULATOR_LISTEN),
             simulator_instances: 1,
+            listen_threads: cores(),
             users: None,
             public_url: None,
             sim_tokens_per_second: 50.0,
@@ -190,6 +207,7 @@ impl fmt::Debug for ServerConfig {
             .field("admin_listen", &self.admin_listen)
             .field("simulator_listen", &self.simulator_listen)
             .field("simulator_instances", &self.simulator_instances)
+            .field("listen_threads", &self.listen_threads)
             .field("users", &self.users)
             .field("public_url", &self.public_url)
             .field("sim_tokens_per_second", &self.sim_tokens_per_second)
@@ -250,6 +268,12 @@ impl ServerConfig {
                     self.simulator_instances,
                     u16::MAX
                 ),
+            );
+        }
+        if self.listen_threads > MAX_LISTEN_THREADS {
+            return invalid(
+                "listen_threads",
+                format!("must be between 0 and {MAX_LISTEN_THREADS}"),
             );
         }
         if !self.sim_tokens_per_second.is_finite() || self.sim_tokens_per_second < 0.0 {
@@ -514,6 +538,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.max_in_flight, 64);
         assert_eq!(c.simulator_instances, 1);
+        assert_eq!(c.listen_threads, cores());
+        assert!(c.listen_threads >= 1);
         c.validate().unwrap();
     }
 
@@ -528,6 +554,7 @@ mod tests {
             admin_listen = "127.0.0.1:2"
             simulator_listen = "127.0.0.1:3"
             simulator_instances = 4
+            listen_threads = 3
             users = "u.toml"
             public_url = "https://maas.example"
             sim_tokens_per_second = 0
@@ -547,6 +574,7 @@ mod tests {
         assert_eq!(c.admin_listen.port(), 2);
         assert_eq!(c.simulator_listen.port(), 3);
         assert_eq!(c.simulator_instances, 4);
+        assert_eq!(c.listen_threads, 3);
         assert_eq!(c.users, Some(PathBuf::from("u.toml")));
         assert_eq!(c.public_url.as_deref(), Some("https://maas.example"));
         assert_eq!(c.sim_tokens_per_second, 0.0);
@@ -628,6 +656,32 @@ mod tests {
         c.sled_cache_mb = DEFAULT_SLED_CACHE_MB;
         c.public_url = Some("ftp://x".into());
         assert!(c.validate().unwrap_err().to_string().contains("public_url"));
+    }
+
+    #[test]
+    fn listen_threads_are_bounded() {
+        for n in [0, 1, MAX_LISTEN_THREADS] {
+            let c = ServerConfig {
+                listen_threads: n,
+                ..ServerConfig::default()
+            };
+            c.validate().unwrap();
+        }
+        let c = ServerConfig {
+            listen_threads: MAX_LISTEN_THREADS + 1,
+            ..ServerConfig::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid setting `listen_threads`: must be between 0 and 256"
+        );
+        let e = ServerConfig::from_toml_str("\nlisten_threads = -1\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config file x.toml, line 2: invalid value: integer `-1`, expected usize"
+        );
     }
 
     #[test]

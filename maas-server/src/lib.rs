@@ -29,8 +29,8 @@
 //! waits for nothing.
 
 mod config;
+mod listen;
 
-use axum::serve::ListenerExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
@@ -71,7 +71,7 @@ use tower::ServiceExt;
 
 pub use config::{
     ConfigError, DEFAULT_ADMIN_LISTEN, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_SIMULATOR_LISTEN,
-    DEFAULT_SLED_CACHE_MB, DEFAULT_USERS, MAX_SIMULATOR_INSTANCES, MAX_SLED_CACHE_MB,
+    DEFAULT_SLED_CACHE_MB, DEFAULT_USERS, MAX_LISTEN_THREADS, MAX_SIMULATOR_INSTANCES, MAX_SLED_CACHE_MB,
     MIN_ADMIN_TOKEN, ServerConfig,
 };
 
@@ -98,6 +98,9 @@ pub const ADMIN_TOKEN_PREFIX: &str = "maas_admin_";
 const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 /// How often [`Scheduling::load`] picks up stored fair-share settings.
 const LOAD_EVERY: Duration = Duration::from_secs(10);
+/// On shutdown, how long a listener's connections, cut once the grace has
+/// passed, get to end before its task is dropped.
+const CUT_WAIT: Duration = Duration::from_secs(1);
 /// With Redis, how stale any cached shared state may be: other replicas'
 /// changes apply within this.
 pub const SHARED_STATE_TTL: Duration = Duration::from_secs(1);
@@ -260,7 +263,10 @@ pub struct RunningServer {
 /// The listeners, the background tasks and the store handle to flush.
 struct Tasks {
     stop: watch::Sender<bool>,
-    listeners: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
+    listeners: Vec<(&'static str, listen::Listening)>,
+    /// Lets the public listener's threads end their runtimes (sent, or
+    /// dropped, once the requests ended there are settled).
+    release: watch::Sender<bool>,
     upkeep: JoinHandle<()>,
     /// The webhook dispatcher.
     dispatcher: JoinHandle<()>,
@@ -284,9 +290,13 @@ impl Drop for RunningServer {
             tasks.upkeep.abort();
             tasks.dispatcher.abort();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let gateway = self.services.gateway.clone();
+                let grace = self.grace;
                 rt.spawn(async move {
+                    let _ = tokio::time::timeout(grace, gateway.settled()).await;
                     let _ = tasks.sync.shutdown().await;
                     let _ = tasks.flusher.shutdown().await;
+                    drop(tasks.release);
                 });
             }
         }
@@ -760,31 +770,6 @@ async fn require_admin(
     next.run(Request::from_parts(parts, body)).await
 }
 
-fn serve<S>(
-    listener: TcpListener,
-    app: S,
-    stop: &watch::Sender<bool>,
-) -> JoinHandle<std::io::Result<()>>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    let shutdown = stopped(stop.subscribe());
-    tokio::spawn(async move {
-        // Small answers and streamed events go out at once (no Nagle delay).
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        // The peer's address reaches handlers (the dashboard's login limit).
-        axum::serve(
-            listener,
-            axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-    })
-}
-
 /// The public URL: as configured, or `http://` and the bound address.
 fn public_url(config: &ServerConfig, addr: SocketAddr) -> String {
     match &config.public_url {
@@ -1241,12 +1226,23 @@ impl Server {
 
         // Serving and background tasks.
         let (stop, _) = watch::channel(false);
+        let (release, _) = watch::channel(false);
+        let public = match config.listen_threads {
+            0 => listen::serve(public, public_app, &stop),
+            n => listen::serve_threads(n, public, public_app, &stop, &release).map_err(|e| {
+                ServerError::Bind {
+                    key: "listen",
+                    addr: public_addr,
+                    reason: format!("cannot start its threads: {}", config::io_reason(&e)),
+                }
+            })?,
+        };
         let mut listeners = vec![
-            ("listen", serve(public, public_app, &stop)),
-            ("admin_listen", serve(admin, admin_app, &stop)),
+            ("listen", public),
+            ("admin_listen", listen::serve(admin, admin_app, &stop)),
         ];
         for (listener, router) in simulators {
-            listeners.push(("simulator_listen", serve(listener, router, &stop)));
+            listeners.push(("simulator_listen", listen::serve(listener, router, &stop)));
         }
         let flusher = usage.spawn_flusher();
         let sync = ratelimits.spawn_sync();
@@ -1307,6 +1303,7 @@ impl Server {
             tasks: Some(Tasks {
                 stop,
                 listeners,
+                release,
                 upkeep,
                 dispatcher,
                 flusher,
@@ -1433,8 +1430,8 @@ impl RunningServer {
     }
 
     /// Stops the server: every listener stops accepting; requests in flight
-    /// get `shutdown_grace_secs` to finish (then their connections are
-    /// dropped, and the gateway settles them as cancelled); then the
+    /// get `shutdown_grace_secs` to finish (then their connections are cut,
+    /// and the gateway settles them as cancelled); then the
     /// gateway's settlements, the usage ledger, the rate-limit counters,
     /// key upkeep and the store are flushed, and the store is closed.
     ///
@@ -1443,6 +1440,7 @@ impl RunningServer {
         let Some(Tasks {
             stop,
             listeners,
+            release,
             upkeep,
             dispatcher,
             flusher,
@@ -1463,18 +1461,26 @@ impl RunningServer {
             .close_all("the control plane is shutting down");
         let _ = stop.send(true);
         let deadline = tokio::time::Instant::now() + grace;
-        for (key, mut task) in listeners {
-            match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::warn!("the {key} listener failed: {e}"),
-                Ok(Err(e)) => tracing::warn!("the {key} listener task failed: {e}"),
+        for (key, listen::Listening { mut task, open }) in listeners {
+            let ended = match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(ended) => Some(ended),
                 Err(_) => {
                     tracing::warn!(
-                        "requests on the {key} listener still running after {} s: dropped",
+                        "requests on the {key} listener still running after {} s: their connections are cut",
                         grace.as_secs()
                     );
-                    task.abort();
+                    // Requests reading or writing end at once; one waiting
+                    // with nothing to write (for a slot, for the upstream)
+                    // is dropped with its task.
+                    open.cut();
+                    tokio::time::timeout(CUT_WAIT, &mut task).await.ok()
                 }
+            };
+            match ended {
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => tracing::warn!("the {key} listener failed: {e}"),
+                Some(Err(e)) => tracing::warn!("the {key} listener task failed: {e}"),
+                None => task.abort(),
             }
         }
         let _ = upkeep.await;
@@ -1508,6 +1514,7 @@ impl RunningServer {
                 grace.as_secs()
             );
         }
+        let _ = release.send(true);
         note(
             self.services
                 .keys

@@ -442,6 +442,78 @@ async fn shutdown_stops_accepting() {
     }
 }
 
+/// A streamed chat completion of `max_tokens` through `s`'s gateway, its
+/// head read: the answer is under way.
+async fn streaming(s: &RunningServer, max_tokens: u32) -> reqwest::Response {
+    let body = serde_json::json!({"model": SIMULATOR_MODEL, "max_tokens": max_tokens,
+                                  "stream": true,
+                                  "messages": [{"role": "user", "content": "hi"}]});
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", s.public_addr))
+        .bearer_auth(ENTERPRISE)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res
+}
+
+/// A request under way when the shutdown begins is answered to its end,
+/// whether the public listener has threads of its own or shares the main
+/// runtime; then the listener stops accepting.
+#[tokio::test]
+async fn a_request_under_way_is_answered_to_its_end_on_shutdown() {
+    for listen_threads in [0, 2] {
+        let s = Server::start(ServerConfig {
+            listen_threads,
+            // 10 tokens at 50 a second: a fifth of a second.
+            sim_tokens_per_second: 50.0,
+            ..config()
+        })
+        .await
+        .unwrap();
+        let public = s.public_addr;
+        let res = streaming(&s, 10).await;
+        let (stopped, text) = tokio::join!(s.shutdown(), res.text());
+        stopped.unwrap();
+        let text = text.unwrap();
+        assert!(
+            text.ends_with("data: [DONE]\n\n"),
+            "listen_threads {listen_threads}: {text}"
+        );
+        assert!(
+            tokio::net::TcpStream::connect(public).await.is_err(),
+            "listen_threads {listen_threads}: still accepts"
+        );
+    }
+}
+
+/// A request still running when the grace has passed is cut off: the
+/// shutdown does not wait for it, on the listener's threads either.
+#[tokio::test]
+async fn a_request_past_the_grace_is_cut_off() {
+    for listen_threads in [0, 2] {
+        let s = Server::start(ServerConfig {
+            listen_threads,
+            // 1000 tokens at 2 a second: far longer than the grace.
+            sim_tokens_per_second: 2.0,
+            shutdown_grace_secs: 1,
+            ..config()
+        })
+        .await
+        .unwrap();
+        let res = streaming(&s, 1000).await;
+        let (stopped, text) = tokio::join!(s.shutdown(), res.text());
+        stopped.unwrap();
+        assert!(
+            text.is_err(),
+            "listen_threads {listen_threads}: answered in full: {text:?}"
+        );
+    }
+}
+
 /// The example server is a control plane: a project key registers a data
 /// plane on the admin listener's `/ws/data-plane`; the public listener
 /// publishes the token keys for third parties.
