@@ -320,15 +320,19 @@ def load_rows():
         r = hp["result"]
         src = f"`scripts/load/hotpath.sh {r['seconds']}` at {hp['commit']}"
         # Since the upstream runs in a process of its own (and the gateway
-        # is also measured with one worker); the figures before were taken
-        # with the upstream in the gateway's process.
+        # is also measured another way: with one worker, then on the
+        # work-stealing runtime); the figures before were taken with the
+        # upstream in the gateway's process.
         where = "upstream in its own process; " if r.get("upstream") == "process" else ""
         before = "before: "
         for run in r["runs"]:
             d, x, g = run["direct"], run["nginx"], run["gateway"]
             xn, gn = x["cpu_us"] - d["cpu_us"], g["cpu_us"] - d["cpu_us"]
-            one = run.get("gateway_1_worker")
-            one_cpu = (f"; gateway with one worker, as nginx here: {one['cpu_us'] - d['cpu_us']} µs = "
+            other = [(run.get("gateway_work_stealing"), "on the work-stealing runtime (`--listen-threads 0`, "
+                      "the default until listen threads)", "on the work-stealing runtime"),
+                     (run.get("gateway_1_worker"), "with one worker, as nginx here", "with one worker")]
+            one, how, how_short = next(((o, h, hs) for o, h, hs in other if o), (None, "", ""))
+            one_cpu = (f"; gateway {how}: {one['cpu_us'] - d['cpu_us']} µs = "
                        f"{(one['cpu_us'] - d['cpu_us']) / max(xn, 1):.1f}×" if one else "")
             rows.append((f"proxied chat CPU per request over direct, {run['kind']}, {run['connections']} connections: gateway vs nginx",
                          f"{gn} µs vs {xn} µs = {gn / max(xn, 1):.1f}× ({g['rps']:,} vs {x['rps']:,} req/s{one_cpu}; "
@@ -337,7 +341,7 @@ def load_rows():
                          "≤ 2× nginx (issue 24)", mark(gn <= 2 * xn), src))
             if run["connections"] == 1:
                 gp, xp = g["p50_us"] - d["p50_us"], x["p50_us"] - d["p50_us"]
-                one_p50 = f"; with one worker: {one['p50_us'] - d['p50_us']} µs" if one else ""
+                one_p50 = f"; {how_short}: {one['p50_us'] - d['p50_us']} µs" if one else ""
                 rows.append(("p50 added over direct at one connection: gateway (nginx)",
                              f"{gp} µs ({xp} µs{one_p50}; {where}{before}{before_24['p50']})", "≤ 40 µs (issue 24)",
                              mark(gp <= 40), src))
@@ -486,7 +490,7 @@ def main():
         "scripts/load/revocation.sh 50        # a key deleted at the control plane to refusal on 2 data planes",
         "scripts/load/artifact.sh 100000      # an artifact of 100k keys built, published and applied",
         "scripts/load/endpoints.sh 5          # every gateway endpoint under the same load",
-        "scripts/load/hotpath.sh 5            # CPU per proxied request: the gateway (default, one worker) beside nginx, upstream in its own process (3 interleaved rounds, medians)",
+        "scripts/load/hotpath.sh 5            # CPU per proxied request: the gateway (listen threads, and the work-stealing runtime) beside nginx, upstream in its own process (3 interleaved rounds, medians)",
         "cargo bench --bench allocs           # allocations per plain chat request: the gateway vs the upstream hop",
         "scripts/load/instructions.sh 500     # instructions per plain chat request (callgrind): the gateway vs the upstream hop",
         "scripts/load/callgrind.sh 8          # instructions per plain and streamed request in the gateway's process under wrk (callgrind)",

@@ -12,9 +12,10 @@
 # nginx (Debian's, one worker process, keep-alive to the upstream, no
 # buffering) is installed with apt-get when missing. The gateway (the
 # release example server on its memory store, its `simulator` model
-# pointed at the upstream) is measured twice: with tokio's default of a
-# worker thread per core, and with one worker thread, as nginx runs here
-# (TOKIO_WORKER_THREADS=1). Writes target/load/hotpath.json for
+# pointed at the upstream) is measured twice: as it runs by default, its
+# public listener served by a thread per core, each with a runtime of its
+# own, and with `--listen-threads 0`, served by tokio's work-stealing
+# runtime (a worker per core). Writes target/load/hotpath.json for
 # BENCHMARKS.md.
 #
 #   scripts/load/hotpath.sh [SECONDS_PER_RUN]   (default 10)
@@ -36,19 +37,17 @@ export MAAS_ADMIN_TOKEN=load-admin-token-0123456789
 SIM=127.0.0.1:18182
 start_server 127.0.0.1:18180 127.0.0.1:19190 127.0.0.1:18181 /tmp/maas-hotpath-server.log \
   --memory --sim-max-concurrent 4096 --max-in-flight 4096
-# background NAME WORKERS PUBLIC ADMIN SIMULATOR: another example server
-# (WORKERS tokio workers, or the default when empty); its pid in
-# PIDS[NAME].
+# background NAME PUBLIC ADMIN SIMULATOR [ARG...]: another example server
+# (with ARGs); its pid in PIDS[NAME].
 declare -A PIDS
 background() {
-  local name=$1 workers=$2 log=/tmp/maas-hotpath-$1.log
-  LAUNCH_PREFIX=${workers:+env TOKIO_WORKER_THREADS=$workers} launch "$3" "$4" "$5" "$log" \
-    --memory --sim-max-concurrent 4096 --max-in-flight 4096
+  local name=$1 log=/tmp/maas-hotpath-$1.log
+  launch "$2" "$3" "$4" "$log" --memory --sim-max-concurrent 4096 --max-in-flight 4096 "${@:5}"
   PIDS[$name]=$LAUNCHED
-  wait_up "$3" "the $name server (see $log)"
+  wait_up "$2" "the $name server (see $log)"
 }
-background upstream "" 127.0.0.1:18184 127.0.0.1:19194 "$SIM"
-background gateway1 1 127.0.0.1:18185 127.0.0.1:19195 127.0.0.1:18186
+background upstream 127.0.0.1:18184 127.0.0.1:19194 "$SIM"
+background stealing 127.0.0.1:18185 127.0.0.1:19195 127.0.0.1:18186 --listen-threads 0
 PIDS[gateway]=$SERVER
 for admin in 127.0.0.1:19190 127.0.0.1:19195; do
   point_simulator "http://$admin" "http://$SIM"
@@ -84,7 +83,7 @@ NGINX_PID=$!
 # Called by start_server's exit trap, after the server stops.
 cleanup() {
   kill "$NGINX_PID" 2>/dev/null || true
-  for name in upstream gateway1; do
+  for name in upstream stealing; do
     [ -z "${PIDS[$name]:-}" ] || kill -INT "${PIDS[$name]}" 2>/dev/null || true
   done
   wait 2>/dev/null || true
@@ -124,22 +123,22 @@ for spec in "1 plain" "16 plain" "64 plain" "16 stream"; do
   [ "$kind" = stream ] && body=$STREAM
   got=()
   for _ in $(seq "$ROUNDS"); do
-    for target in direct nginx gateway gateway1; do
+    for target in direct nginx gateway stealing; do
       case $target in
         direct) r=$(run direct "http://$SIM/v1/chat/completions" "" "$c" "$body") ;;
         nginx) r=$(run nginx http://127.0.0.1:18183/v1/chat/completions "" "$c" "$body") ;;
         gateway) r=$(run gateway http://127.0.0.1:18180/v1/chat/completions load-test-token-0123456789 "$c" "$body") ;;
-        gateway1) r=$(run gateway1 http://127.0.0.1:18185/v1/chat/completions load-test-token-0123456789 "$c" "$body") ;;
+        stealing) r=$(run stealing http://127.0.0.1:18185/v1/chat/completions load-test-token-0123456789 "$c" "$body") ;;
       esac
       got[$target]+="$(field "$r" cpu_us) $(field "$r" p50_us) $r"$'\n'
     done
   done
-  d=$(median_of direct); x=$(median_of nginx); g=$(median_of gateway); g1=$(median_of gateway1)
+  d=$(median_of direct); x=$(median_of nginx); g=$(median_of gateway); g1=$(median_of stealing)
   dn=$(field "$d" cpu_us); xn=$(( $(field "$x" cpu_us) - dn ))
   gn=$(( $(field "$g" cpu_us) - dn )); g1n=$(( $(field "$g1" cpu_us) - dn ))
   echo "c=$c $kind: CPU per request over direct: nginx ${xn} us, gateway ${gn} us ($(ratio "$gn" "$xn")x)," \
-    "gateway with 1 worker ${g1n} us ($(ratio "$g1n" "$xn")x); p50 over direct: nginx $(p50_over "$x") us," \
-    "gateway $(p50_over "$g") us, gateway with 1 worker $(p50_over "$g1") us"
-  runs+="${runs:+,}{\"connections\":$c,\"kind\":\"$kind\",\"direct\":$(kv_json "$d"),\"nginx\":$(kv_json "$x"),\"gateway\":$(kv_json "$g"),\"gateway_1_worker\":$(kv_json "$g1")}"
+    "gateway on the work-stealing runtime ${g1n} us ($(ratio "$g1n" "$xn")x); p50 over direct: nginx $(p50_over "$x") us," \
+    "gateway $(p50_over "$g") us, on the work-stealing runtime $(p50_over "$g1") us"
+  runs+="${runs:+,}{\"connections\":$c,\"kind\":\"$kind\",\"direct\":$(kv_json "$d"),\"nginx\":$(kv_json "$x"),\"gateway\":$(kv_json "$g"),\"gateway_work_stealing\":$(kv_json "$g1")}"
 done
 save hotpath "{\"upstream\":\"process\",\"seconds\":$SECS,\"rounds\":$ROUNDS,\"runs\":[$runs]}"
