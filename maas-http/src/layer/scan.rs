@@ -41,7 +41,7 @@ impl<'a> Cursor<'a> {
         let mut escaped = false;
         loop {
             let rest = self.s.get(self.i..)?;
-            let at = self.i + rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+            let at = self.i + memchr::memchr2(b'"', b'\\', rest)?;
             if self.s[at] == b'"' {
                 self.i = at + 1;
                 return Some((&self.s[start..at], escaped));
