@@ -12,6 +12,10 @@
 //! | admin (`127.0.0.1:9090`) | `admin_listen` | `GET /health` (open), `GET /metrics` and the management API under `/api/v1` (admin token), the operator dashboard under `/ui/` (its login form takes the admin token) |
 //! | simulator (`127.0.0.1:8081`, loopback only; `simulator_instances` of them on consecutive ports) | `simulator_listen` | the simulated models' upstreams, each with its fault setting (`/simulator/fault`) |
 //!
+//! The public listener is served by threads of its own, each with a
+//! current-thread runtime ([`ServerConfig::listen_threads`], one per core by
+//! default); the others by the runtime [`Server::start`] runs on.
+//!
 //! On start the server opens the store (sled in `data_dir`, or memory),
 //! creates seed 002's default tiers if absent, registers two simulated
 //! models (`simulator` for every tier, `simulator-premium` for premium and
@@ -23,9 +27,9 @@
 //! [`KeyService::maintain`] every second and [`Scheduling::load`] every ten.
 //!
 //! [`RunningServer::shutdown`] stops accepting on every listener, lets the
-//! requests in flight finish (at most `shutdown_grace_secs`), waits for the
-//! gateway's settlements, flushes usage, rate-limit counters and the store,
-//! then closes it. Dropping a [`RunningServer`] stops the listeners too, but
+//! requests in flight finish (at most `shutdown_grace_secs`, then their
+//! connections are cut), waits for the gateway's settlements, flushes usage,
+//! rate-limit counters and the store, then closes it. Dropping a [`RunningServer`] stops the listeners too, but
 //! waits for nothing.
 
 mod config;
