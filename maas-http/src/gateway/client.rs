@@ -729,12 +729,13 @@ mod tests {
             let mut n = 0;
             while let Ok((s, _)) = l.accept().await {
                 let svc = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                        Bytes::from(format!("{n}")),
-                    )))
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        format!("{n}"),
+                    ))))
                 });
                 tokio::spawn(
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc),
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc),
                 );
                 n += 1;
             }
