@@ -329,7 +329,7 @@ def load_rows():
             d, x, g = run["direct"], run["nginx"], run["gateway"]
             xn, gn = x["cpu_us"] - d["cpu_us"], g["cpu_us"] - d["cpu_us"]
             other = [(run.get("gateway_work_stealing"), "on the work-stealing runtime (`--listen-threads 0`, "
-                      "the default until listen threads)", "on the work-stealing runtime"),
+                      "the default before a2ede90)", "on the work-stealing runtime"),
                      (run.get("gateway_1_worker"), "with one worker, as nginx here", "with one worker")]
             one, how, how_short = next(((o, h, hs) for o, h, hs in other if o), (None, "", ""))
             one_cpu = (f"; gateway {how}: {one['cpu_us'] - d['cpu_us']} µs = "
