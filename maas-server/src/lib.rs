@@ -29,8 +29,8 @@
 //! [`RunningServer::shutdown`] stops accepting on every listener, lets the
 //! requests in flight finish (at most `shutdown_grace_secs`, then their
 //! connections are cut), waits for the gateway's settlements, flushes usage,
-//! rate-limit counters and the store, then closes it. Dropping a [`RunningServer`] stops the listeners too, but
-//! waits for nothing.
+//! rate-limit counters and the store, then closes it. Dropping a
+//! [`RunningServer`] stops the listeners too, but waits for nothing.
 
 mod config;
 mod listen;
@@ -1473,9 +1473,9 @@ impl RunningServer {
                         "requests on the {key} listener still running after {} s: their connections are cut",
                         grace.as_secs()
                     );
-                    // Requests reading or writing end at once; one waiting
-                    // with nothing to write (for a slot, for the upstream)
-                    // is dropped with its task.
+                    // Requests reading or writing fail at once; one still
+                    // waiting (for a slot, for the upstream) fails when it
+                    // writes its answer, or ends with the listener's threads.
                     open.cut();
                     tokio::time::timeout(CUT_WAIT, &mut task).await.ok()
                 }

@@ -442,20 +442,26 @@ async fn shutdown_stops_accepting() {
     }
 }
 
-/// A streamed chat completion of `max_tokens` through `s`'s gateway, its
-/// head read: the answer is under way.
-async fn streaming(s: &RunningServer, max_tokens: u32) -> reqwest::Response {
+/// A chat completion of `max_tokens` (streamed when `stream`) through
+/// `s`'s gateway for the enterprise user: its head read.
+async fn chat(s: &RunningServer, max_tokens: u32, stream: bool) -> reqwest::Response {
     let body = serde_json::json!({"model": SIMULATOR_MODEL, "max_tokens": max_tokens,
-                                  "stream": true,
+                                  "stream": stream,
                                   "messages": [{"role": "user", "content": "hi"}]});
-    let res = reqwest::Client::new()
+    reqwest::Client::new()
         .post(format!("http://{}/v1/chat/completions", s.public_addr))
         .bearer_auth(ENTERPRISE)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A streamed chat completion of `max_tokens` through `s`'s gateway, its
+/// head read: the answer is under way.
+async fn streaming(s: &RunningServer, max_tokens: u32) -> reqwest::Response {
+    let res = chat(s, max_tokens, true).await;
     assert_eq!(res.status(), StatusCode::OK);
     res
 }
@@ -648,17 +654,8 @@ async fn the_simulated_models_are_balanced_over_the_simulators_and_survive_one_f
         assert_eq!(fault["mode"], mode, "{addr}");
     }
 
-    let body = serde_json::json!({"model": SIMULATOR_MODEL, "max_tokens": 4,
-                                  "messages": [{"role": "user", "content": "hi"}]});
     for i in 0..30 {
-        let res = client
-            .post(format!("http://{}/v1/chat/completions", s.public_addr))
-            .bearer_auth(ENTERPRISE)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let res = chat(&s, 4, false).await;
         let status = res.status();
         let served = res
             .headers()
