@@ -269,7 +269,8 @@ struct Tasks {
     stop: watch::Sender<bool>,
     listeners: Vec<(&'static str, listen::Listening)>,
     /// Lets the public listener's threads end their runtimes (sent, or
-    /// dropped, once the requests ended there are settled).
+    /// dropped, once the requests ended there are settled and the store
+    /// flushed: a store connection (re)opened on one is driven there).
     release: watch::Sender<bool>,
     upkeep: JoinHandle<()>,
     /// The webhook dispatcher.
@@ -1518,7 +1519,6 @@ impl RunningServer {
                 grace.as_secs()
             );
         }
-        let _ = release.send(true);
         note(
             self.services
                 .keys
@@ -1537,6 +1537,10 @@ impl RunningServer {
             note(store.flush().await.map_err(step("flushing the store")));
         }
         drop(sled);
+        // Last: a connection to the store (re)opened by a request on one of
+        // the public listener's threads is driven by that thread's runtime,
+        // and the flushes above may have used it.
+        let _ = release.send(true);
         drop(self);
         tracing::info!("maas server stopped");
         match first {
