@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -15,7 +16,7 @@ use axum::response::Response;
 use axum::serve::{Listener, ListenerExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::stopped;
@@ -65,10 +66,81 @@ impl Open {
     }
 }
 
-/// A TCP listener whose connections are registered in an [`Open`].
+/// A TCP listener whose connections are registered in an [`Open`], and,
+/// on a listener's threads ([`serve_threads`]), balanced between them.
 struct Cuttable {
     inner: TcpListener,
     open: Arc<Open>,
+    balance: Option<Balance>,
+}
+
+/// One of a listener's threads: its number, and the connections the
+/// others hand it.
+struct Balance {
+    me: usize,
+    threads: Arc<Threads>,
+    handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+}
+
+/// A listener's threads: the connections each has open, and where to hand
+/// each one a connection.
+struct Threads {
+    open: Vec<AtomicUsize>,
+    hand: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>>,
+}
+
+impl Threads {
+    /// The thread with the fewest connections open (`me` among equals),
+    /// counted as having one more.
+    fn least(&self, me: usize) -> usize {
+        let count = |i: usize| self.open[i].load(Ordering::Relaxed);
+        let mut least = me;
+        for i in 0..self.open.len() {
+            if count(i) < count(least) {
+                least = i;
+            }
+        }
+        self.open[least].fetch_add(1, Ordering::Relaxed);
+        least
+    }
+}
+
+impl Cuttable {
+    /// The next connection to serve here: one accepted (kept, or handed
+    /// to the thread with the fewest open: whichever thread wakes first
+    /// accepts all that are waiting, so a burst of connections would
+    /// otherwise land on one thread) or one handed here.
+    async fn next(&mut self) -> (TcpStream, SocketAddr) {
+        let Some(b) = &mut self.balance else {
+            // axum's accept: errors are logged and retried.
+            return Listener::accept(&mut self.inner).await;
+        };
+        loop {
+            tokio::select! {
+                (stream, peer) = Listener::accept(&mut self.inner) => {
+                    let to = b.threads.least(b.me);
+                    if to == b.me {
+                        return (stream, peer);
+                    }
+                    let handed = stream
+                        .into_std()
+                        .map_err(|_| ())
+                        .and_then(|s| b.threads.hand[to].send((s, peer)).map_err(|_| ()));
+                    if handed.is_err() {
+                        // That thread has stopped (the connection is lost
+                        // with it when into_std failed).
+                        b.threads.open[to].fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                Some((stream, peer)) = b.handed.recv() => {
+                    if let Ok(stream) = TcpStream::from_std(stream) {
+                        return (stream, peer);
+                    }
+                    b.threads.open[b.me].fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 impl Listener for Cuttable {
@@ -76,13 +148,16 @@ impl Listener for Cuttable {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Conn, SocketAddr) {
-        // axum's accept: errors are logged and retried.
-        let (stream, peer) = Listener::accept(&mut self.inner).await;
+        let (stream, peer) = self.next().await;
         let n = self.open.add(&stream);
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             stream,
             registered: n.map(|n| (n, Arc::clone(&self.open))),
+            counted: self
+                .balance
+                .as_ref()
+                .map(|b| (Arc::clone(&b.threads), b.me)),
         };
         (conn, peer)
     }
@@ -96,12 +171,17 @@ impl Listener for Cuttable {
 struct Conn {
     stream: TcpStream,
     registered: Option<(u64, Arc<Open>)>,
+    /// The listener's threads and the one serving it (counted there).
+    counted: Option<(Arc<Threads>, usize)>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some((n, open)) = &self.registered {
             open.remove(*n);
+        }
+        if let Some((threads, me)) = &self.counted {
+            threads.open[*me].fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -151,6 +231,7 @@ impl AsyncWrite for Conn {
 async fn serve_on<S>(
     listener: TcpListener,
     open: Arc<Open>,
+    balance: Option<Balance>,
     app: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()>
@@ -164,6 +245,7 @@ where
     let listener = Cuttable {
         inner: listener,
         open,
+        balance,
     }
     .tap_io(|_| {});
     axum::serve(
@@ -186,6 +268,7 @@ where
     let task = tokio::spawn(serve_on(
         listener,
         Arc::clone(&open),
+        None,
         app,
         stopped(stop.subscribe()),
     ));
@@ -194,15 +277,17 @@ where
 
 /// Serves `app` on `listener` as [`serve`] does, on `threads` threads of
 /// its own, each with a current-thread runtime: a connection is served by
-/// the thread that accepted it, start to end, and so are the upstream
+/// one thread, start to end (the one with the fewest connections open when
+/// it came: the thread that accepted it hands it on), and so are the upstream
 /// connections its requests open (the gateway's client prefers those of
 /// the asking thread), as nginx's workers do. No request's work crosses
 /// threads, so none waits for another thread to wake.
 ///
 /// The returned task ends when every thread has stopped serving. Each
 /// thread's runtime then runs on until `release` is sent or dropped: the
-/// requests that ended there may still be settling in its tasks (what is
-/// left then is dropped with it).
+/// requests that ended there may still be settling in its tasks, and a
+/// connection opened there (a store's, reopened by a request) is driven
+/// there (what is left then is dropped with it).
 pub(crate) fn serve_threads<S>(
     threads: usize,
     listener: TcpListener,
@@ -216,12 +301,23 @@ where
 {
     let listener = listener.into_std()?;
     let open = Arc::new(Open::default());
+    let (hand, handed): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
+    let shared = Arc::new(Threads {
+        open: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+        hand,
+    });
     let mut served = Vec::with_capacity(threads);
-    for i in 0..threads {
+    for (i, handed) in handed.into_iter().enumerate() {
+        let balance = Balance {
+            me: i,
+            threads: Arc::clone(&shared),
+            handed,
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        // The same listening socket: whichever thread is free accepts.
+        // The same listening socket: whichever thread wakes accepts, and
+        // keeps the connection or hands it to the one with the fewest.
         let listener = listener.try_clone()?;
         let (app, open) = (app.clone(), Arc::clone(&open));
         let (shutdown, release) = (stopped(stop.subscribe()), stopped(release.subscribe()));
@@ -231,7 +327,9 @@ where
             .spawn(move || {
                 rt.block_on(async move {
                     let r = match TcpListener::from_std(listener) {
-                        Ok(listener) => serve_on(listener, open, app, shutdown).await,
+                        Ok(listener) => {
+                            serve_on(listener, open, Some(balance), app, shutdown).await
+                        }
                         Err(e) => Err(e),
                     };
                     let _ = done.send(r);
@@ -253,4 +351,55 @@ where
         first
     });
     Ok(Listening { task, open })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Connections that come at once are shared out between the threads,
+    /// though whichever wakes first could accept them all.
+    #[tokio::test]
+    async fn connections_that_come_together_are_shared_between_the_threads() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Answers with the name of the thread serving it.
+        let app = tower::service_fn(|_: Request| async {
+            let name = std::thread::current().name().unwrap_or("?").to_owned();
+            Ok::<_, Infallible>(Response::new(axum::body::Body::from(name)))
+        });
+        let (stop, _) = watch::channel(false);
+        let (release, _) = watch::channel(false);
+        let listening = serve_threads(2, listener, app, &stop, &release).unwrap();
+        let mut conns = Vec::new();
+        for _ in 0..8 {
+            conns.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut served = HashMap::<String, usize>::new();
+        for c in &mut conns {
+            c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            while !answer.ends_with(b"maas-listen-0") && !answer.ends_with(b"maas-listen-1") {
+                let mut buf = [0u8; 1024];
+                let n = c.read(&mut buf).await.unwrap();
+                assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8(answer).unwrap();
+            let name = text.rsplit("\r\n").next().unwrap().to_owned();
+            *served.entry(name).or_default() += 1;
+        }
+        // At most two decisions race: 4 and 4, or 5 and 3.
+        assert_eq!(served.len(), 2, "{served:?}");
+        assert!(served.values().all(|&n| n >= 3), "{served:?}");
+        drop(conns);
+        stop.send(true).unwrap();
+        listening.task.await.unwrap().unwrap();
+    }
 }
