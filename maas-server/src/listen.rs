@@ -122,14 +122,18 @@ impl Cuttable {
                     if to == b.me {
                         return (stream, peer);
                     }
-                    let handed = stream
-                        .into_std()
-                        .map_err(|_| ())
-                        .and_then(|s| b.threads.hand[to].send((s, peer)).map_err(|_| ()));
-                    if handed.is_err() {
-                        // That thread has stopped (the connection is lost
-                        // with it when into_std failed).
-                        b.threads.open[to].fetch_sub(1, Ordering::Relaxed);
+                    let back = match stream.into_std() {
+                        Ok(s) => match b.threads.hand[to].send((s, peer)) {
+                            Ok(()) => continue,
+                            // That thread has stopped serving: served here.
+                            Err(mpsc::error::SendError(back)) => Some(back),
+                        },
+                        Err(_) => None,
+                    };
+                    b.threads.open[to].fetch_sub(1, Ordering::Relaxed);
+                    if let Some(stream) = back.and_then(|(s, _)| TcpStream::from_std(s).ok()) {
+                        b.threads.open[b.me].fetch_add(1, Ordering::Relaxed);
+                        return (stream, peer);
                     }
                 }
                 Some((stream, peer)) = b.handed.recv() => {
