@@ -503,16 +503,23 @@ async fn a_request_past_the_grace_is_cut_off() {
     for listen_threads in [0, 2] {
         let s = Server::start(ServerConfig {
             listen_threads,
-            // 1000 tokens at 2 a second: far longer than the grace.
+            // 1000 tokens at 2 a second, and no grace: the request under
+            // way is past it as soon as the shutdown begins (nothing waits
+            // a grace out).
             sim_tokens_per_second: 2.0,
-            shutdown_grace_secs: 1,
+            shutdown_grace_secs: 0,
             ..config()
         })
         .await
         .unwrap();
         let res = streaming(&s, 1000).await;
-        let (stopped, text) = tokio::join!(s.shutdown(), res.text());
+        // Uncut, the answer would take 500 s: a minute bounds the failure.
+        let (stopped, text) = tokio::join!(
+            s.shutdown(),
+            tokio::time::timeout(std::time::Duration::from_secs(60), res.text())
+        );
         stopped.unwrap();
+        let text = text.unwrap_or_else(|_| panic!("listen_threads {listen_threads}: not cut"));
         assert!(
             text.is_err(),
             "listen_threads {listen_threads}: answered in full: {text:?}"
