@@ -54,9 +54,10 @@
 //! core (tokio's `TOKIO_WORKER_THREADS` sets another count). On a 2-core
 //! machine, with the upstream in a process of its own, the threads cut the
 //! CPU a lone client's chat completion costs through the gateway by 28–37%
-//! (three runs) against the work-stealing runtime (`--listen-threads 0`),
-//! whose two workers wake each other, and by about a tenth at 16 and 64
-//! connections (`scripts/load/hotpath.sh` measures both).
+//! (five runs) against the work-stealing runtime (`--listen-threads 0`),
+//! whose two workers wake each other, and by 8–10% at 64 connections; at
+//! 16 connections and streamed the two were even
+//! (`scripts/load/hotpath.sh` measures both).
 //!
 //! Without `MAAS_ADMIN_TOKEN` an admin token is generated on first start,
 //! stored in the data directory (mode 0600) and printed once with its path.

@@ -14,8 +14,9 @@
 #
 # Each figure is the instructions counted while wrk ran, divided by the
 # requests wrk completed (after 3 s of warm-up outside the count).
-# The gateway runs with one tokio worker (under valgrind threads take
-# turns anyway). Ports: gateway 18280/19290/18281, upstream
+# The gateway's public listener runs as by default (a thread per core,
+# each with its runtime), the rest on one tokio worker (under valgrind
+# threads take turns anyway). Ports: gateway 18280/19290/18281, upstream
 # 18284/19294/18282.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
