@@ -47,9 +47,9 @@
 //! | | `MAAS_KEY_SECRET` | | generated, in `{data_dir}/key-secret` |
 //!
 //! The public listener (the gateway) is served by `listen_threads`
-//! threads, each with a runtime of its own: a connection stays on the
-//! thread that accepted it, and so do the upstream connections its requests
-//! open, as nginx's workers work. The rest (the admin and simulator
+//! threads, each with a runtime of its own: a connection stays on one
+//! thread (the one with the fewest open when it came), and so do the
+//! upstream connections its requests open, as nginx's workers work. The rest (the admin and simulator
 //! listeners, background tasks) runs on a runtime with a worker thread per
 //! core (tokio's `TOKIO_WORKER_THREADS` sets another count). On a 2-core
 //! machine, with the upstream in a process of its own, the threads cut the

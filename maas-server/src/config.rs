@@ -96,9 +96,10 @@ pub struct ServerConfig {
     pub simulator_instances: usize,
     /// How many threads serve the public listener (the gateway, the user
     /// and Unkey APIs), each with a runtime of its own (0 to
-    /// [`MAX_LISTEN_THREADS`]): a connection is served start to end by the
-    /// thread that accepted it, as nginx's workers serve theirs, so that no
-    /// request waits for another thread to wake. 0: served by the runtime
+    /// [`MAX_LISTEN_THREADS`]): a connection is served start to end by one
+    /// thread (the one with the fewest open when it came), as nginx's
+    /// workers serve theirs, so that no request waits for another thread
+    /// to wake. 0: served by the runtime
     /// [`Server::start`](super::Server::start) runs on, as the admin and
     /// simulator listeners are. Default: one per core.
     pub listen_threads: usize,
