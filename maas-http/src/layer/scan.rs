@@ -9,6 +9,49 @@
 //! of another type than the usual), a reader returns `None` and its caller
 //! parses the whole text with serde_json, which decides as before.
 
+/// The bytes where skipping a container stops: quotes and brackets.
+static STOPS: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
+
+/// `b` in each of a word's eight bytes.
+const fn splat(b: u8) -> u64 {
+    u64::from_ne_bytes([b; 8])
+}
+
+/// Where the first quote or backslash of `s` at or after `i` is. Eight
+/// bytes at a time, in a word (most strings of an answer are keys and ids
+/// of a few bytes, where a vectorised search spends more setting up than
+/// searching); the rest one by one.
+#[inline]
+fn quote_or_backslash(s: &[u8], mut i: usize) -> Option<usize> {
+    const LOW: u64 = splat(0x01);
+    const HIGH: u64 = splat(0x80);
+    while let Some(&word) = s.get(i..).and_then(|r| r.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(word);
+        // A byte of `q` (or `b`) is zero where `w` has a quote (or a
+        // backslash); the lowest byte flagged is the first such byte
+        // (flags above a zero byte may be false, never below).
+        let q = w ^ splat(b'"');
+        let b = w ^ splat(b'\\');
+        let found = (q.wrapping_sub(LOW) & !q | b.wrapping_sub(LOW) & !b) & HIGH;
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let rest = s.get(i..)?;
+    rest.iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|p| i + p)
+}
+
 /// A position in a JSON text, read forward.
 pub(super) struct Cursor<'a> {
     s: &'a [u8],
@@ -36,12 +79,12 @@ impl<'a> Cursor<'a> {
 
     /// Reads a string's content, the opening quote already read: the
     /// content as written and whether it has escapes.
+    #[inline]
     fn string_body(&mut self) -> Option<(&'a [u8], bool)> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            let rest = self.s.get(self.i..)?;
-            let at = self.i + memchr::memchr2(b'"', b'\\', rest)?;
+            let at = quote_or_backslash(self.s, self.i)?;
             if self.s[at] == b'"' {
                 self.i = at + 1;
                 return Some((&self.s[start..at], escaped));
@@ -65,10 +108,9 @@ impl<'a> Cursor<'a> {
             b'{' | b'[' => {
                 let mut depth = 0usize;
                 loop {
-                    let rest = self.s.get(self.i..)?;
-                    self.i += rest
-                        .iter()
-                        .position(|b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']'))?;
+                    while !STOPS[usize::from(*self.s.get(self.i)?)] {
+                        self.i += 1;
+                    }
                     match self.s[self.i] {
                         b'"' => {
                             self.i += 1;
@@ -292,6 +334,29 @@ mod tests {
         assert_eq!(Cursor::new(b"{}").array(|_| Some(())), None);
         // A stop asked by the callback.
         assert_eq!(Cursor::new(br#"{"a":1}"#).object(|_, _| None), None);
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time search finds what a byte-by-byte one finds,
+        /// from any start, in any bytes (those next to a quote or a
+        /// backslash, zero and high bytes among them).
+        #[test]
+        fn quotes_and_backslashes_are_found_as_one_by_one(
+            s in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(&b"\"\\!#[]\x00\x01\x7f\x80\xdc\xff a"[..]),
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..40,
+            ),
+            from in 0usize..42,
+        ) {
+            let naive = s
+                .get(from..)
+                .and_then(|r| r.iter().position(|&c| c == b'"' || c == b'\\'))
+                .map(|p| from + p);
+            proptest::prop_assert_eq!(quote_or_backslash(&s, from), naive);
+        }
     }
 
     #[test]
