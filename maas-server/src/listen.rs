@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
@@ -330,6 +331,7 @@ where
             .name(format!("maas-listen-{i}"))
             .spawn(move || {
                 rt.block_on(async move {
+                    tokio::spawn(keep_a_timer());
                     let r = match TcpListener::from_std(listener) {
                         Ok(listener) => {
                             serve_on(listener, open, Some(balance), app, shutdown).await
@@ -355,6 +357,21 @@ where
         first
     });
     Ok(Listening { task, open })
+}
+
+/// How often [`keep_a_timer`]'s timer fires.
+const KEPT_TIMER: Duration = Duration::from_secs(1);
+
+/// Keeps a timer set on the thread's runtime, sooner than a request's
+/// timeout. Tokio wakes a runtime's driver (a write to its eventfd, and
+/// one more event for its next poll) whenever a timer is set sooner than
+/// every one already set; on a thread serving one request at a time that
+/// was every request's upstream timeout (issue 24: one syscall a request
+/// at one connection). With this one set, it is once a second.
+async fn keep_a_timer() {
+    loop {
+        tokio::time::sleep(KEPT_TIMER).await;
+    }
 }
 
 #[cfg(test)]
