@@ -5,7 +5,7 @@
 //! cancelled with the tokens counted so far.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -421,7 +421,11 @@ impl Metered {
 /// none, has `null`, or is not of the usual shape: the caller then parses
 /// the whole answer.
 fn quick_usage(whole: &[u8], anthropic: bool) -> Option<Usage> {
-    let value = scan::field(whole, b"usage")??;
+    static USAGE: LazyLock<scan::LastKey> = LazyLock::new(|| scan::LastKey::new("usage"));
+    let value = match scan::last_field(whole, &USAGE) {
+        Some(v) => v,
+        None => scan::field(whole, b"usage")??,
+    };
     if anthropic {
         serde_json::from_slice::<Option<AnthropicUsage>>(value)
             .ok()?

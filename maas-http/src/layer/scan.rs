@@ -237,6 +237,69 @@ pub(super) fn field<'a>(s: &'a [u8], key: &[u8]) -> Option<Option<&'a [u8]>> {
     Some(found)
 }
 
+/// A key to find as the last member of an object ([`last_field`]): a
+/// search for it quoted, built once (building one costs more than
+/// searching an answer).
+pub(super) struct LastKey {
+    len: usize,
+    forward: memchr::memmem::Finder<'static>,
+}
+
+impl LastKey {
+    /// `key` as written (it must need no escape).
+    pub(super) fn new(key: &str) -> Self {
+        let quoted = format!("\"{key}\"");
+        LastKey {
+            len: quoted.len(),
+            forward: memchr::memmem::Finder::new(quoted.as_bytes()).into_owned(),
+        }
+    }
+}
+
+/// The value of `key` in the JSON object `s` when it is the object's last
+/// member, found from the end without reading the members before it (a
+/// usual answer states its `usage` last). None when that cannot be told
+/// that way: the key is not written exactly once and plainly, `s` has a
+/// `\u` escape (a key could spell it otherwise), or its value is not
+/// followed by the object's end. The caller then reads the whole object
+/// ([`field`]), which decides alike.
+///
+/// Why that suffices in a JSON text: the one `"key"` found is preceded by
+/// `{` or `,` (so its quote is not escaped: it opens a string, a key since
+/// a `:` follows), and the `}` after its value is the text's last byte,
+/// which closes the top-level value: the object the key is in. (Of a text
+/// that is not JSON before that member, the value may be read where a
+/// whole read gives up.)
+pub(super) fn last_field<'a>(s: &'a [u8], key: &LastKey) -> Option<&'a [u8]> {
+    let at = key.forward.find(s)?;
+    // Once: none after it (one may share its last quote).
+    if key.forward.find(&s[at + 1..]).is_some()
+        || memchr::memchr_iter(b'\\', s).any(|i| s.get(i + 1) == Some(&b'u'))
+    {
+        return None;
+    }
+    let before = s[..at]
+        .iter()
+        .rev()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))?;
+    if !matches!(before, b'{' | b',') {
+        return None;
+    }
+    let mut c = Cursor::new(s);
+    c.i = at + key.len;
+    if c.peek()? != b':' {
+        return None;
+    }
+    c.i += 1;
+    let value = c.value()?;
+    if c.peek()? != b'}' {
+        return None;
+    }
+    c.i += 1;
+    c.end()?;
+    Some(value)
+}
+
 /// What a string-or-null value holds: `Some(None)` for null, `Some(Some(n))`
 /// for a string of `n` bytes as written (0 only for `""`), None for any
 /// other value.
@@ -356,6 +419,65 @@ mod tests {
                 .and_then(|r| r.iter().position(|&c| c == b'"' || c == b'\\'))
                 .map(|p| from + p);
             proptest::prop_assert_eq!(quote_or_backslash(&s, from), naive);
+        }
+    }
+
+    #[test]
+    fn a_last_field_is_read_from_the_end() {
+        let usage = LastKey::new("usage");
+        let last = |s: &str| last_field(s.as_bytes(), &usage).map(|v| v.to_vec());
+        assert_eq!(
+            last(r#"{"a":[1,{"b":"}"}],"usage":{"n":1}}"#),
+            Some(br#"{"n":1}"#.to_vec())
+        );
+        assert_eq!(
+            last(" {\"a\":1 ,\n \"usage\" : null } \n"),
+            Some(b"null".to_vec())
+        );
+        for s in [
+            // Not last, nested, twice, in a string, escaped, cut short.
+            r#"{"usage":1,"a":2}"#,
+            r#"{"a":{"usage":1}}"#,
+            r#"{"a":[{"usage":1}]}"#,
+            r#"{"usage":1,"usage":2}"#,
+            r#"{"a":"x","b":"\"usage\":1}"}"#,
+            r#"{"a\"usage":1}"#,
+            r#"{"\u0075sage":1,"usage":2}"#,
+            r#"{"a":"\u00e9","usage":2}"#,
+            r#"{"usage":}"#,
+            r#"{"usage":1"#,
+            r#"{"usage":1} x"#,
+            r#"["usage",1]"#,
+            "",
+        ] {
+            assert_eq!(last(s), None, "{s}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whenever the value is found from the end, it is the one a
+        /// whole read finds, for objects with `usage` anywhere (nested,
+        /// in strings, repeated, escaped).
+        #[test]
+        fn a_last_field_is_the_field(members in proptest::collection::vec(
+            (
+                proptest::sample::select(vec!["usage", "a", "us\\u0061ge", "x\\\"usage"]),
+                proptest::prop_oneof![
+                    proptest::strategy::Just("1".to_owned()),
+                    proptest::strategy::Just(r#""usage""#.to_owned()),
+                    proptest::strategy::Just(r#"{"usage":{"n":2}}"#.to_owned()),
+                    proptest::strategy::Just(r#"["}",{"usage":3}]"#.to_owned()),
+                    proptest::strategy::Just(r#""\"usage\":4}""#.to_owned()),
+                ],
+            ),
+            0..4,
+        ), spaced in proptest::prelude::any::<bool>()) {
+            let sep = if spaced { " , " } else { "," };
+            let body: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let s = format!("{{{}}}", body.join(sep));
+            if let Some(v) = last_field(s.as_bytes(), &LastKey::new("usage")) {
+                proptest::prop_assert_eq!(field(s.as_bytes(), b"usage"), Some(Some(v)), "{}", s);
+            }
         }
     }
 
