@@ -427,7 +427,9 @@ def machine():
 def main():
     med = medians()
     if not med:
-        sys.exit("no criterion results in target/criterion: run scripts/benchmarks.sh")
+        # A machine that ran only load scripts: every bench row is kept.
+        print("no criterion results in target/criterion (scripts/benchmarks.sh runs the benches): "
+              "the bench rows are kept from BENCHMARKS.md", file=sys.stderr)
     lines = [
         "# Benchmarks",
         "",
