@@ -9,6 +9,8 @@
 # request (from /proc) of the upstream plus the proxy in front of it,
 # minus the upstream's alone when the same requests go straight to it (the
 # direct run): what the proxy adds, its effect on the upstream included.
+# Beside it, the proxy's own CPU per request (its process alone), which
+# the upstream's run-to-run drift (several µs a request) does not move.
 # nginx (Debian's, one worker process, keep-alive to the upstream, no
 # buffering) is installed with apt-get when missing. The gateway (the
 # release example server on its memory store, its `simulator` model
@@ -101,18 +103,28 @@ cpu_ticks() {
   awk '{ t += $14 + $15 } END { print t }' "/proc/${PIDS[upstream]}/stat" \
     ${PIDS[$target]:+"/proc/${PIDS[$target]}/stat"}
 }
+# own_ticks: the same of the proxy alone (0 for direct): what it spends
+# itself, without the upstream's cost (which moves by several µs a request
+# between runs, and which a proxy also changes).
+own_ticks() {
+  if [ -n "${PIDS[$target]:-}" ]; then awk '{ print $14 + $15 }' "/proc/${PIDS[$target]}/stat"; else echo 0; fi
+}
 PLAIN='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}'
 STREAM='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16,"stream":true}'
 
 run() { wrk_cpu "$@"; } # name url token connections body
-# median NAME URL TOKEN CONNS BODY: the run of ROUNDS whose CPU per request
-# is the median, with the median p50 of the ROUNDS (a loaded 2-core machine
-# varies from run to run; the rounds of the four targets interleave).
+# median_of TARGET: the run of ROUNDS whose CPU per request is the
+# median, with the median p50 and the median own CPU of the ROUNDS (a
+# loaded 2-core machine varies from run to run; the rounds of the four
+# targets interleave).
 ROUNDS=${ROUNDS:-3}
 declare -A got
+median_field() { # TARGET FIELD: the median of FIELD over its rounds
+  grep -oE " $2=[0-9]+" <<<"${got[$1]}" | cut -d= -f2 | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)'
+}
 median_of() { # key: lines "cpu p50 RESULT..." -> the median record
   sort -n <<<"${got[$1]}" | grep -v "^$" | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2) { $1 = ""; $2 = ""; sub(/^  /, ""); print }' |
-    sed -E "s/p50_us=[0-9]+/p50_us=$(awk '{ print $2 }' <<<"${got[$1]}" | grep -v "^$" | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')/"
+    sed -E "s/p50_us=[0-9]+/p50_us=$(median_field "$1" p50_us)/; s/own_us=[0-9]+/own_us=$(median_field "$1" own_us)/"
 }
 ratio() { awk -v g="$1" -v x="$2" 'BEGIN { printf "%.1f", (x > 0 ? g / x : 0) }'; }
 p50_over() { echo $(( $(field "$1" p50_us) - $(field "$d" p50_us) )); }
@@ -136,8 +148,10 @@ for spec in "1 plain" "16 plain" "64 plain" "16 stream"; do
   d=$(median_of direct); x=$(median_of nginx); g=$(median_of gateway); g1=$(median_of stealing)
   dn=$(field "$d" cpu_us); xn=$(( $(field "$x" cpu_us) - dn ))
   gn=$(( $(field "$g" cpu_us) - dn )); g1n=$(( $(field "$g1" cpu_us) - dn ))
+  xo=$(field "$x" own_us); go=$(field "$g" own_us)
   echo "c=$c $kind: CPU per request over direct: nginx ${xn} us, gateway ${gn} us ($(ratio "$gn" "$xn")x)," \
-    "gateway on the work-stealing runtime ${g1n} us ($(ratio "$g1n" "$xn")x); p50 over direct: nginx $(p50_over "$x") us," \
+    "gateway on the work-stealing runtime ${g1n} us ($(ratio "$g1n" "$xn")x); the proxy's own: nginx ${xo} us," \
+    "gateway ${go} us ($(ratio "$go" "$xo")x); p50 over direct: nginx $(p50_over "$x") us," \
     "gateway $(p50_over "$g") us, on the work-stealing runtime $(p50_over "$g1") us"
   runs+="${runs:+,}{\"connections\":$c,\"kind\":\"$kind\",\"direct\":$(kv_json "$d"),\"nginx\":$(kv_json "$x"),\"gateway\":$(kv_json "$g"),\"gateway_work_stealing\":$(kv_json "$g1")}"
 done

@@ -148,14 +148,19 @@ create_keys() {
 # with TOKEN as bearer over CONNECTIONS connections; prints wrk's RESULT
 # line plus cpu_us, the server side's CPU per request: the caller's
 # cpu_ticks (clock ticks of the processes it measures) before and after.
+# When the caller also defines own_ticks (the clock ticks of one of them),
+# own_us is that one's CPU per request.
 wrk_cpu() {
-  local out before after n ticks
+  local out before after n ticks own0=0 own1=0
   ticks=$(getconf CLK_TCK)
   before=$(cpu_ticks)
+  ! declare -F own_ticks >/dev/null || own0=$(own_ticks)
   out=$(TOKEN=$3 BODY=${5:-} wrk -t1 -c"$4" -d"${SECS}s" --timeout 10s -s scripts/load/post.lua "$2" | grep '^RESULT')
   after=$(cpu_ticks)
+  ! declare -F own_ticks >/dev/null || own1=$(own_ticks)
   n=$(field "$out" requests)
   out+=" cpu_us=$(( (after - before) * 1000000 / ticks / (n > 0 ? n : 1) ))"
+  ! declare -F own_ticks >/dev/null || out+=" own_us=$(( (own1 - own0) * 1000000 / ticks / (n > 0 ? n : 1) ))"
   echo "$1 c=$4 $out" >&2
   echo "$out"
 }
