@@ -72,8 +72,8 @@ struct Inner {
     clock: SharedClock,
     config: UsageConfig,
     max_range_ms: i64,
-    usage: DashMap<Slot, UsageSums>,
-    verifications: DashMap<Slot, VerificationSums>,
+    usage: Buckets<UsageSums>,
+    verifications: Buckets<VerificationSums>,
     /// Distinct buckets pending in both maps.
     pending: AtomicUsize,
     /// Wakes the flusher early (pending reached `max_pending`).
@@ -114,6 +114,12 @@ pub struct LedgerStatus {
 }
 
 // ----- pending buckets --------------------------------------------------------
+
+/// The pending buckets of one kind, by slot. Hashed with foldhash, as the
+/// gateway's other hot maps are ([`crate::FastMap`]: SipHash cost ~400
+/// instructions of a recorded request): the parts of a slot are validated
+/// names of tenants, keys and models, and the seed is random per process.
+type Buckets<S> = DashMap<Slot, S, foldhash::fast::RandomState>;
 
 /// A pending bucket's key: the minute and up to four parts (usage: tenant,
 /// key, model, currency; verifications: keyspace, key, owner, "").
@@ -278,7 +284,7 @@ impl Sums for VerificationSums {
 /// a key equal to one of them needs no check (the hot path of a warm
 /// bucket is one lookup).
 fn add_into<S: Sums>(
-    map: &DashMap<Slot, S>,
+    map: &Buckets<S>,
     key: SlotRef<'_>,
     sums: &S,
     check: impl FnOnce() -> Result<()>,
@@ -291,7 +297,7 @@ fn add_into<S: Sums>(
     Ok(add_owned(map, key.owned(), sums))
 }
 
-fn add_owned<S: Sums>(map: &DashMap<Slot, S>, key: Slot, sums: &S) -> bool {
+fn add_owned<S: Sums>(map: &Buckets<S>, key: Slot, sums: &S) -> bool {
     match map.entry(key) {
         Entry::Occupied(mut o) => {
             o.get_mut().add_from(sums);
@@ -306,7 +312,7 @@ fn add_owned<S: Sums>(map: &DashMap<Slot, S>, key: Slot, sums: &S) -> bool {
 
 /// Removes every bucket of `map`. A record racing with the drain lands
 /// either in the drained set or in the map, never in both nor in neither.
-fn drain<S: Sums>(map: &DashMap<Slot, S>) -> Vec<(Slot, S)> {
+fn drain<S: Sums>(map: &Buckets<S>) -> Vec<(Slot, S)> {
     let mut out = Vec::with_capacity(map.len());
     map.retain(|k, v| {
         out.push((
@@ -374,8 +380,8 @@ impl UsageLedger {
                 clock,
                 config,
                 max_range_ms: i64::try_from(config.max_range.as_millis()).unwrap_or(i64::MAX),
-                usage: DashMap::new(),
-                verifications: DashMap::new(),
+                usage: Buckets::default(),
+                verifications: Buckets::default(),
                 pending: AtomicUsize::new(0),
                 wake: Notify::new(),
                 gate: RwLock::new(()),
