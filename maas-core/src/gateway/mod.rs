@@ -55,7 +55,7 @@ use crate::storage::Storage;
 use crate::tenant::NewTenant;
 use crate::tier::{Tier, TierService};
 use crate::upstream::{BalancerConfig, Upstreams};
-use crate::usage::{CacheOutcome, RequestOutcome, UsageLedger, UsageRecord};
+use crate::usage::{CacheOutcome, RequestOutcome, UsageLedger, UsageSums};
 use crate::userkeys::UserKeys;
 use crate::webhook::{Event, EventType, Webhooks};
 
@@ -552,12 +552,18 @@ impl Gateway {
                 // Served without the upstream: the request counts, its
                 // tokens are given back.
                 reservation.reconcile(ActualUsage::default()).await?;
-                self.record(|| UsageRecord {
-                    key_id,
-                    cache: Some(CacheOutcome::Hit),
-                    pricing: model.pricing.clone(),
-                    ..UsageRecord::new(self.now(), caller.tenant(), &model.id)
-                });
+                self.record(
+                    caller.tenant(),
+                    key_id.as_deref(),
+                    &model,
+                    UsageSums::of_request(
+                        RequestOutcome::Success,
+                        (0, 0, 0),
+                        false,
+                        Some(CacheOutcome::Hit),
+                        model.pricing.as_ref(),
+                    ),
+                );
                 return Ok(Ok(Admission::Cached(CachedAnswer {
                     body,
                     headers,
@@ -697,13 +703,20 @@ impl Gateway {
         }
     }
 
-    /// Records the usage `r` builds, if usage is recorded (the record is
-    /// not built otherwise).
-    fn record(&self, r: impl FnOnce() -> UsageRecord) {
+    /// Records one request's `sums` of `tenant` (with `key_id`) on
+    /// `model`, now, if usage is recorded: into the bucket its
+    /// [`UsageRecord`](crate::usage::UsageRecord) would go to, without
+    /// building one (its names are borrowed).
+    fn record(&self, tenant: &str, key_id: Option<&str>, model: &Model, sums: UsageSums) {
         if let Some(ledger) = &self.inner.services.usage {
+            let currency = model.pricing.as_ref().map_or("", |p| p.currency.as_str());
             // A record the ledger refuses (an over-long name) is not worth
             // failing a served request for.
-            let _ = ledger.record(&r());
+            let _ = ledger.record_parts(
+                self.now(),
+                [tenant, key_id.unwrap_or_default(), &model.id, currency],
+                &sums,
+            );
         }
     }
 }
@@ -877,17 +890,18 @@ impl Admitted {
             p.finish(done.output_tokens);
         }
         let reservation = self.reservation.take()?;
-        self.gateway.record(|| UsageRecord {
-            key_id: self.key_id.clone(),
-            input_tokens: done.input_tokens,
-            output_tokens: done.output_tokens,
-            cached_tokens: done.cached_tokens,
-            outcome: done.outcome,
-            estimated: done.estimated,
-            cache: self.cache_key.map(|_| CacheOutcome::Miss),
-            pricing: self.model.pricing.clone(),
-            ..UsageRecord::new(self.gateway.now(), &*self.tenant, &self.model.id)
-        });
+        self.gateway.record(
+            &self.tenant,
+            self.key_id.as_deref(),
+            &self.model,
+            UsageSums::of_request(
+                done.outcome,
+                (done.input_tokens, done.output_tokens, done.cached_tokens),
+                done.estimated,
+                self.cache_key.map(|_| CacheOutcome::Miss),
+                self.model.pricing.as_ref(),
+            ),
+        );
         Some(reservation)
     }
 }

@@ -407,16 +407,34 @@ impl UsageLedger {
     /// `pricing.currency` longer than [`MAX_PART`](super::MAX_PART) bytes
     /// or holding control characters.
     pub fn record(&self, r: &UsageRecord) -> Result<()> {
-        let minute = minute_of(r.at)?;
-        let key_id = r.key_id.as_deref().unwrap_or_default();
-        let currency = r.pricing.as_ref().map_or("", |p| p.currency.as_str());
-        let key = SlotRef {
-            minute,
-            parts: [&r.tenant, key_id, &r.model, currency],
-        };
-        let created = add_into(&self.inner.usage, key, &UsageSums::of(r), || {
-            check_part("tenant", &r.tenant, true)?;
-            check_part("model", &r.model, true)?;
+        self.record_parts(
+            r.at,
+            [
+                &r.tenant,
+                r.key_id.as_deref().unwrap_or_default(),
+                &r.model,
+                r.pricing.as_ref().map_or("", |p| p.currency.as_str()),
+            ],
+            &UsageSums::of(r),
+        )
+    }
+
+    /// [`Self::record`] from borrowed parts: `sums` at `at` in the bucket
+    /// of `[tenant, key_id, model, currency]` (the key id and currency ""
+    /// when none). The gateway's path: no allocation when the bucket
+    /// exists.
+    pub(crate) fn record_parts(
+        &self,
+        at: Timestamp,
+        parts: [&str; 4],
+        sums: &UsageSums,
+    ) -> Result<()> {
+        let minute = minute_of(at)?;
+        let [tenant, key_id, model, currency] = parts;
+        let key = SlotRef { minute, parts };
+        let created = add_into(&self.inner.usage, key, sums, || {
+            check_part("tenant", tenant, true)?;
+            check_part("model", model, true)?;
             check_part("key_id", key_id, false)?;
             check_part("pricing.currency", currency, false)
         })?;

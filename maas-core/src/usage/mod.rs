@@ -295,17 +295,38 @@ pub struct UsageSums {
 impl UsageSums {
     /// The sums of one record.
     pub fn of(r: &UsageRecord) -> Self {
+        Self::of_request(
+            r.outcome,
+            (r.input_tokens, r.output_tokens, r.cached_tokens),
+            r.estimated,
+            r.cache,
+            r.pricing.as_ref(),
+        )
+    }
+
+    /// The sums of one request from its figures (input, output, cached
+    /// tokens): [`Self::of`] without a record's names (see
+    /// [`UsageLedger::record_parts`]).
+    pub(crate) fn of_request(
+        outcome: RequestOutcome,
+        (input_tokens, output_tokens, cached_tokens): (u64, u64, u64),
+        estimated: bool,
+        cache: Option<CacheOutcome>,
+        pricing: Option<&Pricing>,
+    ) -> Self {
         UsageSums {
             requests: 1,
-            errors: u64::from(r.outcome == RequestOutcome::Error),
-            cancelled: u64::from(r.outcome == RequestOutcome::Cancelled),
-            input_tokens: r.input_tokens,
-            output_tokens: r.output_tokens,
-            cached_tokens: r.cached_tokens,
-            estimated: u64::from(r.estimated),
-            cache_hits: u64::from(r.cache == Some(CacheOutcome::Hit)),
-            cache_misses: u64::from(r.cache == Some(CacheOutcome::Miss)),
-            cost_nanos: r.cost_nanos(),
+            errors: u64::from(outcome == RequestOutcome::Error),
+            cancelled: u64::from(outcome == RequestOutcome::Cancelled),
+            input_tokens,
+            output_tokens,
+            cached_tokens,
+            estimated: u64::from(estimated),
+            cache_hits: u64::from(cache == Some(CacheOutcome::Hit)),
+            cache_misses: u64::from(cache == Some(CacheOutcome::Miss)),
+            cost_nanos: pricing.map_or(0, |p| {
+                billed_nanos(p, input_tokens, cached_tokens, output_tokens)
+            }),
         }
     }
 
