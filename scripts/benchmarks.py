@@ -342,7 +342,7 @@ def load_rows():
             one_cpu = (f"; gateway {how}: {one['cpu_us'] - d['cpu_us']} µs = "
                        f"{(one['cpu_us'] - d['cpu_us']) / max(xn, 1):.1f}×" if one else "")
             own = (f"; the proxy's process alone: {g['own_us']} µs vs {x['own_us']} µs = "
-                   f"{g['own_us'] / max(x['own_us'], 1):.1f}×" if "own_us" in g and "own_us" in x else "")
+                   f"{g['own_us'] / max(x['own_us'], 1):.2f}×" if "own_us" in g and "own_us" in x else "")
             rows.append((f"proxied chat CPU per request over direct, {run['kind']}, {run['connections']} connections: gateway vs nginx",
                          f"{gn} µs vs {xn} µs = {gn / max(xn, 1):.2f}× ({g['rps']:,} vs {x['rps']:,} req/s{own}{one_cpu}; "
                          f"{where}{'median of ' + str(r['rounds']) + '; ' if r.get('rounds', 1) > 1 else ''}"

@@ -151,16 +151,17 @@ create_keys() {
 # When the caller also defines own_ticks (the clock ticks of one of them),
 # own_us is that one's CPU per request.
 wrk_cpu() {
-  local out before after n ticks own0=0 own1=0
+  local out before after n ticks own="" own0 own1
   ticks=$(getconf CLK_TCK)
+  declare -F own_ticks >/dev/null && own=1
   before=$(cpu_ticks)
-  ! declare -F own_ticks >/dev/null || own0=$(own_ticks)
+  [ -z "$own" ] || own0=$(own_ticks)
   out=$(TOKEN=$3 BODY=${5:-} wrk -t1 -c"$4" -d"${SECS}s" --timeout 10s -s scripts/load/post.lua "$2" | grep '^RESULT')
   after=$(cpu_ticks)
-  ! declare -F own_ticks >/dev/null || own1=$(own_ticks)
+  [ -z "$own" ] || own1=$(own_ticks)
   n=$(field "$out" requests)
   out+=" cpu_us=$(( (after - before) * 1000000 / ticks / (n > 0 ? n : 1) ))"
-  ! declare -F own_ticks >/dev/null || out+=" own_us=$(( (own1 - own0) * 1000000 / ticks / (n > 0 ? n : 1) ))"
+  [ -z "$own" ] || out+=" own_us=$(( (own1 - own0) * 1000000 / ticks / (n > 0 ? n : 1) ))"
   echo "$1 c=$4 $out" >&2
   echo "$out"
 }
