@@ -185,7 +185,11 @@ impl HasText for WholeChoice {
 enum Mode {
     /// Server-sent events; `strip` drops the usage chunk the client did not
     /// ask for.
-    Sse { pending: BytesMut, strip: bool },
+    Sse {
+        pending: BytesMut,
+        strip: bool,
+        memo: Memo,
+    },
     /// A whole JSON answer, kept (up to [`MAX_KEPT`]) to read its usage:
     /// its one part as it came (no copy), or its parts joined.
     Json {
@@ -226,6 +230,7 @@ impl Metered {
             Mode::Sse {
                 pending: BytesMut::new(),
                 strip: strip_usage,
+                memo: Memo::default(),
             },
             meters,
         )
@@ -288,11 +293,16 @@ impl Metered {
                 }
                 data
             }
-            Mode::Sse { pending, strip } => {
+            Mode::Sse {
+                pending,
+                strip,
+                memo,
+            } => {
                 let strip = *strip;
                 let mut tokens = 0;
                 let mut reader = EventReader {
                     strip,
+                    memo,
                     anthropic: self.anthropic,
                     input: &mut self.anthropic_input,
                     usage: &mut self.usage,
@@ -545,6 +555,8 @@ fn event_data<'a>(event: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
 /// Reads the events of one answer, in its dialect.
 struct EventReader<'m> {
     strip: bool,
+    /// The last event read by its shape ([`Memo`]).
+    memo: &'m mut Memo,
     anthropic: bool,
     /// Anthropic's input tokens, from `message_start`.
     input: &'m mut Option<Usage>,
@@ -572,7 +584,7 @@ impl EventReader<'_> {
             });
             (t, usage, false)
         } else {
-            read_event(event, self.strip)
+            read_event(event, self.strip, self.memo)
         };
         if usage.is_some() {
             *self.usage = usage;
@@ -605,13 +617,22 @@ fn read_anthropic_event(event: &[u8]) -> (u64, Option<Usage>, Option<Usage>) {
 }
 
 /// Reads one event: (tokens in it, its usage, whether to drop it).
-fn read_event(event: &[u8], strip: bool) -> (u64, Option<Usage>, bool) {
+fn read_event(event: &[u8], strip: bool, memo: &mut Memo) -> (u64, Option<Usage>, bool) {
     let mut scratch = Vec::new();
     let data = event_data(event, &mut scratch);
     if data.is_empty() || data == b"[DONE]" {
         return (0, None, false);
     }
-    let Some((choices, usage)) = quick_chunk(data).or_else(|| slow_chunk(data)) else {
+    let read = memo.read(data).or_else(|| match quick_chunk(data) {
+        Some((choices, usage, text)) => {
+            if let Some(text) = text {
+                memo.keep(data, text, usage);
+            }
+            Some((choices, usage))
+        }
+        None => slow_chunk(data),
+    });
+    let Some((choices, usage)) = read else {
         return (0, None, false);
     };
     let drop = strip && usage.is_some() && choices.len == 0;
@@ -624,9 +645,68 @@ fn slow_chunk(data: &[u8]) -> Option<(Choices, Option<Usage>)> {
     Some((chunk.choices, chunk.usage))
 }
 
-/// A chunk's choices and usage as [`Chunk`] reads them, by [`scan`]; None
-/// where serde_json must decide (an unusual shape or a repeated field).
-fn quick_chunk(data: &[u8]) -> Option<(Choices, Option<Usage>)> {
+/// Where a string is in a text: its content's first byte, and its closing
+/// quote.
+type TextAt = (usize, usize);
+
+/// The last stream event read whose choices hang on one string (one
+/// choice, with `delta.content` a string). An event written byte for byte
+/// as it was around a string of its own reads as it did, but for whether
+/// that string is empty; a stream's chunks mostly differ from the one
+/// before in their text alone (the same id, model, `created` and shape),
+/// so most are read by comparing bytes instead of by a scan (issue 24:
+/// the scan was ~2.6k instructions an event).
+///
+/// Why that holds: the bytes before the string are the same, so reading
+/// them reaches it in the same state (in a string, at the same place in
+/// the same containers); it closes at its first unescaped quote, found as
+/// the scan finds it; the bytes after it are the same, read from the same
+/// state. Every other value, the usage included, is what it was.
+#[derive(Debug, Default)]
+struct Memo {
+    /// The event's data.
+    data: Vec<u8>,
+    /// Its string.
+    text: Option<TextAt>,
+    /// Its usage.
+    usage: Option<Usage>,
+}
+
+impl Memo {
+    /// `data` read as the event kept, when it is written as that one
+    /// around a string of its own.
+    fn read(&self, data: &[u8]) -> Option<(Choices, Option<Usage>)> {
+        let (start, close) = self.text?;
+        let (before, after) = (self.data.get(..start)?, self.data.get(close..)?);
+        let end = data.len().checked_sub(after.len())?;
+        if end < start
+            || !data.starts_with(before)
+            || !data.ends_with(after)
+            || scan::string_close(data, start)? != end
+        {
+            return None;
+        }
+        let choices = Choices {
+            len: 1,
+            with_text: u64::from(end > start),
+        };
+        Some((choices, self.usage))
+    }
+
+    /// Keeps `data`, whose choices hang on the string at `text`.
+    fn keep(&mut self, data: &[u8], text: TextAt, usage: Option<Usage>) {
+        self.data.clear();
+        self.data.extend_from_slice(data);
+        self.text = Some(text);
+        self.usage = usage;
+    }
+}
+
+/// A chunk's choices and usage as [`Chunk`] reads them, by [`scan`], and
+/// where the string its choices hang on is ([`Memo`]) when they hang on
+/// one; None where serde_json must decide (an unusual shape or a repeated
+/// field).
+fn quick_chunk(data: &[u8]) -> Option<(Choices, Option<Usage>, Option<TextAt>)> {
     let (mut choices, mut usage) = (None, None);
     let mut c = scan::Cursor::new(data);
     c.object(|c, key| {
@@ -644,13 +724,17 @@ fn quick_chunk(data: &[u8]) -> Option<(Choices, Option<Usage>)> {
         Some(())
     })?;
     c.end()?;
-    Some((choices.unwrap_or_default(), usage.flatten()))
+    let (choices, text) = choices.unwrap_or_default();
+    Some((choices, usage.flatten(), text))
 }
 
 /// [`Choices`] read by [`scan`]: each choice's `delta.content`, else its
-/// `text`, counted when a non-empty string.
-fn quick_choices(c: &mut scan::Cursor<'_>) -> Option<Choices> {
+/// `text`, counted when a non-empty string; and when there is one choice
+/// and its `delta.content` is a string, where that string's content
+/// starts and its closing quote is.
+fn quick_choices(c: &mut scan::Cursor<'_>) -> Option<(Choices, Option<TextAt>)> {
     let mut out = Choices::default();
+    let mut first = None;
     c.array(|c| {
         let (mut delta, mut text) = (None, None);
         c.object(|c, key| {
@@ -658,8 +742,14 @@ fn quick_choices(c: &mut scan::Cursor<'_>) -> Option<Choices> {
                 b"delta" if delta.is_none() => {
                     delta = Some(match c.peek()? {
                         b'n' => scan::string_or_null(c.value()?)?,
-                        _ => match c.field(b"content")? {
-                            Some(v) => scan::string_or_null(v)?,
+                        _ => match c.field_at(b"content")? {
+                            Some((at, v)) => {
+                                let n = scan::string_or_null(v)?;
+                                if out.len == 0 && n.is_some() {
+                                    first = Some((at + 1, at + v.len() - 1));
+                                }
+                                n
+                            }
                             None => None,
                         },
                     });
@@ -676,7 +766,8 @@ fn quick_choices(c: &mut scan::Cursor<'_>) -> Option<Choices> {
         }
         Some(())
     })?;
-    Some(out)
+    let text = if out.len == 1 { first } else { None };
+    Some((out, text))
 }
 
 /// Whether an Anthropic event is a `content_block_delta` (most of a
@@ -883,7 +974,7 @@ mod tests {
             let data = if pretty { serde_json::to_vec_pretty(&c) } else { serde_json::to_vec(&c) }.unwrap();
             let slow = slow_chunk(&data);
             match quick_chunk(&data) {
-                Some(quick) => prop_assert_eq!(Some(quick), slow),
+                Some((choices, usage, _)) => prop_assert_eq!(Some((choices, usage)), slow),
                 // Left to serde only where serde refuses it too (a number
                 // or null where a string or an array belongs).
                 None => prop_assert!(slow.is_none(), "{}", String::from_utf8_lossy(&data)),
@@ -892,6 +983,111 @@ mod tests {
             let usage = serde_json::from_value::<Option<Usage>>(c["usage"].clone()).unwrap();
             prop_assert_eq!(quick_usage(&data, false), usage);
         }
+    }
+
+    /// An SSE event of `data`, a line of `data:` each of its lines.
+    fn sse(data: &[u8]) -> Vec<u8> {
+        let lines: Vec<Vec<u8>> = data
+            .split(|&b| b == b'\n')
+            .map(|l| [&b"data: "[..], l].concat())
+            .collect();
+        lines.join(&b'\n')
+    }
+
+    proptest! {
+        /// Read one after another (the memo kept from one to the next),
+        /// chunks read as serde_json reads each: another chunk, and the
+        /// one before with another text.
+        #[test]
+        fn chunks_read_in_turn_as_serde_reads_them(
+            a in chunk(),
+            b in chunk(),
+            t in text(),
+            pretty in any::<bool>(),
+        ) {
+            let mut retold = a.clone();
+            if let Some(delta) = retold
+                .get_mut("choices")
+                .and_then(|c| c.get_mut(0))
+                .and_then(|c| c.get_mut("delta"))
+                .filter(|d| d.is_object())
+            {
+                delta["content"] = t;
+            }
+            let mut memo = Memo::default();
+            for c in [&a, &retold, &b, &a, &retold] {
+                let data = if pretty { serde_json::to_vec_pretty(c) } else { serde_json::to_vec(c) }.unwrap();
+                let (tokens, usage, _) = read_event(&sse(&data), false, &mut memo);
+                let slow = slow_chunk(&data).map_or((0, None), |(c, u)| (c.with_text, u));
+                prop_assert_eq!((tokens, usage), slow, "{}", String::from_utf8_lossy(&data));
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_written_alike_are_read_by_comparing_bytes() {
+        let event = |text: &str| {
+            format!(
+                r#"{{"choices":[{{"delta":{{"content":{text}}},"finish_reason":null,"index":0}}],"created":1,"id":"c1","model":"m","object":"chat.completion.chunk"}}"#
+            )
+        };
+        let mut memo = Memo::default();
+        let first = event(r#""lorem ""#);
+        assert_eq!(memo.read(first.as_bytes()), None, "nothing kept yet");
+        let read = read_event(&sse(first.as_bytes()), true, &mut memo);
+        assert_eq!(read, (1, None, false));
+        // The same around another string: read by the memo, as serde reads it.
+        for (text, n) in [
+            (r#""ipsum ""#, 1),
+            (r#""""#, 0),
+            (r#""say \"hi\" \\""#, 1),
+            (r#""{\"x\":[""#, 1),
+        ] {
+            let e = event(text);
+            let quick = memo.read(e.as_bytes());
+            assert_eq!(
+                quick,
+                Some((
+                    Choices {
+                        len: 1,
+                        with_text: n
+                    },
+                    None
+                )),
+                "{e}"
+            );
+            assert_eq!(quick, slow_chunk(e.as_bytes()), "{e}");
+        }
+        // Not the same around a string: left to the scan.
+        for e in [
+            event("null"),
+            event(r#""a","x":"b""#),
+            first.replace(r#""created":1"#, r#""created":2"#),
+            format!(" {first}"),
+            first[..first.len() - 1].to_string(),
+        ] {
+            assert_eq!(memo.read(e.as_bytes()), None, "{e}");
+        }
+        // Two choices are not kept; the kept one stays.
+        let two = r#"{"choices":[{"delta":{"content":"a"}},{"delta":{"content":"b"}}]}"#;
+        assert_eq!(read_event(&sse(two.as_bytes()), true, &mut memo).0, 2);
+        assert!(memo.read(event(r#""x""#).as_bytes()).is_some());
+        // A usage beside the one choice is kept with it.
+        let with_usage = |text: &str| {
+            format!(
+                r#"{{"choices":[{{"delta":{{"content":{text}}}}}],"usage":{{"prompt_tokens":3,"completion_tokens":4}}}}"#
+            )
+        };
+        let read = read_event(&sse(with_usage(r#""a""#).as_bytes()), true, &mut memo);
+        assert_eq!((read.0, read.1.map(|u| u.completion_tokens)), (1, Some(4)));
+        let quick = memo.read(with_usage(r#""""#).as_bytes());
+        assert_eq!(
+            quick
+                .as_ref()
+                .map(|(c, u)| (c.with_text, u.map(|u| u.prompt_tokens))),
+            Some((0, Some(3)))
+        );
+        assert_eq!(quick, slow_chunk(with_usage(r#""""#).as_bytes()));
     }
 
     #[test]
@@ -921,35 +1117,49 @@ mod tests {
         let (t, u, d) = read_event(
             br#"data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}"#,
             true,
+            &mut Memo::default(),
         );
         assert_eq!((t, u.is_none(), d), (1, true, false));
         let (t, u, d) = read_event(
             br#"data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
             true,
+            &mut Memo::default(),
         );
         assert_eq!((t, u.map(|u| u.completion_tokens), d), (0, Some(4), true));
         let (_, _, d) = read_event(
             br#"data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
             false,
+            &mut Memo::default(),
         );
         assert!(!d, "kept when the client asked for it");
-        assert_eq!(read_event(b"data: [DONE]", true), (0, None, false));
-        assert_eq!(read_event(b": keep-alive", true), (0, None, false));
-        let (t, _, _) = read_event(br#"data: {"choices":[{"text":"a"},{"text":""}]}"#, true);
-        assert_eq!(t, 1);
-        // Escaped text counts; text that is not a string makes the event
-        // unreadable (as a typed read did); null choices too.
-        let (t, _, _) = read_event(
-            br#"data: {"choices":[{"delta":{"content":"\n"}},{"delta":{"content":null},"text":"x"}]}"#,
-            true,
-        );
-        assert_eq!(t, 2);
         assert_eq!(
-            read_event(br#"data: {"choices":[{"text":3}]}"#, true),
+            read_event(b"data: [DONE]", true, &mut Memo::default()),
             (0, None, false)
         );
         assert_eq!(
-            read_event(br#"data: {"choices":null}"#, true),
+            read_event(b": keep-alive", true, &mut Memo::default()),
+            (0, None, false)
+        );
+        let (t, _, _) = read_event(
+            br#"data: {"choices":[{"text":"a"},{"text":""}]}"#,
+            true,
+            &mut Memo::default(),
+        );
+        assert_eq!(t, 1);
+        // Escaped text counts; text that is not a string makes the event
+        // unreadable (as a typed read did); null choices too.
+        let (t, _, _) = read_event(br#"data: {"choices":[{"delta":{"content":"\n"}},{"delta":{"content":null},"text":"x"}]}"#, true, &mut Memo::default());
+        assert_eq!(t, 2);
+        assert_eq!(
+            read_event(
+                br#"data: {"choices":[{"text":3}]}"#,
+                true,
+                &mut Memo::default()
+            ),
+            (0, None, false)
+        );
+        assert_eq!(
+            read_event(br#"data: {"choices":null}"#, true, &mut Memo::default()),
             (0, None, false)
         );
     }

@@ -98,6 +98,11 @@ impl<'a> Cursor<'a> {
     /// string to its closing quote, an object or array to its matching
     /// bracket, a scalar to the next delimiter.
     pub(super) fn value(&mut self) -> Option<&'a [u8]> {
+        self.value_at().map(|(_, v)| v)
+    }
+
+    /// [`value`](Self::value), with where in the text the value starts.
+    pub(super) fn value_at(&mut self) -> Option<(usize, &'a [u8])> {
         self.ws();
         let start = self.i;
         match *self.s.get(self.i)? {
@@ -139,7 +144,7 @@ impl<'a> Cursor<'a> {
                 }
             }
         }
-        Some(&self.s[start..self.i])
+        Some((start, &self.s[start..self.i]))
     }
 
     /// Reads an object: `f` gets each key (as written, without quotes)
@@ -207,9 +212,14 @@ impl<'a> Cursor<'a> {
     /// it has none); None when it is not an object or has the key twice
     /// (serde_json refuses a repeated field).
     pub(super) fn field(&mut self, key: &[u8]) -> Option<Option<&'a [u8]>> {
+        Some(self.field_at(key)?.map(|(_, v)| v))
+    }
+
+    /// [`field`](Self::field), with where in the text the value starts.
+    pub(super) fn field_at(&mut self, key: &[u8]) -> Option<Option<(usize, &'a [u8])>> {
         let mut found = None;
         self.object(|c, k| {
-            let v = c.value()?;
+            let v = c.value_at()?;
             if k == key {
                 if found.is_some() {
                     return None;
@@ -298,6 +308,14 @@ pub(super) fn last_field<'a>(s: &'a [u8], key: &LastKey) -> Option<&'a [u8]> {
     c.i += 1;
     c.end()?;
     Some(value)
+}
+
+/// Where the string of `s` whose content starts at `i` (its opening quote
+/// just before) ends: the index of its closing quote.
+pub(super) fn string_close(s: &[u8], i: usize) -> Option<usize> {
+    let mut c = Cursor { s, i };
+    c.string_body()?;
+    Some(c.i - 1)
 }
 
 /// What a string-or-null value holds: `Some(None)` for null, `Some(Some(n))`
