@@ -441,8 +441,53 @@ fn quick_usage(whole: &[u8], anthropic: bool) -> Option<Usage> {
             .ok()?
             .map(AnthropicUsage::tokens)
     } else {
-        serde_json::from_slice::<Option<Usage>>(value).ok()?
+        match scan_usage(value) {
+            Some(usage) => usage,
+            None => serde_json::from_slice::<Option<Usage>>(value).ok()?,
+        }
     }
+}
+
+/// OpenAI's `usage` value read by [`scan`] as serde_json reads an
+/// `Option<Usage>` (Some(None): `null`); None where serde_json must decide
+/// (a count that is not a plain non-negative integer, a field written
+/// twice, a key with an escape, another shape).
+fn scan_usage(v: &[u8]) -> Option<Option<Usage>> {
+    if v == b"null" {
+        return Some(None);
+    }
+    let mut usage = Usage::default();
+    let (mut prompt, mut completion, mut details) = (false, false, false);
+    let mut c = scan::Cursor::new(v);
+    c.object(|c, key| {
+        match key {
+            b"prompt_tokens" if !prompt => {
+                prompt = true;
+                usage.prompt_tokens = scan::unsigned(c.value()?)?;
+            }
+            b"completion_tokens" if !completion => {
+                completion = true;
+                usage.completion_tokens = scan::unsigned(c.value()?)?;
+            }
+            b"prompt_tokens_details" if !details => {
+                details = true;
+                usage.prompt_tokens_details = match c.peek()? {
+                    b'n' => (c.value()? == b"null").then_some(None)?,
+                    _ => Some(Details {
+                        cached_tokens: match c.field(b"cached_tokens")? {
+                            Some(n) => scan::unsigned(n)?,
+                            None => 0,
+                        },
+                    }),
+                };
+            }
+            b"prompt_tokens" | b"completion_tokens" | b"prompt_tokens_details" => return None,
+            _ => drop(c.value()?),
+        }
+        Some(())
+    })?;
+    c.end()?;
+    Some(Some(usage))
 }
 
 /// Where the first complete event of `buf` ends: (end, separator length).
@@ -713,9 +758,10 @@ fn quick_chunk(data: &[u8]) -> Option<(Choices, Option<Usage>, Option<TextAt>)> 
         match key {
             b"choices" if choices.is_none() => choices = Some(quick_choices(c)?),
             b"usage" if usage.is_none() => {
-                usage = Some(match c.value()? {
-                    b"null" => None,
-                    v => serde_json::from_slice::<Option<Usage>>(v).ok()?,
+                let v = c.value()?;
+                usage = Some(match scan_usage(v) {
+                    Some(usage) => usage,
+                    None => serde_json::from_slice::<Option<Usage>>(v).ok()?,
                 });
             }
             b"choices" | b"usage" => return None,
@@ -983,6 +1029,88 @@ mod tests {
             let usage = serde_json::from_value::<Option<Usage>>(c["usage"].clone()).unwrap();
             prop_assert_eq!(quick_usage(&data, false), usage);
         }
+    }
+
+    /// A usage value: its fields of the usual names (and others), each
+    /// of the values serde_json takes or refuses, some written twice.
+    fn usage_text() -> impl Strategy<Value = String> {
+        let number = prop_oneof![
+            (0..100_000u64).prop_map(|n| n.to_string()),
+            Just(u64::MAX.to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("007".to_string()),
+            Just("-3".to_string()),
+            Just("-0".to_string()),
+            Just("2.5".to_string()),
+            Just("1e3".to_string()),
+            Just("null".to_string()),
+            Just(r#""12""#.to_string()),
+        ];
+        let details = prop_oneof![
+            Just("null".to_string()),
+            Just("{}".to_string()),
+            number
+                .clone()
+                .prop_map(|n| format!(r#"{{"cached_tokens":{n}}}"#)),
+            number
+                .clone()
+                .prop_map(|n| format!(r#"{{"audio_tokens":0, "cached_tokens" : {n}}}"#)),
+            Just(r#"{"cached_tokens":1,"cached_tokens":2}"#.to_string()),
+            Just("[]".to_string()),
+        ];
+        let field = prop_oneof![
+            number
+                .clone()
+                .prop_map(|n| format!(r#""prompt_tokens":{n}"#)),
+            number
+                .clone()
+                .prop_map(|n| format!(r#""completion_tokens": {n}"#)),
+            number.prop_map(|n| format!(r#""total_tokens":{n}"#)),
+            details.prop_map(|d| format!(r#""prompt_tokens_details":{d}"#)),
+            Just(
+                r#""completion_tokens_details":{"reasoning_tokens":0,"x":[1,{"y":"}"}]}"#
+                    .to_string()
+            ),
+            Just(r#""pr\u006fmpt_tokens":4"#.to_string()),
+        ];
+        prop_oneof![
+            4 => proptest::collection::vec(field, 0..6).prop_map(|f| format!("{{{}}}", f.join(","))),
+            1 => Just("null".to_string()),
+            1 => Just("[]".to_string()),
+            1 => Just("7".to_string()),
+        ]
+    }
+
+    proptest! {
+        /// A usage is scanned as serde_json reads it, or left to it.
+        #[test]
+        fn usage_scans_as_serde_reads_it(text in usage_text()) {
+            let slow = serde_json::from_str::<Option<Usage>>(&text).ok();
+            if let Some(quick) = scan_usage(text.as_bytes()) {
+                prop_assert_eq!(Some(quick), slow, "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn usual_usages_are_scanned() {
+        let scanned = |t: &str| scan_usage(t.as_bytes());
+        let u = scanned(r#"{"prompt_tokens":7,"completion_tokens":16,"total_tokens":23}"#);
+        assert_eq!(
+            u.flatten().map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((7, 16))
+        );
+        let u = scanned(
+            r#"{"prompt_tokens":7,"prompt_tokens_details":{"cached_tokens":5,"audio_tokens":0}}"#,
+        );
+        assert_eq!(
+            u.flatten().and_then(|u| u.prompt_tokens_details),
+            Some(Details { cached_tokens: 5 })
+        );
+        assert_eq!(scanned("null"), Some(None));
+        // Left to serde_json: a count it may refuse, a field twice.
+        assert_eq!(scanned(r#"{"prompt_tokens":-1}"#), None);
+        assert_eq!(scanned(r#"{"prompt_tokens":1,"prompt_tokens":2}"#), None);
     }
 
     /// An SSE event of `data`, a line of `data:` each of its lines.

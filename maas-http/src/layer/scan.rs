@@ -318,6 +318,22 @@ pub(super) fn string_close(s: &[u8], i: usize) -> Option<usize> {
     Some(c.i - 1)
 }
 
+/// The number `v` when it is written as a plain non-negative integer that
+/// fits a `u64` (no sign, fraction, exponent or leading zero); None for
+/// anything else, which the caller leaves to serde_json.
+pub(super) fn unsigned(v: &[u8]) -> Option<u64> {
+    match v {
+        [b'0'] => Some(0),
+        [b'1'..=b'9', ..] if v.len() <= 20 => v.iter().try_fold(0u64, |n, &d| {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        }),
+        _ => None,
+    }
+}
+
 /// What a string-or-null value holds: `Some(None)` for null, `Some(Some(n))`
 /// for a string of `n` bytes as written (0 only for `""`), None for any
 /// other value.
