@@ -31,7 +31,8 @@ use crate::audit::Actor;
 use crate::catalog::{self, SnapshotCell};
 use crate::clock::{Clock, SharedClock, SystemClock, Timestamp};
 use crate::counter::{
-    Decision, LimitOp, LimitOpRef, LimitSpec, Period, PeriodSpec, SettleOp, SlidingSpec, WindowSpec,
+    CounterKey, Decision, LimitOp, LimitOpRef, LimitSpec, LocalCounters, Period, PeriodSpec,
+    SettleOp, SlidingSpec, WindowSpec,
 };
 use crate::error::{Error, Result};
 use crate::model::Pricing;
@@ -598,15 +599,23 @@ struct MinuteIds {
     requests: Arc<str>,
     tokens: Arc<str>,
     quota: Arc<str>,
+    /// The keys of `requests`, `tokens` and `quota` in the store's
+    /// in-process counters, when it keeps them so (hashed once a tenant,
+    /// not once a request).
+    keys: Option<[CounterKey; 3]>,
 }
 
 impl MinuteIds {
-    fn of(tenant: &str) -> Self {
+    fn of(tenant: &str, local: Option<&LocalCounters>) -> Self {
+        let requests: Arc<str> = format!("rpm\x1f{tenant}").into();
+        let tokens: Arc<str> = format!("tpm\x1f{tenant}").into();
+        let quota: Arc<str> = format!("quota\x1f{tenant}").into();
         MinuteIds {
+            keys: local.map(|l| [&requests, &tokens, &quota].map(|id| l.key_of(&**id))),
             tenant: tenant.into(),
-            requests: format!("rpm\x1f{tenant}").into(),
-            tokens: format!("tpm\x1f{tenant}").into(),
-            quota: format!("quota\x1f{tenant}").into(),
+            requests,
+            tokens,
+            quota,
         }
     }
 }
@@ -621,6 +630,10 @@ struct Held {
     /// The limit it is; `None` for a budget hold ([`BudgetScope::held_id`]).
     kind: Option<LimitKind>,
     id: Arc<str>,
+    /// Its key in the store's in-process counters, once known
+    /// ([`LocalCounters::key_of`] `id`): kept from the reservation to its
+    /// settlement.
+    key: Option<CounterKey>,
     spec: LimitSpec,
     cost: u64,
 }
@@ -644,6 +657,10 @@ impl HeldOps {
 
     fn iter(&self) -> impl Iterator<Item = &Held> {
         self.ops.iter().map_while(Option::as_ref)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Held> {
+        self.ops.iter_mut().map_while(Option::as_mut)
     }
 
     fn len(&self) -> usize {
@@ -854,7 +871,7 @@ impl AdmissionLimits {
     }
 
     /// The store's in-process counters, if it keeps them so.
-    fn local(&self) -> Option<&crate::counter::LocalCounters> {
+    fn local(&self) -> Option<&LocalCounters> {
         self.inner.storage.counters.local_counters()
     }
 
@@ -862,8 +879,11 @@ impl AdmissionLimits {
     /// store's in-process counters when it has them, without allocating.
     ///
     /// [`CounterStore::reserve`]: crate::storage::CounterStore::reserve
-    async fn take(&self, ops: &HeldOps, now: Timestamp) -> Result<Decisions> {
+    async fn take(&self, ops: &mut HeldOps, now: Timestamp) -> Result<Decisions> {
         if let Some(local) = self.local() {
+            for op in ops.iter_mut() {
+                op.key.get_or_insert_with(|| local.key_of(&*op.id));
+            }
             let blank = LimitOpRef {
                 id: "",
                 spec: LimitSpec::Period(PeriodSpec {
@@ -873,20 +893,24 @@ impl AdmissionLimits {
                 cost: 0,
             };
             let mut refs = [blank; MAX_OPS];
+            let mut keys = [CounterKey::default(); MAX_OPS];
             let mut n = 0;
-            for (r, op) in refs.iter_mut().zip(ops.iter()) {
+            for ((r, k), op) in refs.iter_mut().zip(&mut keys).zip(ops.iter()) {
                 *r = LimitOpRef {
                     id: &op.id,
                     spec: op.spec,
                     cost: op.cost,
                 };
+                *k = op.key.unwrap_or_else(|| local.key_of(&*op.id));
                 n += 1;
             }
             let mut decisions = [NO_DECISION; MAX_OPS];
-            let (Some(refs), Some(out)) = (refs.get(..n), decisions.get_mut(..n)) else {
+            let (Some(refs), Some(keys), Some(out)) =
+                (refs.get(..n), keys.get(..n), decisions.get_mut(..n))
+            else {
                 return Err(Error::internal("too many limits for one request"));
             };
-            local.reserve_refs(refs, now, out);
+            local.reserve_keyed(refs, keys, now, out);
             return Ok(Decisions::Inline(decisions, n));
         }
         let owned: Vec<LimitOp> = ops
@@ -909,7 +933,8 @@ impl AdmissionLimits {
         };
         let now = self.now();
         for (op, &used) in ops.iter().zip(used) {
-            local.settle_limit(&op.id, &op.spec, taken_at, op.cost, used, now);
+            let key = op.key.unwrap_or_else(|| local.key_of(&*op.id));
+            local.settle_keyed(key, &op.id, &op.spec, taken_at, op.cost, used, now);
         }
         true
     }
@@ -956,7 +981,7 @@ impl AdmissionLimits {
             e.quota = quota;
             return Ok((quota, e.ids.clone()));
         }
-        let ids = MinuteIds::of(tenant);
+        let ids = MinuteIds::of(tenant, self.local());
         if self.inner.quotas.len() >= TENANTS_CACHED {
             self.inner.quotas.clear();
         }
@@ -1038,12 +1063,14 @@ impl AdmissionLimits {
                 ops.push(Held {
                     kind: Some(kind),
                     id: Arc::clone(&b.counter),
+                    key: None,
                     spec: b.budget.spec(),
                     cost,
                 })?;
                 *hold = Some(Held {
                     kind: None,
                     id: Arc::clone(&b.held),
+                    key: None,
                     spec: b.budget.held_spec(),
                     cost,
                 });
@@ -1053,7 +1080,7 @@ impl AdmissionLimits {
         for hold in holds.into_iter().flatten() {
             ops.push(hold)?;
         }
-        let decisions = self.take(&ops, now).await?;
+        let decisions = self.take(&mut ops, now).await?;
         let decisions = decisions.as_slice();
         let headers = headers_of(&ops, decisions, now);
         if let Some(i) = decisions.iter().position(|d| !d.allowed) {
@@ -1277,8 +1304,8 @@ impl AdmissionLimits {
         let now = self.now();
         let (quota, ids) = self.tenant_quota(tenant, now).await?;
         // The counters reserve takes, taking nothing.
-        let ops = minute_ops(&ids, tier, quota, 0, 0)?;
-        let decisions = self.take(&ops, now).await?;
+        let mut ops = minute_ops(&ids, tier, quota, 0, 0)?;
+        let decisions = self.take(&mut ops, now).await?;
         let d = |i: usize| {
             decisions
                 .as_slice()
@@ -1334,15 +1361,18 @@ fn minute_ops(
         })
     };
     let mut ops = HeldOps::default();
+    let key = |i: usize| ids.keys.and_then(|k| k.get(i).copied());
     ops.push(Held {
         kind: Some(LimitKind::Requests),
         id: Arc::clone(&ids.requests),
+        key: key(0),
         spec: minute(tier.requests_per_minute),
         cost: requests,
     })?;
     ops.push(Held {
         kind: Some(LimitKind::Tokens),
         id: Arc::clone(&ids.tokens),
+        key: key(1),
         spec: minute(tier.tokens_per_minute),
         cost: tokens,
     })?;
@@ -1350,6 +1380,7 @@ fn minute_ops(
         ops.push(Held {
             kind: Some(LimitKind::TenantTokens),
             id: Arc::clone(&ids.quota),
+            key: key(2),
             spec: minute(quota),
             cost: tokens,
         })?;

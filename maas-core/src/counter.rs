@@ -391,7 +391,7 @@ type Key = u128;
 /// The in-process key of a limit counter ([`LocalCounters::key_of`]): lets a
 /// caller that builds a counter's id from parts skip building the string on
 /// its hot path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct CounterKey(Key);
 
 /// Uses the key's high half as the hash (the low half picks the stripe).
@@ -744,6 +744,41 @@ impl LocalCounters {
         for (k, op) in keys.iter_mut().zip(ops) {
             *k = self.limits.key(op.id());
         }
+        self.reserve_with(ops, now, decisions, keys, states)
+    }
+
+    /// [`Self::reserve_refs`] with each op's key given: `keys[i]` must be
+    /// [`Self::key_of`] the id of `ops[i]` (hashed once by a caller that
+    /// keeps it to settle with, [`Self::settle_keyed`]).
+    pub fn reserve_keyed(
+        &self,
+        ops: &[LimitOpRef<'_>],
+        keys: &[CounterKey],
+        now: Timestamp,
+        decisions: &mut [Decision],
+    ) -> bool {
+        let n = ops.len();
+        if n > INLINE_OPS || keys.len() != n {
+            return self.reserve_refs(ops, now, decisions);
+        }
+        let mut raw = [0; INLINE_OPS];
+        for (r, k) in raw.iter_mut().zip(keys) {
+            *r = k.0;
+        }
+        let mut states = [NO_STATE; INLINE_OPS];
+        self.reserve_with(ops, now, decisions, &raw[..n], &mut states[..n])
+    }
+
+    /// The reservation of `ops`, whose keys are `keys`, with `states` as
+    /// its buffer (each as long as `ops`).
+    fn reserve_with<O: OpView>(
+        &self,
+        ops: &[O],
+        now: Timestamp,
+        decisions: &mut [Decision],
+        keys: &[Key],
+        states: &mut [LimitState],
+    ) -> bool {
         let mut locked = self.limits.lock_all(keys);
         let admitted = reserve_into(
             ops,
@@ -785,10 +820,26 @@ impl LocalCounters {
         used: u64,
         now: Timestamp,
     ) -> LimitState {
-        self.limits.with(id, |m, k| {
-            let before = m.get(&k).map(|s| s.state);
+        self.settle_keyed(self.key_of(id), id, spec, taken_at, reserved, used, now)
+    }
+
+    /// [`Self::settle_limit`] on the counter whose key is `key`, which must
+    /// be [`Self::key_of`] `id` (kept from [`Self::reserve_keyed`]).
+    #[allow(clippy::too_many_arguments, reason = "settle_limit's, and the key")]
+    pub fn settle_keyed(
+        &self,
+        key: CounterKey,
+        id: &str,
+        spec: &LimitSpec,
+        taken_at: Timestamp,
+        reserved: u64,
+        used: u64,
+        now: Timestamp,
+    ) -> LimitState {
+        self.limits.with_key(key.0, |m| {
+            let before = m.get(&key.0).map(|s| s.state);
             let (next, _) = spec.settle(before, taken_at, reserved, used, now);
-            put(m, k, id, next);
+            put(m, key.0, id, next);
             next
         })
     }
@@ -953,5 +1004,44 @@ mod tests {
         assert_eq!(c.drain_unsynced()[0].units, 1);
         assert!(c.drain_unsynced().is_empty());
         assert_eq!(c.limit_count(), 0);
+    }
+
+    #[test]
+    fn keyed_reservations_are_the_counters_of_their_ids() {
+        let (keyed, by_id) = (LocalCounters::new(), LocalCounters::new());
+        let spec = LimitSpec::Sliding(SlidingSpec {
+            limit: 10,
+            window_ms: 60_000,
+        });
+        let now = Timestamp::from_millis(120_000);
+        let ops =
+            [("rpm\x1fa", 1), ("tpm\x1fa", 6)].map(|(id, cost)| LimitOpRef { id, spec, cost });
+        let keys = ops.map(|op| keyed.key_of(op.id));
+        for _ in 0..2 {
+            let (mut a, mut b) = ([NO_DECISION; 2], [NO_DECISION; 2]);
+            let took = keyed.reserve_keyed(&ops, &keys, now, &mut a);
+            assert_eq!(took, by_id.reserve_refs(&ops, now, &mut b));
+            assert_eq!(a, b);
+        }
+        for (op, key) in ops.iter().zip(keys) {
+            assert_eq!(keyed.limit_state(op.id), by_id.limit_state(op.id));
+            let settled = keyed.settle_keyed(key, op.id, &spec, now, op.cost, 0, now);
+            assert_eq!(
+                settled,
+                by_id.settle_limit(op.id, &spec, now, op.cost, 0, now)
+            );
+            assert_eq!(
+                Some(settled),
+                keyed.limit_state(op.id),
+                "settled where the id is"
+            );
+        }
+        // Keys that do not match the ops: decided as by their ids.
+        let (mut a, mut b) = ([NO_DECISION; 2], [NO_DECISION; 2]);
+        assert_eq!(
+            keyed.reserve_keyed(&ops, &keys[..1], now, &mut a),
+            by_id.reserve_refs(&ops, now, &mut b)
+        );
+        assert_eq!(a, b);
     }
 }
