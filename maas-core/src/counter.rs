@@ -391,8 +391,21 @@ type Key = u128;
 /// The in-process key of a limit counter ([`LocalCounters::key_of`]): lets a
 /// caller that builds a counter's id from parts skip building the string on
 /// its hot path.
+///
+/// Kept as two words (alignment 8, not a `u128`'s 16): a reservation holds
+/// one for each of its counters, and is moved about with its request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct CounterKey(Key);
+pub struct CounterKey([u64; 2]);
+
+impl CounterKey {
+    fn new(k: Key) -> Self {
+        CounterKey([(k >> 64) as u64, k as u64])
+    }
+
+    fn raw(self) -> Key {
+        (u128::from(self.0[0]) << 64) | u128::from(self.0[1])
+    }
+}
 
 /// Uses the key's high half as the hash (the low half picks the stripe).
 #[derive(Debug, Default, Clone, Copy)]
@@ -585,7 +598,7 @@ impl LocalCounters {
     /// [`Self::seed_limit`]. Keys of different parts collide with
     /// negligible probability (see the stripe's key).
     pub fn key_of<H: std::hash::Hash + ?Sized>(&self, parts: &H) -> CounterKey {
-        CounterKey(self.limits.key_of(parts))
+        CounterKey::new(self.limits.key_of(parts))
     }
 
     /// Like [`Self::take_limit`] on a counter held here, and remembers what
@@ -599,8 +612,8 @@ impl LocalCounters {
         cost: u64,
         now: Timestamp,
     ) -> Option<Decision> {
-        self.limits.with_key(key.0, |m| {
-            let slot = m.get_mut(&key.0)?;
+        self.limits.with_key(key.raw(), |m| {
+            let slot = m.get_mut(&key.raw())?;
             let (next, d) = spec.take(Some(slot.state), cost, now);
             slot.state = next;
             slot.spec = Some(*spec);
@@ -616,13 +629,14 @@ impl LocalCounters {
     /// `id`, unless it is already held (a concurrent first use seeded it
     /// first). Returns whether it was held.
     pub fn seed_limit(&self, key: CounterKey, id: &str, state: LimitState) -> bool {
-        self.limits.with_key(key.0, |m| match m.entry(key.0) {
-            std::collections::hash_map::Entry::Occupied(_) => true,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Slot::new(id, state));
-                false
-            }
-        })
+        self.limits
+            .with_key(key.raw(), |m| match m.entry(key.raw()) {
+                std::collections::hash_map::Entry::Occupied(_) => true,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Slot::new(id, state));
+                    false
+                }
+            })
     }
 
     /// Takes what every counter used through [`Self::take_unsynced`] took
@@ -640,7 +654,7 @@ impl LocalCounters {
                 };
                 if slot.touched {
                     out.push(Unsynced {
-                        key: CounterKey(*k),
+                        key: CounterKey::new(*k),
                         id: slot.id.to_string(),
                         spec,
                         units: slot.unsynced,
@@ -658,8 +672,8 @@ impl LocalCounters {
 
     /// Puts `units` back as unsynced after a failed sync.
     pub fn restore_unsynced(&self, u: &Unsynced) {
-        self.limits.with_key(u.key.0, |m| {
-            if let Some(slot) = m.get_mut(&u.key.0) {
+        self.limits.with_key(u.key.raw(), |m| {
+            if let Some(slot) = m.get_mut(&u.key.raw()) {
                 slot.unsynced = slot.unsynced.saturating_add(u.units);
                 slot.touched = true;
             }
@@ -670,7 +684,7 @@ impl LocalCounters {
     /// state plus what was taken here since the drain that produced `u`.
     pub fn merge_synced(&self, u: &Unsynced, synced: LimitState, now: Timestamp) {
         self.limits
-            .with_key(u.key.0, |m| match m.get_mut(&u.key.0) {
+            .with_key(u.key.raw(), |m| match m.get_mut(&u.key.raw()) {
                 Some(slot) => {
                     slot.state = if slot.unsynced > 0 {
                         u.spec.settle(Some(synced), now, 0, slot.unsynced, now).0
@@ -679,7 +693,7 @@ impl LocalCounters {
                     };
                 }
                 None => {
-                    m.insert(u.key.0, Slot::new(&u.id, synced));
+                    m.insert(u.key.raw(), Slot::new(&u.id, synced));
                 }
             })
     }
@@ -763,7 +777,7 @@ impl LocalCounters {
         }
         let mut raw = [0; INLINE_OPS];
         for (r, k) in raw.iter_mut().zip(keys) {
-            *r = k.0;
+            *r = k.raw();
         }
         let mut states = [NO_STATE; INLINE_OPS];
         self.reserve_with(ops, now, decisions, &raw[..n], &mut states[..n])
@@ -836,10 +850,11 @@ impl LocalCounters {
         used: u64,
         now: Timestamp,
     ) -> LimitState {
-        self.limits.with_key(key.0, |m| {
-            let before = m.get(&key.0).map(|s| s.state);
+        let k = key.raw();
+        self.limits.with_key(k, |m| {
+            let before = m.get(&k).map(|s| s.state);
             let (next, _) = spec.settle(before, taken_at, reserved, used, now);
-            put(m, key.0, id, next);
+            put(m, k, id, next);
             next
         })
     }
