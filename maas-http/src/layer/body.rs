@@ -449,9 +449,12 @@ fn quick_usage(whole: &[u8], anthropic: bool) -> Option<Usage> {
 }
 
 /// OpenAI's `usage` value read by [`scan`] as serde_json reads an
-/// `Option<Usage>` (Some(None): `null`); None where serde_json must decide
-/// (a count that is not a plain non-negative integer, a field written
-/// twice, a key with an escape, another shape).
+/// `Option<Usage>` (Some(None): `null`); None where serde_json must decide.
+/// Taken: an object of keys in printable ASCII whose counts are plain
+/// non-negative integers, each written once, and whose other values are
+/// plain integers, `null`, or objects of those (the usual `*_details`);
+/// anything else (a sign, a fraction, a string, a field twice, an escaped
+/// key) is left to serde_json, so that what it would refuse is refused.
 fn scan_usage(v: &[u8]) -> Option<Option<Usage>> {
     if v == b"null" {
         return Some(None);
@@ -460,6 +463,9 @@ fn scan_usage(v: &[u8]) -> Option<Option<Usage>> {
     let (mut prompt, mut completion, mut details) = (false, false, false);
     let mut c = scan::Cursor::new(v);
     c.object(|c, key| {
+        if !plain_key(key) {
+            return None;
+        }
         match key {
             b"prompt_tokens" if !prompt => {
                 prompt = true;
@@ -473,21 +479,58 @@ fn scan_usage(v: &[u8]) -> Option<Option<Usage>> {
                 details = true;
                 usage.prompt_tokens_details = match c.peek()? {
                     b'n' => (c.value()? == b"null").then_some(None)?,
-                    _ => Some(Details {
-                        cached_tokens: match c.field(b"cached_tokens")? {
-                            Some(n) => scan::unsigned(n)?,
-                            None => 0,
-                        },
-                    }),
+                    _ => {
+                        let mut cached = None;
+                        plain_object(c, |k, v| match k {
+                            b"cached_tokens" if cached.is_none() => {
+                                cached = Some(scan::unsigned(v)?);
+                                Some(())
+                            }
+                            b"cached_tokens" => None,
+                            _ => plain_value(v),
+                        })?;
+                        Some(Details {
+                            cached_tokens: cached.unwrap_or(0),
+                        })
+                    }
                 };
             }
             b"prompt_tokens" | b"completion_tokens" | b"prompt_tokens_details" => return None,
-            _ => drop(c.value()?),
+            _ => match c.peek()? {
+                b'{' => plain_object(c, |_, v| plain_value(v))?,
+                _ => plain_value(c.value()?)?,
+            },
         }
         Some(())
     })?;
     c.end()?;
     Some(Some(usage))
+}
+
+/// Whether serde_json reads the key `k` (escapes already refused by the
+/// scan) as written: printable ASCII.
+fn plain_key(k: &[u8]) -> bool {
+    k.iter().all(|b| (0x20..0x7f).contains(b))
+}
+
+/// Some for a value [`scan_usage`] skips knowing serde_json takes it: a
+/// plain non-negative integer, or `null`.
+fn plain_value(v: &[u8]) -> Option<()> {
+    (v == b"null" || scan::unsigned(v).is_some()).then_some(())
+}
+
+/// Reads an object of plain keys ([`plain_key`]), `f` deciding on each
+/// value (scalars only: a nested container is the scan's to refuse).
+fn plain_object(
+    c: &mut scan::Cursor<'_>,
+    mut f: impl FnMut(&[u8], &[u8]) -> Option<()>,
+) -> Option<()> {
+    c.object(|c, k| {
+        if !plain_key(k) {
+            return None;
+        }
+        f(k, c.value()?)
+    })
 }
 
 /// Where the first complete event of `buf` ends: (end, separator length).
@@ -1065,13 +1108,26 @@ mod tests {
             number
                 .clone()
                 .prop_map(|n| format!(r#""completion_tokens": {n}"#)),
-            number.prop_map(|n| format!(r#""total_tokens":{n}"#)),
+            number
+                .clone()
+                .prop_map(|n| format!(r#""total_tokens":{n}"#)),
             details.prop_map(|d| format!(r#""prompt_tokens_details":{d}"#)),
             Just(
                 r#""completion_tokens_details":{"reasoning_tokens":0,"x":[1,{"y":"}"}]}"#
                     .to_string()
             ),
             Just(r#""pr\u006fmpt_tokens":4"#.to_string()),
+            number
+                .clone()
+                .prop_map(|n| format!(r#""completion_tokens_details":{{"reasoning_tokens":{n}}}"#)),
+            Just(r#""completion_tokens_details":{"x":[1]}"#.to_string()),
+            Just(r#""completion_tokens_details":{"x":007}"#.to_string()),
+            Just(r#""completion_tokens_details":{"x":1,"x":2}"#.to_string()),
+            Just(r#""note":"a""#.to_string()),
+            Just(r#""flag":true"#.to_string()),
+            Just("\"k\u{1}\":1".to_string()),
+            Just("\"k\u{e9}\":1".to_string()),
+            Just("\"k\u{e9}\":{\"a\":1}".to_string()),
         ];
         prop_oneof![
             4 => proptest::collection::vec(field, 0..6).prop_map(|f| format!("{{{}}}", f.join(","))),
