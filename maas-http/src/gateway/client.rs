@@ -279,21 +279,31 @@ impl Client {
 
     /// `authority`'s shared name and `Host` header, and a kept connection
     /// to it that is still open, if any: the last one kept of those opened
-    /// on this thread, else the last one kept.
+    /// on this thread; on a runtime of several workers, else the last one
+    /// kept.
     ///
     /// Where threads run runtimes of their own (a listener served by
-    /// several), a connection opened on another thread would be driven by
-    /// that thread's runtime: each read and write of it a wake-up across
-    /// threads. Under a runtime of several workers, the preference costs
-    /// only the look.
+    /// several, each a current-thread runtime), a connection opened on
+    /// another thread is driven by that thread's runtime: each read and
+    /// write of it a wake-up across threads, both threads woken for every
+    /// request. A thread with none of its own kept opens one (once) rather
+    /// than borrow another's: borrowed, it went back to the pool as the
+    /// other thread's, so a thread serving one request at a time never
+    /// opened one and crossed threads for good (issue 24: at one
+    /// connection, ~2 context switches a request on each listen thread).
+    /// Under a runtime of several workers (one I/O driver for all), the
+    /// preference costs only the look.
     fn checkout(&self, authority: &str) -> Result<Checkout, BoxError> {
         let now = Instant::now();
         let mut upstreams = self.upstreams();
         let up = upstream(&mut upstreams, authority)?;
         let here = std::thread::current().id();
+        let own_runtime = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         let found = loop {
             let next = match up.idle.iter().rposition(|i| i.pooled.thread == here) {
                 Some(at) => Some(up.idle.remove(at)),
+                None if own_runtime => None,
                 None => up.idle.pop(),
             };
             let Some(Idle { mut pooled, since }) = next else {
@@ -744,8 +754,9 @@ mod tests {
     }
 
     /// Threads with runtimes of their own each get back the connections
-    /// they opened; a thread with none of its own kept takes another's
-    /// rather than opening one.
+    /// they opened; a thread with none of its own kept opens one rather
+    /// than take another's (whose reads and writes the other thread's
+    /// runtime would drive).
     #[test]
     fn kept_connections_go_back_to_the_thread_that_opened_them() {
         let upstream_rt = tokio::runtime::Runtime::new().unwrap();
@@ -783,14 +794,41 @@ mod tests {
         };
         let (a, b) = (worker(), worker());
         assert_eq!(a(1), ["0"]);
-        // B has none of its own: it takes A's.
-        assert_eq!(b(1), ["0"]);
-        // Two at once: A's, and a new one, B's own.
-        assert_eq!(b(2), ["0", "1"]);
+        // B has none of its own: it opens one, and keeps it.
+        assert_eq!(b(1), ["1"]);
         for _ in 0..3 {
             assert_eq!(a(1), ["0"]);
             assert_eq!(b(1), ["1"]);
         }
+        // Two at once: its own, and a new one.
+        assert_eq!(b(2), ["1", "2"]);
+        assert_eq!(a(1), ["0"], "A's own, not one of B's");
+    }
+
+    /// On a runtime of several workers (one I/O driver for all of them) a
+    /// kept connection serves whichever worker asks next.
+    #[test]
+    fn workers_of_one_runtime_share_kept_connections() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let addr = numbering_upstream().await;
+            let client = Client::new(Duration::from_secs(5), 8);
+            for _ in 0..8 {
+                // A task of its own each time: any worker may run it.
+                let (client, addr) = (client.clone(), addr.clone());
+                let answered = tokio::spawn(async move {
+                    let (_, frames) = read(&client, &addr, false).await;
+                    String::from_utf8(frames.concat()).unwrap()
+                })
+                .await
+                .unwrap();
+                assert_eq!(answered, "0");
+            }
+        });
     }
 
     /// An h2c upstream (HTTP/2 only, prior knowledge): answers `ok` with the
