@@ -287,13 +287,13 @@ def load_rows():
         ("plain", 64): "62 µs vs 19 µs = 3.3×",
         ("stream", 16): "194 µs vs 26 µs = 7.5×",
         "p50": "157 µs (40 µs)",
-        "allocs": "20 at 9747a5a (175; its hop 155); 51 at 0d57258 (210; its hop 159); 138 at 03a2e47 (331; reqwest's hop 193)",
+        "allocs": "18 at a910dd5 (11,125 bytes); 20 at 9747a5a (175; its hop 155); 51 at 0d57258 (210; its hop 159); 138 at 03a2e47 (331; reqwest's hop 193)",
         # The first count (the script came after), where the hot path was
         # as at 2f293ae.
-        "instructions": "46,215 at fc81b6a (164,346; its hop 118,131); 54,623 at 7238f41 (180,842; its hop 126,219)",
+        "instructions": "42,094 at a910dd5 (160,480; its hop 118,386), before fat LTO; 46,215 at fc81b6a (164,346; its hop 118,131); 54,623 at 7238f41 (180,842; its hop 126,219)",
         # callgrind.sh run with MAAS_SERVER_BIN of a 9ca04a7 build.
-        "callgrind_plain": "84,286 at 6219d67; 87,676 at 9ca04a7",
-        "callgrind_stream": "190,862 at 6219d67; 257,138 at 9ca04a7",
+        "callgrind_plain": "82,578 at a910dd5, before fat LTO; 84,286 at 6219d67; 87,676 at 9ca04a7",
+        "callgrind_stream": "177,369 at a910dd5, before fat LTO; 190,862 at 6219d67; 257,138 at 9ca04a7",
     }
     # An earlier build measured on the same machine, when there is one:
     # target/load/hotpath_before.json (hotpath.sh run with MAAS_SERVER_BIN
@@ -310,6 +310,12 @@ def load_rows():
                    ("plain", 64): "57 µs vs 28 µs = 2.0×", ("stream", 16): "95 µs vs 36 µs = 2.6×",
                    "p50": "122 µs (48 µs)"}.items():
         before_24[k] = f"{fig} at 53087a9 on another machine; {before_24[k]}"
+    # This machine's last run before the release profile's fat LTO and the
+    # stream memo (5 rounds, upstream in its own process).
+    for k, fig in {("plain", 1): "110 µs vs 52 µs = 2.12×", ("plain", 16): "41 µs vs 23 µs = 1.78×",
+                   ("plain", 64): "35 µs vs 19 µs = 1.84×", ("stream", 16): "62 µs vs 30 µs = 2.07×",
+                   "p50": "100 µs (43 µs)"}.items():
+        before_24[k] = f"{fig} at b5f6e07; {before_24[k]}"
     hb = load_result("hotpath_before")
     if hb:
         topology = "" if hb["result"].get("upstream") == "process" else ", upstream in the gateway's process"
@@ -479,6 +485,8 @@ def main():
             "then mostly its wait for CPU, and the overhead follows the CPU time",
             "each request costs (the `CPU/request` figures: the server processes'",
             "user + system time over the requests served; wrk's own not counted).",
+            "The release profile has built with fat LTO and one codegen unit",
+            "since bd89118 (`Cargo.toml`); rows at earlier commits were not.",
             "",
             "| operation | figures | goal | | command, commit |",
             "|---|---|---|---|---|",
