@@ -520,7 +520,7 @@ fn plain_value(v: &[u8]) -> Option<()> {
 }
 
 /// Reads an object of plain keys ([`plain_key`]), `f` deciding on each
-/// value (scalars only: a nested container is the scan's to refuse).
+/// key and its value as written (None refuses the object).
 fn plain_object(
     c: &mut scan::Cursor<'_>,
     mut f: impl FnMut(&[u8], &[u8]) -> Option<()>,
