@@ -881,9 +881,6 @@ impl AdmissionLimits {
     /// [`CounterStore::reserve`]: crate::storage::CounterStore::reserve
     async fn take(&self, ops: &mut HeldOps, now: Timestamp) -> Result<Decisions> {
         if let Some(local) = self.local() {
-            for op in ops.iter_mut() {
-                op.key.get_or_insert_with(|| local.key_of(&*op.id));
-            }
             let blank = LimitOpRef {
                 id: "",
                 spec: LimitSpec::Period(PeriodSpec {
@@ -895,13 +892,15 @@ impl AdmissionLimits {
             let mut refs = [blank; MAX_OPS];
             let mut keys = [CounterKey::default(); MAX_OPS];
             let mut n = 0;
-            for ((r, k), op) in refs.iter_mut().zip(&mut keys).zip(ops.iter()) {
+            for ((r, k), op) in refs.iter_mut().zip(&mut keys).zip(ops.iter_mut()) {
+                // Kept for the settlement.
+                *k = *op.key.get_or_insert_with(|| local.key_of(&*op.id));
+                let op: &Held = op;
                 *r = LimitOpRef {
                     id: &op.id,
                     spec: op.spec,
                     cost: op.cost,
                 };
-                *k = op.key.unwrap_or_else(|| local.key_of(&*op.id));
                 n += 1;
             }
             let mut decisions = [NO_DECISION; MAX_OPS];
