@@ -1167,6 +1167,8 @@ mod tests {
         // Left to serde_json: a count it may refuse, a field twice.
         assert_eq!(scanned(r#"{"prompt_tokens":-1}"#), None);
         assert_eq!(scanned(r#"{"prompt_tokens":1,"prompt_tokens":2}"#), None);
+        // A value it skips that serde_json refuses (found by the proptest).
+        assert_eq!(scanned(r#"{"total_tokens":007}"#), None);
     }
 
     /// An SSE event of `data`, a line of `data:` each of its lines.
