@@ -339,9 +339,17 @@ impl Client {
             .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
             .count();
         up.idle.drain(..expired);
-        if up.idle.len() < self.inner.max_idle {
-            up.idle.push(Idle { pooled, since: now });
+        // Full: the oldest kept makes way for the one just used. (Dropping
+        // this one instead would leave a thread whose runtime has none of
+        // its own, with the pool full of another thread's, opening a
+        // connection for each request until those expired.)
+        if self.inner.max_idle == 0 {
+            return;
         }
+        if up.idle.len() >= self.inner.max_idle {
+            up.idle.drain(..=up.idle.len() - self.inner.max_idle);
+        }
+        up.idle.push(Idle { pooled, since: now });
     }
 
     async fn connect(&self, authority: &str) -> Result<Box<Pooled>, BoxError> {
@@ -766,7 +774,7 @@ mod tests {
         // connections are driven there, whoever reads them): posts `n`
         // requests at once for each number sent, and sends back the
         // connections that answered them.
-        let worker = || {
+        let worker = |client: &Client| {
             let (ask, mut asked) = tokio::sync::mpsc::unbounded_channel::<usize>();
             let (tell, told) = std::sync::mpsc::channel::<Vec<String>>();
             let (client, addr) = (client.clone(), addr.clone());
@@ -792,7 +800,7 @@ mod tests {
                 told.recv().unwrap()
             }
         };
-        let (a, b) = (worker(), worker());
+        let (a, b) = (worker(&client), worker(&client));
         assert_eq!(a(1), ["0"]);
         // B has none of its own: it opens one, and keeps it.
         assert_eq!(b(1), ["1"]);
@@ -803,6 +811,17 @@ mod tests {
         // Two at once: its own, and a new one.
         assert_eq!(b(2), ["1", "2"]);
         assert_eq!(a(1), ["0"], "A's own, not one of B's");
+        // A pool kept full by another thread: its oldest makes way for the
+        // one coming back (else this thread opened one a request until the
+        // other's expired).
+        let full = Client::new(Duration::from_secs(5), 1);
+        let (c, d) = (worker(&full), worker(&full));
+        let first = c(1);
+        let own = d(1);
+        assert_ne!(own, first);
+        for _ in 0..3 {
+            assert_eq!(d(1), own);
+        }
     }
 
     /// On a runtime of several workers (one I/O driver for all of them) a
