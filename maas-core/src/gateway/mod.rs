@@ -551,7 +551,9 @@ impl Gateway {
             if let Some(body) = hit {
                 // Served without the upstream: the request counts, its
                 // tokens are given back.
-                reservation.reconcile(ActualUsage::default()).await?;
+                // Boxed (as below): a few KB that the usual request's
+                // future need not carry.
+                Box::pin(reservation.reconcile(ActualUsage::default())).await?;
                 self.record(
                     caller.tenant(),
                     key_id.as_deref(),
@@ -582,7 +584,7 @@ impl Gateway {
         let permit = match self.fair_share().acquire(ask).await {
             Ok(p) => p,
             Err(rejected) => {
-                reservation.release().await?;
+                Box::pin(reservation.release()).await?;
                 return Ok(Err(Refused::Queue { rejected, headers }));
             }
         };
@@ -829,10 +831,15 @@ impl Admitted {
     /// releases it, for an error), charges fair share, frees the slot and
     /// records the usage.
     pub async fn complete(mut self, done: Completion) -> Result<()> {
-        match self.finish(&done) {
-            Some(r) => Self::settle(r, done).await,
-            None => Ok(()),
-        }
+        let Some(r) = self.finish(&done) else {
+            return Ok(());
+        };
+        drop(self);
+        // The store's settlement is boxed: its future is a few KB, and a
+        // caller's future holding this one inline would be that much larger
+        // (and copied whole where it is moved) on every request, not only
+        // on those that complete here.
+        Box::pin(Self::settle(r, done)).await
     }
 
     /// Completes the request without waiting, for callers that cannot

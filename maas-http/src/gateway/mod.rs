@@ -433,9 +433,11 @@ async fn attempt(
             Uri::try_from(format!("{prefix}{suffix}"))?
         };
         let (parts, body) = if h2 {
-            up.http
-                .post_h2(authority, path, body, accept, spare)
-                .await?
+            // Boxed: its future is larger than the HTTP/1 one by ~700
+            // bytes, which every request's boxed future would otherwise
+            // carry (and copy), HTTP/1 or not; HTTP/2 allocates per
+            // stream anyway.
+            Box::pin(up.http.post_h2(authority, path, body, accept, spare)).await?
         } else {
             up.http.post(authority, path, body, accept, spare).await?
         };
