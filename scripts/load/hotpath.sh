@@ -152,7 +152,7 @@ for spec in "1 plain" "16 plain" "64 plain" "16 stream"; do
   echo "c=$c $kind: CPU per request over direct: nginx ${xn} us, gateway ${gn} us ($(ratio "$gn" "$xn")x)," \
     "gateway on the work-stealing runtime ${g1n} us ($(ratio "$g1n" "$xn")x); the proxy's own: nginx ${xo} us," \
     "gateway ${go} us ($(ratio "$go" "$xo")x); p50 over direct: nginx $(p50_over "$x") us," \
-    "gateway $(p50_over "$g") us, on the work-stealing runtime $(p50_over "$g1") us"
+    "gateway $(p50_over "$g") us ($(ratio "$(p50_over "$g")" "$(p50_over "$x")")x), on the work-stealing runtime $(p50_over "$g1") us"
   runs+="${runs:+,}{\"connections\":$c,\"kind\":\"$kind\",\"direct\":$(kv_json "$d"),\"nginx\":$(kv_json "$x"),\"gateway\":$(kv_json "$g"),\"gateway_work_stealing\":$(kv_json "$g1")}"
 done
 save hotpath "{\"upstream\":\"process\",\"seconds\":$SECS,\"rounds\":$ROUNDS,\"runs\":[$runs]}"
