@@ -354,6 +354,15 @@ def load_rows():
                          f"{where}{'median of ' + str(r['rounds']) + '; ' if r.get('rounds', 1) > 1 else ''}"
                          f"{before}{before_24.get((run['kind'], run['connections']), '?')})",
                          "≤ 2× nginx (issue 24)", mark(gn <= 2 * xn), src))
+            pgo = run.get("gateway_pgo")
+            if pgo:
+                pn = pgo["cpu_us"] - d["cpu_us"]
+                rows.append((f"the same, the gateway built with PGO (`scripts/pgo.sh`), {run['kind']}, "
+                             f"{run['connections']} connections: vs nginx",
+                             f"{pn} µs vs {xn} µs = {pn / max(xn, 1):.2f}× (the proxy's process alone: "
+                             f"{pgo['own_us']} µs vs {x['own_us']} µs = {pgo['own_us'] / max(x['own_us'], 1):.2f}×; "
+                             f"the default build: {g['own_us']} µs; same rounds)",
+                             "— (an operator's build)", "—", src + " with `PGO_BIN`"))
             if run["connections"] == 1:
                 gp, xp = g["p50_us"] - d["p50_us"], x["p50_us"] - d["p50_us"]
                 one_p50 = f"; {how_short}: {one['p50_us'] - d['p50_us']} µs" if one else ""
@@ -366,6 +375,11 @@ def load_rows():
                              f"{gp} µs vs {xp} µs = {gp / max(xp, 1):.2f}×",
                              "≤ 2× nginx's (issue 24's 40 µs was 2 × its nginx's 20 µs)",
                              mark(gp <= 2 * xp), src))
+                if pgo:
+                    pp = pgo["p50_us"] - d["p50_us"]
+                    rows.append(("p50 added over direct at one connection: the gateway built with PGO vs nginx",
+                                 f"{pp} µs vs {xp} µs = {pp / max(xp, 1):.2f}×", "— (an operator's build)", "—",
+                                 src + " with `PGO_BIN`"))
     al = load_result("allocs")
     if al:
         r = al if "gateway_allocs" in al else al.get("result", {})
@@ -516,6 +530,7 @@ def main():
         "scripts/load/artifact.sh 100000      # an artifact of 100k keys built, published and applied",
         "scripts/load/endpoints.sh 5          # every gateway endpoint under the same load",
         "scripts/load/hotpath.sh 5            # CPU per proxied request: the gateway (listen threads, and the work-stealing runtime) beside nginx, upstream in its own process (3 interleaved rounds, medians)",
+        "scripts/pgo.sh && PGO_BIN=target/pgo/server scripts/load/hotpath.sh 5   # the same with a PGO build of the server beside the default one",
         "cargo bench --bench allocs           # allocations per plain chat request: the gateway vs the upstream hop",
         "scripts/load/instructions.sh 500     # instructions per plain chat request (callgrind): the gateway vs the upstream hop",
         "scripts/load/callgrind.sh 8          # instructions per plain and streamed request in the gateway's process under wrk (callgrind)",

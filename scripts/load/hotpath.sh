@@ -17,7 +17,9 @@
 # pointed at the upstream) is measured twice: as it runs by default, its
 # public listener served by a thread per core, each with a runtime of its
 # own, and with `--listen-threads 0`, served by tokio's work-stealing
-# runtime (a worker per core). Writes target/load/hotpath.json for
+# runtime (a worker per core). With PGO_BIN set (a build of
+# scripts/pgo.sh: target/pgo/server), that binary is measured too, as a
+# fifth target in the same rounds. Writes target/load/hotpath.json for
 # BENCHMARKS.md.
 #
 #   scripts/load/hotpath.sh [SECONDS_PER_RUN]   (default 10)
@@ -26,8 +28,8 @@
 # interleaved, and the median kept (CPU per request and p50 each): runs on
 # a loaded 2-core machine vary.
 #
-# Ports: gateways 18180/19190/18181 and 18185/19195/18186, nginx 18183,
-# upstream 18184/19194/18182.
+# Ports: gateways 18180/19190/18181, 18185/19195/18186 and (PGO_BIN)
+# 18187/19197/18188, nginx 18183, upstream 18184/19194/18182.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source scripts/load/lib.sh
@@ -51,7 +53,14 @@ background() {
 background upstream 127.0.0.1:18184 127.0.0.1:19194 "$SIM"
 background stealing 127.0.0.1:18185 127.0.0.1:19195 127.0.0.1:18186 --listen-threads 0
 PIDS[gateway]=$SERVER
-for admin in 127.0.0.1:19190 127.0.0.1:19195; do
+ADMINS="127.0.0.1:19190 127.0.0.1:19195"
+TARGETS="direct nginx gateway stealing"
+if [ -n "${PGO_BIN:-}" ]; then
+  MAAS_SERVER_BIN=$PGO_BIN background pgo 127.0.0.1:18187 127.0.0.1:19197 127.0.0.1:18188
+  ADMINS+=" 127.0.0.1:19197"
+  TARGETS+=" pgo"
+fi
+for admin in $ADMINS; do
   point_simulator "http://$admin" "http://$SIM"
 done
 
@@ -85,7 +94,7 @@ NGINX_PID=$!
 # Called by start_server's exit trap, after the server stops.
 cleanup() {
   kill "$NGINX_PID" 2>/dev/null || true
-  for name in upstream stealing; do
+  for name in upstream stealing pgo; do
     [ -z "${PIDS[$name]:-}" ] || kill -INT "${PIDS[$name]}" 2>/dev/null || true
   done
   wait 2>/dev/null || true
@@ -135,12 +144,13 @@ for spec in "1 plain" "16 plain" "64 plain" "16 stream"; do
   [ "$kind" = stream ] && body=$STREAM
   got=()
   for _ in $(seq "$ROUNDS"); do
-    for target in direct nginx gateway stealing; do
+    for target in $TARGETS; do
       case $target in
         direct) r=$(run direct "http://$SIM/v1/chat/completions" "" "$c" "$body") ;;
         nginx) r=$(run nginx http://127.0.0.1:18183/v1/chat/completions "" "$c" "$body") ;;
         gateway) r=$(run gateway http://127.0.0.1:18180/v1/chat/completions load-test-token-0123456789 "$c" "$body") ;;
         stealing) r=$(run stealing http://127.0.0.1:18185/v1/chat/completions load-test-token-0123456789 "$c" "$body") ;;
+        pgo) r=$(run pgo http://127.0.0.1:18187/v1/chat/completions load-test-token-0123456789 "$c" "$body") ;;
       esac
       got[$target]+="$(field "$r" cpu_us) $(field "$r" p50_us) $r"$'\n'
     done
@@ -153,6 +163,14 @@ for spec in "1 plain" "16 plain" "64 plain" "16 stream"; do
     "gateway on the work-stealing runtime ${g1n} us ($(ratio "$g1n" "$xn")x); the proxy's own: nginx ${xo} us," \
     "gateway ${go} us ($(ratio "$go" "$xo")x); p50 over direct: nginx $(p50_over "$x") us," \
     "gateway $(p50_over "$g") us ($(ratio "$(p50_over "$g")" "$(p50_over "$x")")x), on the work-stealing runtime $(p50_over "$g1") us"
-  runs+="${runs:+,}{\"connections\":$c,\"kind\":\"$kind\",\"direct\":$(kv_json "$d"),\"nginx\":$(kv_json "$x"),\"gateway\":$(kv_json "$g"),\"gateway_work_stealing\":$(kv_json "$g1")}"
+  pgo=""
+  if [ -n "${PGO_BIN:-}" ]; then
+    gp=$(median_of pgo); gpn=$(( $(field "$gp" cpu_us) - dn ))
+    echo "c=$c $kind, the PGO build: CPU per request over direct ${gpn} us ($(ratio "$gpn" "$xn")x), own" \
+      "$(field "$gp" own_us) us ($(ratio "$(field "$gp" own_us)" "$xo")x); p50 over direct $(p50_over "$gp") us" \
+      "($(ratio "$(p50_over "$gp")" "$(p50_over "$x")")x)"
+    pgo=",\"gateway_pgo\":$(kv_json "$gp")"
+  fi
+  runs+="${runs:+,}{\"connections\":$c,\"kind\":\"$kind\",\"direct\":$(kv_json "$d"),\"nginx\":$(kv_json "$x"),\"gateway\":$(kv_json "$g"),\"gateway_work_stealing\":$(kv_json "$g1")$pgo}"
 done
 save hotpath "{\"upstream\":\"process\",\"seconds\":$SECS,\"rounds\":$ROUNDS,\"runs\":[$runs]}"
