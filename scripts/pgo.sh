@@ -13,7 +13,7 @@
 #
 # Writes target/pgo/server (run it as the release build: same flags). Each
 # of the two builds rebuilds every crate in a target dir of its own under
-# target/pgo (about 7 minutes each on 2 cores with the release profile's
+# target/pgo (7 to 10 minutes each on 2 cores with the release profile's
 # fat LTO). Needs wrk (apt-get) and llvm-profdata of rustc's own LLVM (the
 # llvm-tools rustup component); each is installed when missing.
 #
@@ -67,6 +67,7 @@ ls "$DATA"/gateway-*.profraw >/dev/null
 "$PROFDATA" merge -o "$OUT/merged.profdata" "$DATA"/gateway-*.profraw
 # Named by its content: a new profile changes the flags, so cargo rebuilds.
 sum=$(sha256sum "$OUT/merged.profdata" | cut -c1-16)
+find "$OUT" -maxdepth 1 -name '*.profdata' ! -name merged.profdata -delete
 cp "$OUT/merged.profdata" "$OUT/$sum.profdata"
 echo "pgo.sh: optimised build (target/pgo/use)"
 RUSTFLAGS="-Cprofile-use=$OUT/$sum.profdata" CARGO_TARGET_DIR=$OUT/use \
